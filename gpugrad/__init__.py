@@ -1,0 +1,1 @@
+"""gpugrad (engine being written)."""

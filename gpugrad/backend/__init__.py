@@ -1,0 +1,162 @@
+"""Device choice, the ``xp`` array namespace and where the kernel sources live.
+
+This is the only module that imports CuPy. Everything else asks ``xp()`` for the
+array namespace of the active device (NumPy on ``cpu`` and ``emu``, CuPy on
+``cuda``) and writes its array code once against it.
+
+Devices:
+  ``cpu``  NumPy; heavy ops use NumPy/BLAS.
+  ``cuda`` CuPy on a working GPU; heavy ops launch the hand-written kernels.
+  ``emu``  NumPy arrays; heavy ops launch the same kernels through the CPU
+           emulator of the CUDA execution model (for testing kernels without a GPU).
+
+``GPUGRAD_DEVICE=cpu|cuda|emu`` forces a device; by default ``cuda`` when CuPy
+finds a GPU, else ``cpu`` with one log line saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy
+
+log = logging.getLogger("gpugrad")
+
+DEVICES = ("cpu", "cuda", "emu")
+
+_state = {"device": None, "xp": numpy, "cupy": None, "why": ""}
+
+
+class DeviceError(RuntimeError):
+    """The requested device is not usable here, or arrays from two devices were mixed."""
+
+
+def _probe_cupy():
+    """Return (cupy module or None, reason string)."""
+    try:
+        import cupy  # the one place CuPy is imported
+    except ImportError:
+        return None, "CuPy is not installed (pip install 'gpugrad[cuda12]' for GPU support)"
+    except Exception as exc:  # a broken CuPy install must not break `import gpugrad`
+        return None, f"CuPy failed to import ({type(exc).__name__}: {exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, f"CuPy is installed but no usable GPU was found ({msg})"
+    if count < 1:
+        return None, "CuPy is installed but reports no GPU"
+    return cupy, f"CuPy found {count} GPU(s)"
+
+
+def _select(requested: str | None) -> None:
+    if requested is not None:
+        requested = requested.strip().lower()
+        if requested not in DEVICES:
+            raise DeviceError(
+                f"GPUGRAD_DEVICE={requested!r} is not a device; expected one of {', '.join(DEVICES)}"
+            )
+    if requested in ("cpu", "emu"):
+        _state.update(device=requested, xp=numpy, cupy=None, why=f"GPUGRAD_DEVICE={requested}")
+        return
+    cupy, why = _probe_cupy()
+    if requested == "cuda":
+        if cupy is None:
+            raise DeviceError(f"GPUGRAD_DEVICE=cuda but {why}; unset it or use cpu/emu")
+        _state.update(device="cuda", xp=cupy, cupy=cupy, why=why)
+        return
+    if cupy is not None:
+        _state.update(device="cuda", xp=cupy, cupy=cupy, why=why)
+        log.info("gpugrad: using device 'cuda': %s", why)
+    else:
+        _state.update(device="cpu", xp=numpy, cupy=None, why=why)
+        # One line, not a traceback. A missing CuPy is the ordinary CPU setup (info);
+        # an installed CuPy without a GPU is worth a warning.
+        level = logging.INFO if "not installed" in why else logging.WARNING
+        log.log(level, "gpugrad: using device 'cpu': %s", why)
+
+
+def device() -> str:
+    """The active device: ``"cuda"``, ``"cpu"`` or ``"emu"``.
+
+    >>> import gpugrad as gg
+    >>> gg.device() in ("cpu", "cuda", "emu")
+    True
+    """
+    if _state["device"] is None:
+        _select(os.environ.get("GPUGRAD_DEVICE"))
+    return _state["device"]
+
+
+def set_device(name: str) -> None:
+    """Switch the active device (``cpu``, ``emu`` or ``cuda``). Mostly for tests."""
+    _select(name)
+
+
+def device_reason() -> str:
+    device()
+    return _state["why"]
+
+
+def xp():
+    """The array namespace of the active device (``numpy`` or ``cupy``)."""
+    if _state["device"] is None:
+        device()
+    return _state["xp"]
+
+
+def cupy_module():
+    """The CuPy module when the active device is ``cuda``, else ``None``."""
+    device()
+    return _state["cupy"]
+
+
+def is_device_array(a) -> bool:
+    """True for a CuPy ndarray (without importing CuPy when it is not in use)."""
+    cp = _state["cupy"]
+    if cp is not None:
+        return isinstance(a, cp.ndarray)
+    return type(a).__module__.startswith("cupy")
+
+
+def array_device(a) -> str:
+    """``'cuda'`` for a CuPy array, ``'host'`` for anything else."""
+    return "cuda" if is_device_array(a) else "host"
+
+
+def to_host(a):
+    """A NumPy copy of a NumPy or CuPy array."""
+    if is_device_array(a):
+        return a.get()
+    return numpy.asarray(a)
+
+
+def kernel_dir() -> Path:
+    """Folder with the ``*.cu`` kernel sources and ``emu/``.
+
+    In an installed wheel they are packaged as ``gpugrad/_kernels``; in a source
+    checkout (editable install) they are the repository's ``kernels/`` folder.
+    """
+    here = Path(__file__).resolve().parent.parent
+    packaged = here / "_kernels"
+    if packaged.is_dir():
+        return packaged
+    source = here.parent / "kernels"
+    if source.is_dir():
+        return source
+    raise FileNotFoundError(
+        f"gpugrad kernel sources not found (looked in {packaged} and {source}); reinstall gpugrad"
+    )
+
+
+def cache_dir() -> Path:
+    """Where compiled artefacts (emulator libraries) are cached: ``$GPUGRAD_CACHE_DIR`` or
+    ``~/.cache/gpugrad``."""
+    root = os.environ.get("GPUGRAD_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gpugrad"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
