@@ -126,6 +126,11 @@ def array_device(a) -> str:
     return "cuda" if is_device_array(a) else "host"
 
 
+def device_for_host() -> str:
+    """Device name for a host (NumPy) array: ``'emu'`` under the emulator, else ``'cpu'``."""
+    return "emu" if device() == "emu" else "cpu"
+
+
 def to_host(a):
     """A NumPy copy of a NumPy or CuPy array."""
     if is_device_array(a):

@@ -1,0 +1,280 @@
+"""The ``dlarray`` type: an array on the active device, MATLAB format labels, and a
+link to the tape node that produced it.
+
+Operators (``+``, ``@``, indexing, ...) are installed onto the class by
+``gpugrad.ops`` when the package loads (see ``ops/__init__.py``); this module
+knows nothing about individual ops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from .backend import DeviceError
+
+LABELS = "SCBTU"
+_LABEL_ORDER = {c: i for i, c in enumerate(LABELS)}
+
+
+class _OpsHook:
+    """Filled in by ``gpugrad.ops`` when the package loads: the ops this module needs
+    (the one explicit place where the array type and the ops layer meet)."""
+
+    transpose = None
+
+
+OPS = _OpsHook()
+
+
+class dlarray:  # noqa: N801 - the MATLAB name is the API
+    """Array for deep learning, with optional MATLAB data-format labels.
+
+    ``dlarray(data, fmt=None, dtype=None)`` wraps a Python scalar or list, a NumPy
+    or CuPy array, or a dlarray, on the active device. Integer data becomes
+    float64 (MATLAB ``double``); bool stays bool. ``fmt`` labels each axis with
+    ``S`` (spatial), ``C`` (channel), ``B`` (batch), ``T`` (time) or ``U``
+    (unspecified); as in MATLAB, a formatted array is permuted to S,C,B,T,U order.
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([[1, 2, 3]], "BC")
+    >>> x.shape, gg.dims(x)
+    ((3, 1), 'CB')
+    """
+
+    __slots__ = ("_data", "_fmt", "_node", "_idx", "_taint", "_grad", "__weakref__")
+    __array_ufunc__ = None  # numpy defers to our reflected operators
+    __array_priority__ = 1000
+
+    def __init__(self, data, fmt=None, dtype=None):
+        node = None
+        idx = 0
+        taint = False
+        if isinstance(data, dlarray):
+            raw, node, idx, taint = data._data, data._node, data._idx, data._taint
+            if fmt is None:
+                fmt = data._fmt
+        else:
+            raw = as_raw(data)
+        raw = _normalize_dtype(raw, dtype, "dlarray")
+        fmt = "" if fmt is None else fmt
+        if fmt:
+            fmt, perm = check_format(fmt, raw.ndim, "dlarray")
+            if perm is not None:
+                if node is not None:  # permuting a traced array is a recorded op
+                    permuted = OPS.transpose(data, perm)
+                    raw, node, idx = permuted._data, permuted._node, permuted._idx
+                else:
+                    xp = backend.xp() if backend.is_device_array(raw) else np
+                    raw = xp.ascontiguousarray(raw.transpose(perm))
+        self._data = raw
+        self._fmt = fmt
+        self._node = node
+        self._idx = idx
+        self._taint = taint
+        self._grad = None
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def shape(self):
+        return self._data.shape
+
+    @property
+    def dtype(self):
+        return self._data.dtype
+
+    @property
+    def ndim(self):
+        return self._data.ndim
+
+    @property
+    def size(self):
+        return self._data.size
+
+    @property
+    def fmt(self):
+        """The format labels (``''`` when unformatted); same as ``gg.dims(x)``."""
+        return self._fmt
+
+    @property
+    def device(self):
+        return "cuda" if backend.is_device_array(self._data) else backend.device_for_host()
+
+    @property
+    def traced(self) -> bool:
+        """True when this value is recorded on a tape (it can be differentiated)."""
+        return self._node is not None
+
+    def __len__(self):
+        if self._data.ndim == 0:
+            raise TypeError("len() of a 0-d dlarray")
+        return self._data.shape[0]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def item(self):
+        """The value of a one-element array as a Python scalar."""
+        d = self._data
+        if d.size != 1:
+            raise ValueError(
+                f"item(): only one-element dlarrays convert to a scalar, this one has shape {d.shape}"
+            )
+        return d.item()
+
+    def asscalar(self):
+        """MXNet spelling of :meth:`item`."""
+        return self.item()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __complex__(self):
+        return complex(self.item())
+
+    def __bool__(self):
+        d = self._data
+        if d.size != 1:
+            raise ValueError(
+                f"the truth value of a dlarray with {d.size} elements is ambiguous; "
+                "use gg.any/all on it or compare a scalar"
+            )
+        return bool(d.item())
+
+    def __index__(self):
+        return int(self.item())
+
+    def numpy(self):
+        """A host (NumPy) copy of the data."""
+        return np.array(backend.to_host(self._data), copy=True)
+
+    def __array__(self, dtype=None, copy=None):
+        out = backend.to_host(self._data)
+        out = np.asarray(out)
+        if dtype is not None:
+            out = out.astype(dtype, copy=False)
+        return out
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        return format_repr(self)
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        return (_rebuild, (backend.to_host(self._data), self._fmt))
+
+
+def _rebuild(data, fmt):
+    return dlarray(data, fmt or None)
+
+
+# ---------------------------------------------------------------------- helpers
+
+_PY_SCALARS = (int, float, complex, bool)
+
+
+def as_raw(data):
+    """Raw array (NumPy or CuPy, on the active device) for anything array-like."""
+    if isinstance(data, dlarray):
+        return data._data
+    dev = backend.device()
+    if backend.is_device_array(data):
+        if dev == "cuda":
+            return data
+        return data.get()
+    if dev == "cuda":
+        return backend.xp().asarray(data)
+    if isinstance(data, np.ndarray):
+        return data
+    if isinstance(data, np.generic):
+        return data
+    try:
+        return np.asarray(data)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"dlarray: cannot make an array from {type(data).__name__}: {exc}") from exc
+
+
+def _normalize_dtype(raw, dtype, where):
+    if dtype is not None:
+        dt = np.dtype(dtype)
+        if dt.kind not in "fcb":
+            raise TypeError(
+                f"{where}: dtype must be a float, complex or bool type, got {dt} "
+                "(integer data is stored as float64, as MATLAB double)"
+            )
+        if raw.dtype != dt:
+            raw = raw.astype(dt)
+        return raw
+    kind = raw.dtype.kind
+    if kind in "fcb":
+        return raw
+    if kind in "iu":
+        return raw.astype(np.float64)
+    raise TypeError(
+        f"{where}: data of dtype {raw.dtype} is not numeric; expected numbers (float, complex, "
+        "integer or bool)"
+    )
+
+
+def check_format(fmt, ndim, where="dlarray"):
+    """Validate a MATLAB format string; return (sorted fmt, permutation or None)."""
+    if not isinstance(fmt, str):
+        raise TypeError(f"{where}: fmt must be a string of labels S, C, B, T, U, got {fmt!r}")
+    fmt = fmt.upper()
+    bad = sorted({c for c in fmt if c not in LABELS})
+    if bad:
+        raise ValueError(
+            f"{where}: unknown format label(s) {''.join(bad)!r} in fmt={fmt!r}; "
+            "use S (spatial), C (channel), B (batch), T (time) or U (unspecified)"
+        )
+    for c in "CBT":
+        if fmt.count(c) > 1:
+            raise ValueError(
+                f"{where}: fmt={fmt!r} has label {c!r} more than once; C, B and T may appear at most once"
+            )
+    if len(fmt) != ndim:
+        raise ValueError(
+            f"{where}: fmt={fmt!r} has {len(fmt)} labels but the data has {ndim} dimension(s); "
+            "give one label per dimension"
+        )
+    perm = sorted(range(ndim), key=lambda i: _LABEL_ORDER[fmt[i]])
+    sorted_fmt = "".join(fmt[i] for i in perm)
+    if perm == list(range(ndim)):
+        return sorted_fmt, None
+    return sorted_fmt, tuple(perm)
+
+
+def format_repr(x: dlarray) -> str:
+    """MATLAB-like display: ``2x3 dlarray (float32, format 'CB', cpu)`` then the values."""
+    shape = x.shape
+    size = "x".join(str(s) for s in shape) if shape else "1x1"
+    bits = [str(x.dtype)]
+    if x._fmt:
+        bits.append(f"format '{x._fmt}'")
+    bits.append(x.device)
+    if x._node is not None:
+        bits.append("traced")
+    head = f"{size} dlarray ({', '.join(bits)})"
+    values = np.array2string(
+        np.asarray(backend.to_host(x._data)), precision=4, suppress_small=True, threshold=200
+    )
+    values = "\n".join("    " + line for line in values.splitlines())
+    return f"{head}\n\n{values}\n"
+
+
+def check_same_device(a, b, where):
+    """Raise DeviceError when one raw operand is a CuPy array and the other a NumPy one."""
+    da, db = backend.array_device(a), backend.array_device(b)
+    if da != db and not (isinstance(a, _PY_SCALARS) or isinstance(b, _PY_SCALARS)):
+        if getattr(a, "ndim", 0) == 0 or getattr(b, "ndim", 0) == 0:
+            return
+        raise DeviceError(
+            f"{where}: operands are on different devices ({da} and {db}); "
+            "move one with gg.to_device(x) or gg.to_host(x)"
+        )

@@ -1,0 +1,126 @@
+"""The ops layer: primitives (forward on raw arrays + VJP in gpugrad ops) and the
+composites built on them. Importing it installs the ops as ``dlarray``'s
+operators and methods: the one place where the array type meets the ops."""
+
+from __future__ import annotations
+
+from .. import array as _array
+from ..array import dlarray
+from ..tape import LEAF
+from . import core
+from .core import REGISTRY, Primitive, bind, make
+from .elementwise import *  # noqa: F403
+from .elementwise import abs, add, divide, multiply, negative, power, subtract  # noqa: A004
+from .heavy import dot, matmul, matmul_t, relu, relu_bwd
+from .reduce import *  # noqa: F403
+from .reduce import max, min, sum  # noqa: A004
+from .shape import *  # noqa: F403
+from .shape import astype, getitem, reshape, setitem_inplace, transpose
+
+core.OPS.sum = sum
+core.OPS.reshape = reshape
+core.OPS.real = real  # noqa: F405
+core.OPS.astype = astype
+_array.OPS.transpose = transpose
+
+
+def _swap(fn):
+    return lambda self, other: fn(other, self)
+
+
+def _install():
+    d = dlarray
+    d.__add__ = add
+    d.__radd__ = _swap(add)
+    d.__sub__ = subtract
+    d.__rsub__ = _swap(subtract)
+    d.__mul__ = multiply
+    d.__rmul__ = _swap(multiply)
+    d.__truediv__ = divide
+    d.__rtruediv__ = _swap(divide)
+    d.__pow__ = power
+    d.__rpow__ = _swap(power)
+    d.__matmul__ = matmul
+    d.__rmatmul__ = _swap(matmul)
+    d.__neg__ = negative
+    d.__pos__ = lambda self: self
+    d.__abs__ = abs
+    d.__eq__ = equal  # noqa: F405
+    d.__ne__ = not_equal  # noqa: F405
+    d.__lt__ = less  # noqa: F405
+    d.__le__ = less_equal  # noqa: F405
+    d.__gt__ = greater  # noqa: F405
+    d.__ge__ = greater_equal  # noqa: F405
+    d.__and__ = logical_and  # noqa: F405
+    d.__or__ = logical_or  # noqa: F405
+    d.__xor__ = logical_xor  # noqa: F405
+    d.__invert__ = logical_not  # noqa: F405
+    d.__getitem__ = getitem
+    d.__setitem__ = setitem_inplace
+    d.__hash__ = object.__hash__
+
+    def _inplace(fn):
+        def op(self, other):
+            res = fn(self, other)
+            node = self._node
+            if (
+                res._node is None
+                and (node is None or node.prim is LEAF)
+                and res.shape == self.shape
+            ):
+                # why: an untraced update (e.g. MXNet's `w -= lr * w.grad`) keeps the
+                # array's identity and leaf status, and its dtype, as NumPy's in-place ops do
+                data = res._data
+                self._data = (
+                    data.astype(self.dtype, copy=False) if data.dtype != self.dtype else data
+                )
+                return self
+            _rebind(self, res)
+            return self
+
+        op.__name__ = f"__i{fn.__name__}__"
+        return op
+
+    d.__iadd__ = _inplace(add)
+    d.__isub__ = _inplace(subtract)
+    d.__imul__ = _inplace(multiply)
+    d.__itruediv__ = _inplace(divide)
+
+    d.T = property(lambda self: transpose(self))
+    d.mT = property(lambda self: swapaxes(self, -1, -2))  # noqa: F405
+    d.real = property(lambda self: real(self))  # noqa: F405
+    d.imag = property(lambda self: imag(self))  # noqa: F405
+    d.conj = lambda self: conj(self)  # noqa: F405
+    d.sum = lambda self, axis=None, keepdims=False: sum(self, axis, keepdims)
+    d.mean = lambda self, axis=None, keepdims=False: mean(self, axis, keepdims)  # noqa: F405
+    d.prod = lambda self, axis=None, keepdims=False: prod(self, axis, keepdims)  # noqa: F405
+    d.max = lambda self, axis=None, keepdims=False: max(self, axis, keepdims)
+    d.min = lambda self, axis=None, keepdims=False: min(self, axis, keepdims)
+    d.norm = lambda self, ord=2, axis=None, keepdims=False: norm(self, ord, axis, keepdims)  # noqa: F405
+    d.reshape = lambda self, *shape: reshape(self, *shape)
+    d.transpose = lambda self, *axes: transpose(
+        self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else (axes or None)
+    )
+    d.flatten = lambda self: flatten(self)  # noqa: F405
+    d.squeeze = lambda self, axis=None: squeeze(self, axis)  # noqa: F405
+    d.astype = lambda self, dtype: astype(self, dtype)
+    d.exp = lambda self: exp(self)  # noqa: F405
+    d.log = lambda self: log(self)  # noqa: F405
+    d.abs = lambda self: abs(self)
+    d.dot = lambda self, other: dot(self, other)
+
+
+def _rebind(x, res):
+    """In-place arithmetic on a traced value: the dlarray object now stands for the result."""
+    if res.shape != x.shape:
+        raise ValueError(
+            f"in-place operation: result shape {res.shape} differs from the array's shape {x.shape}"
+        )
+    x._data, x._node, x._idx, x._taint = res._data, res._node, res._idx, res._taint
+    if res._fmt:
+        x._fmt = res._fmt
+
+
+_install()
+
+__all__ = ["REGISTRY", "Primitive", "bind", "make", "matmul", "matmul_t", "dot", "relu", "relu_bwd"]

@@ -1,0 +1,258 @@
+"""Primitives: a named forward on raw arrays plus a VJP written with gpugrad ops.
+
+One VJP signature for all: ``vjp(g, ans, *inputs, **params) -> tuple`` with one
+cotangent (or ``None``) per input. ``inputs[i]`` is the input as a dlarray when
+the primitive saved it, else a ``Meta`` with its shape and dtype (or the Python
+scalar itself). ``ans`` is the output (a dlarray) when saved, else ``None``.
+Because VJPs use gpugrad ops, recording them (``create_graph``) gives higher
+derivatives for free.
+
+Complex numbers: a cotangent is ``dL/da + i dL/db`` for ``x = a + ib`` (MATLAB's
+steepest-ascent convention), so the rule for holomorphic ``f`` is
+``g * conj(f'(x))``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend, tape
+from ..array import as_raw, check_same_device, dlarray
+
+REGISTRY: dict[str, Primitive] = {}
+
+_STATE = backend._state
+_FRAME = tape.FRAME
+_Node = tape.Node
+_LEAF = tape.LEAF
+_MEMORY = tape.MEMORY
+
+
+def X():
+    """The active array namespace (numpy or cupy)."""
+    return _STATE["xp"]
+
+
+class Primitive:
+    """A differentiable primitive.
+
+    ``save`` lists the input positions the VJP needs; ``save_ans`` whether it
+    needs the output. Only what is saved is kept alive (and counted by
+    ``gg.memory``).
+    """
+
+    __slots__ = ("name", "fwd", "vjp", "save", "save_ans", "multiple_outputs", "differentiable")
+
+    def __init__(
+        self,
+        name,
+        fwd,
+        vjp=None,
+        *,
+        save=(),
+        save_ans=False,
+        multiple_outputs=False,
+        register=True,
+    ):
+        self.name = name
+        self.fwd = fwd
+        self.vjp = vjp
+        self.save = frozenset(save)
+        self.save_ans = save_ans
+        self.multiple_outputs = multiple_outputs
+        self.differentiable = vjp is not None
+        if register:
+            if name in REGISTRY:
+                raise ValueError(f"primitive {name!r} is defined twice")
+            REGISTRY[name] = self
+
+    def __repr__(self):
+        return f"<primitive {self.name}>"
+
+    def __call__(self, *args, **params):
+        return bind(self, args, params)
+
+
+def make(raw, fmt="", node=None, idx=0, taint=False):
+    """A dlarray around ``raw`` without the checks of ``dlarray(...)`` (internal)."""
+    out = dlarray.__new__(dlarray)
+    out._data = raw
+    out._fmt = fmt
+    out._node = node
+    out._idx = idx
+    out._taint = taint
+    out._grad = None
+    return out
+
+
+_PASS = (int, float, complex, bool)
+
+
+def coerce(a):
+    """Raw operand for a non-dlarray argument (Python scalars pass through)."""
+    if type(a) in _PASS or a is None:
+        return a
+    if isinstance(a, np.generic):
+        return a
+    return as_raw(a)
+
+
+def bind(prim, args, params=None, fmt=""):
+    """Apply ``prim`` to ``args``; record a node if an input is traced and recording is on."""
+    raws = []
+    traced = False
+    taint = False
+    for a in args:
+        if type(a) is dlarray:
+            raws.append(a._data)
+            if a._node is not None:
+                traced = True
+            if a._taint:
+                taint = True
+        else:
+            raws.append(coerce(a))
+    out = prim.fwd(*raws, **params) if params else prim.fwd(*raws)
+    if traced and prim.differentiable:
+        frame = _FRAME.get()
+        if frame.recording:
+            return _record(prim, args, raws, out, params, fmt, frame, taint)
+    if prim.multiple_outputs:
+        return tuple(make(o, fmt, None, 0, taint) for o in out)
+    return make(out, fmt, None, 0, taint)
+
+
+def _record(prim, args, raws, out, params, fmt, frame, taint):
+    parents = []
+    in_meta = []
+    for a, r in zip(args, raws):
+        if type(a) is dlarray and a._node is not None:
+            parents.append((a._node, a._idx))
+        else:
+            parents.append(None)
+        in_meta.append((r.shape, r.dtype) if hasattr(r, "shape") else None)
+    save = prim.save
+    counted = []
+    if save:
+        saved_inputs = []
+        for i, r in enumerate(raws):
+            if i in save:
+                saved_inputs.append(r)
+                p = parents[i]
+                if hasattr(r, "nbytes") and (p is None or p[0].prim is not _LEAF):
+                    counted.append(r)
+            else:
+                saved_inputs.append(None)
+        saved_inputs = tuple(saved_inputs)
+    else:
+        saved_inputs = None
+    if prim.save_ans:
+        ans = out
+        if prim.multiple_outputs:
+            counted.extend(o for o in out if hasattr(o, "nbytes"))
+        elif hasattr(out, "nbytes"):
+            counted.append(out)
+    else:
+        ans = None
+    if prim.multiple_outputs:
+        out_meta = tuple((o.shape, o.dtype) for o in out)
+    else:
+        out_meta = ((out.shape, out.dtype),)
+    node = _Node(
+        prim,
+        params,
+        tuple(parents),
+        tuple(in_meta),
+        out_meta,
+        (ans, saved_inputs) if (saved_inputs is not None or ans is not None) else (),
+        frame.trace,
+    )
+    if counted:
+        node.acct = _MEMORY.remember(prim.name, counted)
+    if taint:
+        node.tainted = True
+    if prim.multiple_outputs:
+        return tuple(make(o, fmt, node, i) for i, o in enumerate(out))
+    return make(out, fmt, node, 0)
+
+
+# ------------------------------------------------------------------ backward glue
+
+
+def wrap_ans(node):
+    """The saved output(s) of ``node`` as dlarrays linked to it (so a recorded
+    backward can differentiate through them)."""
+    ans = node.saved[0]
+    if node.prim.multiple_outputs:
+        return tuple(make(a, "", node, i) for i, a in enumerate(ans))
+    return make(ans, "", node, 0)
+
+
+def wrap_inputs(node):
+    saved = node.saved[1] if node.saved else None
+    out = []
+    for i, meta in enumerate(node.in_meta):
+        r = saved[i] if saved is not None else None
+        if r is None:
+            out.append(tape.Meta(*meta) if meta is not None else None)
+        elif not hasattr(r, "shape"):
+            out.append(r)
+        else:
+            p = node.parents[i]
+            out.append(make(r, "", p[0], p[1]) if p is not None else make(r))
+    return out
+
+
+def unbroadcast(g, meta):
+    """Sum a cotangent over broadcast axes and cast it to the input's dtype. The one
+    place broadcasting is undone."""
+    shape, dtype = meta
+    gshape = g._data.shape
+    if gshape != shape:
+        nd = len(gshape) - len(shape)
+        axes = tuple(range(nd)) + tuple(
+            i + nd for i, s in enumerate(shape) if s == 1 and gshape[i + nd] != 1
+        )
+        if axes:
+            g = OPS.sum(g, axis=axes, keepdims=True)
+        if nd or g._data.shape != shape:
+            g = OPS.reshape(g, shape)
+    gd = g._data.dtype
+    if gd != dtype:
+        if dtype.kind == "f" and gd.kind == "c":
+            g = OPS.real(g)
+        if g._data.dtype != dtype and dtype.kind in "fc":
+            g = OPS.astype(g, dtype)
+    return g
+
+
+class _Ops:
+    """The composite ops the engine glue needs, filled in by ``ops/__init__``."""
+
+    sum = reshape = real = astype = None
+
+
+OPS = _Ops()
+
+
+def zeros_for(meta):
+    shape, dtype = meta
+    return make(X().zeros(shape, dtype))
+
+
+class _Glue:
+    wrap_ans = staticmethod(wrap_ans)
+    wrap_inputs = staticmethod(wrap_inputs)
+    unbroadcast = staticmethod(unbroadcast)
+    zeros = staticmethod(zeros_for)
+
+
+def backward(roots, targets, *, create_graph=False, retain=False):
+    """Run the reverse walk (see ``tape.backward``). With ``create_graph`` the VJPs
+    are recorded, so the returned cotangents are themselves traced."""
+    return tape.backward(
+        roots, targets, create_graph=create_graph, retain=retain or create_graph, glue=_Glue
+    )
+
+
+def same_device(a, b, where):
+    check_same_device(a, b, where)

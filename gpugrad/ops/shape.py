@@ -1,0 +1,387 @@
+"""Shape and indexing primitives: reshape, transpose, broadcast_to, concatenate, flip,
+getitem, setitem (functional index update), scatter_add, astype; composites on top."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend, tape
+from ..array import dlarray
+from .core import _STATE, Primitive, bind, coerce
+
+
+def _xp():
+    return _STATE["xp"]
+
+
+def _dl(x):
+    return x if type(x) is dlarray else dlarray(x)
+
+
+# ------------------------------------------------------------------ reshape / transpose
+
+
+_RESHAPE = Primitive(
+    "reshape",
+    lambda x, shape: x.reshape(shape),
+    lambda g, ans, x, shape: (reshape(g, x.shape),),
+)
+
+
+def reshape(x, *shape):
+    """Reshape (``-1`` infers one dimension); drops format labels unless the shape is unchanged.
+
+    >>> import gpugrad as gg
+    >>> gg.reshape(gg.dlarray([1.0, 2.0, 3.0, 4.0]), (2, 2)).shape
+    (2, 2)
+    """
+    x = _dl(x)
+    if len(shape) == 1 and not isinstance(shape[0], int):
+        shape = shape[0]
+    shape = tuple(int(s) for s in shape)
+    if shape == x._data.shape:
+        return x
+    try:
+        target = np.empty(x._data.shape, dtype=np.bool_).reshape(shape).shape  # shape check only
+    except ValueError:
+        raise ValueError(
+            f"reshape: cannot reshape an array of shape {x.shape} ({x.size} elements) into {shape}"
+        ) from None
+    return bind(_RESHAPE, (x,), {"shape": target})
+
+
+def _transpose_vjp(g, ans, x, axes):
+    inverse = tuple(int(i) for i in np.argsort(axes))
+    return (transpose(g, inverse),)
+
+
+_TRANSPOSE = Primitive("transpose", lambda x, axes: x.transpose(axes), _transpose_vjp)
+
+
+def transpose(x, axes=None):
+    """Permute axes (reverse them when ``axes`` is None), as ``numpy.transpose``."""
+    x = _dl(x)
+    nd = x.ndim
+    if axes is None:
+        axes = tuple(range(nd - 1, -1, -1))
+    axes = tuple(int(a) % nd if nd else 0 for a in axes)
+    if sorted(axes) != list(range(nd)):
+        raise ValueError(f"transpose: axes {axes} are not a permutation of {nd} dimension(s)")
+    if axes == tuple(range(nd)):
+        return x
+    return bind(_TRANSPOSE, (x,), {"axes": axes})
+
+
+def moveaxis(x, source, destination):
+    """Move one axis to a new position."""
+    x = _dl(x)
+    nd = x.ndim
+    order = [i for i in range(nd) if i != source % nd]
+    order.insert(destination % nd, source % nd)
+    return transpose(x, tuple(order))
+
+
+def swapaxes(x, a, b):
+    x = _dl(x)
+    order = list(range(x.ndim))
+    order[a], order[b] = order[b], order[a]
+    return transpose(x, tuple(order))
+
+
+# ------------------------------------------------------------------ broadcast / concatenate / flip
+
+
+_BROADCAST = Primitive(
+    "broadcast_to",
+    lambda x, shape: _xp().broadcast_to(x, shape),
+    lambda g, ans, x, shape: (g,),  # the walker sums back to x's shape
+)
+
+
+def broadcast_to(x, shape):
+    """Broadcast to ``shape`` (a read-only view; the gradient is summed back)."""
+    x = _dl(x)
+    shape = tuple(int(s) for s in shape)
+    if x.shape == shape:
+        return x
+    try:
+        np.broadcast_shapes(x.shape, shape)
+    except ValueError:
+        raise ValueError(f"broadcast_to: shape {x.shape} does not broadcast to {shape}") from None
+    return bind(_BROADCAST, (x,), {"shape": shape})
+
+
+def _concat_vjp(g, ans, *xs, axis):
+    out = []
+    start = 0
+    for x in xs:
+        n = x.shape[axis]
+        index = (slice(None),) * axis + (slice(start, start + n),)
+        out.append(getitem(g, index))
+        start += n
+    return tuple(out)
+
+
+_CONCAT = Primitive("concatenate", lambda *xs, axis: _xp().concatenate(xs, axis=axis), _concat_vjp)
+
+
+def concatenate(arrays, axis=0):
+    """Join arrays along an existing axis."""
+    arrays = [_dl(a) for a in arrays]
+    if not arrays:
+        raise ValueError("concatenate: need at least one array")
+    nd = arrays[0].ndim
+    if nd == 0:
+        raise ValueError("concatenate: zero-dimensional arrays cannot be concatenated")
+    axis = axis % nd
+    for i, a in enumerate(arrays):
+        if a.ndim != nd or any(a.shape[d] != arrays[0].shape[d] for d in range(nd) if d != axis):
+            raise ValueError(
+                f"concatenate: array {i} has shape {a.shape}, which does not match "
+                f"{arrays[0].shape} outside axis {axis}"
+            )
+    fmt = arrays[0]._fmt if all(a._fmt == arrays[0]._fmt for a in arrays) else ""
+    return bind(_CONCAT, tuple(arrays), {"axis": axis}, fmt)
+
+
+def stack(arrays, axis=0):
+    """Join arrays along a new axis."""
+    arrays = [_dl(a) for a in arrays]
+    return concatenate([expand_dims(a, axis) for a in arrays], axis=axis)
+
+
+_FLIP = Primitive(
+    "flip", lambda x, axis: _xp().flip(x, axis), lambda g, ans, x, axis: (flip(g, axis),)
+)
+
+
+def flip(x, axis=None):
+    """Reverse the order of elements along ``axis`` (all axes when None)."""
+    x = _dl(x)
+    if isinstance(axis, int):
+        axis = (axis % x.ndim,)
+    elif axis is not None:
+        axis = tuple(a % x.ndim for a in axis)
+    return bind(_FLIP, (x,), {"axis": axis}, x._fmt)
+
+
+def squeeze(x, axis=None):
+    """Remove axes of length one."""
+    x = _dl(x)
+    if axis is None:
+        shape = tuple(s for s in x.shape if s != 1)
+    else:
+        axes = (axis,) if isinstance(axis, int) else tuple(axis)
+        axes = {a % x.ndim for a in axes}
+        for a in axes:
+            if x.shape[a] != 1:
+                raise ValueError(f"squeeze: axis {a} has length {x.shape[a]}, not 1")
+        shape = tuple(s for i, s in enumerate(x.shape) if i not in axes)
+    return reshape(x, shape)
+
+
+def expand_dims(x, axis):
+    """Insert an axis of length one at ``axis``."""
+    x = _dl(x)
+    nd = x.ndim + 1
+    axis = axis % nd
+    shape = list(x.shape)
+    shape.insert(axis, 1)
+    return reshape(x, tuple(shape))
+
+
+def flatten(x):
+    """A 1-D copy of the elements (row-major)."""
+    x = _dl(x)
+    return reshape(x, (x.size,))
+
+
+# ------------------------------------------------------------------ astype
+
+
+_ASTYPE = Primitive(
+    "astype",
+    lambda x, dtype: x.astype(dtype),
+    lambda g, ans, x, dtype: (g,),  # the walker casts back to x's dtype
+)
+
+
+def astype(x, dtype):
+    """Cast to ``dtype`` (float or complex keep gradients)."""
+    x = _dl(x)
+    dtype = np.dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    return bind(_ASTYPE, (x,), {"dtype": dtype}, x._fmt)
+
+
+# ------------------------------------------------------------------ indexing
+
+
+def _is_basic(idx):
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return all(isinstance(i, (int, slice)) or i is None or i is Ellipsis for i in items)
+
+
+def normalize_index(idx, where="index"):
+    """Turn dlarray / list indices into raw integer or bool arrays."""
+    if isinstance(idx, tuple):
+        return tuple(_norm_one(i, where) for i in idx)
+    return _norm_one(idx, where)
+
+
+def _norm_one(i, where):
+    if isinstance(i, (int, slice)) or i is None or i is Ellipsis:
+        return i
+    if isinstance(i, np.integer):
+        return int(i)
+    if type(i) is dlarray:
+        i = i._data
+    elif isinstance(i, (list, tuple)):
+        i = np.asarray(i)
+    elif isinstance(i, float):
+        raise IndexError(f"{where}: index {i!r} is a float; use an integer")
+    if hasattr(i, "dtype"):
+        kind = i.dtype.kind
+        if kind == "b" or kind in "iu":
+            pass
+        elif kind == "f":
+            r = i.astype(np.int64)
+            if not bool((r == i).all()):
+                raise IndexError(f"{where}: index array has non-integer values")
+            i = r
+        else:
+            raise IndexError(f"{where}: index arrays must be integer or bool, got {i.dtype}")
+        if backend.device() == "cuda" and not backend.is_device_array(i):
+            i = backend.xp().asarray(i)
+        return i
+    raise IndexError(f"{where}: unsupported index {i!r}")
+
+
+def _scatter_add_fwd(g, idx, shape):
+    xp = _xp()
+    out = xp.zeros(shape, dtype=g.dtype)
+    if _is_basic(idx):
+        out[idx] = g
+    elif xp is np:
+        np.add.at(out, idx, g)
+    else:
+        import cupyx  # noqa: PLC0415 - only reached on cuda
+
+        cupyx.scatter_add(out, idx, g)
+    return out
+
+
+_SCATTER_ADD = Primitive(
+    "scatter_add",
+    _scatter_add_fwd,
+    lambda gg, ans, g, idx, shape: (getitem(gg, idx),),
+)
+
+
+_GETITEM = Primitive(
+    "getitem",
+    lambda x, idx: x[idx],
+    lambda g, ans, x, idx: (bind(_SCATTER_ADD, (g,), {"idx": idx, "shape": x.shape}),),
+)
+
+
+def getitem(x, idx):
+    """``x[idx]``: ints, slices, ``None``, ``...``, integer and bool arrays."""
+    x = _dl(x)
+    idx = normalize_index(idx, "dlarray index")
+    try:
+        out_fmt = x._fmt if x._fmt and _is_basic(idx) and _keeps_ndim(idx) else ""
+        return bind(_GETITEM, (x,), {"idx": idx}, out_fmt)
+    except IndexError as exc:
+        raise IndexError(f"dlarray index {idx!r} is invalid for shape {x.shape}: {exc}") from None
+
+
+def _keeps_ndim(idx):
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return all(isinstance(i, slice) or i is Ellipsis for i in items)
+
+
+def _setitem_fwd(x, v, idx):
+    out = x.copy()
+    out[idx] = v
+    return out
+
+
+def _setitem_vjp(g, ans, x, v, idx):
+    gx = bind(_SETITEM, (g, 0.0), {"idx": idx})
+    gv = getitem(g, idx) if hasattr(v, "shape") else None
+    return gx, gv
+
+
+_SETITEM = Primitive("setitem", _setitem_fwd, _setitem_vjp)
+
+
+def setitem(x, idx, v):
+    """Functional ``x[idx] = v``: a new array; both ``x`` and ``v`` get gradients."""
+    x = _dl(x)
+    idx = normalize_index(idx, "dlarray index assignment")
+    if type(v) is not dlarray:
+        v = coerce(v)
+    return bind(_SETITEM, (x, v), {"idx": idx}, x._fmt)
+
+
+def setitem_inplace(x, idx, v):
+    """``x[idx] = v`` on the dlarray object: in place outside a trace; inside one, a
+    recorded functional update rebound to ``x`` (earlier saved values stay intact)."""
+    traced = x._node is not None or (type(v) is dlarray and v._node is not None)
+    if traced and tape.FRAME.get().recording:
+        new = setitem(x, idx, v)
+        x._data, x._node, x._idx = new._data, new._node, new._idx
+        x._taint = x._taint or new._taint
+        return
+    idx = normalize_index(idx, "dlarray index assignment")
+    raw = v._data if type(v) is dlarray else coerce(v)
+    data = x._data
+    node = x._node
+    if not hasattr(data, "__setitem__"):
+        data = _xp().asarray(data).copy()
+    elif node is not None and node.prim is not tape.LEAF:
+        # why: a recorded op's output may be saved by the tape; never mutate it.
+        # The new value is no longer that op's output, so it is untraced.
+        data = data.copy()
+        x._node = None
+    try:
+        data[idx] = raw
+    except (ValueError, IndexError) as exc:
+        raise type(exc)(f"dlarray index assignment x[{idx!r}] = value: {exc}") from None
+    x._data = data
+
+
+def take_along_axis(x, indices, axis):
+    """Gather values along ``axis`` (as ``numpy.take_along_axis``); differentiable in ``x``."""
+    x = _dl(x)
+    ind = indices._data if type(indices) is dlarray else np.asarray(indices)
+    ind = ind.astype(np.int64)
+    axis = axis % x.ndim
+    grids = list(np.indices(ind.shape, sparse=True))
+    grids[axis] = ind
+    xp = _xp()
+    idx = tuple(xp.asarray(gr) for gr in grids)
+    return getitem(x, idx)
+
+
+__all__ = [
+    "reshape",
+    "transpose",
+    "moveaxis",
+    "swapaxes",
+    "broadcast_to",
+    "concatenate",
+    "stack",
+    "flip",
+    "squeeze",
+    "expand_dims",
+    "flatten",
+    "astype",
+    "getitem",
+    "setitem",
+    "setitem_inplace",
+    "take_along_axis",
+    "normalize_index",
+]

@@ -1,0 +1,351 @@
+"""The tape engine: nodes, trace scopes, the reverse walk and memory accounting.
+
+Define-by-run: an op applied to a traced dlarray while recording is on appends a
+``Node`` (the primitive, links to its parents, what it saved). Scopes
+(``dlfeval``, ``autograd.record()``, ``gradient(...)``) live in a ContextVar, so
+threads and nested calls each see their own. ``backward`` is one iterative walk in
+reverse creation order, pruned to the nodes on a path from the roots to the
+requested targets; broadcasting is undone there, in one place.
+
+Inside the engine ``None`` means "no gradient"; zeros are made only at the API
+boundary.
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextvars import ContextVar
+
+from .errors import TraceError
+
+# --------------------------------------------------------------------------- scopes
+
+
+class Trace:
+    """One tracing scope (a ``dlfeval`` call, a ``gradient`` call, a ``record()`` block)."""
+
+    __slots__ = ("kind", "parent", "closed", "__weakref__")
+
+    def __init__(self, kind: str, parent: Trace | None):
+        self.kind = kind
+        self.parent = parent
+        self.closed = False
+
+    def is_active_in(self, current: Trace | None) -> bool:
+        """True if this trace is ``current`` or one of its enclosing scopes."""
+        t = current
+        while t is not None:
+            if t is self:
+                return True
+            t = t.parent
+        return False
+
+
+class Frame:
+    """What the current context is doing: the innermost trace, whether ops are
+    recorded, whether layers run in training mode."""
+
+    __slots__ = ("trace", "recording", "training")
+
+    def __init__(self, trace: Trace | None, recording: bool, training: bool):
+        self.trace = trace
+        self.recording = recording
+        self.training = training
+
+
+_ROOT = Frame(None, False, False)
+FRAME: ContextVar[Frame] = ContextVar("gpugrad_frame", default=_ROOT)
+
+
+def current() -> Frame:
+    return FRAME.get()
+
+
+def is_recording() -> bool:
+    return FRAME.get().recording
+
+
+class scope:
+    """Context manager that installs a Frame (and restores the previous one)."""
+
+    __slots__ = ("frame", "_token")
+
+    def __init__(self, trace=..., recording=None, training=None):
+        old = FRAME.get()
+        self.frame = Frame(
+            old.trace if trace is ... else trace,
+            old.recording if recording is None else recording,
+            old.training if training is None else training,
+        )
+
+    def __enter__(self):
+        self._token = FRAME.set(self.frame)
+        return self.frame
+
+    def __exit__(self, *exc):
+        FRAME.reset(self._token)
+        return False
+
+
+# --------------------------------------------------------------------------- nodes
+
+_seq = itertools.count()
+
+
+class Meta:
+    """Shape and dtype of an input a primitive did not save (enough for most VJPs)."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape, dtype):
+        self.shape = shape
+        self.dtype = dtype
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+RELEASED = object()
+
+
+class Node:
+    """One recorded application of a primitive.
+
+    ``parents[i]`` is ``(node, output_index)`` for a traced input, else ``None``.
+    ``saved`` holds what the VJP needs (input dlarrays / raw ans), or ``RELEASED``.
+    """
+
+    __slots__ = (
+        "prim",
+        "params",
+        "parents",
+        "in_meta",
+        "out_meta",
+        "saved",
+        "seq",
+        "trace",
+        "acct",
+        "tainted",
+        "__weakref__",
+    )
+
+    def __init__(self, prim, params, parents, in_meta, out_meta, saved, trace):
+        self.prim = prim
+        self.params = params
+        self.parents = parents
+        self.in_meta = in_meta
+        self.out_meta = out_meta
+        self.saved = saved
+        self.seq = next(_seq)
+        self.trace = trace
+        self.acct = None
+        self.tainted = False
+
+    @property
+    def is_leaf(self):
+        return self.prim is None or self.prim.name == "leaf"
+
+    def release(self):
+        if self.saved is not RELEASED:
+            self.saved = RELEASED
+            if self.acct is not None:
+                MEMORY.forget(self.acct)
+                self.acct = None
+
+    def __del__(self):
+        if self.acct is not None:
+            MEMORY.forget(self.acct)
+
+
+class LeafPrim:
+    """Marker primitive of leaf nodes (traced inputs); an identity to its parent, if any."""
+
+    name = "leaf"
+    multiple_outputs = False
+
+    @staticmethod
+    def vjp(g, ans, *inputs, **params):
+        return (g,)
+
+
+LEAF = LeafPrim()
+
+
+def make_leaf(meta, trace, parent=None, grad_req="write"):
+    """A leaf node. With ``parent`` (the input was already traced by an enclosing
+    scope) it is an identity link, so outer scopes still see through it."""
+    node = Node(LEAF, None, (parent,) if parent is not None else (), (meta,), (meta,), (), trace)
+    node.params = grad_req
+    return node
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class MemoryCounter:
+    """Deterministic accounting of the bytes traces keep alive for the backward pass.
+
+    Arrays are counted once however many nodes save them (keyed by identity);
+    the data of leaf nodes (traced inputs) is not counted: the caller holds it.
+    """
+
+    def __init__(self):
+        self.current = 0
+        self.by_op = {}
+        self.arrays = {}  # id(raw) -> [count, nbytes, op]
+        self.trackers = []
+
+    def remember(self, op: str, raws) -> list:
+        keys = []
+        added = 0
+        arrays = self.arrays
+        for raw in raws:
+            key = id(raw)
+            entry = arrays.get(key)
+            if entry is None:
+                nbytes = getattr(raw, "nbytes", 8)
+                arrays[key] = [1, nbytes, op, raw]
+                added += nbytes
+                self.by_op[op] = self.by_op.get(op, 0) + nbytes
+            else:
+                entry[0] += 1
+            keys.append(key)
+        if added:
+            self.current += added
+            for t in self.trackers:
+                t._update(self)
+        return keys
+
+    def forget(self, keys):
+        arrays = self.arrays
+        for key in keys:
+            entry = arrays.get(key)
+            if entry is None:
+                continue
+            entry[0] -= 1
+            if entry[0] == 0:
+                del arrays[key]
+                self.current -= entry[1]
+                self.by_op[entry[2]] -= entry[1]
+
+
+MEMORY = MemoryCounter()
+
+
+# --------------------------------------------------------------------------- backward
+
+
+def _collect(roots, targets):
+    """Nodes on a path from the roots to the targets, in reverse creation order."""
+    seen = {}
+    stack = [n for n, _ in roots]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen[n] = False
+        for p in n.parents:
+            if p is not None and p[0] not in seen:
+                stack.append(p[0])
+    order = sorted(seen, key=_seq_key)
+    target_nodes = {n for n, _ in targets}
+    for n in order:  # ascending: parents before children
+        if n in target_nodes:
+            seen[n] = True
+        else:
+            for p in n.parents:
+                if p is not None and seen[p[0]]:
+                    seen[n] = True
+                    break
+    order.reverse()
+    return [n for n in order if seen[n]], seen
+
+
+def _seq_key(n):
+    return n.seq
+
+
+def backward(roots, targets, *, create_graph=False, retain=False, glue):
+    """Reverse walk.
+
+    roots: list of (node, out_index, cotangent dlarray).
+    targets: list of (node, out_index); returns their cotangents (dlarray or None).
+    ``glue`` (from the ops layer) builds what VJPs see: ``wrap_ans(node)``,
+    ``wrap_inputs(node)``, ``zeros(meta)`` for a missing cotangent of a
+    multi-output node, and ``unbroadcast(g, meta)`` which sums/casts a cotangent
+    to an input's shape and dtype.
+    """
+    unbroadcast = glue.unbroadcast
+    order, reach = _collect([(n, i) for n, i, _ in roots], targets)
+    cts = {}
+    for n, i, g in roots:
+        slot = cts.get(n)
+        if slot is None:
+            slot = cts[n] = [None] * len(n.out_meta)
+        slot[i] = g if slot[i] is None else slot[i] + g
+    target_nodes = {n for n, _ in targets}
+    results = {}
+    walked = []
+    with scope(recording=create_graph):
+        for node in order:
+            slot = cts.get(node)
+            if slot is None:
+                continue
+            if node in target_nodes:
+                results[node] = slot
+            parents = node.parents
+            if not any(p is not None and reach[p[0]] for p in parents):
+                continue
+            if node.tainted:
+                raise TraceError(
+                    "dlgradient: the value being differentiated depends on a gradient that was "
+                    "computed without enable_higher_derivatives=True; pass "
+                    "enable_higher_derivatives=True to the first dlgradient call"
+                )
+            saved = node.saved
+            if saved is RELEASED:
+                raise TraceError(
+                    f"backward: the trace data of op '{node.prim.name}' was released by an "
+                    "earlier gradient computation; pass retain_data=True (dlgradient) or "
+                    "retain_graph=True (backward) to the first call to differentiate twice"
+                )
+            prim = node.prim
+            if prim.multiple_outputs:
+                g = tuple(
+                    c if c is not None else glue.zeros(m) for c, m in zip(slot, node.out_meta)
+                )
+            else:
+                g = slot[0]
+            params = node.params
+            if prim is LEAF:
+                in_cts = (g,)
+            else:
+                ans = glue.wrap_ans(node) if saved and saved[0] is not None else None
+                inputs = glue.wrap_inputs(node)
+                if params:
+                    in_cts = prim.vjp(g, ans, *inputs, **params)
+                else:
+                    in_cts = prim.vjp(g, ans, *inputs)
+            walked.append(node)
+            for p, gi, meta in zip(parents, in_cts, node.in_meta):
+                if p is None or gi is None or not reach[p[0]]:
+                    continue
+                gi = unbroadcast(gi, meta)
+                pn, pi = p
+                pslot = cts.get(pn)
+                if pslot is None:
+                    pslot = cts[pn] = [None] * len(pn.out_meta)
+                pslot[pi] = gi if pslot[pi] is None else pslot[pi] + gi
+    if not retain:
+        for node in walked:
+            if node.prim is not LEAF:
+                node.release()
+    return [results[n][i] if n in results else None for n, i in targets]
