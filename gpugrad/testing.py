@@ -19,6 +19,26 @@ from .ops.elementwise import conj, real
 from .ops.reduce import sum as gsum
 
 
+#: primitive names whose derivatives a ``check_gradient`` call exercised, by order
+CHECKED = {1: set(), 2: set()}
+
+
+def primitives_in_graph(y):
+    """Names of the primitives recorded on the path to ``y`` (iterative walk)."""
+    names = set()
+    seen = set()
+    stack = [y._node] if isinstance(y, dlarray) and y._node is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.prim is not None and node.prim.name != "leaf":
+            names.add(node.prim.name)
+        stack.extend(p[0] for p in node.parents if p is not None)
+    return names
+
+
 def _to64(a):
     raw = np.asarray(backend.to_host(a._data if isinstance(a, dlarray) else a))
     if raw.dtype.kind == "c":
@@ -97,6 +117,7 @@ def check_gradient(
 
         def first(*xs):
             y = scalar_f(*xs)
+            CHECKED[2].update(primitives_in_graph(y))
             gs = dlgradient(y, *[xs[i] for i in argnums], enable_higher_derivatives=True)
             gs = gs if isinstance(gs, tuple) else (gs,)
             total = None
@@ -121,6 +142,7 @@ def check_gradient(
     def analytic(points):
         def fn(*xs):
             y = target(*xs)
+            CHECKED[order].update(primitives_in_graph(y))
             gs = dlgradient(y, *[xs[i] for i in argnums])
             return gs if isinstance(gs, tuple) else (gs,)
 
