@@ -127,3 +127,16 @@ def _optional(name):
 
 
 testing = _optional("testing")
+
+from . import autograd, functional  # noqa: E402
+from .functional import (  # noqa: E402
+    custom_derivative,
+    derivative,
+    differentiable_function,
+    gradient,
+    stop_gradient,
+    value_with_gradient,
+    value_with_pullback,
+    with_derivative,
+    without_derivative,
+)

@@ -1,0 +1,313 @@
+"""MXNet face (``gg.autograd``): ``record()``/``pause()`` scopes, ``attach_grad``,
+``x.grad``, ``y.backward()`` and ``autograd.grad``.
+
+A thin shell over the one tape engine: ``record()`` installs a trace scope with
+recording on, ``attach_grad`` makes the array itself a leaf, and ``backward``
+runs the engine's walk and writes the results into ``x.grad``. Python control
+flow inside ``record()`` differentiates as executed (define-by-run).
+
+>>> import gpugrad as gg
+>>> x = gg.dlarray([1.0, 2.0, 3.0])
+>>> x.attach_grad()
+>>> with gg.autograd.record():
+...     y = 2 * x * x
+>>> y.backward()
+>>> x.grad.numpy().tolist()
+[4.0, 8.0, 12.0]
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from . import backend, tape
+from .array import dlarray
+from .errors import TraceError
+from .ops import core
+from .ops.core import make
+
+__all__ = [
+    "record",
+    "pause",
+    "train_mode",
+    "predict_mode",
+    "is_recording",
+    "is_training",
+    "set_recording",
+    "set_training",
+    "grad",
+]
+
+_GRAD_REQS = ("write", "add", "null")
+
+# leaf node -> the dlarray that owns it (so backward can write x.grad)
+_OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# leaf node -> its gradient as a traced dlarray (backward with create_graph=True)
+_TRACED_GRADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+# ------------------------------------------------------------------ scopes
+
+
+class _Scope:
+    """``with`` scope that sets recording and/or training (and restores them)."""
+
+    def __init__(self, recording, training):
+        self._recording = recording
+        self._training = training
+        self._tokens = []
+
+    def __enter__(self):
+        frame = tape.FRAME.get()
+        trace = frame.trace
+        if self._recording:
+            trace = tape.Trace("record", frame.trace)
+        new = tape.Frame(
+            trace,
+            frame.recording if self._recording is None else self._recording,
+            frame.training if self._training is None else self._training,
+        )
+        self._tokens.append(tape.FRAME.set(new))
+        return self
+
+    def __exit__(self, *exc):
+        tape.FRAME.reset(self._tokens.pop())
+        return False
+
+
+def record(train_mode=True):
+    """Scope in which operations on arrays with ``attach_grad()`` are recorded for
+    ``backward``; layers run in training mode unless ``train_mode=False``."""
+    return _Scope(True, bool(train_mode))
+
+
+def pause(train_mode=False):
+    """Scope in which nothing is recorded (inside a ``record()`` block)."""
+    return _Scope(False, bool(train_mode))
+
+
+def train_mode():
+    """Scope in which layers behave as in training (dropout drops)."""
+    return _Scope(None, True)
+
+
+def predict_mode():
+    """Scope in which layers behave as in inference."""
+    return _Scope(None, False)
+
+
+def is_recording() -> bool:
+    """Whether operations are being recorded now."""
+    return tape.FRAME.get().recording
+
+
+def is_training() -> bool:
+    """Whether layers run in training mode now (False outside ``record()``)."""
+    return tape.FRAME.get().training
+
+
+def set_recording(flag) -> bool:
+    """Turn recording on or off for the current context; returns the previous state."""
+    frame = tape.FRAME.get()
+    flag = bool(flag)
+    trace = frame.trace
+    if flag and trace is None:
+        trace = tape.Trace("record", None)
+    tape.FRAME.set(tape.Frame(trace, flag, frame.training))
+    return frame.recording
+
+
+def set_training(flag) -> bool:
+    """Turn training mode on or off for the current context; returns the previous state."""
+    frame = tape.FRAME.get()
+    tape.FRAME.set(tape.Frame(frame.trace, frame.recording, bool(flag)))
+    return frame.training
+
+
+# ------------------------------------------------------------------ dlarray methods
+
+
+def attach_grad(self, grad_req="write"):
+    """Make this array a variable: operations on it inside ``record()`` are recorded
+    and ``backward`` stores its gradient in ``x.grad`` (``grad_req``: ``"write"``
+    overwrites, ``"add"`` accumulates, ``"null"`` computes none)."""
+    if grad_req not in _GRAD_REQS:
+        raise ValueError(f"attach_grad: grad_req must be one of {_GRAD_REQS}, got {grad_req!r}")
+    if self.dtype.kind not in "fc":
+        raise TypeError(
+            f"attach_grad: an array of dtype {self.dtype} cannot have a gradient; "
+            "use a float or complex array"
+        )
+    node = tape.make_leaf((self._data.shape, self._data.dtype), None, grad_req=grad_req)
+    self._node = node
+    self._idx = 0
+    self._taint = False
+    self._grad = backend.xp().zeros(self._data.shape, self._data.dtype)
+    _OWNERS[node] = weakref.ref(self)
+
+
+def _get_grad(self):
+    g = _TRACED_GRADS.get(self._node) if self._node is not None else None
+    if g is not None:
+        return g
+    if self._grad is None:
+        return None
+    return make(self._grad, self._fmt)
+
+
+def detach(self):
+    """An untraced copy (a constant for the tape)."""
+    return make(self._data, self._fmt)
+
+
+def _seed(head_grad, y, where):
+    if head_grad is None:
+        return make(backend.xp().ones(y.shape, y.dtype))
+    h = head_grad if isinstance(head_grad, dlarray) else dlarray(head_grad)
+    if h.shape != y.shape:
+        raise ValueError(
+            f"{where}: head_grads has shape {h.shape}, but the head has shape {y.shape}"
+        )
+    return h
+
+
+def _attached_leaves(root):
+    """The attached variables (leaf nodes with an owner) that ``root`` depends on."""
+    found = []
+    seen = set()
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.is_leaf:
+            ref = _OWNERS.get(n)
+            if ref is not None and ref() is not None and n.params != "null":
+                found.append((n, ref()))
+        for p in n.parents:
+            if p is not None:
+                stack.append(p[0])
+    return found
+
+
+_NOT_RECORDED = (
+    "backward: this value was not recorded, so it has no gradient graph. Call "
+    "x.attach_grad() on the inputs and compute the value inside "
+    "`with gg.autograd.record():`"
+)
+
+
+def _run(roots, targets, create_graph, retain_graph, where):
+    try:
+        return core.backward(roots, targets, create_graph=create_graph, retain=retain_graph)
+    except TraceError as exc:
+        msg = str(exc)
+        if "released" in msg and "retain_graph" not in msg:
+            raise TraceError(
+                f"{where}: the graph was already freed by an earlier backward; pass "
+                "retain_graph=True to the first call to backpropagate through it twice"
+            ) from exc
+        raise
+
+
+def backward(self, head_grads=None, retain_graph=False, create_graph=False):
+    """Backpropagate from this value into the ``grad`` of every variable it depends
+    on (a non-scalar value is summed, i.e. the head gradient is ones).
+    ``retain_graph=True`` keeps the graph for another backward; ``create_graph=True``
+    records the backward so ``x.grad`` can be differentiated again."""
+    if self._node is None:
+        raise TraceError(_NOT_RECORDED)
+    seed = _seed(head_grads, self, "backward")
+    pairs = _attached_leaves(self._node)
+    if not pairs:
+        raise TraceError(
+            "backward: the value does not depend on any array with attach_grad(); call "
+            "x.attach_grad() before computing it inside `with gg.autograd.record():`"
+        )
+    targets = [(n, 0) for n, _ in pairs]
+    results = _run(
+        [(self._node, self._idx, seed)],
+        targets,
+        create_graph,
+        retain_graph or create_graph,
+        "backward",
+    )
+    xp = backend.xp()
+    for (node, x), g in zip(pairs, results):
+        if g is None:
+            g = make(xp.zeros(x.shape, x.dtype))
+        add = node.params == "add"
+        if create_graph:
+            prev = _TRACED_GRADS.get(node)
+            if add:
+                base = (
+                    prev
+                    if prev is not None
+                    else make(x._grad if x._grad is not None else xp.zeros(x.shape, x.dtype))
+                )
+                g = base + g
+            tg = make(g._data, x._fmt, g._node, g._idx, g._taint)
+            _TRACED_GRADS[node] = tg
+            x._grad = tg._data
+        else:
+            _TRACED_GRADS.pop(node, None)
+            if add and x._grad is not None:
+                x._grad = x._grad + g._data
+            else:
+                x._grad = g._data
+
+
+def grad(heads, variables, head_grads=None, retain_graph=None, create_graph=False):
+    """Gradients of ``heads`` (summed) with respect to ``variables`` without touching
+    ``x.grad``: one array for one variable, else a list. ``retain_graph`` defaults to
+    ``create_graph``; with ``create_graph=True`` the results can be differentiated again."""
+    single_head = isinstance(heads, dlarray)
+    hs = [heads] if single_head else list(heads)
+    single_var = isinstance(variables, dlarray)
+    vs = [variables] if single_var else list(variables)
+    if head_grads is None:
+        hgs = [None] * len(hs)
+    elif isinstance(head_grads, (list, tuple)) and not single_head:
+        hgs = list(head_grads)
+    else:
+        hgs = [head_grads]
+    if len(hgs) != len(hs):
+        raise ValueError(f"grad: {len(hs)} head(s) but {len(hgs)} head gradient(s)")
+    roots = []
+    for h, hg in zip(hs, hgs):
+        if not isinstance(h, dlarray):
+            raise TypeError(f"grad: heads must be dlarrays, got {type(h).__name__}")
+        if h._node is None:
+            raise TraceError(_NOT_RECORDED.replace("backward", "grad", 1))
+        roots.append((h._node, h._idx, _seed(hg, h, "grad")))
+    for k, v in enumerate(vs):
+        if not isinstance(v, dlarray) or v._node is None:
+            raise TraceError(
+                f"grad: variable {k} is not recorded; call attach_grad() on it before "
+                "computing the heads inside `with gg.autograd.record():`"
+            )
+    if retain_graph is None:
+        retain_graph = create_graph
+    results = _run(roots, [(v._node, v._idx) for v in vs], create_graph, retain_graph, "grad")
+    xp = backend.xp()
+    out = []
+    for v, g in zip(vs, results):
+        if g is None:
+            out.append(make(xp.zeros(v.shape, v.dtype), v._fmt))
+        elif create_graph:
+            out.append(make(g._data, v._fmt, g._node, g._idx, g._taint))
+        else:
+            out.append(make(g._data, v._fmt))
+    return out[0] if single_var else out
+
+
+def _install():
+    d = dlarray
+    d.attach_grad = attach_grad
+    d.grad = property(_get_grad, doc="The gradient stored by backward (None before attach_grad).")
+    d.detach = detach
+    d.backward = backward
+
+
+_install()
