@@ -224,7 +224,12 @@ class Kernel:
             )
         with _lock:
             _launch_counts[self.name] = _launch_counts.get(self.name, 0) + 1
-        fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
+        args = tuple(args)
+        if backend.device() == "emu":
+            # np.float64 subclasses Python float, which the emulator's type check rejects as
+            # "a Python number"; a 0-d array carries the same 8 bytes and dtype.
+            args = tuple(np.asarray(v) if isinstance(v, np.float64) else v for v in args)
+        fn(tuple(grid), tuple(block), args, shared_mem=shared_mem)
 
     def __repr__(self):
         info = _TABLE[self.name]
@@ -322,14 +327,14 @@ def _dtype_suffix(dtype, fn: str, arg: str) -> str:
     raise TypeError(f"{fn}: {arg} has dtype {dtype}; the kernels take float32 or float64")
 
 
-def _prepare(a, fn: str, arg: str, ndim: int | None = None, dtype=None):
+def _prepare(a, fn: str, arg: str, ndim: int | None = None, dtype=None, layout: str = ""):
     """Contiguous xp array of a float dtype, checked for rank, dtype and 32-bit size."""
     if a is None:
         raise TypeError(f"{fn}: {arg} is required")
     xp = backend.xp()
     a = xp.ascontiguousarray(xp.asarray(a))
     if ndim is not None and a.ndim != ndim:
-        raise ValueError(f"{fn}: {arg} must be {ndim}-D, got shape {tuple(a.shape)}")
+        raise ValueError(f"{fn}: {arg} must be {ndim}-D{layout}, got shape {tuple(a.shape)}")
     _dtype_suffix(a.dtype, fn, arg)
     if dtype is not None and a.dtype != dtype:
         raise TypeError(f"{fn}: {arg} has dtype {a.dtype} but the other operands are {dtype}")
@@ -676,9 +681,9 @@ def conv2d_fwd(
     (1, 5, 5, 4)
     """
     fn = "conv2d_fwd"
-    x = _prepare(x, fn, "x", ndim=4)
+    x = _prepare(x, fn, "x", ndim=4, layout=" [N, H, W, C] (NHWC)")
     dt = _dtype_suffix(x.dtype, fn, "x")
-    w = _prepare(w, fn, "w", ndim=4, dtype=x.dtype)
+    w = _prepare(w, fn, "w", ndim=4, dtype=x.dtype, layout=" [KH, KW, Cin/groups, Cout]")
     geo = conv_geometry(fn, x.shape, w.shape, stride, padding, dilation, groups)
     has_bias = bias is not None
     if has_bias:
@@ -709,9 +714,9 @@ def conv2d_bwd_data(
 ):
     """Gradient of ``conv2d_fwd`` with respect to its input: ``dx`` of shape ``x_shape``."""
     fn = "conv2d_bwd_data"
-    dy = _prepare(dy, fn, "dy", ndim=4)
+    dy = _prepare(dy, fn, "dy", ndim=4, layout=" [N, H, W, C] (NHWC)")
     dt = _dtype_suffix(dy.dtype, fn, "dy")
-    w = _prepare(w, fn, "w", ndim=4, dtype=dy.dtype)
+    w = _prepare(w, fn, "w", ndim=4, dtype=dy.dtype, layout=" [KH, KW, Cin/groups, Cout]")
     geo = conv_geometry(fn, tuple(x_shape), w.shape, stride, padding, dilation, groups)
     expected = (geo.n, geo.ho, geo.wo, geo.cout)
     if tuple(dy.shape) != expected:
@@ -736,9 +741,9 @@ def conv2d_bwd_filter(
     result is deterministic.
     """
     fn = "conv2d_bwd_filter"
-    x = _prepare(x, fn, "x", ndim=4)
+    x = _prepare(x, fn, "x", ndim=4, layout=" [N, H, W, C] (NHWC)")
     dt = _dtype_suffix(x.dtype, fn, "x")
-    dy = _prepare(dy, fn, "dy", ndim=4, dtype=x.dtype)
+    dy = _prepare(dy, fn, "dy", ndim=4, dtype=x.dtype, layout=" [N, H, W, C] (NHWC)")
     geo = conv_geometry(fn, x.shape, tuple(w_shape), stride, padding, dilation, groups)
     expected = (geo.n, geo.ho, geo.wo, geo.cout)
     if tuple(dy.shape) != expected:
