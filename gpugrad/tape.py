@@ -294,7 +294,9 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
     target_nodes = {n for n, _ in targets}
     results = {}
     walked = []
-    with scope(recording=create_graph):
+    outer = FRAME.get()
+    token = FRAME.set(Frame(outer.trace, create_graph, outer.training))
+    try:
         for node in order:
             slot = cts.get(node)
             if slot is None:
@@ -328,8 +330,8 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
             if prim is LEAF:
                 in_cts = (g,)
             else:
-                ans = glue.wrap_ans(node) if saved and saved[0] is not None else None
-                inputs = glue.wrap_inputs(node)
+                ans = glue.wrap_ans(node, create_graph) if saved and saved[0] is not None else None
+                inputs = glue.wrap_inputs(node, create_graph)
                 if params:
                     in_cts = prim.vjp(g, ans, *inputs, **params)
                 else:
@@ -344,6 +346,8 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                 if pslot is None:
                     pslot = cts[pn] = [None] * len(pn.out_meta)
                 pslot[pi] = gi if pslot[pi] is None else pslot[pi] + gi
+    finally:
+        FRAME.reset(token)
     if not retain:
         for node in walked:
             if node.prim is not LEAF:

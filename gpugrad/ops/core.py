@@ -178,16 +178,20 @@ def _record(prim, args, raws, out, params, fmt, frame, taint):
 # ------------------------------------------------------------------ backward glue
 
 
-def wrap_ans(node):
-    """The saved output(s) of ``node`` as dlarrays linked to it (so a recorded
-    backward can differentiate through them)."""
+def wrap_ans(node, linked=True):
+    """The saved output(s) of ``node`` as dlarrays, linked to it when the backward is
+    recorded (so it can be differentiated through them)."""
     ans = node.saved[0]
+    link = node if linked else None
     if node.prim.multiple_outputs:
-        return tuple(make(a, "", node, i) for i, a in enumerate(ans))
-    return make(ans, "", node, 0)
+        return tuple(make(a, "", link, i) for i, a in enumerate(ans))
+    return make(ans, "", link, 0)
 
 
-def wrap_inputs(node):
+def wrap_inputs(node, linked=True):
+    """The inputs as VJPs see them: saved ones as dlarrays (linked to their nodes
+    when the backward is recorded, so second derivatives flow through them),
+    unsaved ones as ``Meta``."""
     saved = node.saved[1] if node.saved else None
     out = []
     for i, meta in enumerate(node.in_meta):
@@ -197,7 +201,7 @@ def wrap_inputs(node):
         elif not hasattr(r, "shape"):
             out.append(r)
         else:
-            p = node.parents[i]
+            p = node.parents[i] if linked else None
             out.append(make(r, "", p[0], p[1]) if p is not None else make(r))
     return out
 

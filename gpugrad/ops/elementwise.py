@@ -41,6 +41,9 @@ def _out_fmt(a, b, out):
     return ""
 
 
+_PY = (int, float, complex, bool)
+
+
 def _bind2(prim, a, b, params=None):
     """Binary fast path with broadcasting, device and format checks."""
     ta = type(a) is dlarray
@@ -48,7 +51,7 @@ def _bind2(prim, a, b, params=None):
     ra = a._data if ta else coerce(a)
     rb = b._data if tb else coerce(b)
     tra, trb = type(ra), type(rb)
-    if tra is not trb and tra.__module__ != trb.__module__:
+    if tra is not trb and tra not in _PY and trb not in _PY and tra.__module__ != trb.__module__:
         same_device(ra, rb, prim.name)
     try:
         out = prim.fwd(ra, rb, **params) if params else prim.fwd(ra, rb)
