@@ -25,6 +25,7 @@ array([[0., 0.], [0., 0.], [0., 0.]], dtype=float32)
 from __future__ import annotations
 
 import builtins
+import os
 import threading
 from dataclasses import dataclass
 
@@ -172,7 +173,10 @@ def _compile(file: str, key):
     from gpugrad.backend import emu
 
     try:
-        return emu.EmuModule(text, name=str(path), options=())
+        # GPUGRAD_EMU_SANITIZE=1: AddressSanitizer build (the process must run under
+        # emu.asan_env(), see emu.run_in_subprocess); reports out-of-bounds accesses.
+        sanitize = os.environ.get("GPUGRAD_EMU_SANITIZE", "") not in ("", "0")
+        return emu.EmuModule(text, name=str(path), options=(), sanitize=sanitize)
     except Exception as exc:
         raise KernelCompileError(f"the emulator failed to compile {path}:\n{exc}") from exc
 

@@ -468,3 +468,49 @@ def test_conv2d_errors():
         kernels.conv2d_fwd(x, np.ones((3, 3, 4, 4)))
     with pytest.raises(ValueError, match="bias"):
         kernels.conv2d_fwd(x, np.ones((3, 3, 4, 4), np.float32), np.ones(3, np.float32))
+
+
+# --------------------------------------------------------------------------- sanitizer
+
+ASAN_SCRIPT = """
+import numpy as np
+from gpugrad import backend
+from gpugrad.backend import kernels as K
+backend.set_device("emu")
+rng = np.random.default_rng(0)
+for dt, tiles in ((np.float32, ("large", "mid", "small")), (np.float64, ("large", "small"))):
+    for m, n, k in [(1, 1, 1), (131, 137, 37), (136, 132, 40)]:
+        for ta in (0, 1):
+            for tb in (0, 1):
+                for tile in tiles:
+                    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dt)
+                    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dt)
+                    K.matmul(a, b, trans_a=ta, trans_b=tb, bias=np.ones(n, dt), relu=True,
+                             mask=a, tile=tile)
+    x = rng.standard_normal(1027).astype(dt)
+    K.relu_fwd(x[1:]), K.relu_bwd(x[1:], x[:-1]), K.relu_fwd(x)
+    c_prev = rng.standard_normal((3, 5)).astype(dt)
+    h, c, gates = K.lstm_cell_fwd(rng.standard_normal((3, 20)).astype(dt), c_prev)
+    K.lstm_cell_bwd(h, c, gates, c_prev, c)
+    for N, H, W, C, kh, kw, co, st, pad, dil, g in [
+        (2, 7, 9, 3, 3, 3, 5, 1, 1, 1, 1), (1, 11, 8, 4, 3, 2, 8, (2, 1), ((0, 2), (1, 0)), (1, 2), 2),
+        (2, 9, 9, 8, 3, 3, 8, 2, 1, 2, 1), (2, 10, 9, 4, 1, 1, 65, 1, 0, 1, 1)]:
+        hy = dict(stride=st, padding=pad, dilation=dil, groups=g)
+        x = rng.standard_normal((N, H, W, C)).astype(dt)
+        w = rng.standard_normal((kh, kw, C // g, co)).astype(dt)
+        y = K.conv2d_fwd(x, w, np.ones(co, dt), relu=True, **hy)
+        K.conv2d_bwd_data(y, w, x.shape, **hy), K.conv2d_bwd_filter(y, x, w.shape, **hy)
+print("ASAN-CLEAN")
+"""
+
+
+def test_kernels_clean_under_address_sanitizer():
+    """Every kernel on edge shapes, built with ASan: no out-of-bounds access."""
+    import os
+
+    try:
+        env = emu.asan_env(dict(os.environ, GPUGRAD_EMU_SANITIZE="1"))
+    except Exception as exc:  # no libasan for this compiler
+        pytest.skip(f"AddressSanitizer runtime not available: {exc}")
+    result = emu.run_in_subprocess(ASAN_SCRIPT, asan=True, env=env, timeout=600)
+    assert result.returncode == 0 and "ASAN-CLEAN" in result.stdout, result.stderr[-6000:]
