@@ -514,3 +514,15 @@ def test_kernels_clean_under_address_sanitizer():
         pytest.skip(f"AddressSanitizer runtime not available: {exc}")
     result = emu.run_in_subprocess(ASAN_SCRIPT, asan=True, env=env, timeout=600)
     assert result.returncode == 0 and "ASAN-CLEAN" in result.stdout, result.stderr[-6000:]
+
+
+def test_compile_error_shows_the_log_with_file_and_line(monkeypatch):
+    info = kernels.KernelInfo("broken_f32", "broken.cu", "test", "f32")
+    monkeypatch.setitem(kernels._TABLE, info.name, info)
+    source = 'extern "C" __global__ void broken_f32(float* x) {\n  x[0] = not_declared;\n}\n'
+    monkeypatch.setitem(kernels._sources, "broken.cu", source)
+    with pytest.raises(kernels.KernelCompileError, match=r"broken\.cu") as caught:
+        kernels.get_kernel("broken_f32")((1, 1, 1), (1, 1, 1), (np.zeros(1, np.float32),))
+    message = str(caught.value)
+    assert "not_declared" in message and "broken.cu:2" in message, message
+    assert kernels.launches().get("broken_f32", 0) == 0
