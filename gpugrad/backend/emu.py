@@ -28,6 +28,7 @@ the source, its quoted includes, the emulator sources, the flags and the compile
 
 from __future__ import annotations
 
+import ast
 import bisect
 import contextlib
 import ctypes
@@ -370,8 +371,7 @@ def _rewrite_extern_shared(src: str, masked: str, name: str) -> str:
         if scopes.at_namespace_scope(m.start()):
             line_after = src.count("\n", 0, m.end()) + 1
             text = (
-                f"\n#undef {var}\n#define {var} ({ptr})\n"
-                f'#line {line_after} "{_c_escape(name)}"\n'
+                f'\n#undef {var}\n#define {var} ({ptr})\n#line {line_after} "{_c_escape(name)}"\n'
             )
         else:
             text = f"{ctype}* const {var} = {ptr};"
@@ -487,27 +487,41 @@ def _find_kernels(masked: str) -> tuple[list[_KernelDecl], list[str]]:
 
 
 def _int_value(expr: str | None, src: str, options: tuple) -> int | None:
-    """Value of a __launch_bounds__ first argument if it is a literal or a simple macro."""
-    if expr is None:
+    """Value of the first __launch_bounds__ argument when it is an integer expression of
+    literals, -D options, ``#define``s and ``constexpr int``s; else None (not checked)."""
+    if not expr or not _split_params(expr):
         return None
-    first = _split_params(expr)[0] if _split_params(expr) else ""
-    for _ in range(4):
-        if re.fullmatch(r"\d+[uU]?", first):
-            return int(first.rstrip("uU"))
-        if not re.fullmatch(r"[A-Za-z_]\w*", first):
-            return None
-        val = None
+    text = _split_params(expr)[0]
+
+    def lookup(name: str) -> str | None:
         for opt in options:
-            om = re.fullmatch(rf"-D\s*{first}=(.+)", opt)
+            om = re.fullmatch(rf"-D\s*{name}=(.+)", opt)
             if om:
-                val = om.group(1).strip()
-        dm = re.search(rf"^\s*#\s*define\s+{first}\s+\(?\s*(\w+)\s*\)?\s*$", src, re.M)
-        cm = re.search(rf"\bconstexpr\s+(?:unsigned\s+)?int\s+{first}\s*=\s*(\w+)\s*;", src)
-        val = val or (dm and dm.group(1)) or (cm and cm.group(1))
-        if val is None:
-            return None
-        first = val
-    return None
+                return om.group(1)
+        dm = re.search(rf"^[ \t]*#[ \t]*define[ \t]+{name}[ \t]+(.+?)[ \t]*$", src, re.M)
+        if dm:
+            return dm.group(1)
+        cm = re.search(rf"\bconstexpr\s+(?:unsigned\s+)?int\s+{name}\s*=\s*([^;]+);", src)
+        return cm.group(1) if cm else None
+
+    for _ in range(8):  # expand identifiers a few levels deep
+        names = set(re.findall(r"[A-Za-z_]\w*", text))
+        if not names:
+            break
+        for name in names:
+            val = lookup(name)
+            if val is None:
+                return None
+            text = re.sub(rf"\b{name}\b", f"({val})", text)
+    text = re.sub(r"(\d+)[uUlL]+\b", r"\1", text)
+    if not re.fullmatch(r"[\d\s+\-*/%()<>]*", text) or not text.strip():
+        return None
+    try:
+        node = ast.parse(text.replace("//", "/").replace("/", "//"), mode="eval")
+        value = eval(compile(node, "<launch_bounds>", "eval"), {"__builtins__": {}})  # noqa: S307
+    except (SyntaxError, ValueError, ZeroDivisionError, TypeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _c_escape(s: str) -> str:
@@ -591,7 +605,22 @@ GPUGRAD_EXPORT int gpugrad_emu_sig_{name}(int *codes, int *sizes, int cap) {{
 }}
 """
 
-_ALIGNMENT = {1: 4, 2: 8, 3: 1, 4: 1, 5: 2, 6: 2, 7: 4, 8: 4, 9: 8, 10: 8, 11: 1, 12: 2, 13: 2, 15: 1}
+_ALIGNMENT = {
+    1: 4,
+    2: 8,
+    3: 1,
+    4: 1,
+    5: 2,
+    6: 2,
+    7: 4,
+    8: 4,
+    9: 8,
+    10: 8,
+    11: 1,
+    12: 2,
+    13: 2,
+    15: 1,
+}
 
 
 @dataclass(frozen=True)
@@ -742,7 +771,9 @@ def _quoted_includes(src: str, dirs: list[Path], seen: set) -> list[tuple[str, b
                     seen.add(p)
                     data = p.read_bytes()
                     found.append((str(p), data))
-                    found += _quoted_includes(data.decode(errors="replace"), [p.parent, *dirs], seen)
+                    found += _quoted_includes(
+                        data.decode(errors="replace"), [p.parent, *dirs], seen
+                    )
                 break
     return found
 
@@ -759,7 +790,7 @@ def _run_compiler(cmd: list[str], what: str) -> None:
         hint = ""
         if re.search(r"conflicting declaration of C function|ambiguating new declaration", log):
             hint = (
-                "\nhint: an extern \"C\" kernel or device function may share its name with a C "
+                '\nhint: an extern "C" kernel or device function may share its name with a C '
                 "library function (index, time, ...); rename it."
             )
         if "asm" in log and "operand" in log:
@@ -926,8 +957,19 @@ class EmuModule:
                     Path(src_file).write_text(gen)
                     try:
                         _run_compiler(
-                            [_cxx(), *flags, "-shared", "-x", "c++", src_file, "-x", "none",
-                             str(rt), "-o", tmp],
+                            [
+                                _cxx(),
+                                *flags,
+                                "-shared",
+                                "-x",
+                                "c++",
+                                src_file,
+                                "-x",
+                                "none",
+                                str(rt),
+                                "-o",
+                                tmp,
+                            ],
                             f"compiling {name} for the CUDA emulator",
                         )
                     finally:
@@ -996,7 +1038,9 @@ def _dim3(v, what: str, kernel: str) -> tuple[int, int, int]:
             raise TypeError(f"kernel {kernel}: {what} must hold ints; got {v!r}")
         t = tuple(int(x) for x in t)
     else:
-        raise TypeError(f"kernel {kernel}: {what} must be an int or a tuple of 1 to 3 ints; got {v!r}")
+        raise TypeError(
+            f"kernel {kernel}: {what} must be an int or a tuple of 1 to 3 ints; got {v!r}"
+        )
     return (t + (1, 1))[:3]
 
 
@@ -1047,8 +1091,12 @@ class EmuKernel:
             return ctypes.c_void_p(None)
         if type(v).__module__.startswith("cupy"):
             raise TypeError(
-                self._err(i, p, "got a CuPy array; emulated kernels take NumPy arrays (host memory "
-                          "stands for device memory)")
+                self._err(
+                    i,
+                    p,
+                    "got a CuPy array; emulated kernels take NumPy arrays (host memory "
+                    "stands for device memory)",
+                )
             )
         if not isinstance(v, np.ndarray):
             raise TypeError(self._err(i, p, f"expected a NumPy array, got {_describe(v)}"))
@@ -1064,19 +1112,31 @@ class EmuKernel:
                 )
         if not v.flags.c_contiguous:
             raise ValueError(
-                self._err(i, p, f"the array must be C-contiguous (got strides {v.strides}); pass "
-                          "np.ascontiguousarray(x)")
+                self._err(
+                    i,
+                    p,
+                    f"the array must be C-contiguous (got strides {v.strides}); pass "
+                    "np.ascontiguousarray(x)",
+                )
             )
         if p.width > 1 and v.size % p.width:
             raise ValueError(
-                self._err(i, p, f"the array size {v.size} is not a multiple of {p.width} "
-                          f"({p.ctype} reads {p.width}-vectors)")
+                self._err(
+                    i,
+                    p,
+                    f"the array size {v.size} is not a multiple of {p.width} "
+                    f"({p.ctype} reads {p.width}-vectors)",
+                )
             )
         addr = v.ctypes.data
         if addr % p.align:
             raise ValueError(
-                self._err(i, p, f"the array data at 0x{addr:x} is not {p.align}-byte aligned, "
-                          "as the GPU requires for this type")
+                self._err(
+                    i,
+                    p,
+                    f"the array data at 0x{addr:x} is not {p.align}-byte aligned, "
+                    "as the GPU requires for this type",
+                )
             )
         return ctypes.c_void_p(addr)
 
@@ -1085,19 +1145,29 @@ class EmuKernel:
         if isinstance(v, (bool, int, float, complex)):
             np_name = {"bool": "bool_"}.get(str(want), str(want))
             raise TypeError(
-                self._err(i, p, f"got Python {type(v).__name__} {v!r}; pass np.{np_name}({v!r}) "
-                          "(a GPU would read the bytes of a Python number as garbage)")
+                self._err(
+                    i,
+                    p,
+                    f"got Python {type(v).__name__} {v!r}; pass np.{np_name}({v!r}) "
+                    "(a GPU would read the bytes of a Python number as garbage)",
+                )
             )
         if isinstance(v, np.ndarray) and v.ndim == 0:
             v = v[()]
         if not isinstance(v, np.generic):
             raise TypeError(self._err(i, p, f"expected a np.{want} scalar, got {_describe(v)}"))
-        ok = (v.dtype.name == "bfloat16" or v.dtype == np.uint16) if want == "bfloat16" else v.dtype == want
+        ok = (
+            (v.dtype.name == "bfloat16" or v.dtype == np.uint16)
+            if want == "bfloat16"
+            else v.dtype == want
+        )
         if not ok:
             raise TypeError(self._err(i, p, f"expected a np.{want} scalar, got {_describe(v)}"))
         data = np.asarray(v).tobytes()
         if len(data) != p.size:
-            raise TypeError(self._err(i, p, f"size mismatch: {len(data)} bytes for a {p.size}-byte parameter"))
+            raise TypeError(
+                self._err(i, p, f"size mismatch: {len(data)} bytes for a {p.size}-byte parameter")
+            )
         return ctypes.create_string_buffer(data, len(data))
 
     def __call__(self, grid, block, args, shared_mem: int = 0, **kw):
@@ -1143,7 +1213,9 @@ class EmuKernel:
                 f"exceeds the limit of {limit} bytes{extra}"
             )
         if not isinstance(args, (tuple, list)):
-            raise TypeError(f"kernel {self.name}: args must be a tuple or list; got {_describe(args)}")
+            raise TypeError(
+                f"kernel {self.name}: args must be a tuple or list; got {_describe(args)}"
+            )
         if len(args) != len(self.params):
             sig = ", ".join(f"{p.ctype} {p.name}" for p in self.params)
             raise TypeError(
@@ -1153,8 +1225,12 @@ class EmuKernel:
         for i, (p, v) in enumerate(zip(self.params, args)):
             if not p.supported:
                 raise TypeError(
-                    self._err(i, p, "this parameter type is not supported by the emulator (only "
-                              "pointers to scalars/vectors and scalar values)")
+                    self._err(
+                        i,
+                        p,
+                        "this parameter type is not supported by the emulator (only "
+                        "pointers to scalars/vectors and scalar values)",
+                    )
                 )
             keep.append(self._pointer(i, p, v) if p.pointer else self._scalar(i, p, v))
         argv = (ctypes.c_void_p * max(1, len(keep)))()

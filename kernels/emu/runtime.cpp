@@ -465,23 +465,44 @@ inline unsigned long long splitmix(unsigned long long &x) {
     return z ^ (z >> 31);
 }
 
+// One line per distinct wait (barrier, or warp op with its site and mask).
 std::string describe_waits(Worker *w) {
-    std::string s;
-    int shown = 0;
+    struct Group {
+        const Fiber *first, *last;
+        unsigned count;
+    };
+    std::vector<Group> groups;
+    auto same_wait = [](const Fiber *a, const Fiber *b) {
+        if (a->state != b->state) return false;
+        return a->state == AT_BARRIER || (a->w_kind == b->w_kind && a->w_mask == b->w_mask &&
+                                          same_site(a->w_file, a->w_line, b->w_file, b->w_line));
+    };
     for (auto &f : w->fibers) {
         if (f.state == EXITED || f.state == RUNNABLE) continue;
-        if (shown++ == 8) {
-            s += "\n  ...";
-            break;
-        }
-        if (f.state == AT_BARRIER)
-            s += fmt("\n  thread (%u,%u,%u) waits at %s() at %s:%d", f.tid.x, f.tid.y, f.tid.z,
-                     bar_name(w->bar_kind), w->bar_file, w->bar_line);
-        else
-            s += fmt("\n  thread (%u,%u,%u) (warp %u lane %u) waits at %s(mask=0x%08x) at %s:%d", f.tid.x, f.tid.y,
-                     f.tid.z, f.linear / kWarp, f.linear % kWarp, warp_name(f.w_kind), f.w_mask, f.w_file,
-                     f.w_line);
+        bool found = false;
+        for (auto &g : groups)
+            if (same_wait(g.first, &f)) {
+                g.last = &f;
+                ++g.count;
+                found = true;
+                break;
+            }
+        if (!found) groups.push_back({&f, &f, 1});
     }
+    std::string s;
+    for (size_t i = 0; i < groups.size() && i < 8; ++i) {
+        const Group &g = groups[i];
+        std::string who = g.count == 1 ? fmt("thread (%u,%u,%u)", g.first->tid.x, g.first->tid.y, g.first->tid.z)
+                                       : fmt("%u threads (%u,%u,%u)..(%u,%u,%u)", g.count, g.first->tid.x,
+                                             g.first->tid.y, g.first->tid.z, g.last->tid.x, g.last->tid.y,
+                                             g.last->tid.z);
+        if (g.first->state == AT_BARRIER)
+            s += fmt("\n  %s wait at %s() at %s:%d", who.c_str(), bar_name(w->bar_kind), w->bar_file, w->bar_line);
+        else
+            s += fmt("\n  %s wait at %s(mask=0x%08x) at %s:%d for the lanes of the mask", who.c_str(),
+                     warp_name(g.first->w_kind), g.first->w_mask, g.first->w_file, g.first->w_line);
+    }
+    if (groups.size() > 8) s += "\n  ...";
     return s;
 }
 
@@ -507,7 +528,9 @@ bool run_block(Worker *w, unsigned long long b) {
         Fiber &f = w->fibers[i];
         f.state = RUNNABLE;
         f.started = false;
-        ctx_init(&f.ctx, f.stack, kStackSize, fiber_main);
+        // why the offset: stack tops 260 KiB apart share their L1 cache sets; staggering
+        // them by cache lines spreads the fibers' hot frames over all sets (~2x faster)
+        ctx_init(&f.ctx, f.stack, kStackSize - (i % 64) * 64 - (i / 64 % 4) * 4096, fiber_main);
     }
     w->rng = L->cfg.seed * 0x9e3779b97f4a7c15ull + b;
     for (;;) {
