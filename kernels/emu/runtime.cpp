@@ -140,7 +140,6 @@ struct Fiber {
     uint3 tid;
     unsigned linear = 0;
     State state = RUNNABLE;
-    bool started = false;
     void *asan_fake = nullptr;
     // barrier
     int bar_kind = 0, bar_pred = 0, bar_result = 0;
@@ -167,14 +166,16 @@ struct Worker {
     uint3 block{};
     std::string error;
     std::vector<unsigned> order;
+    unsigned k = 0;          // position in the current round
+    bool progressed = false;  // did any fiber run in this round
+    bool from_sched = false;  // (ASan) the next switch leaves the worker's stack
     unsigned long long rng = 0;
     char *dyn = nullptr;
     // stats
     unsigned long long poison = 0, exit_warn = 0, switches = 0;
-#if GPUGRAD_ASAN
+    // (ASan) the worker's own stack, learnt on the first switch away from it
     const void *sched_stack_bottom = nullptr;
     size_t sched_stack_size = 0;
-#endif
 };
 
 __thread Worker *tw = nullptr;
@@ -242,37 +243,57 @@ bool same_site(const char *fa, int la, const char *fb, int lb) {
 }
 
 // ---------------------------------------------------------------------------------
-// Switching. The scheduler context is the worker's own stack.
-inline void switch_to_fiber(Worker *w, Fiber *f) {
-    w->cur = f;
-    gpugrad_emu_ts.tid = f->tid;
-    ++w->switches;
+// Switching. A fiber that blocks (barrier, warp op) or exits picks the next runnable
+// fiber itself and switches straight to it; the worker's own stack (w->sched) is
+// resumed only when the block has finished or failed.
+Fiber *next_fiber(Worker *w);
+
+inline void asan_start(Fiber *from, const void *bottom, size_t size) {
 #if GPUGRAD_ASAN
-    void *fake = nullptr;
-    __sanitizer_start_switch_fiber(&fake, f->stack, kStackSize);
-    ctx_swap(&w->sched, &f->ctx);
-    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+    // from == nullptr: the fiber exits and its fake stack can be destroyed
+    __sanitizer_start_switch_fiber(from ? &from->asan_fake : nullptr, bottom, size);
 #else
-    ctx_swap(&w->sched, &f->ctx);
+    (void)from, (void)bottom, (void)size;
 #endif
-    w->cur = nullptr;
+}
+inline void asan_finish(Worker *w, Fiber *self) {
+#if GPUGRAD_ASAN
+    const void *bottom = nullptr;
+    size_t size = 0;
+    __sanitizer_finish_switch_fiber(self ? self->asan_fake : nullptr, &bottom, &size);
+    if (w->from_sched) {  // we came from the worker's stack: remember where it is
+        w->sched_stack_bottom = bottom;
+        w->sched_stack_size = size;
+        w->from_sched = false;
+    }
+#else
+    (void)w, (void)self;
+#endif
 }
 
-inline void yield_to_scheduler(Worker *w, Fiber *f) {
-#if GPUGRAD_ASAN
-    __sanitizer_start_switch_fiber(&f->asan_fake, w->sched_stack_bottom, w->sched_stack_size);
-    ctx_swap(&f->ctx, &w->sched);
-    __sanitizer_finish_switch_fiber(f->asan_fake, nullptr, nullptr);
-#else
-    ctx_swap(&f->ctx, &w->sched);
-#endif
+// Leave fiber f (blocked, exited or failed) for the next runnable fiber or the worker.
+inline void leave(Worker *w, Fiber *f, bool exiting) {
+    Fiber *n = next_fiber(w);
+    if (n == f) return;  // f itself runs next: no switch
+    Fiber *save = exiting ? nullptr : f;
+    if (n) {
+        w->cur = n;
+        gpugrad_emu_ts.tid = n->tid;
+        ++w->switches;
+        asan_start(save, n->stack, kStackSize);
+    } else {
+        w->cur = nullptr;
+        asan_start(save, w->sched_stack_bottom, w->sched_stack_size);
+    }
+    ctx_swap(&f->ctx, n ? &n->ctx : &w->sched);
+    asan_finish(w, f);  // resumed: whoever switched here set w->cur and threadIdx
 }
 
 // Report an error from inside a fiber: record it and never come back.
 [[noreturn]] void fiber_fail(Worker *w, Fiber *f, std::string msg) {
     if (w->error.empty()) w->error = std::move(msg);
-    yield_to_scheduler(w, f);
-    __builtin_trap();  // the scheduler never resumes a failed block
+    leave(w, f, false);
+    __builtin_trap();  // a failed block is never resumed
 }
 
 // ---------------------------------------------------------------------------------
@@ -445,17 +466,11 @@ void on_exit(Worker *w, Fiber *f) {
 void fiber_main() {
     Worker *w = tw;
     Fiber *f = w->cur;
-#if GPUGRAD_ASAN
-    __sanitizer_finish_switch_fiber(nullptr, &w->sched_stack_bottom, &w->sched_stack_size);
-#endif
+    asan_finish(w, nullptr);
     w->L->entry(w->L->args);
     on_exit(w, f);
-#if GPUGRAD_ASAN
-    // nullptr: this fiber's fake stack can be destroyed, it never resumes
-    __sanitizer_start_switch_fiber(nullptr, w->sched_stack_bottom, w->sched_stack_size);
-#endif
-    ctx_swap(&f->ctx, &w->sched);
-    __builtin_trap();
+    leave(w, f, true);
+    __builtin_trap();  // an exited fiber is never resumed
 }
 
 inline unsigned long long splitmix(unsigned long long &x) {
@@ -466,6 +481,8 @@ inline unsigned long long splitmix(unsigned long long &x) {
 }
 
 // One line per distinct wait (barrier, or warp op with its site and mask).
+void start_round(Worker *w);
+
 std::string describe_waits(Worker *w) {
     struct Group {
         const Fiber *first, *last;
@@ -527,36 +544,67 @@ bool run_block(Worker *w, unsigned long long b) {
     for (unsigned i = 0; i < w->n; ++i) {
         Fiber &f = w->fibers[i];
         f.state = RUNNABLE;
-        f.started = false;
         // why the offset: stack tops 260 KiB apart share their L1 cache sets; staggering
         // them by cache lines spreads the fibers' hot frames over all sets (~2x faster)
         ctx_init(&f.ctx, f.stack, kStackSize - (i % 64) * 64 - (i / 64 % 4) * 4096, fiber_main);
     }
     w->rng = L->cfg.seed * 0x9e3779b97f4a7c15ull + b;
-    for (;;) {
-        // one round: every runnable fiber runs to its next barrier, warp op or exit
+    for (unsigned i = 0; i < w->n; ++i) w->order[i] = i;
+    start_round(w);
+    Fiber *f = next_fiber(w);
+    if (f) {
+        w->cur = f;
+        gpugrad_emu_ts.tid = f->tid;
+        ++w->switches;
+        w->from_sched = true;
+#if GPUGRAD_ASAN
+        void *fake = nullptr;
+        __sanitizer_start_switch_fiber(&fake, f->stack, kStackSize);
+        ctx_swap(&w->sched, &f->ctx);
+        __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+        ctx_swap(&w->sched, &f->ctx);
+#endif
+    }
+    return w->error.empty();
+}
+
+// A round: every runnable fiber runs once, to its next barrier, warp op or exit, in
+// the scheduling order.
+void start_round(Worker *w) {
+    w->k = 0;
+    w->progressed = false;
+    if (w->L->cfg.order == 2) {
         auto &ord = w->order;
-        if (L->cfg.order == 2) {
-            for (unsigned i = w->n; i > 1; --i) {
-                unsigned j = (unsigned)(splitmix(w->rng) % i);
-                std::swap(ord[i - 1], ord[j]);
+        for (unsigned i = w->n; i > 1; --i) {
+            unsigned j = (unsigned)(splitmix(w->rng) % i);
+            std::swap(ord[i - 1], ord[j]);
+        }
+    }
+}
+
+// The next fiber to run; nullptr when the block has finished or failed (deadlock is
+// detected here: a whole round in which no fiber could run).
+Fiber *next_fiber(Worker *w) {
+    if (!w->error.empty()) return nullptr;
+    const bool reverse = w->L->cfg.order == 1;
+    for (;;) {
+        while (w->k < w->n) {
+            unsigned i = reverse ? w->n - 1 - w->k : w->order[w->k];
+            ++w->k;
+            Fiber *f = &w->fibers[i];
+            if (f->state == RUNNABLE) {
+                w->progressed = true;
+                return f;
             }
         }
-        bool progressed = false;
-        for (unsigned k = 0; k < w->n; ++k) {
-            unsigned i = L->cfg.order == 1 ? w->n - 1 - k : ord[k];
-            Fiber *f = &w->fibers[i];
-            if (f->state != RUNNABLE) continue;
-            progressed = true;
-            switch_to_fiber(w, f);
-            if (!w->error.empty()) return false;
+        if (w->n_exited == w->n) return nullptr;
+        if (!w->progressed) {
+            w->error = fmt("deadlock in block (%u,%u,%u): no thread can make progress (%u of %u exited)%s",
+                           w->block.x, w->block.y, w->block.z, w->n_exited, w->n, describe_waits(w).c_str());
+            return nullptr;
         }
-        if (w->n_exited == w->n) return true;
-        if (!progressed) {
-            w->error = fmt("deadlock in block (%u,%u,%u): no thread can make progress (%u of %u exited)%s", bi.x,
-                           bi.y, bi.z, w->n_exited, w->n, describe_waits(w).c_str());
-            return false;
-        }
+        start_round(w);
     }
 }
 
@@ -648,7 +696,7 @@ GPUGRAD_EMU_API int gpugrad_emu_barrier(int kind, int pred, const char *file, in
     barrier_release_if_complete(w);
     // why yield even when this thread released the barrier: the next phase then starts
     // in the scheduling order (forward/reverse/random), not with the last arrival
-    yield_to_scheduler(w, f);
+    leave(w, f, false);
     return f->bar_result;
 }
 
@@ -681,7 +729,7 @@ GPUGRAD_EMU_API unsigned long long gpugrad_emu_warp_op(int kind, unsigned mask, 
     f->w_line = line;
     f->state = AT_WARP;
     warp_try_complete(w, f);
-    yield_to_scheduler(w, f);
+    leave(w, f, false);
     if (pred_out) *pred_out = f->w_pred;
     return f->w_result;
 }
