@@ -117,6 +117,7 @@ enum gpugrad_emu_warp_kind {
     GPUGRAD_W_REDUCE_AND,
     GPUGRAD_W_REDUCE_OR,
     GPUGRAD_W_REDUCE_XOR,
+    GPUGRAD_W_ACTIVEMASK,
     GPUGRAD_W_NKINDS
 };
 GPUGRAD_EMU_API int gpugrad_emu_barrier(int kind, int pred, const char *file, int line);
@@ -124,7 +125,6 @@ GPUGRAD_EMU_API unsigned long long gpugrad_emu_warp_op(int kind, unsigned mask,
                                                        unsigned long long value, int size,
                                                        int arg, int width, const char *file,
                                                        int line, int *pred_out);
-GPUGRAD_EMU_API unsigned gpugrad_emu_activemask(void);
 GPUGRAD_EMU_API void gpugrad_emu_trap(const char *file, int line);
 
 #define GPUGRAD_SITE const char *gpugrad_file = __builtin_FILE(), int gpugrad_line = __builtin_LINE()
@@ -195,7 +195,11 @@ inline int __any_sync(unsigned mask, int pred, GPUGRAD_SITE) {
 inline int __all_sync(unsigned mask, int pred, GPUGRAD_SITE) {
     return (int)gpugrad_emu_warp_op(GPUGRAD_W_ALL, mask, pred != 0, 4, 0, 32, GPUGRAD_AT, nullptr);
 }
-inline unsigned __activemask() { return gpugrad_emu_activemask(); }
+// The lanes of the warp that are at this same __activemask call (the others have exited
+// or wait elsewhere, i.e. are on another branch); it waits until that is known.
+inline unsigned __activemask(GPUGRAD_SITE) {
+    return (unsigned)gpugrad_emu_warp_op(GPUGRAD_W_ACTIVEMASK, 0xffffffffu, 0, 4, 0, 32, GPUGRAD_AT, nullptr);
+}
 template <typename T>
 inline unsigned __match_any_sync(unsigned mask, T value, GPUGRAD_SITE) {
     return (unsigned)gpugrad_emu_warp_op(GPUGRAD_W_MATCH_ANY, mask, gpugrad_emu::to_bits(value),

@@ -31,7 +31,11 @@
 #define GPUGRAD_ASAN 0
 #endif
 
-#if !defined(__x86_64__)
+// Other architectures use glibc's ucontext (slower); -DGPUGRAD_EMU_UCONTEXT forces it.
+#if defined(__x86_64__) && !defined(GPUGRAD_EMU_UCONTEXT)
+#define GPUGRAD_X86_SWITCH 1
+#else
+#define GPUGRAD_X86_SWITCH 0
 #include <ucontext.h>
 #endif
 
@@ -45,7 +49,7 @@ constexpr unsigned kWarp = 32;
 // ---------------------------------------------------------------------------------
 // Context switch. x86-64: ~20 instructions, an order of magnitude faster than
 // swapcontext (which also saves the signal mask with a system call).
-#if defined(__x86_64__)
+#if GPUGRAD_X86_SWITCH
 struct Ctx {
     void *sp = nullptr;
 };
@@ -160,6 +164,7 @@ struct Worker {
     Fiber *cur = nullptr;
     unsigned n = 0;  // threads per block
     unsigned n_exited = 0, n_at_barrier = 0;
+    unsigned n_activemask = 0;  // fibers waiting in __activemask
     const char *bar_file = nullptr;
     int bar_line = 0, bar_kind = 0;
     Fiber *bar_first = nullptr;
@@ -234,7 +239,8 @@ const char *warp_name(int k) {
                                   "__any_sync",         "__all_sync",        "__match_any_sync",
                                   "__match_all_sync",   "__reduce_add_sync", "__reduce_min_sync",
                                   "__reduce_max_sync",  "__reduce_min_sync", "__reduce_max_sync",
-                                  "__reduce_and_sync",  "__reduce_or_sync",  "__reduce_xor_sync"};
+                                  "__reduce_and_sync",  "__reduce_or_sync",  "__reduce_xor_sync",
+                                  "__activemask"};
     return (k >= 0 && k < GPUGRAD_W_NKINDS) ? names[k] : "warp op";
 }
 
@@ -356,6 +362,24 @@ bool matches(const Fiber *a, const Fiber *b) {
 // make them runnable. Returns true when the op completed.
 bool warp_try_complete(Worker *w, Fiber *f) {
     unsigned warp = f->linear / kWarp;
+    if (f->w_kind == GPUGRAD_W_ACTIVEMASK) {
+        // complete once every live lane of the warp is here or blocked somewhere else
+        unsigned here = 0;
+        for (unsigned j = 0; j < kWarp; ++j) {
+            Fiber *g = lane_fiber(w, warp, j);
+            if (!g || g->state == EXITED) continue;
+            if (g->state == RUNNABLE) return false;
+            if (matches(f, g)) here |= 1u << j;
+        }
+        for (unsigned j = 0; j < kWarp; ++j)
+            if (here >> j & 1u) {
+                Fiber *g = lane_fiber(w, warp, j);
+                g->w_result = here;
+                g->state = RUNNABLE;
+                --w->n_activemask;
+            }
+        return true;
+    }
     Fiber *members[kWarp] = {};
     unsigned present = 0;  // lanes that take part
     for (unsigned j = 0; j < kWarp; ++j) {
@@ -451,6 +475,19 @@ bool warp_try_complete(Worker *w, Fiber *f) {
     return true;
 }
 
+// Lanes waiting in __activemask learn their answer when the rest of the warp blocks.
+void recheck_activemask(Worker *w, const Fiber *f) {
+    if (w->n_activemask == 0) return;
+    unsigned warp = f->linear / kWarp;
+    for (unsigned j = 0; j < kWarp; ++j) {
+        Fiber *g = lane_fiber(w, warp, j);
+        if (g && g->state == AT_WARP && g->w_kind == GPUGRAD_W_ACTIVEMASK) {
+            warp_try_complete(w, g);
+            return;
+        }
+    }
+}
+
 void on_exit(Worker *w, Fiber *f) {
     f->state = EXITED;
     ++w->n_exited;
@@ -461,6 +498,7 @@ void on_exit(Worker *w, Fiber *f) {
         Fiber *g = lane_fiber(w, warp, j);
         if (g && g->state == AT_WARP && (g->w_mask >> (f->linear % kWarp) & 1u)) warp_try_complete(w, g);
     }
+    recheck_activemask(w, f);
 }
 
 void fiber_main() {
@@ -538,7 +576,7 @@ bool run_block(Worker *w, unsigned long long b) {
     // why: fresh garbage (NaN for floats) in dynamic shared memory for every block, so a
     // read of memory no thread of this block wrote shows up in the results
     if (w->dyn && L->shmem) std::memset(w->dyn, 0xff, L->shmem);
-    w->n_exited = w->n_at_barrier = 0;
+    w->n_exited = w->n_at_barrier = w->n_activemask = 0;
     w->bar_first = nullptr;
     w->error.clear();
     for (unsigned i = 0; i < w->n; ++i) {
@@ -694,6 +732,7 @@ GPUGRAD_EMU_API int gpugrad_emu_barrier(int kind, int pred, const char *file, in
     f->bar_pred = pred;
     ++w->n_at_barrier;
     barrier_release_if_complete(w);
+    recheck_activemask(w, f);
     // why yield even when this thread released the barrier: the next phase then starts
     // in the scheduling order (forward/reverse/random), not with the last arrival
     leave(w, f, false);
@@ -728,22 +767,11 @@ GPUGRAD_EMU_API unsigned long long gpugrad_emu_warp_op(int kind, unsigned mask, 
     f->w_file = file;
     f->w_line = line;
     f->state = AT_WARP;
-    warp_try_complete(w, f);
+    if (kind == GPUGRAD_W_ACTIVEMASK) ++w->n_activemask;
+    if (!warp_try_complete(w, f)) recheck_activemask(w, f);
     leave(w, f, false);
     if (pred_out) *pred_out = f->w_pred;
     return f->w_result;
-}
-
-GPUGRAD_EMU_API unsigned gpugrad_emu_activemask(void) {
-    Worker *w = tw;
-    Fiber *f = w ? w->cur : nullptr;
-    if (!f) return 0xffffffffu;
-    unsigned warp = f->linear / kWarp, m = 0;
-    for (unsigned j = 0; j < kWarp; ++j) {
-        Fiber *g = lane_fiber(w, warp, j);
-        if (g && g->state != EXITED) m |= 1u << j;
-    }
-    return m;
 }
 
 GPUGRAD_EMU_API void gpugrad_emu_trap(const char *file, int line) {

@@ -422,3 +422,59 @@ def test_options_are_checked_and_cache_is_used():
     x = np.zeros(3, i32)
     m2.get_function("fill")(1, 3, (x,))
     np.testing.assert_array_equal(x, 5)
+
+
+def test_warp_misc_intrinsics(mod):
+    x = rng(12).integers(-40, 40, 32).astype(i32)
+    x[5] = 0
+    out = np.zeros((32, 8), i32)
+    flag = np.zeros(2, np.uint32)
+    mod.get_function("warp_misc")((1,), (32,), (x, out, flag))
+    key = x % 4  # C's % truncates towards zero
+    key = np.where((x < 0) & (key != 0), key - 4, key)
+    match = [sum(1 << j for j in range(32) if key[j] == key[i]) for i in range(32)]
+    np.testing.assert_array_equal(out[:, 0].view(np.uint32), match)
+    assert (out[:, 1].view(np.uint32) == np.uint32(x.astype(np.int64).sum() & 0xFFFFFFFF)).all()
+    assert (out[:, 2].view(np.uint32) == 0xFFFFFFFF).all()
+    u = x.view(np.uint32)
+    popc = np.array([bin(int(v)).count("1") for v in u])
+    ffs = np.array([(int(v) & -int(v)).bit_length() for v in u])
+    np.testing.assert_array_equal(out[:, 3], popc + 100 * ffs)
+    np.testing.assert_array_equal(out[:, 4], [32 - int(v).bit_length() for v in u])
+    brev_top = [int(f"{int(v):032b}"[::-1], 2) >> 24 for v in u]
+    np.testing.assert_array_equal(out[:, 5], brev_top)
+    np.testing.assert_array_equal(out[:, 6], np.maximum(u, 3) > 10)
+    assert sorted(out[:, 7]) == [0] + [flag[0]] * 31 and flag[1] == 7
+
+
+def test_half_precision(mod):
+    x = np.linspace(-2, 2, 45).astype(np.float16)
+    y = np.ones(45, np.float16)
+    mod.get_function("half_axpy")((2,), (32,), (x, y, f32(0.5), i32(45)))
+    want = (0.5 * x.astype(np.float32) + 1).astype(np.float16)
+    np.testing.assert_array_equal(y, want)
+
+
+def test_activemask_in_divergent_branches():
+    code = textwrap.dedent(
+        """
+        extern "C" __global__ void am(unsigned* out) {
+            const unsigned lane = threadIdx.x;
+            if (lane == 31) return;
+            unsigned m;
+            if (lane < 10) {
+                m = __activemask();
+                m = __shfl_sync(m, m, 0);  // a shuffle over exactly the active lanes
+            } else {
+                m = __activemask();
+            }
+            out[lane] = m;
+        }
+        """
+    )
+    out = np.zeros(32, np.uint32)
+    for order in ORDERS:
+        with emu.schedule(order, seed=4):
+            emu.EmuModule(code, name="am.cu").get_function("am")(1, 32, (out,))
+        np.testing.assert_array_equal(out[:10], 0x3FF)
+        np.testing.assert_array_equal(out[10:31], 0x7FFFFC00)

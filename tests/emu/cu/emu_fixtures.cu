@@ -164,3 +164,27 @@ extern "C" __global__ void sync_count(const int* x, int* out) {
         out[3 * blockIdx.x + 2] = o;
     }
 }
+
+// Odds and ends: __match_any_sync, __reduce_add_sync, __syncwarp, __activemask, bit
+// intrinsics, atomicCAS/atomicExch, CUDA's mixed min/max. One warp, out[lane][0..7].
+extern "C" __global__ void warp_misc(const int* __restrict__ x, int* out, unsigned* flag) {
+    const unsigned lane = threadIdx.x;
+    const int v = x[lane];
+    int* o = out + 8 * lane;
+    o[0] = (int)__match_any_sync(0xffffffffu, v % 4);
+    o[1] = (int)__reduce_add_sync(0xffffffffu, (unsigned)v);
+    __syncwarp();
+    o[2] = (int)__activemask();
+    o[3] = __popc((unsigned)v) + 100 * __ffs(v);
+    o[4] = __clz(v);
+    o[5] = (int)(__brev((unsigned)v) >> 24);
+    o[6] = max(v, 3u) > 10u ? 1 : 0;  // unsigned comparison, as CUDA's max(int, unsigned)
+    o[7] = (int)atomicCAS(flag, 0u, lane + 1);  // only the first lane to run wins
+    if (lane == 31) atomicExch(flag + 1, 7u);
+}
+
+// Half precision through CUDA's own cuda_fp16.h host implementation.
+extern "C" __global__ void half_axpy(const __half* x, __half* y, float a, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __float2half(a * __half2float(x[i]) + __half2float(y[i]));
+}
