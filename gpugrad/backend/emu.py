@@ -24,6 +24,14 @@ with AddressSanitizer; such a module loads only in a process started with
 
 Built libraries are cached in ``gpugrad.backend.cache_dir()/"emu"``, keyed by a hash of
 the source, its quoted includes, the emulator sources, the flags and the compiler.
+
+Limitations: no inline PTX (``asm``), cooperative groups, ``__constant__`` copies from the
+host, or template kernels by name (wrap an instantiation in an ``extern "C"`` kernel);
+warp shuffles of at most 8 bytes; fast-math intrinsics use the accurate host functions;
+static ``__shared__`` memory is not poisoned between blocks and its size is not known
+(``shared_size_bytes`` is 0); a device ``assert``, a stack overflow (256 KiB per thread)
+or an out-of-bounds write outside ASan can kill the process -- run such tests with
+:func:`run_in_subprocess`.
 """
 
 from __future__ import annotations
