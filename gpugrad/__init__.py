@@ -140,3 +140,4 @@ from .functional import (  # noqa: E402
     with_derivative,
     without_derivative,
 )
+from .checkpoint import checkpoint, checkpoint_sequential, recompute_in_gradient  # noqa: E402

@@ -1,0 +1,854 @@
+"""Checkpointing: recompute intermediate values in the pullback instead of keeping them.
+
+A checkpoint is one node. Its forward runs the function with recording off, saving
+only its inputs, the traced dlarrays it captured (closure cells, default arguments,
+referenced globals, ``self`` / layer parameters) and the random state. Its VJP
+restores the random state, re-runs the function on fresh leaves in a recording
+sub-trace, checks that the recomputed outputs have the saved structure, shapes and
+dtypes, and backpropagates through the recomputed graph. Under
+``enable_higher_derivatives`` the fresh leaves are linked to the saved inputs, so
+the gradient is itself differentiable.
+
+Chains of layers (``checkpoint_sequential``) are scheduled on that one node:
+uniform segments (sqrt(n) by default, Chen et al. 2016) or, under a memory budget,
+the binomial schedule of Griewank & Walther (Revolve), which uses the fewest
+recomputations for a given number of snapshots.
+
+>>> import gpugrad as gg
+>>> w = gg.dlarray([0.5, -1.0])
+>>> def loss(w):
+...     y = gg.checkpoint(lambda v: gg.sum(gg.tanh(v * w) ** 2), gg.dlarray([1.0, 2.0]))
+...     return gg.dlgradient(y, w)
+>>> g = gg.dlfeval(loss, w)
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import re
+import types
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import backend, tape
+from . import random as _random
+from .array import dlarray
+from .errors import CheckpointError
+from .ops import core
+from .ops.core import Primitive, make
+from .tree import leaves, map_arrays
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointStats",
+    "checkpoint",
+    "checkpoint_sequential",
+    "install_layer_method",
+    "optimal_recomputations",
+    "parse_bytes",
+    "recompute_in_gradient",
+    "revolve_schedule",
+]
+
+
+# ------------------------------------------------------------------ captured arrays
+
+_SKIP_MODULES = ("gpugrad", "numpy", "cupy", "builtins", "torch", "functools", "math")
+_ATOMS = (str, bytes, int, float, complex, bool, type(None), type, types.ModuleType, range)
+
+
+def _code_names(code, out):
+    out.update(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _code_names(const, out)
+
+
+def _is_library(obj):
+    module = getattr(obj, "__module__", None) or ""
+    return module != __name__ and module.split(".", 1)[0] in _SKIP_MODULES
+
+
+def _scan(obj, found, seen, depth):
+    """Collect every dlarray reachable from ``obj`` (closures, defaults, referenced
+    globals, bound ``self``, partial arguments, containers, object attributes)."""
+    if type(obj) is dlarray:
+        found.append(obj)
+        return
+    if isinstance(obj, _ATOMS) or depth > 8 or id(obj) in seen:
+        return
+    if isinstance(obj, np.ndarray) or backend.is_device_array(obj):
+        return
+    seen.add(id(obj))
+    depth += 1
+    if hasattr(obj, "__gg_flatten__") and not isinstance(obj, type):
+        found.extend(leaves(obj))
+        for value in getattr(obj, "__dict__", {}).values():  # e.g. a wrapped layer's closure
+            if not isinstance(value, (dlarray, list, tuple, dict)):
+                _scan(value, found, seen, depth)
+        return
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        for item in obj:
+            _scan(item, found, seen, depth)
+        return
+    if isinstance(obj, dict):
+        for item in obj.values():
+            _scan(item, found, seen, depth)
+        return
+    if isinstance(obj, functools.partial):
+        _scan(obj.func, found, seen, depth)
+        _scan(obj.args, found, seen, depth)
+        _scan(obj.keywords, found, seen, depth)
+        return
+    if inspect.ismethod(obj):
+        _scan(obj.__self__, found, seen, depth)
+        _scan(obj.__func__, found, seen, depth)
+        return
+    if isinstance(obj, types.FunctionType):
+        if _is_library(obj) and depth > 1:
+            return
+        for cell in obj.__closure__ or ():
+            try:
+                _scan(cell.cell_contents, found, seen, depth)
+            except ValueError:  # an empty cell
+                pass
+        _scan(obj.__defaults__, found, seen, depth)
+        _scan(obj.__kwdefaults__, found, seen, depth)
+        names = set()
+        _code_names(obj.__code__, names)
+        module_globals = obj.__globals__
+        for name in names:
+            if name in module_globals:
+                _scan(module_globals[name], found, seen, depth)
+        return
+    if callable(obj) and _is_library(obj):
+        return
+    attrs = getattr(obj, "__dict__", None)
+    if attrs is not None and not _is_library(type(obj)):
+        for value in attrs.values():
+            _scan(value, found, seen, depth)
+
+
+def captured_arrays(f):
+    """The traced, differentiable dlarrays that ``f`` can reach without taking them as
+    arguments (each once)."""
+    found = []
+    _scan(f, found, set(), 0)
+    out = []
+    ids = set()
+    for a in found:
+        if a._node is not None and a.dtype.kind in "fc" and id(a) not in ids:
+            ids.add(id(a))
+            out.append(a)
+    return out
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _name(f):
+    return getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or type(f).__name__
+
+
+def _checksum(raw):
+    """A cheap fingerprint of an array's bytes (to detect in-place mutation)."""
+    if isinstance(raw, np.ndarray):
+        data = raw if raw.flags.c_contiguous else np.ascontiguousarray(raw)
+        return zlib.adler32(memoryview(data).cast("B")) if data.size else 0
+    if backend.is_device_array(raw):  # pragma: no cover - GPU only
+        xp = backend.xp()
+        words = xp.ascontiguousarray(raw).reshape(-1).view(xp.uint8).astype(xp.uint64)
+        ramp = xp.arange(words.size, dtype=xp.uint64) % xp.uint64(65521) + xp.uint64(1)
+        return (int(words.sum()), int((words * ramp).sum()))
+    return None
+
+
+def _structure(obj):
+    """A hashable description of a (possibly nested) output, dlarrays as slots."""
+    if type(obj) is dlarray:
+        return "dlarray"
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, tuple(_structure(o) for o in obj))
+    if isinstance(obj, dict):
+        return (type(obj).__name__, tuple((k, _structure(v)) for k, v in obj.items()))
+    children = leaves(obj)
+    if children:
+        return (type(obj).__name__, len(children))
+    return type(obj).__name__
+
+
+def _differentiable(a):
+    return a.dtype.kind in "fc"
+
+
+# ------------------------------------------------------------------ the checkpoint node
+
+
+def checkpoint(f, *args, **kwargs):
+    """Call ``f(*args, **kwargs)`` without keeping its intermediate values for the
+    backward pass: ``f`` runs once now (not recorded) and once more, recorded, inside
+    the pullback. The random state is replayed, so dropout masks and other draws are
+    identical in both runs. Traced dlarrays that ``f`` captures (closure variables,
+    layer parameters) receive gradients as if they were arguments.
+
+    Raises ``CheckpointError`` if the recomputation does not reproduce the first run
+    (different output structure, shape or dtype) or if ``f`` mutates its input.
+
+    >>> import gpugrad as gg
+    >>> def f(x):
+    ...     y = gg.checkpoint(lambda v: gg.sum(gg.exp(v)), x)
+    ...     return gg.dlgradient(y, x)
+    >>> gg.dlfeval(f, gg.dlarray([0.0, 0.0])).numpy()
+    array([1., 1.])
+    """
+    if not callable(f):
+        raise TypeError(f"checkpoint: f must be callable, got {type(f).__name__}")
+    frame = tape.FRAME.get()
+    if not frame.recording:
+        return f(*args, **kwargs)
+    arg_arrays = leaves((args, kwargs))
+    arg_ids = {id(a) for a in arg_arrays}
+    captured = [c for c in captured_arrays(f) if id(c) not in arg_ids]
+    if not captured and not any(a._node is not None for a in arg_arrays):
+        return f(*args, **kwargs)
+    return _CheckpointCall(f, args, kwargs, arg_arrays, captured, frame).run()
+
+
+def recompute_in_gradient(f):
+    """``f`` with its intermediate values recomputed in the pullback instead of kept
+    (Swift's ``withRecomputationInPullbacks``). See :func:`checkpoint`.
+
+    >>> import gpugrad as gg
+    >>> block = gg.recompute_in_gradient(lambda x: gg.tanh(gg.tanh(x)))
+    >>> g = gg.dlfeval(lambda x: gg.dlgradient(gg.sum(block(x)), x), gg.dlarray([0.0]))
+    >>> g.numpy()
+    array([1.])
+    """
+    if not callable(f):
+        raise TypeError(f"recompute_in_gradient: f must be callable, got {type(f).__name__}")
+
+    @functools.wraps(f)
+    def recomputed(*args, **kwargs):
+        return checkpoint(f, *args, **kwargs)
+
+    recomputed.__wrapped_checkpoint__ = f
+    return recomputed
+
+
+class _CheckpointCall:
+    """One application of a checkpointed function: runs the forward and records the
+    node whose VJP recomputes."""
+
+    def __init__(self, f, args, kwargs, arg_arrays, captured, frame):
+        self.f = f
+        self.args = args
+        self.kwargs = kwargs
+        self.arg_arrays = arg_arrays
+        self.captured = captured
+        self.frame = frame
+
+    def _call_with(self, new_args):
+        """Call f with the dlarrays of its arguments replaced (in order) by ``new_args``."""
+        it = iter(new_args)
+        args, kwargs = map_arrays(lambda _a: next(it), (self.args, self.kwargs))
+        return self.f(*args, **kwargs)
+
+    def run(self):
+        f = self.f
+        name = _name(f)
+        arg_arrays = self.arg_arrays
+        raws = [a._data for a in arg_arrays]
+        fmts = [a._fmt for a in arg_arrays]
+        sums = [_checksum(r) for r in raws]
+        rng = _random.get_state()
+        training = self.frame.training
+        with tape.scope(recording=False):
+            out = self._call_with([make(r, fm) for r, fm in zip(raws, fmts)])
+        for a, r, before in zip(arg_arrays, raws, sums):
+            if before is not None and _checksum(r) != before:
+                raise CheckpointError(
+                    f"checkpoint: {name} modified its input (shape {a.shape}) in place; a "
+                    "checkpointed function must not mutate its arguments, since they are "
+                    "saved to recompute it in the backward pass; work on a copy instead"
+                )
+        out_leaves = leaves(out)
+        diff_pos = [i for i, o in enumerate(out_leaves) if _differentiable(o)]
+        if not diff_pos:
+            return out
+        structure = _structure(out)
+        out_meta = [(out_leaves[i].shape, out_leaves[i].dtype) for i in diff_pos]
+        captured = self.captured
+        captured_fmts = [c._fmt for c in captured]
+        n_args = len(arg_arrays)
+        call = self
+
+        def vjp(g, ans, *inputs):
+            frame = tape.FRAME.get()
+            sub = tape.Trace("checkpoint", frame.trace)
+            fresh_nodes = []
+
+            def fresh(saved, fmt):
+                if not isinstance(saved, dlarray) or not _differentiable(saved):
+                    return saved if isinstance(saved, dlarray) else None
+                parent = None
+                if frame.recording and saved._node is not None:
+                    parent = (saved._node, saved._idx)
+                node = tape.make_leaf((saved._data.shape, saved._data.dtype), sub, parent)
+                fresh_nodes.append(node)
+                return make(saved._data, fmt, node, 0, saved._taint)
+
+            fresh_args = [fresh(s, fm) for s, fm in zip(inputs[:n_args], fmts)]
+            fresh_captured = [fresh(s, fm) for s, fm in zip(inputs[n_args:], captured_fmts)]
+            # why: f reads its captured arrays from its closure, so they are rebound in
+            # place to fresh leaves of the sub-trace for the recomputation
+            originals = [(c._node, c._idx) for c in captured]
+            caller_rng = _random.get_state()
+            try:
+                _random.set_state(rng)
+                for c, fc in zip(captured, fresh_captured):
+                    c._node, c._idx = fc._node, 0
+                with tape.scope(trace=sub, recording=True, training=training):
+                    again = call._call_with(
+                        [fa if fa is not None else make(r) for fa, r in zip(fresh_args, raws)]
+                    )
+            finally:
+                for c, (node, idx) in zip(captured, originals):
+                    c._node, c._idx = node, idx
+                _random.set_state(caller_rng)
+            again_leaves = leaves(again)
+            if _structure(again) != structure:
+                raise CheckpointError(
+                    f"checkpoint: recomputing {name} in the backward pass returned a different "
+                    f"output structure ({_structure(again)!r} instead of {structure!r}); a "
+                    "checkpointed function must be deterministic given its inputs and the "
+                    "random state"
+                )
+            roots = []
+            for k, i in enumerate(diff_pos):
+                o = again_leaves[i]
+                if (o.shape, o.dtype) != out_meta[k]:
+                    raise CheckpointError(
+                        f"checkpoint: recomputing {name} in the backward pass gave output {i} "
+                        f"with shape {o.shape} and dtype {o.dtype}, but the first run gave "
+                        f"shape {out_meta[k][0]} and dtype {out_meta[k][1]}; a checkpointed "
+                        "function must be deterministic given its inputs and the random state"
+                    )
+                if o._node is not None and g[k] is not None:
+                    roots.append((o._node, o._idx, g[k]))
+            _check_closed(roots, fresh_nodes, sub, name)
+            targets = [(n, 0) for n in fresh_nodes]
+            if roots:
+                grads = core.backward(roots, targets, create_graph=frame.recording)
+            else:
+                grads = [None] * len(targets)
+            by_node = dict(zip(fresh_nodes, grads))
+            result = []
+            for fa in fresh_args + fresh_captured:
+                if isinstance(fa, dlarray) and fa._node in by_node:
+                    result.append(by_node[fa._node])
+                else:
+                    result.append(None)
+            return tuple(result)
+
+        prim = Primitive(
+            f"checkpoint({name})",
+            None,
+            vjp,
+            save=range(n_args + len(captured)),
+            multiple_outputs=True,
+            register=False,
+        )
+        node_inputs = list(arg_arrays) + captured
+        node_raws = raws + [c._data for c in captured]
+        out_raws = tuple(out_leaves[i]._data for i in diff_pos)
+        taint = any(a._taint for a in node_inputs)
+        traced = core._record(prim, node_inputs, node_raws, out_raws, None, "", self.frame, taint)
+        replaced = {i: t for i, t in zip(diff_pos, traced)}
+        counter = iter(range(len(out_leaves)))
+
+        def relink(o):
+            i = next(counter)
+            t = replaced.get(i)
+            return o if t is None else make(t._data, o._fmt, t._node, t._idx, t._taint)
+
+        return map_arrays(relink, out)
+
+
+def _check_closed(roots, fresh_nodes, sub, name):
+    """Every traced value the recomputation used must be an argument or a captured
+    array: a dependency the checkpoint could not see would get no gradient."""
+    stop = set(fresh_nodes)
+    seen = set()
+    stack = [r[0] for r in roots]
+    while stack:
+        node = stack.pop()
+        if node in seen or node in stop:
+            continue
+        seen.add(node)
+        if node.trace is not sub:
+            raise CheckpointError(
+                f"checkpoint: {name} uses a traced dlarray that is neither one of its "
+                "arguments nor reachable from its closure, default arguments or layer "
+                "parameters, so its gradient cannot be routed; pass that array as an "
+                "argument of the checkpointed function"
+            )
+        for p in node.parents:
+            if p is not None:
+                stack.append(p[0])
+
+
+# ------------------------------------------------------------------ Revolve arithmetic
+
+
+def _beta(s, t):
+    """Griewank's beta(s, t) = C(s + t, s): the most steps that s snapshots and t sweeps
+    can reverse."""
+    if s < 0 or t < 0:
+        return 0
+    return math.comb(s + t, s)
+
+
+def _repetitions(steps, snapshots):
+    t = 0
+    while _beta(snapshots, t) < steps:
+        t += 1
+    return t
+
+
+def optimal_recomputations(steps, snapshots):
+    """The fewest forward layer applications, beyond the ``steps`` taped ones, needed
+    to reverse a chain of ``steps`` layers with ``snapshots`` stored states (the chain's
+    input counts as one): ``t * l - beta(s + 1, t - 1)`` with ``t`` the smallest
+    repetition number such that ``beta(s, t) >= l`` (Griewank & Walther 2000).
+
+    >>> optimal_recomputations(10, 1), optimal_recomputations(10, 9)
+    (45, 9)
+    """
+    steps, snapshots = int(steps), int(snapshots)
+    if steps <= 1:
+        return 0
+    if snapshots < 1:
+        raise ValueError(
+            f"optimal_recomputations: a chain of {steps} layers needs at least 1 snapshot"
+        )
+    t = _repetitions(steps, snapshots)
+    return t * steps - _beta(snapshots + 1, t - 1)
+
+
+def _evaluations(steps, snapshots):
+    """Total layer applications (taped + advances) of the optimal schedule."""
+    if steps <= 1:
+        return steps
+    if snapshots < 1:
+        return math.inf
+    return steps + optimal_recomputations(steps, snapshots)
+
+
+@functools.lru_cache(maxsize=65536)
+def _split(steps, snapshots):
+    """How many layers the first (recomputed) segment of the binomial schedule holds:
+    a minimizer of ``m + T(l - m, s - 1) + T(m, s)``, which is convex in ``m``."""
+    if snapshots >= steps - 1:
+        return 1
+    if snapshots <= 1:
+        return steps - 1
+
+    def cost(m):
+        return m + _evaluations(steps - m, snapshots - 1) + _evaluations(m, snapshots)
+
+    lo, hi = 1, steps - 1
+    while lo < hi:  # smallest m with cost(m + 1) >= cost(m)
+        mid = (lo + hi) // 2
+        if cost(mid + 1) >= cost(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def revolve_schedule(steps, snapshots):
+    """The actions of the binomial checkpointing schedule that ``checkpoint_sequential``
+    runs for a chain of ``steps`` layers and ``snapshots`` stored states, as a list of
+    ``("advance", i)`` (layer ``i`` applied without recording) and ``("tape", i)``
+    (layer ``i`` applied with recording, once each), in execution order.
+
+    >>> actions = revolve_schedule(4, 2)
+    >>> sum(kind == "advance" for kind, _ in actions) == optimal_recomputations(4, 2)
+    True
+    """
+    steps, snapshots = int(steps), int(snapshots)
+    if steps < 1:
+        return []
+    if snapshots < 1 and steps > 1:
+        raise ValueError("revolve_schedule: a chain of more than one layer needs a snapshot")
+    actions = []
+
+    def run(start, stop, s):
+        heads = []
+        while stop - start > 1:
+            m = _split(stop - start, s)
+            actions.extend(("advance", i) for i in range(start, start + m))
+            heads.append((start, start + m, s))
+            start += m
+            s -= 1
+        actions.append(("tape", start))
+        for head in reversed(heads):
+            run(*head)
+
+    run(0, steps, snapshots)
+    return actions
+
+
+@functools.lru_cache(maxsize=65536)
+def _peak_units(steps, snapshots, input_counted, act, tape_bytes):
+    """Peak saved bytes of the binomial schedule under the engine's accounting: each
+    walk keeps the nodes it records until it ends, and a recomputation runs while the
+    nodes of the enclosing walk are kept."""
+    held = 0
+    inner = 0
+    counted = input_counted
+    s = snapshots
+    while steps > 1:
+        m = _split(steps, s)
+        if counted:
+            held += act
+        inner = max(inner, _peak_units(m, s, False, act, tape_bytes))
+        steps -= m
+        s -= 1
+        counted = True
+    held += (act if counted else 0) + tape_bytes
+    return held + inner
+
+
+# ------------------------------------------------------------------ sequential chains
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "k": 2**10,
+    "m": 2**20,
+    "g": 2**30,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(value, where="memory_budget"):
+    """Bytes from an int or a string such as ``"256MB"`` (10**6), ``"1.5GiB"`` (2**30).
+
+    >>> parse_bytes("1.5KiB"), parse_bytes("2 MB"), parse_bytes(100)
+    (1536, 2000000, 100)
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{where}: expected a number of bytes or a string like '256MB'")
+    if isinstance(value, (int, np.integer)):
+        n = int(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: must be finite, got {value}")
+        n = int(value)
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(
+                f"{where}: cannot read {value!r}; give bytes as an int or a string such as "
+                "'256MB', '512KiB' or '1.5GiB'"
+            )
+        n = int(float(match.group(1)) * _UNITS[unit])
+    else:
+        raise TypeError(
+            f"{where}: expected a number of bytes or a string like '256MB', "
+            f"got {type(value).__name__}"
+        )
+    if n <= 0:
+        raise ValueError(f"{where}: must be positive, got {value!r}")
+    return n
+
+
+@dataclass
+class CheckpointStats:
+    """What ``checkpoint_sequential`` chose and did. ``layer_calls`` keeps counting
+    during the backward pass (recomputations), so read it after the gradient."""
+
+    schedule: str
+    layers: int
+    segments: int | None = None
+    snapshots: int | None = None
+    planned_recomputations: int = 0
+    predicted_peak_bytes: int | None = None
+    activation_bytes: int | None = None
+    step_saved_bytes: int | None = None
+    probe_calls: int = 0
+    layer_calls: int = 0
+    boundaries: list = field(default_factory=list)
+
+    @property
+    def recomputations(self):
+        """Layer applications beyond one per layer (probe excluded)."""
+        return self.layer_calls - self.probe_calls - self.layers
+
+
+def _layer_list(layers):
+    if hasattr(layers, "layers") and isinstance(layers.layers, (list, tuple)):
+        return list(layers.layers)
+    if callable(layers) and not isinstance(layers, (list, tuple)):
+        return [layers]
+    try:
+        return list(layers)
+    except TypeError as exc:
+        raise TypeError(
+            "checkpoint_sequential: layers must be a list of callables or a Sequential, "
+            f"got {type(layers).__name__}"
+        ) from exc
+
+
+def _counted(layer, stats):
+    def call(x):
+        stats.layer_calls += 1
+        return layer(x)
+
+    call.__qualname__ = _name(layer)
+    call.__wrapped_layer__ = layer
+    return call
+
+
+def _chain(layers, name):
+    def run(x):
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    run.__qualname__ = name
+    return run
+
+
+def _nbytes(obj):
+    return sum(a._data.nbytes for a in leaves(obj))
+
+
+def _revolve(layers, x, snapshots, offset):
+    """Run ``layers`` on ``x`` with the binomial schedule (``snapshots`` stored states)."""
+    if not tape.FRAME.get().recording:
+        for layer in layers:
+            x = layer(x)
+        return x
+    s = snapshots
+    while len(layers) > 1:
+        m = _split(len(layers), s)
+        head = layers[:m]
+
+        def run_head(z, head=head, s=s, offset=offset):
+            return _revolve(head, z, s, offset)
+
+        run_head.__qualname__ = f"checkpoint_sequential[{offset}:{offset + m}]"
+        x = checkpoint(run_head, x)
+        layers = layers[m:]
+        offset += m
+        s -= 1
+    return layers[0](x)
+
+
+def _probe(layer, x, frame):
+    """Saved bytes of one recorded application of ``layer`` (input a fresh leaf) and
+    its output bytes; the random state is restored afterwards."""
+    rng = _random.get_state()
+    sub = tape.Trace("checkpoint-probe", frame.trace)
+    leaf = tape.make_leaf((x._data.shape, x._data.dtype), sub)
+    before = tape.MEMORY.current
+    try:
+        with tape.scope(trace=sub, recording=True):
+            y = layer(make(x._data, x._fmt, leaf, 0))
+            step_bytes = tape.MEMORY.current - before
+            act = _nbytes(y)
+    finally:
+        _random.set_state(rng)
+    del y
+    return act, step_bytes
+
+
+def checkpoint_sequential(
+    layers,
+    x,
+    segments=None,
+    memory_budget=None,
+    *,
+    snapshots=None,
+    return_stats=False,
+):
+    """Apply a chain of layers (or functions) to ``x`` keeping only some of the
+    boundaries for the backward pass; the rest is recomputed in the pullback.
+
+    - default: ``round(sqrt(n))`` uniform segments (Chen et al. 2016);
+    - ``segments=k``: ``k`` uniform segments (``1 <= k <= n``), each one checkpoint;
+    - ``memory_budget`` (bytes, or a string such as ``"256MB"``/``"1.5GiB"``): the
+      binomial (Revolve) schedule with as many snapshots as fit the budget, which
+      needs the fewest recomputations among the schedules that fit. One layer
+      application is measured once to size the schedule (``stats.probe_calls``);
+      the layers are assumed alike in size;
+    - ``snapshots=s``: the binomial schedule with ``s`` stored states (input included).
+
+    With ``return_stats=True`` returns ``(y, stats)`` (a :class:`CheckpointStats`);
+    the stats of the last call are also kept in ``checkpoint_sequential.last_stats``.
+
+    >>> import gpugrad as gg
+    >>> layers = [gg.tanh] * 9
+    >>> def f(x):
+    ...     y = gg.checkpoint_sequential(layers, x)
+    ...     return gg.dlgradient(gg.sum(y), x)
+    >>> g = gg.dlfeval(f, gg.dlarray([0.0, 1.0]))
+    """
+    install_layer_method()
+    layers = _layer_list(layers)
+    n = len(layers)
+    for i, layer in enumerate(layers):
+        if not callable(layer):
+            raise TypeError(f"checkpoint_sequential: layers[{i}] is not callable")
+    given = [k for k, v in (("segments", segments), ("memory_budget", memory_budget)) if v]
+    if snapshots is not None:
+        given.append("snapshots")
+    if len(given) > 1:
+        raise ValueError(
+            f"checkpoint_sequential: give only one of segments, memory_budget and snapshots "
+            f"(got {', '.join(given)})"
+        )
+    if segments is not None:
+        if isinstance(segments, bool) or not isinstance(segments, (int, np.integer)):
+            raise TypeError(f"checkpoint_sequential: segments must be an int, got {segments!r}")
+        if not 1 <= segments <= max(n, 1):
+            raise ValueError(
+                f"checkpoint_sequential: segments must be between 1 and the number of layers "
+                f"({n}), got {segments}"
+            )
+    if snapshots is not None and (isinstance(snapshots, bool) or int(snapshots) < 1):
+        raise ValueError(f"checkpoint_sequential: snapshots must be >= 1, got {snapshots!r}")
+    budget = parse_bytes(memory_budget) if memory_budget is not None else None
+    frame = tape.FRAME.get()
+    stats = CheckpointStats(schedule="uniform", layers=n)
+    checkpoint_sequential.last_stats = stats
+    counted = [_counted(layer, stats) for layer in layers]
+    if n == 0:
+        return (x, stats) if return_stats else x
+    x_counted = isinstance(x, dlarray) and x._node is not None and not x._node.is_leaf
+
+    if budget is None and snapshots is None:
+        k = int(segments) if segments is not None else max(1, round(math.sqrt(n)))
+        stats.segments = k
+        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        start = 0
+        y = x
+        for size in sizes:
+            stats.boundaries.append(start)
+            name = f"checkpoint_sequential[{start}:{start + size}]"
+            y = checkpoint(_chain(counted[start : start + size], name), y)
+            start += size
+        stats.planned_recomputations = n if frame.recording else 0
+        return (y, stats) if return_stats else y
+
+    stats.schedule = "revolve"
+    if budget is not None:
+        if not (frame.recording and isinstance(x, dlarray)):
+            s = n  # nothing is kept for a backward pass: no schedule to fit
+        else:
+            act, step_bytes = _probe(counted[0], x, frame)
+            stats.probe_calls = 1
+            stats.activation_bytes, stats.step_saved_bytes = act, step_bytes
+            peaks = {k: _peak_units(n, k, x_counted, act, step_bytes) for k in range(1, max(n, 2))}
+            minimum = min(peaks.values())
+            if budget < minimum:
+                raise ValueError(
+                    f"checkpoint_sequential: memory_budget={memory_budget!r} ({budget} bytes) "
+                    f"is too small for this chain: one layer output takes {act} bytes and the "
+                    f"smallest schedule needs at least {minimum} bytes; raise memory_budget "
+                    f"to at least {minimum}"
+                )
+            # more snapshots never need more recomputations: take the most that fit
+            s = max(k for k, peak in peaks.items() if peak <= budget)
+            stats.predicted_peak_bytes = _peak_units(n, s, x_counted, act, step_bytes)
+    else:
+        s = int(snapshots)
+    s = max(1, min(s, n - 1)) if n > 1 else 1
+    stats.snapshots = s
+    stats.planned_recomputations = optimal_recomputations(n, s) if frame.recording else 0
+    y = _revolve(counted, x, s, 0)
+    return (y, stats) if return_stats else y
+
+
+checkpoint_sequential.last_stats = None
+
+
+# ------------------------------------------------------------------ layers
+
+
+def _discarding_class():
+    from .nn import Layer  # noqa: PLC0415 - nn is optional and loads after the core
+
+    class DiscardingActivations(Layer):
+        """A layer whose activations are recomputed during backpropagation; its
+        parameters are those of the wrapped layer."""
+
+        def __init__(self, layer):
+            self.layer = layer
+
+        def __call__(self, *args, **kwargs):
+            return checkpoint(self.layer, *args, **kwargs)
+
+        def forward(self, x):
+            return checkpoint(self.layer, x)
+
+        def parameters(self):
+            return self.layer.parameters()
+
+        def __gg_flatten__(self):
+            return [self.layer], ["layer"]
+
+        def __gg_gradient_structure__(self):
+            return self.layer.parameters()
+
+        def discarding_activations(self):
+            return self
+
+        def __getattr__(self, name):
+            if name == "layer":
+                raise AttributeError(name)
+            return getattr(self.layer, name)
+
+        def __repr__(self):
+            return f"{self.layer!r}.discarding_activations()"
+
+    return DiscardingActivations
+
+
+def install_layer_method():
+    """Give ``gg.nn.Layer`` its ``discarding_activations()`` method (idempotent; does
+    nothing while ``gpugrad.nn`` does not exist)."""
+    try:
+        from .nn import Layer  # noqa: PLC0415
+    except ImportError:
+        return False
+    if getattr(Layer, "_gg_discarding_installed", False):
+        return True
+    cls = _discarding_class()
+
+    def discarding_activations(self):
+        """The same layer, with its activations recomputed during backpropagation
+        (Swift's ``discardingActivations``)."""
+        return cls(self)
+
+    Layer.discarding_activations = discarding_activations
+    Layer._gg_discarding_installed = True
+    install_layer_method.cls = cls
+    return True
+
+
+install_layer_method()
