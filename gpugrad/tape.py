@@ -276,14 +276,16 @@ def _seq_key(n):
 def backward(roots, targets, *, create_graph=False, retain=False, glue):
     """Reverse walk.
 
-    roots: list of (node, out_index, cotangent dlarray).
-    targets: list of (node, out_index); returns their cotangents (dlarray or None).
-    ``glue`` (from the ops layer) builds what VJPs see: ``wrap_ans(node)``,
-    ``wrap_inputs(node)``, ``zeros(meta)`` for a missing cotangent of a
-    multi-output node, and ``unbroadcast(g, meta)`` which sums/casts a cotangent
-    to an input's shape and dtype.
+    roots: list of (node, out_index, cotangent); targets: list of (node, out_index).
+    Returns the targets' cotangents (``None`` where nothing arrived).
+
+    The ops layer's ``glue`` runs a node's VJP (``run_vjp``), undoes broadcasting
+    (``unbroadcast``) and makes zeros for a missing cotangent of a multi-output
+    node. With ``create_graph`` cotangents are dlarrays and the VJPs are recorded;
+    without it they are raw arrays (the first-order fast path).
     """
     unbroadcast = glue.unbroadcast
+    run_vjp = glue.run_vjp
     order, reach = _collect([(n, i) for n, i, _ in roots], targets)
     cts = {}
     for n, i, g in roots:
@@ -304,43 +306,40 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
             if node in target_nodes:
                 results[node] = slot
             parents = node.parents
-            if not any(p is not None and reach[p[0]] for p in parents):
+            for p in parents:
+                if p is not None and reach[p[0]]:
+                    break
+            else:
                 continue
-            if node.tainted:
-                raise TraceError(
-                    "dlgradient: the value being differentiated depends on a gradient that was "
-                    "computed without enable_higher_derivatives=True; pass "
-                    "enable_higher_derivatives=True to the first dlgradient call"
-                )
-            saved = node.saved
-            if saved is RELEASED:
-                raise TraceError(
-                    f"backward: the trace data of op '{node.prim.name}' was released by an "
-                    "earlier gradient computation; pass retain_data=True (dlgradient) or "
-                    "retain_graph=True (backward) to the first call to differentiate twice"
-                )
             prim = node.prim
-            if prim.multiple_outputs:
-                g = tuple(
-                    c if c is not None else glue.zeros(m) for c, m in zip(slot, node.out_meta)
-                )
-            else:
-                g = slot[0]
-            params = node.params
             if prim is LEAF:
-                in_cts = (g,)
+                in_cts = slot
             else:
-                ans = glue.wrap_ans(node, create_graph) if saved and saved[0] is not None else None
-                inputs = glue.wrap_inputs(node, create_graph)
-                if params:
-                    in_cts = prim.vjp(g, ans, *inputs, **params)
+                if node.tainted:
+                    raise TraceError(
+                        "dlgradient: the value being differentiated depends on a gradient that "
+                        "was computed without enable_higher_derivatives=True; pass "
+                        "enable_higher_derivatives=True to the first dlgradient call"
+                    )
+                if node.saved is RELEASED:
+                    raise TraceError(
+                        f"backward: the trace data of op '{prim.name}' was released by an "
+                        "earlier gradient computation; pass retain_data=True (dlgradient) or "
+                        "retain_graph=True (backward) to the first call to differentiate twice"
+                    )
+                if prim.multiple_outputs:
+                    g = tuple(
+                        c if c is not None else glue.zeros(m, create_graph)
+                        for c, m in zip(slot, node.out_meta)
+                    )
                 else:
-                    in_cts = prim.vjp(g, ans, *inputs)
-            walked.append(node)
+                    g = slot[0]
+                in_cts = run_vjp(node, g, create_graph)
+                walked.append(node)
             for p, gi, meta in zip(parents, in_cts, node.in_meta):
                 if p is None or gi is None or not reach[p[0]]:
                     continue
-                gi = unbroadcast(gi, meta)
+                gi = unbroadcast(gi, meta, create_graph)
                 pn, pi = p
                 pslot = cts.get(pn)
                 if pslot is None:
@@ -350,6 +349,5 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
         FRAME.reset(token)
     if not retain:
         for node in walked:
-            if node.prim is not LEAF:
-                node.release()
+            node.release()
     return [results[n][i] if n in results else None for n, i in targets]

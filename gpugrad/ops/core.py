@@ -41,7 +41,16 @@ class Primitive:
     ``gg.memory``).
     """
 
-    __slots__ = ("name", "fwd", "vjp", "save", "save_ans", "multiple_outputs", "differentiable")
+    __slots__ = (
+        "name",
+        "fwd",
+        "vjp",
+        "fast",
+        "save",
+        "save_ans",
+        "multiple_outputs",
+        "differentiable",
+    )
 
     def __init__(
         self,
@@ -53,10 +62,15 @@ class Primitive:
         save_ans=False,
         multiple_outputs=False,
         register=True,
+        fast=None,
     ):
         self.name = name
         self.fwd = fwd
         self.vjp = vjp
+        # optional first-order rule on raw arrays (same signature as vjp, raw in and
+        # out): the fast path when the backward is not recorded. It must compute
+        # exactly what vjp computes; the gradient tests run both.
+        self.fast = fast
         self.save = frozenset(save)
         self.save_ans = save_ans
         self.multiple_outputs = multiple_outputs
@@ -71,6 +85,14 @@ class Primitive:
 
     def __call__(self, *args, **params):
         return bind(self, args, params)
+
+
+def cj(a):
+    """Conjugate of a raw array or scalar (the identity for real ones)."""
+    dt = getattr(a, "dtype", None)
+    if dt is None:
+        return a.conjugate() if isinstance(a, complex) else a
+    return a.conj() if dt.kind == "c" else a
 
 
 def make(raw, fmt="", node=None, idx=0, taint=False):
@@ -206,19 +228,19 @@ def wrap_inputs(node, linked=True):
     return out
 
 
-def unbroadcast(g, meta):
+def unbroadcast(g, meta, recorded=True):
     """Sum a cotangent over broadcast axes and cast it to the input's dtype. The one
-    place broadcasting is undone."""
+    place broadcasting is undone (on dlarrays when the backward is recorded, else
+    on raw arrays)."""
+    if not recorded:
+        return _unbroadcast_raw(g, meta)
     shape, dtype = meta
     gshape = g._data.shape
     if gshape != shape:
-        nd = len(gshape) - len(shape)
-        axes = tuple(range(nd)) + tuple(
-            i + nd for i, s in enumerate(shape) if s == 1 and gshape[i + nd] != 1
-        )
+        axes = _broadcast_axes(gshape, shape)
         if axes:
             g = OPS.sum(g, axis=axes, keepdims=True)
-        if nd or g._data.shape != shape:
+        if g._data.shape != shape:
             g = OPS.reshape(g, shape)
     gd = g._data.dtype
     if gd != dtype:
@@ -227,6 +249,66 @@ def unbroadcast(g, meta):
         if g._data.dtype != dtype and dtype.kind in "fc":
             g = OPS.astype(g, dtype)
     return g
+
+
+def _broadcast_axes(gshape, shape):
+    nd = len(gshape) - len(shape)
+    return tuple(range(nd)) + tuple(
+        i + nd for i, s in enumerate(shape) if s == 1 and gshape[i + nd] != 1
+    )
+
+
+def _unbroadcast_raw(g, meta):
+    shape, dtype = meta
+    gshape = getattr(g, "shape", ())
+    if gshape != shape:
+        axes = _broadcast_axes(gshape, shape)
+        if axes:
+            g = g.sum(axis=axes, keepdims=True)
+        if g.shape != shape:
+            g = g.reshape(shape)
+    gd = g.dtype
+    if gd != dtype:
+        if dtype.kind == "f" and gd.kind == "c":
+            g = g.real
+        if g.dtype != dtype and dtype.kind in "fc":
+            g = g.astype(dtype)
+    return g
+
+
+def run_vjp(node, g, recorded):
+    """Cotangents of ``node``'s inputs. Recorded: the primitive's VJP on dlarrays.
+    Not recorded: its raw ``fast`` rule, or its VJP on unlinked dlarrays, unwrapped."""
+    prim = node.prim
+    params = node.params
+    if recorded:
+        saved = node.saved
+        ans = wrap_ans(node, True) if saved and saved[0] is not None else None
+        inputs = wrap_inputs(node, True)
+        return prim.vjp(g, ans, *inputs, **params) if params else prim.vjp(g, ans, *inputs)
+    saved = node.saved
+    fast = prim.fast
+    if fast is not None:
+        ans = saved[0] if saved else None
+        inputs = _raw_inputs(node)
+        return fast(g, ans, *inputs, **params) if params else fast(g, ans, *inputs)
+    gw = tuple(make(c) for c in g) if prim.multiple_outputs else make(g)
+    ans = wrap_ans(node, False) if saved and saved[0] is not None else None
+    inputs = wrap_inputs(node, False)
+    cts = prim.vjp(gw, ans, *inputs, **params) if params else prim.vjp(gw, ans, *inputs)
+    return tuple(None if c is None else (c._data if type(c) is dlarray else c) for c in cts)
+
+
+def _raw_inputs(node):
+    saved = node.saved[1] if node.saved else None
+    out = []
+    for i, meta in enumerate(node.in_meta):
+        r = saved[i] if saved is not None else None
+        if r is None:
+            out.append(tape.Meta(*meta) if meta is not None else None)
+        else:
+            out.append(r)
+    return out
 
 
 class _Ops:
@@ -238,24 +320,36 @@ class _Ops:
 OPS = _Ops()
 
 
-def zeros_for(meta):
+def zeros_for(meta, recorded=True):
     shape, dtype = meta
-    return make(X().zeros(shape, dtype))
+    z = X().zeros(shape, dtype)
+    return make(z) if recorded else z
 
 
 class _Glue:
-    wrap_ans = staticmethod(wrap_ans)
-    wrap_inputs = staticmethod(wrap_inputs)
+    run_vjp = staticmethod(run_vjp)
     unbroadcast = staticmethod(unbroadcast)
     zeros = staticmethod(zeros_for)
 
 
 def backward(roots, targets, *, create_graph=False, retain=False):
-    """Run the reverse walk (see ``tape.backward``). With ``create_graph`` the VJPs
-    are recorded, so the returned cotangents are themselves traced."""
-    return tape.backward(
+    """Run the reverse walk (see ``tape.backward``). Seeds and results are dlarrays;
+    with ``create_graph`` the VJPs are recorded, so the results are traced."""
+    if not create_graph:
+        roots = [(n, i, g._data if type(g) is dlarray else g) for n, i, g in roots]
+    results = tape.backward(
         roots, targets, create_graph=create_graph, retain=retain or create_graph, glue=_Glue
     )
+    if create_graph:
+        return results
+    return [None if r is None else make(_writable(r)) for r in results]
+
+
+def _writable(r):
+    # why: raw rules may return read-only broadcast views; users get their own arrays
+    if isinstance(r, np.ndarray) and not r.flags.writeable:
+        return r.copy()
+    return r
 
 
 def same_device(a, b, where):

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import tape
 from ..array import dlarray
-from .core import _STATE, Primitive, _record, bind, coerce, make, same_device
+from .core import _STATE, Primitive, _record, bind, cj, coerce, make, same_device
 
 _FRAME = tape.FRAME
 
@@ -98,8 +98,8 @@ _CONJ = Primitive("conj", lambda x: _xp().conj(x), lambda g, ans, x: (conj(g),))
 # ------------------------------------------------------------------ unary primitives
 
 
-def _unary(name, fwd, vjp, *, save=(0,), save_ans=False, doc=""):
-    prim = Primitive(name, fwd, vjp, save=save, save_ans=save_ans)
+def _unary(name, fwd, vjp, *, save=(0,), save_ans=False, doc="", fast=None):
+    prim = Primitive(name, fwd, vjp, save=save, save_ans=save_ans, fast=fast)
 
     def op(x):
         return _bind1(prim, x)
@@ -114,9 +114,16 @@ def _unary(name, fwd, vjp, *, save=(0,), save_ans=False, doc=""):
     return op
 
 
-negative = _unary("negative", lambda x: -x, lambda g, ans, x: (-g,), save=())
+negative = _unary(
+    "negative", lambda x: -x, lambda g, ans, x: (-g,), save=(), fast=lambda g, ans, x: (-g,)
+)
 exp = _unary(
-    "exp", lambda x: _xp().exp(x), lambda g, ans, x: (g * conj(ans),), save=(), save_ans=True
+    "exp",
+    lambda x: _xp().exp(x),
+    lambda g, ans, x: (g * conj(ans),),
+    save=(),
+    save_ans=True,
+    fast=lambda g, ans, x: (g * cj(ans),),
 )
 log = _unary("log", lambda x: _xp().log(x), lambda g, ans, x: (g / conj(x),))
 log1p = _unary("log1p", lambda x: _xp().log1p(x), lambda g, ans, x: (g / conj(x + 1),))
@@ -130,8 +137,18 @@ expm1 = _unary(
 sqrt = _unary(
     "sqrt", lambda x: _xp().sqrt(x), lambda g, ans, x: (g / conj(ans * 2),), save=(), save_ans=True
 )
-sin = _unary("sin", lambda x: _xp().sin(x), lambda g, ans, x: (g * conj(cos(x)),))
-cos = _unary("cos", lambda x: _xp().cos(x), lambda g, ans, x: (-g * conj(sin(x)),))
+sin = _unary(
+    "sin",
+    lambda x: _xp().sin(x),
+    lambda g, ans, x: (g * conj(cos(x)),),
+    fast=lambda g, ans, x: (g * cj(_xp().cos(x)),),
+)
+cos = _unary(
+    "cos",
+    lambda x: _xp().cos(x),
+    lambda g, ans, x: (-g * conj(sin(x)),),
+    fast=lambda g, ans, x: (-g * cj(_xp().sin(x)),),
+)
 tan = _unary(
     "tan",
     lambda x: _xp().tan(x),
@@ -150,6 +167,7 @@ tanh = _unary(
     lambda g, ans, x: (g * conj(1 - ans * ans),),
     save=(),
     save_ans=True,
+    fast=lambda g, ans, x: (g * cj(1 - ans * ans),),
 )
 
 
@@ -222,10 +240,23 @@ def square(x):
 
 # ------------------------------------------------------------------ binary primitives
 
-_ADD = Primitive("add", lambda a, b: a + b, lambda g, ans, a, b: (g, g))
-_SUB = Primitive("subtract", lambda a, b: a - b, lambda g, ans, a, b: (g, -g))
+
+def _same(g, ans, a, b):
+    return g, g
+
+
+def _negated(g, ans, a, b):
+    return g, -g
+
+
+_ADD = Primitive("add", lambda a, b: a + b, _same, fast=_same)
+_SUB = Primitive("subtract", lambda a, b: a - b, _negated, fast=_negated)
 _MUL = Primitive(
-    "multiply", lambda a, b: a * b, lambda g, ans, a, b: (g * conj(b), g * conj(a)), save=(0, 1)
+    "multiply",
+    lambda a, b: a * b,
+    lambda g, ans, a, b: (g * conj(b), g * conj(a)),
+    save=(0, 1),
+    fast=lambda g, ans, a, b: (g * cj(b), g * cj(a)),
 )
 
 
@@ -234,7 +265,12 @@ def _div_vjp(g, ans, a, b):
     return ga, -ga * conj(ans)
 
 
-_DIV = Primitive("divide", lambda a, b: a / b, _div_vjp, save=(1,), save_ans=True)
+def _div_fast(g, ans, a, b):
+    ga = g / cj(b)
+    return ga, -ga * cj(ans)
+
+
+_DIV = Primitive("divide", lambda a, b: a / b, _div_vjp, save=(1,), save_ans=True, fast=_div_fast)
 
 
 def _pow_vjp(g, ans, a, b):
@@ -258,7 +294,13 @@ def _powc_vjp(g, ans, a, p):  # p arrives as the keyword parameter
     return (g * conj(a ** (p - 1) * p),)
 
 
-_POWC = Primitive("power_const", _powc_fwd, _powc_vjp, save=(0,))
+def _powc_fast(g, ans, a, p):
+    if isinstance(p, (int, float)) and p == 2:
+        return (g * cj(a * 2),)
+    return (g * cj(a ** (p - 1) * p),)
+
+
+_POWC = Primitive("power_const", _powc_fwd, _powc_vjp, save=(0,), fast=_powc_fast)
 
 
 def _atan2_vjp(g, ans, y, x):

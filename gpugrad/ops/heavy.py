@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..array import dlarray
-from .core import _STATE, Primitive, bind
+from .core import _STATE, Primitive, bind, cj
 from .elementwise import conj
 from .shape import reshape
 
@@ -62,7 +62,14 @@ def _matmul_vjp(g, ans, a, b, trans_a=False, trans_b=False):
     return ga, gb
 
 
-_MATMUL = Primitive("matmul", _matmul_fwd, _matmul_vjp, save=(0, 1))
+def _matmul_fast(g, ans, a, b, trans_a=False, trans_b=False):
+    ca, cb = cj(a), cj(b)
+    ga = _matmul_fwd(cb, g, trans_b, True) if trans_a else _matmul_fwd(g, cb, False, not trans_b)
+    gb = _matmul_fwd(g, ca, True, trans_a) if trans_b else _matmul_fwd(ca, g, not trans_a, False)
+    return ga, gb
+
+
+_MATMUL = Primitive("matmul", _matmul_fwd, _matmul_vjp, save=(0, 1), fast=_matmul_fast)
 
 
 def matmul_t(a, b, trans_a=False, trans_b=False):
@@ -145,6 +152,7 @@ _RELU_BWD = Primitive(
     # why: the mask is piecewise constant, so d/dy is zero almost everywhere
     lambda gg, ans, g, y: (relu_bwd(gg, y), None),
     save=(1,),
+    fast=lambda gg, ans, g, y: (_relu_bwd_fwd(gg, y), None),
 )
 
 
@@ -153,7 +161,13 @@ def relu_bwd(g, y):
     return bind(_RELU_BWD, (g, y))
 
 
-_RELU = Primitive("relu", _relu_fwd, lambda g, ans, x: (relu_bwd(g, ans),), save_ans=True)
+_RELU = Primitive(
+    "relu",
+    _relu_fwd,
+    lambda g, ans, x: (relu_bwd(g, ans),),
+    save_ans=True,
+    fast=lambda g, ans, x: (_relu_bwd_fwd(g, ans),),
+)
 
 
 def relu(x):

@@ -69,7 +69,13 @@ def _sum_vjp(g, ans, x, axis, keepdims):
     return (broadcast_to(_expand(g, x, axis, keepdims), x.shape),)
 
 
-_SUM = Primitive("sum", _sum_fwd, _sum_vjp)
+def _sum_fast(g, ans, x, axis, keepdims):
+    if not keepdims:
+        g = _xp().reshape(g, _kept_shape(x.shape, axis))
+    return (_xp().broadcast_to(g, x.shape),)
+
+
+_SUM = Primitive("sum", _sum_fwd, _sum_vjp, fast=_sum_fast)
 
 
 def _reduce(prim, x, axis, keepdims, where):

@@ -25,6 +25,7 @@ _RESHAPE = Primitive(
     "reshape",
     lambda x, shape: x.reshape(shape),
     lambda g, ans, x, shape: (reshape(g, x.shape),),
+    fast=lambda g, ans, x, shape: (g.reshape(x.shape),),
 )
 
 
@@ -95,6 +96,7 @@ _BROADCAST = Primitive(
     "broadcast_to",
     lambda x, shape: _xp().broadcast_to(x, shape),
     lambda g, ans, x, shape: (g,),  # the walker sums back to x's shape
+    fast=lambda g, ans, x, shape: (g,),
 )
 
 
@@ -276,6 +278,7 @@ _SCATTER_ADD = Primitive(
     "scatter_add",
     _scatter_add_fwd,
     lambda gg, ans, g, idx, shape: (getitem(gg, idx),),
+    fast=lambda gg, ans, g, idx, shape: (gg[idx],),
 )
 
 
@@ -283,6 +286,7 @@ _GETITEM = Primitive(
     "getitem",
     lambda x, idx: x[idx],
     lambda g, ans, x, idx: (bind(_SCATTER_ADD, (g,), {"idx": idx, "shape": x.shape}),),
+    fast=lambda g, ans, x, idx: (_scatter_add_fwd(g, idx, x.shape),),
 )
 
 
