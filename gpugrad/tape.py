@@ -92,14 +92,22 @@ class scope:
 _seq = itertools.count()
 
 
-class Meta:
-    """Shape and dtype of an input a primitive did not save (enough for most VJPs)."""
+class Meta(tuple):
+    """``(shape, dtype)`` of an input: what the walker needs to undo broadcasting, and
+    what a VJP sees for an input its primitive did not save."""
 
-    __slots__ = ("shape", "dtype")
+    __slots__ = ()
 
-    def __init__(self, shape, dtype):
-        self.shape = shape
-        self.dtype = dtype
+    def __new__(cls, shape, dtype):
+        return tuple.__new__(cls, (shape, dtype))
+
+    @property
+    def shape(self):
+        return self[0]
+
+    @property
+    def dtype(self):
+        return self[1]
 
     @property
     def ndim(self):
@@ -182,6 +190,7 @@ LEAF = LeafPrim()
 def make_leaf(meta, trace, parent=None, grad_req="write"):
     """A leaf node. With ``parent`` (the input was already traced by an enclosing
     scope) it is an identity link, so outer scopes still see through it."""
+    meta = Meta(*meta)
     node = Node(LEAF, None, (parent,) if parent is not None else (), (meta,), (meta,), (), trace)
     node.params = grad_req
     return node
@@ -339,7 +348,8 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
             for p, gi, meta in zip(parents, in_cts, node.in_meta):
                 if p is None or gi is None or not reach[p[0]]:
                     continue
-                gi = unbroadcast(gi, meta, create_graph)
+                if gi.shape != meta[0] or gi.dtype != meta[1]:
+                    gi = unbroadcast(gi, meta, create_graph)
                 pn, pi = p
                 pslot = cts.get(pn)
                 if pslot is None:

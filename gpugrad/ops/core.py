@@ -26,6 +26,7 @@ _FRAME = tape.FRAME
 _Node = tape.Node
 _LEAF = tape.LEAF
 _MEMORY = tape.MEMORY
+_Meta = tape.Meta
 
 
 def X():
@@ -151,7 +152,7 @@ def _record(prim, args, raws, out, params, fmt, frame, taint):
             parents.append((a._node, a._idx))
         else:
             parents.append(None)
-        in_meta.append((r.shape, r.dtype) if hasattr(r, "shape") else None)
+        in_meta.append(_Meta(r.shape, r.dtype) if hasattr(r, "shape") else None)
     save = prim.save
     counted = []
     if save:
@@ -176,9 +177,9 @@ def _record(prim, args, raws, out, params, fmt, frame, taint):
     else:
         ans = None
     if prim.multiple_outputs:
-        out_meta = tuple((o.shape, o.dtype) for o in out)
+        out_meta = tuple(_Meta(o.shape, o.dtype) for o in out)
     else:
-        out_meta = ((out.shape, out.dtype),)
+        out_meta = (_Meta(out.shape, out.dtype),)
     node = _Node(
         prim,
         params,
@@ -219,7 +220,7 @@ def wrap_inputs(node, linked=True):
     for i, meta in enumerate(node.in_meta):
         r = saved[i] if saved is not None else None
         if r is None:
-            out.append(tape.Meta(*meta) if meta is not None else None)
+            out.append(meta)
         elif not hasattr(r, "shape"):
             out.append(r)
         else:
@@ -304,10 +305,7 @@ def _raw_inputs(node):
     out = []
     for i, meta in enumerate(node.in_meta):
         r = saved[i] if saved is not None else None
-        if r is None:
-            out.append(tape.Meta(*meta) if meta is not None else None)
-        else:
-            out.append(r)
+        out.append(meta if r is None else r)
     return out
 
 
