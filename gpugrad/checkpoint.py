@@ -29,6 +29,7 @@ import inspect
 import math
 import re
 import types
+import weakref
 import zlib
 from dataclasses import dataclass, field
 
@@ -286,8 +287,14 @@ class _CheckpointCall:
         n_args = len(arg_arrays)
         call = self
 
+        holder = [None]  # a weak reference to this call's node, set once it is recorded
+
         def vjp(g, ans, *inputs):
             frame = tape.FRAME.get()
+            me = holder[0]() if holder[0] is not None else None
+            eager = _EAGER.get(me.trace) if me is not None else None
+            if eager is not None:
+                _release_after(eager, me)
             sub = tape.Trace("checkpoint", frame.trace)
             fresh_nodes = []
 
@@ -339,12 +346,21 @@ class _CheckpointCall:
                     )
                 if o._node is not None and g[k] is not None:
                     roots.append((o._node, o._idx, g[k]))
-            _check_closed(roots, fresh_nodes, sub, name)
+            graph = _check_closed(roots, fresh_nodes, sub, name)
             targets = [(n, 0) for n in fresh_nodes]
-            if roots:
-                grads = core.backward(roots, targets, create_graph=frame.recording)
-            else:
-                grads = [None] * len(targets)
+            if not frame.recording:
+                # why: this walk is ours and keeps nothing, so a nested checkpoint may
+                # release what the walk has finished with before it recomputes
+                _EAGER[sub] = sorted(graph, key=_seq_of)
+            try:
+                if roots:
+                    grads = core.backward(roots, targets, create_graph=frame.recording)
+                else:
+                    grads = [None] * len(targets)
+            finally:
+                _EAGER.pop(sub, None)
+            if eager is not None:
+                me.release()
             by_node = dict(zip(fresh_nodes, grads))
             result = []
             for fa in fresh_args + fresh_captured:
@@ -367,6 +383,7 @@ class _CheckpointCall:
         out_raws = tuple(out_leaves[i]._data for i in diff_pos)
         taint = any(a._taint for a in node_inputs)
         traced = core._record(prim, node_inputs, node_raws, out_raws, None, "", self.frame, taint)
+        holder[0] = weakref.ref(traced[0]._node)
         replaced = {i: t for i, t in zip(diff_pos, traced)}
         counter = iter(range(len(out_leaves)))
 
@@ -399,6 +416,29 @@ def _check_closed(roots, fresh_nodes, sub, name):
         for p in node.parents:
             if p is not None:
                 stack.append(p[0])
+    return seen
+
+
+# recompute sub-trace -> its recorded nodes (ascending), while a first-order walk over
+# them that keeps nothing is running
+_EAGER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _seq_of(node):
+    return node.seq
+
+
+def _release_after(nodes, me):
+    """Release the nodes recorded after ``me`` in a walk that keeps nothing: the
+    reverse walk has already finished with them (it runs in reverse creation order)."""
+    keep = []
+    for node in nodes:
+        if node.seq > me.seq:
+            if not node.is_leaf:
+                node.release()
+        else:
+            keep.append(node)
+    nodes[:] = keep
 
 
 # ------------------------------------------------------------------ Revolve arithmetic
@@ -504,24 +544,30 @@ def revolve_schedule(steps, snapshots):
 
 
 @functools.lru_cache(maxsize=65536)
-def _peak_units(steps, snapshots, input_counted, act, tape_bytes):
-    """Peak saved bytes of the binomial schedule under the engine's accounting: each
-    walk keeps the nodes it records until it ends, and a recomputation runs while the
-    nodes of the enclosing walk are kept."""
+def _peak_units(steps, snapshots, input_counted, act, tape_bytes, eager=False):
+    """Peak saved bytes of the binomial schedule under the engine's accounting. The
+    user's walk keeps what it records until it ends; the walks that recompute a
+    segment (``eager``) let a nested checkpoint release what the walk has finished
+    with, so a recomputation runs while only the earlier snapshots are kept."""
     held = 0
-    inner = 0
+    prefix_peak = 0
+    inner_peak = 0
     counted = input_counted
     s = snapshots
     while steps > 1:
         m = _split(steps, s)
         if counted:
             held += act
-        inner = max(inner, _peak_units(m, s, False, act, tape_bytes))
+        inner = _peak_units(m, s, False, act, tape_bytes, True)
+        prefix_peak = max(prefix_peak, held + inner)
+        inner_peak = max(inner_peak, inner)
         steps -= m
         s -= 1
         counted = True
     held += (act if counted else 0) + tape_bytes
-    return held + inner
+    if eager:
+        return max(held, prefix_peak)
+    return held + inner_peak
 
 
 # ------------------------------------------------------------------ sequential chains
@@ -659,22 +705,53 @@ def _revolve(layers, x, snapshots, offset):
     return layers[0](x)
 
 
-def _probe(layer, x, frame):
-    """Saved bytes of one recorded application of ``layer`` (input a fresh leaf) and
-    its output bytes; the random state is restored afterwards."""
+def _probe(layers, x, frame):
+    """Output bytes of one layer and the saved bytes of the first and of each further
+    recorded application (input a fresh leaf); the random state is restored."""
     rng = _random.get_state()
     sub = tape.Trace("checkpoint-probe", frame.trace)
     leaf = tape.make_leaf((x._data.shape, x._data.dtype), sub)
     before = tape.MEMORY.current
+    saved = []
+    y = make(x._data, x._fmt, leaf, 0)
     try:
         with tape.scope(trace=sub, recording=True):
-            y = layer(make(x._data, x._fmt, leaf, 0))
-            step_bytes = tape.MEMORY.current - before
+            for layer in layers:
+                y = layer(y)
+                saved.append(tape.MEMORY.current - before)
             act = _nbytes(y)
     finally:
         _random.set_state(rng)
     del y
-    return act, step_bytes
+    first = saved[0]
+    further = saved[1] - saved[0] if len(saved) > 1 else first
+    return act, first, further
+
+
+def _uniform(counted, x, k, stats):
+    n = len(counted)
+    stats.segments = k
+    sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    start = 0
+    for size in sizes:
+        stats.boundaries.append(start)
+        name = f"checkpoint_sequential[{start}:{start + size}]"
+        x = checkpoint(_chain(counted[start : start + size], name), x)
+        start += size
+    return x
+
+
+def _candidates(n, x_counted, act, first, further):
+    """(recomputations, predicted peak bytes, schedule, parameter) of every schedule."""
+    out = []
+    for k in range(1, n + 1):
+        longest = -(-n // k)
+        peak = (int(x_counted) + k - 1) * act + first + (longest - 1) * further
+        out.append((n, peak, "uniform", k))
+    for s in range(1, max(n, 2)):
+        peak = _peak_units(n, s, x_counted, act, first)
+        out.append((optimal_recomputations(n, s), peak, "revolve", s))
+    return out
 
 
 def checkpoint_sequential(
@@ -691,11 +768,12 @@ def checkpoint_sequential(
 
     - default: ``round(sqrt(n))`` uniform segments (Chen et al. 2016);
     - ``segments=k``: ``k`` uniform segments (``1 <= k <= n``), each one checkpoint;
-    - ``memory_budget`` (bytes, or a string such as ``"256MB"``/``"1.5GiB"``): the
-      binomial (Revolve) schedule with as many snapshots as fit the budget, which
-      needs the fewest recomputations among the schedules that fit. One layer
-      application is measured once to size the schedule (``stats.probe_calls``);
-      the layers are assumed alike in size;
+    - ``memory_budget`` (bytes, or a string such as ``"256MB"``/``"1.5GiB"``): among
+      the binomial (Revolve, Griewank & Walther) schedules with 1..n-1 snapshots and
+      the uniform ones, the one with the fewest recomputations whose predicted peak
+      of saved bytes (the engine's accounting) fits the budget. The first two layers
+      are applied once more to measure their sizes (``stats.probe_calls``; the
+      random state is restored); the layers are assumed alike in size;
     - ``snapshots=s``: the binomial schedule with ``s`` stored states (input included).
 
     With ``return_stats=True`` returns ``(y, stats)`` (a :class:`CheckpointStats`);
@@ -743,15 +821,7 @@ def checkpoint_sequential(
 
     if budget is None and snapshots is None:
         k = int(segments) if segments is not None else max(1, round(math.sqrt(n)))
-        stats.segments = k
-        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
-        start = 0
-        y = x
-        for size in sizes:
-            stats.boundaries.append(start)
-            name = f"checkpoint_sequential[{start}:{start + size}]"
-            y = checkpoint(_chain(counted[start : start + size], name), y)
-            start += size
+        y = _uniform(counted, x, k, stats)
         stats.planned_recomputations = n if frame.recording else 0
         return (y, stats) if return_stats else y
 
@@ -760,11 +830,11 @@ def checkpoint_sequential(
         if not (frame.recording and isinstance(x, dlarray)):
             s = n  # nothing is kept for a backward pass: no schedule to fit
         else:
-            act, step_bytes = _probe(counted[0], x, frame)
-            stats.probe_calls = 1
-            stats.activation_bytes, stats.step_saved_bytes = act, step_bytes
-            peaks = {k: _peak_units(n, k, x_counted, act, step_bytes) for k in range(1, max(n, 2))}
-            minimum = min(peaks.values())
+            act, first, further = _probe(counted[:2], x, frame)
+            stats.probe_calls = min(n, 2)
+            stats.activation_bytes, stats.step_saved_bytes = act, first
+            options = _candidates(n, x_counted, act, first, further)
+            minimum = min(peak for _, peak, _, _ in options)
             if budget < minimum:
                 raise ValueError(
                     f"checkpoint_sequential: memory_budget={memory_budget!r} ({budget} bytes) "
@@ -772,9 +842,14 @@ def checkpoint_sequential(
                     f"smallest schedule needs at least {minimum} bytes; raise memory_budget "
                     f"to at least {minimum}"
                 )
-            # more snapshots never need more recomputations: take the most that fit
-            s = max(k for k, peak in peaks.items() if peak <= budget)
-            stats.predicted_peak_bytes = _peak_units(n, s, x_counted, act, step_bytes)
+            recomputations, peak, kind, param = min(o for o in options if o[1] <= budget)
+            stats.predicted_peak_bytes = peak
+            if kind == "uniform":
+                stats.schedule = "uniform"
+                stats.planned_recomputations = recomputations
+                y = _uniform(counted, x, param, stats)
+                return (y, stats) if return_stats else y
+            s = param
     else:
         s = int(snapshots)
     s = max(1, min(s, n - 1)) if n > 1 else 1

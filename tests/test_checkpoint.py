@@ -257,7 +257,7 @@ def test_memory_sqrt_segments_at_most_half():
     assert ckpt <= 0.5 * plain, (ckpt, plain)
 
 
-@pytest.mark.parametrize("acts", [11, 12, 15, 24])
+@pytest.mark.parametrize("acts", [4, 6, 9, 15])
 def test_memory_budget_respected(acts):
     act = 32 * 64 * 8
     budget = acts * act
@@ -267,7 +267,10 @@ def test_memory_budget_respected(acts):
     _close(want, got)
     assert ckpt <= budget, (ckpt, budget, stats)
     assert stats.predicted_peak_bytes >= ckpt
-    assert stats.recomputations == optimal_recomputations(16, stats.snapshots)
+    if stats.schedule == "revolve":
+        assert stats.recomputations == optimal_recomputations(16, stats.snapshots)
+    else:
+        assert stats.recomputations == 16
 
 
 def test_memory_budget_strings_and_errors():
