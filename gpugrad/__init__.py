@@ -141,3 +141,9 @@ from .functional import (  # noqa: E402
     without_derivative,
 )
 from .checkpoint import checkpoint, checkpoint_sequential, recompute_in_gradient  # noqa: E402
+
+# isort: split
+# deep learning: MATLAB functions at the top level, layers in gg.nn, optimizers in gg.optim
+from . import nn, optim  # noqa: E402
+from .nn import *  # noqa: F403, E402
+from .optim import adamupdate, sgdmupdate  # noqa: E402

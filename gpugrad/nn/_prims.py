@@ -1,0 +1,264 @@
+"""Heavy deep-learning primitives: ``linear`` (x @ W^T + b), ``conv2d`` with its
+backward-data and backward-filter as primitives, and a flat gather/scatter pair for
+pooling. Each forward picks the hand-written CUDA kernels on ``cuda``/``emu`` (via
+``kernels_for``) and NumPy on ``cpu``; every VJP is written with gpugrad ops (or
+with these primitives), so higher derivatives work on every device.
+
+Convolutions work on NHWC raw arrays with MATLAB weights ``[kh, kw, cin/groups, cout]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ops.core import _STATE, Primitive, bind
+from ..ops.heavy import kernels_for, matmul_t, relu_bwd
+from ..ops.reduce import sum as gsum
+from ..ops.shape import reshape
+
+
+def _xp():
+    return _STATE["xp"]
+
+
+# ------------------------------------------------------------------ linear
+
+
+def _linear_fwd(x, w, b, relu=False):
+    k = kernels_for(x, w, b)
+    if k is not None:
+        return k.matmul(x, w, trans_b=True, bias=b, relu=relu)
+    y = x @ w.T
+    y += b
+    if relu:
+        np.maximum(y, 0, out=y) if _xp() is np else _xp().maximum(y, 0, out=y)
+    return y
+
+
+def _linear_vjp(g, ans, x, w, b, relu=False):
+    if relu:
+        g = relu_bwd(g, ans)
+    gx = matmul_t(g, w)
+    gw = matmul_t(g, x, True, False)
+    gb = gsum(g, axis=0)
+    return gx, gw, gb
+
+
+_LINEAR = Primitive("linear", _linear_fwd, _linear_vjp, save=(0, 1))
+_LINEAR_RELU = Primitive(
+    "linear_relu",
+    lambda x, w, b: _linear_fwd(x, w, b, True),
+    lambda g, ans, x, w, b: _linear_vjp(g, ans, x, w, b, True),
+    save=(0, 1),
+    save_ans=True,
+)
+
+
+def linear(x, w, b, relu=False):
+    """``x[N, in] @ w[out, in]^T + b[out]`` (then relu when asked) as one primitive."""
+    return bind(_LINEAR_RELU if relu else _LINEAR, (x, w, b))
+
+
+# ------------------------------------------------------------------ conv2d (NHWC)
+
+
+def _geometry(x_shape, w_shape, stride, padding, dilation):
+    n, h, w, c = x_shape
+    kh, kw = w_shape[0], w_shape[1]
+    ho = (h + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return ho, wo
+
+
+def _pad_nhwc(x, padding):
+    if not any(padding):
+        return x
+    xp = _xp()
+    t, b, l, r = padding
+    return xp.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+
+
+def _windows(xpad, kh, kw, ho, wo, stride, dilation):
+    """A strided view (N, Ho, Wo, kh, kw, C) of the padded input (no copy)."""
+    xp = _xp()
+    n, _, _, c = xpad.shape
+    s0, s1, s2, s3 = xpad.strides
+    shape = (n, ho, wo, kh, kw, c)
+    strides = (s0, s1 * stride[0], s2 * stride[1], s1 * dilation[0], s2 * dilation[1], s3)
+    if xp is np:
+        return np.lib.stride_tricks.as_strided(xpad, shape, strides, writeable=False)
+    return xp.lib.stride_tricks.as_strided(xpad, shape, strides)  # pragma: no cover
+
+
+def _conv_fwd(x, w, b, stride, padding, dilation, groups, relu=False):
+    k = kernels_for(x, w, b)
+    pads = ((padding[0], padding[1]), (padding[2], padding[3]))
+    if k is not None:
+        return k.conv2d_fwd(
+            x, w, b, stride=stride, padding=pads, dilation=dilation, groups=groups, relu=relu
+        )
+    xp = _xp()
+    kh, kw, cg, cout = w.shape
+    ho, wo = _geometry(x.shape, w.shape, stride, padding, dilation)
+    win = _windows(_pad_nhwc(x, padding), kh, kw, ho, wo, stride, dilation)
+    if groups == 1:
+        # why: one im2col buffer (the reshape copies the strided view) and one GEMM
+        cols = win.reshape(-1, kh * kw * cg)
+        y = cols @ w.reshape(-1, cout)
+    else:
+        fg = cout // groups
+        y = xp.empty((x.shape[0] * ho * wo, cout), dtype=np.result_type(x, w))
+        for gi in range(groups):
+            cols = win[..., gi * cg : (gi + 1) * cg].reshape(-1, kh * kw * cg)
+            y[:, gi * fg : (gi + 1) * fg] = cols @ w[..., gi * fg : (gi + 1) * fg].reshape(-1, fg)
+    y += b
+    y = y.reshape(x.shape[0], ho, wo, cout)
+    if relu:
+        y = xp.maximum(y, 0)
+    return y
+
+
+def _bwd_data_fwd(dy, w, x_shape, stride, padding, dilation, groups):
+    k = kernels_for(dy, w)
+    pads = ((padding[0], padding[1]), (padding[2], padding[3]))
+    if k is not None:
+        return k.conv2d_bwd_data(
+            dy, w, x_shape, stride=stride, padding=pads, dilation=dilation, groups=groups
+        )
+    xp = _xp()
+    n, h, wd, c = x_shape
+    kh, kw, cg, cout = w.shape
+    ho, wo = dy.shape[1], dy.shape[2]
+    dxp = xp.zeros(
+        (n, h + padding[0] + padding[1], wd + padding[2] + padding[3], c),
+        dtype=np.result_type(dy, w),
+    )
+    fg = cout // groups
+    dy2 = dy.reshape(-1, cout)
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilation[0], j * dilation[1]
+            rows = slice(r0, r0 + stride[0] * (ho - 1) + 1, stride[0])
+            cols = slice(c0, c0 + stride[1] * (wo - 1) + 1, stride[1])
+            for gi in range(groups):
+                part = dy2[:, gi * fg : (gi + 1) * fg] @ w[i, j, :, gi * fg : (gi + 1) * fg].T
+                dxp[:, rows, cols, gi * cg : (gi + 1) * cg] += part.reshape(n, ho, wo, cg)
+    return dxp[:, padding[0] : padding[0] + h, padding[2] : padding[2] + wd, :]
+
+
+def _bwd_filter_fwd(dy, x, w_shape, stride, padding, dilation, groups):
+    k = kernels_for(dy, x)
+    pads = ((padding[0], padding[1]), (padding[2], padding[3]))
+    if k is not None:
+        return k.conv2d_bwd_filter(
+            dy, x, w_shape, stride=stride, padding=pads, dilation=dilation, groups=groups
+        )
+    xp = _xp()
+    kh, kw, cg, cout = w_shape
+    ho, wo = dy.shape[1], dy.shape[2]
+    win = _windows(_pad_nhwc(x, padding), kh, kw, ho, wo, stride, dilation)
+    fg = cout // groups
+    dy2 = dy.reshape(-1, cout)
+    dw = xp.empty(w_shape, dtype=np.result_type(dy, x))
+    for gi in range(groups):
+        cols = win[..., gi * cg : (gi + 1) * cg].reshape(-1, kh * kw * cg)
+        part = cols.T @ dy2[:, gi * fg : (gi + 1) * fg]
+        dw[..., gi * fg : (gi + 1) * fg] = part.reshape(kh, kw, cg, fg)
+    return dw
+
+
+def _conv_vjp(g, ans, x, w, b, relu=False, **geo):
+    if relu:
+        g = relu_bwd(g, ans)
+    gx = conv_bwd_data(g, w, x.shape, **geo)
+    gw = conv_bwd_filter(g, x, w.shape, **geo)
+    gb = gsum(reshape(g, (-1, g.shape[-1])), axis=0)
+    return gx, gw, gb
+
+
+def _bwd_data_vjp(gdx, ans, dy, w, x_shape, **geo):
+    # dx = B(dy, w) is bilinear: <gdx, B(dy, w)> = <conv(gdx, w), dy>
+    zero_b = _zero_bias(w)
+    gdy = conv2d(gdx, w, zero_b, **geo)
+    gw = conv_bwd_filter(dy, gdx, w.shape, **geo)
+    return gdy, gw
+
+
+def _bwd_filter_vjp(gdw, ans, dy, x, w_shape, **geo):
+    gdy = conv2d(x, gdw, _zero_bias(gdw), **geo)
+    gx = conv_bwd_data(dy, gdw, x.shape, **geo)
+    return gdy, gx
+
+
+def _zero_bias(w):
+    from ..ops.core import make  # noqa: PLC0415
+
+    return make(_xp().zeros((w.shape[-1],), dtype=w.dtype))
+
+
+_CONV = Primitive(
+    "conv2d", lambda x, w, b, **geo: _conv_fwd(x, w, b, **geo), _conv_vjp, save=(0, 1)
+)
+_CONV_RELU = Primitive(
+    "conv2d_relu",
+    lambda x, w, b, **geo: _conv_fwd(x, w, b, relu=True, **geo),
+    lambda g, ans, x, w, b, **geo: _conv_vjp(g, ans, x, w, b, relu=True, **geo),
+    save=(0, 1),
+    save_ans=True,
+)
+_BWD_DATA = Primitive("conv2d_bwd_data", _bwd_data_fwd, _bwd_data_vjp, save=(0, 1))
+_BWD_FILTER = Primitive("conv2d_bwd_filter", _bwd_filter_fwd, _bwd_filter_vjp, save=(0, 1))
+
+
+def conv2d(x, w, b, *, stride, padding, dilation, groups, relu=False):
+    """NHWC convolution primitive (``padding`` = (top, bottom, left, right))."""
+    params = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    return bind(_CONV_RELU if relu else _CONV, (x, w, b), params)
+
+
+def conv_bwd_data(dy, w, x_shape, **geo):
+    return bind(_BWD_DATA, (dy, w), {"x_shape": tuple(x_shape), **geo})
+
+
+def conv_bwd_filter(dy, x, w_shape, **geo):
+    return bind(_BWD_FILTER, (dy, x), {"w_shape": tuple(w_shape), **geo})
+
+
+# ------------------------------------------------------------------ flat gather / scatter
+
+
+def _gather_fwd(x, idx, unique):
+    return x.reshape(-1)[idx]
+
+
+def _scatter_fwd(g, idx, unique, shape):
+    xp = _xp()
+    size = int(np.prod(shape))
+    if unique:
+        out = xp.zeros(size, dtype=g.dtype)
+        out[idx.reshape(-1)] = g.reshape(-1)
+    elif xp is np and g.dtype.kind == "f":
+        out = np.bincount(idx.reshape(-1), weights=g.reshape(-1), minlength=size).astype(g.dtype)
+    else:
+        out = xp.zeros(size, dtype=g.dtype)
+        xp.add.at(out, idx.reshape(-1), g.reshape(-1))
+    return out.reshape(shape)
+
+
+_SCATTER = Primitive(
+    "pool_scatter",
+    _scatter_fwd,
+    lambda gg, ans, g, idx, unique, shape: (gather_flat(gg, idx, unique),),
+)
+_GATHER = Primitive(
+    "pool_gather",
+    _gather_fwd,
+    lambda g, ans, x, idx, unique: (
+        bind(_SCATTER, (g,), {"idx": idx, "unique": unique, "shape": x.shape}),
+    ),
+)
+
+
+def gather_flat(x, idx, unique):
+    """``x.reshape(-1)[idx]``; ``unique`` says no index repeats (faster backward)."""
+    return bind(_GATHER, (x,), {"idx": idx, "unique": unique})
