@@ -12,7 +12,7 @@ the same MLP runs in separate subprocesses (peak RSS and step time) for
 comparison. A PNG of peak memory vs recomputations over the budgets goes to
 ``bench/results/checkpoint_memory_vs_recompute.png``.
 
-    python bench/checkpoint.py [--depth 64 --width 512 --batch 256 --repeats 3]
+    python bench/checkpoint.py [--depth 64 --width 512 --batch 256 --repeats 5]
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def main():
     parser.add_argument("--depth", type=int, default=64)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-torch", action="store_true")
     opts = parser.parse_args()
 
