@@ -342,3 +342,45 @@ def test_discarding_activations_layer():
     got = gg.dlfeval(loss, wrapped, x)
     assert set(got) == set(want)
     _close(want, got)
+
+
+@pytest.mark.parametrize("options", [{"segments": 2}, {"snapshots": 2}])
+def test_second_order_through_checkpoint_sequential(options):
+    weights, biases = _mlp(5, 3)
+    x = gg.dlarray(np.random.default_rng(4).normal(size=(2, 3)))
+
+    def loss(ws, bs, x, use):
+        layers = _layers(ws, bs)
+        y = gg.checkpoint_sequential(layers, x, **options) if use else _plain(layers, x)
+        g = gg.dlgradient(gg.sum(y**2), x, enable_higher_derivatives=True)
+        return gg.dlgradient(gg.sum(g**2), ws, bs, x)
+
+    _close(
+        gg.dlfeval(loss, weights, biases, x, False),
+        gg.dlfeval(loss, weights, biases, x, True),
+        tol=1e-11,
+    )
+
+
+def test_discarding_activations_in_sequential_model():
+    if not hasattr(gg, "nn") or not hasattr(gg.nn, "Sequential"):
+        pytest.skip("gg.nn not available yet")
+    gg.random.seed(1)
+    first, second = gg.nn.Dense(4, 5, activation=gg.tanh), gg.nn.Dense(5, 2)
+    plain = gg.nn.Sequential(first, second)
+    wrapped = gg.nn.Sequential(first.discarding_activations(), second)
+    assert wrapped.parameters().keys() == plain.parameters().keys()
+    x = gg.dlarray(np.random.default_rng(5).normal(size=(3, 4)))
+
+    def loss(model, x):
+        return gg.dlgradient(gg.sum(model(x) ** 2), model, x)
+
+    want = gg.dlfeval(loss, plain, x)
+    got = gg.dlfeval(loss, wrapped, x)
+    _close(want, got)
+    chained = gg.dlfeval(
+        lambda m, x: gg.dlgradient(gg.sum(gg.checkpoint_sequential(m, x, segments=2) ** 2), m, x),
+        plain,
+        x,
+    )
+    _close(want, chained)
