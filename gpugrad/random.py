@@ -1,7 +1,9 @@
-"""The library's random state: one generator per device, seeded by ``gg.random.seed``.
+"""The library's random state, seeded by ``gg.random.seed``.
 
-``get_state()`` / ``set_state()`` capture and restore it exactly; checkpointing
-uses them to replay dropout masks and other draws during recomputation.
+One NumPy generator on the host for every device (draws are copied to the GPU on
+``cuda``): its state can be captured and restored exactly with ``get_state()`` /
+``set_state()``, which checkpointing uses to replay dropout masks and other
+draws during recomputation. (CuPy's generators cannot snapshot their state.)
 """
 
 from __future__ import annotations
@@ -11,13 +13,12 @@ import numpy as np
 from . import backend
 from .ops.core import make
 
-_state = {"gen": None, "key": None}
+_state = {"gen": None}
 
 
 def _generator():
-    dev = backend.device()
-    if _state["gen"] is None or _state["key"] != dev:
-        seed(None if _state["gen"] is None else 0)
+    if _state["gen"] is None:
+        seed(None)
     return _state["gen"]
 
 
@@ -30,28 +31,17 @@ def seed(n=None):
     >>> bool((a == b).all())
     True
     """
-    dev = backend.device()
-    if dev == "cuda":
-        cp = backend.cupy_module()
-        _state["gen"] = cp.random.Generator(cp.random.XORWOW(n))  # pragma: no cover - GPU only
-    else:
-        _state["gen"] = np.random.Generator(np.random.PCG64(n))
-    _state["key"] = dev
+    _state["gen"] = np.random.Generator(np.random.PCG64(n))
 
 
 def get_state():
     """An opaque snapshot of the random state (for exact replay)."""
-    gen = _generator()
-    bg = gen.bit_generator
-    return (_state["key"], bg.state if hasattr(bg, "state") else bg)
+    return _generator().bit_generator.state
 
 
 def set_state(snapshot):
     """Restore a snapshot taken by :func:`get_state`."""
-    key, st = snapshot
-    gen = _generator()
-    gen.bit_generator.state = st
-    _state["key"] = key
+    _generator().bit_generator.state = snapshot
 
 
 def _shape(shape, size):
@@ -65,7 +55,11 @@ def _shape(shape, size):
 
 def _cast(raw, dtype):
     dt = np.dtype(dtype or np.float64)
-    return raw.astype(dt, copy=False)
+    return _on_device(raw.astype(dt, copy=False))
+
+
+def _on_device(raw):
+    return backend.xp().asarray(raw) if backend.device() == "cuda" else raw
 
 
 def normal(loc=0.0, scale=1.0, shape=None, dtype=None, size=None):
@@ -80,14 +74,14 @@ def uniform(low=0.0, high=1.0, shape=None, dtype=None, size=None):
 
 def randint(low, high=None, shape=None, size=None):
     """Random integers in ``[low, high)`` (stored as float64, as MATLAB does)."""
-    return make(_generator().integers(low, high, _shape(shape, size)).astype(np.float64))
+    return make(_on_device(_generator().integers(low, high, _shape(shape, size)).astype(np.float64)))
 
 
 def permutation(n):
     """A random permutation of ``range(n)`` as a NumPy/CuPy integer array."""
-    return _generator().permutation(n)
+    return _on_device(_generator().permutation(n))
 
 
 def raw_uniform(shape, dtype):
     """Raw uniform draws (for dropout masks); advances the same state."""
-    return _generator().random(_shape(shape, None)).astype(dtype, copy=False)
+    return _on_device(_generator().random(_shape(shape, None)).astype(dtype, copy=False))

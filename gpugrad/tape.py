@@ -304,7 +304,6 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
         slot[i] = g if slot[i] is None else slot[i] + g
     target_nodes = {n for n, _ in targets}
     results = {}
-    walked = []
     outer = FRAME.get()
     token = FRAME.set(Frame(outer.trace, create_graph, outer.training))
     try:
@@ -344,7 +343,9 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                 else:
                     g = slot[0]
                 in_cts = run_vjp(node, g, create_graph)
-                walked.append(node)
+                if not retain:
+                    # why: memory returns as the walk goes, not only at its end
+                    node.release()
             for p, gi, meta in zip(parents, in_cts, node.in_meta):
                 if p is None or gi is None or not reach[p[0]]:
                     continue
@@ -357,7 +358,4 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                 pslot[pi] = gi if pslot[pi] is None else pslot[pi] + gi
     finally:
         FRAME.reset(token)
-    if not retain:
-        for node in walked:
-            node.release()
     return [results[n][i] if n in results else None for n, i in targets]
