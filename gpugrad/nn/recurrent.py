@@ -48,39 +48,22 @@ def _fwd(xs, h0, c0, w, r, b):
     cs = xp.empty((t, n, hid), dtype=proj.dtype)
     gates = xp.empty((t, n, 4 * hid), dtype=proj.dtype)
     h, cell = h0, c0
-    rt = r.T
     for step in range(t):
         if k is not None:
             pre = k.matmul(h, r, trans_b=True, bias=None) + proj[step]
             h, cell, gt = k.lstm_cell_fwd(pre, cell)
             gates[step] = gt
         else:
+            pre = h @ r.T
+            pre += proj[step]
             gt = gates[step]
-            xp.matmul(h, rt, out=gt)
-            gt += proj[step]
-            # why: sigmoid(v) = (tanh(v / 2) + 1) / 2 is overflow-free; done in place
-            sig_if = gt[:, : 2 * hid]
-            sig_if *= 0.5
-            xp.tanh(sig_if, out=sig_if)
-            sig_if += 1
-            sig_if *= 0.5
-            cand = gt[:, 2 * hid : 3 * hid]
-            xp.tanh(cand, out=cand)
-            out_gate = gt[:, 3 * hid :]
-            out_gate *= 0.5
-            xp.tanh(out_gate, out=out_gate)
-            out_gate += 1
-            out_gate *= 0.5
-            new_cell = cs[step]
-            xp.multiply(gt[:, hid : 2 * hid], cell, out=new_cell)
-            new_cell += gt[:, :hid] * cand
-            cell = new_cell
-            h = ys[step]
-            xp.tanh(cell, out=h)
-            h *= out_gate
-        if k is not None:
-            ys[step] = h
-            cs[step] = cell
+            gt[:, : 2 * hid] = _sigmoid(pre[:, : 2 * hid])
+            gt[:, 2 * hid : 3 * hid] = xp.tanh(pre[:, 2 * hid : 3 * hid])
+            gt[:, 3 * hid :] = _sigmoid(pre[:, 3 * hid :])
+            cell = gt[:, hid : 2 * hid] * cell + gt[:, :hid] * gt[:, 2 * hid : 3 * hid]
+            h = gt[:, 3 * hid :] * xp.tanh(cell)
+        ys[step] = h
+        cs[step] = cell
     return ys, ys[-1].copy(), cs[-1].copy(), cs, gates
 
 
@@ -104,9 +87,6 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b):
     dpre_all = xp.empty((t, n, 4 * hid), dtype=ys.dtype)
     dh_next = g_h.copy()
     dc_next = g_c.copy()
-    if k is None:
-        act_all = _act_grad(gates, hid)
-        tanh_all = xp.tanh(cs)
     for step in range(t - 1, -1, -1):
         dh = g_ys[step] + dh_next
         dc = dc_next + g_cs[step]
@@ -114,22 +94,16 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b):
         gt = gates[step]
         if k is not None:
             dpre, dc_next = k.lstm_cell_bwd(dh, dc, gt, c_prev, cs[step])
-            if extra_gates:
-                dpre = dpre + g_gates[step] * _act_grad(gt, hid)
-            dpre_all[step] = dpre
         else:
-            tc = tanh_all[step]
+            tc = xp.tanh(cs[step])
             i, f, gc, o = (gt[:, j * hid : (j + 1) * hid] for j in range(4))
-            dc += dh * o * (1 - tc * tc)
-            dpre = dpre_all[step]
-            xp.multiply(dc, gc, out=dpre[:, :hid])
-            xp.multiply(dc, c_prev, out=dpre[:, hid : 2 * hid])
-            xp.multiply(dc, i, out=dpre[:, 2 * hid : 3 * hid])
-            xp.multiply(dh, tc, out=dpre[:, 3 * hid :])
-            if extra_gates:
-                dpre += g_gates[step]
-            dpre *= act_all[step]
+            dc = dc + dh * o * (1 - tc * tc)
+            dact = xp.concatenate([dc * gc, dc * c_prev, dc * i, dh * tc], axis=1)
+            dpre = dact * _act_grad(gt, hid)
             dc_next = dc * f
+        if extra_gates:
+            dpre = dpre + g_gates[step] * _act_grad(gt, hid)
+        dpre_all[step] = dpre
         dh_next = dpre @ r
     flat = dpre_all.reshape(t * n, 4 * hid)
     hprev = xp.concatenate([h0[None], ys[:-1]], axis=0).reshape(t * n, hid)
