@@ -73,9 +73,11 @@ def _geometry(x_shape, w_shape, stride, padding, dilation):
 def _pad_nhwc(x, padding):
     if not any(padding):
         return x
-    xp = _xp()
     t, b, l, r = padding
-    return xp.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    n, h, w, c = x.shape
+    out = _xp().zeros((n, h + t + b, w + l + r, c), dtype=x.dtype)
+    out[:, t : t + h, l : l + w, :] = x
+    return out
 
 
 def _windows(xpad, kh, kw, ho, wo, stride, dilation):
@@ -135,14 +137,20 @@ def _bwd_data_fwd(dy, w, x_shape, stride, padding, dilation, groups):
     )
     fg = cout // groups
     dy2 = dy.reshape(-1, cout)
+    if groups == 1:
+        # why: one GEMM for all kernel taps, then kh*kw strided adds (col2im)
+        cols = (dy2 @ w.reshape(-1, cout).T).reshape(n, ho, wo, kh, kw, cg)
     for i in range(kh):
         for j in range(kw):
             r0, c0 = i * dilation[0], j * dilation[1]
             rows = slice(r0, r0 + stride[0] * (ho - 1) + 1, stride[0])
-            cols = slice(c0, c0 + stride[1] * (wo - 1) + 1, stride[1])
+            cols_ = slice(c0, c0 + stride[1] * (wo - 1) + 1, stride[1])
+            if groups == 1:
+                dxp[:, rows, cols_, :] += cols[:, :, :, i, j, :]
+                continue
             for gi in range(groups):
                 part = dy2[:, gi * fg : (gi + 1) * fg] @ w[i, j, :, gi * fg : (gi + 1) * fg].T
-                dxp[:, rows, cols, gi * cg : (gi + 1) * cg] += part.reshape(n, ho, wo, cg)
+                dxp[:, rows, cols_, gi * cg : (gi + 1) * cg] += part.reshape(n, ho, wo, cg)
     return dxp[:, padding[0] : padding[0] + h, padding[2] : padding[2] + wd, :]
 
 
