@@ -73,7 +73,11 @@ def main():
     parser.add_argument("--calls", type=int, default=5000)
     args = parser.parse_args()
     results = {}
-    for name, make in [("gpugrad", bench_gpugrad), ("pytorch eager", bench_torch), ("HIPS autograd", bench_autograd)]:
+    for name, make in [
+        ("gpugrad", bench_gpugrad),
+        ("pytorch eager", bench_torch),
+        ("HIPS autograd", bench_autograd),
+    ]:
         try:
             fn = make()
         except ImportError as exc:

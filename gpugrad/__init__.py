@@ -129,6 +129,7 @@ def _optional(name):
 testing = _optional("testing")
 
 from . import autograd, functional  # noqa: E402
+from .checkpoint import checkpoint, checkpoint_sequential, recompute_in_gradient  # noqa: E402
 from .functional import (  # noqa: E402
     custom_derivative,
     derivative,
@@ -140,7 +141,6 @@ from .functional import (  # noqa: E402
     with_derivative,
     without_derivative,
 )
-from .checkpoint import checkpoint, checkpoint_sequential, recompute_in_gradient  # noqa: E402
 
 # isort: split
 # deep learning: MATLAB functions at the top level, layers in gg.nn, optimizers in gg.optim

@@ -74,7 +74,9 @@ def uniform(low=0.0, high=1.0, shape=None, dtype=None, size=None):
 
 def randint(low, high=None, shape=None, size=None):
     """Random integers in ``[low, high)`` (stored as float64, as MATLAB does)."""
-    return make(_on_device(_generator().integers(low, high, _shape(shape, size)).astype(np.float64)))
+    return make(
+        _on_device(_generator().integers(low, high, _shape(shape, size)).astype(np.float64))
+    )
 
 
 def permutation(n):

@@ -18,7 +18,6 @@ from .ops import core
 from .ops.elementwise import conj, real
 from .ops.reduce import sum as gsum
 
-
 #: primitive names whose derivatives a ``check_gradient`` call exercised, by order
 CHECKED = {1: set(), 2: set()}
 

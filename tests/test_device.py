@@ -15,7 +15,12 @@ def run(code, **env):
         if value is None:
             full.pop(key)
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=full, cwd=ROOT, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=ROOT,
+        timeout=120,
     )
 
 
@@ -32,8 +37,14 @@ def test_default_device_without_gpu_is_cpu_with_one_log_line():
 
 
 def test_forced_devices():
-    assert run("import gpugrad as gg; print(gg.device())", GPUGRAD_DEVICE="cpu").stdout.strip() == "cpu"
-    assert run("import gpugrad as gg; print(gg.device())", GPUGRAD_DEVICE="emu").stdout.strip() == "emu"
+    assert (
+        run("import gpugrad as gg; print(gg.device())", GPUGRAD_DEVICE="cpu").stdout.strip()
+        == "cpu"
+    )
+    assert (
+        run("import gpugrad as gg; print(gg.device())", GPUGRAD_DEVICE="emu").stdout.strip()
+        == "emu"
+    )
 
 
 def test_forcing_cuda_without_a_gpu_is_a_clear_error():
@@ -51,7 +62,9 @@ def test_unknown_device_name():
 
 
 def test_examples_rosenbrock_prints_the_seed_values():
-    r = run("import runpy, sys; sys.argv=['x', '--no-plots']; runpy.run_path('examples/rosenbrock.py', run_name='__main__')")
+    r = run(
+        "import runpy, sys; sys.argv=['x', '--no-plots']; runpy.run_path('examples/rosenbrock.py', run_name='__main__')"
+    )
     assert r.returncode == 0, r.stderr
     assert "f([-1, 2]) = 104, gradient = [396.0, 200.0]" in r.stdout
     assert "f(-1, 2) = 104, gradients = 396, 200" in r.stdout

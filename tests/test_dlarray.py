@@ -34,7 +34,12 @@ def test_format_permutes_to_scbtu_order():
 
 @pytest.mark.parametrize(
     "fmt,match",
-    [("SX", "unknown format label"), ("CC", "more than once"), ("BB", "more than once"), ("SCB", "3 labels")],
+    [
+        ("SX", "unknown format label"),
+        ("CC", "more than once"),
+        ("BB", "more than once"),
+        ("SCB", "3 labels"),
+    ],
 )
 def test_bad_formats(fmt, match):
     with pytest.raises(ValueError, match=match):
@@ -137,7 +142,13 @@ def test_creation_functions():
 def test_math_reductions_shapes_match_numpy(rng):
     a = rng.standard_normal((3, 4))
     x = gg.dlarray(a)
-    for name, ref in [("exp", np.exp), ("sin", np.sin), ("tanh", np.tanh), ("abs", np.abs), ("sign", np.sign)]:
+    for name, ref in [
+        ("exp", np.exp),
+        ("sin", np.sin),
+        ("tanh", np.tanh),
+        ("abs", np.abs),
+        ("sign", np.sign),
+    ]:
         np.testing.assert_allclose(getattr(gg, name)(x).numpy(), ref(a))
     np.testing.assert_allclose(gg.sum(x, axis=1).numpy(), a.sum(1))
     np.testing.assert_allclose(gg.prod(x, axis=0).numpy(), a.prod(0))

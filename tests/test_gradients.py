@@ -83,7 +83,10 @@ CASES = {
     "mean": (lambda x: gg.mean(x**2, axis=0), [rnd(3, 2)]),
     "prod": (lambda x: gg.prod(x, axis=1), [rnd(2, 3)]),
     "prod_zeros": (lambda x: gg.prod(x), [np.array([0.5, 0.0, 2.0, 1.5])]),
-    "prod_two_zeros": (lambda x: gg.prod(x, axis=0), [np.array([[0.0, 1.0], [0.0, 2.0], [3.0, 4.0]])]),
+    "prod_two_zeros": (
+        lambda x: gg.prod(x, axis=0),
+        [np.array([[0.0, 1.0], [0.0, 2.0], [3.0, 4.0]])],
+    ),
     "max": (lambda x: gg.max(x, axis=0) ** 2, [rnd(3, 4)]),
     "min": (lambda x: gg.min(x) ** 2, [rnd(5)]),
     "norm": (lambda x: gg.norm(x), [rnd(4)]),

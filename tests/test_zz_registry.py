@@ -14,7 +14,9 @@ def test_every_registered_primitive_has_a_gradient_check():
         for fn, args in CASES.values():
             gg.testing.check_gradient(fn, *args, order=2)
     checked = CHECKED[1] | CHECKED[2]
-    missing = sorted(name for name, p in REGISTRY.items() if p.differentiable and name not in checked)
+    missing = sorted(
+        name for name, p in REGISTRY.items() if p.differentiable and name not in checked
+    )
     assert not missing, f"primitives without a finite-difference check: {missing}"
     missing2 = sorted(
         name for name, p in REGISTRY.items() if p.differentiable and name not in CHECKED[2]

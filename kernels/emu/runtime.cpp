@@ -582,6 +582,11 @@ bool run_block(Worker *w, unsigned long long b) {
     for (unsigned i = 0; i < w->n; ++i) {
         Fiber &f = w->fibers[i];
         f.state = RUNNABLE;
+#if GPUGRAD_ASAN
+        // why: a reused stack keeps the redzones of earlier fibers' frames, and the
+        // staggered top below may land on them
+        __asan_unpoison_memory_region(f.stack, kStackSize);
+#endif
         // why the offset: stack tops 260 KiB apart share their L1 cache sets; staggering
         // them by cache lines spreads the fibers' hot frames over all sets (~2x faster)
         ctx_init(&f.ctx, f.stack, kStackSize - (i % 64) * 64 - (i / 64 % 4) * 4096, fiber_main);
