@@ -22,7 +22,12 @@ _backend.device()  # choose the device once, at import (one log line says why)
 
 from . import memory, random, tape  # noqa: E402
 from .array import dlarray  # noqa: E402
-from .backend import DeviceError, device, set_device  # noqa: E402
+from .backend import (  # noqa: E402
+    DeviceError,
+    device,
+    kernels,  # noqa: E402
+    set_device,
+)
 from .creation import (  # noqa: E402
     arange,
     eye,

@@ -91,7 +91,7 @@ def test_numpy_interop_and_scalars():
 
 def test_repr_is_matlab_like():
     text = repr(gg.dlarray(np.ones((2, 3), np.float32), "CB"))
-    assert text.startswith("2x3 dlarray (float32, format 'CB', cpu)")
+    assert text.startswith(f"2x3 dlarray (float32, format 'CB', {gg.device()})")
     assert "1." in text
 
 
