@@ -191,6 +191,21 @@ def _attached_leaves(root):
     return found
 
 
+def _released(root):
+    """Whether the graph behind ``root`` was freed by an earlier backward."""
+    seen = set()
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.saved is tape.RELEASED:
+            return True
+        stack.extend(p[0] for p in n.parents if p is not None)
+    return False
+
+
 _NOT_RECORDED = (
     "backward: this value was not recorded, so it has no gradient graph. Call "
     "x.attach_grad() on the inputs and compute the value inside "
@@ -221,6 +236,11 @@ def backward(self, head_grads=None, retain_graph=False, create_graph=False):
     seed = _seed(head_grads, self, "backward")
     pairs = _attached_leaves(self._node)
     if not pairs:
+        if _released(self._node):
+            raise TraceError(
+                "backward: the graph was already freed by an earlier backward; pass "
+                "retain_graph=True to the first call to backpropagate through it twice"
+            )
         raise TraceError(
             "backward: the value does not depend on any array with attach_grad(); call "
             "x.attach_grad() before computing it inside `with gg.autograd.record():`"

@@ -298,3 +298,17 @@ def test_gradient_inside_record():
         g = gg.gradient(lambda z: z**3)(x)
     g.backward()
     assert float(x.grad) == pytest.approx(6 * 0.6)
+
+
+def test_second_backward_after_variable_dropped_mentions_retain_graph():
+    import gc
+
+    x = gg.dlarray([1.0, 2.0])
+    x.attach_grad()
+    with ag.record():
+        y = gg.sum(x * x)
+    y.backward()
+    del x
+    gc.collect()
+    with pytest.raises(gg.TraceError, match="retain_graph"):
+        y.backward()
