@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
-
-torch = pytest.importorskip("torch")
+from tests._torch import torch
 
 R = np.random.default_rng(5)
 

@@ -7,9 +7,7 @@ import pytest
 
 import gpugrad as gg
 from gpugrad.testing import check_gradient
-
-torch = pytest.importorskip("torch")
-TF = torch.nn.functional
+from tests._torch import TF, torch
 
 R = np.random.default_rng(11)
 

@@ -1,6 +1,7 @@
 """Deep learning: MATLAB functions (``gg.fullyconnect``, ``gg.dlconv``, ...) and
 Swift-style layers (``gg.nn.Dense``, ``gg.nn.Sequential``, ...)."""
 
+from . import functional as _functional
 from .functional import (
     avgpool,
     batchnorm,
@@ -39,25 +40,5 @@ from .layers import (
     sequenced,
 )
 
-__all__ = [
-    "fullyconnect",
-    "dlconv",
-    "dltranspconv",
-    "maxpool",
-    "avgpool",
-    "leakyrelu",
-    "gelu",
-    "softmax",
-    "batchnorm",
-    "layernorm",
-    "lstm",
-    "gru",
-    "embed",
-    "dropout",
-    "crossentropy",
-    "mse",
-    "l1loss",
-    "l2loss",
-    "huber",
-    "onehotencode",
-]
+# one list of exported names: the functions module's (gg.relu itself comes from gpugrad.ops)
+__all__ = [name for name in _functional.__all__ if name != "relu"]
