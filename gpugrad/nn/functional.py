@@ -610,6 +610,24 @@ def _state_out(s, f):
     return _label(out, fmt) if f.user is None else _strip(out)
 
 
+def _recurrent_hidden_size(w, r, channels, gates, where):
+    """Hidden size from ``weights[gates*H, C]``, checking both weight shapes against it."""
+    if w.ndim != 2 or w.shape[0] % gates:
+        raise ValueError(
+            f"{where}: weights must have shape [{gates}*hidden, channels], got {w.shape}"
+        )
+    hid = w.shape[0] // gates
+    if w.shape[1] != channels:
+        raise ValueError(
+            f"{where}: weights dimension 2 is {w.shape[1]} but the input has {channels} channels"
+        )
+    if r.shape != (gates * hid, hid):
+        raise ValueError(
+            f"{where}: recurrent_weights must have shape {(gates * hid, hid)}, got {r.shape}"
+        )
+    return hid
+
+
 def lstm(x, h0, c0, weights, recurrent_weights, bias, *, data_format=None):
     """Long short-term memory over a sequence (MATLAB gate order: input, forget,
     cell candidate, output). ``weights[4H, C]``, ``recurrent_weights[4H, H]``,
@@ -617,17 +635,7 @@ def lstm(x, h0, c0, weights, recurrent_weights, bias, *, data_format=None):
     where = "lstm"
     f, xs, (t, n, c) = _sequence_input(x, data_format, where)
     w, r, b = _strip(_dl(weights)), _strip(_dl(recurrent_weights)), _strip(_dl(bias))
-    if w.ndim != 2 or w.shape[0] % 4:
-        raise ValueError(f"{where}: weights must have shape [4*hidden, channels], got {w.shape}")
-    hid = w.shape[0] // 4
-    if w.shape[1] != c:
-        raise ValueError(
-            f"{where}: weights dimension 2 is {w.shape[1]} but the input has {c} channels"
-        )
-    if r.shape != (4 * hid, hid):
-        raise ValueError(
-            f"{where}: recurrent_weights must have shape {(4 * hid, hid)}, got {r.shape}"
-        )
+    hid = _recurrent_hidden_size(w, r, c, 4, where)
     if b.size != 4 * hid:
         raise ValueError(f"{where}: bias must have {4 * hid} entries, got {b.shape}")
     h = _state(h0, n, hid, "h0", where, w.dtype)
@@ -654,17 +662,7 @@ def gru(
     where = "gru"
     f, xs, (t, n, c) = _sequence_input(x, data_format, where)
     w, r, b = _strip(_dl(weights)), _strip(_dl(recurrent_weights)), _strip(_dl(bias))
-    if w.ndim != 2 or w.shape[0] % 3:
-        raise ValueError(f"{where}: weights must have shape [3*hidden, channels], got {w.shape}")
-    hid = w.shape[0] // 3
-    if w.shape[1] != c:
-        raise ValueError(
-            f"{where}: weights dimension 2 is {w.shape[1]} but the input has {c} channels"
-        )
-    if r.shape != (3 * hid, hid):
-        raise ValueError(
-            f"{where}: recurrent_weights must have shape {(3 * hid, hid)}, got {r.shape}"
-        )
+    hid = _recurrent_hidden_size(w, r, c, 3, where)
     b = reshape(b, (-1,))
     rbias = None
     if reset_gate_mode == "recurrent-bias-after-multiplication":

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, tape
-from ..array import as_raw, check_same_device, dlarray
+from ..array import as_raw, dlarray
 
 REGISTRY: dict[str, Primitive] = {}
 
@@ -348,7 +348,3 @@ def _writable(r):
     if isinstance(r, np.ndarray) and not r.flags.writeable:
         return r.copy()
     return r
-
-
-def same_device(a, b, where):
-    check_same_device(a, b, where)

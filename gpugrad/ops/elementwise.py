@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import tape
-from ..array import dlarray
-from .core import _STATE, Primitive, _record, bind, cj, coerce, make, same_device
+from ..array import check_same_device, dlarray
+from .core import _STATE, Primitive, _record, bind, cj, coerce, make
 
 _FRAME = tape.FRAME
 
@@ -52,7 +52,7 @@ def _bind2(prim, a, b, params=None):
     rb = b._data if tb else coerce(b)
     tra, trb = type(ra), type(rb)
     if tra is not trb and tra not in _PY and trb not in _PY and tra.__module__ != trb.__module__:
-        same_device(ra, rb, prim.name)
+        check_same_device(ra, rb, prim.name)
     try:
         out = prim.fwd(ra, rb, **params) if params else prim.fwd(ra, rb)
     except ValueError as exc:
