@@ -3,16 +3,27 @@
 Workloads: MLP 784-512-512-10 (batch 256), the digits CNN from
 examples/digits_cnn.py (batch 64), LSTM with 256 hidden units over 50 steps
 (batch 64, 128 input features) followed by a Dense head. One step = forward,
-backward, Adam update. Prints median step times and the gpugrad/torch ratio
-(targets: MLP <= 1.3x, CNN <= 2x, LSTM <= 1.5x). The torch side is skipped with
-a message when torch is not installed.
+backward, Adam update.
 
-    GPUGRAD_DEVICE=cpu python bench/cpu_training.py [--repeats 20]
+The two libraries are timed interleaved, so machine noise hits both alike: each
+round times a block of gpugrad steps and a block of torch steps (the order
+alternates every round; a block holds enough steps to last about 50 ms). Before
+each block the process sleeps 0.2 s: the thread pools of both libraries spin for
+a while after their last call (OpenBLAS for about 0.1 s), and on a machine with
+few cores the other library's spinning threads would otherwise slow a block down
+by up to 3x. The table shows the median step time of each library and the median over rounds
+of the per-round gpugrad/torch ratio (targets: MLP <= 1.3x, CNN <= 2x,
+LSTM <= 1.5x). torch keeps its default thread count; NumPy's BLAS is limited to
+the same count when threadpoolctl is installed (the header line shows both). The
+torch side is skipped with a message when torch is not installed.
+
+    GPUGRAD_DEVICE=cpu python bench/cpu_training.py [--repeats 20] [--only LSTM]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -23,15 +34,66 @@ import gpugrad as gg
 TARGETS = {"MLP": 1.3, "CNN": 2.0, "LSTM": 1.5}
 
 
-def timeit(fn, repeats, warmup=3):
+BLOCK_S = 0.05  # a timed block of steps lasts at least this long
+GAP_S = 0.2  # idle time before each block: the other library's threads stop spinning
+
+
+def _block_size(fn, warmup):
+    """Run ``fn`` ``warmup`` times; the number of steps that fills a timed block."""
+    t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    per_step = (time.perf_counter() - t0) / warmup
+    return max(1, math.ceil(BLOCK_S / max(per_step, 1e-9)))
+
+
+def _time_block(fn, steps):
+    time.sleep(GAP_S)
+    t0 = time.perf_counter()
+    for _ in range(steps):
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return (time.perf_counter() - t0) / steps
+
+
+def timeit(fn, repeats, warmup=3):
+    """Median step time of ``fn`` alone (used when torch is not installed)."""
+    steps = _block_size(fn, warmup)
+    return statistics.median(_time_block(fn, steps) for _ in range(repeats))
+
+
+def timeit_pair(fn_a, fn_b, repeats, warmup=3):
+    """Interleaved timing of two step functions: ``(median a, median b, median a/b)``,
+    the ratio taken per round (a block of each, order alternating)."""
+    steps_a = _block_size(fn_a, warmup)
+    steps_b = _block_size(fn_b, warmup)
+    times_a, times_b, ratios = [], [], []
+    for i in range(repeats):
+        if i % 2:
+            tb = _time_block(fn_b, steps_b)
+            ta = _time_block(fn_a, steps_a)
+        else:
+            ta = _time_block(fn_a, steps_a)
+            tb = _time_block(fn_b, steps_b)
+        times_a.append(ta)
+        times_b.append(tb)
+        ratios.append(ta / tb)
+    return statistics.median(times_a), statistics.median(times_b), statistics.median(ratios)
+
+
+def _blas_threads(limit):
+    """Limit NumPy's BLAS to ``limit`` threads (when threadpoolctl is installed);
+    returns the BLAS thread count as text and the limiter to keep alive."""
+    try:
+        import threadpoolctl  # noqa: PLC0415
+    except ImportError:
+        return "BLAS threads unknown (no threadpoolctl)", None
+    limiter = None
+    if limit is not None:
+        limiter = threadpoolctl.threadpool_limits(limits=limit, user_api="blas")
+    info = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    counts = sorted({p["num_threads"] for p in info})
+    names = sorted({p["internal_api"] for p in info})
+    return f"NumPy {'/'.join(names) or 'BLAS'} {counts or '?'} threads", limiter
 
 
 # ------------------------------------------------------------------ gpugrad side
@@ -140,7 +202,7 @@ def torch_step(name, x, y):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per workload")
     parser.add_argument("--only", choices=sorted(TARGETS), default=None)
     args = parser.parse_args(argv)
     try:
@@ -150,24 +212,26 @@ def main(argv=None):
     except ImportError:
         torch = None
         print("torch is not installed: timing gpugrad only (pip install torch for the comparison)")
+    blas, _limiter = _blas_threads(torch.get_num_threads() if torch else None)
     gg.random.seed(0)
     rng = np.random.default_rng(0)
     models = gg_models()
     batches = data(rng)
     names = [args.only] if args.only else list(TARGETS)
     print(
-        f"gpugrad on {gg.device()}"
+        f"gpugrad on {gg.device()} ({blas})"
         + (f", torch {torch_version} CPU ({torch.get_num_threads()} threads)" if torch else "")
     )
     print(f"{'workload':8s} {'gpugrad ms':>11s} {'torch ms':>9s} {'ratio':>6s} {'target':>7s}")
     for name in names:
         x, y = batches[name]
-        t_gg = timeit(gg_step(models[name], x, y), args.repeats)
         if torch is None:
+            t_gg = timeit(gg_step(models[name], x, y), args.repeats)
             print(f"{name:8s} {t_gg * 1e3:11.2f} {'-':>9s} {'-':>6s} {TARGETS[name]:6.1f}x")
             continue
-        t_torch = timeit(torch_step(name, x, y), args.repeats)
-        ratio = t_gg / t_torch
+        t_gg, t_torch, ratio = timeit_pair(
+            gg_step(models[name], x, y), torch_step(name, x, y), args.repeats
+        )
         flag = "ok" if ratio <= TARGETS[name] else "over"
         print(
             f"{name:8s} {t_gg * 1e3:11.2f} {t_torch * 1e3:9.2f} {ratio:5.2f}x {TARGETS[name]:6.1f}x {flag}"
