@@ -38,32 +38,64 @@ def _fwd(xs, h0, c0, w, r, b):
     hid = r.shape[1]
     k = kernels_for(xs, h0, c0, w, r, b)
     flat = xs.reshape(t * n, c)
-    if k is not None:
-        proj = k.matmul(flat, w, trans_b=True, bias=b)
-    else:
-        proj = flat @ w.T
-        proj += b
+    if k is None:
+        return _fwd_numpy(flat, h0, c0, w, r, b, t, n, hid)
+    proj = k.matmul(flat, w, trans_b=True, bias=b)
     proj = proj.reshape(t, n, 4 * hid)
     ys = xp.empty((t, n, hid), dtype=proj.dtype)
     cs = xp.empty((t, n, hid), dtype=proj.dtype)
     gates = xp.empty((t, n, 4 * hid), dtype=proj.dtype)
     h, cell = h0, c0
     for step in range(t):
-        if k is not None:
-            pre = k.matmul(h, r, trans_b=True, bias=None) + proj[step]
-            h, cell, gt = k.lstm_cell_fwd(pre, cell)
-            gates[step] = gt
-        else:
-            pre = h @ r.T
-            pre += proj[step]
-            gt = gates[step]
-            gt[:, : 2 * hid] = _sigmoid(pre[:, : 2 * hid])
-            gt[:, 2 * hid : 3 * hid] = xp.tanh(pre[:, 2 * hid : 3 * hid])
-            gt[:, 3 * hid :] = _sigmoid(pre[:, 3 * hid :])
-            cell = gt[:, hid : 2 * hid] * cell + gt[:, :hid] * gt[:, 2 * hid : 3 * hid]
-            h = gt[:, 3 * hid :] * xp.tanh(cell)
+        pre = k.matmul(h, r, trans_b=True, bias=None) + proj[step]
+        h, cell, gt = k.lstm_cell_fwd(pre, cell)
+        gates[step] = gt
         ys[step] = h
         cs[step] = cell
+    return ys, ys[-1].copy(), cs[-1].copy(), cs, gates
+
+
+def _gate_affine(hid, dt):
+    """Per-column ``scale``/``offset`` of the [N, 4H] gate buffer: sigmoid(v) =
+    0.5 * tanh(0.5 v) + 0.5 on the i, f, o blocks, tanh(v) on the cell candidate."""
+    scale = np.full(4 * hid, 0.5, dtype=dt)
+    scale[2 * hid : 3 * hid] = 1
+    offset = np.full(4 * hid, 0.5, dtype=dt)
+    offset[2 * hid : 3 * hid] = 0
+    return scale, offset
+
+
+def _fwd_numpy(flat, h0, c0, w, r, b, t, n, hid):
+    # why: the 0.5 pre-scale of the sigmoid blocks is folded into the weights (a
+    # power-of-two scale is exact), so each step is one GEMM plus in-place ufuncs on
+    # one fused [N, 4H] gate row and no per-step allocation
+    dt = np.result_type(flat, w, b)
+    scale, offset = _gate_affine(hid, dt)
+    gates = flat @ (w * scale[:, None]).astype(dt, copy=False).T
+    gates += b * scale
+    gates = gates.reshape(t, n, 4 * hid)
+    r_t = np.ascontiguousarray((r * scale[:, None]).astype(dt, copy=False).T)
+    ys = np.empty((t, n, hid), dtype=dt)
+    cs = np.empty((t, n, hid), dtype=dt)
+    rec = np.empty((n, 4 * hid), dtype=dt)
+    tmp = np.empty((n, hid), dtype=dt)
+    h = h0.astype(dt, copy=False)
+    cell = c0.astype(dt, copy=False)
+    for step in range(t):
+        gt = gates[step]
+        np.matmul(h, r_t, out=rec)
+        gt += rec
+        np.tanh(gt, out=gt)
+        gt *= scale
+        gt += offset
+        cell_new = cs[step]
+        np.multiply(gt[:, hid : 2 * hid], cell, out=cell_new)
+        np.multiply(gt[:, :hid], gt[:, 2 * hid : 3 * hid], out=tmp)
+        cell_new += tmp
+        np.tanh(cell_new, out=tmp)
+        h = ys[step]
+        np.multiply(gt[:, 3 * hid :], tmp, out=h)
+        cell = cell_new
     return ys, ys[-1].copy(), cs[-1].copy(), cs, gates
 
 
@@ -83,6 +115,11 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b):
     t, n, c = xs.shape
     hid = r.shape[1]
     k = kernels_for(xs, h0, c0, w, r)
+    if k is None:
+        dpre_all, dh_next, dc_next = _bwd_recurrence_numpy(
+            g_ys, g_h, g_c, g_cs, g_gates, ys, cs, gates, h0, c0, r
+        )
+        return tuple(make(v) for v in _weight_grads(dpre_all, xs, ys, h0, w, dh_next, dc_next))
     extra_gates = bool(xp.any(g_gates))
     dpre_all = xp.empty((t, n, 4 * hid), dtype=ys.dtype)
     dh_next = g_h.copy()
@@ -92,15 +129,7 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b):
         dc = dc_next + g_cs[step]
         c_prev = cs[step - 1] if step else c0
         gt = gates[step]
-        if k is not None:
-            dpre, dc_next = k.lstm_cell_bwd(dh, dc, gt, c_prev, cs[step])
-        else:
-            tc = xp.tanh(cs[step])
-            i, f, gc, o = (gt[:, j * hid : (j + 1) * hid] for j in range(4))
-            dc = dc + dh * o * (1 - tc * tc)
-            dact = xp.concatenate([dc * gc, dc * c_prev, dc * i, dh * tc], axis=1)
-            dpre = dact * _act_grad(gt, hid)
-            dc_next = dc * f
+        dpre, dc_next = k.lstm_cell_bwd(dh, dc, gt, c_prev, cs[step])
         if extra_gates:
             dpre = dpre + g_gates[step] * _act_grad(gt, hid)
         dpre_all[step] = dpre
@@ -112,6 +141,74 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b):
     gr = flat.T @ hprev
     gb = flat.sum(axis=0)
     return tuple(make(v) for v in (gx, dh_next, dc_next, gw, gr, gb))
+
+
+def _bwd_recurrence_numpy(g_ys, g_h, g_c, g_cs, g_gates, ys, cs, gates, h0, c0, r):
+    """Pre-activation gate cotangents of every step, and those of h0 and c0 (NumPy).
+
+    why: one GEMM and a few in-place ufuncs per step on preallocated buffers that
+    stay in cache (computing the activation derivatives for the whole sequence up
+    front measured slower: it streams several sequence-sized arrays through memory);
+    the weight gradients are left to one GEMM each over all steps."""
+    t, n, hid = cs.shape
+    dt = gates.dtype
+    extra_cs = bool(g_cs.any())
+    extra_gates = bool(g_gates.any())
+    dpre_all = np.empty((t, n, 4, hid), dtype=dt)
+    r = r.astype(dt, copy=False)
+    dh = np.empty((n, hid), dtype=dt)
+    dc = np.empty((n, hid), dtype=dt)
+    tc = np.empty((n, hid), dtype=dt)
+    tmp = np.empty((n, hid), dtype=dt)
+    act = np.empty((n, 4, hid), dtype=dt)
+    dh_next = g_h.astype(dt, copy=True)
+    dc_next = g_c.astype(dt, copy=True)
+    for step in range(t - 1, -1, -1):
+        gt = gates[step].reshape(n, 4, hid)
+        i, f, gc, o = gt[:, 0], gt[:, 1], gt[:, 2], gt[:, 3]
+        c_prev = cs[step - 1] if step else c0
+        np.add(g_ys[step], dh_next, out=dh)
+        # dc = dc_next (+ g_cs) + dh * o * (1 - tanh(c)^2)
+        np.tanh(cs[step], out=tc)
+        np.multiply(tc, tc, out=tmp)
+        np.subtract(1, tmp, out=tmp)
+        tmp *= o
+        tmp *= dh
+        np.add(dc_next, tmp, out=dc)
+        if extra_cs:
+            dc += g_cs[step]
+        # activation derivatives from the activated gates: s (1 - s), and 1 - g^2
+        np.subtract(1, gt, out=act)
+        act *= gt
+        ag = act[:, 2]
+        np.multiply(gc, gc, out=ag)
+        np.subtract(1, ag, out=ag)
+        dp = dpre_all[step]
+        np.multiply(dc, gc, out=dp[:, 0])
+        np.multiply(dc, c_prev, out=dp[:, 1])
+        np.multiply(dc, i, out=dp[:, 2])
+        np.multiply(dh, tc, out=dp[:, 3])
+        if extra_gates:
+            dp += g_gates[step].reshape(n, 4, hid)
+        dp *= act
+        np.multiply(dc, f, out=dc_next)
+        np.matmul(dp.reshape(n, 4 * hid), r, out=dh_next)
+    return dpre_all.reshape(t, n, 4 * hid), dh_next, dc_next
+
+
+def _weight_grads(dpre_all, xs, ys, h0, w, dh0, dc0):
+    """Input, state and weight cotangents from the gate cotangents of all steps:
+    one GEMM each (the recurrent-weight one splits off the h0 step, no concatenation)."""
+    t, n, c = xs.shape
+    hid = ys.shape[2]
+    flat = dpre_all.reshape(t * n, 4 * hid)
+    gx = (flat @ w).reshape(t, n, c)
+    gw = flat.T @ xs.reshape(t * n, c)
+    gr = flat[:n].T @ h0
+    if t > 1:
+        gr += flat[n:].T @ ys[:-1].reshape((t - 1) * n, hid)
+    gb = flat.sum(axis=0)
+    return gx, dh0, dc0, gw, gr, gb
 
 
 def _vjp_traced(g, ans, xs, h0, c0, w, r, b):
