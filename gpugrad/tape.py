@@ -14,6 +14,7 @@ boundary.
 from __future__ import annotations
 
 import itertools
+import operator
 from contextvars import ContextVar
 
 from .errors import TraceError
@@ -252,34 +253,54 @@ MEMORY = MemoryCounter()
 # --------------------------------------------------------------------------- backward
 
 
+_by_seq = operator.attrgetter("seq")
+
+
 def _collect(roots, targets):
-    """Nodes on a path from the roots to the targets, in reverse creation order."""
-    seen = {}
-    stack = [n for n, _ in roots]
+    """The nodes whose VJP the walk must run, in reverse creation order: those on a
+    path from the roots to a target that have a parent on such a path. Also returns
+    ``reach`` (node -> whether it leads to a target)."""
+    nodes = []
+    seen = set()
+    stack = [r[0] for r in roots]
     while stack:
         n = stack.pop()
         if n in seen:
             continue
-        seen[n] = False
+        seen.add(n)
+        nodes.append(n)
         for p in n.parents:
-            if p is not None and p[0] not in seen:
+            if p is not None:
                 stack.append(p[0])
-    order = sorted(seen, key=_seq_key)
+    nodes.sort(key=_by_seq)  # ascending: parents before children
     target_nodes = {n for n, _ in targets}
-    for n in order:  # ascending: parents before children
-        if n in target_nodes:
-            seen[n] = True
+    reach = {}
+    order = []
+    for n in nodes:
+        for p in n.parents:
+            if p is not None and reach[p[0]]:
+                reach[n] = True
+                order.append(n)
+                break
         else:
-            for p in n.parents:
-                if p is not None and seen[p[0]]:
-                    seen[n] = True
-                    break
+            reach[n] = n in target_nodes
     order.reverse()
-    return [n for n in order if seen[n]], seen
+    return order, reach
 
 
-def _seq_key(n):
-    return n.seq
+_TAINTED = (
+    "dlgradient: the value being differentiated depends on a gradient that "
+    "was computed without enable_higher_derivatives=True; pass "
+    "enable_higher_derivatives=True to the first dlgradient call"
+)
+
+
+def _released_error(prim):
+    return TraceError(
+        f"backward: the trace data of op '{prim.name}' was released by an "
+        "earlier gradient computation; pass retain_data=True (dlgradient) or "
+        "retain_graph=True (backward) to the first call to differentiate twice"
+    )
 
 
 def backward(roots, targets, *, create_graph=False, retain=False, glue):
@@ -291,19 +312,19 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
     The ops layer's ``glue`` runs a node's VJP (``run_vjp``), undoes broadcasting
     (``unbroadcast``) and makes zeros for a missing cotangent of a multi-output
     node. With ``create_graph`` cotangents are dlarrays and the VJPs are recorded;
-    without it they are raw arrays (the first-order fast path).
+    without it they are raw arrays (the first-order fast path), and a primitive's
+    raw ``fast`` rule is called directly when it has one.
     """
     unbroadcast = glue.unbroadcast
     run_vjp = glue.run_vjp
-    order, reach = _collect([(n, i) for n, i, _ in roots], targets)
+    order, reach = _collect(roots, targets)
     cts = {}
     for n, i, g in roots:
         slot = cts.get(n)
         if slot is None:
             slot = cts[n] = [None] * len(n.out_meta)
         slot[i] = g if slot[i] is None else slot[i] + g
-    target_nodes = {n for n, _ in targets}
-    results = {}
+    forget = MEMORY.forget
     outer = FRAME.get()
     token = FRAME.set(Frame(outer.trace, create_graph, outer.training))
     try:
@@ -311,30 +332,15 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
             slot = cts.get(node)
             if slot is None:
                 continue
-            if node in target_nodes:
-                results[node] = slot
-            parents = node.parents
-            for p in parents:
-                if p is not None and reach[p[0]]:
-                    break
-            else:
-                continue
             prim = node.prim
             if prim is LEAF:
                 in_cts = slot
             else:
                 if node.tainted:
-                    raise TraceError(
-                        "dlgradient: the value being differentiated depends on a gradient that "
-                        "was computed without enable_higher_derivatives=True; pass "
-                        "enable_higher_derivatives=True to the first dlgradient call"
-                    )
-                if node.saved is RELEASED:
-                    raise TraceError(
-                        f"backward: the trace data of op '{prim.name}' was released by an "
-                        "earlier gradient computation; pass retain_data=True (dlgradient) or "
-                        "retain_graph=True (backward) to the first call to differentiate twice"
-                    )
+                    raise TraceError(_TAINTED)
+                saved = node.saved
+                if saved is RELEASED:
+                    raise _released_error(prim)
                 if prim.multiple_outputs:
                     g = tuple(
                         c if c is not None else glue.zeros(m, create_graph)
@@ -342,20 +348,40 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                     )
                 else:
                     g = slot[0]
-                in_cts = run_vjp(node, g, create_graph)
+                fast = None if create_graph else prim.fast
+                if fast is not None:
+                    params = node.params
+                    if params:
+                        in_cts = fast(g, saved[0], *saved[1], **params)
+                    else:
+                        in_cts = fast(g, saved[0], *saved[1])
+                else:
+                    in_cts = run_vjp(node, g, create_graph)
                 if not retain:
                     # why: memory returns as the walk goes, not only at its end
-                    node.release()
-            for p, gi, meta in zip(parents, in_cts, node.in_meta):
-                if p is None or gi is None or not reach[p[0]]:
+                    node.saved = RELEASED
+                    if node.acct is not None:
+                        forget(node.acct)
+                        node.acct = None
+            for p, gi, meta in zip(node.parents, in_cts, node.in_meta):
+                if p is None or gi is None:
+                    continue
+                pn = p[0]
+                if not reach[pn]:
                     continue
                 if gi.shape != meta[0] or gi.dtype != meta[1]:
                     gi = unbroadcast(gi, meta, create_graph)
-                pn, pi = p
                 pslot = cts.get(pn)
                 if pslot is None:
                     pslot = cts[pn] = [None] * len(pn.out_meta)
-                pslot[pi] = gi if pslot[pi] is None else pslot[pi] + gi
+                    pslot[p[1]] = gi
+                else:
+                    pi = p[1]
+                    pslot[pi] = gi if pslot[pi] is None else pslot[pi] + gi
     finally:
         FRAME.reset(token)
-    return [results[n][i] if n in results else None for n, i in targets]
+    out = []
+    for n, i in targets:
+        slot = cts.get(n)
+        out.append(None if slot is None else slot[i])
+    return out

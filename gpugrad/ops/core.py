@@ -144,58 +144,97 @@ def bind(prim, args, params=None, fmt=""):
     return make(out, fmt, None, 0, taint)
 
 
-def _record(prim, args, raws, out, params, fmt, frame, taint):
-    parents = []
-    in_meta = []
-    for a, r in zip(args, raws):
-        if type(a) is dlarray and a._node is not None:
-            parents.append((a._node, a._idx))
-        else:
-            parents.append(None)
-        in_meta.append(_Meta(r.shape, r.dtype) if hasattr(r, "shape") else None)
-    save = prim.save
-    counted = []
-    if save:
-        saved_inputs = []
-        for i, r in enumerate(raws):
-            if i in save:
-                saved_inputs.append(r)
-                p = parents[i]
-                if hasattr(r, "nbytes") and (p is None or p[0].prim is not _LEAF):
-                    counted.append(r)
-            else:
-                saved_inputs.append(None)
-        saved_inputs = tuple(saved_inputs)
-    else:
-        saved_inputs = None
+_NOSHAPE = frozenset((int, float, complex, bool, type(None)))
+_tnew = tuple.__new__
+
+
+def _meta_of(r):
+    """``Meta`` of a raw input (``None`` for Python scalars and ``None``)."""
+    return None if type(r) in _NOSHAPE else _tnew(_Meta, (r.shape, r.dtype))
+
+
+def _finish(prim, params, parents, in_meta, ins, counted, out, fmt, frame, taint):
+    """Build the node for a recorded op and wrap its output(s)."""
     if prim.save_ans:
-        ans = out
         if prim.multiple_outputs:
-            counted.extend(o for o in out if hasattr(o, "nbytes"))
-        elif hasattr(out, "nbytes"):
+            counted.extend(o for o in out if type(o) not in _NOSHAPE)
+        elif type(out) not in _NOSHAPE:
             counted.append(out)
+        saved = (out, ins)
     else:
-        ans = None
+        saved = (None, ins)
     if prim.multiple_outputs:
-        out_meta = tuple(_Meta(o.shape, o.dtype) for o in out)
+        out_meta = tuple(_tnew(_Meta, (o.shape, o.dtype)) for o in out)
     else:
-        out_meta = (_Meta(out.shape, out.dtype),)
-    node = _Node(
-        prim,
-        params,
-        tuple(parents),
-        tuple(in_meta),
-        out_meta,
-        (ans, saved_inputs) if (saved_inputs is not None or ans is not None) else (),
-        frame.trace,
-    )
+        out_meta = _ONE
+    node = _Node(prim, params, parents, in_meta, out_meta, saved, frame.trace)
     if counted:
         node.acct = _MEMORY.remember(prim.name, counted)
     if taint:
         node.tainted = True
     if prim.multiple_outputs:
         return tuple(make(o, fmt, node, i) for i, o in enumerate(out))
-    return make(out, fmt, node, 0)
+    out_dl = _dl_new(dlarray)
+    out_dl._data = out
+    out_dl._fmt = fmt
+    out_dl._node = node
+    out_dl._idx = 0
+    out_dl._taint = False
+    out_dl._grad = None
+    return out_dl
+
+
+# why: a single-output node only needs its output count in the walk; the output's own
+# shape is never read there (zeros for a missing cotangent are only made for
+# multi-output nodes, whose metas are kept)
+_ONE = (None,)
+_dl_new = dlarray.__new__
+
+
+def _record(prim, args, raws, out, params, fmt, frame, taint):
+    """Record ``prim`` applied to ``args`` (``raws`` their raw values) giving ``out``.
+
+    A node keeps, per input: its parent link (or ``None`` for an untraced input), its
+    ``Meta`` (shape and dtype, to undo broadcasting) and, in ``saved``, what its VJP
+    receives: the raw value when the primitive saves it, else the ``Meta``.
+    """
+    save = prim.save
+    parents = []
+    in_meta = []
+    ins = []
+    counted = []
+    i = 0
+    for a, r in zip(args, raws):
+        node = a._node if type(a) is dlarray else None
+        parents.append(None if node is None else (node, a._idx))
+        meta = None if type(r) in _NOSHAPE else _tnew(_Meta, (r.shape, r.dtype))
+        in_meta.append(meta)
+        if i in save:
+            ins.append(r)
+            if meta is not None and (node is None or node.prim is not _LEAF):
+                counted.append(r)
+        else:
+            ins.append(meta)
+        i += 1
+    return _finish(
+        prim, params, tuple(parents), tuple(in_meta), tuple(ins), counted, out, fmt, frame, taint
+    )
+
+
+def _record1(prim, a, r, out, params, fmt, frame, taint):
+    """``_record`` for one traced dlarray input (the unary fast path)."""
+    node = a._node
+    meta = None if type(r) in _NOSHAPE else _tnew(_Meta, (r.shape, r.dtype))
+    counted = []
+    if prim.save:
+        ins = (r,)
+        if meta is not None and node.prim is not _LEAF:
+            counted.append(r)
+    else:
+        ins = (meta,)
+    return _finish(
+        prim, params, ((node, a._idx),), (meta,), ins, counted, out, fmt, frame, taint
+    )
 
 
 # ------------------------------------------------------------------ backward glue
@@ -214,17 +253,14 @@ def wrap_ans(node, linked=True):
 def wrap_inputs(node, linked=True):
     """The inputs as VJPs see them: saved ones as dlarrays (linked to their nodes
     when the backward is recorded, so second derivatives flow through them),
-    unsaved ones as ``Meta``."""
-    saved = node.saved[1] if node.saved else None
+    unsaved ones as ``Meta``, Python scalars as themselves."""
     out = []
-    for i, meta in enumerate(node.in_meta):
-        r = saved[i] if saved is not None else None
-        if r is None:
-            out.append(meta)
-        elif not hasattr(r, "shape"):
+    parents = node.parents
+    for i, r in enumerate(node.saved[1]):
+        if r is None or type(r) in _NOSHAPE or type(r) is _Meta:
             out.append(r)
         else:
-            p = node.parents[i] if linked else None
+            p = parents[i] if linked else None
             out.append(make(r, "", p[0], p[1]) if p is not None else make(r))
     return out
 
@@ -282,31 +318,19 @@ def run_vjp(node, g, recorded):
     Not recorded: its raw ``fast`` rule, or its VJP on unlinked dlarrays, unwrapped."""
     prim = node.prim
     params = node.params
+    ans, ins = node.saved
     if recorded:
-        saved = node.saved
-        ans = wrap_ans(node, True) if saved and saved[0] is not None else None
+        ans = wrap_ans(node, True) if ans is not None else None
         inputs = wrap_inputs(node, True)
         return prim.vjp(g, ans, *inputs, **params) if params else prim.vjp(g, ans, *inputs)
-    saved = node.saved
     fast = prim.fast
     if fast is not None:
-        ans = saved[0] if saved else None
-        inputs = _raw_inputs(node)
-        return fast(g, ans, *inputs, **params) if params else fast(g, ans, *inputs)
+        return fast(g, ans, *ins, **params) if params else fast(g, ans, *ins)
     gw = tuple(make(c) for c in g) if prim.multiple_outputs else make(g)
-    ans = wrap_ans(node, False) if saved and saved[0] is not None else None
+    ans = wrap_ans(node, False) if ans is not None else None
     inputs = wrap_inputs(node, False)
     cts = prim.vjp(gw, ans, *inputs, **params) if params else prim.vjp(gw, ans, *inputs)
     return tuple(None if c is None else (c._data if type(c) is dlarray else c) for c in cts)
-
-
-def _raw_inputs(node):
-    saved = node.saved[1] if node.saved else None
-    out = []
-    for i, meta in enumerate(node.in_meta):
-        r = saved[i] if saved is not None else None
-        out.append(meta if r is None else r)
-    return out
 
 
 class _Ops:

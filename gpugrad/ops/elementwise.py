@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import tape
 from ..array import check_same_device, dlarray
-from .core import _STATE, Primitive, _record, bind, cj, coerce, make
+from .core import _STATE, Primitive, _record, _record1, bind, cj, coerce, make
 
 _FRAME = tape.FRAME
 
@@ -27,7 +27,7 @@ def _bind1(prim, x):
     if x._node is not None:
         frame = _FRAME.get()
         if frame.recording:
-            return _record(prim, (x,), (raw,), out, None, x._fmt, frame, x._taint)
+            return _record1(prim, x, raw, out, None, x._fmt, frame, x._taint)
     return make(out, x._fmt, None, 0, x._taint)
 
 
@@ -393,7 +393,7 @@ def _bind_powc(a, p, b):
     if a._node is not None:
         frame = _FRAME.get()
         if frame.recording:
-            return _record(_POWC, (a,), (a._data,), out, {"p": p}, fmt, frame, taint)
+            return _record1(_POWC, a, a._data, out, {"p": p}, fmt, frame, taint)
     return make(out, fmt, None, 0, taint)
 
 
