@@ -57,11 +57,18 @@ def dlfeval(fn, *args, **kwargs):
     """
     if not callable(fn):
         raise TypeError(f"dlfeval: fn must be callable, got {type(fn).__name__}")
-    sc, trace, (targs, tkwargs) = open_trace("dlfeval", (args, kwargs))
+    frame = tape.FRAME.get()
+    trace = tape.Trace("dlfeval", frame.trace)
+    if not kwargs and all(type(a) is dlarray for a in args):
+        targs = [trace_leaf(a, trace, frame) for a in args]  # the common case, no walk
+        tkwargs = {}
+    else:
+        targs, tkwargs = map_arrays(lambda x: trace_leaf(x, trace, frame), (args, kwargs))
+    token = tape.FRAME.set(tape.Frame(trace, True, frame.training))
     try:
-        with sc:
-            out = fn(*targs, **tkwargs)
+        out = fn(*targs, **tkwargs)
     finally:
+        tape.FRAME.reset(token)
         trace.closed = True
     return map_arrays(untrace, out)
 
@@ -180,10 +187,11 @@ def dlgradient(
     >>> gg.dlfeval(f, gg.dlarray([1 + 1j])).numpy()
     array([2.-3.j])
     """
-    xs, opts = _split_name_value(list(xs), "dlgradient")
-    retain_data = opts.get("retain_data", retain_data)
-    enable_higher_derivatives = opts.get("enable_higher_derivatives", enable_higher_derivatives)
-    allow_complex = opts.get("allow_complex", allow_complex)
+    if any(type(x) is str for x in xs):
+        xs, opts = _split_name_value(list(xs), "dlgradient")
+        retain_data = opts.get("retain_data", retain_data)
+        enable_higher_derivatives = opts.get("enable_higher_derivatives", enable_higher_derivatives)
+        allow_complex = opts.get("allow_complex", allow_complex)
     frame = tape.FRAME.get()
     if frame.trace is None:
         raise TraceError(
@@ -206,6 +214,8 @@ def dlgradient(
     grads = gradients_of(
         y, flat, create_graph=enable_higher_derivatives, retain=retain_data, taint=True
     )
+    if len(xs) == 1 and type(xs[0]) is dlarray:
+        return grads[0]
     table = {id(x): g for x, g in zip(flat, grads)}
     out = tuple(
         table[id(x)] if isinstance(x, dlarray) else map_gradient(lambda a: table[id(a)], x)
@@ -219,7 +229,9 @@ def gradients_of(y, flat, *, create_graph, retain, taint=False, seed=None):
     traced dlarray in ``flat`` (zeros where ``y`` does not depend on it)."""
     xp = backend.xp()
     if seed is None:
-        seed = make(xp.ones(y.shape, y.dtype))
+        yd = y._data
+        # why: np.ones(()) costs a microsecond; a NumPy scalar seed is just as good
+        seed = make(yd.dtype.type(1) if isinstance(yd, np.generic) else xp.ones(y.shape, y.dtype))
     roots = [(y._node, y._idx, seed)]
     targets = [(x._node, x._idx) for x in flat]
     results = core.backward(roots, targets, create_graph=create_graph, retain=retain)

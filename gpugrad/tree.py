@@ -11,8 +11,11 @@ from .array import dlarray
 
 def map_arrays(fn, obj):
     """Rebuild ``obj`` with ``fn(x)`` in place of every dlarray inside it."""
-    if type(obj) is dlarray:
+    t = type(obj)
+    if t is dlarray:
         return fn(obj)
+    if t is tuple:  # the commonest container: what a dlfeval function returns
+        return tuple([fn(o) if type(o) is dlarray else map_arrays(fn, o) for o in obj])
     if isinstance(obj, (list, tuple)):
         items = [map_arrays(fn, o) for o in obj]
         if isinstance(obj, tuple):

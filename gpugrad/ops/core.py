@@ -232,9 +232,7 @@ def _record1(prim, a, r, out, params, fmt, frame, taint):
             counted.append(r)
     else:
         ins = (meta,)
-    return _finish(
-        prim, params, ((node, a._idx),), (meta,), ins, counted, out, fmt, frame, taint
-    )
+    return _finish(prim, params, ((node, a._idx),), (meta,), ins, counted, out, fmt, frame, taint)
 
 
 # ------------------------------------------------------------------ backward glue

@@ -7,7 +7,9 @@ import numpy as np
 
 from .. import backend, tape
 from ..array import dlarray
-from .core import _STATE, Primitive, bind, coerce
+from .core import _STATE, Primitive, _record1, bind, coerce, make
+
+_FRAME = tape.FRAME
 
 
 def _xp():
@@ -221,6 +223,8 @@ def astype(x, dtype):
 
 
 def _is_basic(idx):
+    if type(idx) is int:
+        return True
     items = idx if isinstance(idx, tuple) else (idx,)
     return all(isinstance(i, (int, slice)) or i is None or i is Ellipsis for i in items)
 
@@ -292,6 +296,20 @@ _GETITEM = Primitive(
 
 def getitem(x, idx):
     """``x[idx]``: ints, slices, ``None``, ``...``, integer and bool arrays."""
+    if type(idx) is int and type(x) is dlarray:
+        # why: x[0] on a traced vector is the commonest index; skip the general path
+        raw = x._data
+        try:
+            out = raw[idx]
+        except IndexError as exc:
+            raise IndexError(
+                f"dlarray index {idx!r} is invalid for shape {x.shape}: {exc}"
+            ) from None
+        if x._node is not None:
+            frame = _FRAME.get()
+            if frame.recording:
+                return _record1(_GETITEM, x, raw, out, {"idx": idx}, "", frame, x._taint)
+        return make(out, "", None, 0, x._taint)
     x = _dl(x)
     idx = normalize_index(idx, "dlarray index")
     try:
