@@ -428,3 +428,27 @@ def test_pool_scatter_gradients(unique):
         return _prims.bind(_prims._SCATTER, (v,), params)
 
     check_gradient(f, rnd(3), order=2)
+
+
+def test_buffer_pool_reuses_only_unviewed_buffers():
+    from gpugrad.nn._prims import BufferPool
+
+    pool = BufferPool(max_bytes=4096, min_bytes=64)
+    a = pool.empty((4, 8), np.float32)  # 128 bytes, pooled
+    a_ptr = a.__array_interface__["data"][0]
+    view = a[1:].T  # a view of a view still holds the pooled base
+    del a
+    b = pool.empty((32,), np.float32)
+    assert b.__array_interface__["data"][0] != a_ptr
+    del view
+    c = pool.empty((2, 16), np.float32)
+    assert c.__array_interface__["data"][0] == a_ptr and c.shape == (2, 16)
+    assert c.dtype == np.float32 and c.flags.c_contiguous and c.flags.writeable
+    # small and oversized requests are not pooled; the byte cap evicts free buffers only
+    assert pool.empty((4,), np.float32).base is None
+    assert pool.empty((2048,), np.float32).base is None
+    del b, c
+    d = pool.empty((1000,), np.float32)
+    assert d.base is not None and pool.bytes <= pool.max_bytes
+    e = pool.empty((1000,), np.float32)  # d is alive and no room is left: a plain array
+    assert e.base is None and not np.shares_memory(d, e)

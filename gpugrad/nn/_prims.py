@@ -9,6 +9,9 @@ Convolutions work on NHWC raw arrays with MATLAB weights ``[kh, kw, cin/groups, 
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import numpy as np
 
 from ..ops.core import _STATE, Primitive, bind
@@ -19,6 +22,71 @@ from ..ops.shape import reshape
 
 def _xp():
     return _STATE["xp"]
+
+
+# ------------------------------------------------------------------ buffer pool (NumPy)
+
+
+def _refs(bases, k):
+    return sys.getrefcount(bases[k])
+
+
+_FREE_REFS = _refs([np.empty(1, np.uint8)], 0)  # refcount of a buffer nobody views
+
+
+class BufferPool:
+    """Reusable host buffers for the large outputs and temporaries of the NumPy paths.
+
+    why: glibc returns big freed blocks to the OS and every fresh one page-faults
+    again (on the benchmark VM, ~15 ms of an 85 ms LSTM training step). A buffer is
+    handed out as a view of a pooled base array and reused only once no view of it is
+    alive (the base's reference count says so: every NumPy view of it, and every view
+    of those, holds a reference to it), so reuse never aliases a live array. At most
+    ``max_bytes`` are kept; requests below ``min_bytes`` go straight to ``np.empty``."""
+
+    def __init__(self, max_bytes=256 << 20, min_bytes=1 << 20):
+        self.max_bytes = max_bytes
+        self.min_bytes = min_bytes
+        self.bytes = 0
+        self._bases = {}  # nbytes -> [uint8 base arrays]
+        self._lock = threading.Lock()
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < self.min_bytes or nbytes > self.max_bytes:
+            return np.empty(shape, dtype)
+        with self._lock:
+            bases = self._bases.setdefault(nbytes, [])
+            for k in range(len(bases)):
+                if _refs(bases, k) == _FREE_REFS:
+                    return bases[k].view(dtype).reshape(shape)
+            if self.bytes + nbytes > self.max_bytes:
+                self._evict(self.bytes + nbytes - self.max_bytes)
+            if self.bytes + nbytes > self.max_bytes:
+                return np.empty(shape, dtype)
+            bases.append(np.empty(nbytes, np.uint8))
+            self.bytes += nbytes
+            return bases[-1].view(dtype).reshape(shape)
+
+    def _evict(self, need):
+        for nbytes, bases in self._bases.items():
+            for k in range(len(bases) - 1, -1, -1):
+                if need <= 0:
+                    return
+                if _refs(bases, k) == _FREE_REFS:
+                    del bases[k]
+                    self.bytes -= nbytes
+                    need -= nbytes
+
+    def clear(self):
+        """Forget every pooled buffer (views still alive keep their memory)."""
+        with self._lock:
+            self._bases.clear()
+            self.bytes = 0
+
+
+POOL = BufferPool()
 
 
 # ------------------------------------------------------------------ linear

@@ -21,6 +21,7 @@ from ..ops.elementwise import tanh
 from ..ops.heavy import kernels_for, matmul_t
 from ..ops.reduce import sum as gsum
 from ..ops.shape import concatenate, reshape, stack
+from ._prims import POOL
 
 
 def _xp():
@@ -37,9 +38,9 @@ def _fwd(xs, h0, c0, w, r, b):
     t, n, c = xs.shape
     hid = r.shape[1]
     k = kernels_for(xs, h0, c0, w, r, b)
-    flat = xs.reshape(t * n, c)
     if k is None:
-        return _fwd_numpy(flat, h0, c0, w, r, b, t, n, hid)
+        return _fwd_numpy(_rows(xs), h0, c0, w, r, b, t, n, hid)
+    flat = xs.reshape(t * n, c)
     proj = k.matmul(flat, w, trans_b=True, bias=b)
     proj = proj.reshape(t, n, 4 * hid)
     ys = xp.empty((t, n, hid), dtype=proj.dtype)
@@ -65,18 +66,28 @@ def _gate_affine(hid, dt):
     return scale, offset
 
 
+def _rows(xs):
+    """``xs[T, N, C]`` as a C-contiguous ``[T*N, C]`` array (a pooled copy if needed)."""
+    t, n, c = xs.shape
+    if xs.flags.c_contiguous:
+        return xs.reshape(t * n, c)
+    out = POOL.empty((t, n, c), xs.dtype)
+    np.copyto(out, xs)
+    return out.reshape(t * n, c)
+
+
 def _fwd_numpy(flat, h0, c0, w, r, b, t, n, hid):
     # why: the 0.5 pre-scale of the sigmoid blocks is folded into the weights (a
     # power-of-two scale is exact), so each step is one GEMM plus in-place ufuncs on
     # one fused [N, 4H] gate row and no per-step allocation
     dt = np.result_type(flat, w, b)
     scale, offset = _gate_affine(hid, dt)
-    gates = flat @ (w * scale[:, None]).astype(dt, copy=False).T
+    gates = POOL.empty((t, n, 4 * hid), dt)
+    np.matmul(flat, (w * scale[:, None]).astype(dt, copy=False).T, out=gates.reshape(t * n, -1))
     gates += b * scale
-    gates = gates.reshape(t, n, 4 * hid)
     r_t = np.ascontiguousarray((r * scale[:, None]).astype(dt, copy=False).T)
-    ys = np.empty((t, n, hid), dtype=dt)
-    cs = np.empty((t, n, hid), dtype=dt)
+    ys = POOL.empty((t, n, hid), dt)
+    cs = POOL.empty((t, n, hid), dt)
     rec = np.empty((n, 4 * hid), dtype=dt)
     tmp = np.empty((n, hid), dtype=dt)
     h = h0.astype(dt, copy=False)
@@ -154,7 +165,7 @@ def _bwd_recurrence_numpy(g_ys, g_h, g_c, g_cs, g_gates, ys, cs, gates, h0, c0, 
     dt = gates.dtype
     extra_cs = bool(g_cs.any())
     extra_gates = bool(g_gates.any())
-    dpre_all = np.empty((t, n, 4, hid), dtype=dt)
+    dpre_all = POOL.empty((t, n, 4, hid), dt)
     r = r.astype(dt, copy=False)
     dh = np.empty((n, hid), dtype=dt)
     dc = np.empty((n, hid), dtype=dt)
@@ -202,8 +213,9 @@ def _weight_grads(dpre_all, xs, ys, h0, w, dh0, dc0):
     t, n, c = xs.shape
     hid = ys.shape[2]
     flat = dpre_all.reshape(t * n, 4 * hid)
-    gx = (flat @ w).reshape(t, n, c)
-    gw = flat.T @ xs.reshape(t * n, c)
+    gx = POOL.empty((t, n, c), np.result_type(flat, w))
+    np.matmul(flat, w, out=gx.reshape(t * n, c))
+    gw = flat.T @ _rows(xs)
     gr = flat[:n].T @ h0
     if t > 1:
         gr += flat[n:].T @ ys[:-1].reshape((t - 1) * n, hid)
