@@ -11,7 +11,8 @@ alternates every round; a block holds enough steps to last about 50 ms). Before
 each block the process sleeps 0.2 s: the thread pools of both libraries spin for
 a while after their last call (OpenBLAS for about 0.1 s), and on a machine with
 few cores the other library's spinning threads would otherwise slow a block down
-by up to 3x. The table shows the median step time of each library and the median over rounds
+by up to 3x. Each block starts with one untimed step, so both libraries are timed
+in steady state (warm caches, awake threads, as in a training loop). The table shows the median step time of each library and the median over rounds
 of the per-round gpugrad/torch ratio (targets: MLP <= 1.3x, CNN <= 2x,
 LSTM <= 1.5x). torch keeps its default thread count; NumPy's BLAS is limited to
 the same count when threadpoolctl is installed (the header line shows both). The
@@ -49,6 +50,7 @@ def _block_size(fn, warmup):
 
 def _time_block(fn, steps):
     time.sleep(GAP_S)
+    fn()  # why: untimed, so both libraries are timed in steady state (warm caches, awake threads)
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
