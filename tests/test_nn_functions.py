@@ -452,3 +452,35 @@ def test_buffer_pool_reuses_only_unviewed_buffers():
     assert d.base is not None and pool.bytes <= pool.max_bytes
     e = pool.empty((1000,), np.float32)  # d is alive and no room is left: a plain array
     assert e.base is None and not np.shares_memory(d, e)
+
+
+@pytest.mark.parametrize(
+    "shape, pool", [((6, 8, 3, 2), (2, 2)), ((7, 5, 2), (2, 2)), ((6, 6, 2, 3), (3, 2))]
+)
+def test_maxpool_tiled_path_matches_general(shape, pool):
+    from gpugrad.nn import functional as F
+
+    x = np.round(rnd(*shape) * 1.5)  # many ties: the first maximum of each window wins
+    x.flat[::7] = np.nan
+    x = np.asfortranarray(x)  # a non-contiguous layout, like a transposed NHWC input
+    ho, wo = shape[0] // pool[0], shape[1] // pool[1]
+    fast = F._maxpool_index_tiled(x, pool, ho, wo)
+    slow = F._maxpool_index(x, pool, pool, (0, 0, 0, 0), ho, wo)
+    np.testing.assert_array_equal(fast, slow)
+    fmt = "SSCB" if len(shape) == 4 else "SSC"
+    y = gg.maxpool(gg.dlarray(x, fmt), pool, stride=pool)
+    np.testing.assert_array_equal(y.numpy(), x.reshape(-1)[slow])
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_maxpool_tiled_gradients(order):
+    x = rnd(4, 6, 2, 2)
+    check_gradient(lambda x: gg.maxpool(x, 2, stride=2, data_format="SSCB"), x, order=order)
+
+    def loss_grad(v):
+        loss = gg.sum(gg.maxpool(v, 2, stride=2))
+        return loss, gg.dlgradient(loss, v)
+
+    # ties: the whole gradient goes to the first maximum (row-major in the window)
+    _, gx = gg.dlfeval(loss_grad, gg.dlarray(np.ones((2, 2, 1, 1)), "SSCB"))
+    np.testing.assert_array_equal(gx.numpy()[:, :, 0, 0], [[1.0, 0.0], [0.0, 0.0]])

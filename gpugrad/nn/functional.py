@@ -350,8 +350,19 @@ def maxpool(x, pool_size, stride=1, padding=0, *, data_format=None):
     The gradient goes to the first maximum of each window (MATLAB's rule)."""
     where = "maxpool"
     f, pool, stride, pad, ho, wo = _pool_setup(x, pool_size, stride, padding, data_format, where)
-    xp = _xp()
     raw = f.x._data
+    if stride == pool and not any(pad) and raw.dtype.kind != "c":
+        idx = _maxpool_index_tiled(raw, pool, ho, wo)
+    else:
+        idx = _maxpool_index(raw, pool, stride, pad, ho, wo)
+    unique = stride[0] >= pool[0] and stride[1] >= pool[1]
+    y = _prims.gather_flat(_strip(f.x), idx, unique)
+    return f.back(y, f.fmt)
+
+
+def _maxpool_index(raw, pool, stride, pad, ho, wo):
+    """Flat index into ``raw`` (``(H, W, ...)``) of the first maximum of each window."""
+    xp = _xp()
     h, wd = raw.shape[:2]
     rest = raw.shape[2:]
     # flat indices of each window element into raw (padding gets -1)
@@ -372,10 +383,38 @@ def maxpool(x, pool_size, stride=1, padding=0, *, data_format=None):
     arg = vals.argmax(axis=2)  # (ho, wo, inner)
     best = xp.take_along_axis(xp.asarray(pos)[..., None], arg[:, :, None, :], axis=2)[:, :, 0, :]
     idx = best * inner + xp.arange(inner)[None, None, :]
-    idx = idx.reshape((ho, wo) + rest)
-    unique = stride[0] >= pool[0] and stride[1] >= pool[1]
-    y = _prims.gather_flat(_strip(f.x), idx, unique)
-    return f.back(y, f.fmt)
+    return idx.reshape((ho, wo) + rest)
+
+
+def _maxpool_index_tiled(raw, pool, ho, wo):
+    """``_maxpool_index`` for non-overlapping windows without padding (stride == pool).
+
+    why: the windows are a reshaped view of ``raw``, so no gather and no argmax over
+    a short axis: one comparison pass per window element, in the same row-major
+    order, keeping the first maximum (a NaN counts as the maximum, as in argmax)."""
+    xp = _xp()
+    ph, pw = pool
+    wd = raw.shape[1]
+    rest = raw.shape[2:]
+    inner = int(np.prod(rest, dtype=np.int64))
+    ones = (1,) * len(rest)
+    win = raw[: ho * ph, : wo * pw].reshape((ho, ph, wo, pw) + rest)  # a view: axes only split
+    best = win[:, 0, :, 0]
+    best_k = xp.zeros(best.shape, dtype=np.int64)
+    nan_seen = xp.isnan(best) if best.dtype.kind in "fc" else None
+    for k in range(1, ph * pw):
+        v = win[:, k // pw, :, k % pw]
+        better = v > best
+        if nan_seen is not None:
+            v_nan = xp.isnan(v)
+            better |= v_nan
+            better &= ~nan_seen
+            nan_seen |= v_nan
+        best = xp.where(better, v, best)
+        best_k[better] = k
+    rows = xp.arange(ho).reshape((ho, 1) + ones) * ph + best_k // pw
+    cols = xp.arange(wo).reshape((1, wo) + ones) * pw + best_k % pw
+    return (rows * wd + cols) * inner + xp.arange(inner).reshape(rest)
 
 
 def _pad_spatial(x, pad):
