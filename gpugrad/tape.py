@@ -163,15 +163,8 @@ class Node:
         return self.prim is None or self.prim.name == "leaf"
 
     def release(self):
-        if self.saved is not RELEASED:
-            self.saved = RELEASED
-            if self.acct is not None:
-                MEMORY.forget(self.acct)
-                self.acct = None
-
-    def __del__(self):
-        if self.acct is not None:
-            MEMORY.forget(self.acct)
+        self.saved = RELEASED
+        self.acct = None  # its finalizer returns the bytes to MEMORY
 
 
 class LeafPrim:
@@ -200,11 +193,24 @@ def make_leaf(meta, trace, parent=None, grad_req="write"):
 # --------------------------------------------------------------------------- memory
 
 
+class Account(list):
+    """The keys a node's saved arrays hold in ``MEMORY``; dropping it (release, or
+    the node dying) returns the bytes. Only nodes that save arrays have one, so
+    the other nodes die without a Python-level finalizer."""
+
+    __slots__ = ()
+
+    def __del__(self):
+        MEMORY.forget(self)
+
+
 class MemoryCounter:
     """Deterministic accounting of the bytes traces keep alive for the backward pass.
 
     Arrays are counted once however many nodes save them (keyed by identity);
-    the data of leaf nodes (traced inputs) is not counted: the caller holds it.
+    the data of leaf nodes (traced inputs) is not counted: the caller holds it,
+    and neither are scalars (Python numbers and NumPy scalar objects), which are
+    host objects, not array buffers.
     """
 
     def __init__(self):
@@ -213,16 +219,16 @@ class MemoryCounter:
         self.arrays = {}  # id(raw) -> [count, nbytes, op]
         self.trackers = []
 
-    def remember(self, op: str, raws) -> list:
-        keys = []
+    def remember(self, op: str, raws) -> Account:
+        keys = Account()
         added = 0
         arrays = self.arrays
         for raw in raws:
             key = id(raw)
             entry = arrays.get(key)
             if entry is None:
-                nbytes = getattr(raw, "nbytes", 8)
-                arrays[key] = [1, nbytes, op, raw]
+                nbytes = raw.nbytes
+                arrays[key] = [1, nbytes, op]
                 added += nbytes
                 self.by_op[op] = self.by_op.get(op, 0) + nbytes
             else:
@@ -324,7 +330,6 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
         if slot is None:
             slot = cts[n] = [None] * len(n.out_meta)
         slot[i] = g if slot[i] is None else slot[i] + g
-    forget = MEMORY.forget
     outer = FRAME.get()
     token = FRAME.set(Frame(outer.trace, create_graph, outer.training))
     try:
@@ -360,9 +365,7 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                 if not retain:
                     # why: memory returns as the walk goes, not only at its end
                     node.saved = RELEASED
-                    if node.acct is not None:
-                        forget(node.acct)
-                        node.acct = None
+                    node.acct = None  # returns the saved bytes (Account finalizer)
             for p, gi, meta in zip(node.parents, in_cts, node.in_meta):
                 if p is None or gi is None:
                     continue

@@ -145,6 +145,9 @@ def bind(prim, args, params=None, fmt=""):
 
 
 _NOSHAPE = frozenset((int, float, complex, bool, type(None)))
+# why: gg.memory counts array buffers; Python numbers and NumPy scalar objects are
+# host values of a few bytes (and checking them was a tenth of a tiny-op step)
+_UNCOUNTED = _NOSHAPE | frozenset(np.sctypeDict.values())
 _tnew = tuple.__new__
 
 
@@ -157,8 +160,8 @@ def _finish(prim, params, parents, in_meta, ins, counted, out, fmt, frame, taint
     """Build the node for a recorded op and wrap its output(s)."""
     if prim.save_ans:
         if prim.multiple_outputs:
-            counted.extend(o for o in out if type(o) not in _NOSHAPE)
-        elif type(out) not in _NOSHAPE:
+            counted.extend(o for o in out if type(o) not in _UNCOUNTED)
+        elif type(out) not in _UNCOUNTED:
             counted.append(out)
         saved = (out, ins)
     else:
@@ -211,7 +214,7 @@ def _record(prim, args, raws, out, params, fmt, frame, taint):
         in_meta.append(meta)
         if i in save:
             ins.append(r)
-            if meta is not None and (node is None or node.prim is not _LEAF):
+            if type(r) not in _UNCOUNTED and (node is None or node.prim is not _LEAF):
                 counted.append(r)
         else:
             ins.append(meta)
@@ -228,7 +231,7 @@ def _record1(prim, a, r, out, params, fmt, frame, taint):
     counted = []
     if prim.save:
         ins = (r,)
-        if meta is not None and node.prim is not _LEAF:
+        if type(r) not in _UNCOUNTED and node.prim is not _LEAF:
             counted.append(r)
     else:
         ins = (meta,)
