@@ -390,8 +390,9 @@ def _maxpool_index_tiled(raw, pool, ho, wo):
     """``_maxpool_index`` for non-overlapping windows without padding (stride == pool).
 
     why: the windows are a reshaped view of ``raw``, so no gather and no argmax over
-    a short axis: one comparison pass per window element, in the same row-major
-    order, keeping the first maximum (a NaN counts as the maximum, as in argmax)."""
+    a short axis: one copy, one max reduction, then one comparison pass per window
+    element finds the first maximum in row-major window order (a NaN counts as the
+    maximum, as in argmax)."""
     xp = _xp()
     ph, pw = pool
     wd = raw.shape[1]
@@ -399,22 +400,30 @@ def _maxpool_index_tiled(raw, pool, ho, wo):
     inner = int(np.prod(rest, dtype=np.int64))
     ones = (1,) * len(rest)
     win = raw[: ho * ph, : wo * pw].reshape((ho, ph, wo, pw) + rest)  # a view: axes only split
-    best = win[:, 0, :, 0]
-    best_k = xp.zeros(best.shape, dtype=np.int64)
-    nan_seen = xp.isnan(best) if best.dtype.kind in "fc" else None
-    for k in range(1, ph * pw):
-        v = win[:, k // pw, :, k % pw]
-        better = v > best
-        if nan_seen is not None:
-            v_nan = xp.isnan(v)
-            better |= v_nan
-            better &= ~nan_seen
-            nan_seen |= v_nan
-        best = xp.where(better, v, best)
-        best_k[better] = k
-    rows = xp.arange(ho).reshape((ho, 1) + ones) * ph + best_k // pw
-    cols = xp.arange(wo).reshape((1, wo) + ones) * pw + best_k % pw
-    return (rows * wd + cols) * inner + xp.arange(inner).reshape(rest)
+    # one copy with the window offset first: every later pass runs on contiguous arrays
+    nk = ph * pw
+    parts = xp.ascontiguousarray(win.transpose((1, 3, 0, 2) + tuple(range(4, win.ndim))))
+    parts = parts.reshape((nk, ho, wo) + rest)
+    top = parts.max(axis=0)  # NaN propagates, as in argmax
+    nan_top = xp.isnan(top) if top.dtype.kind == "f" else None
+    if nan_top is not None and not nan_top.any():
+        nan_top = None
+    # flat offset (into raw) of the first window element that holds the maximum, by a
+    # backward scan without branches: off -= hit * (off - offset of k)
+    k_off = [(k // pw * wd + k % pw) * inner for k in range(nk)]
+    off = xp.full(top.shape, k_off[-1], dtype=np.int64)
+    tmp = xp.empty_like(off)
+    for k in range(nk - 2, -1, -1):
+        hit = parts[k] == top
+        if nan_top is not None:
+            hit |= nan_top & xp.isnan(parts[k])
+        xp.subtract(off, k_off[k], out=tmp)
+        tmp *= hit
+        off -= tmp
+    rows = xp.arange(ho).reshape((ho, 1) + ones) * (ph * wd)
+    cols = xp.arange(wo).reshape((1, wo) + ones) * pw
+    off += (rows + cols) * inner + xp.arange(inner).reshape(rest)
+    return off
 
 
 def _pad_spatial(x, pad):
