@@ -96,8 +96,9 @@ def test_dlconv_matches_torch(case):
     np.testing.assert_allclose(y.numpy(), ref, atol=1e-10)
 
 
-def test_dlconv_gradients_match_torch():
-    x, w, b = rnd(6, 5, 2, 3), rnd(3, 2, 2, 4), rnd(4)
+@pytest.mark.parametrize("channels", [2, 9])  # 9: the tap-major backward-data path
+def test_dlconv_gradients_match_torch(channels):
+    x, w, b = rnd(6, 5, channels, 3), rnd(3, 2, channels, 4), rnd(4)
 
     def loss(x, w, b):
         y = gg.dlconv(x, w, b, stride=2, padding=1, dilation=(2, 1))
@@ -150,6 +151,8 @@ def test_conv_relu_layer_gradients(order):
         return layer(x)
 
     check_gradient(f, rnd(2, 4, 4, 2), rnd(2, 2, 2, 3), rnd(3), order=order)
+    layer = gg.nn.Conv2D((3, 3, 8, 2), padding="same", activation=gg.relu)
+    check_gradient(f, rnd(2, 3, 4, 8), rnd(3, 3, 8, 2), rnd(2), order=order)
 
 
 def test_dltranspconv_matches_torch_and_gradients():
