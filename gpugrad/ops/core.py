@@ -225,17 +225,75 @@ def _record(prim, args, raws, out, params, fmt, frame, taint):
 
 
 def _record1(prim, a, r, out, params, fmt, frame, taint):
-    """``_record`` for one traced dlarray input (the unary fast path)."""
+    """``_record`` for one traced dlarray input and one output (the unary fast path)."""
     node = a._node
     meta = None if type(r) in _NOSHAPE else _tnew(_Meta, (r.shape, r.dtype))
-    counted = []
+    counted = None
     if prim.save:
         ins = (r,)
         if type(r) not in _UNCOUNTED and node.prim is not _LEAF:
-            counted.append(r)
+            counted = [r]
     else:
         ins = (meta,)
-    return _finish(prim, params, ((node, a._idx),), (meta,), ins, counted, out, fmt, frame, taint)
+    return _single(prim, params, ((node, a._idx),), (meta,), ins, counted, out, fmt, frame, taint)
+
+
+def _record2(prim, a, b, ra, rb, out, params, fmt, frame, taint):
+    """``_record`` for two inputs and one output (the binary fast path)."""
+    na = a._node if type(a) is dlarray else None
+    nb = b._node if type(b) is dlarray else None
+    ma = None if type(ra) in _NOSHAPE else _tnew(_Meta, (ra.shape, ra.dtype))
+    mb = None if type(rb) in _NOSHAPE else _tnew(_Meta, (rb.shape, rb.dtype))
+    save = prim.save
+    counted = None
+    if save:
+        counted = []
+        if 0 in save:
+            ia = ra
+            if type(ra) not in _UNCOUNTED and (na is None or na.prim is not _LEAF):
+                counted.append(ra)
+        else:
+            ia = ma
+        if 1 in save:
+            ib = rb
+            if type(rb) not in _UNCOUNTED and (nb is None or nb.prim is not _LEAF):
+                counted.append(rb)
+        else:
+            ib = mb
+        ins = (ia, ib)
+    else:
+        ins = (ma, mb)
+    parents = (
+        None if na is None else (na, a._idx),
+        None if nb is None else (nb, b._idx),
+    )
+    return _single(prim, params, parents, (ma, mb), ins, counted, out, fmt, frame, taint)
+
+
+def _single(prim, params, parents, in_meta, ins, counted, out, fmt, frame, taint):
+    """``_finish`` for a primitive with one output."""
+    if prim.save_ans:
+        if type(out) not in _UNCOUNTED:
+            if counted is None:
+                counted = [out]
+            else:
+                counted.append(out)
+        saved = (out, ins)
+    else:
+        saved = (None, ins)
+    node = _Node(prim, params, parents, in_meta, _ONE, saved, frame.trace)
+    if counted:
+        node.acct = _MEMORY.remember(prim.name, counted)
+    if taint:
+        node.tainted = True
+    out_dl = _dl_new(dlarray)
+    out_dl._data = out
+    out_dl._fmt = fmt
+    out_dl._node = node
+    out_dl._idx = 0
+    out_dl._taint = False
+    out_dl._grad = None
+    return out_dl
 
 
 # ------------------------------------------------------------------ backward glue

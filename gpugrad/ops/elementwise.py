@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import tape
 from ..array import check_same_device, dlarray
-from .core import _STATE, Primitive, _record, _record1, bind, cj, coerce, make
+from .core import _STATE, Primitive, _record1, _record2, bind, cj, coerce, make
 
 _FRAME = tape.FRAME
 
@@ -67,7 +67,7 @@ def _bind2(prim, a, b, params=None):
     if (ta and a._node is not None) or (tb and b._node is not None):
         frame = _FRAME.get()
         if frame.recording:
-            return _record(prim, (a, b), (ra, rb), out, params, fmt, frame, taint)
+            return _record2(prim, a, b, ra, rb, out, params, fmt, frame, taint)
     return make(out, fmt, None, 0, taint)
 
 
