@@ -12,10 +12,13 @@ each block the process sleeps 0.2 s: the thread pools of both libraries spin for
 a while after their last call (OpenBLAS for about 0.1 s), and on a machine with
 few cores the other library's spinning threads would otherwise slow a block down
 by up to 3x. Each block starts with one untimed step, so both libraries are timed
-in steady state (warm caches, awake threads, as in a training loop). The table shows the median step time of each library and the median over rounds
+in steady state (warm caches, awake threads, as in a training loop).
+
+The table shows the median step time of each library and the median over rounds
 of the per-round gpugrad/torch ratio (targets: MLP <= 1.3x, CNN <= 2x,
-LSTM <= 1.5x). torch keeps its default thread count; NumPy's BLAS is limited to
-the same count when threadpoolctl is installed (the header line shows both). The
+LSTM <= 1.5x); a note follows the table when the rounds disagree (a busy
+machine). torch keeps its default thread count; NumPy's BLAS is limited to the
+same count when threadpoolctl is installed (the header line shows both). The
 torch side is skipped with a message when torch is not installed.
 
     GPUGRAD_DEVICE=cpu python bench/cpu_training.py [--repeats 20] [--only LSTM]
@@ -37,6 +40,7 @@ TARGETS = {"MLP": 1.3, "CNN": 2.0, "LSTM": 1.5}
 
 BLOCK_S = 0.05  # a timed block of steps lasts at least this long
 GAP_S = 0.2  # idle time before each block: the other library's threads stop spinning
+NOISY = 0.25  # a note is printed when the per-round ratios' quartiles differ by more
 
 
 def _block_size(fn, warmup):
@@ -64,8 +68,9 @@ def timeit(fn, repeats, warmup=3):
 
 
 def timeit_pair(fn_a, fn_b, repeats, warmup=3):
-    """Interleaved timing of two step functions: ``(median a, median b, median a/b)``,
-    the ratio taken per round (a block of each, order alternating)."""
+    """Interleaved timing of two step functions: ``(median a, median b, median a/b,
+    (lower, upper) quartile of a/b)``, the ratio taken per round (a block of each,
+    order alternating)."""
     steps_a = _block_size(fn_a, warmup)
     steps_b = _block_size(fn_b, warmup)
     times_a, times_b, ratios = [], [], []
@@ -79,7 +84,13 @@ def timeit_pair(fn_a, fn_b, repeats, warmup=3):
         times_a.append(ta)
         times_b.append(tb)
         ratios.append(ta / tb)
-    return statistics.median(times_a), statistics.median(times_b), statistics.median(ratios)
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return (
+        statistics.median(times_a),
+        statistics.median(times_b),
+        statistics.median(ratios),
+        (q1, q3),
+    )
 
 
 def _blas_threads(limit):
@@ -225,18 +236,27 @@ def main(argv=None):
         + (f", torch {torch_version} CPU ({torch.get_num_threads()} threads)" if torch else "")
     )
     print(f"{'workload':8s} {'gpugrad ms':>11s} {'torch ms':>9s} {'ratio':>6s} {'target':>7s}")
+    noisy = []
     for name in names:
         x, y = batches[name]
         if torch is None:
             t_gg = timeit(gg_step(models[name], x, y), args.repeats)
             print(f"{name:8s} {t_gg * 1e3:11.2f} {'-':>9s} {'-':>6s} {TARGETS[name]:6.1f}x")
             continue
-        t_gg, t_torch, ratio = timeit_pair(
+        t_gg, t_torch, ratio, (q1, q3) = timeit_pair(
             gg_step(models[name], x, y), torch_step(name, x, y), args.repeats
         )
         flag = "ok" if ratio <= TARGETS[name] else "over"
         print(
             f"{name:8s} {t_gg * 1e3:11.2f} {t_torch * 1e3:9.2f} {ratio:5.2f}x {TARGETS[name]:6.1f}x {flag}"
+        )
+        if q3 - q1 > NOISY * ratio:
+            noisy.append(f"{name} {q1:.2f}-{q3:.2f}x")
+    if noisy:
+        print(
+            "note: the machine was noisy (per-round ratio quartiles: "
+            + ", ".join(noisy)
+            + "); rerun when it is idle"
         )
 
 
