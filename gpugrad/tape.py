@@ -285,6 +285,8 @@ def _collect(roots, targets):
     for n in nodes:
         for p in n.parents:
             if p is not None and reach[p[0]]:
+                if n.tainted:
+                    raise TraceError(_TAINTED)
                 reach[n] = True
                 order.append(n)
                 break
@@ -330,8 +332,10 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
         if slot is None:
             slot = cts[n] = [None] * len(n.out_meta)
         slot[i] = g if slot[i] is None else slot[i] + g
-    outer = FRAME.get()
-    token = FRAME.set(Frame(outer.trace, create_graph, outer.training))
+    token = None
+    if create_graph:
+        outer = FRAME.get()
+        token = FRAME.set(Frame(outer.trace, True, outer.training))
     try:
         for node in order:
             slot = cts.get(node)
@@ -341,8 +345,6 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
             if prim is LEAF:
                 in_cts = slot
             else:
-                if node.tainted:
-                    raise TraceError(_TAINTED)
                 saved = node.saved
                 if saved is RELEASED:
                     raise _released_error(prim)
@@ -353,14 +355,19 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                     )
                 else:
                     g = slot[0]
-                fast = None if create_graph else prim.fast
-                if fast is not None:
+                fast = prim.fast
+                if fast is not None and not create_graph:
                     params = node.params
                     if params:
                         in_cts = fast(g, saved[0], *saved[1], **params)
                     else:
                         in_cts = fast(g, saved[0], *saved[1])
                 else:
+                    if token is None:
+                        # why: a VJP on dlarrays (custom pullbacks may close over
+                        # traced values) must not record in a first-order walk
+                        outer = FRAME.get()
+                        token = FRAME.set(Frame(outer.trace, False, outer.training))
                     in_cts = run_vjp(node, g, create_graph)
                 if not retain:
                     # why: memory returns as the walk goes, not only at its end
@@ -382,7 +389,8 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                     pi = p[1]
                     pslot[pi] = gi if pslot[pi] is None else pslot[pi] + gi
     finally:
-        FRAME.reset(token)
+        if token is not None:
+            FRAME.reset(token)
     out = []
     for n, i in targets:
         slot = cts.get(n)

@@ -295,9 +295,9 @@ def _powc_vjp(g, ans, a, p):  # p arrives as the keyword parameter
 
 
 def _powc_fast(g, ans, a, p):
-    if isinstance(p, (int, float)) and p == 2:
-        return (g * cj(a * 2),)
-    return (g * cj(a ** (p - 1) * p),)
+    two = (type(p) is int or type(p) is float) and p == 2
+    d = a * 2 if two else a ** (p - 1) * p
+    return (g * d.conj() if d.dtype.kind == "c" else g * d,)
 
 
 _POWC = Primitive("power_const", _powc_fwd, _powc_vjp, save=(0,), fast=_powc_fast)
@@ -376,6 +376,10 @@ def power(a, b):
     >>> gg.power(gg.dlarray([3.0]), 2).numpy()
     array([9.])
     """
+    if type(a) is dlarray and (type(b) is int or type(b) is float):
+        if type(b) is int and b < 0:
+            b = float(b)
+        return _bind_powc(a, b, None)
     if not _traced(b):
         p = b._data if type(b) is dlarray else coerce(b)
         if type(a) is not dlarray:
