@@ -231,10 +231,16 @@ def gradients_of(y, flat, *, create_graph, retain, taint=False, seed=None):
     if seed is None:
         yd = y._data
         # why: np.ones(()) costs a microsecond; a NumPy scalar seed is just as good
-        seed = make(yd.dtype.type(1) if isinstance(yd, np.generic) else xp.ones(y.shape, y.dtype))
-    roots = [(y._node, y._idx, seed)]
+        seed = yd.dtype.type(1) if isinstance(yd, np.generic) else xp.ones(y.shape, y.dtype)
+    elif type(seed) is dlarray:
+        seed = seed._data
     targets = [(x._node, x._idx) for x in flat]
-    results = core.backward(roots, targets, create_graph=create_graph, retain=retain)
+    if create_graph:
+        roots = [(y._node, y._idx, make(seed))]
+        results = core.backward(roots, targets, create_graph=True, retain=True)
+    else:
+        # the first-order walk works on raw arrays; wrap each result once, below
+        results = tape.backward([(y._node, y._idx, seed)], targets, retain=retain, glue=core._Glue)
     out = []
     for x, g in zip(flat, results):
         if g is None:
@@ -242,7 +248,7 @@ def gradients_of(y, flat, *, create_graph, retain, taint=False, seed=None):
         elif create_graph:
             g = make(g._data, x._fmt, g._node, g._idx, g._taint)
         else:
-            g = make(g._data, x._fmt, None, 0, taint)
+            g = make(core._writable(g), x._fmt, None, 0, taint)
         out.append(g)
     return out
 

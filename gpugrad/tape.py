@@ -184,7 +184,7 @@ LEAF = LeafPrim()
 def make_leaf(meta, trace, parent=None, grad_req="write"):
     """A leaf node. With ``parent`` (the input was already traced by an enclosing
     scope) it is an identity link, so outer scopes still see through it."""
-    meta = Meta(*meta)
+    meta = tuple.__new__(Meta, meta)
     node = Node(LEAF, None, (parent,) if parent is not None else (), (meta,), (meta,), (), trace)
     node.params = grad_req
     return node
