@@ -4,7 +4,7 @@ Times ``gg.dlfeval(rosenbrock)`` against PyTorch eager (``torch.autograd.grad``)
 and HIPS ``autograd`` measured in the same run (when installed), and prints the
 ratios. Target: gpugrad / PyTorch <= 0.8.
 
-    python bench/rosenbrock.py [--calls 20000]
+    python bench/rosenbrock.py [--calls 1000] [--repeats 25]
 """
 
 import argparse
@@ -16,15 +16,21 @@ import numpy as np
 import gpugrad as gg
 
 
-def best_of(fn, calls, repeats=5):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
+def interleaved(fns, calls, repeats):
+    """Best and median seconds per call of each function, measured in alternating
+    blocks of ``calls`` calls so that a change in machine load hits every library
+    alike (the ratios are what this benchmark reports)."""
+    for fn in fns.values():
+        for _ in range(min(calls, 200)):
             fn()
-        times.append((time.perf_counter() - t0) / calls)
-    return min(times), statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - t0) / calls)
+    return {name: (min(ts), statistics.median(ts)) for name, ts in times.items()}
 
 
 def bench_gpugrad():
@@ -70,21 +76,24 @@ def bench_autograd():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=25)
     args = parser.parse_args()
-    results = {}
+    fns = {}
     for name, make in [
         ("gpugrad", bench_gpugrad),
         ("pytorch eager", bench_torch),
         ("HIPS autograd", bench_autograd),
     ]:
         try:
-            fn = make()
+            fns[name] = make()
         except ImportError as exc:
             print(f"{name:15s} not installed ({exc.name}); skipped")
-            continue
-        results[name] = best_of(fn, args.calls)
-    print(f"\nRosenbrock value+gradient, {args.calls} calls x 5 repeats, device {gg.device()}")
+    results = interleaved(fns, args.calls, args.repeats)
+    print(
+        f"\nRosenbrock value+gradient, {args.repeats} interleaved blocks of {args.calls} calls, "
+        f"device {gg.device()}"
+    )
     print(f"{'library':15s} {'best us/call':>14s} {'median':>10s} {'gpugrad ratio':>15s}")
     base = results["gpugrad"][0]
     for name, (best, med) in results.items():

@@ -102,13 +102,9 @@ class Meta(tuple):
     def __new__(cls, shape, dtype):
         return tuple.__new__(cls, (shape, dtype))
 
-    @property
-    def shape(self):
-        return self[0]
-
-    @property
-    def dtype(self):
-        return self[1]
+    # why: itemgetter keeps the lookups in C; VJP rules read them on every walk
+    shape = property(operator.itemgetter(0), doc="shape of the input")
+    dtype = property(operator.itemgetter(1), doc="dtype of the input")
 
     @property
     def ndim(self):
@@ -201,7 +197,17 @@ class Account(list):
     __slots__ = ()
 
     def __del__(self):
-        MEMORY.forget(self)
+        memory = MEMORY
+        arrays = memory.arrays
+        for key in self:
+            entry = arrays.get(key)
+            if entry is None:
+                continue
+            entry[0] -= 1
+            if entry[0] == 0:
+                del arrays[key]
+                memory.current -= entry[1]
+                memory.by_op[entry[2]] -= entry[1]
 
 
 class MemoryCounter:
@@ -240,6 +246,25 @@ class MemoryCounter:
                 t._update(self)
         return keys
 
+    def remember_one(self, op: str, raw) -> Account:
+        """``remember`` for one array (the common case, kept lean)."""
+        key = id(raw)
+        entry = self.arrays.get(key)
+        if entry is None:
+            nbytes = raw.nbytes
+            self.arrays[key] = [1, nbytes, op]
+            by_op = self.by_op
+            by_op[op] = by_op.get(op, 0) + nbytes
+            self.current += nbytes
+            if self.trackers:
+                for t in self.trackers:
+                    t._update(self)
+        else:
+            entry[0] += 1
+        acct = Account()
+        acct.append(key)
+        return acct
+
     def forget(self, keys):
         arrays = self.arrays
         for key in keys:
@@ -263,23 +288,36 @@ _by_seq = operator.attrgetter("seq")
 
 
 def _collect(roots, targets):
-    """The nodes whose VJP the walk must run, in reverse creation order: those on a
-    path from the roots to a target that have a parent on such a path. Also returns
-    ``reach`` (node -> whether it leads to a target)."""
+    """The nodes whose VJP the walk must run, in reverse creation order, and
+    ``reach`` (node -> whether it leads to a target), or ``None`` when every
+    collected node does (each path from the roots ends at a target: no pruning)."""
+    target_nodes = {n for n, _ in targets}
     nodes = []
     seen = set()
     stack = [r[0] for r in roots]
+    prune = False
+    tainted = False
     while stack:
         n = stack.pop()
         if n in seen:
             continue
         seen.add(n)
         nodes.append(n)
+        start = len(stack)
         for p in n.parents:
             if p is not None:
                 stack.append(p[0])
+        if len(stack) == start:
+            if n not in target_nodes:
+                prune = True  # a path ends at an input that was not asked for
+        elif n.tainted:
+            tainted = True
     nodes.sort(key=_by_seq)  # ascending: parents before children
-    target_nodes = {n for n, _ in targets}
+    if not prune:
+        if tainted:
+            raise TraceError(_TAINTED)
+        nodes.reverse()
+        return nodes, None
     reach = {}
     order = []
     for n in nodes:
@@ -377,7 +415,7 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                 if p is None or gi is None:
                     continue
                 pn = p[0]
-                if not reach[pn]:
+                if reach is not None and not reach[pn]:
                     continue
                 if gi.shape != meta[0] or gi.dtype != meta[1]:
                     gi = unbroadcast(gi, meta, create_graph)

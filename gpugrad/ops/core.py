@@ -145,9 +145,7 @@ def bind(prim, args, params=None, fmt=""):
 
 
 _NOSHAPE = frozenset((int, float, complex, bool, type(None)))
-# why: gg.memory counts array buffers; Python numbers and NumPy scalar objects are
-# host values of a few bytes (and checking them was a tenth of a tiny-op step)
-_UNCOUNTED = _NOSHAPE | frozenset(np.sctypeDict.values())
+_UNCOUNTED = _NOSHAPE  # Python numbers have no buffer to count
 _tnew = tuple.__new__
 
 
@@ -283,7 +281,10 @@ def _single(prim, params, parents, in_meta, ins, counted, out, fmt, frame, taint
         saved = (None, ins)
     node = _Node(prim, params, parents, in_meta, _ONE, saved, frame.trace)
     if counted:
-        node.acct = _MEMORY.remember(prim.name, counted)
+        if len(counted) == 1:
+            node.acct = _MEMORY.remember_one(prim.name, counted[0])
+        else:
+            node.acct = _MEMORY.remember(prim.name, counted)
     if taint:
         node.tainted = True
     out_dl = _dl_new(dlarray)

@@ -265,11 +265,10 @@ def _norm_one(i, where):
 
 
 def _scatter_add_fwd(g, idx, shape):
-    xp = _xp()
-    out = xp.zeros(shape, dtype=g.dtype)
-    if _is_basic(idx):
+    out = _STATE["xp"].zeros(shape, dtype=g.dtype)
+    if type(idx) is int or _is_basic(idx):
         out[idx] = g
-    elif xp is np:
+    elif _STATE["xp"] is np:
         np.add.at(out, idx, g)
     else:
         import cupyx  # noqa: PLC0415 - only reached on cuda
@@ -290,7 +289,7 @@ _GETITEM = Primitive(
     "getitem",
     lambda x, idx: x[idx],
     lambda g, ans, x, idx: (bind(_SCATTER_ADD, (g,), {"idx": idx, "shape": x.shape}),),
-    fast=lambda g, ans, x, idx: (_scatter_add_fwd(g, idx, x.shape),),
+    fast=lambda g, ans, x, idx: (_scatter_add_fwd(g, idx, x[0]),),
 )
 
 
