@@ -406,7 +406,12 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                         # traced values) must not record in a first-order walk
                         outer = FRAME.get()
                         token = FRAME.set(Frame(outer.trace, False, outer.training))
-                    in_cts = run_vjp(node, g, create_graph)
+                    needs = None
+                    if prim.needs:
+                        needs = tuple(
+                            p is not None and (reach is None or reach[p[0]]) for p in node.parents
+                        )
+                    in_cts = run_vjp(node, g, create_graph, needs)
                 if not retain:
                     # why: memory returns as the walk goes, not only at its end
                     node.saved = RELEASED

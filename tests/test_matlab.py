@@ -248,3 +248,28 @@ def test_dljacobian_divergence_laplacian():
     np.testing.assert_allclose(jac.numpy(), expected)
     np.testing.assert_allclose(div.numpy(), 2 * x0 * x1 + 0.0)
     np.testing.assert_allclose(lap.numpy(), [2 * x1, -np.sin(x0)])
+
+
+def test_needs_aware_vjp_is_told_which_cotangents_are_used():
+    from gpugrad.ops.core import Primitive
+
+    seen = []
+
+    def vjp(g, ans, a, b, needs=(True, True)):
+        seen.append(needs)
+        return (g * b if needs[0] else None), (g * a if needs[1] else None)
+
+    prim = Primitive(
+        "test_needs_mul", lambda a, b: a * b, vjp, save=(0, 1), needs=True, register=False
+    )
+
+    def f(a, b):
+        y = gg.sum(prim(a, b))
+        return gg.dlgradient(y, b, retain_data=True), gg.dlgradient(y, a, b)
+
+    a, b = gg.dlarray([1.0, 2.0]), gg.dlarray([3.0, 4.0])
+    gb, (ga2, gb2) = gg.dlfeval(f, a, b)
+    assert seen == [(False, True), (True, True)]
+    np.testing.assert_allclose(gb.numpy(), [1.0, 2.0])
+    np.testing.assert_allclose(ga2.numpy(), [3.0, 4.0])
+    np.testing.assert_allclose(gb2.numpy(), [1.0, 2.0])

@@ -103,22 +103,23 @@ def _linear_fwd(x, w, b, relu=False):
     return y
 
 
-def _linear_vjp(g, ans, x, w, b, relu=False):
+def _linear_vjp(g, ans, x, w, b, relu=False, needs=(True, True, True)):
     if relu:
         g = relu_bwd(g, ans)
-    gx = matmul_t(g, w)
-    gw = matmul_t(g, x, True, False)
-    gb = gsum(g, axis=0)
+    gx = matmul_t(g, w) if needs[0] else None
+    gw = matmul_t(g, x, True, False) if needs[1] else None
+    gb = gsum(g, axis=0) if needs[2] else None
     return gx, gw, gb
 
 
-_LINEAR = Primitive("linear", _linear_fwd, _linear_vjp, save=(0, 1))
+_LINEAR = Primitive("linear", _linear_fwd, _linear_vjp, save=(0, 1), needs=True)
 _LINEAR_RELU = Primitive(
     "linear_relu",
     lambda x, w, b: _linear_fwd(x, w, b, True),
-    lambda g, ans, x, w, b: _linear_vjp(g, ans, x, w, b, True),
+    lambda g, ans, x, w, b, needs=(True, True, True): _linear_vjp(g, ans, x, w, b, True, needs),
     save=(0, 1),
     save_ans=True,
+    needs=True,
 )
 
 

@@ -51,6 +51,7 @@ class Primitive:
         "save_ans",
         "multiple_outputs",
         "differentiable",
+        "needs",
     )
 
     def __init__(
@@ -64,6 +65,7 @@ class Primitive:
         multiple_outputs=False,
         register=True,
         fast=None,
+        needs=False,
     ):
         self.name = name
         self.fwd = fwd
@@ -72,6 +74,12 @@ class Primitive:
         # out): the fast path when the backward is not recorded. It must compute
         # exactly what vjp computes; the gradient tests run both.
         self.fast = fast
+        # needs=True: the VJP takes ``needs=`` (one bool per input: is its cotangent
+        # used by this walk?) and may return None where it is not, so a heavy op skips
+        # e.g. the input gradient of a first layer (PyTorch's needs_input_grad)
+        if needs and fast is not None:
+            raise ValueError(f"primitive {name!r}: a needs-aware VJP has no fast rule")
+        self.needs = needs
         self.save = frozenset(save)
         self.save_ans = save_ans
         self.multiple_outputs = multiple_outputs
@@ -373,11 +381,14 @@ def _unbroadcast_raw(g, meta):
     return g
 
 
-def run_vjp(node, g, recorded):
+def run_vjp(node, g, recorded, needs=None):
     """Cotangents of ``node``'s inputs. Recorded: the primitive's VJP on dlarrays.
-    Not recorded: its raw ``fast`` rule, or its VJP on unlinked dlarrays, unwrapped."""
+    Not recorded: its raw ``fast`` rule, or its VJP on unlinked dlarrays, unwrapped.
+    ``needs`` (for primitives made with ``needs=True``) says which are used."""
     prim = node.prim
     params = node.params
+    if needs is not None:
+        params = {**params, "needs": needs} if params else {"needs": needs}
     ans, ins = node.saved
     if recorded:
         ans = wrap_ans(node, True) if ans is not None else None
