@@ -118,7 +118,7 @@ def _act_grad(gates, hid):
     return out
 
 
-def _vjp_raw(g, ans, xs, h0, c0, w, r, b):
+def _vjp_raw(g, ans, xs, h0, c0, w, r, b, need_x=True):
     xp = _xp()
     g_ys, g_h, g_c, g_cs, g_gates = (x._data for x in g)
     ys, _, _, cs, gates = (a._data for a in ans)
@@ -130,7 +130,8 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b):
         dpre_all, dh_next, dc_next = _bwd_recurrence_numpy(
             g_ys, g_h, g_c, g_cs, g_gates, ys, cs, gates, h0, c0, r
         )
-        return tuple(make(v) for v in _weight_grads(dpre_all, xs, ys, h0, w, dh_next, dc_next))
+        grads = _weight_grads(dpre_all, xs, ys, h0, w, dh_next, dc_next, need_x)
+        return tuple(None if v is None else make(v) for v in grads)
     extra_gates = bool(xp.any(g_gates))
     dpre_all = xp.empty((t, n, 4 * hid), dtype=ys.dtype)
     dh_next = g_h.copy()
@@ -147,11 +148,11 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b):
         dh_next = dpre @ r
     flat = dpre_all.reshape(t * n, 4 * hid)
     hprev = xp.concatenate([h0[None], ys[:-1]], axis=0).reshape(t * n, hid)
-    gx = (flat @ w).reshape(t, n, c)
+    gx = (flat @ w).reshape(t, n, c) if need_x else None
     gw = flat.T @ xs.reshape(t * n, c)
     gr = flat.T @ hprev
     gb = flat.sum(axis=0)
-    return tuple(make(v) for v in (gx, dh_next, dc_next, gw, gr, gb))
+    return tuple(None if v is None else make(v) for v in (gx, dh_next, dc_next, gw, gr, gb))
 
 
 def _bwd_recurrence_numpy(g_ys, g_h, g_c, g_cs, g_gates, ys, cs, gates, h0, c0, r):
@@ -207,14 +208,16 @@ def _bwd_recurrence_numpy(g_ys, g_h, g_c, g_cs, g_gates, ys, cs, gates, h0, c0, 
     return dpre_all.reshape(t, n, 4 * hid), dh_next, dc_next
 
 
-def _weight_grads(dpre_all, xs, ys, h0, w, dh0, dc0):
+def _weight_grads(dpre_all, xs, ys, h0, w, dh0, dc0, need_x=True):
     """Input, state and weight cotangents from the gate cotangents of all steps:
     one GEMM each (the recurrent-weight one splits off the h0 step, no concatenation)."""
     t, n, c = xs.shape
     hid = ys.shape[2]
     flat = dpre_all.reshape(t * n, 4 * hid)
-    gx = POOL.empty((t, n, c), np.result_type(flat, w))
-    np.matmul(flat, w, out=gx.reshape(t * n, c))
+    gx = None
+    if need_x:
+        gx = POOL.empty((t, n, c), np.result_type(flat, w))
+        np.matmul(flat, w, out=gx.reshape(t * n, c))
     gw = flat.T @ _rows(xs)
     gr = flat[:n].T @ h0
     if t > 1:
@@ -253,13 +256,16 @@ def _vjp_traced(g, ans, xs, h0, c0, w, r, b):
     return gx, dh_next, dc_next, gw, gr, gb
 
 
-def _vjp(g, ans, xs, h0, c0, w, r, b):
+def _vjp(g, ans, xs, h0, c0, w, r, b, needs=None):
     if tape.FRAME.get().recording:
         return _vjp_traced(g, ans, xs, h0, c0, w, r, b)
-    return _vjp_raw(g, ans, xs, h0, c0, w, r, b)
+    # why: the input sequence is often a traced argument nobody asked the gradient of
+    return _vjp_raw(g, ans, xs, h0, c0, w, r, b, need_x=needs is None or needs[0])
 
 
-_LSTM = Primitive("lstm", _fwd, _vjp, save=(0, 1, 2, 3, 4), save_ans=True, multiple_outputs=True)
+_LSTM = Primitive(
+    "lstm", _fwd, _vjp, save=(0, 1, 2, 3, 4), save_ans=True, multiple_outputs=True, needs=True
+)
 
 
 def lstm_sequence(xs, h0, c0, w, r, b):
