@@ -197,17 +197,7 @@ class Account(list):
     __slots__ = ()
 
     def __del__(self):
-        memory = MEMORY
-        arrays = memory.arrays
-        for key in self:
-            entry = arrays.get(key)
-            if entry is None:
-                continue
-            entry[0] -= 1
-            if entry[0] == 0:
-                del arrays[key]
-                memory.current -= entry[1]
-                memory.by_op[entry[2]] -= entry[1]
+        MEMORY.forget(self)
 
 
 class MemoryCounter:

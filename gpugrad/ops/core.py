@@ -157,40 +157,22 @@ _UNCOUNTED = _NOSHAPE  # Python numbers have no buffer to count
 _tnew = tuple.__new__
 
 
-def _meta_of(r):
-    """``Meta`` of a raw input (``None`` for Python scalars and ``None``)."""
-    return None if type(r) in _NOSHAPE else _tnew(_Meta, (r.shape, r.dtype))
-
-
 def _finish(prim, params, parents, in_meta, ins, counted, out, fmt, frame, taint):
     """Build the node for a recorded op and wrap its output(s)."""
+    if not prim.multiple_outputs:
+        return _single(prim, params, parents, in_meta, ins, counted, out, fmt, frame, taint)
     if prim.save_ans:
-        if prim.multiple_outputs:
-            counted.extend(o for o in out if type(o) not in _UNCOUNTED)
-        elif type(out) not in _UNCOUNTED:
-            counted.append(out)
+        counted.extend(o for o in out if type(o) not in _UNCOUNTED)
         saved = (out, ins)
     else:
         saved = (None, ins)
-    if prim.multiple_outputs:
-        out_meta = tuple(_tnew(_Meta, (o.shape, o.dtype)) for o in out)
-    else:
-        out_meta = _ONE
+    out_meta = tuple(_tnew(_Meta, (o.shape, o.dtype)) for o in out)
     node = _Node(prim, params, parents, in_meta, out_meta, saved, frame.trace)
     if counted:
         node.acct = _MEMORY.remember(prim.name, counted)
     if taint:
         node.tainted = True
-    if prim.multiple_outputs:
-        return tuple(make(o, fmt, node, i) for i, o in enumerate(out))
-    out_dl = _dl_new(dlarray)
-    out_dl._data = out
-    out_dl._fmt = fmt
-    out_dl._node = node
-    out_dl._idx = 0
-    out_dl._taint = False
-    out_dl._grad = None
-    return out_dl
+    return tuple(make(o, fmt, node, i) for i, o in enumerate(out))
 
 
 # why: a single-output node only needs its output count in the walk; the output's own
