@@ -1,7 +1,7 @@
 """A small CNN on scikit-learn's 8x8 digits: Conv2D -> MaxPool2D -> Conv2D -> Flatten ->
 Dense, trained with Adam through gg.dlfeval/gg.dlgradient on the active device.
 
-    python examples/digits_cnn.py [--epochs 15] [--plot digits_loss.png]
+    python examples/digits_cnn.py [--epochs 15] [--plot examples/digits_loss.png]
 
 Prints the test accuracy (>= 95% in well under a minute on a laptop CPU) and saves
 the loss curve.
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
 import gpugrad as gg
+
+HERE = Path(__file__).resolve().parent
 
 
 def build_model():
@@ -53,7 +56,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--plot", default="digits_loss.png")
+    parser.add_argument("--plot", default=str(HERE / "digits_loss.png"), help="'' for no plot")
     args = parser.parse_args(argv)
     from tqdm import tqdm
 

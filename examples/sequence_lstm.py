@@ -3,17 +3,20 @@ row as a sequence of 8 steps with 8 features; the last hidden state feeds a Dens
 classifier. Uses the whole-sequence ``lstm`` primitive (one GEMM for the input
 projection of all steps, fused cells on cuda/emu).
 
-    python examples/sequence_lstm.py [--epochs 20] [--plot lstm_loss.png]
+    python examples/sequence_lstm.py [--epochs 20] [--plot examples/lstm_loss.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
 import gpugrad as gg
+
+HERE = Path(__file__).resolve().parent
 
 
 class RowReader(gg.nn.Layer):
@@ -32,7 +35,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--plot", default="lstm_loss.png")
+    parser.add_argument("--plot", default=str(HERE / "lstm_loss.png"), help="'' for no plot")
     args = parser.parse_args(argv)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

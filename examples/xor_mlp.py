@@ -1,37 +1,59 @@
-"""A 2-10-1 ReLU MLP learns XOR (Swift-style layers, gg.optim.Adam).
+"""A 2-10-1 ReLU MLP learns XOR (Swift-style layers, gg.optim.Adam), with
+``with_derivative`` hooks that print the gradient arriving at the network's output
+and at the output of layer 1 (on the first and the last step).
 
-python examples/xor_mlp.py [--steps 500] [--plot xor_loss.png]
+    python examples/xor_mlp.py [--steps 500] [--plot examples/xor_loss.png]
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
 import gpugrad as gg
 
+HERE = Path(__file__).resolve().parent
+
 
 def main(argv=None):
+    """Train; returns ``(final loss, {hook name: gradient seen on the first step})``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--plot", default="xor_loss.png")
+    parser.add_argument("--plot", default=str(HERE / "xor_loss.png"), help="'' for no plot")
     args = parser.parse_args(argv)
     from tqdm import tqdm
 
     gg.random.seed(0)
     x = gg.dlarray(np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64))
     target = gg.dlarray(np.array([[0], [1], [1], [0]], dtype=np.float64))
-    model = gg.nn.Sequential(gg.nn.Dense(2, 10, activation=gg.relu), gg.nn.Dense(10, 1))
+    layer1, layer2 = gg.nn.Dense(2, 10, activation=gg.relu), gg.nn.Dense(10, 1)
+    model = gg.nn.Sequential(layer1, layer2)
     opt = gg.optim.Adam(model, learning_rate=0.05)
+    first_step = {}
 
-    def step(m):
-        loss = gg.mean((m(x) - target) ** 2)
+    def printing_hook(name, step):
+        def hook(dx):
+            # why: the hook runs inside the backward pass; it only looks, so it returns None
+            # and the gradient flows on unchanged.
+            if step == 0:
+                first_step[name] = dx.numpy()
+            if step in (0, args.steps - 1):
+                values = np.array2string(dx.numpy(), precision=3)
+                tqdm.write(f"step {step}: gradient at {name} {tuple(dx.shape)}:\n{values}")
+
+        return hook
+
+    def step_fn(m, step):
+        hidden = gg.with_derivative(m[0](x), printing_hook("layer 1", step))
+        out = gg.with_derivative(m[1](hidden), printing_hook("the output", step))
+        loss = gg.mean((out - target) ** 2)
         return loss, gg.dlgradient(loss, m)
 
     losses = []
-    for _ in (bar := tqdm(range(args.steps), desc="XOR MLP")):
-        loss, grads = gg.dlfeval(step, model)
+    for step in (bar := tqdm(range(args.steps), desc="XOR MLP")):
+        loss, grads = gg.dlfeval(step_fn, model, step)
         opt.update(model, grads)
         losses.append(float(loss))
         bar.set_postfix(loss=f"{losses[-1]:.2e}")
@@ -53,7 +75,7 @@ def main(argv=None):
         plt.tight_layout()
         plt.savefig(args.plot, dpi=100)
         print(f"loss curve saved to {args.plot}")
-    return losses[-1]
+    return losses[-1], first_step
 
 
 if __name__ == "__main__":
