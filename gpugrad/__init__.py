@@ -133,7 +133,7 @@ def _optional(name):
 
 testing = _optional("testing")
 
-from . import autograd, functional  # noqa: E402
+from . import autograd, debug, functional  # noqa: E402
 from .checkpoint import checkpoint, checkpoint_sequential, recompute_in_gradient  # noqa: E402
 from .functional import (  # noqa: E402
     custom_derivative,

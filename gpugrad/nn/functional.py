@@ -18,6 +18,7 @@ import numpy as np
 from .. import random as _random
 from .. import tape
 from ..array import check_format, dlarray
+from ..backend import to_host
 from ..ops.core import _STATE, make
 from ..ops.elementwise import abs as gabs
 from ..ops.elementwise import exp, log, sigmoid, sqrt, tanh, where
@@ -48,6 +49,11 @@ class _Fmt:
 
     def __init__(self, x, data_format, where, expected):
         x = _dl(x)
+        if data_format is not None and not isinstance(data_format, str):
+            raise ValueError(
+                f"{where}: data_format must be a string of format labels such as "
+                f"{expected!r}, got {data_format!r}"
+            )
         if x._fmt:
             if data_format is not None and data_format.upper() != x._fmt:
                 raise ValueError(
@@ -68,7 +74,10 @@ class _Fmt:
                     f"input has {x.ndim} dimension(s) (shape {x.shape}); expected e.g. {expected!r}"
                 )
             self.user = data_format.upper()
-            self.x = dlarray(x, self.user)
+            try:
+                self.x = dlarray(x, self.user)
+            except ValueError as exc:
+                raise ValueError(f"{where}: data_format={data_format!r}: {exc}") from None
         self.fmt = self.x._fmt
 
     def axes(self, label):
@@ -114,24 +123,52 @@ def _label(x, fmt):
     return make(x._data, fmt, x._node, x._idx, x._taint)
 
 
+def _whole(v, name, where, whole, what):
+    """``v`` as a Python int (an integral float is accepted, as MATLAB passes doubles)."""
+    if isinstance(v, (bool, np.bool_)):
+        raise ValueError(f"{where}: {name} must be {what}, got {whole!r}")
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer():
+        return int(v)
+    raise ValueError(f"{where}: {name} must be {what}, got {whole!r}")
+
+
+def _ints(value, name, where, lengths, what):
+    """A tuple of ints from one number (repeated) or a sequence of one of ``lengths``."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        v = _whole(value, name, where, value, what)
+        return (v,) * lengths[0]
+    vals = list(np.asarray(value).reshape(-1)) if isinstance(value, np.ndarray) else list(value)
+    if len(vals) not in lengths:
+        raise ValueError(f"{where}: {name} must be {what}, got {value!r}")
+    return tuple(_whole(v, name, where, value, what) for v in vals)
+
+
 def _pair(value, name, where, allow_zero=False):
-    if isinstance(value, (int, np.integer)):
-        out = (int(value), int(value))
-    else:
-        out = tuple(int(v) for v in value)
-        if len(out) != 2:
-            raise ValueError(f"{where}: {name} must be an int or a pair, got {value!r}")
+    """(rows, cols) from an int or a pair; each >= 1 (>= 0 with ``allow_zero``)."""
     low = 0 if allow_zero else 1
+    if type(value) is int:  # why: the common spellings skip the general parse (hot path)
+        out = (value, value)
+    elif type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int:
+        out = value
+    else:
+        out = _ints(value, name, where, (2,), f"an integer >= {low} or a pair of them")
     if min(out) < low:
-        raise ValueError(f"{where}: {name} must be >= {low}, got {value!r}")
+        raise ValueError(f"{where}: {name} must be >= {low} (an integer or a pair), got {value!r}")
     return out
 
 
-def _padding(padding, where, kernel=None, dilation=(1, 1), stride=(1, 1), in_hw=None):
+def _padding(
+    padding, where, kernel=None, dilation=(1, 1), stride=(1, 1), in_hw=None, name="padding"
+):
     """(top, bottom, left, right) from int, pair, 4-tuple or ``"same"``."""
+    what = "an integer >= 0, a pair (rows, cols), a 4-tuple (top, bottom, left, right) or 'same'"
     if isinstance(padding, str):
-        if padding.lower() != "same":
-            raise ValueError(f"{where}: padding must be 'same', an int, a pair or a 4-tuple")
+        if padding.lower() != "same" or kernel is None:
+            raise ValueError(f"{where}: {name} must be {what}, got {padding!r}")
         out = []
         for d in range(2):
             eff = dilation[d] * (kernel[d] - 1) + 1
@@ -139,20 +176,22 @@ def _padding(padding, where, kernel=None, dilation=(1, 1), stride=(1, 1), in_hw=
             total = max((size_out - 1) * stride[d] + eff - in_hw[d], 0)
             out += [total // 2, total - total // 2]
         return tuple(out)
-    if isinstance(padding, (int, np.integer)):
-        out = (int(padding),) * 4
+    if type(padding) is int:
+        vals = (padding,)
+    elif type(padding) is tuple and all(type(v) is int for v in padding):
+        vals = padding
+        if len(vals) not in (1, 2, 4):
+            raise ValueError(f"{where}: {name} must be {what}, got {padding!r}")
     else:
-        vals = tuple(int(v) for v in padding)
-        if len(vals) == 2:
-            out = (vals[0], vals[0], vals[1], vals[1])
-        elif len(vals) == 4:
-            out = vals
-        else:
-            raise ValueError(
-                f"{where}: padding must be an int, a pair or a 4-tuple, got {padding!r}"
-            )
+        vals = _ints(padding, name, where, (1, 2, 4), what)
+    if len(vals) == 1:
+        out = vals * 4
+    elif len(vals) == 2:
+        out = (vals[0], vals[0], vals[1], vals[1])
+    else:
+        out = vals
     if min(out) < 0:
-        raise ValueError(f"{where}: padding must be >= 0, got {padding!r}")
+        raise ValueError(f"{where}: {name} must be >= 0, got {padding!r}")
     return out
 
 
@@ -171,20 +210,28 @@ def fullyconnect(x, weights, bias, *, data_format=None):
     f = _Fmt(x, data_format, where, "CB")
     f.require("C", where, "CB")
     w = _dl(weights)
-    b = _dl(bias)
     xs = f.x
     # rows = observations: move B (and T) last, flatten S and C into features
     feat_axes = [i for i, c in enumerate(f.fmt) if c in "SC"]
     obs_axes = [i for i, c in enumerate(f.fmt) if c in "BTU"]
     nfeat = f.size("S") * f.size("C")
-    if w.ndim != 2 or w.shape[1] != nfeat:
+    if w.ndim != 2:
         raise ValueError(
-            f"{where}: weights must have shape [out, in] with in = {nfeat} (the input's "
-            f"S x C size), but weights have shape {w.shape}"
+            f"{where}: weights must be a matrix [out, in] with in = {nfeat} (the input's "
+            f"S x C size), got shape {w.shape}"
+        )
+    if w.shape[1] != nfeat:
+        raise ValueError(
+            f"{where}: weights dimension 1 (in) is {w.shape[1]} but the input has {nfeat} "
+            f"features (its S x C size); weights must have shape [out, {nfeat}], got {w.shape}"
         )
     out = w.shape[0]
+    b = _dl(bias) if bias is not None else make(_xp().zeros(out, w.dtype))
     if b.size != out:
-        raise ValueError(f"{where}: bias must have {out} entries (one per output), got {b.shape}")
+        raise ValueError(
+            f"{where}: bias must have {out} entries (one per output, weights dimension 0), "
+            f"got shape {b.shape}"
+        )
     # MATLAB flattens S,C in column-major order: feature index runs fastest over the first axis
     perm = tuple(obs_axes) + tuple(reversed(feat_axes))
     obs_shape = tuple(xs.shape[i] for i in obs_axes)
@@ -248,19 +295,30 @@ def _conv(x, weights, bias, stride, padding, dilation, groups, data_format, relu
         w = reshape(_strip(w), w.shape + (1,))
     if w.ndim != 4:
         raise ValueError(
-            f"{where}: weights must be 4-D [h, w, in_channels, filters], got {w.shape}"
+            f"{where}: weights must be 4-D [h, w, in_channels, filters], got shape {w.shape}"
         )
-    groups = int(groups)
+    if min(w.shape) < 1:
+        raise ValueError(f"{where}: weights must have no empty dimension, got shape {w.shape}")
+    groups = _whole(groups, "groups", where, groups, "an integer >= 1")
     if groups < 1:
         raise ValueError(f"{where}: groups must be >= 1, got {groups}")
     c = f.size("C")
+    if groups == 1 and w.shape[2] != c:
+        raise ValueError(
+            f"{where}: weights dimension 2 (in_channels) is {w.shape[2]} but the input has "
+            f"{c} channels"
+        )
     if w.shape[2] * groups != c:
         raise ValueError(
-            f"{where}: weights expect {w.shape[2] * groups} input channels (dimension 3 of weights "
-            f"is {w.shape[2]} x {groups} groups) but the input has {c} channels"
+            f"{where}: weights dimension 2 (in_channels per group) is {w.shape[2]}, so "
+            f"{groups} groups need {w.shape[2] * groups} input channels, but the input has "
+            f"{c} channels"
         )
     if w.shape[3] % groups:
-        raise ValueError(f"{where}: {w.shape[3]} filters do not split into {groups} groups")
+        raise ValueError(
+            f"{where}: weights dimension 3 (filters) is {w.shape[3]}, which does not split "
+            f"into {groups} groups"
+        )
     stride, pad, dilation = _conv_args(f, w, stride, padding, dilation, where)
     h, wd = f.x.shape[0], f.x.shape[1]
     ho, wo = _prims._geometry((1, h, wd, c), w.shape, stride, pad, dilation)
@@ -273,7 +331,10 @@ def _conv(x, weights, bias, stride, padding, dilation, groups, data_format, relu
     if b.size == 1 and w.shape[3] != 1:
         b = b * make(_xp().ones(w.shape[3], b.dtype))
     if b.size != w.shape[3]:
-        raise ValueError(f"{where}: bias must have {w.shape[3]} entries, got shape {b.shape}")
+        raise ValueError(
+            f"{where}: bias must have {w.shape[3]} entries (one per filter, weights dimension 3), "
+            f"got shape {b.shape}"
+        )
     y = _prims.conv2d(
         _to_nhwc(f.x, f.fmt),
         _strip(w),
@@ -289,39 +350,68 @@ def _conv(x, weights, bias, stride, padding, dilation, groups, data_format, relu
 
 def dltranspconv(x, weights, bias, stride=1, cropping=0, *, data_format=None):
     """Transposed 2-D convolution, weights ``[h, w, filters, in_channels]`` (MATLAB);
-    output ``'SSCB'`` of size ``(H - 1) * stride + h - crop``."""
+    output ``'SSCB'`` of size ``(H - 1) * stride + h - crop``.
+
+    ``cropping`` is an int, a pair (rows, cols), a 4-tuple (top, bottom, left, right)
+    or ``"same"`` (output size ``H * stride``; needs filter size >= stride)."""
     where = "dltranspconv"
     f = _spatial_input(x, data_format, where)
     w = _dl(weights)
     if w.ndim != 4:
         raise ValueError(
-            f"{where}: weights must be 4-D [h, w, filters, in_channels], got {w.shape}"
+            f"{where}: weights must be 4-D [h, w, filters, in_channels], got shape {w.shape}"
         )
+    if min(w.shape) < 1:
+        raise ValueError(f"{where}: weights must have no empty dimension, got shape {w.shape}")
     c = f.size("C")
     if w.shape[3] != c:
         raise ValueError(
-            f"{where}: weights dimension 4 (in_channels) is {w.shape[3]} but the input has {c} channels"
+            f"{where}: weights dimension 3 (in_channels) is {w.shape[3]} but the input has "
+            f"{c} channels"
         )
     stride = _pair(stride, "stride", where)
-    crop = _padding(cropping, where)
-    n = f.x.shape[3] if f.fmt == "SSCB" else 1
     h, wd = f.x.shape[0], f.x.shape[1]
+    if isinstance(cropping, str) and cropping.lower() == "same":
+        crop = []
+        for d in range(2):
+            total = w.shape[d] - stride[d]
+            if total < 0:
+                raise ValueError(
+                    f"{where}: cropping='same' needs a filter at least as large as the stride, "
+                    f"but the filter is {w.shape[0]}x{w.shape[1]} and the stride {stride}"
+                )
+            crop += [total // 2, total - total // 2]
+        crop = tuple(crop)
+    else:
+        crop = _padding(cropping, where, name="cropping")
+    n = f.x.shape[3] if f.fmt == "SSCB" else 1
     out_h = (h - 1) * stride[0] + w.shape[0] - crop[0] - crop[1]
     out_w = (wd - 1) * stride[1] + w.shape[1] - crop[2] - crop[3]
     if out_h < 1 or out_w < 1:
-        raise ValueError(f"{where}: cropping {crop} removes the whole output")
+        raise ValueError(
+            f"{where}: cropping {crop} removes the whole {(h - 1) * stride[0] + w.shape[0]}x"
+            f"{(wd - 1) * stride[1] + w.shape[1]} output"
+        )
+    filters = w.shape[2]
+    if bias is not None:
+        b = _dl(bias)
+        if b.size not in (1, filters):
+            raise ValueError(
+                f"{where}: bias must have {filters} entries (one per filter, weights "
+                f"dimension 2), got shape {b.shape}"
+            )
     # transposed conv = backward-data of a conv whose input has the output's size
     y = _prims.conv_bwd_data(
         _to_nhwc(f.x, f.fmt),
         _strip(w),
-        (n, out_h, out_w, w.shape[2]),
+        (n, out_h, out_w, filters),
         stride=stride,
         padding=crop,
         dilation=(1, 1),
         groups=1,
     )
     if bias is not None:
-        y = y + reshape(_strip(_dl(bias)), (w.shape[2],))
+        y = y + reshape(_strip(b), (b.size,))
     return f.back(_from_nhwc(y, f.fmt), f.fmt)
 
 
@@ -334,6 +424,13 @@ def _pool_setup(x, pool_size, stride, padding, data_format, where):
     stride = _pair(stride, "stride", where)
     h, wd = f.x.shape[0], f.x.shape[1]
     pad = _padding(padding, where, pool, (1, 1), stride, (h, wd))
+    if max(pad[0], pad[1]) >= pool[0] or max(pad[2], pad[3]) >= pool[1]:
+        # why: a window made only of padding has no element to take (MATLAB and
+        # PyTorch refuse it too)
+        raise ValueError(
+            f"{where}: padding {pad} (top, bottom, left, right) must be smaller than the "
+            f"{pool[0]}x{pool[1]} pool on every side"
+        )
     ho = (h + pad[0] + pad[1] - pool[0]) // stride[0] + 1
     wo = (wd + pad[2] + pad[3] - pool[1]) // stride[1] + 1
     if ho < 1 or wo < 1:
@@ -467,6 +564,15 @@ def avgpool(x, pool_size, stride=1, padding=0, *, data_format=None):
 def leakyrelu(x, scale=0.01):
     """``x`` where positive, ``scale * x`` elsewhere (format kept)."""
     x = _dl(x)
+    real = isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(
+        scale, (bool, np.bool_)
+    )
+    if not real and not (
+        getattr(scale, "size", 0) == 1 and getattr(scale, "dtype", np.dtype("O")).kind in "iuf"
+    ):
+        raise ValueError(f"leakyrelu: scale must be a real number, got {scale!r}")
+    if not real:
+        scale = reshape(_strip(_dl(scale)), ())
     return where(x > 0, x, x * scale)
 
 
@@ -474,6 +580,8 @@ def gelu(x, approximation="none"):
     """Gaussian error linear unit; ``approximation="tanh"`` uses the tanh formula.
     The exact form uses ``erf`` through its relation to the normal CDF."""
     x = _dl(x)
+    if approximation not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximation must be 'none' or 'tanh', got {approximation!r}")
     if approximation == "tanh":
         return 0.5 * x * (1 + tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
     return 0.5 * x * (1 + _erf(x * (1 / math.sqrt(2))))
@@ -535,6 +643,41 @@ def _channel_shape(f):
     return tuple(s if c == "C" else 1 for s, c in zip(f.x.shape, f.fmt))
 
 
+def _per_channel(value, name, f, where):
+    """A per-channel vector (``offset``, ``running_mean``, ...) shaped to broadcast
+    over the sorted input."""
+    v = _strip(_dl(value))
+    channels = f.size("C")
+    if v.size != channels:
+        raise ValueError(
+            f"{where}: {name} must have one entry per channel ({channels}), got shape {v.shape}"
+        )
+    return reshape(v, _channel_shape(f))
+
+
+def _real(value, name, where, what):
+    """``value`` as a float when it is a real Python/NumPy number, else a clear error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise ValueError(f"{where}: {name} must be {what}, got {value!r}")
+    return float(value)
+
+
+def _positive(value, name, where):
+    v = _real(value, name, where, "a positive number")
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{where}: {name} must be a positive number, got {value!r}")
+    return v
+
+
+def _fraction(value, name, where):
+    v = _real(value, name, where, "a number in [0, 1]")
+    if not 0 <= v <= 1:
+        raise ValueError(f"{where}: {name} must be a number in [0, 1], got {value!r}")
+    return v
+
+
 def batchnorm(
     x,
     offset,
@@ -559,18 +702,26 @@ def batchnorm(
     f = _Fmt(x, data_format, where, "SSCB")
     f.require("C", where, "SSCB")
     xs = _strip(f.x)
-    cshape = _channel_shape(f)
     axes = tuple(i for i, c in enumerate(f.fmt) if c != "C")
-    off = reshape(_strip(_dl(offset)), cshape)
-    sc = reshape(_strip(_dl(scale_factor)), cshape)
+    off = _per_channel(offset, "offset", f, where)
+    sc = _per_channel(scale_factor, "scale_factor", f, where)
+    epsilon = _positive(epsilon, "epsilon", where)
+    mean_decay = _fraction(mean_decay, "mean_decay", where)
+    variance_decay = _fraction(variance_decay, "variance_decay", where)
+    if (running_mean is None) != (running_var is None):
+        missing = "running_var" if running_var is None else "running_mean"
+        raise ValueError(
+            f"{where}: {missing} is missing; pass both running_mean and running_var, or neither"
+        )
+    if running_mean is not None:
+        trained_mean = _per_channel(running_mean, "running_mean", f, where)
+        trained_var = _per_channel(running_var, "running_var", f, where)
     if training is None:
         training = tape.FRAME.get().training or running_mean is None
     if not training:
         if running_mean is None:
             raise ValueError(f"{where}: inference mode needs running_mean and running_var")
-        mu = reshape(_strip(_dl(running_mean)), cshape)
-        var = reshape(_strip(_dl(running_var)), cshape)
-        y = (xs - mu) / sqrt(var + epsilon) * sc + off
+        y = (xs - trained_mean) / sqrt(trained_var + epsilon) * sc + off
         return f.back(y, f.fmt)
     mu = mean(xs, axis=axes, keepdims=True)
     centered = xs - mu
@@ -599,14 +750,14 @@ def layernorm(x, offset, scale_factor, *, epsilon=1e-5, data_format=None):
     where = "layernorm"
     f = _Fmt(x, data_format, where, "CB")
     f.require("C", where, "CB")
+    off = _per_channel(offset, "offset", f, where)
+    sc = _per_channel(scale_factor, "scale_factor", f, where)
+    epsilon = _positive(epsilon, "epsilon", where)
     xs = _strip(f.x)
     axes = tuple(i for i, c in enumerate(f.fmt) if c in "SCU")
     mu = mean(xs, axis=axes, keepdims=True)
     centered = xs - mu
     var = mean(centered * centered, axis=axes, keepdims=True)
-    cshape = _channel_shape(f)
-    off = reshape(_strip(_dl(offset)), cshape)
-    sc = reshape(_strip(_dl(scale_factor)), cshape)
     return f.back(centered / sqrt(var + epsilon) * sc + off, f.fmt)
 
 
@@ -631,11 +782,13 @@ def _state(s, n, hid, name, where, dtype):
     if s is None:
         return make(_xp().zeros((n, hid), dtype))
     s = _strip(_dl(s))
-    if s.size == hid and n != 1:
+    if s.shape in ((hid,), (hid, 1)) and n != 1:
+        # one state shared by every observation
         return reshape(s, (1, hid)) * make(_xp().ones((n, 1), dtype))
-    if s.size != n * hid:
+    if s.shape not in ((hid, n),) + (((hid,),) if n == 1 else ()):
         raise ValueError(
-            f"{where}: {name} must have {hid} hidden units x {n} observations, got shape {s.shape}"
+            f"{where}: {name} must have shape [hidden, observations] = ({hid}, {n}) (or "
+            f"({hid},) for one state shared by every observation), got shape {s.shape}"
         )
     # MATLAB layout (H, N) -> rows are observations
     return transpose(reshape(s, (hid, n)), (1, 0))
@@ -660,18 +813,21 @@ def _state_out(s, f):
 
 def _recurrent_hidden_size(w, r, channels, gates, where):
     """Hidden size from ``weights[gates*H, C]``, checking both weight shapes against it."""
-    if w.ndim != 2 or w.shape[0] % gates:
+    if w.ndim != 2 or w.shape[0] % gates or not w.shape[0]:
         raise ValueError(
-            f"{where}: weights must have shape [{gates}*hidden, channels], got {w.shape}"
+            f"{where}: weights must have shape [{gates}*hidden, channels] = [{gates}*hidden, "
+            f"{channels}], got shape {w.shape}"
         )
     hid = w.shape[0] // gates
     if w.shape[1] != channels:
         raise ValueError(
-            f"{where}: weights dimension 2 is {w.shape[1]} but the input has {channels} channels"
+            f"{where}: weights dimension 1 (channels) is {w.shape[1]} but the input has "
+            f"{channels} channels"
         )
     if r.shape != (gates * hid, hid):
         raise ValueError(
-            f"{where}: recurrent_weights must have shape {(gates * hid, hid)}, got {r.shape}"
+            f"{where}: recurrent_weights must have shape [{gates}*hidden, hidden] = "
+            f"{(gates * hid, hid)} (hidden = {hid} from weights dimension 0), got shape {r.shape}"
         )
     return hid
 
@@ -685,7 +841,9 @@ def lstm(x, h0, c0, weights, recurrent_weights, bias, *, data_format=None):
     w, r, b = _strip(_dl(weights)), _strip(_dl(recurrent_weights)), _strip(_dl(bias))
     hid = _recurrent_hidden_size(w, r, c, 4, where)
     if b.size != 4 * hid:
-        raise ValueError(f"{where}: bias must have {4 * hid} entries, got {b.shape}")
+        raise ValueError(
+            f"{where}: bias must have 4*hidden = {4 * hid} entries, got shape {b.shape}"
+        )
     h = _state(h0, n, hid, "h0", where, w.dtype)
     cs = _state(c0, n, hid, "c0", where, w.dtype)
     from .recurrent import lstm_sequence  # noqa: PLC0415
@@ -708,6 +866,12 @@ def gru(
     ``recurrent_weights[3H, H]``, ``bias[3H]`` (or ``[6H]`` for
     ``reset_gate_mode="recurrent-bias-after-multiplication"``); returns ``(y, h)``."""
     where = "gru"
+    modes = ("after-multiplication", "before-multiplication", "recurrent-bias-after-multiplication")
+    if reset_gate_mode not in modes:
+        raise ValueError(
+            f"{where}: reset_gate_mode must be one of {', '.join(map(repr, modes))}, "
+            f"got {reset_gate_mode!r}"
+        )
     f, xs, (t, n, c) = _sequence_input(x, data_format, where)
     w, r, b = _strip(_dl(weights)), _strip(_dl(recurrent_weights)), _strip(_dl(bias))
     hid = _recurrent_hidden_size(w, r, c, 3, where)
@@ -716,12 +880,15 @@ def gru(
     if reset_gate_mode == "recurrent-bias-after-multiplication":
         if b.size != 6 * hid:
             raise ValueError(
-                f"{where}: bias must have {6 * hid} entries in this mode, got {b.shape}"
+                f"{where}: bias must have 6*hidden = {6 * hid} entries (input and recurrent "
+                f"bias) with reset_gate_mode={reset_gate_mode!r}, got shape {b.shape}"
             )
         rbias = b[3 * hid :]
         b = b[: 3 * hid]
     elif b.size != 3 * hid:
-        raise ValueError(f"{where}: bias must have {3 * hid} entries, got {b.shape}")
+        raise ValueError(
+            f"{where}: bias must have 3*hidden = {3 * hid} entries, got shape {b.shape}"
+        )
     h = _state(h0, n, hid, "h0", where, w.dtype)
     # input projection of all steps in one GEMM
     proj = reshape(_prims.linear(reshape(xs, (t * n, c)), w, b), (t, n, 3 * hid))
@@ -749,39 +916,68 @@ def _mm_t(a, b):
 # ------------------------------------------------------------------ embed / dropout
 
 
+def _class_indices(raw, where, name, num_classes=None, kind="class indices"):
+    """0-based integer class labels as a host int64 array, checked to lie in
+    ``[0, num_classes)`` (labels are small: one pass over them is cheap)."""
+    host = np.asarray(to_host(raw))
+    if host.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{where}: {name} must be integer {kind} (0-based), got dtype {host.dtype}"
+        )
+    if host.dtype.kind == "f" and host.size:
+        whole = np.isfinite(host)
+        whole[whole] = host[whole] == np.floor(host[whole])
+        if not whole.all():
+            bad = host[~whole].flat[0]
+            raise ValueError(
+                f"{where}: {name} must be integer {kind} (0-based), got {float(bad)!r}"
+            )
+    codes = host.astype(np.int64)
+    if num_classes is not None and codes.size:
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"{where}: {name} must be {kind} in [0, {num_classes}) (0-based), got "
+                f"values in [{low}, {high}]"
+            )
+    return codes
+
+
 def embed(x, weights, *, data_format=None):
     """Look up embedding vectors: ``x`` holds 0-based indices (format with a
-    singleton ``C``), ``weights[dim, vocabulary]``; output has ``C`` of size ``dim``."""
+    singleton ``C``, or no ``C``), ``weights[dim, vocabulary]``; the output has a
+    ``C`` dimension of size ``dim`` in its place.
+
+    >>> import gpugrad as gg
+    >>> w = gg.dlarray(np.arange(6.0).reshape(2, 3))
+    >>> gg.embed(gg.dlarray(np.array([[2, 0]]), "CB"), w).numpy()
+    array([[2., 0.],
+           [5., 3.]])
+    """
     where = "embed"
     w = _strip(_dl(weights))
-    if isinstance(x, dlarray) and (x._fmt or data_format is not None):
-        f = _Fmt(x, data_format, where, "CBT")
-        raw = f.x._data
-        fmt = f.fmt
-    else:
-        f = None
-        raw = x._data if isinstance(x, dlarray) else np.asarray(x)
-        fmt = ""
-    idx = _xp().asarray(raw).astype(np.int64)
-    if raw.size and (
-        (np.asarray(raw) != np.asarray(idx)).any() or idx.min() < 0 or idx.max() >= w.shape[1]
-    ):
+    if w.ndim != 2:
         raise ValueError(
-            f"{where}: indices must be integers in [0, {w.shape[1]}) (0-based), got range "
-            f"[{float(raw.min())}, {float(raw.max())}]"
+            f"{where}: weights must be a matrix [dim, vocabulary], got shape {w.shape}"
         )
-    if f is None:
-        return transpose(w, (1, 0))[idx]
-    ci = fmt.index("C")
-    if f.x.shape[ci] != 1:
-        raise ValueError(f"{where}: the C dimension of x must have size 1, got {f.x.shape[ci]}")
-    idx = idx.reshape(tuple(s for i, s in enumerate(f.x.shape) if i != ci))
+    f = _Fmt(x, data_format, where, "CBT")
+    fmt = f.fmt
+    shape = f.x.shape
+    if "C" in fmt:
+        ci = fmt.index("C")
+        if shape[ci] != 1:
+            raise ValueError(
+                f"{where}: the C dimension of x must have size 1 (one index per position), "
+                f"got {shape[ci]}"
+            )
+        shape = tuple(s for i, s in enumerate(shape) if i != ci)
+        fmt = fmt.replace("C", "")
+    codes = _class_indices(f.x._data, where, "indices", w.shape[1], "vocabulary indices")
+    idx = _xp().asarray(codes.reshape(shape))
     rows = transpose(w, (1, 0))[idx]  # (..., dim)
     out = transpose(rows, (rows.ndim - 1,) + tuple(range(rows.ndim - 1)))
-    rest = "".join(c for i, c in enumerate(fmt) if i != ci)
-    # put C in sorted position
-    labels = "C" + rest
-    sorted_fmt, perm = check_format(labels, out.ndim, where)
+    # the new C goes first; check_format gives the permutation to the sorted S,C,B,T,U order
+    sorted_fmt, perm = check_format("C" + fmt, out.ndim, where)
     if perm is not None:
         out = transpose(out, perm)
     return f.back(out, sorted_fmt)
@@ -789,10 +985,17 @@ def embed(x, weights, *, data_format=None):
 
 def dropout(x, rate=0.5):
     """In training mode (``gg.autograd.is_training()``) zero each element with probability
-    ``rate`` and scale kept ones by ``1 / (1 - rate)``; identity otherwise."""
+    ``rate`` and scale kept ones by ``1 / (1 - rate)``; identity otherwise. The mask is
+    drawn from ``gg.random`` (``gg.random.seed`` makes it reproducible).
+
+    >>> import gpugrad as gg
+    >>> gg.dropout(gg.ones((2,)), 0.5).numpy()  # not training: the identity
+    array([1., 1.])
+    """
     x = _dl(x)
+    rate = _real(rate, "rate", "dropout", "a number in [0, 1)")
     if not 0 <= rate < 1:
-        raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
+        raise ValueError(f"dropout: rate must be a number in [0, 1), got {rate!r}")
     if not tape.FRAME.get().training or rate == 0:
         return x
     keep = _random.raw_uniform(x.shape, x.dtype if x.dtype.kind == "f" else np.float64) >= rate
@@ -813,13 +1016,16 @@ def _loss_setup(y, t, data_format, where):
     elif f.user is not None:
         tt = _strip(dlarray(tt, f.user))
     if tt.shape != f.x.shape:
+        hint = ""
+        if where == "crossentropy" and tt.ndim == 1 and "B" in f.fmt and tt.size == f.size("B"):
+            hint = "; for class indices use gg.onehotencode(labels, 0, num_classes) first"
         raise ValueError(
-            f"{where}: targets must have the predictions' shape {f.x.shape}, got {tt.shape}"
+            f"{where}: targets must have the predictions' shape {f.x.shape}, got {tt.shape}{hint}"
         )
     return f, _strip(f.x), tt
 
 
-def _observations(f, normalization):
+def _observations(f, normalization, where):
     if normalization == "batch-size":
         return max(f.size("B"), 1) if "B" in f.fmt else 1
     if normalization == "all-elements":
@@ -827,73 +1033,114 @@ def _observations(f, normalization):
     if normalization == "none":
         return 1
     raise ValueError(
-        f"normalization must be 'batch-size', 'all-elements' or 'none', got {normalization!r}"
+        f"{where}: normalization must be 'batch-size', 'all-elements' or 'none', "
+        f"got {normalization!r}"
     )
 
 
 def crossentropy(y, targets, *, normalization="batch-size", data_format=None):
     """Cross-entropy of probabilities ``y`` against ``targets``: ``-sum(T .* log(Y))``
     over channels (and time), averaged over observations (MATLAB's ``crossentropy``)."""
-    f, ys, ts = _loss_setup(y, targets, data_format, "crossentropy")
-    f.require("C", "crossentropy", "CB")
+    where = "crossentropy"
+    f, ys, ts = _loss_setup(y, targets, data_format, where)
+    f.require("C", where, "CB")
+    n = _observations(f, normalization, where)
+    if ts.size and ts.dtype.kind in "biuf":
+        low, high = float(ts._data.min()), float(ts._data.max())
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"{where}: targets must be probabilities in [0, 1] (e.g. one-hot), got values "
+                f"in [{low:g}, {high:g}]"
+            )
     tiny = np.finfo(ys.dtype).tiny if ys.dtype.kind == "f" else 1e-300
     total = -gsum(ts * log(ys + tiny))
-    return total / _observations(f, normalization)
+    return total / n
 
 
 def mse(y, targets, *, data_format=None):
     """Half mean squared error: ``sum((Y - T).^2) / 2 / N`` with ``N`` observations."""
     f, ys, ts = _loss_setup(y, targets, data_format, "mse")
     d = ys - ts
-    return gsum(d * d) / (2 * _observations(f, "batch-size"))
+    return gsum(d * d) / (2 * _observations(f, "batch-size", "mse"))
 
 
 def l1loss(y, targets, *, normalization="batch-size", data_format=None):
     """``sum(|Y - T|) / N`` (MATLAB ``l1loss``)."""
     f, ys, ts = _loss_setup(y, targets, data_format, "l1loss")
-    return gsum(gabs(ys - ts)) / _observations(f, normalization)
+    n = _observations(f, normalization, "l1loss")
+    return gsum(gabs(ys - ts)) / n
 
 
 def l2loss(y, targets, *, normalization="batch-size", data_format=None):
     """``sum((Y - T).^2) / N`` (MATLAB ``l2loss``)."""
     f, ys, ts = _loss_setup(y, targets, data_format, "l2loss")
+    n = _observations(f, normalization, "l2loss")
     d = ys - ts
-    return gsum(d * d) / _observations(f, normalization)
+    return gsum(d * d) / n
 
 
 def huber(y, targets, *, transition_point=1.0, normalization="batch-size", data_format=None):
     """Huber loss: ``0.5 r^2`` for ``|r| <= delta``, ``delta (|r| - delta / 2)`` beyond,
     summed and divided by the number of observations."""
     f, ys, ts = _loss_setup(y, targets, data_format, "huber")
+    n = _observations(f, normalization, "huber")
+    dlt = _positive(transition_point, "transition_point", "huber")
     r = gabs(ys - ts)
-    dlt = float(transition_point)
     per = where(r <= dlt, 0.5 * r * r, dlt * (r - 0.5 * dlt))
-    return gsum(per) / _observations(f, normalization)
+    return gsum(per) / n
 
 
 def onehotencode(labels, feature_dim, num_classes=None, *, classes=None, fmt=None):
     """One-hot encode integer class labels (0-based) along ``feature_dim`` (0-based
-    position of the new axis). ``classes`` gives the class values explicitly."""
-    raw = labels._data if isinstance(labels, dlarray) else np.asarray(labels)
-    raw = np.asarray(raw) if _xp() is np else raw
+    position of the new axis; a singleton dimension there is replaced). ``classes``
+    gives the class values explicitly; without it there are ``num_classes`` classes
+    (default: the largest label + 1).
+
+    >>> import gpugrad as gg
+    >>> gg.onehotencode(np.array([2, 0]), 0, 3).numpy()
+    array([[0., 1.],
+           [0., 0.],
+           [1., 0.]])
+    """
+    where = "onehotencode"
+    raw = labels._data if isinstance(labels, dlarray) else labels
+    host = np.asarray(to_host(raw))
+    if isinstance(feature_dim, (bool, np.bool_)) or not isinstance(feature_dim, (int, np.integer)):
+        raise ValueError(f"{where}: feature_dim must be an integer, got {feature_dim!r}")
+    if not 0 <= feature_dim <= host.ndim:
+        raise ValueError(
+            f"{where}: feature_dim must be in [0, {host.ndim}] (0-based; {host.ndim} appends "
+            f"a new last dimension) for labels of shape {host.shape}, got {feature_dim}"
+        )
     if classes is not None:
         classes = list(classes)
         lookup = {c: i for i, c in enumerate(classes)}
         try:
-            codes = np.vectorize(lambda v: lookup[v], otypes=[np.int64])(np.asarray(raw))
+            codes = np.vectorize(lambda v: lookup[v], otypes=[np.int64])(host)
         except KeyError as exc:
-            raise ValueError(f"onehotencode: label {exc.args[0]!r} is not in classes") from None
+            raise ValueError(
+                f"{where}: label {exc.args[0]!r} is not in classes {classes!r}"
+            ) from None
+        except TypeError:
+            raise ValueError(f"{where}: labels must be hashable class values") from None
         k = len(classes)
     else:
-        codes = np.asarray(raw).astype(np.int64)
-        if (np.asarray(raw) != codes).any():
-            raise ValueError("onehotencode: labels must be integers (0-based class indices)")
-        k = int(codes.max()) + 1 if num_classes is None else int(num_classes)
-        if codes.size and (codes.min() < 0 or codes.max() >= k):
+        if host.dtype.kind not in "biuf":
             raise ValueError(
-                f"onehotencode: labels must be in [0, {k}), got range [{codes.min()}, {codes.max()}]"
+                f"{where}: labels must be integer class indices (0-based), got dtype "
+                f"{host.dtype}; for other class values pass classes=[...]"
             )
-    if feature_dim < raw.ndim and raw.shape[feature_dim] == 1:
+        if num_classes is None:
+            if not host.size:
+                raise ValueError(f"{where}: labels are empty; pass num_classes")
+            codes = _class_indices(host, where, "labels")
+            k = max(int(codes.max()) + 1, 1)
+        else:
+            k = _whole(num_classes, "num_classes", where, num_classes, "an integer >= 1")
+            if k < 1:
+                raise ValueError(f"{where}: num_classes must be >= 1, got {num_classes!r}")
+        codes = _class_indices(host, where, "labels", k)
+    if feature_dim < host.ndim and host.shape[feature_dim] == 1:
         codes = np.squeeze(codes, axis=feature_dim)
     out = np.moveaxis(np.eye(k)[codes], -1, feature_dim)
     return dlarray(_xp().asarray(out), fmt)
@@ -902,26 +1149,42 @@ def onehotencode(labels, feature_dim, num_classes=None, *, classes=None, fmt=Non
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of ``logits[batch, classes]`` against integer ``labels[batch]``
     (0-based) or one-hot/probability ``labels[batch, classes]`` (Swift's
-    ``softmaxCrossEntropy``)."""
+    ``softmaxCrossEntropy``).
+
+    >>> import gpugrad as gg
+    >>> round(float(gg.nn.softmax_cross_entropy(gg.zeros((2, 4)), [0, 3])), 6)
+    1.386294
+    """
+    where = "softmax_cross_entropy"
     z = _dl(logits)
     if z.ndim != 2:
-        raise ValueError(f"softmax_cross_entropy: logits must be [batch, classes], got {z.shape}")
-    lse = logsumexp(z, axis=1, keepdims=True)
-    logp = z - lse
-    lab = labels._data if isinstance(labels, dlarray) else np.asarray(labels)
-    if lab.ndim == 2 and lab.shape == z.shape:
-        return -gsum(logp * make(_xp().asarray(lab, dtype=z.dtype))) / z.shape[0]
-    lab = np.asarray(lab)
-    if lab.shape != (z.shape[0],):
+        raise ValueError(f"{where}: logits must be [batch, classes], got shape {z.shape}")
+    if not z.shape[0] or not z.shape[1]:
         raise ValueError(
-            f"softmax_cross_entropy: labels must have shape ({z.shape[0]},) (one class index per "
-            f"row) or {z.shape}, got {lab.shape}"
+            f"{where}: logits must have at least one row and one class, got shape {z.shape}"
         )
-    idx = lab.astype(np.int64)
-    if (idx != lab).any() or idx.min() < 0 or idx.max() >= z.shape[1]:
+    lab = labels._data if isinstance(labels, dlarray) else labels
+    if not hasattr(lab, "shape"):
+        lab = np.asarray(lab)
+    if lab.ndim == 2 and tuple(lab.shape) == z.shape:
+        if lab.dtype.kind not in "biuf":
+            raise ValueError(f"{where}: probability labels must be numbers, got dtype {lab.dtype}")
+        probs = _xp().asarray(lab, dtype=z.dtype)
+        low, high = float(probs.min()), float(probs.max())
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"{where}: probability labels [batch, classes] must lie in [0, 1], got values "
+                f"in [{low:g}, {high:g}]"
+            )
+        logp = z - logsumexp(z, axis=1, keepdims=True)
+        return -gsum(logp * make(probs)) / z.shape[0]
+    if tuple(lab.shape) != (z.shape[0],):
         raise ValueError(
-            f"softmax_cross_entropy: labels must be integer class indices in [0, {z.shape[1]})"
+            f"{where}: labels must have shape ({z.shape[0]},) (one class index per "
+            f"row) or {z.shape} (probabilities), got shape {tuple(lab.shape)}"
         )
+    idx = _class_indices(lab, where, "labels", z.shape[1])
+    logp = z - logsumexp(z, axis=1, keepdims=True)
     picked = take_along_axis(logp, _xp().asarray(idx)[:, None], axis=1)
     return -gsum(picked) / z.shape[0]
 
