@@ -49,11 +49,28 @@ __all__ = [
     "checkpoint",
     "checkpoint_sequential",
     "install_layer_method",
+    "is_recomputing",
     "optimal_recomputations",
     "parse_bytes",
     "recompute_in_gradient",
     "revolve_schedule",
 ]
+
+
+_RECOMPUTE = "checkpoint"  # kind of the sub-trace a pullback re-runs its function in
+_PROBE = "checkpoint-probe"  # kind of the sub-trace checkpoint_sequential measures layers in
+
+
+def is_recomputing() -> bool:
+    """True while checkpointing re-runs a forward pass: the recomputation inside a
+    pullback, or ``checkpoint_sequential``'s memory probe. Side effects that the first
+    run already had (a BatchNorm's running statistics) must not happen again."""
+    trace = tape.FRAME.get().trace
+    while trace is not None:
+        if trace.kind in (_RECOMPUTE, _PROBE):
+            return True
+        trace = trace.parent
+    return False
 
 
 # ------------------------------------------------------------------ captured arrays
@@ -295,7 +312,7 @@ class _CheckpointCall:
             eager = _EAGER.get(me.trace) if me is not None else None
             if eager is not None:
                 _release_after(eager, me)
-            sub = tape.Trace("checkpoint", frame.trace)
+            sub = tape.Trace(_RECOMPUTE, frame.trace)
             fresh_nodes = []
 
             def fresh(saved, fmt):
@@ -709,7 +726,7 @@ def _probe(layers, x, frame):
     """Output bytes of one layer and the saved bytes of the first and of each further
     recorded application (input a fresh leaf); the random state is restored."""
     rng = _random.get_state()
-    sub = tape.Trace("checkpoint-probe", frame.trace)
+    sub = tape.Trace(_PROBE, frame.trace)
     leaf = tape.make_leaf((x._data.shape, x._data.dtype), sub)
     before = tape.MEMORY.current
     saved = []

@@ -14,8 +14,9 @@ import numpy as np
 from .. import random as _random
 from .. import tape
 from ..array import dlarray
+from ..checkpoint import is_recomputing
 from ..ops.core import _STATE, make
-from ..ops.elementwise import sigmoid, sqrt
+from ..ops.elementwise import sqrt
 from ..ops.heavy import relu
 from ..ops.reduce import mean
 from ..ops.shape import reshape, transpose
@@ -29,22 +30,98 @@ def _xp():
 
 
 def glorot_uniform(shape, fan_in, fan_out, dtype=np.float64):
-    """Glorot (Xavier) uniform initializer on the active device, seeded by gg.random."""
+    """Glorot (Xavier) uniform initializer on the active device, seeded by gg.random:
+    uniform on ``[-limit, limit]`` with ``limit = sqrt(6 / (fan_in + fan_out))``, i.e.
+    variance ``2 / (fan_in + fan_out)`` (MATLAB's and Keras' ``glorot``).
+
+    >>> import gpugrad as gg
+    >>> w = gg.nn.layers.glorot_uniform((4, 2), fan_in=2, fan_out=4)
+    >>> bool(abs(w.numpy()).max() <= 1.0)
+    True
+    """
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     raw = _random.raw_uniform(shape, np.float64) * (2 * limit) - limit
     return make(_xp().asarray(raw.astype(dtype)))
+
+
+def orthogonal(shape, dtype=np.float64):
+    """Orthogonal initializer (MATLAB's ``orthogonal``, Keras' ``Orthogonal``), seeded
+    by gg.random: ``Q`` of the QR decomposition ``Z = QR`` of a standard normal
+    ``Z`` of ``shape`` (rows, cols), signed so that ``R`` has a positive diagonal.
+    The columns are orthonormal when rows >= cols, else the rows are.
+
+    >>> import numpy as np, gpugrad as gg
+    >>> q = gg.nn.layers.orthogonal((6, 3)).numpy()
+    >>> bool(abs(q.T @ q - np.eye(3)).max() < 1e-12)
+    True
+    """
+    rows, cols = shape
+    z = _random.normal(shape=(max(rows, cols), min(rows, cols))).numpy()
+    q, r = np.linalg.qr(z)
+    # why: QR is unique only up to column signs; fixing diag(R) > 0 makes Q Haar-distributed
+    q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
+    q = q if rows >= cols else q.T
+    return make(_xp().asarray(np.ascontiguousarray(q).astype(dtype)))
 
 
 def _zeros(shape, dtype=np.float64):
     return make(_xp().zeros(shape, dtype))
 
 
+def _size(value, name, where):
+    """A positive integer layer size, or a ValueError naming the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _padding_arg(padding, where):
+    """Check a layer's ``padding`` when the layer is made: ``"valid"``, ``"same"``, an
+    int, a pair or a 4-tuple (top, bottom, left, right)."""
+    if isinstance(padding, str):
+        if padding.lower() not in ("valid", "same"):
+            raise ValueError(
+                f"{where}: padding must be 'valid', 'same', an int, a pair or a 4-tuple, "
+                f"got {padding!r}"
+            )
+        return padding
+    try:
+        F._padding(padding, where)
+    except TypeError:
+        raise ValueError(
+            f"{where}: padding must be 'valid', 'same', an int, a pair or a 4-tuple, "
+            f"got {padding!r}"
+        ) from None
+    return padding
+
+
 def _is_param(v):
     return type(v) is dlarray and v.dtype.kind in "fc"
 
 
-def _is_layer_list(v):
-    return isinstance(v, (list, tuple)) and v and all(isinstance(e, Layer) for e in v)
+def _params_in(value):
+    """The parameter tree held by one attribute value, or None when it holds none.
+
+    A float dlarray is a parameter, a Layer gives its ``parameters()`` (``{}`` when it
+    has none), and a list/tuple (keys ``"0"``, ``"1"``, ...) or dict of those gives a
+    nested dict of the entries that hold parameters.
+    """
+    if _is_param(value):
+        return value
+    if isinstance(value, Layer):
+        return value.parameters()
+    if isinstance(value, (list, tuple)):
+        items = ((str(i), v) for i, v in enumerate(value))
+    elif isinstance(value, dict):
+        items = value.items()
+    else:
+        return None
+    out = {}
+    for k, v in items:
+        sub = _params_in(v)
+        if sub is not None:
+            out[k] = sub
+    return out or None
 
 
 class Layer:
@@ -65,24 +142,54 @@ class Layer:
 
     # ------------------------------------------------------------ parameters
     def _param_names(self):
-        return [
-            k
-            for k, v in vars(self).items()
-            if _is_param(v) or isinstance(v, Layer) or _is_layer_list(v)
-        ]
+        return [k for k, v in vars(self).items() if _params_in(v) is not None]
 
     def parameters(self):
-        """Dict name -> dlarray, nested (dicts) for sub-layers."""
+        """Dict name -> dlarray, nested (dicts) for sub-layers and for lists/dicts of
+        layers or parameters (a list's entries are named ``"0"``, ``"1"``, ...)."""
         out = {}
-        for k in self._param_names():
-            v = getattr(self, k)
-            if isinstance(v, Layer):
-                out[k] = v.parameters()
-            elif isinstance(v, (list, tuple)):
-                out[k] = {str(i): e.parameters() for i, e in enumerate(v)}
-            else:
-                out[k] = v
+        for k, v in vars(self).items():
+            sub = _params_in(v)
+            if sub is not None:
+                out[k] = sub
         return out
+
+    # ------------------------------------------------------------ MXNet-style
+    def attach_grad(self, grad_req="write"):
+        """``attach_grad`` on every parameter (MXNet's ``net.collect_params()
+        .attach_grad()``): inside ``gg.autograd.record()``, ``loss.backward()`` then
+        fills ``layer.grad``. Returns the layer.
+
+        >>> import gpugrad as gg
+        >>> layer = gg.nn.Dense(2, 1).attach_grad()
+        >>> with gg.autograd.record():
+        ...     loss = gg.sum(layer(gg.ones((3, 2))))
+        >>> loss.backward()
+        >>> layer.grad["bias"].numpy()
+        array([3.])
+        """
+        from ..tree import leaves  # noqa: PLC0415 - tree imports nothing from nn
+
+        for p in leaves(self.parameters()):
+            p.attach_grad(grad_req)
+        return self
+
+    @property
+    def grad(self):
+        """The ``x.grad`` of every parameter, as a dict shaped like ``parameters()``
+        (after ``attach_grad()`` and a ``backward``); ready for ``opt.update``."""
+        from ..tree import map_arrays  # noqa: PLC0415
+
+        def grad_of(p):
+            g = p.grad
+            if g is None:
+                raise ValueError(
+                    f"{type(self).__name__}.grad: a parameter of shape {p.shape} has no "
+                    "gradient; call layer.attach_grad() before recording"
+                )
+            return g
+
+        return map_arrays(grad_of, self.parameters())
 
     def __gg_flatten__(self):
         names = self._param_names()
@@ -131,20 +238,38 @@ def _activate(activation, y):
     return y if activation is None else activation(y)
 
 
+def _check_activation(activation, where):
+    if activation is not None and not callable(activation):
+        raise TypeError(
+            f"{where}: activation must be None or a function such as gg.relu, "
+            f"got {type(activation).__name__}"
+        )
+
+
 class Dense(Layer):
     """``activation(x @ weight^T + bias)`` for ``x[batch, input_size]``; weight is
     ``[output_size, input_size]`` (MATLAB layout). ``activation=gg.relu`` is fused."""
 
     def __init__(self, input_size, output_size, activation=None, dtype=np.float64):
+        input_size = _size(input_size, "input_size", "Dense")
+        output_size = _size(output_size, "output_size", "Dense")
+        _check_activation(activation, "Dense")
         self.weight = glorot_uniform((output_size, input_size), input_size, output_size, dtype)
         self.bias = _zeros((output_size,), dtype)
         self.activation = activation
 
     def forward(self, x):
         x = x if type(x) is dlarray else dlarray(x)
-        if x.ndim != 2 or x.shape[1] != self.weight.shape[1]:
+        n_in = self.weight.shape[1]
+        if x.ndim != 2:
             raise ValueError(
-                f"Dense: input must be [batch, {self.weight.shape[1]}], got shape {x.shape}"
+                f"Dense: input must be [batch, {n_in}] (2-D), got shape {x.shape}; "
+                "flatten it first (gg.nn.Flatten())"
+            )
+        if x.shape[1] != n_in:
+            raise ValueError(
+                f"Dense: input has {x.shape[1]} features but the layer's input_size is {n_in} "
+                f"(input must be [batch, {n_in}], got shape {x.shape})"
             )
         if self.activation is relu:
             return _prims.linear(x, self.weight, self.bias, relu=True)
@@ -170,12 +295,24 @@ class Conv2D(Layer):
         dilations=(1, 1),
         dtype=np.float64,
     ):
-        kh, kw, cin, cout = filter_shape
-        self.filter = glorot_uniform(filter_shape, kh * kw * cin, kh * kw * cout, dtype)
+        try:
+            shape = tuple(filter_shape)
+        except TypeError:
+            shape = ()
+        if len(shape) != 4:
+            raise ValueError(
+                "Conv2D: filter_shape must be (height, width, in_channels, out_channels), "
+                f"4 values, got {filter_shape!r}"
+            )
+        names = ("height", "width", "in_channels", "out_channels")
+        kh, kw, cin, cout = (_size(v, f"filter_shape {n}", "Conv2D") for v, n in zip(shape, names))
+        # why: fan_in/fan_out count the receptive field (h*w) as MATLAB and Keras do
+        self.filter = glorot_uniform((kh, kw, cin, cout), kh * kw * cin, kh * kw * cout, dtype)
         self.bias = _zeros((cout,), dtype)
         self.strides = F._pair(strides, "strides", "Conv2D")
         self.dilations = F._pair(dilations, "dilations", "Conv2D")
-        self.padding = padding
+        self.padding = _padding_arg(padding, "Conv2D")
+        _check_activation(activation, "Conv2D")
         self.activation = activation
 
     def forward(self, x):
@@ -209,15 +346,17 @@ class _Pool2D(Layer):
     _fn = None
 
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid"):
-        self.pool_size = F._pair(pool_size, "pool_size", type(self).__name__)
-        self.strides = self.pool_size if strides is None else F._pair(strides, "strides", "pool")
-        self.padding = padding
+        where = type(self).__name__
+        self.pool_size = F._pair(pool_size, "pool_size", where)
+        self.strides = self.pool_size if strides is None else F._pair(strides, "strides", where)
+        self.padding = _padding_arg(padding, where)
 
     def forward(self, x):
         x = x if type(x) is dlarray else dlarray(x)
         if x.ndim != 4:
             raise ValueError(
-                f"{type(self).__name__}: input must be [batch, height, width, channels]"
+                f"{type(self).__name__}: input must be [batch, height, width, channels] "
+                f"(4-D), got shape {x.shape}"
             )
         pad = _pad_for(self.padding, self.pool_size, (1, 1), self.strides, x.shape[1:3], "pool")
         hwcn = transpose(x, (1, 2, 3, 0))
@@ -250,9 +389,12 @@ class LSTM(Layer):
     ``[batch, time, hidden_size]`` (MATLAB gate order i, f, g, o)."""
 
     def __init__(self, input_size, hidden_size, dtype=np.float64):
-        h = hidden_size
+        input_size = _size(input_size, "input_size", "LSTM")
+        h = _size(hidden_size, "hidden_size", "LSTM")
+        # MATLAB's lstmLayer defaults: glorot input weights (fan_in = input size,
+        # fan_out = 4 * hidden), orthogonal recurrent weights, unit forget-gate bias
         self.weight = glorot_uniform((4 * h, input_size), input_size, 4 * h, dtype)
-        self.recurrent_weight = glorot_uniform((4 * h, h), h, 4 * h, dtype)
+        self.recurrent_weight = orthogonal((4 * h, h), dtype)
         bias = np.zeros(4 * h, dtype)
         bias[h : 2 * h] = 1.0  # why: unit forget-gate bias (MATLAB's default) eases training
         self.bias = make(_xp().asarray(bias))
@@ -260,9 +402,15 @@ class LSTM(Layer):
 
     def forward(self, x):
         x = x if type(x) is dlarray else dlarray(x)
-        if x.ndim != 3 or x.shape[2] != self.weight.shape[1]:
+        n_in = self.weight.shape[1]
+        if x.ndim != 3:
             raise ValueError(
-                f"LSTM: input must be [batch, time, {self.weight.shape[1]}], got shape {x.shape}"
+                f"LSTM: input must be [batch, time, {n_in}] (3-D), got shape {x.shape}"
+            )
+        if x.shape[2] != n_in:
+            raise ValueError(
+                f"LSTM: input has {x.shape[2]} features but the layer's input_size is {n_in} "
+                f"(input must be [batch, time, {n_in}], got shape {x.shape})"
             )
         n = x.shape[0]
         state = _zeros((n, self.hidden_size), self.weight.dtype)
@@ -276,10 +424,22 @@ class Dropout(Layer):
     """Drops a fraction ``rate`` of its input in training mode (``gg.dropout``)."""
 
     def __init__(self, rate=0.5):
-        self.rate = rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)):
+            raise ValueError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")
+        if not 0 <= rate < 1:
+            raise ValueError(f"Dropout: rate must be in [0, 1), got {rate!r}")
+        self.rate = float(rate)
 
     def forward(self, x):
         return F.dropout(x, self.rate)
+
+
+def _check_features(x, num_features, where):
+    if x.ndim < 1 or x.shape[-1] != num_features:
+        raise ValueError(
+            f"{where}: the last axis of the input (features/channels) must have "
+            f"num_features={num_features} entries, got shape {x.shape}"
+        )
 
 
 class BatchNorm(Layer):
@@ -287,6 +447,11 @@ class BatchNorm(Layer):
     running statistics (updated in training mode) for inference."""
 
     def __init__(self, num_features, momentum=0.1, epsilon=1e-5, dtype=np.float64):
+        num_features = _size(num_features, "num_features", "BatchNorm")
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum!r}")
+        if not epsilon > 0:
+            raise ValueError(f"BatchNorm: epsilon must be positive, got {epsilon!r}")
         self.offset = _zeros((num_features,), dtype)
         self.scale = make(_xp().ones((num_features,), dtype))
         self.running_mean = _xp().zeros(num_features, dtype)
@@ -296,17 +461,23 @@ class BatchNorm(Layer):
 
     def forward(self, x):
         x = x if type(x) is dlarray else dlarray(x)
+        _check_features(x, self.offset.shape[0], type(self).__name__)
         axes = tuple(range(x.ndim - 1))
         if tape.FRAME.get().training:
             mu = mean(x, axis=axes, keepdims=True)
             centered = x - mu
             var = mean(centered * centered, axis=axes, keepdims=True)
+            if is_recomputing():  # the first run already moved the statistics
+                return centered / sqrt(var + self.epsilon) * self.scale + self.offset
             m = x.size // x.shape[-1]
             k = self.momentum
-            self.running_mean = (1 - k) * self.running_mean + k * mu._data.reshape(-1)
-            self.running_var = (1 - k) * self.running_var + k * var._data.reshape(-1) * (
-                m / max(m - 1, 1)
-            )
+            # why: in place, because dlfeval / gg.gradient run a shallow copy of the layer
+            # (its parameters traced); the copy shares these buffers, so the statistics
+            # a traced training step computes reach the caller's layer
+            self.running_mean *= 1 - k
+            self.running_mean += k * mu._data.reshape(-1)
+            self.running_var *= 1 - k
+            self.running_var += (k * m / max(m - 1, 1)) * var._data.reshape(-1)
         else:
             centered = x - make(self.running_mean)
             var = make(self.running_var)
@@ -317,12 +488,16 @@ class LayerNorm(Layer):
     """Layer normalization over the last axis."""
 
     def __init__(self, num_features, epsilon=1e-5, dtype=np.float64):
+        num_features = _size(num_features, "num_features", "LayerNorm")
+        if not epsilon > 0:
+            raise ValueError(f"LayerNorm: epsilon must be positive, got {epsilon!r}")
         self.offset = _zeros((num_features,), dtype)
         self.scale = make(_xp().ones((num_features,), dtype))
         self.epsilon = epsilon
 
     def forward(self, x):
         x = x if type(x) is dlarray else dlarray(x)
+        _check_features(x, self.offset.shape[0], type(self).__name__)
         mu = mean(x, axis=-1, keepdims=True)
         centered = x - mu
         var = mean(centered * centered, axis=-1, keepdims=True)
@@ -330,18 +505,35 @@ class LayerNorm(Layer):
 
 
 class Sequential(Layer):
-    """Applies its layers in order; parameters are nested as ``{"layers": {"0": ...}}``."""
+    """Applies its layers in order; ``parameters()`` is ``{"0": ..., "1": ...}``, one
+    entry per layer (``{}`` for a layer without parameters or a plain function such
+    as ``gg.relu``).
+
+    >>> import gpugrad as gg
+    >>> model = gg.nn.Sequential(gg.nn.Dense(4, 3), gg.relu, gg.nn.Dense(3, 2))
+    >>> model(gg.ones((5, 4))).shape, sorted(model.parameters()["2"])
+    ((5, 2), ['bias', 'weight'])
+    """
 
     def __init__(self, *layers):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not callable(layer):
+                raise TypeError(
+                    f"Sequential: layer {i} must be a gg.nn.Layer or a function of one "
+                    f"array, got {type(layer).__name__}"
+                )
         self.layers = list(layers)
 
     def forward(self, x):
         return sequenced(x, *self.layers)
 
     def parameters(self):
-        return {str(i): layer.parameters() for i, layer in enumerate(self.layers)}
+        return {
+            str(i): layer.parameters() if isinstance(layer, Layer) else {}
+            for i, layer in enumerate(self.layers)
+        }
 
     def __gg_flatten__(self):
         return [self.layers], ["layers"]
@@ -362,6 +554,7 @@ def sequenced(x, *layers):
 
 __all__ = [
     "Layer",
+    "orthogonal",
     "Dense",
     "Conv2D",
     "MaxPool2D",
@@ -374,5 +567,4 @@ __all__ = [
     "Sequential",
     "sequenced",
     "glorot_uniform",
-    "sigmoid",
 ]
