@@ -276,6 +276,15 @@ def test_functional_updates_take_lists_and_tuples():
 # ------------------------------------------------------------------ in place
 
 
+def _assert_changed_in_place(model, objects, buffers, before):
+    """Every parameter is the same dlarray on the same buffer as ``objects``/``buffers``,
+    and every value moved away from ``before``."""
+    after = leaves(model.parameters())
+    assert all(a is b for a, b in zip(after, objects))
+    assert all(p._data is buf for p, buf in zip(after, buffers))
+    assert all(not np.allclose(b, p.numpy()) for b, p in zip(before, after))
+
+
 @pytest.mark.parametrize(
     "make_opt",
     [
@@ -294,10 +303,7 @@ def test_optimizers_update_in_place(make_opt):
     for _ in range(2):
         opt.update(model, _loss_and_grads(model)[1])
     assert model.layers[0].weight is first
-    after = leaves(model.parameters())
-    assert all(a is b for a, b in zip(after, objects))
-    assert all(p._data is buf for p, buf in zip(after, buffers))
-    assert all(not np.allclose(b, p.numpy()) for b, p in zip(before, after))
+    _assert_changed_in_place(model, objects, buffers, before)
     # a dict of dlarrays works as the model too
     w = gg.dlarray(np.ones(3))
     buf = w._data
@@ -319,10 +325,7 @@ def test_functional_updates_work_in_place():
     out, m2, v2 = gg.adamupdate(model, _loss_and_grads(model)[1], m, v, 2)
     assert out is model
     assert all(a is b for a, b in zip(leaves(m2) + leaves(v2), leaves(m) + leaves(v)))
-    after = leaves(model.parameters())
-    assert all(a is b for a, b in zip(after, objects))
-    assert all(p._data is buf for p, buf in zip(after, buffers))
-    assert all(not np.allclose(b, p.numpy()) for b, p in zip(before, after))
+    _assert_changed_in_place(model, objects, buffers, before)
     w = gg.dlarray(np.ones(2))
     buf = w._data
     out, _ = gg.sgdmupdate(w, gg.dlarray(np.ones(2)), None)
