@@ -22,6 +22,7 @@ from numbers import Real
 
 from .array import dlarray
 from .ops.core import _STATE, make
+from .tree import map_arrays
 
 
 def _xp():
@@ -190,15 +191,6 @@ def _collect(params, other, where, name, path, out):
         return
     for sub, p, g in _zip(params, other, where, name, path):
         out.append((sub, p, _raw_like(p, g, where, name, sub)))
-
-
-def _map_params(fn, params):
-    """``params``' structure with ``fn(parameter)`` at each leaf."""
-    if type(params) is dlarray:
-        return fn(params)
-    if isinstance(params, dict):
-        return {k: _map_params(fn, v) for k, v in params.items()}
-    return type(params)(_map_params(fn, v) for v in params)
 
 
 def _real_view(raw, where):
@@ -383,7 +375,7 @@ def _state_tree(state, params, where, name):
     dlarray entries are reused (updated in place), other arrays are copied into new
     dlarrays."""
     if _is_empty(state):
-        tree = _map_params(lambda p: make(_xp().zeros_like(p._data), p._fmt), params)
+        tree = map_arrays(lambda p: make(_xp().zeros_like(p._data), p._fmt), params)
         return tree, [s._data for _, _, s in _zip(params, tree, where, name)]
     entries = {}
     for path, p, s in _zip(params, state, where, name):
@@ -393,7 +385,7 @@ def _state_tree(state, params, where, name):
         else:
             entries[path] = make(_xp().array(raw, dtype=p.dtype), p._fmt)
     paths = iter(entries)
-    tree = _map_params(lambda p: entries[next(paths)], params)
+    tree = map_arrays(lambda p: entries[next(paths)], params)
     return tree, [s._data for s in entries.values()]
 
 
