@@ -11,8 +11,8 @@ import copy
 
 import numpy as np
 
+from .. import matlab, tape
 from .. import random as _random
-from .. import tape
 from ..array import dlarray
 from ..checkpoint import is_recomputing
 from ..ops.core import _STATE, make
@@ -20,6 +20,7 @@ from ..ops.elementwise import sqrt
 from ..ops.heavy import relu
 from ..ops.reduce import mean
 from ..ops.shape import reshape, transpose
+from ..tree import leaves, map_arrays, map_gradient
 from . import _prims
 from . import functional as F
 from .recurrent import lstm_sequence
@@ -168,8 +169,6 @@ class Layer:
         >>> layer.grad["bias"].numpy()
         array([3.])
         """
-        from ..tree import leaves  # noqa: PLC0415 - tree imports nothing from nn
-
         for p in leaves(self.parameters()):
             p.attach_grad(grad_req)
         return self
@@ -178,7 +177,6 @@ class Layer:
     def grad(self):
         """The ``x.grad`` of every parameter, as a dict shaped like ``parameters()``
         (after ``attach_grad()`` and a ``backward``); ready for ``opt.update``."""
-        from ..tree import map_arrays  # noqa: PLC0415
 
         def grad_of(p):
             g = p.grad
@@ -207,9 +205,6 @@ class Layer:
     # ------------------------------------------------------------ backprop
     def applied_for_backpropagation(self, x):
         """``(y, backprop)`` with ``backprop(dy) -> (grads_of_parameters, grad_of_x)``."""
-        from .. import matlab  # noqa: PLC0415
-        from ..tree import leaves, map_gradient  # noqa: PLC0415
-
         x = x if type(x) is dlarray else dlarray(x)
         sc, trace, (model, tx) = matlab.open_trace("pullback", (self, x))
         with sc:
