@@ -11,7 +11,7 @@ gradients are differentiable again; otherwise results come back untraced.
 >>> import gpugrad as gg
 >>> df = gg.gradient(lambda x: gg.sin(x) * x)
 >>> round(float(df(gg.dlarray(0.5))), 6)
-0.918139
+0.918217
 """
 
 from __future__ import annotations
