@@ -26,10 +26,14 @@ assert gg.device() == "emu"
 rng = np.random.default_rng(0)
 f32 = lambda *s: gg.dlarray(rng.standard_normal(s).astype(np.float32))
 x = gg.dlarray(rng.standard_normal((8, 8, 3, 2)).astype(np.float32), "SSCB")
-def conv_net(w, b, W, bb):
+def conv_net(w, b, w2, b2, W, bb):
+    # two convs: the first one's input needs no gradient (no backward-data), the second's does
     y = gg.relu(gg.dlconv(x, w, b))
-    return gg.dlgradient(gg.sum(gg.fullyconnect(y, W, bb) ** 2), w, b, W, bb)
-grads = gg.dlfeval(conv_net, f32(3, 3, 3, 4), f32(4), f32(5, 144), f32(5))
+    y = gg.relu(gg.dlconv(y, w2, b2, padding="same"))
+    return gg.dlgradient(gg.sum(gg.fullyconnect(y, W, bb) ** 2), w, b, w2, b2, W, bb)
+grads = gg.dlfeval(
+    conv_net, f32(3, 3, 3, 4), f32(4), f32(3, 3, 4, 4), f32(4), f32(5, 144), f32(5)
+)
 assert all(np.isfinite(g.numpy()).all() for g in grads)
 H = 4
 xs = gg.dlarray(rng.standard_normal((3, 2, 5)).astype(np.float32), "CBT")

@@ -884,3 +884,43 @@ def test_onehotencode_matches_torch():
     # feature_dim at the end appends the class axis
     y = gg.onehotencode(labels[0], 1)
     np.testing.assert_array_equal(y.numpy(), TF.one_hot(torch.tensor(labels[0])).numpy())
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv_and_linear_skip_the_input_gradient_nobody_asked_for(monkeypatch, relu):
+    from gpugrad.nn import _prims
+
+    calls = []
+    real_bwd_data, real_matmul_t = _prims.conv_bwd_data, _prims.matmul_t
+    monkeypatch.setattr(
+        _prims, "conv_bwd_data", lambda *a, **k: calls.append("bwd_data") or real_bwd_data(*a, **k)
+    )
+    monkeypatch.setattr(
+        _prims, "matmul_t", lambda *a, **k: calls.append("matmul_t") or real_matmul_t(*a, **k)
+    )
+    rng = np.random.default_rng(3)
+    x = gg.dlarray(rng.standard_normal((6, 6, 2, 3)), "SSCB")
+    w, b = gg.dlarray(rng.standard_normal((3, 3, 2, 4))), gg.dlarray(rng.standard_normal(4))
+    fw, fb = gg.dlarray(rng.standard_normal((5, 144))), gg.dlarray(rng.standard_normal(5))
+
+    def loss(x, w, b, fw, fb):
+        y = gg.dlconv(x, w, b, padding="same")
+        y = gg.relu(y) if relu else y
+        return gg.sum(gg.fullyconnect(y, fw, fb) ** 2)
+
+    def params_only(x, w, b, fw, fb):
+        return gg.dlgradient(loss(x, w, b, fw, fb), w, b, fw, fb)
+
+    def with_input(x, w, b, fw, fb):
+        return gg.dlgradient(loss(x, w, b, fw, fb), x, w, b, fw, fb)
+
+    skipped = gg.dlfeval(params_only, x, w, b, fw, fb)
+    # conv's input gradient is not computed; fullyconnect's input gradient (it feeds
+    # the conv weights) and its weight gradient are
+    assert calls.count("bwd_data") == 0 and calls.count("matmul_t") == 2
+    calls.clear()
+    full = gg.dlfeval(with_input, x, w, b, fw, fb)
+    assert calls.count("bwd_data") == 1
+    assert float(gg.sum(gg.abs(full[0]))) > 0
+    for got, want in zip(skipped, full[1:]):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)

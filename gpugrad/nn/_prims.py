@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from ..ops.core import _STATE, Primitive, bind
+from ..ops.core import _STATE, Primitive, bind, make
 from ..ops.heavy import kernels_for, matmul_t, relu_bwd
 from ..ops.reduce import sum as gsum
 from ..ops.shape import reshape
@@ -253,12 +253,14 @@ def _bwd_filter_fwd(dy, x, w_shape, stride, padding, dilation, groups):
     return dw
 
 
-def _conv_vjp(g, ans, x, w, b, relu=False, **geo):
+def _conv_vjp(g, ans, x, w, b, relu=False, needs=(True, True, True), **geo):
     if relu:
         g = relu_bwd(g, ans)
-    gx = conv_bwd_data(g, w, x.shape, **geo)
-    gw = conv_bwd_filter(g, x, w.shape, **geo)
-    gb = gsum(reshape(g, (-1, g.shape[-1])), axis=0)
+    # why: a first layer's input needs no gradient; its backward-data is a whole
+    # transposed convolution (the walk says which cotangents are used)
+    gx = conv_bwd_data(g, w, x.shape, **geo) if needs[0] else None
+    gw = conv_bwd_filter(g, x, w.shape, **geo) if needs[1] else None
+    gb = gsum(reshape(g, (-1, g.shape[-1])), axis=0) if needs[2] else None
     return gx, gw, gb
 
 
@@ -277,13 +279,15 @@ def _bwd_filter_vjp(gdw, ans, dy, x, w_shape, **geo):
 
 
 def _zero_bias(w):
-    from ..ops.core import make  # noqa: PLC0415
-
     return make(_xp().zeros((w.shape[-1],), dtype=w.dtype))
 
 
 _CONV = Primitive(
-    "conv2d", lambda x, w, b, **geo: _conv_fwd(x, w, b, **geo), _conv_vjp, save=(0, 1)
+    "conv2d",
+    lambda x, w, b, **geo: _conv_fwd(x, w, b, **geo),
+    _conv_vjp,
+    save=(0, 1),
+    needs=True,
 )
 _CONV_RELU = Primitive(
     "conv2d_relu",
@@ -291,6 +295,7 @@ _CONV_RELU = Primitive(
     lambda g, ans, x, w, b, **geo: _conv_vjp(g, ans, x, w, b, relu=True, **geo),
     save=(0, 1),
     save_ans=True,
+    needs=True,
 )
 _BWD_DATA = Primitive("conv2d_bwd_data", _bwd_data_fwd, _bwd_data_vjp, save=(0, 1))
 _BWD_FILTER = Primitive("conv2d_bwd_filter", _bwd_filter_fwd, _bwd_filter_vjp, save=(0, 1))
