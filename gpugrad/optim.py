@@ -20,6 +20,9 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+from ._checks import fraction as _fraction
+from ._checks import nonnegative as _nonnegative
+from ._checks import positive as _positive
 from .array import dlarray
 from .ops.core import _STATE, make
 from .tree import map_arrays
@@ -30,33 +33,6 @@ def _xp():
 
 
 # ------------------------------------------------------------------ argument checks
-
-
-def _real(value, name, where):
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"{where}: {name} must be a finite real number, got {value!r}")
-    return float(value)
-
-
-def _positive(value, name, where):
-    value = _real(value, name, where)
-    if value <= 0:
-        raise ValueError(f"{where}: {name} must be > 0, got {value!r}")
-    return value
-
-
-def _nonnegative(value, name, where):
-    value = _real(value, name, where)
-    if value < 0:
-        raise ValueError(f"{where}: {name} must be >= 0, got {value!r}")
-    return value
-
-
-def _fraction(value, name, where):
-    value = _real(value, name, where)
-    if not 0 <= value < 1:
-        raise ValueError(f"{where}: {name} must be in [0, 1), got {value!r}")
-    return value
 
 
 class _Setting:

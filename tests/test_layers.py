@@ -449,9 +449,14 @@ def test_batchnorm_statistics_count_once_under_recomputation():
         (lambda: gg.nn.AvgPool2D((2, 2, 2)), r"AvgPool2D: pool_size must be"),
         (lambda: gg.nn.LSTM(3, 0), r"LSTM: hidden_size must be a positive integer"),
         (lambda: gg.nn.Dropout(1.0), r"Dropout: rate must be in \[0, 1\), got 1.0"),
-        (lambda: gg.nn.Dropout("half"), r"Dropout: rate must be a number"),
+        (
+            lambda: gg.nn.Dropout("half"),
+            r"Dropout: rate must be a finite real number, got \'half\'",
+        ),
         (lambda: gg.nn.BatchNorm(0), r"BatchNorm: num_features must be a positive integer"),
-        (lambda: gg.nn.LayerNorm(4, epsilon=0), r"LayerNorm: epsilon must be positive"),
+        (lambda: gg.nn.BatchNorm(3, momentum="a"), r"BatchNorm: momentum must be a finite real"),
+        (lambda: gg.nn.BatchNorm(3, momentum=1.5), r"BatchNorm: momentum must be in \[0, 1\]"),
+        (lambda: gg.nn.LayerNorm(4, epsilon=0), r"LayerNorm: epsilon must be > 0, got 0"),
         (lambda: gg.nn.Sequential(gg.nn.Dense(2, 2), 3), r"Sequential: layer 1 must be"),
     ],
 )

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import random as _random
 from .. import tape
+from .._checks import fraction, positive
 from ..array import check_format, dlarray
 from ..backend import to_host
 from ..ops.core import _STATE, make
@@ -655,29 +656,6 @@ def _per_channel(value, name, f, where):
     return reshape(v, _channel_shape(f))
 
 
-def _real(value, name, where, what):
-    """``value`` as a float when it is a real Python/NumPy number, else a clear error."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, (int, float, np.integer, np.floating)
-    ):
-        raise ValueError(f"{where}: {name} must be {what}, got {value!r}")
-    return float(value)
-
-
-def _positive(value, name, where):
-    v = _real(value, name, where, "a positive number")
-    if not (v > 0 and math.isfinite(v)):
-        raise ValueError(f"{where}: {name} must be a positive number, got {value!r}")
-    return v
-
-
-def _fraction(value, name, where):
-    v = _real(value, name, where, "a number in [0, 1]")
-    if not 0 <= v <= 1:
-        raise ValueError(f"{where}: {name} must be a number in [0, 1], got {value!r}")
-    return v
-
-
 def batchnorm(
     x,
     offset,
@@ -705,9 +683,9 @@ def batchnorm(
     axes = tuple(i for i, c in enumerate(f.fmt) if c != "C")
     off = _per_channel(offset, "offset", f, where)
     sc = _per_channel(scale_factor, "scale_factor", f, where)
-    epsilon = _positive(epsilon, "epsilon", where)
-    mean_decay = _fraction(mean_decay, "mean_decay", where)
-    variance_decay = _fraction(variance_decay, "variance_decay", where)
+    epsilon = positive(epsilon, "epsilon", where)
+    mean_decay = fraction(mean_decay, "mean_decay", where, one=True)
+    variance_decay = fraction(variance_decay, "variance_decay", where, one=True)
     if (running_mean is None) != (running_var is None):
         missing = "running_var" if running_var is None else "running_mean"
         raise ValueError(
@@ -752,7 +730,7 @@ def layernorm(x, offset, scale_factor, *, epsilon=1e-5, data_format=None):
     f.require("C", where, "CB")
     off = _per_channel(offset, "offset", f, where)
     sc = _per_channel(scale_factor, "scale_factor", f, where)
-    epsilon = _positive(epsilon, "epsilon", where)
+    epsilon = positive(epsilon, "epsilon", where)
     xs = _strip(f.x)
     axes = tuple(i for i, c in enumerate(f.fmt) if c in "SCU")
     mu = mean(xs, axis=axes, keepdims=True)
@@ -993,9 +971,7 @@ def dropout(x, rate=0.5):
     array([1., 1.])
     """
     x = _dl(x)
-    rate = _real(rate, "rate", "dropout", "a number in [0, 1)")
-    if not 0 <= rate < 1:
-        raise ValueError(f"dropout: rate must be a number in [0, 1), got {rate!r}")
+    rate = fraction(rate, "rate", "dropout")
     if not tape.FRAME.get().training or rate == 0:
         return x
     keep = _random.raw_uniform(x.shape, x.dtype if x.dtype.kind == "f" else np.float64) >= rate
@@ -1084,7 +1060,7 @@ def huber(y, targets, *, transition_point=1.0, normalization="batch-size", data_
     summed and divided by the number of observations."""
     f, ys, ts = _loss_setup(y, targets, data_format, "huber")
     n = _observations(f, normalization, "huber")
-    dlt = _positive(transition_point, "transition_point", "huber")
+    dlt = positive(transition_point, "transition_point", "huber")
     r = gabs(ys - ts)
     per = where(r <= dlt, 0.5 * r * r, dlt * (r - 0.5 * dlt))
     return gsum(per) / n

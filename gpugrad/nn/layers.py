@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import matlab, tape
 from .. import random as _random
+from .._checks import fraction, positive
 from ..array import dlarray
 from ..checkpoint import is_recomputing
 from ..ops.core import _STATE, make
@@ -419,11 +420,7 @@ class Dropout(Layer):
     """Drops a fraction ``rate`` of its input in training mode (``gg.dropout``)."""
 
     def __init__(self, rate=0.5):
-        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)):
-            raise ValueError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")
-        if not 0 <= rate < 1:
-            raise ValueError(f"Dropout: rate must be in [0, 1), got {rate!r}")
-        self.rate = float(rate)
+        self.rate = fraction(rate, "rate", "Dropout")
 
     def forward(self, x):
         return F.dropout(x, self.rate)
@@ -443,10 +440,8 @@ class BatchNorm(Layer):
 
     def __init__(self, num_features, momentum=0.1, epsilon=1e-5, dtype=np.float64):
         num_features = _size(num_features, "num_features", "BatchNorm")
-        if not 0 <= momentum <= 1:
-            raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum!r}")
-        if not epsilon > 0:
-            raise ValueError(f"BatchNorm: epsilon must be positive, got {epsilon!r}")
+        fraction(momentum, "momentum", "BatchNorm", one=True)
+        positive(epsilon, "epsilon", "BatchNorm")
         self.offset = _zeros((num_features,), dtype)
         self.scale = make(_xp().ones((num_features,), dtype))
         self.running_mean = _xp().zeros(num_features, dtype)
@@ -484,8 +479,7 @@ class LayerNorm(Layer):
 
     def __init__(self, num_features, epsilon=1e-5, dtype=np.float64):
         num_features = _size(num_features, "num_features", "LayerNorm")
-        if not epsilon > 0:
-            raise ValueError(f"LayerNorm: epsilon must be positive, got {epsilon!r}")
+        positive(epsilon, "epsilon", "LayerNorm")
         self.offset = _zeros((num_features,), dtype)
         self.scale = make(_xp().ones((num_features,), dtype))
         self.epsilon = epsilon
