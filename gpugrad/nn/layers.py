@@ -457,21 +457,22 @@ class BatchNorm(Layer):
             mu = mean(x, axis=axes, keepdims=True)
             centered = x - mu
             var = mean(centered * centered, axis=axes, keepdims=True)
-            if is_recomputing():  # the first run already moved the statistics
-                return centered / sqrt(var + self.epsilon) * self.scale + self.offset
-            m = x.size // x.shape[-1]
-            k = self.momentum
-            # why: in place, because dlfeval / gg.gradient run a shallow copy of the layer
-            # (its parameters traced); the copy shares these buffers, so the statistics
-            # a traced training step computes reach the caller's layer
-            self.running_mean *= 1 - k
-            self.running_mean += k * mu._data.reshape(-1)
-            self.running_var *= 1 - k
-            self.running_var += (k * m / max(m - 1, 1)) * var._data.reshape(-1)
+            if not is_recomputing():  # a recomputation: the first run moved the statistics
+                self._update_running_statistics(mu, var, x.size // x.shape[-1])
         else:
             centered = x - make(self.running_mean)
             var = make(self.running_var)
         return centered / sqrt(var + self.epsilon) * self.scale + self.offset
+
+    def _update_running_statistics(self, mu, var, m):
+        k = self.momentum
+        # why: in place, because dlfeval / gg.gradient run a shallow copy of the layer
+        # (its parameters traced); the copy shares these buffers, so the statistics
+        # a traced training step computes reach the caller's layer
+        self.running_mean *= 1 - k
+        self.running_mean += k * mu._data.reshape(-1)
+        self.running_var *= 1 - k
+        self.running_var += (k * m / max(m - 1, 1)) * var._data.reshape(-1)
 
 
 class LayerNorm(Layer):
