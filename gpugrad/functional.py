@@ -16,6 +16,7 @@ gradients are differentiable again; otherwise results come back untraced.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 
@@ -27,7 +28,7 @@ from .errors import TraceError
 from .matlab import check_scalar_output, trace_leaf, untrace
 from .ops import core
 from .ops.core import Primitive, bind, make
-from .tree import leaves, map_arrays, map_gradient
+from .tree import is_container, leaves, map_arrays, map_gradient, structure_of_gradient
 
 __all__ = [
     "gradient",
@@ -45,15 +46,58 @@ __all__ = [
 # ------------------------------------------------------------------ argument handling
 
 
+def _is_number_or_raw(a):
+    return isinstance(
+        a, (bool, int, float, complex, np.ndarray, np.generic)
+    ) or backend.is_device_array(a)
+
+
 def _as_array_arg(a):
-    """Numbers and raw arrays become dlarrays; containers and dlarrays pass through."""
+    """Numbers and raw arrays become dlarrays, also inside lists, tuples, dicts,
+    dataclasses and ``gg.nn.Layer`` objects (so every leaf is differentiated);
+    dlarrays and other objects (strings, ``None``, ...) pass through. Integer
+    leaves become float64, as ``gg.dlarray`` (MATLAB ``double``) makes them."""
     if isinstance(a, dlarray):
         return a
-    if isinstance(
-        a, (bool, int, float, complex, np.ndarray, np.generic)
-    ) or backend.is_device_array(a):
+    if _is_number_or_raw(a):
         return dlarray(a)
+    if is_container(a):
+        return map_leaves(_as_array_arg, a)
     return a
+
+
+def map_leaves(fn, obj):
+    """Rebuild the container ``obj`` with ``fn(v)`` for every leaf that is a dlarray,
+    a number or a raw array (``tree.map_arrays`` only visits dlarrays)."""
+    if isinstance(obj, dlarray) or _is_number_or_raw(obj):
+        return fn(obj)
+    if isinstance(obj, (list, tuple)):
+        items = [map_leaves(fn, o) for o in obj]
+        if isinstance(obj, tuple):
+            return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+        return items
+    if isinstance(obj, dict):
+        return type(obj)((k, map_leaves(fn, v)) for k, v in obj.items())
+    if hasattr(obj, "__gg_flatten__") and not isinstance(obj, type):
+        return map_arrays(fn, obj)  # a Layer holds dlarrays already
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {
+            f.name: map_leaves(fn, getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init
+        }
+        return dataclasses.replace(obj, **changes)
+    return obj
+
+
+def _snapshot(obj):
+    """A copy of the structure ``obj`` whose dlarrays are new objects standing for the
+    values they hold now: what the gradient is taken with respect to, even if the
+    function then updates an argument in place (``a[1] = 3.0``, ``a *= 2``) or
+    mutates a container argument."""
+    return map_arrays(lambda x: make(x._data, x._fmt, x._node, x._idx, x._taint), obj)
+
+
+def _flat(obj):
+    return [obj] if isinstance(obj, dlarray) else leaves(obj)
 
 
 def _select(argnums, nargs, where):
@@ -171,14 +215,14 @@ def _grads_structured(targ, table):
 def _value_and_grad(f, args, kwargs, argnums, where):
     positions, single = _select(argnums, len(args), where)
     tr = _Traced(where, args, positions)
+    # why: the gradient is for the values the caller passed, even if f updates an
+    # argument in place (which rebinds that dlarray object to the updated value)
+    snap = {i: _snapshot(tr.args[i]) for i in positions}
+    flat = [x for i in positions for x in _flat(snap[i])]
     try:
         with tr.scope:
             y = f(*tr.args, **kwargs)
             ty = _check_y(y, where)
-            flat = []
-            for i in positions:
-                a = tr.args[i]
-                flat.extend([a] if isinstance(a, dlarray) else leaves(a))
             roots = []
             if ty is not None:
                 seed = make(backend.xp().ones(ty.shape, ty.dtype))
@@ -187,7 +231,7 @@ def _value_and_grad(f, args, kwargs, argnums, where):
     finally:
         tr.trace.closed = True
     table = {id(x): g for x, g in zip(flat, cts)}
-    grads = tuple(_grads_structured(tr.args[i], table) for i in positions)
+    grads = tuple(_grads_structured(snap[i], table) for i in positions)
     value = y if isinstance(y, dlarray) else dlarray(y)
     return tr.finish(value), (grads[0] if single else grads)
 
@@ -196,13 +240,29 @@ def gradient(f, argnums=None):
     """A function giving the gradient of the real scalar ``f`` at its arguments: one
     value for one differentiated argument, else a tuple (``argnums=None``: all
     positional arguments; an int or tuple selects). Arguments may be dlarrays,
-    numbers, NumPy arrays or containers of dlarrays (a ``gg.nn.Layer`` gets a dict
-    shaped like its ``parameters()``). Nested use (``gradient(gradient(f))``) and
-    use inside ``dlfeval``/``record()`` give differentiable gradients.
+    numbers, NumPy arrays or lists, tuples, dicts and dataclasses of them (a
+    ``gg.nn.Layer`` gets a dict shaped like its ``parameters()``); every numeric leaf
+    is differentiated and its gradient sits at the same place of the same structure.
+    Integer leaves become float64, as ``gg.dlarray`` (MATLAB ``double``) makes them;
+    other leaves (strings, ``None``) are passed through. Nested use
+    (``gradient(gradient(f))``) and use inside ``dlfeval``/``record()`` give
+    differentiable gradients.
 
-    >>> import gpugrad as gg
+    The gradient is with respect to the values the caller passed in, also when ``f``
+    updates an argument in place (``a[1] = 3.0`` or ``a *= 2`` rebind ``a`` to the
+    updated value, as in NumPy).
+
+    >>> import gpugrad as gg, numpy as np
     >>> float(gg.gradient(lambda x: x ** 3)(2.0))
     12.0
+    >>> g = gg.gradient(lambda p: gg.sum(p["w"] * p["b"]))({"w": np.array([1.0, 2.0]), "b": 3})
+    >>> g["w"].numpy(), float(g["b"])
+    (array([3., 3.]), 3.0)
+    >>> def f(a):
+    ...     a[1] = 3.0  # the gradient stays with respect to the a passed in
+    ...     return gg.sum(a * a)
+    >>> gg.gradient(f)(np.array([1.0, 2.0, 3.0])).numpy()
+    array([2., 0., 6.])
     """
     if not callable(f):
         raise TypeError(f"gradient: f must be callable, got {type(f).__name__}")
@@ -250,32 +310,35 @@ def value_with_pullback(f, *args, **kwargs):
     where = "value_with_pullback"
     positions, single = _select(None, len(args), where)
     tr = _Traced(where, args, positions)
+    snap = {i: _snapshot(tr.args[i]) for i in positions}  # the values passed in
     try:
         with tr.scope:
             y = f(*tr.args, **kwargs)
     finally:
         tr.trace.closed = True
-    multi = isinstance(y, (tuple, list))
-    outs = list(y) if multi else [y]
-    for k, o in enumerate(outs):
-        if not isinstance(o, dlarray):
-            raise TypeError(
-                f"{where}: f must return a dlarray (or a tuple of them), got "
-                f"{type(o).__name__}" + (f" at position {k}" if multi else "")
-            )
-    flat_per_arg = [
-        [tr.args[i]] if isinstance(tr.args[i], dlarray) else leaves(tr.args[i]) for i in positions
-    ]
-    flat = [x for group in flat_per_arg for x in group]
+    if not (isinstance(y, dlarray) or is_container(y)):
+        raise TypeError(
+            f"{where}: f must return a dlarray or a container (tuple, list, dict, "
+            f"dataclass) of them, got {type(y).__name__}"
+        )
+    outs = _flat(y)
+    if not outs:
+        raise TypeError(f"{where}: f returned a {type(y).__name__} without any dlarray in it")
+    flat = [x for i in positions for x in _flat(snap[i])]
 
     def pullback(v):
-        vs = list(v) if multi else [v]
+        if isinstance(y, dlarray):
+            vs = [v]
+        else:
+            vs = _flatten_like(y, v, "pullback")
         if len(vs) != len(outs):
             raise ValueError(
                 f"pullback: expected {len(outs)} cotangent(s), one per output of f, got {len(vs)}"
             )
         roots = []
         for k, (o, c) in enumerate(zip(outs, vs)):
+            if c is None:
+                continue
             c = c if isinstance(c, dlarray) else dlarray(c)
             if c.shape != o.shape:
                 raise ValueError(
@@ -287,11 +350,48 @@ def value_with_pullback(f, *args, **kwargs):
         create = tr.outer_recording or tape.FRAME.get().recording
         cts = _pull(roots, flat, create_graph=create, retain=True)
         table = {id(x): g for x, g in zip(flat, cts)}
-        res = tuple(_grads_structured(tr.args[i], table) for i in positions)
+        res = tuple(_grads_structured(snap[i], table) for i in positions)
         return res[0] if single else res
 
-    value = tuple(tr.finish(o) for o in outs) if multi else tr.finish(y)
-    return value, pullback
+    return tr.finish(y), pullback
+
+
+def _flatten_like(struct, value, where):
+    """The parts of ``value`` that sit where ``struct`` has its dlarrays, in the order
+    of ``leaves(struct)`` (``None`` where ``value`` has ``None``): cotangents given in
+    the structure of the value (or argument) they belong to."""
+    if isinstance(struct, dlarray):
+        return [value]
+    if value is None:
+        return [None] * len(_flat(struct))
+    if isinstance(struct, (list, tuple)):
+        if not isinstance(value, (list, tuple)) or len(value) != len(struct):
+            raise ValueError(
+                f"{where}: expected a {type(struct).__name__} of {len(struct)} item(s) shaped "
+                f"like the value, got {type(value).__name__}"
+                + (f" of {len(value)}" if isinstance(value, (list, tuple)) else "")
+            )
+        return [c for s, v in zip(struct, value) for c in _flatten_like(s, v, where)]
+    if isinstance(struct, dict):
+        if not isinstance(value, dict) or set(value) - set(struct):
+            raise ValueError(
+                f"{where}: expected a dict with keys {sorted(map(str, struct))} shaped like "
+                f"the value, got {type(value).__name__}"
+                + (f" with keys {sorted(map(str, value))}" if isinstance(value, dict) else "")
+            )
+        return [c for k, s in struct.items() for c in _flatten_like(s, value.get(k), where)]
+    if hasattr(struct, "__gg_flatten__") and not isinstance(struct, type):
+        gs = structure_of_gradient(struct)
+        table = {id(x): c for x, c in zip(_flat(gs), _flatten_like(gs, value, where))}
+        return [table.get(id(x)) for x in _flat(struct)]
+    if dataclasses.is_dataclass(struct) and not isinstance(struct, type):
+        return [
+            c
+            for f in dataclasses.fields(struct)
+            if f.init
+            for c in _flatten_like(getattr(struct, f.name), getattr(value, f.name, None), where)
+        ]
+    return []
 
 
 # ------------------------------------------------------------------ custom derivatives
@@ -340,7 +440,11 @@ class CustomDerivativeFunction:
         self.name = name or _name_of(fn)
         functools.update_wrapper(self, fn)
         self._prim = Primitive(
-            f"custom:{self.name}#{next(_ids)}", self._fwd, self._vjp, register=False
+            f"custom:{self.name}#{next(_ids)}",
+            self._fwd,
+            self._vjp,
+            register=False,
+            multiple_outputs=True,
         )
         self._prim.save = _ALL
 
@@ -365,31 +469,40 @@ class CustomDerivativeFunction:
 
     # calling --------------------------------------------------------------
     def _run_body(self, args, kwargs):
-        copies = [make(a._data, a._fmt) if isinstance(a, dlarray) else a for a in args]
+        copies = map_arrays(lambda a: make(a._data, a._fmt), args)
         with tape.scope(recording=False):
             return self.fn(*copies, **kwargs)
 
     def __call__(self, *args, **kwargs):
         frame = tape.FRAME.get()
-        traced = frame.recording and any(
-            isinstance(a, dlarray) and a._node is not None and a.dtype.kind in "fc" for a in args
-        )
+        # raw arrays (anywhere in the arguments) reach the derivative as dlarrays;
+        # Python numbers stay numbers
+        args = tuple(map_leaves(_raw_to_dlarray, a) for a in args)
+        flat = leaves(args)
+        traced = frame.recording and any(a._node is not None and a.dtype.kind in "fc" for a in flat)
         if not traced:
             out = self._run_body(args, kwargs)
-            return out if isinstance(out, dlarray) else dlarray(out)
+            if isinstance(out, dlarray) or is_container(out):
+                return map_leaves(_to_dlarray, out)
+            return dlarray(out)
         if self._derivative is None:
             raise TraceError(
                 f"custom_derivative function {self.name!r} is being differentiated but has no "
                 f"registered derivative; register one with @{self.fn.__name__}.derivative or "
                 f"@gg.derivative(of={self.fn.__name__}) on a function (*args) -> (value, pullback)"
             )
-        state = {"fmt": ""}
+        # why: one primitive over the flat dlarray leaves, so arguments and results may
+        # be lists, tuples, dicts or dataclasses of dlarrays; the structures travel in
+        # the node's parameters
+        state = {"args": args}
         params = dict(kwargs)
         params[_STATE_KEY] = state
-        out = bind(self._prim, args, params)
-        if state["fmt"] and out.ndim == len(state["fmt"]):
-            out._fmt = state["fmt"]
-        return out
+        outs = bind(self._prim, flat, params)
+        for o, fmt in zip(outs, state["fmts"]):
+            if fmt and o.ndim == len(fmt):
+                o._fmt = fmt
+        it = iter(outs)
+        return map_arrays(lambda _: next(it), state["value"])
 
     def _call_derivative(self, args, kwargs):
         res = self._derivative(*args, **kwargs)
@@ -400,29 +513,53 @@ class CustomDerivativeFunction:
             )
         return res
 
+    @staticmethod
+    def _rebuild(state, flat):
+        it = iter(flat)
+        return map_arrays(lambda _: next(it), state["args"])
+
     def _fwd(self, *raws, **params):
         state = params.pop(_STATE_KEY)
-        copies = [
-            make(r) if hasattr(r, "shape") and not isinstance(r, np.generic) else r for r in raws
-        ]
+        args = self._rebuild(state, [make(r) for r in raws])
         with tape.scope(recording=False):
-            value, pb = self._call_derivative(copies, params)
-        value = _to_dlarray(value)
+            value, pb = self._call_derivative(args, params)
+        value = map_leaves(_to_dlarray, value)
+        if not (isinstance(value, dlarray) or is_container(value)):
+            value = _to_dlarray(value)
+        outs = _flat(value)
+        if not outs:
+            raise TypeError(
+                f"derivative of {self.name}: the value is a {type(value).__name__} without "
+                "any array in it"
+            )
         state["pullback"] = pb
-        state["fmt"] = value._fmt
-        return value._data
+        state["value"] = value
+        state["fmts"] = [o._fmt for o in outs]
+        return tuple(o._data for o in outs)
 
     def _vjp(self, g, ans, *inputs, **params):
         state = params.pop(_STATE_KEY)
         if tape.FRAME.get().recording:
             # why: higher derivatives need a pullback built from the traced inputs
-            _, pb = self._call_derivative(list(inputs), params)
+            _, pb = self._call_derivative(self._rebuild(state, inputs), params)
         else:
             pb = state["pullback"]
-        cts = pb(g)
-        n = len(inputs)
+        value = state["value"]
+        if isinstance(value, dlarray):
+            cts = pb(g[0])
+        else:
+            it = iter(g)
+            cts = pb(map_arrays(lambda _: next(it), value))
+        args = state["args"]
+        n = len(args)
         if n == 1 and not isinstance(cts, (tuple, list)):
             cts = (cts,)
+        if n == 1 and isinstance(args[0], (list, tuple)) and isinstance(cts, (list, tuple)):
+            m = len(args[0])
+            if (m != 1 and len(cts) == m) or (
+                m == 1 and len(cts) == 1 and not isinstance(cts[0], (list, tuple, type(None)))
+            ):
+                cts = (cts,)  # the cotangent of the one (list or tuple) argument
         if not isinstance(cts, (tuple, list)) or len(cts) != n:
             got = len(cts) if isinstance(cts, (tuple, list)) else 1
             raise ValueError(
@@ -430,20 +567,27 @@ class CustomDerivativeFunction:
                 f"takes {n} argument(s); return one cotangent per argument (None for none)"
             )
         out = []
-        for k, (c, x) in enumerate(zip(cts, inputs)):
-            if c is None:
-                out.append(None)
-                continue
-            c = _to_dlarray(c)
-            shape = getattr(x, "shape", ())
-            if c.shape != tuple(shape):
-                raise ValueError(
-                    f"the pullback of {self.name} returned a cotangent of shape {c.shape} for "
-                    f"argument {k}, which has shape {tuple(shape)}; cotangents must have the "
-                    "shape of their argument"
-                )
-            out.append(c)
+        for k, (c, a) in enumerate(zip(cts, args)):
+            where = f"the pullback of {self.name} (cotangent for argument {k})"
+            for x, ci in zip(_flat(a), _flatten_like(a, c, where)):
+                if ci is None:
+                    out.append(None)
+                    continue
+                ci = _to_dlarray(ci)
+                if ci.shape != x.shape:
+                    raise ValueError(
+                        f"the pullback of {self.name} returned a cotangent of shape {ci.shape} "
+                        f"for argument {k}, which has shape {x.shape}; cotangents must have the "
+                        "shape of their argument"
+                    )
+                out.append(ci)
         return tuple(out)
+
+
+def _raw_to_dlarray(v):
+    if isinstance(v, dlarray) or isinstance(v, (bool, int, float, complex)):
+        return v
+    return make(as_raw(v))
 
 
 def custom_derivative(fn):

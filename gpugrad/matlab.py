@@ -181,7 +181,23 @@ def dlgradient(
     differentiated again. Complex ``x = a + ib`` gets ``dy/da + i dy/db``. MATLAB
     name-value spelling works too: ``dlgradient(y, x, "RetainData", True)``.
 
+    In-place updates: MATLAB has value semantics, so after ``x(2) = 3`` the name
+    ``x`` stands for the updated value. Here likewise ``x[1] = 3.0`` or ``x *= 2``
+    inside the function rebinds the dlarray ``x`` to the updated (traced) value, and
+    ``dlgradient(y, x)`` is the gradient with respect to that value (0-based:
+    ``x[1]`` then gets ``dy/dx[1]`` of the new value). For the gradient with respect
+    to the value passed to ``dlfeval``, keep a copy first (``x0 = gg.dlarray(x)``) and
+    differentiate with respect to ``x0``. The caller's array is never changed.
+
     >>> import gpugrad as gg
+    >>> def g(x):
+    ...     x0 = gg.dlarray(x)
+    ...     x[1] = 3.0
+    ...     return gg.dlgradient(gg.sum(x * x), x, x0)
+    >>> gx, gx0 = gg.dlfeval(g, gg.dlarray([1.0, 2.0]))
+    >>> gx.numpy(), gx0.numpy()
+    (array([2., 6.]), array([2., 0.]))
+
     >>> def f(x):
     ...     return gg.dlgradient(gg.sum(gg.real((2 + 3j) * x)), x)
     >>> gg.dlfeval(f, gg.dlarray([1 + 1j])).numpy()

@@ -1,0 +1,244 @@
+"""Regression tests for the silent-wrong-gradient classes of issue 11: each case is
+checked against central finite differences in float64 (own helper below, or
+``gg.testing.check_gradient``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import gpugrad as gg
+
+
+def fd(f, x, eps=1e-6):
+    """Central finite differences of the real scalar ``f`` at the float64 array ``x``."""
+    x = np.array(x, dtype=np.float64)
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        g[i] = (float(f(xp)) - float(f(xm))) / (2 * eps)
+    return g
+
+
+def close(a, b, tol=1e-6):
+    np.testing.assert_allclose(np.asarray(gg.extractdata(a)), b, rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------------------ 1. containers
+
+
+@dataclasses.dataclass
+class Params:
+    w: object
+    b: object
+
+
+def test_list_of_numpy_arrays_is_differentiated():
+    g = gg.gradient(lambda L: 3 * gg.sum(L[0]))([np.array([5.0, 7.0])])
+    assert isinstance(g, list) and len(g) == 1
+    close(g[0], [3.0, 3.0])
+
+
+@pytest.mark.parametrize("kind", ["list", "tuple", "dict", "dataclass"])
+def test_containers_of_arrays_and_numbers(kind):
+    w0, b0 = np.array([0.3, -1.2, 2.0]), 0.7
+
+    def loss(w, b):
+        return gg.sum(gg.sin(w) * b) + b**3
+
+    pack = {
+        "list": lambda w, b: [w, b],
+        "tuple": lambda w, b: (w, b),
+        "dict": lambda w, b: {"w": w, "b": b},
+        "dataclass": lambda w, b: Params(w, b),
+    }[kind]
+    get = {
+        "list": lambda p: (p[0], p[1]),
+        "tuple": lambda p: (p[0], p[1]),
+        "dict": lambda p: (p["w"], p["b"]),
+        "dataclass": lambda p: (p.w, p.b),
+    }[kind]
+    g = gg.gradient(lambda p: loss(*get(p)))(pack(w0, b0))
+    gw, gb = get(g)
+    close(gw, fd(lambda w: np.sum(np.sin(w) * b0) + b0**3, w0))
+    close(gb, fd(lambda b: np.sum(np.sin(w0) * b) + b**3, b0))
+    v, g2 = gg.value_with_gradient(lambda p: loss(*get(p)))(pack(w0, b0))
+    close(get(g2)[0], gw.numpy())
+    assert float(v) == pytest.approx(np.sum(np.sin(w0) * b0) + b0**3)
+
+
+def test_container_integer_leaves_are_converted_like_dlarray():
+    # integer leaves become float64 (MATLAB double), as a top-level integer does
+    g = gg.gradient(lambda d: d["n"] ** 2 * gg.sum(d["x"]))({"n": 3, "x": np.array([1, 2])})
+    assert g["n"].dtype == np.float64 and float(g["n"]) == 18.0
+    close(g["x"], [9.0, 9.0])
+    assert float(gg.gradient(lambda n: n**2)(3)) == 6.0
+
+
+def test_container_non_numeric_leaves_pass_through():
+    g = gg.gradient(lambda d: d["x"] * 2 if d["mode"] == "double" else d["x"])(
+        {"x": 1.5, "mode": "double"}
+    )
+    assert g["mode"] == "double" and float(g["x"]) == 2.0
+
+
+def test_value_with_pullback_over_containers():
+    y, pb = gg.value_with_pullback(lambda L: L[0] * L[1], [np.array([1.0, 2.0]), 3.0])
+    g = pb(gg.dlarray([1.0, 1.0]))
+    close(g[0], [3.0, 3.0])
+    close(g[1], 3.0)
+
+
+# ------------------------------------------------------------------ 2. in-place updates
+
+
+def _setitem_loss(a):
+    a[1] = 3.0
+    return gg.sum(a * a)
+
+
+@pytest.mark.parametrize("wrap", [gg.dlarray, np.array])
+def test_gradient_is_for_the_value_passed_in_after_setitem(wrap):
+    g = gg.gradient(_setitem_loss)(wrap([1.0, 2.0, 3.0]))
+    close(g, [2.0, 0.0, 6.0])
+
+    def num(a):
+        a = a.copy()
+        a[1] = 3.0
+        return np.sum(a * a)
+
+    close(g, fd(num, [1.0, 2.0, 3.0]))
+
+
+def test_gradient_after_repeated_inplace_multiply():
+    def f(x):
+        r = x
+        r *= r
+        r *= r
+        return r
+
+    assert float(gg.gradient(f)(gg.dlarray(1.0))) == pytest.approx(4.0)
+    assert float(gg.gradient(f)(1.5)) == pytest.approx(4 * 1.5**3)
+
+
+def test_inplace_update_inside_a_container_argument():
+    def f(p):
+        p["w"] *= 2.0
+        p["w"][0] = 0.0
+        p["extra"] = 1.0  # the container itself is mutated, too
+        return gg.sum(p["w"] * p["w"])
+
+    g = gg.gradient(f)({"w": np.array([1.0, 2.0])})
+    assert set(g) == {"w"}
+    close(g["w"], [0.0, 16.0])
+
+
+def test_value_with_pullback_after_inplace_update():
+    def f(a):
+        a *= a
+        return a
+
+    y, pb = gg.value_with_pullback(f, gg.dlarray([2.0, 3.0]))
+    close(y, [4.0, 9.0])
+    close(pb(gg.dlarray([1.0, 1.0])), [4.0, 6.0])
+
+
+def test_dlgradient_after_inplace_update_is_for_the_updated_value():
+    # documented MATLAB value semantics: after x(2) = 3 the name x stands for the new
+    # value, so dlgradient(y, x) differentiates with respect to it ...
+    def f(x):
+        x0 = gg.dlarray(x)  # ... and a copy made first keeps the value passed in
+        x[1] = 3.0
+        y = gg.sum(x * x)
+        return gg.dlgradient(y, x, x0, retain_data=True)
+
+    x = gg.dlarray([1.0, 2.0, 3.0])
+    gx, gx0 = gg.dlfeval(f, x)
+    close(gx, [2.0, 6.0, 6.0])
+    close(gx0, [2.0, 0.0, 6.0])
+    close(x, [1.0, 2.0, 3.0])  # the caller's array is untouched
+
+
+# ------------------------------------------------------------------ 5. custom derivatives
+
+
+@gg.custom_derivative
+def _sq_plus(L):
+    return np.asarray(L[0]) ** 2 + np.asarray(L[1])
+
+
+@_sq_plus.derivative
+def _sq_plus_vjp(L):
+    a, b = L
+    return _sq_plus(L), lambda v: ([2 * a * v, v],)
+
+
+def test_custom_derivative_with_a_list_argument():
+    ga, gb = gg.gradient(lambda a, b: gg.sum(_sq_plus([a, b])))(
+        gg.dlarray([1.0, 2.0]), gg.dlarray([3.0, 4.0])
+    )
+    close(ga, [2.0, 4.0])
+    close(gb, [1.0, 1.0])
+    # second order through the container argument
+    assert float(gg.gradient(gg.gradient(lambda a: gg.sum(_sq_plus([a, a]))))(3.0)) == 2.0
+
+
+@gg.custom_derivative
+def _scale(p):
+    return Params(np.asarray(p.w) * 2, np.asarray(p.b) * 3)
+
+
+@gg.derivative(of=_scale)
+def _scale_vjp(p):
+    return _scale(p), lambda v: Params(v.w * 2, v.b * 3)
+
+
+def test_custom_derivative_with_dataclass_argument_and_result():
+    def loss(p):
+        q = _scale(p)
+        return gg.sum(q.w) + gg.sum(q.b * q.b)
+
+    g = gg.gradient(loss)(Params(np.array([1.0, 2.0]), np.array(1.5)))
+    close(g.w, [2.0, 2.0])
+    close(g.b, 18 * 1.5)
+    out = _scale(Params(np.array([1.0]), 2.0))  # untraced call gives the same structure
+    assert isinstance(out, Params) and float(out.b) == 6.0
+
+
+def test_custom_derivative_with_dict_and_tuple_results():
+    @gg.custom_derivative
+    def split(x):
+        x = np.asarray(x)
+        return {"double": 2 * x, "parts": (x, x**2)}
+
+    @split.derivative
+    def _(x):
+        def pb(v):
+            return v["double"] * 2 + v["parts"][0] + v["parts"][1] * 2 * x
+
+        return split(x), pb
+
+    def loss(x):
+        d = split(x)
+        return gg.sum(d["double"]) + gg.sum(d["parts"][1])
+
+    x0 = np.array([0.5, -1.0])
+    close(gg.gradient(loss)(x0), fd(lambda x: np.sum(2 * x) + np.sum(x**2), x0))
+
+
+def test_value_with_pullback_with_dataclass_argument_and_result():
+    y, pb = gg.value_with_pullback(
+        lambda p: Params(p.w * p.b, p.b), Params(gg.dlarray([1.0, 2.0]), gg.dlarray(3.0))
+    )
+    assert isinstance(y, Params) and not y.w.traced
+    close(y.w, [3.0, 6.0])
+    g = pb(Params(gg.dlarray([1.0, 1.0]), gg.dlarray(1.0)))
+    assert isinstance(g, Params)
+    close(g.w, [3.0, 3.0])
+    close(g.b, 4.0)
+    g = pb(Params(gg.dlarray([1.0, 1.0]), None))  # None: no cotangent for that output
+    close(g.b, 3.0)
