@@ -12,6 +12,8 @@ import numpy as np
 
 from . import backend
 from .backend import DeviceError
+from .errors import TraceError
+from .tape import FRAME as _FRAME
 
 LABELS = "SCBTU"
 _LABEL_ORDER = {c: i for i, c in enumerate(LABELS)}
@@ -22,6 +24,7 @@ class _OpsHook:
     (the one explicit place where the array type and the ops layer meet)."""
 
     transpose = None
+    from_sequence = None  # list/tuple holding dlarrays -> traced stack (or None)
 
 
 OPS = _OpsHook()
@@ -50,6 +53,10 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
         node = None
         idx = 0
         taint = False
+        if type(data) in (list, tuple) and OPS.from_sequence is not None:
+            stacked = OPS.from_sequence(data)  # a list of traced values stays traced
+            if stacked is not None:
+                data = stacked
         if isinstance(data, dlarray):
             raw, node, idx, taint = data._data, data._node, data._idx, data._taint
             if fmt is None:
@@ -153,6 +160,14 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
         return np.array(backend.to_host(self._data), copy=True)
 
     def __array__(self, dtype=None, copy=None):
+        if self._node is not None and _recording():
+            raise TraceError(
+                "a traced dlarray cannot be converted to a NumPy array inside a trace: the "
+                "result would silently carry no derivative. Use gpugrad functions on it "
+                "(np.sum, np.exp, ... on a dlarray call them), or convert explicitly with "
+                "gg.extractdata(x) or x.numpy() for a constant, or use "
+                "gg.without_derivative(x) (gg.stop_gradient) to mark it as one"
+            )
         out = backend.to_host(self._data)
         out = np.asarray(out)
         if dtype is not None:
@@ -168,6 +183,10 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
 
     def __reduce__(self):
         return (_rebuild, (backend.to_host(self._data), self._fmt))
+
+
+def _recording():
+    return _FRAME.get().recording
 
 
 def _rebuild(data, fmt):

@@ -242,3 +242,91 @@ def test_value_with_pullback_with_dataclass_argument_and_result():
     close(g.b, 4.0)
     g = pb(Params(gg.dlarray([1.0, 1.0]), None))  # None: no cotangent for that output
     close(g.b, 3.0)
+
+
+# ------------------------------------------------------------------ 3. lists of traced values
+
+
+@pytest.mark.parametrize(
+    "f, ref",
+    [
+        (lambda x: gg.mean([x, x + 2]), lambda x: np.mean([x, x + 2])),
+        (lambda x: gg.sum(gg.exp([x, x])), lambda x: np.sum(np.exp([x, x]))),
+        (
+            lambda x: gg.sum(gg.dlarray([x, 2 * x]) ** 2),
+            lambda x: np.sum(np.array([x, 2 * x]) ** 2),
+        ),
+        (lambda x: gg.sum(gg.dlarray([[x, 1.0], [3.0, x * x]])), lambda x: 1 + 3 + x + x * x),
+        (lambda x: gg.sum([x, x] * x), lambda x: np.sum(np.array([x, x]) * x)),
+        (lambda x: gg.sum((x, 3.0) + x), lambda x: np.sum(np.array([x, 3.0]) + x)),
+        (lambda x: gg.sum(gg.maximum([x, -x], 0.5)), lambda x: np.sum(np.maximum([x, -x], 0.5))),
+    ],
+)
+def test_lists_of_traced_values_are_traced(f, ref):
+    x0 = 1.3
+    g = gg.gradient(f)(x0)
+    assert float(g) == pytest.approx(float(fd(lambda x: ref(float(x)), x0)), rel=1e-6)
+
+
+def test_lists_of_traced_values_second_order():
+    gg.testing.check_gradient(
+        lambda x: gg.sum(gg.dlarray([x, x * x]) ** 2), gg.dlarray([0.7]), order=2
+    )
+
+
+def test_numpy_conversion_of_a_traced_value_raises():
+    def f(x):
+        return gg.sum(gg.dlarray(np.asarray(x)) * x)
+
+    with pytest.raises(gg.TraceError, match="extractdata"):
+        gg.gradient(f)(gg.dlarray([1.0, 2.0]))
+    with pytest.raises(gg.TraceError, match="without_derivative"):
+        gg.dlfeval(lambda x: np.array(x), gg.dlarray([1.0]))
+    # explicit conversions stay available, and untraced values convert as before
+    g = gg.gradient(lambda x: gg.sum(gg.extractdata(x) * x))(gg.dlarray([1.0, 2.0]))
+    close(g, [1.0, 2.0])
+    assert np.asarray(gg.dlarray([1.0, 2.0])).tolist() == [1.0, 2.0]
+
+
+# ------------------------------------------------------------------ 4. creation functions
+
+
+@pytest.mark.parametrize(
+    "f, ref",
+    [
+        (lambda a: gg.linspace(a, 3.0, 5), lambda a: np.linspace(a, 3.0, 5)),
+        (lambda a: gg.linspace(-1.0, a, 4), lambda a: np.linspace(-1.0, a, 4)),
+        (lambda a: gg.linspace(a, 2 * a, 3), lambda a: np.linspace(a, 2 * a, 3)),
+        (lambda a: gg.full((3,), a), lambda a: np.full((3,), a)),
+        (lambda a: gg.full((2, 2), a * a), lambda a: np.full((2, 2), a * a)),
+        (lambda a: gg.arange(a, 4.0, 0.5), lambda a: np.arange(a, 4.0, 0.5)),
+        (lambda a: gg.arange(0.0, 2.1, a), lambda a: np.arange(0.0, 2.1, a)),
+        (
+            lambda a: gg.meshgrid(gg.dlarray([1.0, 2.0]) * a, gg.dlarray([1.0, 2.0, 3.0]))[0],
+            lambda a: np.meshgrid(np.array([1.0, 2.0]) * a, [1.0, 2.0, 3.0])[0],
+        ),
+        (
+            lambda a: gg.meshgrid(
+                gg.dlarray([1.0, 2.0]) * a, gg.dlarray([0.0, 3.0]) + a, indexing="ij"
+            )[1],
+            lambda a: np.meshgrid(
+                np.array([1.0, 2.0]) * a, np.array([0.0, 3.0]) + a, indexing="ij"
+            )[1],
+        ),
+    ],
+)
+def test_creation_functions_are_differentiable_in_their_values(f, ref):
+    a0 = 0.4
+    w = np.random.default_rng(0).standard_normal(np.shape(ref(a0)))
+    y = f(gg.dlarray(a0))
+    np.testing.assert_allclose(y.numpy(), ref(a0), rtol=1e-12, atol=1e-12)
+    g = gg.gradient(lambda a: gg.sum(f(a) * gg.dlarray(w)))(a0)
+    assert float(g) == pytest.approx(float(fd(lambda a: np.sum(ref(float(a)) * w), a0)), rel=1e-6)
+
+
+def test_linspace_second_order_and_exact_ends():
+    gg.testing.check_gradient(
+        lambda a, b: gg.linspace(a * a, b, 4), gg.dlarray(0.3), gg.dlarray(2.0), order=2
+    )
+    y = gg.dlfeval(lambda a: gg.linspace(a, 0.3, 7), gg.dlarray(0.1))
+    assert y.numpy()[0] == 0.1 and y.numpy()[-1] == 0.3

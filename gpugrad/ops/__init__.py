@@ -34,6 +34,8 @@ core.OPS.sum = sum
 core.OPS.reshape = reshape
 core.OPS.real = real  # noqa: F405
 core.OPS.astype = astype
+core.OPS.stack = stack  # noqa: F405
+_array.OPS.from_sequence = core.from_sequence
 _array.OPS.transpose = transpose
 
 

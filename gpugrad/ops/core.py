@@ -128,6 +128,42 @@ def coerce(a):
     return as_raw(a)
 
 
+def from_sequence(seq):
+    """A list/tuple (nested) that holds a dlarray, stacked into one dlarray with a
+    recorded (differentiable) stack; ``None`` when ``seq`` holds no dlarray (then
+    NumPy's conversion is right). ``gg.mean([x, x + 2])`` and ``gg.dlarray([x, 2 * x])``
+    are traced through this."""
+    if not any(type(e) is dlarray or type(e) in _SEQ for e in seq):
+        return None
+    items = []
+    found = False
+    for e in seq:
+        if type(e) is dlarray:
+            found = True
+        elif type(e) in _SEQ:
+            s = from_sequence(e)
+            if s is not None:
+                found = True
+                e = s
+            else:
+                e = make(as_raw(e))
+        else:
+            e = make(as_raw(e))
+        items.append(e)
+    if not found:
+        return None
+    shapes = {i.shape for i in items}
+    if len(shapes) > 1:
+        raise ValueError(
+            "cannot make an array from a sequence whose items have different shapes "
+            f"{sorted(shapes)}; the items of a list or tuple of dlarrays must have one shape"
+        )
+    return OPS.stack(items)
+
+
+_SEQ = (list, tuple)
+
+
 def bind(prim, args, params=None, fmt=""):
     """Apply ``prim`` to ``args``; record a node if an input is traced and recording is on."""
     raws = []
@@ -140,6 +176,13 @@ def bind(prim, args, params=None, fmt=""):
                 traced = True
             if a._taint:
                 taint = True
+        elif type(a) in _SEQ and from_sequence(a) is not None:
+            # why: a list of traced values must not lose its trace in np.asarray
+            args = tuple(
+                (s if (s := from_sequence(b)) is not None else b) if type(b) in _SEQ else b
+                for b in args
+            )
+            return bind(prim, args, params, fmt)
         else:
             raws.append(coerce(a))
     out = prim.fwd(*raws, **params) if params else prim.fwd(*raws)
@@ -390,6 +433,7 @@ class _Ops:
     """The composite ops the engine glue needs, filled in by ``ops/__init__``."""
 
     sum = reshape = real = astype = None
+    stack = None
 
 
 OPS = _Ops()

@@ -7,6 +7,7 @@ import numpy as np
 from .. import tape
 from ..array import check_same_device, dlarray
 from .core import _STATE, Primitive, _record1, _record2, bind, cj, coerce, make
+from .core import from_sequence as _from_sequence
 
 _FRAME = tape.FRAME
 
@@ -48,6 +49,8 @@ def _bind2(prim, a, b, params=None):
     """Binary fast path with broadcasting, device and format checks."""
     ta = type(a) is dlarray
     tb = type(b) is dlarray
+    if not (ta and tb) and (type(a) in _SEQ or type(b) in _SEQ):
+        return _bind2_seq(prim, a, b, params)
     ra = a._data if ta else coerce(a)
     rb = b._data if tb else coerce(b)
     tra, trb = type(ra), type(rb)
@@ -69,6 +72,24 @@ def _bind2(prim, a, b, params=None):
         if frame.recording:
             return _record2(prim, a, b, ra, rb, out, params, fmt, frame, taint)
     return make(out, fmt, None, 0, taint)
+
+
+_SEQ = (list, tuple)
+
+
+def _bind2_seq(prim, a, b, params):
+    """``_bind2`` with a list/tuple operand: stacked (traced) when it holds dlarrays."""
+    if type(a) in _SEQ:
+        sa = _from_sequence(a)
+        a = a if sa is None else sa
+    if type(b) in _SEQ:
+        sb = _from_sequence(b)
+        b = b if sb is None else sb
+    if type(a) in _SEQ:
+        a = make(coerce(a))
+    if type(b) in _SEQ:
+        b = make(coerce(b))
+    return _bind2(prim, a, b, params)
 
 
 def _is_complex(x):
