@@ -119,6 +119,7 @@ from .ops.shape import (  # noqa: E402
 
 # isort: split
 # the NumPy surface (issue 11): NumPy's names, argument names and defaults
+from . import linalg  # noqa: E402
 from .ops.elementwise import (  # noqa: E402
     acosh,
     arccos,
@@ -161,6 +162,21 @@ from .ops.elementwise import (  # noqa: E402
     rsqrt,
     sinc,
     trunc,
+)
+from .ops.linalg import (  # noqa: E402
+    cross,
+    diag,
+    diagflat,
+    diagonal,
+    einsum,
+    inner,
+    kron,
+    outer,
+    tensordot,
+    trace,
+    tril,
+    triu,
+    vdot,
 )
 from .ops.reduce import (  # noqa: E402
     all,

@@ -30,6 +30,9 @@ from .reduce import max, min, sum  # noqa: A004
 from .shape import *  # noqa: F403
 from .shape import astype, getitem, reshape, setitem_inplace, transpose
 
+# isort: split
+from . import linalg  # noqa: E402  (registers the linear-algebra primitives)
+
 core.OPS.sum = sum
 core.OPS.reshape = reshape
 core.OPS.real = real  # noqa: F405
@@ -214,6 +217,12 @@ def _install_numpy_methods(d, _inplace):
     )
     d.argsort = lambda self, axis=-1, kind=None, order=None: sh.argsort(self, axis, kind, order)
     d.swapaxes = lambda self, axis1, axis2: swapaxes(self, axis1, axis2)  # noqa: F405
+    d.trace = lambda self, offset=0, axis1=0, axis2=1, dtype=None, out=None: linalg.trace(
+        self, offset, axis1, axis2, dtype, out
+    )
+    d.diagonal = lambda self, offset=0, axis1=0, axis2=1: linalg.diagonal(
+        self, offset, axis1, axis2
+    )
 
 
 def _rebind(x, res):
