@@ -17,6 +17,9 @@ OP_TESTS = [
     "tests/test_checkpoint.py",
     "tests/test_functional.py",
     "tests/test_autograd.py",
+    "tests/test_numpy_surface.py",
+    "tests/test_linalg.py",
+    "tests/test_property.py",
 ]
 
 TRAINING_STEP = r"""

@@ -30,6 +30,9 @@ from .reduce import max, min, sum  # noqa: A004
 from .shape import *  # noqa: F403
 from .shape import astype, getitem, reshape, setitem_inplace, transpose
 
+# isort: split
+from . import linalg  # noqa: E402  (registers the linear-algebra primitives)
+
 core.OPS.sum = sum
 core.OPS.reshape = reshape
 core.OPS.real = real  # noqa: F405
@@ -157,6 +160,71 @@ def _install():
     d.log = lambda self: log(self)  # noqa: F405
     d.abs = lambda self: abs(self)
     d.dot = lambda self, other: dot(self, other)
+    _install_numpy_methods(d, _inplace)
+
+
+def _format(self, spec):
+    """``format(x, spec)``: as NumPy, a 0-d array formats as its scalar; other arrays
+    accept only an empty spec."""
+    if self._data.ndim == 0:
+        return format(self.item(), spec)
+    if spec:
+        raise TypeError(
+            f"unsupported format string {spec!r} passed to a dlarray of shape {self.shape}"
+        )
+    return str(self)
+
+
+def _install_numpy_methods(d, _inplace):
+    """The operators and methods NumPy users expect (``%``, ``//``, ``round()``, ...)."""
+    from . import elementwise as ew
+    from . import reduce as rd
+    from . import shape as sh
+
+    d.__mod__ = ew.remainder
+    d.__rmod__ = _swap(ew.remainder)
+    d.__floordiv__ = ew.floor_divide
+    d.__rfloordiv__ = _swap(ew.floor_divide)
+    d.__divmod__ = ew.divmod
+    d.__rdivmod__ = _swap(ew.divmod)
+    d.__imod__ = _inplace(ew.remainder)
+    d.__ifloordiv__ = _inplace(ew.floor_divide)
+    d.__ipow__ = _inplace(power)
+    d.__round__ = lambda self, ndigits=None: ew.round(self, ndigits or 0)
+    d.__format__ = _format
+    d.round = lambda self, decimals=0: ew.round(self, decimals)
+    d.clip = lambda self, a_min=None, a_max=None: ew.clip(self, a_min, a_max)
+    d.ravel = lambda self, order="C": sh.ravel(self, order)
+    d.copy = lambda self: sh.copy(self)
+    d.tolist = lambda self: self.numpy().tolist()
+    d.var = lambda self, axis=None, dtype=None, out=None, ddof=0, keepdims=False: rd.var(
+        self, axis, dtype, out, ddof, keepdims
+    )
+    d.std = lambda self, axis=None, dtype=None, out=None, ddof=0, keepdims=False: rd.std(
+        self, axis, dtype, out, ddof, keepdims
+    )
+    d.argmax = lambda self, axis=None, out=None, keepdims=False: rd.argmax(
+        self, axis, out, keepdims
+    )
+    d.argmin = lambda self, axis=None, out=None, keepdims=False: rd.argmin(
+        self, axis, out, keepdims
+    )
+    d.any = lambda self, axis=None, out=None, keepdims=False: rd.any(self, axis, out, keepdims)
+    d.all = lambda self, axis=None, out=None, keepdims=False: rd.all(self, axis, out, keepdims)
+    d.cumsum = lambda self, axis=None: rd.cumsum(self, axis)
+    d.cumprod = lambda self, axis=None: rd.cumprod(self, axis)
+    d.repeat = lambda self, repeats, axis=None: sh.repeat(self, repeats, axis)
+    d.take = lambda self, indices, axis=None, out=None, mode="raise": sh.take(
+        self, indices, axis, out, mode
+    )
+    d.argsort = lambda self, axis=-1, kind=None, order=None: sh.argsort(self, axis, kind, order)
+    d.swapaxes = lambda self, axis1, axis2: swapaxes(self, axis1, axis2)  # noqa: F405
+    d.trace = lambda self, offset=0, axis1=0, axis2=1, dtype=None, out=None: linalg.trace(
+        self, offset, axis1, axis2, dtype, out
+    )
+    d.diagonal = lambda self, offset=0, axis1=0, axis2=1: linalg.diagonal(
+        self, offset, axis1, axis2
+    )
 
 
 def _rebind(x, res):

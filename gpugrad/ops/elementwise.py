@@ -456,12 +456,14 @@ def where(condition, a, b):
     return res
 
 
-def clip(x, lo=None, hi=None):
-    """Limit values to ``[lo, hi]``; the gradient is zero where clipped."""
-    if lo is not None:
-        x = maximum(x, lo) if not isinstance(x, (int, float)) else max(x, lo)
-    if hi is not None:
-        x = minimum(x, hi)
+def clip(a, a_min=None, a_max=None):
+    """Limit values to ``[a_min, a_max]`` (``numpy.clip``'s arguments); the gradient is
+    zero where clipped."""
+    x = a
+    if a_min is not None:
+        x = maximum(x, a_min) if not isinstance(x, (int, float)) else max(x, a_min)
+    if a_max is not None:
+        x = minimum(x, a_max)
     return x
 
 
@@ -503,6 +505,516 @@ def isfinite(x):
 def isnan(x):
     raw = x._data if type(x) is dlarray else coerce(x)
     return make(_xp().isnan(raw))
+
+
+# ------------------------------------------------------------------ the NumPy surface
+# Rules follow NumPy's names and argument names. Where a composite of the primitives
+# above is exact it is used (so higher derivatives come free); a new primitive only
+# where a composite loses accuracy (log2, asinh, ...) or is wrong (cbrt of x < 0).
+
+_np = np  # the module deletes its np at the end
+_LN2 = float(_np.log(2.0))
+_LN10 = float(_np.log(10.0))
+
+
+def _raw(v):
+    return v._data if type(v) is dlarray else coerce(v)
+
+
+def _unary_prim(name, fwd, vjp, *, save=(0,), save_ans=False):
+    prim = Primitive(name, fwd, vjp, save=save, save_ans=save_ans)
+
+    def op(x):
+        return _bind1(prim, x)
+
+    op.primitive = prim
+    return op
+
+
+_asinh = _unary_prim(
+    "asinh", lambda x: _xp().arcsinh(x), lambda g, ans, x: (g / conj(sqrt(x * x + 1)),)
+)
+_acosh = _unary_prim(
+    "acosh",
+    lambda x: _xp().arccosh(x),
+    lambda g, ans, x: (g / conj(sqrt(x - 1) * sqrt(x + 1)),),
+)
+_atanh = _unary_prim("atanh", lambda x: _xp().arctanh(x), lambda g, ans, x: (g / conj(1 - x * x),))
+_log2 = _unary_prim("log2", lambda x: _xp().log2(x), lambda g, ans, x: (g / conj(x * _LN2),))
+_log10 = _unary_prim("log10", lambda x: _xp().log10(x), lambda g, ans, x: (g / conj(x * _LN10),))
+_exp2 = _unary_prim(
+    "exp2",
+    lambda x: _xp().exp2(x),
+    lambda g, ans, x: (g * conj(ans * _LN2),),
+    save=(),
+    save_ans=True,
+)
+
+
+def _cbrt_fwd(x):
+    if x.dtype.kind == "c":
+        raise TypeError("cbrt: complex input is not supported (as numpy.cbrt); use x ** (1/3)")
+    return _xp().cbrt(x)
+
+
+# why: d cbrt(x) = 1 / (3 cbrt(x)^2), infinite at 0 as the function's slope is
+_cbrt = _unary_prim(
+    "cbrt", _cbrt_fwd, lambda g, ans, x: (g / (ans * ans * 3),), save=(), save_ans=True
+)
+
+
+def arcsinh(x):
+    """Inverse hyperbolic sine, as ``numpy.arcsinh`` (alias ``asinh``).
+
+    >>> import gpugrad as gg
+    >>> float(gg.arcsinh(gg.dlarray(1.0)).round(6))
+    0.881374
+    """
+    return _asinh(x)
+
+
+def arccosh(x):
+    """Inverse hyperbolic cosine (``x >= 1``), as ``numpy.arccosh`` (alias ``acosh``).
+
+    >>> import gpugrad as gg
+    >>> float(gg.arccosh(gg.dlarray(2.0)).round(6))
+    1.316958
+    """
+    return _acosh(x)
+
+
+def arctanh(x):
+    """Inverse hyperbolic tangent (``|x| < 1``), as ``numpy.arctanh`` (alias ``atanh``).
+
+    >>> import gpugrad as gg
+    >>> float(gg.arctanh(gg.dlarray(0.5)).round(6))
+    0.549306
+    """
+    return _atanh(x)
+
+
+asinh = arcsinh
+acosh = arccosh
+atanh = arctanh
+# NumPy's names for the inverse trigonometric functions
+arcsin = asin
+arccos = acos
+arctan = atan
+arctan2 = atan2
+
+
+def log2(x):
+    """Base-2 logarithm (exact at powers of two, as ``numpy.log2``).
+
+    >>> import gpugrad as gg
+    >>> float(gg.log2(gg.dlarray(8.0)))
+    3.0
+    """
+    return _log2(x)
+
+
+def log10(x):
+    """Base-10 logarithm, as ``numpy.log10``.
+
+    >>> import gpugrad as gg
+    >>> float(gg.log10(gg.dlarray(1000.0)))
+    3.0
+    """
+    return _log10(x)
+
+
+def exp2(x):
+    """``2 ** x``, as ``numpy.exp2``.
+
+    >>> import gpugrad as gg
+    >>> float(gg.exp2(gg.dlarray(10.0)))
+    1024.0
+    """
+    return _exp2(x)
+
+
+def cbrt(x):
+    """Real cube root, negative for negative ``x`` (``x ** (1/3)`` would be NaN there).
+    The derivative is infinite at 0, as the function's slope is.
+
+    >>> import gpugrad as gg
+    >>> float(gg.cbrt(gg.dlarray(-8.0)))
+    -2.0
+    """
+    return _cbrt(x)
+
+
+def reciprocal(x):
+    """``1 / x``, as ``numpy.reciprocal`` for float input.
+
+    >>> import gpugrad as gg
+    >>> gg.reciprocal(gg.dlarray([2.0, 4.0])).numpy()
+    array([0.5 , 0.25])
+    """
+    return 1.0 / x
+
+
+def rsqrt(x):
+    """``1 / sqrt(x)`` (PyTorch's ``rsqrt``).
+
+    >>> import gpugrad as gg
+    >>> float(gg.rsqrt(gg.dlarray(4.0)))
+    0.5
+    """
+    return 1.0 / sqrt(x)
+
+
+def _sinc_taylor(x):
+    t = (x * _np.pi) * (x * _np.pi)
+    return 1 - t / 6 + t * t / 120 - t * t * t / 5040
+
+
+def sinc(x):
+    """Normalized sinc, ``sin(pi x) / (pi x)`` with ``sinc(0) = 1``, as ``numpy.sinc``.
+
+    Near 0 a Taylor polynomial is used, so the first and second derivatives are
+    right there too (0 and ``-pi**2 / 3`` at 0).
+
+    >>> import gpugrad as gg
+    >>> gg.sinc(gg.dlarray([0.0, 0.5])).numpy().round(6).tolist()
+    [1.0, 0.63662]
+    """
+    x = x if type(x) is dlarray else make(_xp().asarray(coerce(x)))
+    # why: sin(pi x)/(pi x) is 0/0 at 0; below 1e-3 the 7th-order Taylor polynomial
+    # is exact to double precision (error < (pi 1e-3)^8 / 9!) and has exact derivatives
+    small = make(_xp().abs(x._data) < 1e-3)
+    safe = where(small, 1.0, x)
+    return where(small, _sinc_taylor(x), sin(safe * _np.pi) / (safe * _np.pi))
+
+
+def deg2rad(x):
+    """Degrees to radians, as ``numpy.deg2rad`` (alias ``radians``).
+
+    >>> import gpugrad as gg
+    >>> float(gg.deg2rad(gg.dlarray(180.0)).round(6))
+    3.141593
+    """
+    return x * (_np.pi / 180.0)
+
+
+def rad2deg(x):
+    """Radians to degrees, as ``numpy.rad2deg`` (alias ``degrees``).
+
+    >>> import numpy as np
+    >>> import gpugrad as gg
+    >>> float(gg.rad2deg(gg.dlarray(np.pi)))
+    180.0
+    """
+    return x * (180.0 / _np.pi)
+
+
+radians = deg2rad
+degrees = rad2deg
+
+
+# why: rounding functions are piecewise constant: their derivative is zero wherever it
+# exists (NumPy/autograd, PyTorch and JAX all give zero), so one primitive with a
+# zero VJP serves all of them; a gradient through them is zeros, never an error
+_STEP_FNS = {
+    "floor": lambda xp, x: xp.floor(x),
+    "ceil": lambda xp, x: xp.ceil(x),
+    "trunc": lambda xp, x: xp.trunc(x),
+    "rint": lambda xp, x: xp.rint(x),
+    "floor_divide": lambda xp, a, b: xp.floor_divide(a, b),
+}
+
+
+def _step_fwd(*xs, kind, decimals=0):
+    xp = _xp()
+    if kind == "round":
+        return xp.round(xs[0], decimals)
+    return _STEP_FNS[kind](xp, *xs)
+
+
+_STEP = Primitive(
+    "piecewise_constant",
+    _step_fwd,
+    lambda g, ans, *xs, kind, decimals=0: (None,) * len(xs),
+    save=(),
+)
+
+
+def _real_only(x, fn):
+    if _raw_dtype_kind(x) == "c":
+        raise TypeError(
+            f"{fn}: complex input is not supported (as numpy.{fn}); got a complex array"
+        )
+
+
+def _raw_dtype_kind(v):
+    raw = _raw(v)
+    return getattr(raw, "dtype", _np.asarray(raw).dtype).kind
+
+
+def _step(kind, x, **params):
+    _real_only(x, kind)
+    fmt = x._fmt if type(x) is dlarray else ""
+    return bind(_STEP, (x,), {"kind": kind, **params}, fmt)
+
+
+def floor(x):
+    """Largest integer ``<= x`` (as floats); zero derivative.
+
+    >>> import gpugrad as gg
+    >>> gg.floor(gg.dlarray([-1.5, 1.5])).numpy()
+    array([-2.,  1.])
+    """
+    return _step("floor", x)
+
+
+def ceil(x):
+    """Smallest integer ``>= x`` (as floats); zero derivative.
+
+    >>> import gpugrad as gg
+    >>> gg.ceil(gg.dlarray([-1.5, 1.5])).numpy()
+    array([-1.,  2.])
+    """
+    return _step("ceil", x)
+
+
+def trunc(x):
+    """Round toward zero; zero derivative.
+
+    >>> import gpugrad as gg
+    >>> gg.trunc(gg.dlarray([-1.5, 1.5])).numpy()
+    array([-1.,  1.])
+    """
+    return _step("trunc", x)
+
+
+def rint(x):
+    """Round to the nearest integer, halves to even; zero derivative."""
+    return _step("rint", x)
+
+
+def round(x, decimals=0):  # noqa: A001
+    """Round to ``decimals`` decimals, halves to even (``numpy.round``); zero derivative.
+    ``round(x)`` on a dlarray calls this too.
+
+    >>> import gpugrad as gg
+    >>> gg.round(gg.dlarray([0.5, 1.5, 2.567]), 1).numpy()
+    array([0.5, 1.5, 2.6])
+    """
+    return _step("round", x, decimals=int(decimals))
+
+
+around = round
+
+
+def fix(x):
+    """Round toward zero (``numpy.fix``); zero derivative."""
+    return trunc(x)
+
+
+def floor_divide(a, b):
+    """``a // b`` (``floor(a / b)``, as ``numpy.floor_divide``); zero derivative.
+
+    >>> import gpugrad as gg
+    >>> (gg.dlarray([7.0, -7.0]) // 2).numpy()
+    array([ 3., -4.])
+    """
+    _real_only(a, "floor_divide")
+    _real_only(b, "floor_divide")
+    return _bind2(_STEP, a, b, {"kind": "floor_divide"})
+
+
+def _mod_fwd(a, b, kind):
+    xp = _xp()
+    return xp.remainder(a, b) if kind == "floor" else xp.fmod(a, b)
+
+
+def _mod_vjp(g, ans, a, b, kind):
+    # why: a - q b with q = floor(a/b) (or trunc) piecewise constant: d/da = 1,
+    # d/db = -q (PyTorch's rule); q is taken from the result, so it is consistent
+    # with the value NumPy computed
+    ra, rb = _raw(a), _raw(b)
+    q = make(_xp().round((ra - _raw(ans)) / rb))
+    return g, -g * q
+
+
+_MOD = Primitive("remainder", _mod_fwd, _mod_vjp, save=(0, 1), save_ans=True)
+
+
+def remainder(a, b):
+    """``a % b`` with the sign of ``b`` (Python's and ``numpy.remainder``'s rule; alias
+    ``mod``). Derivatives: 1 for ``a`` and ``-floor(a / b)`` for ``b``.
+
+    >>> import gpugrad as gg
+    >>> (gg.dlarray([7.0, -7.0]) % 3).numpy()
+    array([1., 2.])
+    """
+    _real_only(a, "remainder")
+    _real_only(b, "remainder")
+    return _bind2(_MOD, a, b, {"kind": "floor"})
+
+
+mod = remainder
+
+
+def fmod(a, b):
+    """C's ``fmod``: remainder with the sign of ``a`` (``numpy.fmod``). Derivatives: 1 for
+    ``a`` and ``-trunc(a / b)`` for ``b``.
+
+    >>> import gpugrad as gg
+    >>> gg.fmod(gg.dlarray([7.0, -7.0]), 3).numpy()
+    array([ 1., -1.])
+    """
+    _real_only(a, "fmod")
+    _real_only(b, "fmod")
+    return _bind2(_MOD, a, b, {"kind": "trunc"})
+
+
+def divmod(a, b):  # noqa: A001
+    """``(a // b, a % b)``, as ``numpy.divmod`` (and Python's ``divmod`` on a dlarray).
+
+    >>> import gpugrad as gg
+    >>> [q.numpy() for q in divmod(gg.dlarray([7.0]), 2)]
+    [array([3.]), array([1.])]
+    """
+    return floor_divide(a, b), remainder(a, b)
+
+
+def fabs(x):
+    """Absolute value of real input (``numpy.fabs`` rejects complex input).
+
+    >>> import gpugrad as gg
+    >>> gg.fabs(gg.dlarray([-1.5, 2.0])).numpy()
+    array([1.5, 2. ])
+    """
+    _real_only(x, "fabs")
+    return abs(x)
+
+
+def _hypot_vjp(g, ans, a, b):
+    # why: the slope a / hypot is 0/0 at the origin; 0 there (a subgradient)
+    safe = where(ans == 0, 1.0, ans)
+    ga = g * a / safe if type(a) is dlarray else None
+    gb = g * b / safe if type(b) is dlarray else None
+    return ga, gb
+
+
+_HYPOT = Primitive("hypot", lambda a, b: _xp().hypot(a, b), _hypot_vjp, save=(0, 1), save_ans=True)
+
+
+def hypot(a, b):
+    """``sqrt(a**2 + b**2)`` without overflow, as ``numpy.hypot``; the gradient is 0 at
+    the origin.
+
+    >>> import gpugrad as gg
+    >>> float(gg.hypot(gg.dlarray(3.0), 4.0))
+    5.0
+    """
+    _real_only(a, "hypot")
+    _real_only(b, "hypot")
+    return _bind2(_HYPOT, a, b)
+
+
+def logaddexp(a, b):
+    """``log(exp(a) + exp(b))`` without overflow or loss of precision, as
+    ``numpy.logaddexp``; smooth (first and second derivatives right at ``a == b``).
+
+    >>> import gpugrad as gg
+    >>> float(gg.logaddexp(gg.dlarray(0.0), 0.0).round(6))
+    0.693147
+    """
+    _real_only(a, "logaddexp")
+    _real_only(b, "logaddexp")
+    xp = _xp()
+    ra, rb = _raw(a), _raw(b)
+    m = xp.maximum(ra, rb)
+    # a constant shift (no gradient: it cancels); non-finite shifts are dropped
+    m = make(xp.where(xp.isfinite(m), m, 0.0))
+    a_is_max = make(xp.asarray(ra >= rb))
+    # why: log(exp(a-m) + exp(b-m)) = log1p(S - 1), and S - 1 written with expm1 on the
+    # larger argument keeps the precision of numpy.logaddexp when one term is tiny
+    rest = where(a_is_max, expm1(a - m) + exp(b - m), exp(a - m) + expm1(b - m))
+    return log1p(rest) + m
+
+
+def logaddexp2(a, b):
+    """``log2(2**a + 2**b)``, as ``numpy.logaddexp2``.
+
+    >>> import gpugrad as gg
+    >>> float(gg.logaddexp2(gg.dlarray(3.0), 3.0))
+    4.0
+    """
+    return logaddexp(a * _LN2, b * _LN2) / _LN2
+
+
+def fmax(a, b):
+    """Elementwise maximum that ignores NaN (``numpy.fmax``); ties share the gradient.
+
+    >>> import numpy as np
+    >>> import gpugrad as gg
+    >>> gg.fmax(gg.dlarray([1.0, np.nan]), gg.dlarray([np.nan, 2.0])).numpy()
+    array([1., 2.])
+    """
+    xp = _xp()
+    na, nb = make(xp.isnan(_raw(a))), make(xp.isnan(_raw(b)))
+    return where(nb, a, where(na, b, maximum(a, b)))
+
+
+def fmin(a, b):
+    """Elementwise minimum that ignores NaN (``numpy.fmin``); ties share the gradient.
+
+    >>> import numpy as np
+    >>> import gpugrad as gg
+    >>> gg.fmin(gg.dlarray([1.0, np.nan]), gg.dlarray([np.nan, 2.0])).numpy()
+    array([1., 2.])
+    """
+    xp = _xp()
+    na, nb = make(xp.isnan(_raw(a))), make(xp.isnan(_raw(b)))
+    return where(nb, a, where(na, b, minimum(a, b)))
+
+
+def nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
+    """NaN and infinities replaced by finite numbers (``numpy.nan_to_num``, same
+    arguments); the replaced elements get zero gradient, the others pass it through.
+
+    >>> import numpy as np
+    >>> import gpugrad as gg
+    >>> gg.nan_to_num(gg.dlarray([np.nan, 1.0, -np.inf]), neginf=-9.0).numpy()
+    array([ 0.,  1., -9.])
+    """
+    x = x if type(x) is dlarray else make(_xp().asarray(coerce(x)))
+    xp = _xp()
+    raw = x._data
+    if raw.dtype.kind not in "fc":
+        return x
+    fixed = make(xp.nan_to_num(raw, nan=nan, posinf=posinf, neginf=neginf))
+    if raw.dtype.kind == "c":
+        # real and imaginary parts are fixed separately, as NumPy does
+        re, im = real(x), imag(x)
+        rr, ri = make(xp.isfinite(re._data)), make(xp.isfinite(im._data))
+        return where(rr, re, real(fixed)) + where(ri, im, imag(fixed)) * 1j
+    return where(make(xp.isfinite(raw)), x, fixed)
+
+
+def heaviside(x1, x2):
+    """Heaviside step: 0 for ``x1 < 0``, ``x2`` where ``x1 == 0``, 1 for ``x1 > 0``
+    (``numpy.heaviside``). Zero derivative in ``x1``; ``x2`` gets the gradient where
+    ``x1 == 0``.
+
+    >>> import gpugrad as gg
+    >>> gg.heaviside(gg.dlarray([-1.0, 0.0, 2.0]), 0.5).numpy()
+    array([0. , 0.5, 1. ])
+    """
+    _real_only(x1, "heaviside")
+    _real_only(x2, "heaviside")
+    xp = _xp()
+    r1 = xp.asarray(_raw(x1))
+    dtype = _np.result_type(r1, _raw(x2))
+    one = make(xp.ones((), dtype))
+    zero = make(xp.zeros((), dtype))
+    out = where(make(r1 < 0), zero, where(make(r1 > 0), one, x2))
+    if r1.dtype.kind == "f" and bool(xp.isnan(r1).any()):
+        out = where(make(xp.isnan(r1)), make(xp.asarray(_np.nan, dtype)), out)
+    return out
 
 
 __all__ = [n for n in dir() if not n.startswith("_") and n not in ("np", "annotations", "tape")]

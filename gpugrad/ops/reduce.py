@@ -247,8 +247,17 @@ def logsumexp(x, axis=None, keepdims=False):
     return out
 
 
-def cumsum(x, axis=0):
-    """Cumulative sum along ``axis``."""
+def cumsum(x, axis=None):
+    """Cumulative sum along ``axis`` (``None``: over the flattened array, as ``numpy.cumsum``).
+
+    >>> import gpugrad as gg
+    >>> gg.cumsum(gg.dlarray([[1.0, 2.0], [3.0, 4.0]])).numpy()
+    array([ 1.,  3.,  6., 10.])
+    """
+    if axis is None:
+        x = x if type(x) is dlarray else dlarray(x)
+        x = reshape(x, (x.size,))
+        axis = 0
     return bind(_CUMSUM, (x,), {"axis": axis}, getattr(x, "_fmt", ""))
 
 
@@ -269,4 +278,366 @@ __all__ = [
     "cumsum",
     "normalize_axis",
     "moveaxis",
+]
+
+
+# ------------------------------------------------------------------ the NumPy surface
+# Statistics and index reductions with NumPy's names, argument names and defaults.
+
+import numpy as _np  # noqa: E402
+
+from . import axes as _axes  # noqa: E402
+from .elementwise import where as _where  # noqa: E402
+from .shape import transpose  # noqa: E402
+
+
+def _no_out(out, fn):
+    if out is not None:
+        raise TypeError(f"{fn}: out= is not supported (gpugrad arrays are values); got {out!r}")
+
+
+def _count(shape, axes):
+    return _prod_int(shape) if axes is None else _prod_int(shape[a] for a in axes)
+
+
+def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+    """Variance over ``axis`` (``None``: all elements), dividing by ``N - ddof``, as
+    ``numpy.var``; complex input gives the real variance of ``|x - mean|``.
+
+    >>> import gpugrad as gg
+    >>> float(gg.var(gg.dlarray([1.0, 2.0, 3.0, 4.0])))
+    1.25
+    >>> float(gg.var(gg.dlarray([1.0, 2.0, 3.0, 4.0]), ddof=1))
+    1.6666666666666667
+    """
+    _no_out(out, "var")
+    x = x if type(x) is dlarray else dlarray(x)
+    if dtype is not None:
+        x = x.astype(dtype)
+    axes = _axes.normalize_axes(axis, x.ndim, "var")
+    n = _count(x.shape, axes)
+    centered = x - sum(x, axes, keepdims=True) / builtins.max(n, 1)
+    if x.dtype.kind == "c":
+        sq = real(centered * conj(centered))
+    else:
+        sq = centered * centered
+    # why: N - ddof <= 0 gives inf/nan with NumPy's warning, as numpy.var does
+    return sum(sq, axes, keepdims) / float(n - ddof)
+
+
+def std(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+    """Standard deviation, ``sqrt(var(...))`` with the same arguments as ``numpy.std``.
+    Where the spread is zero the derivative is infinite (NaN), as in PyTorch.
+
+    >>> import gpugrad as gg
+    >>> float(gg.std(gg.dlarray([1.0, 3.0])))
+    1.0
+    """
+    return sqrt(var(x, axis, dtype, out, ddof, keepdims))
+
+
+def _argext(fn, x, axis, out, keepdims):
+    _no_out(out, fn)
+    raw = x._data if type(x) is dlarray else _xp().asarray(x)
+    xp = _xp()
+    if axis is None:
+        idx = getattr(xp, fn)(raw)
+        if keepdims:
+            idx = xp.reshape(idx, (1,) * raw.ndim)
+        return make(xp.asarray(idx))
+    axis = _axes.normalize_axis_index(axis, raw.ndim, fn)
+    return make(getattr(xp, fn)(raw, axis=axis, keepdims=keepdims))
+
+
+def argmax(x, axis=None, out=None, keepdims=False):
+    """Index of the largest value (flat index when ``axis`` is None), as
+    ``numpy.argmax``: an integer dlarray, not differentiable (no trace).
+
+    >>> import gpugrad as gg
+    >>> int(gg.argmax(gg.dlarray([1.0, 5.0, 2.0])))
+    1
+    """
+    return _argext("argmax", x, axis, out, keepdims)
+
+
+def argmin(x, axis=None, out=None, keepdims=False):
+    """Index of the smallest value, as ``numpy.argmin`` (integer, not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.argmin(gg.dlarray([[1.0, 5.0], [0.0, 7.0]]), axis=0).numpy()
+    array([1, 0])
+    """
+    return _argext("argmin", x, axis, out, keepdims)
+
+
+def _boolreduce(fn, x, axis, out, keepdims):
+    _no_out(out, fn)
+    raw = x._data if type(x) is dlarray else _xp().asarray(x)
+    axes = _axes.normalize_axes(axis, raw.ndim, fn)
+    return make(getattr(_xp(), fn)(raw, axis=axes, keepdims=keepdims))
+
+
+def any(x, axis=None, out=None, keepdims=False):  # noqa: A001
+    """Whether any element is nonzero (bool dlarray), as ``numpy.any``.
+
+    >>> import gpugrad as gg
+    >>> bool(gg.any(gg.dlarray([0.0, 2.0])))
+    True
+    """
+    return _boolreduce("any", x, axis, out, keepdims)
+
+
+def all(x, axis=None, out=None, keepdims=False):  # noqa: A001
+    """Whether every element is nonzero (bool dlarray), as ``numpy.all``.
+
+    >>> import gpugrad as gg
+    >>> bool(gg.all(gg.dlarray([0.0, 2.0])))
+    False
+    """
+    return _boolreduce("all", x, axis, out, keepdims)
+
+
+def diff(x, n=1, axis=-1, prepend=None, append=None):
+    """``n``-th discrete difference along ``axis``, as ``numpy.diff`` (with ``prepend``
+    and ``append``).
+
+    >>> import gpugrad as gg
+    >>> gg.diff(gg.dlarray([1.0, 4.0, 9.0, 16.0])).numpy()
+    array([3., 5., 7.])
+    >>> gg.diff(gg.dlarray([1.0, 4.0, 9.0, 16.0]), n=2).numpy()
+    array([2., 2.])
+    """
+    x = x if type(x) is dlarray else dlarray(x)
+    if x.ndim == 0:
+        raise ValueError("diff: requires an input of at least one dimension, got a 0-d array")
+    if n < 0:
+        raise ValueError(f"diff: order n must be non-negative, got {n}")
+    axis = _axes.normalize_axis_index(axis, x.ndim, "diff")
+    parts = []
+    for extra in (prepend, append):
+        if extra is None:
+            parts.append(None)
+            continue
+        e = extra if type(extra) is dlarray else dlarray(extra)
+        if e.ndim == 0:
+            shape = list(x.shape)
+            shape[axis] = 1
+            e = broadcast_to(e, tuple(shape))
+        parts.append(e)
+    if parts[0] is not None or parts[1] is not None:
+        x = concatenate([p for p in (parts[0], x, parts[1]) if p is not None], axis=axis)
+    lead = (slice(None),) * axis
+    for _ in range(n):
+        m = x.shape[axis]
+        x = getitem(x, lead + (slice(1, m),)) - getitem(x, lead + (slice(0, m - 1),))
+    return x
+
+
+# ------------------------------------------------------------------ cumprod
+
+
+def _cumprod_vjp(g, ans, x, axis):
+    # d cumprod_k / d x_j = prod_{i <= k, i != j} x_i for j <= k
+    if bool(_xp().all(x._data != 0)):
+        # no zeros: sum_{k >= j} g_k cumprod_k / x_j (a reversed cumulative sum)
+        rev = flip(cumsum(flip(g * conj(ans), axis), axis), axis)
+        return (rev / conj(x),)
+    # why: with zeros the division is 0/0; use the exact recurrence instead:
+    # grad_j = L_j S_j, L_j = prod_{i < j} x_i, S_j = g_j + x_{j+1} S_{j+1}
+    n = x.shape[axis]
+    lead = (slice(None),) * axis
+    xc = conj(x)
+
+    def at(v, i):
+        return getitem(v, lead + (slice(i, i + 1),))
+
+    s = [None] * n
+    s[n - 1] = at(g, n - 1)
+    for j in range(n - 2, -1, -1):
+        s[j] = at(g, j) + at(xc, j + 1) * s[j + 1]
+    ones_shape = tuple(1 if i == axis else d for i, d in enumerate(x.shape))
+    left = [make(_xp().ones(ones_shape, x.dtype))]
+    for j in range(1, n):
+        left.append(left[-1] * at(xc, j - 1))
+    return (concatenate([left[j] * s[j] for j in range(n)], axis=axis),)
+
+
+_CUMPROD = Primitive(
+    "cumprod",
+    lambda x, axis: _xp().cumprod(x, axis=axis),
+    _cumprod_vjp,
+    save=(0,),
+    save_ans=True,
+)
+
+
+def cumprod(x, axis=None, dtype=None, out=None):
+    """Cumulative product along ``axis`` (``None``: over the flattened array), as
+    ``numpy.cumprod``; the gradient is exact where elements are zero.
+
+    >>> import gpugrad as gg
+    >>> gg.cumprod(gg.dlarray([1.0, 2.0, 3.0])).numpy()
+    array([1., 2., 6.])
+    """
+    _no_out(out, "cumprod")
+    x = x if type(x) is dlarray else dlarray(x)
+    if dtype is not None:
+        x = x.astype(dtype)
+    if axis is None:
+        x = reshape(x, (x.size,))
+        axis = 0
+    axis = _axes.normalize_axis_index(axis, x.ndim, "cumprod")
+    if x.shape[axis] == 0:
+        return x
+    return bind(_CUMPROD, (x,), {"axis": axis}, x._fmt)
+
+
+# ------------------------------------------------------------------ order statistics
+
+
+def _quantile_core(x, q, axis, keepdims, fn):
+    """Linear-interpolation quantiles (NumPy's default method), composed of a sort and
+    gathers, so the gradient goes to the (one or two) order statistics used."""
+    from .shape import sort  # noqa: PLC0415 - shape's sort is defined after this module's import
+
+    x = x if type(x) is dlarray else dlarray(x)
+    qraw = _np.asarray(q._data if type(q) is dlarray else q, dtype=float)
+    if qraw.size and (qraw.min() < 0 or qraw.max() > 1):
+        raise ValueError(f"{fn}: quantiles must be in the range [0, 1] (percentiles in [0, 100])")
+    if axis is None:
+        flat = reshape(x, (x.size,))
+        s = sort(flat, axis=0)
+        axes = tuple(range(x.ndim))
+    else:
+        axes = _axes.normalize_axes(axis, x.ndim, fn)
+        rest = [i for i in range(x.ndim) if i not in axes]
+        moved = transpose(x, tuple(rest) + axes) if x.ndim else x
+        lead = tuple(x.shape[i] for i in rest)
+        s = sort(reshape(moved, lead + (-1,)), axis=-1)
+    n = s.shape[-1]
+    if n == 0:
+        raise ValueError(f"{fn}: cannot take a quantile of an empty array")
+    pos = qraw * (n - 1)
+    lo = _np.floor(pos).astype(_np.int64)
+    hi = _np.minimum(lo + 1, n - 1)
+    frac = pos - lo
+    xp = _xp()
+    # order statistics gathered along the last axis; q's axes go in front (NumPy's order)
+    lo_v = moveaxis(getitem(s, (Ellipsis, xp.asarray(lo.ravel()))), -1, 0)
+    hi_v = moveaxis(getitem(s, (Ellipsis, xp.asarray(hi.ravel()))), -1, 0)
+    t = make(xp.asarray(frac.ravel().reshape((-1,) + (1,) * (s.ndim - 1)), dtype=s.dtype))
+    # NumPy's lerp: a + (b - a) t, written from the nearer end for t >= 0.5
+    diff_v = hi_v - lo_v
+    res = _where(t >= 0.5, hi_v - diff_v * (1 - t), lo_v + diff_v * t)
+    res = reshape(res, qraw.shape + s.shape[:-1])
+    if keepdims:
+        kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        res = reshape(res, qraw.shape + kept)
+    return res
+
+
+def quantile(x, q, axis=None, out=None, overwrite_input=False, method="linear", keepdims=False):
+    """``q``-th quantile(s) (``q`` in [0, 1]) over ``axis``, as ``numpy.quantile`` with
+    the default ``method="linear"``; differentiable (the gradient goes to the order
+    statistics interpolated between).
+
+    >>> import gpugrad as gg
+    >>> float(gg.quantile(gg.dlarray([1.0, 2.0, 3.0, 4.0]), 0.25))
+    1.75
+    """
+    _no_out(out, "quantile")
+    if method != "linear":
+        raise ValueError(
+            f"quantile: only method='linear' (NumPy's default) is supported, got {method!r}"
+        )
+    return _quantile_core(x, q, axis, keepdims, "quantile")
+
+
+def percentile(x, q, axis=None, out=None, overwrite_input=False, method="linear", keepdims=False):
+    """``q``-th percentile(s) (``q`` in [0, 100]), as ``numpy.percentile``.
+
+    >>> import gpugrad as gg
+    >>> float(gg.percentile(gg.dlarray([1.0, 2.0, 3.0, 4.0]), 50))
+    2.5
+    """
+    _no_out(out, "percentile")
+    if method != "linear":
+        raise ValueError(
+            f"percentile: only method='linear' (NumPy's default) is supported, got {method!r}"
+        )
+    qraw = _np.asarray(q._data if type(q) is dlarray else q, dtype=float) / 100.0
+    return _quantile_core(x, qraw, axis, keepdims, "percentile")
+
+
+def median(x, axis=None, out=None, overwrite_input=False, keepdims=False):
+    """Median over ``axis`` (mean of the two middle values for an even count), as
+    ``numpy.median``.
+
+    >>> import gpugrad as gg
+    >>> float(gg.median(gg.dlarray([3.0, 1.0, 4.0, 2.0])))
+    2.5
+    """
+    _no_out(out, "median")
+    return _quantile_core(x, 0.5, axis, keepdims, "median")
+
+
+def nanmean(x, axis=None, keepdims=False):
+    """Mean ignoring NaN, as ``numpy.nanmean`` (NaN elements get zero gradient)."""
+    x = x if type(x) is dlarray else dlarray(x)
+    ok = make(~_xp().isnan(x._data))
+    count = sum(make(ok._data * 1.0), axis, keepdims)
+    return sum(_where(ok, x, 0.0), axis, keepdims) / count
+
+
+def nansum(x, axis=None, keepdims=False):
+    """Sum ignoring NaN, as ``numpy.nansum`` (NaN elements get zero gradient)."""
+    x = x if type(x) is dlarray else dlarray(x)
+    ok = make(~_xp().isnan(x._data))
+    return sum(_where(ok, x, 0.0), axis, keepdims)
+
+
+def average(x, axis=None, weights=None, returned=False, keepdims=False):
+    """Weighted average, as ``numpy.average`` (differentiable in ``x`` and ``weights``).
+
+    >>> import gpugrad as gg
+    >>> float(gg.average(gg.dlarray([1.0, 3.0]), weights=[3.0, 1.0]))
+    1.5
+    """
+    x = x if type(x) is dlarray else dlarray(x)
+    if weights is None:
+        avg = mean(x, axis, keepdims)
+        n = avg._data.dtype.type(x.size / builtins.max(avg.size, 1))
+        return (avg, make(_xp().full(avg.shape, n))) if returned else avg
+    w = weights if type(weights) is dlarray else dlarray(weights)
+    if w.shape != x.shape:
+        if axis is None or w.ndim != 1:
+            raise TypeError(
+                f"average: weights of shape {w.shape} differ from x's {x.shape}; give axis "
+                "for 1-D weights"
+            )
+        ax = _axes.normalize_axis_index(axis, x.ndim, "average")
+        if w.shape[0] != x.shape[ax]:
+            raise ValueError("average: length of weights differs from x's length along axis")
+        w = reshape(w, tuple(w.shape[0] if i == ax else 1 for i in range(x.ndim)))
+        w = broadcast_to(w, x.shape)
+    scl = sum(w, axis, keepdims)
+    avg = sum(x * w, axis, keepdims) / scl
+    return (avg, scl) if returned else avg
+
+
+__all__ += [
+    "var",
+    "std",
+    "argmax",
+    "argmin",
+    "any",
+    "all",
+    "diff",
+    "cumprod",
+    "quantile",
+    "percentile",
+    "median",
+    "nanmean",
+    "nansum",
+    "average",
 ]

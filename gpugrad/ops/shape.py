@@ -406,3 +406,536 @@ __all__ = [
     "take_along_axis",
     "normalize_index",
 ]
+
+
+# ------------------------------------------------------------------ the NumPy surface
+# NumPy's shape functions, composed of the primitives above (reshape, transpose,
+# broadcast_to, concatenate, flip, getitem, setitem), so every one is differentiable to
+# any order with no new rule. Names, arguments and defaults are NumPy's.
+
+from . import axes as _axes  # noqa: E402
+
+
+def _ndim_at_least(x, n, fn):
+    if x.ndim < n:
+        raise ValueError(f"{fn}: needs an array of at least {n} dimension(s), got shape {x.shape}")
+
+
+def ravel(x, order="C"):
+    """The elements as a 1-D array (row-major), as ``numpy.ravel``.
+
+    >>> import gpugrad as gg
+    >>> gg.ravel(gg.dlarray([[1.0, 2.0], [3.0, 4.0]])).numpy()
+    array([1., 2., 3., 4.])
+    """
+    if order not in ("C", "A", "K"):
+        raise ValueError(f"ravel: only order='C' (row-major) is supported, got {order!r}")
+    x = _dl(x)
+    return reshape(x, (x.size,))
+
+
+def copy(x):
+    """A copy with its own buffer that keeps the trace (its gradient goes to ``x``).
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([1.0, 2.0]); y = gg.copy(x); y[0] = 5.0
+    >>> x.numpy()
+    array([1., 2.])
+    """
+    x = _dl(x)
+    return make(x._data.copy(), x._fmt, x._node, x._idx, x._taint)
+
+
+def _take_axis(x, idx, axis):
+    """``x`` gathered with the integer array ``idx`` along ``axis`` (differentiable)."""
+    xp = _xp()
+    return getitem(x, (slice(None),) * axis + (xp.asarray(idx),))
+
+
+def take(a, indices, axis=None, out=None, mode="raise"):
+    """Elements at ``indices`` along ``axis`` (flattened when None), as ``numpy.take``
+    (``mode`` ``"raise"``, ``"wrap"`` or ``"clip"``).
+
+    >>> import gpugrad as gg
+    >>> gg.take(gg.dlarray([[1.0, 2.0], [3.0, 4.0]]), [3, 0]).numpy()
+    array([4., 1.])
+    """
+    if out is not None:
+        raise TypeError("take: out= is not supported")
+    x = _dl(a)
+    if axis is None:
+        x = ravel(x)
+        axis = 0
+    axis = _axes.normalize_axis_index(axis, x.ndim, "take")
+    ind = indices._data if type(indices) is dlarray else indices
+    ind = np.asarray(backend.to_host(ind) if backend.is_device_array(ind) else ind)
+    if ind.dtype.kind == "f":
+        if not bool((ind == np.round(ind)).all()):
+            raise IndexError("take: indices must be integers")
+    elif ind.dtype.kind not in "iu":
+        raise IndexError(f"take: indices must be integers, got dtype {ind.dtype}")
+    ind = ind.astype(np.int64)
+    n = x.shape[axis]
+    if mode == "wrap":
+        ind = ind % n
+    elif mode == "clip":
+        ind = np.clip(ind, 0, n - 1)
+    elif mode == "raise":
+        if ind.size and (ind.min() < -n or ind.max() >= n):
+            raise IndexError(f"take: index out of bounds for axis {axis} with size {n}")
+    else:
+        raise ValueError(f"take: mode must be 'raise', 'wrap' or 'clip', got {mode!r}")
+    if ind.ndim == 0:
+        return getitem(x, (slice(None),) * axis + (int(ind),))
+    return _take_axis(x, ind, axis)
+
+
+def repeat(a, repeats, axis=None):
+    """Repeat elements (``numpy.repeat``): each element ``repeats`` times along ``axis``
+    (the flattened array when None).
+
+    >>> import gpugrad as gg
+    >>> gg.repeat(gg.dlarray([1.0, 2.0]), 2).numpy()
+    array([1., 1., 2., 2.])
+    """
+    x = _dl(a)
+    if axis is None:
+        x = ravel(x)
+        axis = 0
+    axis = _axes.normalize_axis_index(axis, x.ndim, "repeat")
+    reps = np.asarray(repeats)
+    if reps.dtype.kind not in "iu" or (reps.size and reps.min() < 0):
+        raise ValueError(f"repeat: repeats must be non-negative integers, got {repeats!r}")
+    idx = np.repeat(np.arange(x.shape[axis]), reps)
+    return _take_axis(x, idx, axis)
+
+
+def tile(A, reps):  # noqa: N803 - NumPy's argument name
+    """Repeat the whole array ``reps`` times per axis, as ``numpy.tile``.
+
+    >>> import gpugrad as gg
+    >>> gg.tile(gg.dlarray([1.0, 2.0]), 2).numpy()
+    array([1., 2., 1., 2.])
+    """
+    x = _dl(A)
+    reps = (int(reps),) if np.ndim(reps) == 0 else tuple(int(r) for r in reps)
+    if any(r < 0 for r in reps):
+        raise ValueError(f"tile: reps must be non-negative, got {reps}")
+    d = max(len(reps), x.ndim)
+    reps = (1,) * (d - len(reps)) + reps
+    shape = (1,) * (d - x.ndim) + x.shape
+    # (s0, s1, ...) -> (1, s0, 1, s1, ...) -> broadcast (r0, s0, r1, s1, ...) -> merge
+    inter = reshape(x, tuple(v for s in shape for v in (1, s)))
+    inter = broadcast_to(inter, tuple(v for r, s in zip(reps, shape) for v in (r, s)))
+    return reshape(inter, tuple(r * s for r, s in zip(reps, shape)))
+
+
+def roll(a, shift, axis=None):
+    """Roll elements along ``axis`` (the flattened array when None), as ``numpy.roll``.
+
+    >>> import gpugrad as gg
+    >>> gg.roll(gg.dlarray([1.0, 2.0, 3.0]), 1).numpy()
+    array([3., 1., 2.])
+    """
+    x = _dl(a)
+    if axis is None:
+        return reshape(roll(ravel(x), shift, 0), x.shape)
+    shifts = (shift,) if np.ndim(shift) == 0 else tuple(shift)
+    axes = (axis,) if np.ndim(axis) == 0 else tuple(axis)
+    if len(shifts) == 1:
+        shifts = shifts * len(axes)
+    elif len(axes) == 1:
+        axes = axes * len(shifts)
+    if len(shifts) != len(axes):
+        raise ValueError("roll: shift and axis must have the same length")
+    total = {}
+    for s, ax in zip(shifts, axes):
+        ax = _axes.normalize_axis_index(ax, x.ndim, "roll")
+        total[ax] = total.get(ax, 0) + int(s)
+    for ax, s in total.items():
+        n = x.shape[ax]
+        if n and s % n:
+            x = _take_axis(x, (np.arange(n) - s) % n, ax)
+    return x
+
+
+def rot90(m, k=1, axes=(0, 1)):
+    """Rotate by 90 degrees ``k`` times in the plane of ``axes``, as ``numpy.rot90``.
+
+    >>> import gpugrad as gg
+    >>> gg.rot90(gg.dlarray([[1.0, 2.0], [3.0, 4.0]])).numpy()
+    array([[2., 4.],
+           [1., 3.]])
+    """
+    x = _dl(m)
+    axes = tuple(axes)
+    if len(axes) != 2:
+        raise ValueError("rot90: len(axes) must be 2")
+    a0, a1 = (_axes.normalize_axis_index(a, x.ndim, "rot90") for a in axes)
+    if a0 == a1:
+        raise ValueError("rot90: axes must be different")
+    k %= 4
+    if k == 0:
+        return x
+    if k == 2:
+        return flip(flip(x, a0), a1)
+    order = list(range(x.ndim))
+    order[a0], order[a1] = order[a1], order[a0]
+    if k == 1:
+        return transpose(flip(x, a1), tuple(order))
+    return flip(transpose(x, tuple(order)), a1)
+
+
+def fliplr(m):
+    """Reverse the columns (axis 1), as ``numpy.fliplr``."""
+    x = _dl(m)
+    _ndim_at_least(x, 2, "fliplr")
+    return flip(x, 1)
+
+
+def flipud(m):
+    """Reverse the rows (axis 0), as ``numpy.flipud``."""
+    x = _dl(m)
+    _ndim_at_least(x, 1, "flipud")
+    return flip(x, 0)
+
+
+def rollaxis(a, axis, start=0):
+    """Roll ``axis`` backwards until it lies before ``start``, as ``numpy.rollaxis``
+    (prefer ``moveaxis``)."""
+    x = _dl(a)
+    n = x.ndim
+    axis = _axes.normalize_axis_index(axis, n, "rollaxis")
+    if start < 0:
+        start += n
+    if not 0 <= start < n + 1:
+        raise _axes.AxisError(f"rollaxis: start {start} is out of range for {n} dimension(s)")
+    if axis < start:
+        start -= 1
+    if axis == start:
+        return x
+    order = list(range(n))
+    order.remove(axis)
+    order.insert(start, axis)
+    return transpose(x, tuple(order))
+
+
+def atleast_1d(*arys):
+    """Each input viewed with at least one dimension (one array, or a list), as NumPy."""
+    res = [reshape(_dl(a), (1,)) if _dl(a).ndim == 0 else _dl(a) for a in arys]
+    return res[0] if len(res) == 1 else res
+
+
+def atleast_2d(*arys):
+    """Each input with at least two dimensions: ``(n,)`` becomes ``(1, n)``, as NumPy."""
+    res = []
+    for a in arys:
+        x = _dl(a)
+        if x.ndim < 2:
+            x = reshape(x, (1, x.size))
+        res.append(x)
+    return res[0] if len(res) == 1 else res
+
+
+def atleast_3d(*arys):
+    """Each input with at least three dimensions: ``(n,)`` becomes ``(1, n, 1)`` and
+    ``(m, n)`` becomes ``(m, n, 1)``, as NumPy.
+
+    >>> import gpugrad as gg
+    >>> gg.atleast_3d(gg.dlarray([1.0, 2.0])).shape
+    (1, 2, 1)
+    """
+    res = []
+    for a in arys:
+        x = _dl(a)
+        if x.ndim == 0:
+            x = reshape(x, (1, 1, 1))
+        elif x.ndim == 1:
+            x = reshape(x, (1, x.shape[0], 1))
+        elif x.ndim == 2:
+            x = reshape(x, x.shape + (1,))
+        res.append(x)
+    return res[0] if len(res) == 1 else res
+
+
+def _seq(tup, fn):
+    if type(tup) is dlarray or isinstance(tup, np.ndarray):
+        raise TypeError(f"{fn}: expects a sequence of arrays (list or tuple), got one array")
+    return list(tup)
+
+
+def vstack(tup):
+    """Stack arrays vertically (row-wise), as ``numpy.vstack``.
+
+    >>> import gpugrad as gg
+    >>> gg.vstack([gg.dlarray([1.0, 2.0]), gg.dlarray([3.0, 4.0])]).shape
+    (2, 2)
+    """
+    arrs = [atleast_2d(a) for a in _seq(tup, "vstack")]
+    return concatenate(arrs, axis=0)
+
+
+row_stack = vstack
+
+
+def hstack(tup):
+    """Stack arrays horizontally (column-wise), as ``numpy.hstack``."""
+    arrs = [atleast_1d(a) for a in _seq(tup, "hstack")]
+    return concatenate(arrs, axis=0 if arrs and arrs[0].ndim == 1 else 1)
+
+
+def dstack(tup):
+    """Stack arrays along the third axis, as ``numpy.dstack``."""
+    arrs = [atleast_3d(a) for a in _seq(tup, "dstack")]
+    return concatenate(arrs, axis=2)
+
+
+def column_stack(tup):
+    """Stack 1-D arrays as columns of a 2-D array, as ``numpy.column_stack``.
+
+    >>> import gpugrad as gg
+    >>> gg.column_stack([gg.dlarray([1.0, 2.0]), gg.dlarray([3.0, 4.0])]).numpy()
+    array([[1., 3.],
+           [2., 4.]])
+    """
+    arrs = []
+    for a in _seq(tup, "column_stack"):
+        x = _dl(a)
+        arrs.append(reshape(x, (x.size, 1)) if x.ndim < 2 else x)
+    return concatenate(arrs, axis=1)
+
+
+def append(arr, values, axis=None):
+    """``arr`` with ``values`` appended (both flattened when ``axis`` is None), as
+    ``numpy.append``."""
+    x, v = _dl(arr), _dl(values)
+    if axis is None:
+        return concatenate([ravel(x), ravel(v)], axis=0)
+    return concatenate([x, v], axis=axis)
+
+
+def array_split(ary, indices_or_sections, axis=0):
+    """Split into sub-arrays (sections may differ in size by one), as
+    ``numpy.array_split``; returns a list.
+
+    >>> import gpugrad as gg
+    >>> [p.shape for p in gg.array_split(gg.dlarray([1.0, 2.0, 3.0]), 2)]
+    [(2,), (1,)]
+    """
+    x = _dl(ary)
+    axis = _axes.normalize_axis_index(axis, x.ndim, "array_split")
+    n = x.shape[axis]
+    if np.ndim(indices_or_sections) == 0:
+        sections = int(indices_or_sections)
+        if sections <= 0:
+            raise ValueError("array_split: number of sections must be larger than 0")
+        each, extra = divmod(n, sections)
+        sizes = [each + 1] * extra + [each] * (sections - extra)
+        bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    else:
+        bounds = [0] + [int(i) for i in indices_or_sections] + [n]
+    lead = (slice(None),) * axis
+    return [getitem(x, lead + (slice(bounds[i], bounds[i + 1]),)) for i in range(len(bounds) - 1)]
+
+
+def split(ary, indices_or_sections, axis=0):
+    """Split into equal sections (or at the given indices), as ``numpy.split``."""
+    x = _dl(ary)
+    if np.ndim(indices_or_sections) == 0:
+        ax = _axes.normalize_axis_index(axis, x.ndim, "split")
+        if x.shape[ax] % int(indices_or_sections):
+            raise ValueError("split: array split does not result in an equal division")
+    return array_split(x, indices_or_sections, axis)
+
+
+def hsplit(ary, indices_or_sections):
+    """Split along axis 1 (axis 0 for 1-D input), as ``numpy.hsplit``."""
+    x = _dl(ary)
+    _ndim_at_least(x, 1, "hsplit")
+    return split(x, indices_or_sections, 1 if x.ndim > 1 else 0)
+
+
+def vsplit(ary, indices_or_sections):
+    """Split along axis 0 (input of at least 2 dimensions), as ``numpy.vsplit``."""
+    x = _dl(ary)
+    _ndim_at_least(x, 2, "vsplit")
+    return split(x, indices_or_sections, 0)
+
+
+def dsplit(ary, indices_or_sections):
+    """Split along axis 2 (input of at least 3 dimensions), as ``numpy.dsplit``."""
+    x = _dl(ary)
+    _ndim_at_least(x, 3, "dsplit")
+    return split(x, indices_or_sections, 2)
+
+
+def broadcast_arrays(*args):
+    """The inputs broadcast to one shape, as ``numpy.broadcast_arrays``."""
+    arrs = [_dl(a) for a in args]
+    shape = np.broadcast_shapes(*(a.shape for a in arrs))
+    return [broadcast_to(a, shape) for a in arrs]
+
+
+_PAD_INDEX_MODES = ("edge", "reflect", "symmetric", "wrap")
+
+
+def pad(array, pad_width, mode="constant", **kwargs):
+    """Pad an array, as ``numpy.pad``, with ``mode`` ``"constant"`` (``constant_values``,
+    a scalar), ``"edge"``, ``"reflect"``, ``"symmetric"`` or ``"wrap"``. Differentiable;
+    padded elements that copy input elements pass their gradient to them.
+
+    >>> import gpugrad as gg
+    >>> gg.pad(gg.dlarray([1.0, 2.0]), (1, 2)).numpy()
+    array([0., 1., 2., 0., 0.])
+    >>> gg.pad(gg.dlarray([1.0, 2.0, 3.0]), 2, mode="reflect").numpy()
+    array([3., 2., 1., 2., 3., 2., 1.])
+    """
+    x = _dl(array)
+    widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (x.ndim, 2)).tolist()
+    if np.asarray(pad_width).dtype.kind not in "iu" or any(v < 0 for w in widths for v in w):
+        raise ValueError(f"pad: pad_width must be non-negative integers, got {pad_width!r}")
+    if mode == "constant":
+        extra = set(kwargs) - {"constant_values"}
+        if extra:
+            raise TypeError(f"pad: unexpected keyword(s) {sorted(extra)} for mode='constant'")
+        c = kwargs.get("constant_values", 0)
+        if np.ndim(c) != 0:
+            raise ValueError("pad: only a scalar constant_values is supported")
+        c = c._data if type(c) is dlarray else c
+        shape = tuple(s + a + b for s, (a, b) in zip(x.shape, widths))
+        base = make(_xp().full(shape, c, dtype=x.dtype))
+        idx = tuple(slice(a, a + s) for s, (a, _) in zip(x.shape, widths))
+        out = setitem(base, idx, x)
+        out._fmt = x._fmt
+        return out
+    if mode not in _PAD_INDEX_MODES:
+        raise ValueError(
+            f"pad: mode must be one of 'constant', {', '.join(map(repr, _PAD_INDEX_MODES))}, "
+            f"got {mode!r}"
+        )
+    if kwargs.get("reflect_type", "even") != "even" or set(kwargs) - {"reflect_type"}:
+        raise ValueError(f"pad: unsupported keyword(s) {kwargs!r} for mode={mode!r}")
+    for ax, (a, b) in enumerate(widths):
+        if a == 0 and b == 0:
+            continue
+        n = x.shape[ax]
+        if n == 0:
+            raise ValueError(f"pad: can't extend empty axis {ax} using mode {mode!r}")
+        # why: NumPy's own pad of the index vector is exactly the map from output to
+        # input positions for these modes, so values and gradients follow it
+        x = _take_axis(x, np.pad(np.arange(n), (a, b), mode=mode), ax)
+    return x
+
+
+def argsort(a, axis=-1, kind=None, order=None):
+    """Indices that sort ``a`` along ``axis`` (integer dlarray, not differentiable)."""
+    x = _dl(a)
+    if axis is None:
+        return make(_xp().argsort(x._data.ravel(), kind=kind))
+    axis = _axes.normalize_axis_index(axis, x.ndim, "argsort")
+    return make(_xp().argsort(x._data, axis=axis, kind=kind))
+
+
+def sort(a, axis=-1, kind=None, order=None):
+    """Sorted copy along ``axis`` (flattened when None), as ``numpy.sort``; the gradient
+    goes back to each element's original position (ties: to the stable order).
+
+    >>> import gpugrad as gg
+    >>> gg.sort(gg.dlarray([3.0, 1.0, 2.0])).numpy()
+    array([1., 2., 3.])
+    """
+    if order is not None:
+        raise ValueError("sort: order= (structured arrays) is not supported")
+    x = _dl(a)
+    if axis is None:
+        x = ravel(x)
+        axis = 0
+    axis = _axes.normalize_axis_index(axis, x.ndim, "sort")
+    idx = _xp().argsort(x._data, axis=axis, kind="stable")
+    return take_along_axis(x, idx, axis)
+
+
+def argpartition(a, kth, axis=-1, kind="introselect", order=None):
+    """Indices that partition ``a`` (integer dlarray, not differentiable)."""
+    x = _dl(a)
+    if axis is None:
+        return make(_xp().argpartition(x._data.ravel(), kth))
+    axis = _axes.normalize_axis_index(axis, x.ndim, "argpartition")
+    return make(_xp().argpartition(x._data, kth, axis=axis))
+
+
+def partition(a, kth, axis=-1, kind="introselect", order=None):
+    """Partially sorted copy (element ``kth`` in its sorted place, smaller ones before
+    it, larger after), as ``numpy.partition``; differentiable like ``sort``.
+
+    >>> import gpugrad as gg
+    >>> float(gg.partition(gg.dlarray([3.0, 1.0, 2.0]), 1)[1])
+    2.0
+    """
+    x = _dl(a)
+    if axis is None:
+        x = ravel(x)
+        axis = 0
+    axis = _axes.normalize_axis_index(axis, x.ndim, "partition")
+    idx = _xp().argpartition(x._data, kth, axis=axis)
+    return take_along_axis(x, idx, axis)
+
+
+def select(condlist, choicelist, default=0):
+    """Elements from ``choicelist`` where the matching condition first holds, else
+    ``default``, as ``numpy.select`` (differentiable in the choices and the default).
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([-1.0, 0.5, 3.0])
+    >>> gg.select([x < 0, x > 1], [-x, x * 10], default=x).numpy()
+    array([ 1. ,  0.5, 30. ])
+    """
+    from .elementwise import where  # noqa: PLC0415 - elementwise imports nothing from here
+
+    condlist, choicelist = list(condlist), list(choicelist)
+    if len(condlist) != len(choicelist):
+        raise ValueError("select: list of cases must be same length as list of conditions")
+    out = default
+    for cond, choice in zip(reversed(condlist), reversed(choicelist)):
+        c = cond._data if type(cond) is dlarray else _xp().asarray(cond)
+        if c.dtype.kind != "b":
+            raise TypeError(f"select: condlist entries must be bool arrays, got dtype {c.dtype}")
+        out = where(make(c), choice, out)
+    if type(out) is not dlarray:
+        out = dlarray(out)
+    return out
+
+
+__all__ += [
+    "ravel",
+    "copy",
+    "take",
+    "repeat",
+    "tile",
+    "roll",
+    "rot90",
+    "fliplr",
+    "flipud",
+    "rollaxis",
+    "atleast_1d",
+    "atleast_2d",
+    "atleast_3d",
+    "vstack",
+    "row_stack",
+    "hstack",
+    "dstack",
+    "column_stack",
+    "append",
+    "array_split",
+    "split",
+    "hsplit",
+    "vsplit",
+    "dsplit",
+    "broadcast_arrays",
+    "pad",
+    "argsort",
+    "sort",
+    "argpartition",
+    "partition",
+    "select",
+]
