@@ -94,3 +94,105 @@ def test_create_graph_grad_stays_usable_while_variable_lives():
     g = x.grad
     assert g.traced
     np.testing.assert_allclose(g.numpy(), (np.exp([1.0, 2.0, 3.0]) * (1 + np.array([1, 2, 3.0]))))
+
+
+# ------------------------------------------------------------------ 2 random replay
+
+
+def _dropout_step(x):
+    def f(a):
+        return gg.dropout(a, 0.5) * 3.0
+
+    with gg.autograd.train_mode():
+        y = gg.checkpoint(f, x)
+        g = gg.dlgradient(gg.sum(y), x)
+    return y, g
+
+
+def _mismatches(steps):
+    bad = 0
+    for _ in range(steps):
+        y, g = gg.dlfeval(_dropout_step, gg.dlarray(np.ones(64)))
+        # the gradient's mask must be the forward's mask
+        bad += not np.array_equal(y.numpy() != 0, g.numpy() != 0)
+    return bad
+
+
+def test_checkpoint_replay_ignores_draws_of_other_threads():
+    import threading
+
+    stop = threading.Event()
+
+    def augment():
+        while not stop.is_set():
+            gg.random.normal(shape=(7,))
+
+    t = threading.Thread(target=augment)
+    t.start()
+    try:
+        bad = _mismatches(150)
+    finally:
+        stop.set()
+        t.join()
+    assert bad == 0
+
+
+def test_checkpoint_replay_with_eight_training_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        bad = list(pool.map(lambda _: _mismatches(25), range(8)))
+    assert bad == [0] * 8
+
+
+def test_checkpoint_replay_leaves_shared_state_alone():
+    gg.random.seed(3)
+    y, g = gg.dlfeval(_dropout_step, gg.dlarray(np.ones(16)))
+    after = gg.random.normal(shape=(3,)).numpy()
+    gg.random.seed(3)
+    gg.random.uniform(shape=(16,))  # the one draw dropout made
+    np.testing.assert_array_equal(after, gg.random.normal(shape=(3,)).numpy())
+
+
+def test_nested_checkpoints_replay_their_draws():
+    def inner(a):
+        return gg.dropout(a, 0.3) * 2.0
+
+    def outer(a):
+        return gg.checkpoint(inner, gg.dropout(a, 0.3)) + 1.0
+
+    def step(x):
+        with gg.autograd.train_mode():
+            y = gg.checkpoint(outer, x)
+            return y, gg.dlgradient(gg.sum(y), x)
+
+    y, g = gg.dlfeval(step, gg.dlarray(np.ones(200)))
+    kept = y.numpy() != 1.0
+    np.testing.assert_allclose(g.numpy(), np.where(kept, 2.0 / 0.49, 0.0))
+
+
+# ------------------------------------------------------------------ 13 import circle
+
+
+def test_nn_does_not_import_checkpoint():
+    import ast
+    import pathlib
+
+    root = pathlib.Path(gg.__file__).parent
+    for path in (root / "nn").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert "checkpoint" not in (node.module or ""), path.name
+                assert all("checkpoint" not in a.name for a in node.names), path.name
+
+
+def test_recomputing_flag_is_on_the_frame():
+    seen = []
+
+    def f(a):
+        seen.append(gg.tape.current().recomputing)
+        return gg.sin(a)
+
+    gg.dlfeval(lambda x: gg.dlgradient(gg.sum(gg.checkpoint(f, x)), x), gg.dlarray([1.0]))
+    assert seen == [False, True]
+    assert not gg.tape.is_recomputing()
