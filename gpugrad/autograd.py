@@ -42,8 +42,34 @@ _GRAD_REQS = ("write", "add", "null")
 
 # leaf node -> the dlarray that owns it (so backward can write x.grad)
 _OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# leaf node -> its gradient as a traced dlarray (backward with create_graph=True)
-_TRACED_GRADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# id(variable) -> (weakref to the variable, its gradient as a traced dlarray) after
+# backward(create_graph=True).
+# why: keyed by the variable, not its leaf node: the traced gradient's graph reaches
+# the leaf node, so a node-keyed WeakKeyDictionary keeps every graph alive forever
+# (value -> key cycle). The variable itself is never referenced by a graph.
+_TRACED_GRADS: dict = {}
+
+
+def _traced_grad(x):
+    entry = _TRACED_GRADS.get(id(x))
+    if entry is None or entry[0]() is not x:
+        return None
+    return entry[1]
+
+
+def _set_traced_grad(x, g):
+    key = id(x)
+    if g is None:
+        _TRACED_GRADS.pop(key, None)
+        return
+    ref = weakref.ref(x, lambda _, key=key: _drop_traced(key))
+    _TRACED_GRADS[key] = (ref, g)
+
+
+def _drop_traced(key):
+    entry = _TRACED_GRADS.get(key)
+    if entry is not None and entry[0]() is None:
+        del _TRACED_GRADS[key]
 
 
 # ------------------------------------------------------------------ scopes
@@ -147,7 +173,7 @@ def attach_grad(self, grad_req="write"):
 
 
 def _get_grad(self):
-    g = _TRACED_GRADS.get(self._node) if self._node is not None else None
+    g = _traced_grad(self) if self._node is not None else None
     if g is not None:
         return g
     if self._grad is None:
@@ -259,7 +285,7 @@ def backward(self, head_grads=None, retain_graph=False, create_graph=False):
             g = make(xp.zeros(x.shape, x.dtype))
         add = node.params == "add"
         if create_graph:
-            prev = _TRACED_GRADS.get(node)
+            prev = _traced_grad(x)
             if add:
                 base = (
                     prev
@@ -268,10 +294,10 @@ def backward(self, head_grads=None, retain_graph=False, create_graph=False):
                 )
                 g = base + g
             tg = make(g._data, x._fmt, g._node, g._idx, g._taint)
-            _TRACED_GRADS[node] = tg
+            _set_traced_grad(x, tg)
             x._grad = tg._data
         else:
-            _TRACED_GRADS.pop(node, None)
+            _set_traced_grad(x, None)
             if add and x._grad is not None:
                 x._grad = x._grad + g._data
             else:

@@ -57,20 +57,16 @@ __all__ = [
 ]
 
 
-_RECOMPUTE = "checkpoint"  # kind of the sub-trace a pullback re-runs its function in
-_PROBE = "checkpoint-probe"  # kind of the sub-trace checkpoint_sequential measures layers in
+_RECOMPUTE = tape.RECOMPUTE  # kind of the sub-trace a pullback re-runs its function in
+_PROBE = tape.PROBE  # kind of the sub-trace checkpoint_sequential measures layers in
 
 
 def is_recomputing() -> bool:
     """True while checkpointing re-runs a forward pass: the recomputation inside a
     pullback, or ``checkpoint_sequential``'s memory probe. Side effects that the first
-    run already had (a BatchNorm's running statistics) must not happen again."""
-    trace = tape.FRAME.get().trace
-    while trace is not None:
-        if trace.kind in (_RECOMPUTE, _PROBE):
-            return True
-        trace = trace.parent
-    return False
+    run already had (a BatchNorm's running statistics) must not happen again. (The
+    flag lives on the tape's frame, ``gg.tape.is_recomputing``.)"""
+    return tape.is_recomputing()
 
 
 # ------------------------------------------------------------------ captured arrays
@@ -282,9 +278,10 @@ class _CheckpointCall:
         raws = [a._data for a in arg_arrays]
         fmts = [a._fmt for a in arg_arrays]
         sums = [_checksum(r) for r in raws]
-        rng = _random.get_state()
         training = self.frame.training
-        with tape.scope(recording=False):
+        # why: the draws' states are recorded per call (and per thread), so the
+        # recomputation replays them whatever other threads draw meanwhile
+        with tape.scope(recording=False), _random.recording() as rng:
             out = self._call_with([make(r, fm) for r, fm in zip(raws, fmts)])
         for a, r, before in zip(arg_arrays, raws, sums):
             if before is not None and _checksum(r) != before:
@@ -330,19 +327,19 @@ class _CheckpointCall:
             # why: f reads its captured arrays from its closure, so they are rebound in
             # place to fresh leaves of the sub-trace for the recomputation
             originals = [(c._node, c._idx) for c in captured]
-            caller_rng = _random.get_state()
             try:
-                _random.set_state(rng)
                 for c, fc in zip(captured, fresh_captured):
                     c._node, c._idx = fc._node, 0
-                with tape.scope(trace=sub, recording=True, training=training):
+                with (
+                    tape.scope(trace=sub, recording=True, training=training),
+                    _random.replaying(rng),
+                ):
                     again = call._call_with(
                         [fa if fa is not None else make(r) for fa, r in zip(fresh_args, raws)]
                     )
             finally:
                 for c, (node, idx) in zip(captured, originals):
                     c._node, c._idx = node, idx
-                _random.set_state(caller_rng)
             again_leaves = leaves(again)
             if _structure(again) != structure:
                 raise CheckpointError(

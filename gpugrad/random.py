@@ -2,18 +2,76 @@
 
 One NumPy generator on the host for every device (draws are copied to the GPU on
 ``cuda``): its state can be captured and restored exactly with ``get_state()`` /
-``set_state()``, which checkpointing uses to replay dropout masks and other
-draws during recomputation. (CuPy's generators cannot snapshot their state.)
+``set_state()``. (CuPy's generators cannot snapshot their state.)
+
+Checkpointing replays draws without touching the shared generator: while a
+checkpointed function first runs, every draw it makes records the generator state
+it started from (:func:`recording`, per context, so per thread); the recomputation
+replays those states on a private generator (:func:`replaying`). Draws made
+meanwhile by other threads (data augmentation, other training threads) cannot
+change the recomputed dropout masks. A lock makes "note the state, draw" one step.
 """
 
 from __future__ import annotations
 
+import numbers
+import threading
+from contextvars import ContextVar
+
 import numpy as np
 
 from . import backend
+from .errors import CheckpointError
 from .ops.core import make
 
 _state = {"gen": None}
+_LOCK = threading.RLock()
+
+
+class _Stream:
+    """Where draws come from in this context: ``source`` (recorded states to replay,
+    or None for the shared generator) and ``sinks`` (lists recording each state)."""
+
+    __slots__ = ("source", "sinks")
+
+    def __init__(self, source, sinks):
+        self.source = source
+        self.sinks = sinks
+
+
+_STREAM: ContextVar[_Stream | None] = ContextVar("gpugrad_random_stream", default=None)
+
+
+class _StreamScope:
+    def __init__(self, stream):
+        self._stream = stream
+        self._token = None
+
+    def __enter__(self):
+        self._token = _STREAM.set(self._stream)
+        return self._stream.sinks[-1] if self._stream.sinks else None
+
+    def __exit__(self, *exc):
+        _STREAM.reset(self._token)
+        return False
+
+
+def recording():
+    """Scope that records the state of every draw made in this context; ``as`` gives
+    the list of states (for :func:`replaying`)."""
+    old = _STREAM.get()
+    draws: list = []
+    if old is None:
+        return _StreamScope(_Stream(None, (draws,)))
+    return _StreamScope(_Stream(old.source, old.sinks + (draws,)))
+
+
+def replaying(states):
+    """Scope in which draws replay ``states`` (recorded by :func:`recording`) in order,
+    on a private generator: the shared state is neither read nor advanced."""
+    old = _STREAM.get()
+    sinks = () if old is None else old.sinks
+    return _StreamScope(_Stream(iter(states), sinks))
 
 
 def _generator():
@@ -22,8 +80,36 @@ def _generator():
     return _state["gen"]
 
 
+def _draw(fn):
+    """``fn(generator)`` on the shared generator, or on a replayed state."""
+    stream = _STREAM.get()
+    if stream is None:
+        with _LOCK:
+            return fn(_generator())
+    if stream.source is not None:
+        try:
+            state = next(stream.source)
+        except StopIteration:
+            raise CheckpointError(
+                "checkpoint: the recomputation drew more random numbers than the first "
+                "run; a checkpointed function must be deterministic given its inputs and "
+                "the random state"
+            ) from None
+        gen = np.random.Generator(np.random.PCG64())
+        gen.bit_generator.state = state
+        out = fn(gen)
+    else:
+        with _LOCK:
+            gen = _generator()
+            state = gen.bit_generator.state
+            out = fn(gen)
+    for sink in stream.sinks:
+        sink.append(state)
+    return out
+
+
 def seed(n=None):
-    """Seed the random state (``None``: fresh entropy).
+    """Seed the random state (``None``: fresh entropy; else a non-negative int).
 
     >>> import gpugrad as gg
     >>> gg.random.seed(0); a = gg.random.normal(shape=(2,)).numpy()
@@ -31,30 +117,49 @@ def seed(n=None):
     >>> bool((a == b).all())
     True
     """
-    _state["gen"] = np.random.Generator(np.random.PCG64(n))
+    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or int(n) < 0):
+        raise TypeError(f"gg.random.seed: n must be None or a non-negative int, got {n!r}")
+    gen = np.random.Generator(np.random.PCG64(None if n is None else int(n)))
+    with _LOCK:
+        _state["gen"] = gen
 
 
 def get_state():
     """An opaque snapshot of the random state (for exact replay)."""
-    return _generator().bit_generator.state
+    with _LOCK:
+        return _generator().bit_generator.state
 
 
 def set_state(snapshot):
     """Restore a snapshot taken by :func:`get_state`."""
-    _generator().bit_generator.state = snapshot
+    with _LOCK:
+        _generator().bit_generator.state = snapshot
 
 
-def _shape(shape, size):
+def _shape(shape, size, where):
     shape = size if shape is None else shape
     if shape is None:
         return ()
-    if isinstance(shape, int):
-        return (shape,)
-    return tuple(int(s) for s in shape)
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    try:
+        dims = tuple(int(s) for s in shape)
+        ok = all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape
+        ) and all(d >= 0 for d in dims)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{where}: shape must be a non-negative int or a tuple of them, got {shape!r}"
+        )
+    return dims
 
 
-def _cast(raw, dtype):
+def _cast(raw, dtype, where):
     dt = np.dtype(dtype or np.float64)
+    if dt.kind not in "fc":
+        raise TypeError(f"{where}: dtype must be a float or complex type, got {dt}")
     return _on_device(raw.astype(dt, copy=False))
 
 
@@ -64,26 +169,28 @@ def _on_device(raw):
 
 def normal(loc=0.0, scale=1.0, shape=None, dtype=None, size=None):
     """Normally distributed values (a dlarray on the active device)."""
-    return make(_cast(_generator().normal(loc, scale, _shape(shape, size)), dtype))
+    dims = _shape(shape, size, "gg.random.normal")
+    return make(_cast(_draw(lambda g: g.normal(loc, scale, dims)), dtype, "gg.random.normal"))
 
 
 def uniform(low=0.0, high=1.0, shape=None, dtype=None, size=None):
     """Uniformly distributed values in ``[low, high)``."""
-    return make(_cast(_generator().uniform(low, high, _shape(shape, size)), dtype))
+    dims = _shape(shape, size, "gg.random.uniform")
+    return make(_cast(_draw(lambda g: g.uniform(low, high, dims)), dtype, "gg.random.uniform"))
 
 
 def randint(low, high=None, shape=None, size=None):
     """Random integers in ``[low, high)`` (stored as float64, as MATLAB does)."""
-    return make(
-        _on_device(_generator().integers(low, high, _shape(shape, size)).astype(np.float64))
-    )
+    dims = _shape(shape, size, "gg.random.randint")
+    return make(_on_device(_draw(lambda g: g.integers(low, high, dims)).astype(np.float64)))
 
 
 def permutation(n):
     """A random permutation of ``range(n)`` as a NumPy/CuPy integer array."""
-    return _on_device(_generator().permutation(n))
+    return _on_device(_draw(lambda g: g.permutation(n)))
 
 
 def raw_uniform(shape, dtype):
     """Raw uniform draws (for dropout masks); advances the same state."""
-    return _on_device(_generator().random(_shape(shape, None)).astype(dtype, copy=False))
+    dims = _shape(shape, None, "raw_uniform")
+    return _on_device(_draw(lambda g: g.random(dims)).astype(dtype, copy=False))

@@ -53,6 +53,30 @@ class Frame:
         self.recording = recording
         self.training = training
 
+    @property
+    def recomputing(self) -> bool:
+        """True while checkpointing re-runs a forward pass (the recomputation inside a
+        pullback, or ``checkpoint_sequential``'s memory probe): side effects the first
+        run already had (a BatchNorm's running statistics) must not happen again."""
+        trace = self.trace
+        while trace is not None:
+            if trace.kind in RECOMPUTE_KINDS:
+                return True
+            trace = trace.parent
+        return False
+
+
+# kinds of the sub-traces checkpointing re-runs functions in: a pullback's
+# recomputation and checkpoint_sequential's memory probe
+RECOMPUTE = "checkpoint"
+PROBE = "checkpoint-probe"
+RECOMPUTE_KINDS = (RECOMPUTE, PROBE)
+
+
+def is_recomputing() -> bool:
+    """Whether the current context re-runs a forward pass for checkpointing."""
+    return FRAME.get().recomputing
+
 
 _ROOT = Frame(None, False, False)
 FRAME: ContextVar[Frame] = ContextVar("gpugrad_frame", default=_ROOT)

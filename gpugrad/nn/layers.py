@@ -15,12 +15,12 @@ from .. import matlab, tape
 from .. import random as _random
 from .._checks import fraction, positive
 from ..array import dlarray
-from ..checkpoint import is_recomputing
 from ..ops.core import _STATE, make
 from ..ops.elementwise import sqrt
 from ..ops.heavy import relu
 from ..ops.reduce import mean
 from ..ops.shape import reshape, transpose
+from ..tape import is_recomputing
 from ..tree import leaves, map_arrays, map_gradient
 from . import _prims
 from . import functional as F

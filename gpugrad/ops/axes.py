@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import operator
 
-import numpy as np
-
 try:  # NumPy >= 1.25
     from numpy.exceptions import AxisError
 except ImportError:  # pragma: no cover - older NumPy
