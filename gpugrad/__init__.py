@@ -263,3 +263,4 @@ from .functional import (  # noqa: E402
 from . import nn, optim  # noqa: E402
 from .nn import *  # noqa: F403, E402
 from .optim import adamupdate, sgdmupdate  # noqa: E402
+from .phase import forward, learning_phase, predict  # noqa: E402

@@ -21,6 +21,7 @@ from __future__ import annotations
 import weakref
 
 from . import backend, tape
+from . import phase as _phase
 from .array import dlarray
 from .errors import TraceError
 from .ops import core
@@ -103,7 +104,18 @@ class _Scope:
 
 def record(train_mode=True):
     """Scope in which operations on arrays with ``attach_grad()`` are recorded for
-    ``backward``; layers run in training mode unless ``train_mode=False``."""
+    ``backward``; Dropout and BatchNorm run in training mode unless
+    ``train_mode=False`` (MXNet's default). A layer's own ``net.eval()``/``net.train()``
+    and a ``net.predict(x)``/``net.forward(x)`` call take precedence (``gpugrad.phase``).
+
+    >>> import gpugrad as gg
+    >>> with gg.autograd.record():
+    ...     a = gg.autograd.is_training()
+    >>> with gg.autograd.record(train_mode=False):
+    ...     b = gg.autograd.is_training()
+    >>> a, b
+    (True, False)
+    """
     return _Scope(True, bool(train_mode))
 
 
@@ -128,8 +140,11 @@ def is_recording() -> bool:
 
 
 def is_training() -> bool:
-    """Whether layers run in training mode now (False outside ``record()``)."""
-    return tape.FRAME.get().training
+    """Whether layers run in training mode now: the innermost choice (``record``,
+    ``pause``, ``train_mode``, ``predict_mode``, ``set_training``,
+    ``gg.learning_phase``), else True exactly under a gradient trace; False outside
+    ``record()`` when nobody chose (see ``gpugrad.phase``)."""
+    return _phase.is_training()
 
 
 def set_recording(flag) -> bool:
@@ -139,15 +154,18 @@ def set_recording(flag) -> bool:
     trace = frame.trace
     if flag and trace is None:
         trace = tape.Trace("record", None)
-    tape.FRAME.set(tape.Frame(trace, flag, frame.training))
+    # why: as in MXNet, recording alone does not train (is_training() stays False)
+    training = False if frame.training is None else frame.training
+    tape.FRAME.set(tape.Frame(trace, flag, training))
     return frame.recording
 
 
 def set_training(flag) -> bool:
     """Turn training mode on or off for the current context; returns the previous state."""
     frame = tape.FRAME.get()
+    previous = _phase.is_training()
     tape.FRAME.set(tape.Frame(frame.trace, frame.recording, bool(flag)))
-    return frame.training
+    return previous
 
 
 # ------------------------------------------------------------------ dlarray methods

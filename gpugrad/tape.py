@@ -44,7 +44,8 @@ class Trace:
 
 class Frame:
     """What the current context is doing: the innermost trace, whether ops are
-    recorded, whether layers run in training mode."""
+    recorded, whether layers run in training mode (``None`` while nobody chose:
+    see ``gpugrad.phase``)."""
 
     __slots__ = ("trace", "recording", "training")
 
@@ -78,7 +79,7 @@ def is_recomputing() -> bool:
     return FRAME.get().recomputing
 
 
-_ROOT = Frame(None, False, False)
+_ROOT = Frame(None, False, None)
 FRAME: ContextVar[Frame] = ContextVar("gpugrad_frame", default=_ROOT)
 
 

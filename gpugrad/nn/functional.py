@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
+from .. import phase as _phase
 from .. import random as _random
-from .. import tape
 from .._checks import fraction, positive
 from ..array import check_format, dlarray
 from ..backend import to_host
@@ -671,8 +671,9 @@ def batchnorm(
 ):
     """Batch normalization over every dimension but ``C``.
 
-    With ``running_mean``/``running_var`` given: in training mode (the default when
-    recording, see ``gg.autograd.is_training``; or ``training=True``) returns
+    With ``running_mean``/``running_var`` given: in training mode (``training=True``,
+    or ``training=None`` and ``gg.autograd.is_training()``: the context's choice, else
+    training under a gradient trace, as ``gg.nn.BatchNorm``) returns
     ``(y, new_mean, new_var)`` with MATLAB's update ``(1 - decay) * old + decay * batch``;
     in inference mode normalizes with the running statistics and returns ``y``.
     Without them, normalizes with batch statistics and returns ``y``."""
@@ -695,7 +696,7 @@ def batchnorm(
         trained_mean = _per_channel(running_mean, "running_mean", f, where)
         trained_var = _per_channel(running_var, "running_var", f, where)
     if training is None:
-        training = tape.FRAME.get().training or running_mean is None
+        training = running_mean is None or _phase.is_training()
     if not training:
         if running_mean is None:
             raise ValueError(f"{where}: inference mode needs running_mean and running_var")
@@ -961,18 +962,26 @@ def embed(x, weights, *, data_format=None):
     return f.back(out, sorted_fmt)
 
 
-def dropout(x, rate=0.5):
-    """In training mode (``gg.autograd.is_training()``) zero each element with probability
-    ``rate`` and scale kept ones by ``1 / (1 - rate)``; identity otherwise. The mask is
-    drawn from ``gg.random`` (``gg.random.seed`` makes it reproducible).
+def dropout(x, rate=0.5, *, training=None):
+    """In training mode zero each element with probability ``rate`` and scale kept ones
+    by ``1 / (1 - rate)``; identity otherwise. The mask is drawn from ``gg.random``
+    (``gg.random.seed`` makes it reproducible). ``training=None`` follows
+    ``gg.autograd.is_training()``: the context's choice (``gg.learning_phase``,
+    ``gg.autograd.record``, ``gg.forward``/``gg.predict``), else training exactly when
+    a gradient trace is open (inside ``dlfeval``, ``gg.gradient``, ...).
 
     >>> import gpugrad as gg
     >>> gg.dropout(gg.ones((2,)), 0.5).numpy()  # not training: the identity
     array([1., 1.])
+    >>> gg.random.seed(0)
+    >>> gg.dropout(gg.ones((4,)), 0.5, training=True).numpy()
+    array([2., 0., 0., 0.])
     """
     x = _dl(x)
     rate = fraction(rate, "rate", "dropout")
-    if not tape.FRAME.get().training or rate == 0:
+    if training is None:
+        training = _phase.is_training()
+    if not training or rate == 0:
         return x
     keep = _random.raw_uniform(x.shape, x.dtype if x.dtype.kind == "f" else np.float64) >= rate
     mask = make((keep / (1 - rate)).astype(x.dtype, copy=False))

@@ -8,10 +8,12 @@ like ``parameters()``. ``__call__`` just calls ``forward``.
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 
-from .. import matlab, tape
+from .. import matlab
+from .. import phase as _phase
 from .. import random as _random
 from .._checks import fraction, positive
 from ..array import dlarray
@@ -97,6 +99,17 @@ def _padding_arg(padding, where):
     return padding
 
 
+def _training_forward(impl):
+    """The public ``forward`` of a layer class: MATLAB's training call around ``impl``."""
+
+    @functools.wraps(impl)
+    def forward(self, *args, **kwargs):
+        return _phase.call(impl.__get__(self), args, kwargs, _phase.FORWARD)
+
+    forward._gg_forward_impl = impl
+    return forward
+
+
 def _is_param(v):
     return type(v) is dlarray and v.dtype.kind in "fc"
 
@@ -136,11 +149,88 @@ class Layer:
     ['bias', 'weight']
     """
 
-    def __call__(self, x):
-        return self.forward(x)
+    _mode = None  # set by train()/eval(): True, False, or None (follow the context)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        impl = cls.__dict__.get("forward")
+        if impl is not None and not hasattr(impl, "_gg_forward_impl"):
+            # why: a subclass implements forward(x); called by a user it is MATLAB's
+            # forward (training), while net(x) runs the implementation in the context's phase
+            cls._forward_impl = impl
+            cls.forward = _training_forward(impl)
+
+    def __call__(self, *args, **kwargs):
+        if _phase.IN_CALL.get():
+            return self._forward_impl(*args, **kwargs)
+        return _phase.call(self._forward_impl, args, kwargs)
 
     def forward(self, x):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement forward(x)")
+
+    _forward_impl = forward
+
+    # ------------------------------------------------------------ training mode
+    def predict(self, *args, **kwargs):
+        """MATLAB's ``predict(net, X)``: the layer applied in inference mode (Dropout is
+        the identity, BatchNorm uses and keeps its running statistics), whatever the
+        context or ``train()`` say. ``net.forward(x)`` is its training twin; ``net(x)``
+        follows ``train()``/``eval()`` and the context (see ``gg.phase``).
+
+        >>> import gpugrad as gg
+        >>> drop = gg.nn.Dropout(0.5)
+        >>> drop.predict(gg.ones((3,))).numpy()
+        array([1., 1., 1.])
+        """
+        return _phase.call(self._forward_impl, args, kwargs, _phase.PREDICT)
+
+    def train(self, mode=True):
+        """PyTorch's ``net.train()``: this layer and every sub-layer train from now on
+        in ``net(x)``, whatever the context; ``train(False)`` is ``eval()`` and
+        ``train(None)`` hands the choice back to the context (``gg.learning_phase``,
+        ``gg.autograd.record``; training under a gradient by default). Returns the layer.
+
+        >>> import gpugrad as gg
+        >>> net = gg.nn.Sequential(gg.nn.Dense(2, 2), gg.nn.Dropout(0.5)).eval()
+        >>> net.training, net[1].training
+        (False, False)
+        """
+        if mode is not None and not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"train: mode must be True, False or None, got {mode!r}")
+        mode = None if mode is None else bool(mode)
+        for layer in self.layers_tree():
+            layer._mode = mode
+        return self
+
+    def eval(self):
+        """PyTorch's ``net.eval()``: this layer and every sub-layer infer from now on in
+        ``net(x)`` (``train()`` undoes it). Returns the layer."""
+        return self.train(False)
+
+    @property
+    def training(self):
+        """Whether ``net(x)`` trains this layer now: its ``train()``/``eval()`` mode,
+        else the context's phase (``gg.autograd.is_training()``)."""
+        return _phase.layer_is_training(self)
+
+    def layers_tree(self):
+        """This layer and every layer inside it (attributes, lists, dicts), each once."""
+        out = []
+        seen = set()
+        stack = [self]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, Layer):
+                if id(v) in seen:
+                    continue
+                seen.add(id(v))
+                out.append(v)
+                stack.extend(reversed(list(vars(v).values())))
+            elif isinstance(v, (list, tuple)):
+                stack.extend(reversed(v))
+            elif isinstance(v, dict):
+                stack.extend(reversed(list(v.values())))
+        return out
 
     # ------------------------------------------------------------ parameters
     def _param_names(self):
@@ -417,13 +507,17 @@ class LSTM(Layer):
 
 
 class Dropout(Layer):
-    """Drops a fraction ``rate`` of its input in training mode (``gg.dropout``)."""
+    """Drops a fraction ``rate`` of its input in training mode (``gg.dropout``): in
+    ``net.forward(x)``, after ``net.train()``, under ``gg.learning_phase("training")``
+    or ``gg.autograd.record()``, and by default under a gradient (``dlfeval``,
+    ``gg.gradient``); the identity in ``net.predict(x)``, after ``net.eval()`` and
+    otherwise. See ``gpugrad.phase`` for the full rule."""
 
     def __init__(self, rate=0.5):
         self.rate = fraction(rate, "rate", "Dropout")
 
     def forward(self, x):
-        return F.dropout(x, self.rate)
+        return F.dropout(x, self.rate, training=_phase.layer_is_training(self))
 
 
 def _check_features(x, num_features, where):
@@ -436,7 +530,27 @@ def _check_features(x, num_features, where):
 
 class BatchNorm(Layer):
     """Batch normalization over all axes but the last (features/channels); keeps
-    running statistics (updated in training mode) for inference."""
+    running statistics for inference.
+
+    In training mode (``net.forward(x)``, ``net.train()``, ``gg.learning_phase(
+    "training")``, ``gg.autograd.record()``, and by default under a gradient such as
+    ``dlfeval`` or ``gg.gradient``) it normalizes with the batch statistics and moves
+    the running ones in place (``(1 - momentum) * old + momentum * batch``, unbiased
+    variance, as ``gg.batchnorm`` with running statistics); in inference mode
+    (``net.predict(x)``, ``net.eval()``, ``gg.learning_phase("inference")``, and
+    outside any gradient when nobody chose) it uses the running statistics.
+    See ``gpugrad.phase`` for the full rule.
+
+    >>> import gpugrad as gg
+    >>> bn = gg.nn.BatchNorm(1)
+    >>> x = gg.dlarray([[1.0], [3.0]])
+    >>> bn(x).numpy().round(4).ravel().tolist()  # nobody chose, no gradient: running stats
+    [1.0, 3.0]
+    >>> bn.forward(x).numpy().round(4).ravel().tolist()  # MATLAB's forward: trains
+    [-1.0, 1.0]
+    >>> bn.running_mean.round(6).tolist(), bn.running_var.round(6).tolist()
+    ([0.2], [1.1])
+    """
 
     def __init__(self, num_features, momentum=0.1, epsilon=1e-5, dtype=np.float64):
         num_features = _size(num_features, "num_features", "BatchNorm")
@@ -453,7 +567,7 @@ class BatchNorm(Layer):
         x = x if type(x) is dlarray else dlarray(x)
         _check_features(x, self.offset.shape[0], type(self).__name__)
         axes = tuple(range(x.ndim - 1))
-        if tape.FRAME.get().training:
+        if _phase.layer_is_training(self):
             mu = mean(x, axis=axes, keepdims=True)
             centered = x - mu
             var = mean(centered * centered, axis=axes, keepdims=True)
