@@ -404,3 +404,80 @@ def test_new_layers_train_inside_dlfeval_with_an_optimizer():
         first = float(loss) if first is None else first
         opt.update(net, grads)
     assert float(loss) < 0.2 * first
+
+
+# ------------------------------------------------------------------ display
+
+
+def _display_net():
+    gg.random.seed(13)
+    return gg.nn.Sequential(
+        gg.nn.Conv2D((3, 3, 1, 4), padding="same", activation=gg.relu, dtype=np.float64),
+        gg.nn.MaxPool2D(2, 2),
+        gg.nn.BatchNorm(4, dtype=np.float64),
+        gg.nn.Residual(gg.nn.Conv2D((3, 3, 4, 4), padding="same", dtype=np.float64), gg.relu),
+        gg.nn.Flatten(),
+        gg.nn.Parallel(gg.nn.Dense(64, 8, dtype=np.float64), gg.nn.Dense(64, 2, dtype=np.float64)),
+    )
+
+
+def test_print_shows_layers_settings_and_parameter_counts():
+    net = _display_net()
+    text = repr(net)
+    assert str(net) == text
+    lines = text.splitlines()
+    assert lines[0] == "Sequential("
+    assert lines[1] == (
+        "  (0): Conv2D(filter=(3, 3, 1, 4), bias=(4,), strides=(1, 1), dilations=(1, 1), "
+        "padding='same', activation=relu)  # 40 parameters"
+    )
+    assert "  (1): MaxPool2D(pool_size=(2, 2), strides=(2, 2), padding='valid')" in lines
+    assert "  (3): Residual(" in lines and "    (1): relu" in lines
+    assert "    combine='concatenate', axis=-1" in lines
+    assert "  )  # 650 parameters" in lines
+    total = 40 + 8 + 148 + 64 * 8 + 8 + 64 * 2 + 2
+    assert lines[-1] == f")  # {total} parameters in total"
+    assert gg.nn.summary.count_parameters(net) == total
+    assert repr(gg.nn.Flatten()) == "Flatten()"
+
+
+def test_summary_table_has_output_shapes_and_leaves_the_net_untouched():
+    net = _display_net()
+    bn = net[2]
+    before = (bn.running_mean.copy(), bn.running_var.copy())
+    attrs = [set(vars(layer)) for layer in (net, net[0], net[3], net[3][0])]
+    table = net.summary(input_shape=(2, 8, 8, 1))
+    # top-level rows only (nested rows are indented further)
+    rows = {
+        line.split()[0] + " " + line.split()[1]: line
+        for line in table.splitlines()[3:-2]
+        if line.startswith("  ") and not line.startswith("    ")
+    }
+    assert "(2, 10)" in table.splitlines()[2] and table.splitlines()[2].startswith("Sequential")
+    assert "(2, 8, 8, 4)" in rows["0 (Conv2D)"] and rows["0 (Conv2D)"].endswith(" 40")
+    assert "(2, 4, 4, 4)" in rows["1 (MaxPool2D)"]
+    assert "(2, 64)" in rows["4 (Flatten)"]
+    assert "(2, 2)" in table and "(2, 8)" in table
+    assert (
+        table.splitlines()[-1]
+        == f"Total parameters: {gg.nn.summary.count_parameters(net):,} (float64)"
+    )
+    np.testing.assert_array_equal(bn.running_mean, before[0])
+    np.testing.assert_array_equal(bn.running_var, before[1])
+    assert [set(vars(layer)) for layer in (net, net[0], net[3], net[3][0])] == attrs
+
+    # without an input there are no shapes, and a custom layer shows its attributes
+    class Head(gg.nn.Layer):
+        def __init__(self):
+            self.lstm = gg.nn.LSTM(8, 5)
+            self.out = gg.nn.Dense(5, 3)
+
+        def forward(self, x):
+            return self.out(self.lstm(x)[:, -1])
+
+    head = Head()
+    assert "  (lstm): LSTM(" in repr(head)
+    table = head.summary(np.ones((2, 4, 8)))
+    assert "lstm (LSTM)" in table and "(2, 4, 5)" in table and "(2, 3)" in table
+    with pytest.raises(ValueError, match="summary: give x or input_shape, not both"):
+        head.summary(np.ones((1, 1, 8)), input_shape=(1, 1, 8))

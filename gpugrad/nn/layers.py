@@ -24,6 +24,7 @@ from ..ops.shape import concatenate, reshape, transpose
 from ..tree import leaves, map_arrays, map_gradient
 from . import _prims
 from . import functional as F
+from . import summary as _summary
 from .recurrent import lstm_sequence
 
 
@@ -225,6 +226,17 @@ class Layer:
             return map_gradient(lambda a: table[id(a)], model), grads[-1]
 
         return make(y._data, y._fmt), backprop
+
+    # ------------------------------------------------------------ display
+    def __repr__(self):
+        return _summary.layer_repr(self)
+
+    def summary(self, x=None, *, input_shape=None):
+        """Keras-style table of the layer and its sub-layers: type, output shape for
+        the input ``x`` (or zeros of ``input_shape``; one inference run) and parameter
+        count. ``print(layer)`` gives the nested PyTorch-style view instead. Returns
+        the text (print it)."""
+        return _summary.summary_table(self, x, input_shape=input_shape)
 
 
 # ------------------------------------------------------------------ layers
