@@ -25,7 +25,7 @@ from ._checks import nonnegative as _nonnegative
 from ._checks import positive as _positive
 from .array import dlarray
 from .ops.core import _STATE, make
-from .tree import map_arrays
+from .tree import leaves, map_arrays
 
 
 def _xp():
@@ -208,13 +208,119 @@ def _adam_step(xp, data, g, m, v, tmp, scale, beta1, beta2, epsilon):
 # ------------------------------------------------------------------ Swift-style optimizers
 
 
+def _rate(value, name, where):
+    """A learning rate: a positive number or a schedule (``step -> rate``)."""
+    if callable(value) and not isinstance(value, Real):
+        return value
+    return _positive(value, name, where)
+
+
 class _Optimizer:
-    learning_rate = _Setting(_positive)
+    learning_rate = _Setting(_rate)
     weight_decay = _Setting(_nonnegative)
+    _hyperparameters = ("learning_rate", "weight_decay")
 
     def __init__(self, model):
         if model is not None:
             _parameters_of(model, type(self).__name__)
+
+    def _current_rate(self, step):
+        """The learning rate of update number ``step`` (0-based)."""
+        lr = self._learning_rate
+        if isinstance(lr, Real):
+            return lr
+        return _positive(lr(step), "learning_rate (the schedule's value)", type(self).__name__)
+
+    def current_learning_rate(self):
+        """The learning rate the next ``update`` will use (a schedule evaluated at the
+        number of updates done so far)."""
+        return self._current_rate(self.step)
+
+    # ------------------------------------------------------------ saving
+    def state_dict(self):
+        """The optimizer's settings and state as a plain tree (numbers, strings, lists
+        and dlarray copies), for ``gg.save``; ``load_state_dict`` restores it. A
+        schedule is stored by its settings (``gg.optim`` schedules only).
+
+        >>> import gpugrad as gg
+        >>> w = gg.dlarray([1.0, 2.0])
+        >>> opt = gg.optim.SGD([w], learning_rate=0.1, momentum=0.9)
+        >>> opt.update([w], [gg.dlarray([1.0, 1.0])])
+        >>> state = opt.state_dict()
+        >>> state["optimizer"], state["step"], state["slots"]["velocity"][0]["path"]
+        ('SGD', 1, [0])
+        """
+        hyper = {}
+        for name in self._hyperparameters:
+            value = getattr(self, name)
+            if callable(value) and not isinstance(value, Real):
+                if not isinstance(value, LearningRateSchedule):
+                    raise TypeError(
+                        f"{type(self).__name__}.state_dict: {name} is a {type(value).__name__}; "
+                        "only numbers and gg.optim schedules (StepDecay, ExponentialDecay, "
+                        "CosineDecay, Warmup) can be saved"
+                    )
+                value = value.config()
+            hyper[name] = value
+        slots = {
+            slot: [
+                {"path": list(path), "value": make(_xp().array(raw, copy=True))}
+                for path, raw in entries.items()
+            ]
+            for slot, entries in self._slots().items()
+        }
+        return {
+            "optimizer": type(self).__name__,
+            "hyperparameters": hyper,
+            "step": self.step,
+            "slots": slots,
+        }
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict()`` gave (settings, step count and state buffers,
+        copied onto the active device). Raises a ValueError naming what does not fit."""
+        where = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state, dict) or not {
+            "optimizer",
+            "hyperparameters",
+            "step",
+            "slots",
+        } <= set(state):
+            raise ValueError(
+                f"{where}: expected a dict from state_dict() with keys 'optimizer', "
+                f"'hyperparameters', 'step' and 'slots', got {type(state).__name__}"
+                + (f" with keys {sorted(state)}" if isinstance(state, dict) else "")
+            )
+        if state["optimizer"] != type(self).__name__:
+            raise ValueError(
+                f"{where}: the state is of a {state['optimizer']} optimizer, not a "
+                f"{type(self).__name__}"
+            )
+        expected = set(self._slots())
+        if set(state["slots"]) != expected:
+            raise ValueError(
+                f"{where}: the state has slots {sorted(state['slots'])}, expected "
+                f"{sorted(expected)}"
+            )
+        for name, value in state["hyperparameters"].items():
+            if name not in self._hyperparameters:
+                raise ValueError(f"{where}: unknown setting {name!r} in the state")
+            if isinstance(value, dict):
+                value = LearningRateSchedule.from_config(value)
+            setattr(self, name, value)
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"{where}: step must be an integer >= 0, got {step!r}")
+        self.step = step
+        loaded = {}
+        for slot, entries in state["slots"].items():
+            table = {}
+            for entry in entries:
+                value = entry["value"]
+                raw = value._data if type(value) is dlarray else value
+                table[tuple(entry["path"])] = _xp().array(raw, copy=True)
+            loaded[slot] = table
+        self._load_slots(loaded)
 
     def _state(self, store, path, data, where):
         s = store.get(path)
@@ -259,11 +365,21 @@ class SGD(_Optimizer):
             raise ValueError("SGD: nesterov=True needs a momentum in (0, 1), got momentum=0")
         self.nesterov = bool(nesterov)
         self.velocity = {}
+        self.step = 0
+
+    _hyperparameters = ("learning_rate", "momentum", "nesterov", "weight_decay")
+
+    def _slots(self):
+        return {"velocity": self.velocity}
+
+    def _load_slots(self, slots):
+        self.velocity = slots["velocity"]
 
     def update(self, model, grads):
         """Apply ``grads`` (shaped like ``model.parameters()``) in place."""
         pairs = _checked(_parameters_of(model, "SGD.update"), grads, "SGD.update")
-        lr, mu, decay = self.learning_rate, self.momentum, self.weight_decay
+        lr, mu, decay = self._current_rate(self.step), self.momentum, self.weight_decay
+        self.step += 1
         for path, p, g in pairs:
             data = p._data
             if decay:
@@ -316,12 +432,31 @@ class Adam(_Optimizer):
         self.step = 0
         self.moments = {}  # path -> (first moment, second moment, scratch buffer)
 
+    _hyperparameters = ("learning_rate", "beta1", "beta2", "epsilon", "weight_decay")
+
+    def _slots(self):
+        return {
+            "first_moment": {k: v[0] for k, v in self.moments.items()},
+            "second_moment": {k: v[1] for k, v in self.moments.items()},
+        }
+
+    def _load_slots(self, slots):
+        first, second = slots["first_moment"], slots["second_moment"]
+        if set(first) != set(second):
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: the first and second moments are "
+                "for different parameters"
+            )
+        xp = _xp()
+        self.moments = {k: (first[k], second[k], xp.empty_like(first[k])) for k in first}
+
     def update(self, model, grads):
         """Apply ``grads`` (shaped like ``model.parameters()``) in place."""
         pairs = _checked(_parameters_of(model, "Adam.update"), grads, "Adam.update")
+        lr = self._current_rate(self.step)
         self.step += 1
         b1, b2, eps, decay = self.beta1, self.beta2, self.epsilon, self.weight_decay
-        scale = self.learning_rate * (1 - b2**self.step) ** 0.5 / (1 - b1**self.step)
+        scale = lr * (1 - b2**self.step) ** 0.5 / (1 - b1**self.step)
         xp, moments = _xp(), self.moments
         for path, p, g in pairs:
             data = p._data
@@ -452,4 +587,426 @@ def adamupdate(
     return net, average_grad, average_sq_grad
 
 
-__all__ = ["SGD", "Adam", "sgdmupdate", "adamupdate"]
+# ------------------------------------------------------------------ more optimizers
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter; ``torch.optim.AdamW``):
+    each update first shrinks every parameter, ``p -= learning_rate * weight_decay *
+    p``, then takes the Adam step of :class:`Adam` on the plain gradient (the decay
+    never enters the moments). With ``weight_decay=0`` it is :class:`Adam`.
+
+    >>> import gpugrad as gg
+    >>> w = gg.dlarray([1.0, -2.0])
+    >>> opt = gg.optim.AdamW([w], learning_rate=0.1, weight_decay=0.5)
+    >>> opt.update([w], [gg.zeros((2,))])  # a zero gradient: only the decay acts
+    >>> w.numpy()
+    array([ 0.95, -1.9 ])
+    """
+
+    def __init__(
+        self,
+        model=None,
+        learning_rate=1e-3,
+        beta1=0.9,
+        beta2=0.999,
+        epsilon=1e-8,
+        weight_decay=0.01,
+    ):
+        super().__init__(model, learning_rate, beta1, beta2, epsilon, weight_decay)
+
+    def update(self, model, grads):
+        """Apply ``grads`` (shaped like ``model.parameters()``) in place."""
+        pairs = _checked(_parameters_of(model, "AdamW.update"), grads, "AdamW.update")
+        lr = self._current_rate(self.step)
+        self.step += 1
+        b1, b2, eps, decay = self.beta1, self.beta2, self.epsilon, self.weight_decay
+        scale = lr * (1 - b2**self.step) ** 0.5 / (1 - b1**self.step)
+        xp, moments = _xp(), self.moments
+        for path, p, g in pairs:
+            data = p._data
+            if decay:
+                data *= 1 - lr * decay
+            if data.dtype.kind == "c":
+                data, g = _real_views(data, g, "AdamW.update")
+            state = moments.get(path)
+            if state is None:
+                state = moments[path] = tuple(xp.zeros_like(data) for _ in range(3))
+            elif state[0].shape != data.shape:
+                raise _state_mismatch("AdamW.update", path, data, state[0])
+            _adam_step(xp, data, g, *state, scale, b1, b2, eps)
+
+
+class RMSProp(_Optimizer):
+    """RMSProp (Hinton; S4TF's, Keras' and ``torch.optim.RMSprop``'s form):
+    ``s = rho * s + (1 - rho) * g^2``, then ``p -= learning_rate * g / (sqrt(s) +
+    epsilon)``. ``centered=True`` divides by the centered estimate
+    ``sqrt(s - mean(g)^2) + epsilon``; ``momentum > 0`` keeps a buffer
+    ``b = momentum * b + g / (...)`` and applies ``p -= learning_rate * b``;
+    ``weight_decay`` adds ``weight_decay * p`` to each gradient (L2, as torch).
+    Complex parameters keep their statistics per real component, as torch does.
+
+    >>> import gpugrad as gg
+    >>> w = gg.dlarray([1.0])
+    >>> opt = gg.optim.RMSProp([w], learning_rate=0.01, rho=0.9, epsilon=0.0)
+    >>> opt.update([w], [gg.dlarray([2.0])])  # s = 0.1 * 4, step = 0.01 * 2 / sqrt(0.4)
+    >>> round(float(w[0]), 6)
+    0.968377
+    """
+
+    rho = _Setting(_fraction)
+    epsilon = _Setting(_nonnegative)
+    momentum = _Setting(_fraction)
+    _hyperparameters = ("learning_rate", "rho", "epsilon", "momentum", "centered", "weight_decay")
+
+    def __init__(
+        self,
+        model=None,
+        learning_rate=1e-3,
+        rho=0.9,
+        epsilon=1e-8,
+        momentum=0.0,
+        centered=False,
+        weight_decay=0.0,
+    ):
+        super().__init__(model)
+        self.learning_rate = learning_rate
+        self.rho = rho
+        self.epsilon = epsilon
+        self.momentum = momentum
+        self.centered = bool(centered)
+        self.weight_decay = weight_decay
+        self.step = 0
+        self.square_average = {}
+        self.gradient_average = {}
+        self.momentum_buffer = {}
+
+    def _slots(self):
+        return {
+            "square_average": self.square_average,
+            "gradient_average": self.gradient_average,
+            "momentum_buffer": self.momentum_buffer,
+        }
+
+    def _load_slots(self, slots):
+        self.square_average = slots["square_average"]
+        self.gradient_average = slots["gradient_average"]
+        self.momentum_buffer = slots["momentum_buffer"]
+
+    def update(self, model, grads):
+        """Apply ``grads`` (shaped like ``model.parameters()``) in place."""
+        where = "RMSProp.update"
+        pairs = _checked(_parameters_of(model, where), grads, where)
+        lr = self._current_rate(self.step)
+        self.step += 1
+        rho, eps, mu, decay = self.rho, self.epsilon, self.momentum, self.weight_decay
+        xp = _xp()
+        for path, p, g in pairs:
+            data = p._data
+            if decay:
+                g = g + decay * data
+            if data.dtype.kind == "c":
+                data, g = _real_views(data, g, where)
+            g = xp.asarray(g, dtype=data.dtype)
+            sq = self._state(self.square_average, path, data, where)
+            sq *= rho
+            sq += (1 - rho) * (g * g)
+            if self.centered:
+                avg = self._state(self.gradient_average, path, data, where)
+                avg *= rho
+                avg += (1 - rho) * g
+                denom = xp.sqrt(sq - avg * avg) + eps
+            else:
+                denom = xp.sqrt(sq) + eps
+            if mu:
+                buf = self._state(self.momentum_buffer, path, data, where)
+                buf *= mu
+                buf += g / denom
+                data -= lr * buf
+            else:
+                data -= lr * (g / denom)
+
+
+# ------------------------------------------------------------------ learning-rate schedules
+
+
+class LearningRateSchedule:
+    """Base of the schedules: ``schedule(step) -> learning rate`` for update number
+    ``step`` (0 for the first update). Pass one as ``learning_rate=`` to any optimizer;
+    it is evaluated at every update (``opt.current_learning_rate()`` tells the next).
+    Any function ``step -> rate`` works too, but only these schedules can be saved."""
+
+    _fields = ()
+
+    def __call__(self, step):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def config(self):
+        """The schedule's settings as a plain dict (for ``state_dict``/``gg.save``)."""
+        out = {"schedule": type(self).__name__}
+        for name in self._fields:
+            value = getattr(self, name)
+            out[name] = value.config() if isinstance(value, LearningRateSchedule) else value
+        return out
+
+    @staticmethod
+    def from_config(config):
+        """The schedule that ``config()`` describes."""
+        kinds = {cls.__name__: cls for cls in (StepDecay, ExponentialDecay, CosineDecay, Warmup)}
+        name = config.get("schedule") if isinstance(config, dict) else None
+        if name not in kinds:
+            raise ValueError(
+                f"LearningRateSchedule.from_config: unknown schedule {name!r}; expected one "
+                f"of {sorted(kinds)}"
+            )
+        args = {k: v for k, v in config.items() if k != "schedule"}
+        for k, v in args.items():
+            if isinstance(v, dict):
+                args[k] = LearningRateSchedule.from_config(v)
+        return kinds[name](**args)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._fields)
+        return f"{type(self).__name__}({args})"
+
+
+def _step_count(value, name, where, low=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{where}: {name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _check_step(step, where):
+    return _step_count(step, "step", where, 0)
+
+
+class StepDecay(LearningRateSchedule):
+    """``learning_rate * gamma ** (step // step_size)`` (``torch.optim.lr_scheduler.StepLR``,
+    MATLAB's ``"piecewise"`` schedule).
+
+    >>> import gpugrad as gg
+    >>> s = gg.optim.StepDecay(0.1, step_size=2, gamma=0.5)
+    >>> [s(t) for t in range(5)]
+    [0.1, 0.1, 0.05, 0.05, 0.025]
+    """
+
+    _fields = ("learning_rate", "step_size", "gamma")
+
+    def __init__(self, learning_rate, step_size, gamma=0.1):
+        self.learning_rate = _positive(learning_rate, "learning_rate", "StepDecay")
+        self.step_size = _step_count(step_size, "step_size", "StepDecay")
+        self.gamma = _positive(gamma, "gamma", "StepDecay")
+
+    def __call__(self, step):
+        return self.learning_rate * self.gamma ** (_check_step(step, "StepDecay") // self.step_size)
+
+
+class ExponentialDecay(LearningRateSchedule):
+    """``learning_rate * gamma ** step`` (``torch.optim.lr_scheduler.ExponentialLR``).
+
+    >>> import gpugrad as gg
+    >>> gg.optim.ExponentialDecay(1.0, gamma=0.5)(3)
+    0.125
+    """
+
+    _fields = ("learning_rate", "gamma")
+
+    def __init__(self, learning_rate, gamma):
+        self.learning_rate = _positive(learning_rate, "learning_rate", "ExponentialDecay")
+        self.gamma = _positive(gamma, "gamma", "ExponentialDecay")
+
+    def __call__(self, step):
+        return self.learning_rate * self.gamma ** _check_step(step, "ExponentialDecay")
+
+
+class CosineDecay(LearningRateSchedule):
+    """Cosine annealing from ``learning_rate`` to ``min_learning_rate`` over
+    ``decay_steps`` updates, then constant: ``min + (learning_rate - min) * (1 +
+    cos(pi * step / decay_steps)) / 2`` (``torch.optim.lr_scheduler.CosineAnnealingLR``
+    with ``T_max = decay_steps`` for ``step <= decay_steps``).
+
+    >>> import gpugrad as gg
+    >>> s = gg.optim.CosineDecay(1.0, decay_steps=4)
+    >>> [round(s(t), 4) for t in range(6)]
+    [1.0, 0.8536, 0.5, 0.1464, 0.0, 0.0]
+    """
+
+    _fields = ("learning_rate", "decay_steps", "min_learning_rate")
+
+    def __init__(self, learning_rate, decay_steps, min_learning_rate=0.0):
+        self.learning_rate = _positive(learning_rate, "learning_rate", "CosineDecay")
+        self.decay_steps = _step_count(decay_steps, "decay_steps", "CosineDecay")
+        self.min_learning_rate = _nonnegative(min_learning_rate, "min_learning_rate", "CosineDecay")
+
+    def __call__(self, step):
+        t = min(_check_step(step, "CosineDecay"), self.decay_steps)
+        low = self.min_learning_rate
+        return low + (self.learning_rate - low) * (1 + math.cos(math.pi * t / self.decay_steps)) / 2
+
+
+class Warmup(LearningRateSchedule):
+    """Linear warm-up in front of a schedule (or a constant rate): update ``step`` uses
+    ``after(step) * min(1, (step + 1) / warmup_steps)``, so the rate grows from
+    ``after(0) / warmup_steps`` to the full rate at update ``warmup_steps - 1``
+    (``torch.optim.lr_scheduler.LinearLR(start_factor=1 / warmup_steps,
+    total_iters=warmup_steps - 1)``). The wrapped schedule runs from step 0, as
+    PyTorch's chained schedulers do.
+
+    >>> import gpugrad as gg
+    >>> s = gg.optim.Warmup(0.4, warmup_steps=4)
+    >>> [round(s(t), 6) for t in range(6)]
+    [0.1, 0.2, 0.3, 0.4, 0.4, 0.4]
+    """
+
+    _fields = ("after", "warmup_steps")
+
+    def __init__(self, after, warmup_steps):
+        if not isinstance(after, LearningRateSchedule):
+            if callable(after):
+                raise TypeError(
+                    "Warmup: after must be a number or a gg.optim schedule (StepDecay, "
+                    f"ExponentialDecay, CosineDecay), got {type(after).__name__}"
+                )
+            after = _positive(after, "after", "Warmup")
+        self.after = after
+        self.warmup_steps = _step_count(warmup_steps, "warmup_steps", "Warmup")
+
+    def __call__(self, step):
+        step = _check_step(step, "Warmup")
+        base = self.after(step) if callable(self.after) else self.after
+        return base * min(1.0, (step + 1) / self.warmup_steps)
+
+
+# ------------------------------------------------------------------ gradient clipping
+
+
+def _square_sum(g):
+    from .ops.elementwise import conj, real  # noqa: PLC0415
+    from .ops.reduce import sum as gsum  # noqa: PLC0415
+
+    return gsum(real(g * conj(g))) if g.dtype.kind == "c" else gsum(g * g)
+
+
+def _as_dlarrays(grads, where):
+    arrays = leaves(grads)
+    if not arrays:
+        raise ValueError(f"{where}: grads holds no dlarray (give a gradient tree)")
+    return arrays
+
+
+def global_norm(grads, *, _where="global_norm"):
+    """The L2 norm of all the arrays of a gradient tree taken together (a scalar
+    dlarray): ``sqrt(sum of every squared entry)``.
+
+    >>> import gpugrad as gg
+    >>> float(gg.optim.global_norm({"a": gg.dlarray([3.0]), "b": gg.dlarray([[4.0]])}))
+    5.0
+    """
+    from .ops.elementwise import sqrt  # noqa: PLC0415
+
+    arrays = _as_dlarrays(grads, _where)
+    total = _square_sum(arrays[0])
+    for g in arrays[1:]:
+        total = total + _square_sum(g)
+    return sqrt(total)
+
+
+def clip_grad_norm(grads, max_norm):
+    """``grads`` scaled so that their global L2 norm is at most ``max_norm``
+    (``torch.nn.utils.clip_grad_norm_``'s rule, returned instead of in place: every
+    array is multiplied by ``min(1, max_norm / (norm + 1e-6))``). Same structure as
+    ``grads``; written with gpugrad ops, so it can sit inside a trace.
+
+    >>> import gpugrad as gg
+    >>> g = gg.optim.clip_grad_norm({"w": gg.dlarray([3.0, 4.0])}, max_norm=1.0)
+    >>> g["w"].numpy().round(6)
+    array([0.6, 0.8])
+    """
+    from .ops.elementwise import minimum  # noqa: PLC0415
+
+    max_norm = _positive(max_norm, "max_norm", "clip_grad_norm")
+    coef = minimum(max_norm / (global_norm(grads, _where="clip_grad_norm") + 1e-6), 1.0)
+    return map_arrays(lambda g: g * coef.astype(g.real.dtype), grads)
+
+
+def clip_grad_value(grads, clip_value):
+    """``grads`` with every entry clipped to ``[-clip_value, clip_value]``
+    (``torch.nn.utils.clip_grad_value_``, MATLAB's ``"absolute-value"`` gradient
+    threshold). Same structure as ``grads``.
+
+    >>> import gpugrad as gg
+    >>> gg.optim.clip_grad_value([gg.dlarray([-3.0, 0.5, 2.0])], 1.0)[0].numpy()
+    array([-1. ,  0.5,  1. ])
+    """
+    from .ops.elementwise import clip  # noqa: PLC0415
+
+    limit = _positive(clip_value, "clip_value", "clip_grad_value")
+    _as_dlarrays(grads, "clip_grad_value")
+
+    def clipped(g):
+        if g.dtype.kind == "c":
+            raise ValueError("clip_grad_value: complex gradients have no order; use clip_grad_norm")
+        return clip(g, -limit, limit)
+
+    return map_arrays(clipped, grads)
+
+
+def _threshold_scale(norm, threshold):
+    from .ops.elementwise import where as gwhere  # noqa: PLC0415
+
+    # why: dividing only where the norm exceeds the threshold keeps a zero gradient finite
+    safe = gwhere(norm > threshold, norm, threshold)
+    return threshold / safe
+
+
+def thresholdL2Norm(gradients, gradientThreshold):  # noqa: N802, N803 - MATLAB's names
+    """MATLAB's ``thresholdL2Norm`` (the custom-training-loop helper applied with
+    ``dlupdate``): each array of ``gradients`` whose own L2 norm exceeds
+    ``gradientThreshold`` is scaled down to that norm; the others are unchanged.
+    (For one threshold on all arrays together use :func:`thresholdGlobalL2Norm`.)
+
+    >>> import gpugrad as gg
+    >>> g = gg.optim.thresholdL2Norm([gg.dlarray([3.0, 4.0]), gg.dlarray([0.1])], 1.0)
+    >>> g[0].numpy().round(6), g[1].numpy()
+    (array([0.6, 0.8]), array([0.1]))
+    """
+    from .ops.elementwise import sqrt  # noqa: PLC0415
+
+    threshold = _positive(gradientThreshold, "gradientThreshold", "thresholdL2Norm")
+    _as_dlarrays(gradients, "thresholdL2Norm")
+    return map_arrays(lambda g: g * _threshold_scale(sqrt(_square_sum(g)), threshold), gradients)
+
+
+def thresholdGlobalL2Norm(gradients, gradientThreshold):  # noqa: N802, N803 - MATLAB's names
+    """MATLAB's ``thresholdGlobalL2Norm``: when the global L2 norm of all the arrays
+    of ``gradients`` exceeds ``gradientThreshold``, every array is scaled by
+    ``gradientThreshold / norm``; otherwise they are unchanged.
+
+    >>> import gpugrad as gg
+    >>> g = gg.optim.thresholdGlobalL2Norm({"a": gg.dlarray([3.0]), "b": gg.dlarray([4.0])}, 1.0)
+    >>> round(float(g["a"][0]), 6), round(float(g["b"][0]), 6)
+    (0.6, 0.8)
+    """
+    threshold = _positive(gradientThreshold, "gradientThreshold", "thresholdGlobalL2Norm")
+    scale = _threshold_scale(global_norm(gradients, _where="thresholdGlobalL2Norm"), threshold)
+    return map_arrays(lambda g: g * scale, gradients)
+
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "RMSProp",
+    "LearningRateSchedule",
+    "StepDecay",
+    "ExponentialDecay",
+    "CosineDecay",
+    "Warmup",
+    "global_norm",
+    "clip_grad_norm",
+    "clip_grad_value",
+    "thresholdL2Norm",
+    "thresholdGlobalL2Norm",
+    "sgdmupdate",
+    "adamupdate",
+]

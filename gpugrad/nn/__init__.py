@@ -12,6 +12,7 @@ from .functional import (
     embed,
     fullyconnect,
     gelu,
+    groupnorm,
     gru,
     huber,
     l1loss,
@@ -26,17 +27,24 @@ from .functional import (
     softmax_cross_entropy,
 )
 from .layers import (
+    GRU,
     LSTM,
     AvgPool2D,
     BatchNorm,
+    Conv1D,
     Conv2D,
     Dense,
     Dropout,
+    Embedding,
     Flatten,
+    GroupNorm,
     Layer,
     LayerNorm,
     MaxPool2D,
+    Parallel,
+    Residual,
     Sequential,
+    TransposedConv2D,
     sequenced,
 )
 

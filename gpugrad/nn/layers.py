@@ -21,11 +21,12 @@ from ..ops.core import _STATE, make
 from ..ops.elementwise import sqrt
 from ..ops.heavy import relu
 from ..ops.reduce import mean
-from ..ops.shape import reshape, transpose
+from ..ops.shape import concatenate, reshape, transpose
 from ..tape import is_recomputing
 from ..tree import leaves, map_arrays, map_gradient
 from . import _prims
 from . import functional as F
+from . import summary as _summary
 from .recurrent import lstm_sequence
 
 
@@ -315,6 +316,17 @@ class Layer:
             return map_gradient(lambda a: table[id(a)], model), grads[-1]
 
         return make(y._data, y._fmt), backprop
+
+    # ------------------------------------------------------------ display
+    def __repr__(self):
+        return _summary.layer_repr(self)
+
+    def summary(self, x=None, *, input_shape=None):
+        """Keras-style table of the layer and its sub-layers: type, output shape for
+        the input ``x`` (or zeros of ``input_shape``; one inference run) and parameter
+        count. ``print(layer)`` gives the nested PyTorch-style view instead. Returns
+        the text (print it)."""
+        return _summary.summary_table(self, x, input_shape=input_shape)
 
 
 # ------------------------------------------------------------------ layers
@@ -671,4 +683,411 @@ __all__ = [
     "Sequential",
     "sequenced",
     "glorot_uniform",
+]
+
+
+# ------------------------------------------------------------------ more layers
+# why: parameters are made only through glorot_uniform / orthogonal / _zeros with the
+# constructor's dtype passed through, so they follow the default parameter dtype
+
+
+def _ones(shape, dtype=None):
+    p = _zeros(shape, dtype)
+    p._data += 1
+    return p
+
+
+def _narrow_normal(shape, dtype=None):
+    """MATLAB's ``narrow-normal`` initializer: normal, mean 0, standard deviation 0.01."""
+    p = _zeros(shape, dtype)
+    p._data += _random.normal(scale=0.01, shape=shape)._data.astype(p.dtype)
+    return p
+
+
+def _input_3d(x, n_in, where, what):
+    x = x if type(x) is dlarray else dlarray(x)
+    if x.ndim != 3:
+        raise ValueError(
+            f"{where}: input must be [batch, {what}, {n_in}] (3-D), got shape {x.shape}"
+        )
+    if x.shape[2] != n_in:
+        raise ValueError(
+            f"{where}: input has {x.shape[2]} features but the layer expects {n_in} "
+            f"(input must be [batch, {what}, {n_in}], got shape {x.shape})"
+        )
+    return x
+
+
+class GRU(Layer):
+    """Gated recurrent unit over ``x[batch, time, features]`` (``gg.gru``, MATLAB gate
+    order reset, update, candidate); returns the hidden states ``[batch, time,
+    hidden_size]``. ``reset_gate_mode`` as in ``gg.gru``; with
+    ``"recurrent-bias-after-multiplication"`` the bias is ``[6 * hidden]`` (input and
+    recurrent bias), which is ``torch.nn.GRU``'s cell. Weights are initialized as
+    MATLAB's ``gruLayer``: glorot input weights, orthogonal recurrent weights, zero bias.
+
+    >>> import gpugrad as gg
+    >>> gru = gg.nn.GRU(3, 5)
+    >>> gru(gg.ones((2, 4, 3))).shape, sorted(gru.parameters())
+    ((2, 4, 5), ['bias', 'recurrent_weight', 'weight'])
+    """
+
+    def __init__(self, input_size, hidden_size, reset_gate_mode="after-multiplication", dtype=None):
+        input_size = _size(input_size, "input_size", "GRU")
+        h = _size(hidden_size, "hidden_size", "GRU")
+        modes = (
+            "after-multiplication",
+            "before-multiplication",
+            "recurrent-bias-after-multiplication",
+        )
+        if reset_gate_mode not in modes:
+            raise ValueError(
+                f"GRU: reset_gate_mode must be one of {', '.join(map(repr, modes))}, "
+                f"got {reset_gate_mode!r}"
+            )
+        self.weight = glorot_uniform((3 * h, input_size), input_size, 3 * h, dtype)
+        self.recurrent_weight = orthogonal((3 * h, h), dtype)
+        nbias = 6 * h if reset_gate_mode == "recurrent-bias-after-multiplication" else 3 * h
+        self.bias = _zeros((nbias,), dtype)
+        self.hidden_size = h
+        self.reset_gate_mode = reset_gate_mode
+
+    def forward(self, x):
+        x = _input_3d(x, self.weight.shape[1], "GRU", "time")
+        y, _ = F.gru(
+            x,
+            None,
+            self.weight,
+            self.recurrent_weight,
+            self.bias,
+            reset_gate_mode=self.reset_gate_mode,
+            data_format="BTC",
+        )
+        return y
+
+
+class Embedding(Layer):
+    """Looks up a vector for each 0-based index in ``x`` (any shape, integer values):
+    the output has shape ``x.shape + (embedding_dim,)``. ``weight`` is
+    ``[embedding_dim, vocabulary_size]`` (MATLAB's ``embed`` layout), initialized
+    narrow-normal (mean 0, standard deviation 0.01) as MATLAB's ``wordEmbeddingLayer``.
+    Only the rows that were looked up get gradients.
+
+    >>> import gpugrad as gg
+    >>> emb = gg.nn.Embedding(10, 4)
+    >>> emb(np.array([[1, 2, 3], [3, 0, 9]])).shape
+    (2, 3, 4)
+    """
+
+    def __init__(self, vocabulary_size, embedding_dim, dtype=None):
+        vocabulary_size = _size(vocabulary_size, "vocabulary_size", "Embedding")
+        dim = _size(embedding_dim, "embedding_dim", "Embedding")
+        self.weight = _narrow_normal((dim, vocabulary_size), dtype)
+
+    def forward(self, x):
+        raw = x._data if isinstance(x, dlarray) else x
+        if not hasattr(raw, "shape"):
+            raw = np.asarray(raw)
+        vocabulary = self.weight.shape[1]
+        codes = F._class_indices(raw, "Embedding", "indices", vocabulary, "vocabulary indices")
+        return transpose(self.weight, (1, 0))[_xp().asarray(codes)]
+
+
+class Conv1D(Layer):
+    """1-D convolution on ``x[batch, width, channels]`` with
+    ``filter_shape=(width, in, out)`` (Swift's ``Conv1D``); ``padding`` is ``"valid"``,
+    ``"same"``, an int or a pair (left, right). Runs as a 2-D convolution of height 1.
+
+    >>> import gpugrad as gg
+    >>> conv = gg.nn.Conv1D((3, 2, 4), padding="same")
+    >>> conv(gg.ones((5, 10, 2))).shape
+    (5, 10, 4)
+    """
+
+    def __init__(
+        self, filter_shape, stride=1, padding="valid", dilation=1, activation=None, dtype=None
+    ):
+        try:
+            shape = tuple(filter_shape)
+        except TypeError:
+            shape = ()
+        if len(shape) != 3:
+            raise ValueError(
+                "Conv1D: filter_shape must be (width, in_channels, out_channels), 3 values, "
+                f"got {filter_shape!r}"
+            )
+        names = ("width", "in_channels", "out_channels")
+        kw, cin, cout = (_size(v, f"filter_shape {n}", "Conv1D") for v, n in zip(shape, names))
+        self.filter = glorot_uniform((kw, cin, cout), kw * cin, kw * cout, dtype)
+        self.bias = _zeros((cout,), dtype)
+        self.stride = _size(stride, "stride", "Conv1D")
+        self.dilation = _size(dilation, "dilation", "Conv1D")
+        if isinstance(padding, str):
+            if padding.lower() not in ("valid", "same"):
+                raise ValueError(
+                    f"Conv1D: padding must be 'valid', 'same', an int or a pair (left, right), "
+                    f"got {padding!r}"
+                )
+        else:
+            pair = F._ints(padding, "padding", "Conv1D", (1, 2), "an int or a pair (left, right)")
+            if min(pair) < 0:
+                raise ValueError(f"Conv1D: padding must be >= 0, got {padding!r}")
+            padding = pair if len(pair) == 2 else pair * 2
+        self.padding = padding
+        _check_activation(activation, "Conv1D")
+        self.activation = activation
+
+    def forward(self, x):
+        kw, cin, cout = self.filter.shape
+        x = _input_3d(x, cin, "Conv1D", "width")
+        width = x.shape[1]
+        if isinstance(self.padding, str):
+            pad = _pad_for(
+                self.padding, (1, kw), (1, self.dilation), (1, self.stride), (1, width), "Conv1D"
+            )
+        else:
+            pad = (0, 0) + tuple(self.padding)
+        geo = (1, self.stride), pad, (1, self.dilation)
+        _, wo = _prims._geometry((1, 1, width, cin), (1, kw, cin, cout), *geo)
+        if wo < 1:
+            raise ValueError(
+                f"Conv1D: the filter of width {kw} (dilation {self.dilation}) is wider than the "
+                f"padded input of width {width} (padding {pad[2:]})"
+            )
+        fused = self.activation is relu
+        y = _prims.conv2d(
+            reshape(x, (x.shape[0], 1, width, cin)),
+            reshape(self.filter, (1, kw, cin, cout)),
+            self.bias,
+            stride=geo[0],
+            padding=pad,
+            dilation=geo[2],
+            groups=1,
+            relu=fused,
+        )
+        y = reshape(y, (y.shape[0], y.shape[2], cout))
+        return y if fused else _activate(self.activation, y)
+
+
+class TransposedConv2D(Layer):
+    """Transposed 2-D convolution (``gg.dltranspconv``) on ``x[batch, height, width,
+    channels]`` with ``filter_shape=(h, w, out, in)`` (MATLAB's and Swift's layout).
+    ``padding`` is the cropping of the full output: ``"valid"`` (none: size
+    ``(H - 1) * stride + h``), ``"same"`` (size ``H * stride``), an int, a pair or a
+    4-tuple (top, bottom, left, right).
+
+    >>> import gpugrad as gg
+    >>> up = gg.nn.TransposedConv2D((4, 4, 3, 8), strides=2, padding="same")
+    >>> up(gg.ones((2, 5, 5, 8))).shape
+    (2, 10, 10, 3)
+    """
+
+    def __init__(self, filter_shape, strides=(1, 1), padding="valid", activation=None, dtype=None):
+        try:
+            shape = tuple(filter_shape)
+        except TypeError:
+            shape = ()
+        if len(shape) != 4:
+            raise ValueError(
+                "TransposedConv2D: filter_shape must be (height, width, out_channels, "
+                f"in_channels), 4 values, got {filter_shape!r}"
+            )
+        names = ("height", "width", "out_channels", "in_channels")
+        kh, kw, cout, cin = (
+            _size(v, f"filter_shape {n}", "TransposedConv2D") for v, n in zip(shape, names)
+        )
+        # why: fan_in/fan_out of the transposed operation (its input has cin channels)
+        self.filter = glorot_uniform((kh, kw, cout, cin), kh * kw * cin, kh * kw * cout, dtype)
+        self.bias = _zeros((cout,), dtype)
+        self.strides = F._pair(strides, "strides", "TransposedConv2D")
+        if isinstance(padding, str):
+            if padding.lower() not in ("valid", "same"):
+                raise ValueError(
+                    "TransposedConv2D: padding must be 'valid', 'same', an int, a pair or a "
+                    f"4-tuple, got {padding!r}"
+                )
+            if padding.lower() == "same" and (kh < self.strides[0] or kw < self.strides[1]):
+                raise ValueError(
+                    f"TransposedConv2D: padding='same' needs a filter at least as large as the "
+                    f"strides, but the filter is {kh}x{kw} and the strides {self.strides}"
+                )
+        else:
+            padding = F._padding(padding, "TransposedConv2D")
+        self.padding = padding
+        _check_activation(activation, "TransposedConv2D")
+        self.activation = activation
+
+    def forward(self, x):
+        x = x if type(x) is dlarray else dlarray(x)
+        kh, kw, cout, cin = self.filter.shape
+        if x.ndim != 4 or x.shape[3] != cin:
+            raise ValueError(
+                f"TransposedConv2D: input must be [batch, height, width, {cin}] (channels "
+                f"last), got {x.shape}"
+            )
+        crop = (
+            0 if isinstance(self.padding, str) and self.padding.lower() == "valid" else self.padding
+        )
+        hwcn = transpose(x, (1, 2, 3, 0))
+        y = F.dltranspconv(hwcn, self.filter, self.bias, self.strides, crop, data_format="SSCB")
+        return _activate(self.activation, transpose(y, (3, 0, 1, 2)))
+
+
+class GroupNorm(Layer):
+    """Group normalization (``gg.groupnorm``) of ``x[batch, ..., channels]``: the
+    channels split into ``num_groups`` groups, each normalized over its channels and
+    the axes between batch and channels, per observation; then a learnable per-channel
+    ``scale`` (ones) and ``offset`` (zeros). ``num_groups`` as in ``gg.groupnorm``.
+
+    >>> import gpugrad as gg
+    >>> norm = gg.nn.GroupNorm(2, 6)
+    >>> norm(gg.random.normal(shape=(4, 5, 5, 6))).shape
+    (4, 5, 5, 6)
+    """
+
+    def __init__(self, num_groups, num_features, epsilon=1e-5, dtype=None):
+        num_features = _size(num_features, "num_features", "GroupNorm")
+        if isinstance(num_groups, str):
+            if num_groups not in ("all-channels", "channel-wise"):
+                raise ValueError(
+                    "GroupNorm: num_groups must be a positive integer dividing num_features, "
+                    f"'all-channels' or 'channel-wise', got {num_groups!r}"
+                )
+        else:
+            num_groups = _size(num_groups, "num_groups", "GroupNorm")
+            if num_features % num_groups:
+                raise ValueError(
+                    f"GroupNorm: num_groups must divide num_features={num_features}, "
+                    f"got {num_groups}"
+                )
+        positive(epsilon, "epsilon", "GroupNorm")
+        self.offset = _zeros((num_features,), dtype)
+        self.scale = _ones((num_features,), dtype)
+        self.num_groups = num_groups
+        self.epsilon = epsilon
+
+    def forward(self, x):
+        x = x if type(x) is dlarray else dlarray(x)
+        _check_features(x, self.offset.shape[0], "GroupNorm")
+        if x.ndim < 2:
+            raise ValueError(
+                f"GroupNorm: input must be [batch, ..., channels] (at least 2-D), got shape "
+                f"{x.shape}"
+            )
+        # batch first, channels last, the axes between are spatial
+        data_format = "B" + "S" * (x.ndim - 2) + "C"
+        if x.ndim - 2 > 3:
+            data_format = "B" + "U" * (x.ndim - 2) + "C"
+        return F.groupnorm(
+            x,
+            self.num_groups,
+            self.offset,
+            self.scale,
+            epsilon=self.epsilon,
+            data_format=data_format,
+        )
+
+
+class _Branches(Layer):
+    """A layer holding a list of layers/functions, with parameters ``{"0": ...}``."""
+
+    def _set_layers(self, layers, where):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError(f"{where}: give at least one layer")
+        for i, layer in enumerate(layers):
+            if not callable(layer):
+                raise TypeError(
+                    f"{where}: layer {i} must be a gg.nn.Layer or a function of one array, "
+                    f"got {type(layer).__name__}"
+                )
+        self.layers = list(layers)
+
+    def parameters(self):
+        return {
+            str(i): layer.parameters() if isinstance(layer, Layer) else {}
+            for i, layer in enumerate(self.layers)
+        }
+
+    def __gg_flatten__(self):
+        return [self.layers], ["layers"]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+
+class Residual(_Branches):
+    """``x + layers[-1](...layers[0](x))``: a residual (skip) connection around a chain
+    of layers, whose output must have the input's shape. For a projection shortcut use
+    ``Parallel(body, projection, combine="sum")``.
+
+    >>> import gpugrad as gg
+    >>> block = gg.nn.Residual(gg.nn.Dense(4, 4), gg.relu)
+    >>> block(gg.ones((2, 4))).shape, list(block.parameters())
+    ((2, 4), ['0', '1'])
+    """
+
+    def __init__(self, *layers):
+        self._set_layers(layers, "Residual")
+
+    def forward(self, x):
+        x = x if type(x) is dlarray else dlarray(x)
+        y = sequenced(x, *self.layers)
+        if y.shape != x.shape:
+            raise ValueError(
+                f"Residual: the layers map shape {x.shape} to {y.shape}; a residual block "
+                "must keep the shape (use Parallel(..., combine='sum') with a projection)"
+            )
+        return x + y
+
+
+class Parallel(_Branches):
+    """Applies each branch to the same input and combines the outputs:
+    ``combine="concatenate"`` (default) joins them along ``axis`` (the last, channels),
+    ``"sum"`` adds them, ``None`` returns a tuple, a function gets the list.
+
+    >>> import gpugrad as gg
+    >>> net = gg.nn.Parallel(gg.nn.Dense(3, 2), gg.nn.Dense(3, 5))
+    >>> net(gg.ones((4, 3))).shape
+    (4, 7)
+    """
+
+    def __init__(self, *branches, combine="concatenate", axis=-1):
+        self._set_layers(branches, "Parallel")
+        if not (combine is None or callable(combine) or combine in ("concatenate", "sum")):
+            raise ValueError(
+                "Parallel: combine must be 'concatenate', 'sum', None or a function of the "
+                f"list of outputs, got {combine!r}"
+            )
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"Parallel: axis must be an integer, got {axis!r}")
+        self.combine = combine
+        self.axis = int(axis)
+
+    def forward(self, x):
+        outs = [branch(x) for branch in self.layers]
+        if self.combine is None:
+            return tuple(outs)
+        if callable(self.combine):
+            return self.combine(outs)
+        if self.combine == "sum":
+            total = outs[0]
+            for out in outs[1:]:
+                total = total + out
+            return total
+        return concatenate(outs, axis=self.axis)
+
+
+__all__ += [
+    "GRU",
+    "Embedding",
+    "Conv1D",
+    "TransposedConv2D",
+    "GroupNorm",
+    "Residual",
+    "Parallel",
 ]
