@@ -455,7 +455,7 @@ def _compare(name, fn):
         fmt = _out_fmt(a, b, out) if type(a) is dlarray or type(b) is dlarray else ""
         return make(out, fmt)
 
-    op.__name__ = name
+    op.__name__ = op.__qualname__ = name
     return op
 
 
