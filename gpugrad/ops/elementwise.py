@@ -469,17 +469,101 @@ logical_and = _compare("logical_and", lambda a, b: a & b)
 logical_or = _compare("logical_or", lambda a, b: a | b)
 logical_xor = _compare("logical_xor", lambda a, b: a ^ b)
 
+# docstrings of the comparisons built above (help(), the docs site and doctest read them)
+equal.__doc__ = """Elementwise ``a == b`` as a bool dlarray (NumPy broadcasting; not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.equal(gg.dlarray([1.0, 2.0, 3.0]), 2.0).numpy()
+    array([False,  True, False])
+    """
+not_equal.__doc__ = """Elementwise ``a != b`` as a bool dlarray (NumPy broadcasting; not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.not_equal(gg.dlarray([1.0, 2.0]), gg.dlarray([1.0, 3.0])).numpy()
+    array([False,  True])
+    """
+less.__doc__ = """Elementwise ``a < b`` as a bool dlarray (NumPy broadcasting; not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.less(gg.dlarray([1.0, 2.0, 3.0]), 2.0).numpy()
+    array([ True, False, False])
+    """
+less_equal.__doc__ = """Elementwise ``a <= b`` as a bool dlarray (NumPy broadcasting; not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.less_equal(gg.dlarray([1.0, 2.0, 3.0]), 2.0).numpy()
+    array([ True,  True, False])
+    """
+greater.__doc__ = """Elementwise ``a > b`` as a bool dlarray (NumPy broadcasting; not differentiable).
+
+    Use it for masks; the gradient flows through what the mask selects, e.g. with
+    :func:`where`:
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([-1.0, 0.5, 2.0])
+    >>> gg.greater(x, 0).numpy()
+    array([False,  True,  True])
+    >>> gg.where(gg.greater(x, 0), x, 0.0).numpy()
+    array([0. , 0.5, 2. ])
+    """
+greater_equal.__doc__ = """Elementwise ``a >= b`` as a bool dlarray (NumPy broadcasting; not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.greater_equal(gg.dlarray([1.0, 2.0, 3.0]), 2.0).numpy()
+    array([False,  True,  True])
+    """
+logical_and.__doc__ = """Elementwise logical AND of two bool arrays (NumPy broadcasting).
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([-2.0, 0.5, 3.0])
+    >>> gg.logical_and(gg.greater(x, 0), gg.less(x, 1)).numpy()
+    array([False,  True, False])
+    """
+logical_or.__doc__ = """Elementwise logical OR of two bool arrays (NumPy broadcasting).
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([-2.0, 0.5, 3.0])
+    >>> gg.logical_or(gg.less(x, 0), gg.greater(x, 1)).numpy()
+    array([ True, False,  True])
+    """
+logical_xor.__doc__ = """Elementwise logical exclusive OR of two bool arrays (NumPy broadcasting).
+
+    >>> import gpugrad as gg
+    >>> from gpugrad.ops.elementwise import logical_xor
+    >>> logical_xor(gg.dlarray([True, True]), gg.dlarray([True, False])).numpy()
+    array([False,  True])
+    """
+
 
 def logical_not(x):
+    """Elementwise logical NOT of a bool array (keeps the format labels).
+
+    >>> import gpugrad as gg
+    >>> gg.logical_not(gg.dlarray([True, False])).numpy()
+    array([False,  True])
+    """
     return make(~x._data if type(x) is dlarray else ~coerce(x), getattr(x, "_fmt", ""))
 
 
 def isfinite(x):
+    """True where ``x`` is neither infinite nor NaN (a bool dlarray; not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.isfinite(gg.dlarray([1.0, float("inf"), float("nan")])).numpy()
+    array([ True, False, False])
+    """
     raw = x._data if type(x) is dlarray else coerce(x)
     return make(_xp().isfinite(raw))
 
 
 def isnan(x):
+    """True where ``x`` is NaN (a bool dlarray; not differentiable). To find the op that
+    first produced a NaN in a forward or backward pass, use ``gg.debug.detect_anomaly``.
+
+    >>> import gpugrad as gg
+    >>> gg.isnan(gg.dlarray([1.0, float("nan")])).numpy()
+    array([False,  True])
+    """
     raw = x._data if type(x) is dlarray else coerce(x)
     return make(_xp().isnan(raw))
 

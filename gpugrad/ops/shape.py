@@ -85,6 +85,12 @@ def moveaxis(x, source, destination):
 
 
 def swapaxes(x, a, b):
+    """Interchange axes ``a`` and ``b`` (a :func:`transpose`; differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.swapaxes(gg.zeros((2, 3, 4)), 0, 2).shape
+    (4, 3, 2)
+    """
     x = _dl(x)
     order = list(range(x.ndim))
     order[a], order[b] = order[b], order[a]
