@@ -6,6 +6,9 @@ arguments as leaves; ``dlgradient`` checks its arguments and runs the walk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import numpy as np
 
 from . import backend, tape
@@ -14,6 +17,8 @@ from .errors import TraceError
 from .ops import core, moveaxis, reshape, stack
 from .ops.core import make
 from .tree import leaves, map_arrays, map_gradient
+
+_T = TypeVar("_T")
 
 # ------------------------------------------------------------------ tracing helpers
 
@@ -41,7 +46,7 @@ def open_trace(kind, args):
     return sc, trace, traced
 
 
-def dlfeval(fn, *args, **kwargs):
+def dlfeval(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
     """Evaluate ``fn(*args, **kwargs)`` with tracing on, so ``dlgradient`` can be used
     inside it. Every dlarray in the arguments (found through lists, tuples, dicts,
     dataclasses and ``gg.nn.Layer`` objects) is traced. Returns what ``fn`` returns,
@@ -166,12 +171,12 @@ def check_variable(x, label, frame, where, allow_complex=True):
 
 
 def dlgradient(
-    y,
-    *xs,
-    retain_data=False,
-    enable_higher_derivatives=False,
-    allow_complex=True,
-):
+    y: dlarray,
+    *xs: Any,
+    retain_data: bool = False,
+    enable_higher_derivatives: bool = False,
+    allow_complex: bool = True,
+) -> Any:
     """Gradient of the traced real scalar ``y`` with respect to each ``x``.
 
     One value for one ``x``, a tuple otherwise; each ``x`` may be a container of

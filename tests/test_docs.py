@@ -89,14 +89,22 @@ def test_mkdocs_build_strict(tmp_path):
         stem = page[: -len(".md")]
         built = site / (stem[: -len("index")] if stem.endswith("index") else stem + "/")
         html = (built / "index.html").read_text()
-        source = (DOCS / page).read_text()
-        title = re.search(r"^# (.+)$", source, flags=re.M).group(1).strip()
         assert "<h1" in html, f"{page}: built without a title"
-        assert title.split("`")[0].split(":")[0].strip() in html, f"{page}: title {title!r}"
+        title = re.search(r"^# (.+)$", (DOCS / page).read_text(), flags=re.M)
+        if title:  # (changelog.md has none: it includes CHANGELOG.md)
+            words = title.group(1).split("`")[0].split(":")[0].strip()
+            assert words in html, f"{page}: its title {words!r} is not in the built page"
     # the API reference rendered the docstrings (a known one, with its doctest fenced)
     math_page = (site / "reference" / "math" / "index.html").read_text()
     assert 'id="gpugrad.logsumexp"' in math_page
     assert "&gt;&gt;&gt;" in math_page and 'class="gp"' in math_page  # highlighted pycon
+    # the benchmark plots come from bench/results/ (docs/_ext/hooks.py)
+    plots = sorted(p.name for p in (ROOT / "bench" / "results").glob("*.png"))
+    bench_page = (site / "benchmarks" / "index.html").read_text()
+    for name in plots:
+        assert (site / "bench-results" / name).is_file() and name in bench_page
+    # the changelog page includes CHANGELOG.md
+    assert "Keep a Changelog" in (site / "changelog" / "index.html").read_text()
 
 
 def test_every_page_is_in_the_nav():
@@ -203,3 +211,29 @@ def test_links_point_into_the_repository(source):
     broken = [u for u in links if not (ROOT / u).resolve().exists()]
     assert not broken, f"{source} links to files not in the repository: {broken}"
     assert "../" not in text, f"{source} links outside the repository"
+
+
+def test_readme_set_up_commands():
+    """The README has exactly two set-up commands: one installs and runs the main
+    example, the other installs and runs the tests exactly as CI (``.ci/run``) does."""
+    commands = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert len(commands) == 2, commands
+    assert commands[0].endswith("python examples/rosenbrock.py")
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert commands[1] == ci
+    assert "docs/api.md" in (ROOT / "README.md").read_text()
+
+
+def test_package_metadata_files():
+    """LICENSE (MIT, as pyproject says), py.typed inside the package (the wheel packages
+    the whole gpugrad/ folder), and the changelog in Keep a Changelog form."""
+    pyproject = (ROOT / "pyproject.toml").read_text()  # (tomllib is Python >= 3.11)
+    assert 'license = { text = "MIT" }' in pyproject
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert '"License :: OSI Approved :: MIT License"' in pyproject
+    assert '"Typing :: Typed"' in pyproject
+    assert (ROOT / "gpugrad" / "py.typed").is_file()
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert "## [Unreleased]" in changelog and "### Added" in changelog
+    test_extra = re.search(r"^test = \[(.*)\]$", pyproject, flags=re.M).group(1)
+    assert '"mkdocs-material>=' in test_extra and '"mkdocstrings[python]>=' in test_extra
