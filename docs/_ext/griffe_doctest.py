@@ -6,6 +6,7 @@ doctest blocks (``>>>`` lines), cross-references use Sphinx roles (``:func:`name
 literal blocks follow a ``::`` line. In Markdown a ``>>>`` line would be a triple block
 quote, so each doctest block becomes a fenced ``pycon`` code block, each role becomes
 inline code and ``::`` becomes ``:`` (the indented block after it is a Markdown code block).
+Doctest directives (``# doctest: +SKIP``) are dropped from the examples.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import griffe
 
 _ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|exc|obj):`~?([^`]+)`")
+_DIRECTIVE = re.compile(r"\s*# doctest:.*$")  # pytest's flags, not for readers
 
 
 def markdown_docstring(text: str) -> str:
@@ -30,7 +32,8 @@ def markdown_docstring(text: str) -> str:
             indent = line[: len(line) - len(stripped)]
             block = []
             while i < len(lines) and lines[i].strip():
-                block.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i])
+                text = lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i]
+                block.append(_DIRECTIVE.sub("", text))
                 i += 1
             if out and out[-1].strip():
                 out.append("")
