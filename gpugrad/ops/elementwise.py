@@ -346,22 +346,43 @@ _WHERE = Primitive("where", _where_fwd, _where_vjp, save=(0,))
 
 
 def add(a, b):
-    """``a + b`` with broadcasting."""
+    """``a + b`` with broadcasting.
+
+    >>> import gpugrad as gg
+    >>> gg.add(gg.dlarray([[1.0], [2.0]]), gg.dlarray([10.0, 20.0])).numpy()
+    array([[11., 21.],
+           [12., 22.]])
+    """
     return _bind2(_ADD, a, b)
 
 
 def subtract(a, b):
-    """``a - b`` with broadcasting."""
+    """``a - b`` with broadcasting.
+
+    >>> import gpugrad as gg
+    >>> gg.subtract(gg.dlarray([3.0, 4.0]), 1.0).numpy()
+    array([2., 3.])
+    """
     return _bind2(_SUB, a, b)
 
 
 def multiply(a, b):
-    """``a * b`` with broadcasting."""
+    """``a * b`` with broadcasting.
+
+    >>> import gpugrad as gg
+    >>> gg.multiply(gg.dlarray([1.0, 2.0]), gg.dlarray([3.0, 4.0])).numpy()
+    array([3., 8.])
+    """
     return _bind2(_MUL, a, b)
 
 
 def divide(a, b):
-    """``a / b`` with broadcasting."""
+    """``a / b`` with broadcasting.
+
+    >>> import gpugrad as gg
+    >>> gg.divide(1.0, gg.dlarray([2.0, 4.0])).numpy()
+    array([0.5 , 0.25])
+    """
     return _bind2(_DIV, a, b)
 
 
@@ -402,17 +423,35 @@ def _bind_powc(a, p, b):
 
 
 def atan2(y, x):
-    """Four-quadrant arctangent of ``y / x`` (real inputs)."""
+    """Four-quadrant arctangent of ``y / x`` (real inputs).
+
+    >>> import gpugrad as gg
+    >>> gg.atan2(gg.dlarray([1.0]), gg.dlarray([-1.0])).numpy().round(4)
+    array([2.3562])
+    """
     return _bind2(_ATAN2, y, x)
 
 
 def maximum(a, b):
-    """Elementwise maximum; at ties the gradient is shared equally."""
+    """Elementwise maximum; at ties the gradient is shared equally.
+
+    >>> import gpugrad as gg
+    >>> a, b = gg.dlarray([-1.0, 0.0, 2.0]), gg.dlarray([0.0, 0.0, 0.0])
+    >>> gg.maximum(a, b).numpy()
+    array([0., 0., 2.])
+    >>> [g.numpy() for g in gg.gradient(lambda a, b: gg.sum(gg.maximum(a, b)))(a, b)]
+    [array([0. , 0.5, 1. ]), array([1. , 0.5, 0. ])]
+    """
     return _bind2(_MAX2, a, b)
 
 
 def minimum(a, b):
-    """Elementwise minimum; at ties the gradient is shared equally."""
+    """Elementwise minimum; at ties the gradient is shared equally.
+
+    >>> import gpugrad as gg
+    >>> gg.minimum(gg.dlarray([1.0, 5.0]), gg.dlarray([3.0, 2.0])).numpy()
+    array([1., 2.])
+    """
     return _bind2(_MIN2, a, b)
 
 
@@ -436,7 +475,13 @@ def where(condition, a, b):
 
 
 def clip(x, lo=None, hi=None):
-    """Limit values to ``[lo, hi]``; the gradient is zero where clipped."""
+    """Limit values to ``[lo, hi]``; the gradient is zero where clipped.
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([-2.0, 0.5, 2.0])
+    >>> gg.clip(x, -1.0, 1.0).numpy(), gg.gradient(lambda v: gg.sum(gg.clip(v, -1.0, 1.0)))(x).numpy()
+    (array([-1. ,  0.5,  1. ]), array([0., 1., 0.]))
+    """
     if lo is not None:
         x = maximum(x, lo) if not isinstance(x, (int, float)) else max(x, lo)
     if hi is not None:
