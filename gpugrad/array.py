@@ -9,6 +9,7 @@ knows nothing about individual ops.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import backend
 from .backend import DeviceError
@@ -49,7 +50,9 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
     __array_ufunc__ = None  # numpy defers to our reflected operators
     __array_priority__ = 1000
 
-    def __init__(self, data, fmt=None, dtype=None):
+    def __init__(
+        self, data: ArrayLike, fmt: str | None = None, dtype: DTypeLike | None = None
+    ) -> None:
         node = None
         idx = 0
         taint = False

@@ -120,7 +120,21 @@ def record(train_mode=True):
 
 
 def pause(train_mode=False):
-    """Scope in which nothing is recorded (inside a ``record()`` block)."""
+    """Scope in which nothing is recorded (inside a ``record()`` block).
+
+    >>> import gpugrad as gg
+    >>> from gpugrad import autograd
+    >>> x = gg.dlarray([1.0, 2.0])
+    >>> x.attach_grad()
+    >>> with autograd.record():
+    ...     y = x * x
+    ...     with autograd.pause():
+    ...         scale = gg.sum(x)  # a constant for the backward pass
+    ...     z = gg.sum(y * scale)
+    >>> z.backward()
+    >>> x.grad.numpy()  # 2 x * scale, without the derivative of scale
+    array([ 6., 12.])
+    """
     return _Scope(False, bool(train_mode))
 
 
@@ -135,7 +149,15 @@ def predict_mode():
 
 
 def is_recording() -> bool:
-    """Whether operations are being recorded now."""
+    """Whether operations are being recorded now.
+
+    >>> from gpugrad import autograd
+    >>> autograd.is_recording()
+    False
+    >>> with autograd.record():
+    ...     autograd.is_recording()
+    True
+    """
     return tape.FRAME.get().recording
 
 
@@ -148,7 +170,14 @@ def is_training() -> bool:
 
 
 def set_recording(flag) -> bool:
-    """Turn recording on or off for the current context; returns the previous state."""
+    """Turn recording on or off for the current context; returns the previous state.
+
+    >>> from gpugrad import autograd
+    >>> previous = autograd.set_recording(True)
+    >>> autograd.is_recording(), previous
+    (True, False)
+    >>> _ = autograd.set_recording(previous)
+    """
     frame = tape.FRAME.get()
     flag = bool(flag)
     trace = frame.trace
@@ -325,7 +354,19 @@ def backward(self, head_grads=None, retain_graph=False, create_graph=False):
 def grad(heads, variables, head_grads=None, retain_graph=None, create_graph=False):
     """Gradients of ``heads`` (summed) with respect to ``variables`` without touching
     ``x.grad``: one array for one variable, else a list. ``retain_graph`` defaults to
-    ``create_graph``; with ``create_graph=True`` the results can be differentiated again."""
+    ``create_graph``; with ``create_graph=True`` the results can be differentiated again.
+
+    >>> import gpugrad as gg
+    >>> from gpugrad import autograd
+    >>> x = gg.dlarray([1.0, 2.0])
+    >>> x.attach_grad()
+    >>> with autograd.record():
+    ...     y = x ** 3
+    >>> [g.numpy() for g in autograd.grad(y, [x])]
+    [array([ 3., 12.])]
+    >>> x.grad.numpy()  # untouched
+    array([0., 0.])
+    """
     single_head = isinstance(heads, dlarray)
     hs = [heads] if single_head else list(heads)
     single_var = isinstance(variables, dlarray)

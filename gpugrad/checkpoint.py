@@ -31,7 +31,9 @@ import re
 import types
 import weakref
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -42,6 +44,9 @@ from .errors import CheckpointError
 from .ops import core
 from .ops.core import Primitive, make
 from .tree import leaves, map_arrays
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 __all__ = [
     "CheckpointError",
@@ -202,7 +207,7 @@ def _differentiable(a):
 # ------------------------------------------------------------------ the checkpoint node
 
 
-def checkpoint(f, *args, **kwargs):
+def checkpoint(f: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """Call ``f(*args, **kwargs)`` without keeping its intermediate values for the
     backward pass: ``f`` runs once now (not recorded) and once more, recorded, inside
     the pullback. The random state is replayed, so dropout masks and other draws are
@@ -232,7 +237,7 @@ def checkpoint(f, *args, **kwargs):
     return _CheckpointCall(f, args, kwargs, arg_arrays, captured, frame).run()
 
 
-def recompute_in_gradient(f):
+def recompute_in_gradient(f: Callable[_P, _T]) -> Callable[_P, _T]:
     """``f`` with its intermediate values recomputed in the pullback instead of kept
     (Swift's ``withRecomputationInPullbacks``). See :func:`checkpoint`.
 
@@ -769,14 +774,14 @@ def _candidates(n, x_counted, act, first, further):
 
 
 def checkpoint_sequential(
-    layers,
-    x,
-    segments=None,
-    memory_budget=None,
+    layers: Sequence[Callable[[Any], Any]],
+    x: Any,
+    segments: int | None = None,
+    memory_budget: int | str | None = None,
     *,
-    snapshots=None,
-    return_stats=False,
-):
+    snapshots: int | None = None,
+    return_stats: bool = False,
+) -> Any:
     """Apply a chain of layers (or functions) to ``x`` keeping only some of the
     boundaries for the backward pass; the rest is recomputed in the pullback.
 

@@ -57,12 +57,22 @@ def zeros(shape, dtype=None, fmt=None):
     >>> import gpugrad as gg
     >>> gg.zeros((2, 3)).shape
     (2, 3)
+
+    >>> import gpugrad as gg
+    >>> gg.zeros((2, 3)).shape, gg.zeros(2, dtype="float32").dtype
+    ((2, 3), dtype('float32'))
     """
     return _fmt(make(backend.xp().zeros(_shape(shape), _dtype(dtype))), fmt)
 
 
 def ones(shape, dtype=None, fmt=None):
-    """An array of ones."""
+    """An array of ones.
+
+    >>> import gpugrad as gg
+    >>> gg.ones((2, 2)).numpy()
+    array([[1., 1.],
+           [1., 1.]])
+    """
     return _fmt(make(backend.xp().ones(_shape(shape), _dtype(dtype))), fmt)
 
 
@@ -89,13 +99,24 @@ def full(shape, value, dtype=None, fmt=None):
 
 
 def zeros_like(x, dtype=None):
-    """Zeros with the shape (and dtype, and format) of ``x``."""
+    """Zeros with the shape (and dtype, and format) of ``x``.
+
+    >>> import gpugrad as gg
+    >>> z = gg.zeros_like(gg.dlarray([[1.0, 2.0, 3.0]], "BC"))
+    >>> z.shape, gg.dims(z)
+    ((3, 1), 'CB')
+    """
     x = x if isinstance(x, dlarray) else dlarray(x)
     return make(backend.xp().zeros(x.shape, dtype or x.dtype), x.fmt)
 
 
 def ones_like(x, dtype=None):
-    """Ones with the shape (and dtype, and format) of ``x``."""
+    """Ones with the shape (and dtype, and format) of ``x``.
+
+    >>> import gpugrad as gg
+    >>> gg.ones_like(gg.zeros((2, 3))).shape
+    (2, 3)
+    """
     x = x if isinstance(x, dlarray) else dlarray(x)
     return make(backend.xp().ones(x.shape, dtype or x.dtype), x.fmt)
 
@@ -107,7 +128,12 @@ def _scalar(v):
 def arange(start, stop=None, step=1, dtype=None):
     """Evenly spaced values in ``[start, stop)``, as ``numpy.arange`` (stored as float).
     Traced ``start``/``step`` are differentiated (``start + step * i``); ``stop`` only
-    decides how many values there are (its derivative is zero)."""
+    decides how many values there are (its derivative is zero).
+
+    >>> import gpugrad as gg
+    >>> gg.arange(4).numpy(), gg.arange(1, 2, 0.25).numpy()
+    (array([0., 1., 2., 3.]), array([1.  , 1.25, 1.5 , 1.75]))
+    """
     if stop is None:
         start, stop = 0, start
     if _traced(start, step):
@@ -123,7 +149,12 @@ def linspace(start, stop, num=50, dtype=None):
     """``num`` evenly spaced values from ``start`` to ``stop`` inclusive.
     Differentiable in traced ``start`` and ``stop``: the values are
     ``start * (1 - t) + stop * t`` with ``t = 0, 1/(num-1), ..., 1`` (both ends exact);
-    array ``start``/``stop`` give the points along a new first axis, as NumPy does."""
+    array ``start``/``stop`` give the points along a new first axis, as NumPy does.
+
+    >>> import gpugrad as gg
+    >>> gg.linspace(0, 1, 5).numpy()
+    array([0.  , 0.25, 0.5 , 0.75, 1.  ])
+    """
     num = int(num)
     if _traced(start, stop):
         from .ops import reshape
@@ -177,5 +208,11 @@ def meshgrid(*xs, indexing="xy"):
 
 
 def eye(n, m=None, dtype=None):
-    """Identity matrix."""
+    """Identity matrix.
+
+    >>> import gpugrad as gg
+    >>> gg.eye(2).numpy()
+    array([[1., 0.],
+           [0., 1.]])
+    """
     return make(backend.xp().eye(n, m, dtype=_dtype(dtype)))

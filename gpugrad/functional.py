@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -236,7 +238,9 @@ def _value_and_grad(f, args, kwargs, argnums, where):
     return tr.finish(value), (grads[0] if single else grads)
 
 
-def gradient(f, argnums=None):
+def gradient(
+    f: Callable[..., Any], argnums: int | Sequence[int] | None = None
+) -> Callable[..., Any]:
     """A function giving the gradient of the real scalar ``f`` at its arguments: one
     value for one differentiated argument, else a tuple (``argnums=None``: all
     positional arguments; an int or tuple selects). Arguments may be dlarrays,
@@ -274,7 +278,9 @@ def gradient(f, argnums=None):
     return grad_f
 
 
-def value_with_gradient(f, argnums=None):
+def value_with_gradient(
+    f: Callable[..., Any], argnums: int | Sequence[int] | None = None
+) -> Callable[..., tuple[Any, Any]]:
     """A function giving ``(value, gradients)`` of the real scalar ``f`` (gradients as
     :func:`gradient` gives them).
 
@@ -293,7 +299,9 @@ def value_with_gradient(f, argnums=None):
     return vg
 
 
-def value_with_pullback(f, *args, **kwargs):
+def value_with_pullback(
+    f: Callable[..., Any], *args: Any, **kwargs: Any
+) -> tuple[Any, Callable[..., Any]]:
     """``(value, pullback)`` of ``f`` at ``args``; ``pullback(v)`` is the
     vector-Jacobian product ``v^T J`` for every positional argument (one value for
     one argument, else a tuple). ``v`` has the shape of the value (a tuple of

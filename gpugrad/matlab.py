@@ -6,6 +6,9 @@ arguments as leaves; ``dlgradient`` checks its arguments and runs the walk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import numpy as np
 
 from . import backend, tape
@@ -14,6 +17,8 @@ from .errors import TraceError
 from .ops import core, moveaxis, reshape, stack
 from .ops.core import make
 from .tree import leaves, map_arrays, map_gradient
+
+_T = TypeVar("_T")
 
 # ------------------------------------------------------------------ tracing helpers
 
@@ -41,7 +46,7 @@ def open_trace(kind, args):
     return sc, trace, traced
 
 
-def dlfeval(fn, *args, **kwargs):
+def dlfeval(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
     """Evaluate ``fn(*args, **kwargs)`` with tracing on, so ``dlgradient`` can be used
     inside it. Every dlarray in the arguments (found through lists, tuples, dicts,
     dataclasses and ``gg.nn.Layer`` objects) is traced. Returns what ``fn`` returns,
@@ -166,12 +171,12 @@ def check_variable(x, label, frame, where, allow_complex=True):
 
 
 def dlgradient(
-    y,
-    *xs,
-    retain_data=False,
-    enable_higher_derivatives=False,
-    allow_complex=True,
-):
+    y: dlarray,
+    *xs: Any,
+    retain_data: bool = False,
+    enable_higher_derivatives: bool = False,
+    allow_complex: bool = True,
+) -> Any:
     """Gradient of the traced real scalar ``y`` with respect to each ``x``.
 
     One value for one ``x``, a tuple otherwise; each ``x`` may be a container of
@@ -299,7 +304,16 @@ def dljacobian(u, x, dim, *, enable_higher_derivatives=True):
     ``(M, N, B)``: ``J[i, j, b] = d u_i(b) / d x_j(b)`` with ``M``/``N`` the
     number of elements of one observation of ``u``/``x`` and ``B`` the number of
     observations. Must be called inside ``dlfeval``; observations must not
-    interact (as in MATLAB)."""
+    interact (as in MATLAB).
+
+    >>> import gpugrad as gg
+    >>> def jacobian(x):
+    ...     return gg.dljacobian(x ** 2, x, 1)  # observations along axis 1
+    >>> J = gg.dlfeval(jacobian, gg.dlarray([[1.0, 2.0], [3.0, 4.0]]))
+    >>> J.shape, J.numpy()[:, :, 0]
+    ((2, 2, 2), array([[2., 0.],
+           [0., 6.]]))
+    """
     frame = tape.FRAME.get()
     if frame.trace is None:
         raise TraceError("dljacobian must be called inside a function evaluated by dlfeval")
@@ -319,7 +333,14 @@ def dljacobian(u, x, dim, *, enable_higher_derivatives=True):
 
 def dldivergence(u, x, dim, *, enable_higher_derivatives=True):
     """Divergence ``sum_i d u_i / d x_i`` per observation along ``dim`` (MATLAB R2024b);
-    ``u`` and ``x`` have the same number of elements per observation. Returns shape ``(B,)``."""
+    ``u`` and ``x`` have the same number of elements per observation. Returns shape ``(B,)``.
+
+    >>> import gpugrad as gg
+    >>> def divergence(x):  # u = x.^2: the divergence is sum(2 x) per observation
+    ...     return gg.dldivergence(x ** 2, x, 1)
+    >>> gg.dlfeval(divergence, gg.dlarray([[1.0, 2.0], [3.0, 4.0]])).numpy()
+    array([ 8., 12.])
+    """
     du, dx = _per_observation(u, x, dim, "dldivergence")
     if u.size != x.size:
         raise ValueError(
@@ -337,7 +358,14 @@ def dldivergence(u, x, dim, *, enable_higher_derivatives=True):
 
 def dllaplacian(u, x, dim):
     """Laplacian ``sum_j d^2 u_i / d x_j^2`` of each component of ``u`` per observation along
-    ``dim`` (MATLAB R2024b). Returns shape ``(M, B)``."""
+    ``dim`` (MATLAB R2024b). Returns shape ``(M, B)``.
+
+    >>> import gpugrad as gg
+    >>> def laplacian(x):  # u = sum(x.^3): the Laplacian is sum(6 x) per observation
+    ...     return gg.dllaplacian(gg.sum(x ** 3, axis=0, keepdims=True), x, 1)
+    >>> gg.dlfeval(laplacian, gg.dlarray([[1.0, 2.0], [3.0, 4.0]])).numpy()
+    array([[24., 36.]])
+    """
     frame = tape.FRAME.get()
     if frame.trace is None:
         raise TraceError("dllaplacian must be called inside a function evaluated by dlfeval")
@@ -377,14 +405,25 @@ def extractdata(x):
 
 
 def dims(x):
-    """The format labels of ``x`` (``''`` when unformatted)."""
+    """The format labels of ``x`` (``''`` when unformatted).
+
+    >>> import gpugrad as gg
+    >>> gg.dims(gg.dlarray(np.ones((2, 3)), "BC")), gg.dims(gg.dlarray([1.0]))
+    ('CB', '')
+    """
     if not isinstance(x, dlarray):
         raise TypeError(f"dims: x must be a dlarray, got {type(x).__name__}")
     return x._fmt
 
 
 def finddim(x, label):
-    """0-based axes of ``x`` whose format label is ``label`` (a list, empty if none)."""
+    """0-based axes of ``x`` whose format label is ``label`` (a list, empty if none).
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray(np.ones((4, 4, 3, 2)), "SSCB")
+    >>> gg.finddim(x, "S"), gg.finddim(x, "B"), gg.finddim(x, "T")
+    ([0, 1], [3], [])
+    """
     if not isinstance(x, dlarray):
         raise TypeError(f"finddim: x must be a dlarray, got {type(x).__name__}")
     if not isinstance(label, str) or any(c not in "SCBTU" for c in label.upper()):
@@ -394,14 +433,25 @@ def finddim(x, label):
 
 
 def stripdims(x):
-    """``x`` without format labels (same data, same trace)."""
+    """``x`` without format labels (same data, same trace).
+
+    >>> import gpugrad as gg
+    >>> x = gg.stripdims(gg.dlarray(np.ones((2, 3)), "CB"))
+    >>> gg.dims(x), x.shape
+    ('', (2, 3))
+    """
     if not isinstance(x, dlarray):
         raise TypeError(f"stripdims: x must be a dlarray, got {type(x).__name__}")
     return make(x._data, "", x._node, x._idx, x._taint)
 
 
 def to_device(x):
-    """``x`` on the active device (a CuPy array inside on ``cuda``)."""
+    """``x`` on the active device (a CuPy array inside on ``cuda``).
+
+    >>> import gpugrad as gg
+    >>> gg.to_device(np.ones(2)).device == gg.device()
+    True
+    """
     if isinstance(x, dlarray):
         if backend.device() == "cuda" and not backend.is_device_array(x._data):
             return make(backend.xp().asarray(x._data), x._fmt, x._node, x._idx, x._taint)
@@ -410,7 +460,12 @@ def to_device(x):
 
 
 def to_host(x):
-    """``x`` with its data in host (NumPy) memory."""
+    """``x`` with its data in host (NumPy) memory.
+
+    >>> import gpugrad as gg
+    >>> type(gg.extractdata(gg.to_host(gg.ones(2)))).__name__
+    'ndarray'
+    """
     if isinstance(x, dlarray):
         if backend.is_device_array(x._data):
             return make(x._data.get(), x._fmt, x._node, x._idx, x._taint)

@@ -125,13 +125,29 @@ def seed(n=None):
 
 
 def get_state():
-    """An opaque snapshot of the random state (for exact replay)."""
+    """An opaque snapshot of the random state (for exact replay).
+
+    >>> import gpugrad as gg
+    >>> state = gg.random.get_state()
+    >>> a = gg.random.uniform(shape=(2,))
+    >>> gg.random.set_state(state)
+    >>> bool((gg.random.uniform(shape=(2,)).numpy() == a.numpy()).all())
+    True
+    """
     with _LOCK:
         return _generator().bit_generator.state
 
 
 def set_state(snapshot):
-    """Restore a snapshot taken by :func:`get_state`."""
+    """Restore a snapshot taken by :func:`get_state`.
+
+    >>> import gpugrad as gg
+    >>> state = gg.random.get_state()
+    >>> a = gg.random.normal(shape=(3,))
+    >>> gg.random.set_state(state)
+    >>> bool((gg.random.normal(shape=(3,)).numpy() == a.numpy()).all())
+    True
+    """
     with _LOCK:
         _generator().bit_generator.state = snapshot
 
@@ -168,25 +184,49 @@ def _on_device(raw):
 
 
 def normal(loc=0.0, scale=1.0, shape=None, dtype=None, size=None):
-    """Normally distributed values (a dlarray on the active device)."""
+    """Normally distributed values (a dlarray on the active device).
+
+    >>> import gpugrad as gg
+    >>> gg.random.seed(0)
+    >>> x = gg.random.normal(loc=1.0, scale=0.1, shape=(2, 3))
+    >>> x.shape, x.dtype
+    ((2, 3), dtype('float64'))
+    """
     dims = _shape(shape, size, "gg.random.normal")
     return make(_cast(_draw(lambda g: g.normal(loc, scale, dims)), dtype, "gg.random.normal"))
 
 
 def uniform(low=0.0, high=1.0, shape=None, dtype=None, size=None):
-    """Uniformly distributed values in ``[low, high)``."""
+    """Uniformly distributed values in ``[low, high)``.
+
+    >>> import gpugrad as gg
+    >>> x = gg.random.uniform(-1.0, 1.0, shape=(1000,))
+    >>> bool(x.numpy().min() >= -1.0 and x.numpy().max() < 1.0)
+    True
+    """
     dims = _shape(shape, size, "gg.random.uniform")
     return make(_cast(_draw(lambda g: g.uniform(low, high, dims)), dtype, "gg.random.uniform"))
 
 
 def randint(low, high=None, shape=None, size=None):
-    """Random integers in ``[low, high)`` (stored as float64, as MATLAB does)."""
+    """Random integers in ``[low, high)`` (stored as float64, as MATLAB does).
+
+    >>> import gpugrad as gg
+    >>> x = gg.random.randint(0, 10, shape=(5,))
+    >>> x.dtype, bool(((x.numpy() >= 0) & (x.numpy() < 10)).all())
+    (dtype('float64'), True)
+    """
     dims = _shape(shape, size, "gg.random.randint")
     return make(_on_device(_draw(lambda g: g.integers(low, high, dims)).astype(np.float64)))
 
 
 def permutation(n):
-    """A random permutation of ``range(n)`` as a NumPy/CuPy integer array."""
+    """A random permutation of ``range(n)`` as a NumPy/CuPy integer array.
+
+    >>> import gpugrad as gg
+    >>> sorted(gg.random.permutation(4).tolist())
+    [0, 1, 2, 3]
+    """
     return _on_device(_draw(lambda g: g.permutation(n)))
 
 

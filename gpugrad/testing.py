@@ -23,7 +23,16 @@ CHECKED = {1: set(), 2: set()}
 
 
 def primitives_in_graph(y):
-    """Names of the primitives recorded on the path to ``y`` (iterative walk)."""
+    """Names of the primitives recorded on the path to ``y`` (iterative walk).
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([1.0])
+    >>> x.attach_grad()
+    >>> with gg.autograd.record():
+    ...     y = gg.sum(gg.exp(x) * 2.0)
+    >>> sorted(gg.testing.primitives_in_graph(y))
+    ['exp', 'multiply', 'sum']
+    """
     names = set()
     seen = set()
     stack = [y._node] if isinstance(y, dlarray) and y._node is not None else []

@@ -96,6 +96,13 @@ def set_device(name: str) -> None:
 
 
 def device_reason() -> str:
+    """Why the active device was chosen (the text of the log line at import), e.g.
+    ``"CuPy found 1 GPU(s)"`` or ``"GPUGRAD_DEVICE=emu"``.
+
+    >>> from gpugrad import backend
+    >>> isinstance(backend.device_reason(), str)
+    True
+    """
     device()
     return _state["why"]
 

@@ -284,6 +284,12 @@ def dlconv(x, weights, bias, stride=1, padding=0, dilation=1, *, groups=1, data_
 
     ``padding`` is an int, a pair (rows, cols), a 4-tuple (top, bottom, left, right)
     or ``"same"``. Input ``'SSCB'`` (stored ``(H, W, C, N)``); output ``'SSCB'``.
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray(np.ones((5, 5, 3, 2)), "SSCB")  # 5x5 images, 3 channels, 2 observations
+    >>> w, b = gg.dlarray(np.ones((3, 3, 3, 4))), gg.dlarray(np.zeros(4))
+    >>> gg.dlconv(x, w, b).shape, gg.dlconv(x, w, b, padding="same").shape
+    ((3, 3, 4, 2), (5, 5, 4, 2))
     """
     return _conv(x, weights, bias, stride, padding, dilation, groups, data_format, False)
 
@@ -445,7 +451,14 @@ def _pool_setup(x, pool_size, stride, padding, data_format, where):
 def maxpool(x, pool_size, stride=1, padding=0, *, data_format=None):
     """Max pooling over the two spatial dimensions (input ``'SSCB'``).
 
-    The gradient goes to the first maximum of each window (MATLAB's rule)."""
+    The gradient goes to the first maximum of each window (MATLAB's rule).
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray(np.arange(16.0).reshape(4, 4, 1, 1), "SSCB")
+    >>> gg.maxpool(x, 2, stride=2).numpy()[:, :, 0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]])
+    """
     where = "maxpool"
     f, pool, stride, pad, ho, wo = _pool_setup(x, pool_size, stride, padding, data_format, where)
     raw = f.x._data
@@ -544,7 +557,14 @@ def _pad_spatial(x, pad):
 
 
 def avgpool(x, pool_size, stride=1, padding=0, *, data_format=None):
-    """Average pooling over the two spatial dimensions (padding counts as zeros)."""
+    """Average pooling over the two spatial dimensions (padding counts as zeros).
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray(np.arange(16.0).reshape(4, 4, 1, 1), "SSCB")
+    >>> gg.avgpool(x, 2, stride=2).numpy()[:, :, 0, 0]
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]])
+    """
     where = "avgpool"
     f, pool, stride, pad, ho, wo = _pool_setup(x, pool_size, stride, padding, data_format, where)
     xs = _pad_spatial(_strip(f.x), pad)
@@ -563,7 +583,12 @@ def avgpool(x, pool_size, stride=1, padding=0, *, data_format=None):
 
 
 def leakyrelu(x, scale=0.01):
-    """``x`` where positive, ``scale * x`` elsewhere (format kept)."""
+    """``x`` where positive, ``scale * x`` elsewhere (format kept).
+
+    >>> import gpugrad as gg
+    >>> gg.leakyrelu(gg.dlarray([-1.0, 2.0]), 0.1).numpy()
+    array([-0.1,  2. ])
+    """
     x = _dl(x)
     real = isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(
         scale, (bool, np.bool_)
@@ -579,7 +604,12 @@ def leakyrelu(x, scale=0.01):
 
 def gelu(x, approximation="none"):
     """Gaussian error linear unit; ``approximation="tanh"`` uses the tanh formula.
-    The exact form uses ``erf`` through its relation to the normal CDF."""
+    The exact form uses ``erf`` through its relation to the normal CDF.
+
+    >>> import gpugrad as gg
+    >>> gg.gelu(gg.dlarray([0.0, 1.0])).numpy().round(4)
+    array([0.    , 0.8413])
+    """
     x = _dl(x)
     if approximation not in ("none", "tanh"):
         raise ValueError(f"gelu: approximation must be 'none' or 'tanh', got {approximation!r}")
@@ -627,7 +657,13 @@ def _erf(z):
 
 
 def softmax(x, *, data_format=None):
-    """Softmax over the channel dimension (numerically stable)."""
+    """Softmax over the channel dimension (numerically stable).
+
+    >>> import gpugrad as gg
+    >>> gg.softmax(gg.dlarray(np.array([[0.0, 0.0], [0.0, np.log(3)]]), "CB")).numpy()
+    array([[0.5 , 0.25],
+           [0.5 , 0.75]])
+    """
     f = _Fmt(x, data_format, "softmax", "CB")
     f.require("C", "softmax", "CB")
     ax = f.axes("C")[0]
@@ -676,7 +712,14 @@ def batchnorm(
     training under a gradient trace, as ``gg.nn.BatchNorm``) returns
     ``(y, new_mean, new_var)`` with MATLAB's update ``(1 - decay) * old + decay * batch``;
     in inference mode normalizes with the running statistics and returns ``y``.
-    Without them, normalizes with batch statistics and returns ``y``."""
+    Without them, normalizes with batch statistics and returns ``y``.
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray(np.array([[1.0, 3.0], [2.0, 6.0]]), "CB")  # 2 channels, 2 observations
+    >>> gg.batchnorm(x, gg.dlarray(np.zeros(2)), gg.dlarray(np.ones(2))).numpy().round(4)
+    array([[-1.,  1.],
+           [-1.,  1.]])
+    """
     where = "batchnorm"
     f = _Fmt(x, data_format, where, "SSCB")
     f.require("C", where, "SSCB")
@@ -725,7 +768,14 @@ def batchnorm(
 
 def layernorm(x, offset, scale_factor, *, epsilon=1e-5, data_format=None):
     """Layer normalization over every dimension but ``B`` and ``T`` (MATLAB's default
-    for ``'CB'``/``'SSCB'``: the S and C dimensions); offset/scale are per channel."""
+    for ``'CB'``/``'SSCB'``: the S and C dimensions); offset/scale are per channel.
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray(np.array([[1.0, 3.0], [2.0, 6.0]]), "CB")
+    >>> gg.layernorm(x, gg.dlarray(np.zeros(2)), gg.dlarray(np.ones(2))).numpy().round(4)
+    array([[-1., -1.],
+           [ 1.,  1.]])
+    """
     where = "layernorm"
     f = _Fmt(x, data_format, where, "CB")
     f.require("C", where, "CB")
@@ -868,7 +918,17 @@ def _recurrent_hidden_size(w, r, channels, gates, where):
 def lstm(x, h0, c0, weights, recurrent_weights, bias, *, data_format=None):
     """Long short-term memory over a sequence (MATLAB gate order: input, forget,
     cell candidate, output). ``weights[4H, C]``, ``recurrent_weights[4H, H]``,
-    ``bias[4H]``; returns ``(y, h, c)`` with ``y`` ``'CBT'`` and the final states ``'CB'``."""
+    ``bias[4H]``; returns ``(y, h, c)`` with ``y`` ``'CBT'`` and the final states ``'CB'``.
+
+    >>> import gpugrad as gg
+    >>> C, H, B, T = 3, 2, 1, 4  # features, hidden units, observations, time steps
+    >>> x = gg.dlarray(np.zeros((C, B, T)), "CBT")
+    >>> h0 = c0 = gg.dlarray(np.zeros((H, B)))
+    >>> w, r = gg.dlarray(np.ones((4 * H, C))), gg.dlarray(np.ones((4 * H, H)))
+    >>> y, h, c = gg.lstm(x, h0, c0, w, r, gg.dlarray(np.zeros(4 * H)))
+    >>> y.shape, gg.dims(y), h.shape
+    ((2, 1, 4), 'CBT', (2, 1))
+    """
     where = "lstm"
     f, xs, (t, n, c) = _sequence_input(x, data_format, where)
     w, r, b = _strip(_dl(weights)), _strip(_dl(recurrent_weights)), _strip(_dl(bias))
@@ -1079,7 +1139,14 @@ def _observations(f, normalization, where):
 
 def crossentropy(y, targets, *, normalization="batch-size", data_format=None):
     """Cross-entropy of probabilities ``y`` against ``targets``: ``-sum(T .* log(Y))``
-    over channels (and time), averaged over observations (MATLAB's ``crossentropy``)."""
+    over channels (and time), averaged over observations (MATLAB's ``crossentropy``).
+
+    >>> import gpugrad as gg
+    >>> y = gg.dlarray(np.array([[0.25, 0.5], [0.75, 0.5]]), "CB")  # probabilities
+    >>> t = gg.dlarray(np.array([[0.0, 1.0], [1.0, 0.0]]), "CB")
+    >>> round(float(gg.crossentropy(y, t)), 6)  # -(log 0.75 + log 0.5) / 2
+    0.490415
+    """
     where = "crossentropy"
     f, ys, ts = _loss_setup(y, targets, data_format, where)
     f.require("C", where, "CB")
@@ -1097,21 +1164,36 @@ def crossentropy(y, targets, *, normalization="batch-size", data_format=None):
 
 
 def mse(y, targets, *, data_format=None):
-    """Half mean squared error: ``sum((Y - T).^2) / 2 / N`` with ``N`` observations."""
+    """Half mean squared error: ``sum((Y - T).^2) / 2 / N`` with ``N`` observations.
+
+    >>> import gpugrad as gg
+    >>> float(gg.mse(gg.dlarray(np.array([[1.0, 2.0]]), "CB"), gg.dlarray(np.zeros((1, 2)), "CB")))
+    1.25
+    """
     f, ys, ts = _loss_setup(y, targets, data_format, "mse")
     d = ys - ts
     return gsum(d * d) / (2 * _observations(f, "batch-size", "mse"))
 
 
 def l1loss(y, targets, *, normalization="batch-size", data_format=None):
-    """``sum(|Y - T|) / N`` (MATLAB ``l1loss``)."""
+    """``sum(|Y - T|) / N`` (MATLAB ``l1loss``).
+
+    >>> import gpugrad as gg
+    >>> float(gg.l1loss(gg.dlarray(np.array([[1.0, -2.0]]), "CB"), gg.dlarray(np.zeros((1, 2)), "CB")))
+    1.5
+    """
     f, ys, ts = _loss_setup(y, targets, data_format, "l1loss")
     n = _observations(f, normalization, "l1loss")
     return gsum(gabs(ys - ts)) / n
 
 
 def l2loss(y, targets, *, normalization="batch-size", data_format=None):
-    """``sum((Y - T).^2) / N`` (MATLAB ``l2loss``)."""
+    """``sum((Y - T).^2) / N`` (MATLAB ``l2loss``).
+
+    >>> import gpugrad as gg
+    >>> float(gg.l2loss(gg.dlarray(np.array([[1.0, -2.0]]), "CB"), gg.dlarray(np.zeros((1, 2)), "CB")))
+    2.5
+    """
     f, ys, ts = _loss_setup(y, targets, data_format, "l2loss")
     n = _observations(f, normalization, "l2loss")
     d = ys - ts
@@ -1120,7 +1202,13 @@ def l2loss(y, targets, *, normalization="batch-size", data_format=None):
 
 def huber(y, targets, *, transition_point=1.0, normalization="batch-size", data_format=None):
     """Huber loss: ``0.5 r^2`` for ``|r| <= delta``, ``delta (|r| - delta / 2)`` beyond,
-    summed and divided by the number of observations."""
+    summed and divided by the number of observations.
+
+    >>> import gpugrad as gg
+    >>> y = gg.dlarray(np.array([[0.5, -3.0]]), "CB")
+    >>> float(gg.huber(y, gg.dlarray(np.zeros((1, 2)), "CB")))  # (0.125 + 2.5) / 2
+    1.3125
+    """
     f, ys, ts = _loss_setup(y, targets, data_format, "huber")
     n = _observations(f, normalization, "huber")
     dlt = positive(transition_point, "transition_point", "huber")

@@ -367,22 +367,43 @@ _WHERE = Primitive("where", _where_fwd, _where_vjp, save=(0,))
 
 
 def add(a, b):
-    """``a + b`` with broadcasting."""
+    """``a + b`` with broadcasting.
+
+    >>> import gpugrad as gg
+    >>> gg.add(gg.dlarray([[1.0], [2.0]]), gg.dlarray([10.0, 20.0])).numpy()
+    array([[11., 21.],
+           [12., 22.]])
+    """
     return _bind2(_ADD, a, b)
 
 
 def subtract(a, b):
-    """``a - b`` with broadcasting."""
+    """``a - b`` with broadcasting.
+
+    >>> import gpugrad as gg
+    >>> gg.subtract(gg.dlarray([3.0, 4.0]), 1.0).numpy()
+    array([2., 3.])
+    """
     return _bind2(_SUB, a, b)
 
 
 def multiply(a, b):
-    """``a * b`` with broadcasting."""
+    """``a * b`` with broadcasting.
+
+    >>> import gpugrad as gg
+    >>> gg.multiply(gg.dlarray([1.0, 2.0]), gg.dlarray([3.0, 4.0])).numpy()
+    array([3., 8.])
+    """
     return _bind2(_MUL, a, b)
 
 
 def divide(a, b):
-    """``a / b`` with broadcasting."""
+    """``a / b`` with broadcasting.
+
+    >>> import gpugrad as gg
+    >>> gg.divide(1.0, gg.dlarray([2.0, 4.0])).numpy()
+    array([0.5 , 0.25])
+    """
     return _bind2(_DIV, a, b)
 
 
@@ -423,17 +444,35 @@ def _bind_powc(a, p, b):
 
 
 def atan2(y, x):
-    """Four-quadrant arctangent of ``y / x`` (real inputs)."""
+    """Four-quadrant arctangent of ``y / x`` (real inputs).
+
+    >>> import gpugrad as gg
+    >>> gg.atan2(gg.dlarray([1.0]), gg.dlarray([-1.0])).numpy().round(4)
+    array([2.3562])
+    """
     return _bind2(_ATAN2, y, x)
 
 
 def maximum(a, b):
-    """Elementwise maximum; at ties the gradient is shared equally."""
+    """Elementwise maximum; at ties the gradient is shared equally.
+
+    >>> import gpugrad as gg
+    >>> a, b = gg.dlarray([-1.0, 0.0, 2.0]), gg.dlarray([0.0, 0.0, 0.0])
+    >>> gg.maximum(a, b).numpy()
+    array([0., 0., 2.])
+    >>> [g.numpy() for g in gg.gradient(lambda a, b: gg.sum(gg.maximum(a, b)))(a, b)]
+    [array([0. , 0.5, 1. ]), array([1. , 0.5, 0. ])]
+    """
     return _bind2(_MAX2, a, b)
 
 
 def minimum(a, b):
-    """Elementwise minimum; at ties the gradient is shared equally."""
+    """Elementwise minimum; at ties the gradient is shared equally.
+
+    >>> import gpugrad as gg
+    >>> gg.minimum(gg.dlarray([1.0, 5.0]), gg.dlarray([3.0, 2.0])).numpy()
+    array([1., 2.])
+    """
     return _bind2(_MIN2, a, b)
 
 
@@ -458,7 +497,13 @@ def where(condition, a, b):
 
 def clip(a, a_min=None, a_max=None):
     """Limit values to ``[a_min, a_max]`` (``numpy.clip``'s arguments); the gradient is
-    zero where clipped."""
+    zero where clipped.
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([-2.0, 0.5, 2.0])
+    >>> gg.clip(x, -1.0, 1.0).numpy(), gg.gradient(lambda v: gg.sum(gg.clip(v, -1.0, 1.0)))(x).numpy()
+    (array([-1. ,  0.5,  1. ]), array([0., 1., 0.]))
+    """
     x = a
     if a_min is not None:
         x = maximum(x, a_min) if not isinstance(x, (int, float)) else max(x, a_min)
@@ -478,7 +523,7 @@ def _compare(name, fn):
         fmt = _out_fmt(a, b, out) if type(a) is dlarray or type(b) is dlarray else ""
         return make(out, fmt)
 
-    op.__name__ = name
+    op.__name__ = op.__qualname__ = name
     return op
 
 
@@ -492,17 +537,101 @@ logical_and = _compare("logical_and", lambda a, b: a & b)
 logical_or = _compare("logical_or", lambda a, b: a | b)
 logical_xor = _compare("logical_xor", lambda a, b: a ^ b)
 
+# docstrings of the comparisons built above (help(), the docs site and doctest read them)
+equal.__doc__ = """Elementwise ``a == b`` as a bool dlarray (NumPy broadcasting; not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.equal(gg.dlarray([1.0, 2.0, 3.0]), 2.0).numpy()
+    array([False,  True, False])
+    """
+not_equal.__doc__ = """Elementwise ``a != b`` as a bool dlarray (NumPy broadcasting; not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.not_equal(gg.dlarray([1.0, 2.0]), gg.dlarray([1.0, 3.0])).numpy()
+    array([False,  True])
+    """
+less.__doc__ = """Elementwise ``a < b`` as a bool dlarray (NumPy broadcasting; not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.less(gg.dlarray([1.0, 2.0, 3.0]), 2.0).numpy()
+    array([ True, False, False])
+    """
+less_equal.__doc__ = """Elementwise ``a <= b`` as a bool dlarray (NumPy broadcasting; not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.less_equal(gg.dlarray([1.0, 2.0, 3.0]), 2.0).numpy()
+    array([ True,  True, False])
+    """
+greater.__doc__ = """Elementwise ``a > b`` as a bool dlarray (NumPy broadcasting; not differentiable).
+
+    Use it for masks; the gradient flows through what the mask selects, e.g. with
+    :func:`where`:
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([-1.0, 0.5, 2.0])
+    >>> gg.greater(x, 0).numpy()
+    array([False,  True,  True])
+    >>> gg.where(gg.greater(x, 0), x, 0.0).numpy()
+    array([0. , 0.5, 2. ])
+    """
+greater_equal.__doc__ = """Elementwise ``a >= b`` as a bool dlarray (NumPy broadcasting; not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.greater_equal(gg.dlarray([1.0, 2.0, 3.0]), 2.0).numpy()
+    array([False,  True,  True])
+    """
+logical_and.__doc__ = """Elementwise logical AND of two bool arrays (NumPy broadcasting).
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([-2.0, 0.5, 3.0])
+    >>> gg.logical_and(gg.greater(x, 0), gg.less(x, 1)).numpy()
+    array([False,  True, False])
+    """
+logical_or.__doc__ = """Elementwise logical OR of two bool arrays (NumPy broadcasting).
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([-2.0, 0.5, 3.0])
+    >>> gg.logical_or(gg.less(x, 0), gg.greater(x, 1)).numpy()
+    array([ True, False,  True])
+    """
+logical_xor.__doc__ = """Elementwise logical exclusive OR of two bool arrays (NumPy broadcasting).
+
+    >>> import gpugrad as gg
+    >>> from gpugrad.ops.elementwise import logical_xor
+    >>> logical_xor(gg.dlarray([True, True]), gg.dlarray([True, False])).numpy()
+    array([False,  True])
+    """
+
 
 def logical_not(x):
+    """Elementwise logical NOT of a bool array (keeps the format labels).
+
+    >>> import gpugrad as gg
+    >>> gg.logical_not(gg.dlarray([True, False])).numpy()
+    array([False,  True])
+    """
     return make(~x._data if type(x) is dlarray else ~coerce(x), getattr(x, "_fmt", ""))
 
 
 def isfinite(x):
+    """True where ``x`` is neither infinite nor NaN (a bool dlarray; not differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.isfinite(gg.dlarray([1.0, float("inf"), float("nan")])).numpy()
+    array([ True, False, False])
+    """
     raw = x._data if type(x) is dlarray else coerce(x)
     return make(_xp().isfinite(raw))
 
 
 def isnan(x):
+    """True where ``x`` is NaN (a bool dlarray; not differentiable). To find the op that
+    first produced a NaN in a forward or backward pass, use ``gg.debug.detect_anomaly``.
+
+    >>> import gpugrad as gg
+    >>> gg.isnan(gg.dlarray([1.0, float("nan")])).numpy()
+    array([False,  True])
+    """
     raw = x._data if type(x) is dlarray else coerce(x)
     return make(_xp().isnan(raw))
 

@@ -97,7 +97,13 @@ def sum(x, axis=None, keepdims=False):  # noqa: A001
 
 
 def mean(x, axis=None, keepdims=False):
-    """Mean over ``axis`` (``None``: all elements)."""
+    """Mean over ``axis`` (``None``: all elements).
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([[1.0, 2.0], [3.0, 4.0]])
+    >>> float(gg.mean(x)), gg.mean(x, axis=0).numpy()
+    (2.5, array([2., 3.]))
+    """
     if type(x) is not dlarray:
         x = dlarray(x)
     axes = normalize_axis(axis, x.ndim, "mean")
@@ -195,12 +201,23 @@ _MIN = Primitive(
 
 
 def max(x, axis=None, keepdims=False):  # noqa: A001
-    """Maximum over ``axis``; ties share the gradient."""
+    """Maximum over ``axis``; ties share the gradient.
+
+    >>> import gpugrad as gg
+    >>> x = gg.dlarray([1.0, 3.0, 3.0])
+    >>> float(gg.max(x)), gg.gradient(gg.max)(x).numpy()
+    (3.0, array([0. , 0.5, 0.5]))
+    """
     return _reduce(_MAX, x, axis, keepdims, "max")
 
 
 def min(x, axis=None, keepdims=False):  # noqa: A001
-    """Minimum over ``axis``; ties share the gradient."""
+    """Minimum over ``axis``; ties share the gradient.
+
+    >>> import gpugrad as gg
+    >>> gg.min(gg.dlarray([[1.0, 5.0], [4.0, 2.0]]), axis=1).numpy()
+    array([1., 2.])
+    """
     return _reduce(_MIN, x, axis, keepdims, "min")
 
 

@@ -62,7 +62,12 @@ _TRANSPOSE = Primitive("transpose", lambda x, axes: x.transpose(axes), _transpos
 
 
 def transpose(x, axes=None):
-    """Permute axes (reverse them when ``axes`` is None), as ``numpy.transpose``."""
+    """Permute axes (reverse them when ``axes`` is None), as ``numpy.transpose``.
+
+    >>> import gpugrad as gg
+    >>> gg.transpose(gg.zeros((2, 3, 4))).shape, gg.transpose(gg.zeros((2, 3, 4)), (1, 0, 2)).shape
+    ((4, 3, 2), (3, 2, 4))
+    """
     x = _dl(x)
     nd = x.ndim
     if axes is None:
@@ -76,7 +81,12 @@ def transpose(x, axes=None):
 
 
 def moveaxis(x, source, destination):
-    """Move one axis to a new position."""
+    """Move one axis to a new position.
+
+    >>> import gpugrad as gg
+    >>> gg.moveaxis(gg.zeros((2, 3, 4)), 0, -1).shape
+    (3, 4, 2)
+    """
     x = _dl(x)
     nd = x.ndim
     order = [i for i in range(nd) if i != source % nd]
@@ -85,6 +95,12 @@ def moveaxis(x, source, destination):
 
 
 def swapaxes(x, a, b):
+    """Interchange axes ``a`` and ``b`` (a :func:`transpose`; differentiable).
+
+    >>> import gpugrad as gg
+    >>> gg.swapaxes(gg.zeros((2, 3, 4)), 0, 2).shape
+    (4, 3, 2)
+    """
     x = _dl(x)
     order = list(range(x.ndim))
     order[a], order[b] = order[b], order[a]
@@ -103,7 +119,12 @@ _BROADCAST = Primitive(
 
 
 def broadcast_to(x, shape):
-    """Broadcast to ``shape`` (a read-only view; the gradient is summed back)."""
+    """Broadcast to ``shape`` (a read-only view; the gradient is summed back).
+
+    >>> import gpugrad as gg
+    >>> gg.gradient(lambda b: gg.sum(gg.broadcast_to(b, (4, 2))))(gg.dlarray([1.0, 2.0])).numpy()
+    array([4., 4.])
+    """
     x = _dl(x)
     shape = tuple(int(s) for s in shape)
     if x.shape == shape:
@@ -130,7 +151,12 @@ _CONCAT = Primitive("concatenate", lambda *xs, axis: _xp().concatenate(xs, axis=
 
 
 def concatenate(arrays, axis=0):
-    """Join arrays along an existing axis."""
+    """Join arrays along an existing axis.
+
+    >>> import gpugrad as gg
+    >>> gg.concatenate([gg.ones((2, 3)), gg.zeros((1, 3))]).shape
+    (3, 3)
+    """
     arrays = [_dl(a) for a in arrays]
     if not arrays:
         raise ValueError("concatenate: need at least one array")
@@ -149,7 +175,12 @@ def concatenate(arrays, axis=0):
 
 
 def stack(arrays, axis=0):
-    """Join arrays along a new axis."""
+    """Join arrays along a new axis.
+
+    >>> import gpugrad as gg
+    >>> gg.stack([gg.ones(3), gg.zeros(3)], axis=1).shape
+    (3, 2)
+    """
     arrays = [_dl(a) for a in arrays]
     return concatenate([expand_dims(a, axis) for a in arrays], axis=axis)
 
@@ -160,7 +191,12 @@ _FLIP = Primitive(
 
 
 def flip(x, axis=None):
-    """Reverse the order of elements along ``axis`` (all axes when None)."""
+    """Reverse the order of elements along ``axis`` (all axes when None).
+
+    >>> import gpugrad as gg
+    >>> gg.flip(gg.dlarray([1.0, 2.0, 3.0])).numpy()
+    array([3., 2., 1.])
+    """
     x = _dl(x)
     if isinstance(axis, int):
         axis = (axis % x.ndim,)
@@ -170,7 +206,12 @@ def flip(x, axis=None):
 
 
 def squeeze(x, axis=None):
-    """Remove axes of length one."""
+    """Remove axes of length one.
+
+    >>> import gpugrad as gg
+    >>> gg.squeeze(gg.zeros((1, 3, 1))).shape
+    (3,)
+    """
     x = _dl(x)
     if axis is None:
         shape = tuple(s for s in x.shape if s != 1)
@@ -185,7 +226,12 @@ def squeeze(x, axis=None):
 
 
 def expand_dims(x, axis):
-    """Insert an axis of length one at ``axis``."""
+    """Insert an axis of length one at ``axis``.
+
+    >>> import gpugrad as gg
+    >>> gg.expand_dims(gg.zeros(3), 0).shape
+    (1, 3)
+    """
     x = _dl(x)
     nd = x.ndim + 1
     axis = axis % nd
@@ -195,7 +241,12 @@ def expand_dims(x, axis):
 
 
 def flatten(x):
-    """A 1-D copy of the elements (row-major)."""
+    """A 1-D copy of the elements (row-major).
+
+    >>> import gpugrad as gg
+    >>> gg.flatten(gg.dlarray([[1.0, 2.0], [3.0, 4.0]])).numpy()
+    array([1., 2., 3., 4.])
+    """
     x = _dl(x)
     return reshape(x, (x.size,))
 
@@ -211,7 +262,12 @@ _ASTYPE = Primitive(
 
 
 def astype(x, dtype):
-    """Cast to ``dtype`` (float or complex keep gradients)."""
+    """Cast to ``dtype`` (float or complex keep gradients).
+
+    >>> import gpugrad as gg
+    >>> gg.astype(gg.dlarray([1.5]), "float32").dtype
+    dtype('float32')
+    """
     x = _dl(x)
     dtype = np.dtype(dtype)
     if x.dtype == dtype:
@@ -375,7 +431,14 @@ def setitem_inplace(x, idx, v):
 
 
 def take_along_axis(x, indices, axis):
-    """Gather values along ``axis`` (as ``numpy.take_along_axis``); differentiable in ``x``."""
+    """Gather values along ``axis`` (as ``numpy.take_along_axis``); differentiable in ``x``.
+
+    >>> import gpugrad as gg, numpy as np
+    >>> x = gg.dlarray([[10.0, 20.0], [30.0, 40.0]])
+    >>> gg.take_along_axis(x, np.array([[1], [0]]), axis=1).numpy()
+    array([[20.],
+           [30.]])
+    """
     x = _dl(x)
     ind = indices._data if type(indices) is dlarray else np.asarray(indices)
     ind = ind.astype(np.int64)
