@@ -152,3 +152,7 @@ from .functional import (  # noqa: E402
 from . import nn, optim  # noqa: E402
 from .nn import *  # noqa: F403, E402
 from .optim import adamupdate, sgdmupdate  # noqa: E402
+
+# isort: split
+# trace once, replay afterwards (MATLAB's dlaccelerate)
+from .accelerate import AcceleratedFunction, accelerate, dlaccelerate  # noqa: E402

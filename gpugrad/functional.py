@@ -206,6 +206,9 @@ def gradient(f, argnums=None):
     """
     if not callable(f):
         raise TypeError(f"gradient: f must be callable, got {type(f).__name__}")
+    transform = getattr(f, "__gg_transform__", None)  # gg.dlaccelerate(f): accelerated
+    if transform is not None:
+        return transform(gradient, argnums)
 
     @functools.wraps(f)
     def grad_f(*args, **kwargs):
@@ -225,6 +228,9 @@ def value_with_gradient(f, argnums=None):
     """
     if not callable(f):
         raise TypeError(f"value_with_gradient: f must be callable, got {type(f).__name__}")
+    transform = getattr(f, "__gg_transform__", None)  # gg.dlaccelerate(f): accelerated
+    if transform is not None:
+        return transform(value_with_gradient, argnums)
 
     @functools.wraps(f)
     def vg(*args, **kwargs):

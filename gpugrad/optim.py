@@ -24,7 +24,7 @@ from ._checks import fraction as _fraction
 from ._checks import nonnegative as _nonnegative
 from ._checks import positive as _positive
 from .array import dlarray
-from .ops.core import _STATE, make
+from .ops.core import _STATE, host_call, make
 from .tree import map_arrays
 
 
@@ -260,6 +260,7 @@ class SGD(_Optimizer):
         self.nesterov = bool(nesterov)
         self.velocity = {}
 
+    @host_call(mutates=True)  # one step of a gg.dlaccelerate replay
     def update(self, model, grads):
         """Apply ``grads`` (shaped like ``model.parameters()``) in place."""
         pairs = _checked(_parameters_of(model, "SGD.update"), grads, "SGD.update")
@@ -316,6 +317,7 @@ class Adam(_Optimizer):
         self.step = 0
         self.moments = {}  # path -> (first moment, second moment, scratch buffer)
 
+    @host_call(mutates=True)  # one step of a gg.dlaccelerate replay
     def update(self, model, grads):
         """Apply ``grads`` (shaped like ``model.parameters()``) in place."""
         pairs = _checked(_parameters_of(model, "Adam.update"), grads, "Adam.update")
@@ -365,6 +367,7 @@ def _state_tree(state, params, where, name):
     return tree, [s._data for s in entries.values()]
 
 
+@host_call(mutates=True)
 def sgdmupdate(net, grad, vel=None, learn_rate=0.01, momentum=0.9):
     """MATLAB's ``[net, vel] = sgdmupdate(net, grad, vel, learnRate, momentum)``:
     ``vel = momentum * vel - learn_rate * grad``, then ``net = net + vel``.
@@ -393,6 +396,7 @@ def sgdmupdate(net, grad, vel=None, learn_rate=0.01, momentum=0.9):
     return net, vel
 
 
+@host_call(mutates=True)
 def adamupdate(
     net,
     grad,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend
-from .ops.core import make
+from .ops.core import host_call, make
 
 _state = {"gen": None}
 
@@ -22,6 +22,7 @@ def _generator():
     return _state["gen"]
 
 
+@host_call  # a seed inside gg.dlaccelerate re-seeds on every replay
 def seed(n=None):
     """Seed the random state (``None``: fresh entropy).
 
@@ -34,11 +35,13 @@ def seed(n=None):
     _state["gen"] = np.random.Generator(np.random.PCG64(n))
 
 
+@host_call
 def get_state():
     """An opaque snapshot of the random state (for exact replay)."""
     return _generator().bit_generator.state
 
 
+@host_call
 def set_state(snapshot):
     """Restore a snapshot taken by :func:`get_state`."""
     _generator().bit_generator.state = snapshot
@@ -62,16 +65,19 @@ def _on_device(raw):
     return backend.xp().asarray(raw) if backend.device() == "cuda" else raw
 
 
+@host_call  # a replay of gg.dlaccelerate draws afresh
 def normal(loc=0.0, scale=1.0, shape=None, dtype=None, size=None):
     """Normally distributed values (a dlarray on the active device)."""
     return make(_cast(_generator().normal(loc, scale, _shape(shape, size)), dtype))
 
 
+@host_call  # a replay of gg.dlaccelerate draws afresh
 def uniform(low=0.0, high=1.0, shape=None, dtype=None, size=None):
     """Uniformly distributed values in ``[low, high)``."""
     return make(_cast(_generator().uniform(low, high, _shape(shape, size)), dtype))
 
 
+@host_call  # a replay of gg.dlaccelerate draws afresh
 def randint(low, high=None, shape=None, size=None):
     """Random integers in ``[low, high)`` (stored as float64, as MATLAB does)."""
     return make(
@@ -79,11 +85,13 @@ def randint(low, high=None, shape=None, size=None):
     )
 
 
+@host_call  # a replay of gg.dlaccelerate draws afresh
 def permutation(n):
     """A random permutation of ``range(n)`` as a NumPy/CuPy integer array."""
     return _on_device(_generator().permutation(n))
 
 
+@host_call  # a replay of gg.dlaccelerate draws afresh
 def raw_uniform(shape, dtype):
     """Raw uniform draws (for dropout masks); advances the same state."""
     return _on_device(_generator().random(_shape(shape, None)).astype(dtype, copy=False))

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import backend, tape
 from ..array import dlarray
+from . import core
 from .core import _STATE, Primitive, _record1, bind, coerce, make
 
 _FRAME = tape.FRAME
@@ -299,7 +300,7 @@ def getitem(x, idx):
         # why: x[0] on a traced vector is the commonest index; skip the general path
         raw = x._data
         try:
-            out = raw[idx]
+            out = _GETITEM.fwd(raw, idx)  # through fwd: an accelerator trace sees it
         except IndexError as exc:
             raise IndexError(
                 f"dlarray index {idx!r} is invalid for shape {x.shape}: {exc}"
@@ -351,7 +352,8 @@ def setitem_inplace(x, idx, v):
     """``x[idx] = v`` on the dlarray object: in place outside a trace; inside one, a
     recorded functional update rebound to ``x`` (earlier saved values stay intact)."""
     traced = x._node is not None or (type(v) is dlarray and v._node is not None)
-    if traced and tape.FRAME.get().recording:
+    # an accelerator trace records the functional update (an in-place write is invisible)
+    if (traced and tape.FRAME.get().recording) or core.RECORDER is not None:
         new = setitem(x, idx, v)
         x._data, x._node, x._idx = new._data, new._node, new._idx
         x._taint = x._taint or new._taint
