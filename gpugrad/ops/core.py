@@ -50,6 +50,7 @@ def host_call(fn=None, *, mutates=False):
 
     return wrapper
 
+
 _STATE = backend._state
 _FRAME = tape.FRAME
 _Node = tape.Node

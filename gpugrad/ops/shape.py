@@ -8,7 +8,7 @@ import numpy as np
 from .. import backend, tape
 from ..array import dlarray
 from . import core
-from .core import _STATE, Primitive, _record1, bind, coerce, make
+from .core import _STATE, Primitive, _record1, bind, coerce, host_call, make
 
 _FRAME = tape.FRAME
 
@@ -230,6 +230,7 @@ def _is_basic(idx):
     return all(isinstance(i, (int, slice)) or i is None or i is Ellipsis for i in items)
 
 
+@host_call  # raw code on index data: a gg.dlaccelerate replay repeats it
 def normalize_index(idx, where="index"):
     """Turn dlarray / list indices into raw integer or bool arrays."""
     if isinstance(idx, tuple):
@@ -380,13 +381,16 @@ def take_along_axis(x, indices, axis):
     """Gather values along ``axis`` (as ``numpy.take_along_axis``); differentiable in ``x``."""
     x = _dl(x)
     ind = indices._data if type(indices) is dlarray else np.asarray(indices)
+    return getitem(x, _along_axis_index(ind, axis % x.ndim))
+
+
+@host_call  # raw code on index data: a gg.dlaccelerate replay repeats it
+def _along_axis_index(ind, axis):
     ind = ind.astype(np.int64)
-    axis = axis % x.ndim
     grids = list(np.indices(ind.shape, sparse=True))
     grids[axis] = ind
     xp = _xp()
-    idx = tuple(xp.asarray(gr) for gr in grids)
-    return getitem(x, idx)
+    return tuple(xp.asarray(gr) for gr in grids)
 
 
 __all__ = [
