@@ -102,6 +102,16 @@ def _user_site():
     return "<unknown>"
 
 
+def _level():
+    """``stacklevel`` of the innermost caller outside gpugrad (warnings point there)."""
+    f = sys._getframe(2)
+    level = 2
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PACKAGE_DIR):
+        f = f.f_back
+        level += 1
+    return level
+
+
 def _rebuild(template, values):
     it = iter(values)
     return map_arrays(lambda _: next(it), template)
@@ -292,14 +302,24 @@ def _glue_wrappers(rec):
     return glue_add, glue_unbroadcast, glue_zeros, rec_writable
 
 
-_ESCAPES = ("item", "__float__", "__int__", "__complex__", "__bool__", "__index__", "numpy")
+_ESCAPES = {
+    "item": "x.item()",
+    "__float__": "float(x)",
+    "__int__": "int(x)",
+    "__complex__": "complex(x)",
+    "__bool__": "bool(x)",
+    "__index__": "x as an index",
+    "numpy": "x.numpy()",
+}
 
 
 def _escape_method(name, original):
+    how = _ESCAPES[name]
+
     def method(self, *args, **kwargs):
         rec = core.RECORDER
         if rec is not None:
-            rec.escape(self._data, f"{name}()")
+            rec.escape(self._data, how)
         return original(self, *args, **kwargs)
 
     method.__name__ = name
@@ -767,7 +787,7 @@ class AcceleratedFunction:
         if tag not in self._warned:
             self._warned.add(tag)
             name = getattr(self._fn, "__qualname__", type(self._fn).__name__)
-            warnings.warn(f"dlaccelerate({name}): {message}", RuntimeWarning, stacklevel=4)
+            warnings.warn(f"dlaccelerate({name}): {message}", RuntimeWarning, stacklevel=_level())
 
     def _evict(self):
         while len(self._cache) > self._cache_size:
@@ -923,7 +943,7 @@ class AcceleratedFunction:
                 f"dlaccelerate: CheckMode found the replay and eager results differ ({problem}); "
                 "the eager result is returned and this call pattern now runs eagerly",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=_level(),
             )
         else:
             self._warn_once(

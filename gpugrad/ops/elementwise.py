@@ -500,5 +500,10 @@ def isnan(x):
     return make(_raw_unary(_xp().isnan, raw))
 
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("np", "annotations", "tape")]
+__all__ = [
+    n
+    for n in dir()
+    if not n.startswith("_")
+    and n not in ("np", "annotations", "tape", "operator", "core", "host_call")
+]
 del np
