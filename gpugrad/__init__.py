@@ -265,3 +265,7 @@ from .io import load, save  # noqa: E402
 from .nn import *  # noqa: F403, E402
 from .optim import adamupdate, sgdmupdate, thresholdGlobalL2Norm, thresholdL2Norm  # noqa: E402
 from .phase import forward, learning_phase, predict  # noqa: E402
+
+# isort: split
+# trace once, replay afterwards (MATLAB's dlaccelerate)
+from .accelerate import AcceleratedFunction, accelerate, dlaccelerate  # noqa: E402

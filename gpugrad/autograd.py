@@ -346,7 +346,7 @@ def backward(self, head_grads=None, retain_graph=False, create_graph=False):
         else:
             _set_traced_grad(x, None)
             if add and x._grad is not None:
-                x._grad = x._grad + g._data
+                x._grad = core._Glue.add(x._grad, g._data)  # recorded by dlaccelerate
             else:
                 x._grad = g._data
 

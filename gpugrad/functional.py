@@ -270,6 +270,9 @@ def gradient(
     """
     if not callable(f):
         raise TypeError(f"gradient: f must be callable, got {type(f).__name__}")
+    transform = getattr(f, "__gg_transform__", None)  # gg.dlaccelerate(f): accelerated
+    if transform is not None:
+        return transform(gradient, argnums)
 
     @functools.wraps(f)
     def grad_f(*args, **kwargs):
@@ -291,6 +294,9 @@ def value_with_gradient(
     """
     if not callable(f):
         raise TypeError(f"value_with_gradient: f must be callable, got {type(f).__name__}")
+    transform = getattr(f, "__gg_transform__", None)  # gg.dlaccelerate(f): accelerated
+    if transform is not None:
+        return transform(value_with_gradient, argnums)
 
     @functools.wraps(f)
     def vg(*args, **kwargs):

@@ -62,6 +62,9 @@ def dlfeval(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
     """
     if not callable(fn):
         raise TypeError(f"dlfeval: fn must be callable, got {type(fn).__name__}")
+    accelerated = getattr(fn, "__gg_dlfeval__", None)  # gg.dlaccelerate(fn): replays
+    if accelerated is not None:
+        return accelerated(args, kwargs)
     frame = tape.FRAME.get()
     trace = tape.Trace("dlfeval", frame.trace)
     if not kwargs and all(type(a) is dlarray for a in args):
@@ -399,6 +402,8 @@ def extractdata(x):
     if not isinstance(x, dlarray):
         raise TypeError(f"extractdata: x must be a dlarray, got {type(x).__name__}")
     raw = x._data
+    if core.RECORDER is not None:  # a value leaving the accelerator's trace
+        core.RECORDER.escape(raw, "extractdata")
     if isinstance(raw, np.generic):
         return np.asarray(raw)
     return raw

@@ -24,7 +24,7 @@ from ._checks import fraction as _fraction
 from ._checks import nonnegative as _nonnegative
 from ._checks import positive as _positive
 from .array import dlarray
-from .ops.core import _STATE, make
+from .ops.core import _STATE, host_call, make
 from .tree import leaves, map_arrays
 
 
@@ -375,6 +375,7 @@ class SGD(_Optimizer):
     def _load_slots(self, slots):
         self.velocity = slots["velocity"]
 
+    @host_call(mutates=True)  # one step of a gg.dlaccelerate replay
     def update(self, model, grads):
         """Apply ``grads`` (shaped like ``model.parameters()``) in place."""
         pairs = _checked(_parameters_of(model, "SGD.update"), grads, "SGD.update")
@@ -450,6 +451,7 @@ class Adam(_Optimizer):
         xp = _xp()
         self.moments = {k: (first[k], second[k], xp.empty_like(first[k])) for k in first}
 
+    @host_call(mutates=True)  # one step of a gg.dlaccelerate replay
     def update(self, model, grads):
         """Apply ``grads`` (shaped like ``model.parameters()``) in place."""
         pairs = _checked(_parameters_of(model, "Adam.update"), grads, "Adam.update")
@@ -500,6 +502,7 @@ def _state_tree(state, params, where, name):
     return tree, [s._data for s in entries.values()]
 
 
+@host_call(mutates=True)
 def sgdmupdate(net, grad, vel=None, learn_rate=0.01, momentum=0.9):
     """MATLAB's ``[net, vel] = sgdmupdate(net, grad, vel, learnRate, momentum)``:
     ``vel = momentum * vel - learn_rate * grad``, then ``net = net + vel``.
@@ -528,6 +531,7 @@ def sgdmupdate(net, grad, vel=None, learn_rate=0.01, momentum=0.9):
     return net, vel
 
 
+@host_call(mutates=True)
 def adamupdate(
     net,
     grad,

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import backend
 from .errors import CheckpointError
-from .ops.core import make
+from .ops.core import host_call, make
 
 _state = {"gen": None}
 _LOCK = threading.RLock()
@@ -108,6 +108,7 @@ def _draw(fn):
     return out
 
 
+@host_call  # a seed inside gg.dlaccelerate re-seeds on every replay
 def seed(n=None):
     """Seed the random state (``None``: fresh entropy; else a non-negative int).
 
@@ -124,6 +125,7 @@ def seed(n=None):
         _state["gen"] = gen
 
 
+@host_call
 def get_state():
     """An opaque snapshot of the random state (for exact replay).
 
@@ -138,6 +140,7 @@ def get_state():
         return _generator().bit_generator.state
 
 
+@host_call
 def set_state(snapshot):
     """Restore a snapshot taken by :func:`get_state`.
 
@@ -183,6 +186,7 @@ def _on_device(raw):
     return backend.xp().asarray(raw) if backend.device() == "cuda" else raw
 
 
+@host_call  # a replay of gg.dlaccelerate draws afresh
 def normal(loc=0.0, scale=1.0, shape=None, dtype=None, size=None):
     """Normally distributed values (a dlarray on the active device).
 
@@ -196,6 +200,7 @@ def normal(loc=0.0, scale=1.0, shape=None, dtype=None, size=None):
     return make(_cast(_draw(lambda g: g.normal(loc, scale, dims)), dtype, "gg.random.normal"))
 
 
+@host_call  # a replay of gg.dlaccelerate draws afresh
 def uniform(low=0.0, high=1.0, shape=None, dtype=None, size=None):
     """Uniformly distributed values in ``[low, high)``.
 
@@ -208,6 +213,7 @@ def uniform(low=0.0, high=1.0, shape=None, dtype=None, size=None):
     return make(_cast(_draw(lambda g: g.uniform(low, high, dims)), dtype, "gg.random.uniform"))
 
 
+@host_call  # a replay of gg.dlaccelerate draws afresh
 def randint(low, high=None, shape=None, size=None):
     """Random integers in ``[low, high)`` (stored as float64, as MATLAB does).
 
@@ -220,6 +226,7 @@ def randint(low, high=None, shape=None, size=None):
     return make(_on_device(_draw(lambda g: g.integers(low, high, dims)).astype(np.float64)))
 
 
+@host_call  # a replay of gg.dlaccelerate draws afresh
 def permutation(n):
     """A random permutation of ``range(n)`` as a NumPy/CuPy integer array.
 
@@ -230,6 +237,7 @@ def permutation(n):
     return _on_device(_draw(lambda g: g.permutation(n)))
 
 
+@host_call  # a replay of gg.dlaccelerate draws afresh
 def raw_uniform(shape, dtype):
     """Raw uniform draws (for dropout masks); advances the same state."""
     dims = _shape(shape, None, "raw_uniform")

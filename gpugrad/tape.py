@@ -378,13 +378,14 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
     """
     unbroadcast = glue.unbroadcast
     run_vjp = glue.run_vjp
+    add = glue.add  # operator.add (an accelerator trace records it)
     order, reach = _collect(roots, targets)
     cts = {}
     for n, i, g in roots:
         slot = cts.get(n)
         if slot is None:
             slot = cts[n] = [None] * len(n.out_meta)
-        slot[i] = g if slot[i] is None else slot[i] + g
+        slot[i] = g if slot[i] is None else add(slot[i], g)
     token = None
     if create_graph:
         outer = FRAME.get()
@@ -445,7 +446,7 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                     pslot[p[1]] = gi
                 else:
                     pi = p[1]
-                    pslot[pi] = gi if pslot[pi] is None else pslot[pi] + gi
+                    pslot[pi] = gi if pslot[pi] is None else add(pslot[pi], gi)
     finally:
         if token is not None:
             FRAME.reset(token)

@@ -20,7 +20,7 @@ from .. import random as _random
 from .._checks import fraction, positive
 from ..array import check_format, dlarray
 from ..backend import to_host
-from ..ops.core import _STATE, make
+from ..ops.core import _STATE, host_call, make
 from ..ops.elementwise import abs as gabs
 from ..ops.elementwise import exp, log, sigmoid, sqrt, tanh, where
 from ..ops.heavy import relu
@@ -471,6 +471,7 @@ def maxpool(x, pool_size, stride=1, padding=0, *, data_format=None):
     return f.back(y, f.fmt)
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
 def _maxpool_index(raw, pool, stride, pad, ho, wo):
     """Flat index into ``raw`` (``(H, W, ...)``) of the first maximum of each window."""
     xp = _xp()
@@ -497,6 +498,7 @@ def _maxpool_index(raw, pool, stride, pad, ho, wo):
     return idx.reshape((ho, wo) + rest)
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
 def _maxpool_index_tiled(raw, pool, ho, wo):
     """``_maxpool_index`` for non-overlapping windows without padding (stride == pool).
 
@@ -656,6 +658,11 @@ def _erf(z):
     return sign(z) * (1 - t * exp(poly))
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _softmax_shift(raw, axis):
+    return _xp().max(raw, axis=axis, keepdims=True)
+
+
 def softmax(x, *, data_format=None):
     """Softmax over the channel dimension (numerically stable).
 
@@ -668,7 +675,7 @@ def softmax(x, *, data_format=None):
     f.require("C", "softmax", "CB")
     ax = f.axes("C")[0]
     xs = _strip(f.x)
-    shift = make(_xp().max(xs._data, axis=ax, keepdims=True))
+    shift = make(_softmax_shift(xs._data, ax))
     e = exp(xs - shift)
     return f.back(e / gsum(e, axis=ax, keepdims=True), f.fmt)
 
@@ -758,12 +765,19 @@ def batchnorm(
     rm = _dl(running_mean)
     rv = _dl(running_var)
     # MATLAB stores the unbiased variance in the running statistics
-    unbiased = var._data * (m / max(m - 1, 1))
-    new_mean = make((1 - mean_decay) * rm._data + mean_decay * mu._data.reshape(rm.shape), rm._fmt)
-    new_var = make(
-        (1 - variance_decay) * rv._data + variance_decay * unbiased.reshape(rv.shape), rv._fmt
+    new_mean, new_var = _running_statistics(
+        rm._data, rv._data, mu._data, var._data, m, mean_decay, variance_decay
     )
-    return y, new_mean, new_var
+    return y, make(new_mean, rm._fmt), make(new_var, rv._fmt)
+
+
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _running_statistics(rm, rv, mu, var, m, mean_decay, variance_decay):
+    # MATLAB stores the unbiased variance in the running statistics
+    unbiased = var * (m / max(m - 1, 1))
+    new_mean = (1 - mean_decay) * rm + mean_decay * mu.reshape(rm.shape)
+    new_var = (1 - variance_decay) * rv + variance_decay * unbiased.reshape(rv.shape)
+    return new_mean, new_var
 
 
 def layernorm(x, offset, scale_factor, *, epsilon=1e-5, data_format=None):
@@ -1009,6 +1023,7 @@ def _mm_t(a, b):
 # ------------------------------------------------------------------ embed / dropout
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
 def _class_indices(raw, where, name, num_classes=None, kind="class indices"):
     """0-based integer class labels as a host int64 array, checked to lie in
     ``[0, num_classes)`` (labels are small: one pass over them is cheap)."""
@@ -1065,8 +1080,7 @@ def embed(x, weights, *, data_format=None):
             )
         shape = tuple(s for i, s in enumerate(shape) if i != ci)
         fmt = fmt.replace("C", "")
-    codes = _class_indices(f.x._data, where, "indices", w.shape[1], "vocabulary indices")
-    idx = _xp().asarray(codes.reshape(shape))
+    idx = _embed_indices(f.x._data, where, w.shape[1], shape)
     rows = transpose(w, (1, 0))[idx]  # (..., dim)
     out = transpose(rows, (rows.ndim - 1,) + tuple(range(rows.ndim - 1)))
     # the new C goes first; check_format gives the permutation to the sorted S,C,B,T,U order
@@ -1074,6 +1088,18 @@ def embed(x, weights, *, data_format=None):
     if perm is not None:
         out = transpose(out, perm)
     return f.back(out, sorted_fmt)
+
+
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _embed_indices(raw, where, vocabulary, shape):
+    codes = _class_indices(raw, where, "indices", vocabulary, "vocabulary indices")
+    return _xp().asarray(codes.reshape(shape))
+
+
+@host_call  # a gg.dlaccelerate replay draws a fresh mask
+def _dropout_mask(shape, dtype, rate):
+    keep = _random.raw_uniform(shape, dtype if dtype.kind == "f" else np.float64) >= rate
+    return (keep / (1 - rate)).astype(dtype, copy=False)
 
 
 def dropout(x, rate=0.5, *, training=None):
@@ -1097,8 +1123,7 @@ def dropout(x, rate=0.5, *, training=None):
         training = _phase.is_training()
     if not training or rate == 0:
         return x
-    keep = _random.raw_uniform(x.shape, x.dtype if x.dtype.kind == "f" else np.float64) >= rate
-    mask = make((keep / (1 - rate)).astype(x.dtype, copy=False))
+    mask = make(_dropout_mask(x.shape, x.dtype, rate))
     return x * mask
 
 
@@ -1217,6 +1242,7 @@ def huber(y, targets, *, transition_point=1.0, normalization="batch-size", data_
     return gsum(per) / n
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
 def onehotencode(labels, feature_dim, num_classes=None, *, classes=None, fmt=None):
     """One-hot encode integer class labels (0-based) along ``feature_dim`` (0-based
     position of the new axis; a singleton dimension there is replaced). ``classes``
@@ -1273,6 +1299,16 @@ def onehotencode(labels, feature_dim, num_classes=None, *, classes=None, fmt=Non
     return dlarray(_xp().asarray(out), fmt)
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _probability_labels(lab, dtype):
+    return _xp().asarray(lab, dtype=dtype)
+
+
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _index_column(lab, where, classes):
+    return _xp().asarray(_class_indices(lab, where, "labels", classes))[:, None]
+
+
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of ``logits[batch, classes]`` against integer ``labels[batch]``
     (0-based) or one-hot/probability ``labels[batch, classes]`` (Swift's
@@ -1296,7 +1332,7 @@ def softmax_cross_entropy(logits, labels):
     if lab.ndim == 2 and tuple(lab.shape) == z.shape:
         if lab.dtype.kind not in "biuf":
             raise ValueError(f"{where}: probability labels must be numbers, got dtype {lab.dtype}")
-        probs = _xp().asarray(lab, dtype=z.dtype)
+        probs = _probability_labels(lab, z.dtype)
         low, high = float(probs.min()), float(probs.max())
         if low < 0 or high > 1:
             raise ValueError(
@@ -1310,9 +1346,9 @@ def softmax_cross_entropy(logits, labels):
             f"{where}: labels must have shape ({z.shape[0]},) (one class index per "
             f"row) or {z.shape} (probabilities), got shape {tuple(lab.shape)}"
         )
-    idx = _class_indices(lab, where, "labels", z.shape[1])
+    idx = _index_column(lab, where, z.shape[1])
     logp = z - logsumexp(z, axis=1, keepdims=True)
-    picked = take_along_axis(logp, _xp().asarray(idx)[:, None], axis=1)
+    picked = take_along_axis(logp, idx, axis=1)
     return -gsum(picked) / z.shape[0]
 
 

@@ -17,7 +17,7 @@ from .. import phase as _phase
 from .. import random as _random
 from .._checks import fraction, positive
 from ..array import dlarray
-from ..ops.core import _STATE, make
+from ..ops.core import _STATE, host_call, make
 from ..ops.elementwise import sqrt
 from ..ops.heavy import relu
 from ..ops.reduce import mean
@@ -590,6 +590,7 @@ class BatchNorm(Layer):
             var = make(self.running_var)
         return centered / sqrt(var + self.epsilon) * self.scale + self.offset
 
+    @host_call(mutates=True)  # a gg.dlaccelerate replay repeats the update
     def _update_running_statistics(self, mu, var, m):
         k = self.momentum
         # why: in place, because dlfeval / gg.gradient run a shallow copy of the layer

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import tape
-from ..ops.core import _STATE, Primitive, bind, make
+from ..ops.core import _STATE, Primitive, bind, host_call, make
 from ..ops.elementwise import tanh
 from ..ops.heavy import kernels_for, matmul_t
 from ..ops.reduce import sum as gsum
@@ -118,6 +118,7 @@ def _act_grad(gates, hid):
     return out
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
 def _vjp_raw(g, ans, xs, h0, c0, w, r, b, need_x=True):
     xp = _xp()
     g_ys, g_h, g_c, g_cs, g_gates = (x._data for x in g)

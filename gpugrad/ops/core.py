@@ -14,12 +14,42 @@ steepest-ascent convention), so the rule for holomorphic ``f`` is
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import numpy as np
 
 from .. import backend, tape
 from ..array import as_raw, dlarray
 
 REGISTRY: dict[str, Primitive] = {}
+ALL_PRIMITIVES: list[Primitive] = []  # registered or not (the accelerator wraps every fwd)
+
+# The accelerator hook (``gpugrad.accelerate``). While ``gg.dlaccelerate`` traces a
+# call, ``RECORDER`` is its recorder and every primitive's ``fwd``/``fast`` and the
+# engine glue below are swapped for recording versions (swapped back at the end), so
+# the engine itself pays nothing for it. Raw-array code outside the primitives that a
+# replay must repeat (random draws, optimizer and running-statistics updates) is
+# marked with ``@host_call``: one ``None`` check when nothing is traced.
+RECORDER = None
+
+
+def host_call(fn=None, *, mutates=False):
+    """Mark ``fn`` as raw-array code that an accelerator trace records as one opaque
+    call, replayed by calling ``fn`` again (``mutates``: it updates its arguments or
+    other state in place, e.g. an optimizer step)."""
+    if fn is None:
+        return lambda f: host_call(f, mutates=mutates)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        rec = RECORDER
+        if rec is None:
+            return fn(*args, **kwargs)
+        return rec.host_call(fn, args, kwargs, mutates)
+
+    return wrapper
+
 
 _STATE = backend._state
 _FRAME = tape.FRAME
@@ -84,6 +114,7 @@ class Primitive:
         self.save_ans = save_ans
         self.multiple_outputs = multiple_outputs
         self.differentiable = vjp is not None
+        ALL_PRIMITIVES.append(self)
         if register:
             if name in REGISTRY:
                 raise ValueError(f"primitive {name!r} is defined twice")
@@ -446,6 +477,7 @@ def zeros_for(meta, recorded=True):
 
 
 class _Glue:
+    add = staticmethod(operator.add)  # cotangent accumulation
     run_vjp = staticmethod(run_vjp)
     unbroadcast = staticmethod(unbroadcast)
     zeros = staticmethod(zeros_for)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from .. import tape
 from ..array import check_same_device, dlarray
-from .core import _STATE, Primitive, _record1, _record2, bind, cj, coerce, make
+from . import core
+from .core import _STATE, Primitive, _record1, _record2, bind, cj, coerce, host_call, make
 from .core import from_sequence as _from_sequence
 
 _FRAME = tape.FRAME
@@ -332,10 +335,15 @@ def _atan2_vjp(g, ans, y, x):
 _ATAN2 = Primitive("atan2", lambda y, x: _xp().arctan2(y, x), _atan2_vjp, save=(0, 1))
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _tie_weight(x, ans):
+    return (x == ans) * 1.0
+
+
 def _minmax_vjp(g, ans, a, b):
     # why: at ties the gradient is split evenly, so it sums to g (as PyTorch does)
-    wa = (a._data == ans._data) * 1.0 if type(a) is dlarray else None
-    wb = (b._data == ans._data) * 1.0 if type(b) is dlarray else None
+    wa = _tie_weight(a._data, ans._data) if type(a) is dlarray else None
+    wb = _tie_weight(b._data, ans._data) if type(b) is dlarray else None
     if wa is not None and wb is not None:
         both = wa * wb
         wa = wa - 0.5 * both
@@ -519,7 +527,7 @@ def _compare(name, fn):
     def op(a, b):
         ra = a._data if type(a) is dlarray else coerce(a)
         rb = b._data if type(b) is dlarray else coerce(b)
-        out = fn(ra, rb)
+        out = fn(ra, rb) if core.RECORDER is None else core.host_call(fn)(ra, rb)
         fmt = _out_fmt(a, b, out) if type(a) is dlarray or type(b) is dlarray else ""
         return make(out, fmt)
 
@@ -603,6 +611,11 @@ logical_xor.__doc__ = """Elementwise logical exclusive OR of two bool arrays (Nu
     """
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _raw_unary(fn, raw):
+    return fn(raw)
+
+
 def logical_not(x):
     """Elementwise logical NOT of a bool array (keeps the format labels).
 
@@ -610,7 +623,10 @@ def logical_not(x):
     >>> gg.logical_not(gg.dlarray([True, False])).numpy()
     array([False,  True])
     """
-    return make(~x._data if type(x) is dlarray else ~coerce(x), getattr(x, "_fmt", ""))
+    return make(
+        _raw_unary(operator.invert, x._data if type(x) is dlarray else coerce(x)),
+        getattr(x, "_fmt", ""),
+    )
 
 
 def isfinite(x):
@@ -621,7 +637,7 @@ def isfinite(x):
     array([ True, False, False])
     """
     raw = x._data if type(x) is dlarray else coerce(x)
-    return make(_xp().isfinite(raw))
+    return make(_raw_unary(_xp().isfinite, raw))
 
 
 def isnan(x):
@@ -633,7 +649,7 @@ def isnan(x):
     array([False,  True])
     """
     raw = x._data if type(x) is dlarray else coerce(x)
-    return make(_xp().isnan(raw))
+    return make(_raw_unary(_xp().isnan, raw))
 
 
 # ------------------------------------------------------------------ the NumPy surface
@@ -1146,5 +1162,10 @@ def heaviside(x1, x2):
     return out
 
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("np", "annotations", "tape")]
+__all__ = [
+    n
+    for n in dir()
+    if not n.startswith("_")
+    and n not in ("np", "annotations", "tape", "operator", "core", "host_call")
+]
 del np

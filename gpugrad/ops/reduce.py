@@ -5,7 +5,8 @@ from __future__ import annotations
 import builtins
 
 from ..array import dlarray
-from .core import _STATE, Primitive, bind, make
+from . import core
+from .core import _STATE, Primitive, bind, host_call, make
 from .elementwise import abs as _abs
 from .elementwise import conj, exp, log, real, sqrt
 from .shape import broadcast_to, concatenate, flip, getitem, moveaxis, reshape
@@ -153,6 +154,8 @@ def _prod_others(x, axis):
 
 def _prod_vjp(g, ans, x, axis, keepdims):
     g = _expand(g, x, axis, keepdims)
+    if core.RECORDER is not None:  # the branch below depends on the data
+        core.RECORDER.escape(x._data, "prod's derivative (it branches on zeros)")
     if bool(_xp().all(x._data != 0)):
         a = _expand(ans, x, axis, keepdims)
         return (g * conj(a / x),)
@@ -175,12 +178,17 @@ def prod(x, axis=None, keepdims=False):
 # ------------------------------------------------------------------ max / min
 
 
-def _extreme_vjp(g, ans, x, axis, keepdims):
-    kept = ans._data if keepdims else ans._data.reshape(_kept_shape(x.shape, axis))
-    mask = x._data == kept
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _extreme_weight(x, ans, shape, axis, keepdims):
+    kept = ans if keepdims else ans.reshape(_kept_shape(shape, axis))
+    mask = x == kept
     # why: ties share the gradient equally, so it still sums to g
     count = mask.sum(axis=axis, keepdims=True)
-    weight = make(mask / count)
+    return mask / count
+
+
+def _extreme_vjp(g, ans, x, axis, keepdims):
+    weight = make(_extreme_weight(x._data, ans._data, x.shape, axis, keepdims))
     return (_expand(g, x, axis, keepdims) * weight,)
 
 
@@ -243,6 +251,12 @@ def norm(x, ord=2, axis=None, keepdims=False):  # noqa: A002
     return sum(_abs(x) ** ord, axis, keepdims) ** (1.0 / ord)
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _lse_shift(raw, axes):
+    m = _xp().max(raw, axis=axes, keepdims=True)
+    return _xp().where(_xp().isfinite(m), m, 0)
+
+
 def logsumexp(x, axis=None, keepdims=False):
     """``log(sum(exp(x)))`` over ``axis``, computed stably.
 
@@ -253,8 +267,7 @@ def logsumexp(x, axis=None, keepdims=False):
     if type(x) is not dlarray:
         x = dlarray(x)
     axes = normalize_axis(axis, x.ndim, "logsumexp")
-    m = make(_xp().max(x._data, axis=axes, keepdims=True))  # a constant shift
-    m = make(_xp().where(_xp().isfinite(m._data), m._data, 0))
+    m = make(_lse_shift(x._data, axes))  # a constant shift
     out = log(sum(exp(x - m), axes, keepdims=True)) + m
     if not keepdims:
         out = reshape(

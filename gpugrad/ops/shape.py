@@ -7,7 +7,8 @@ import numpy as np
 
 from .. import backend, tape
 from ..array import dlarray
-from .core import _STATE, Primitive, _record1, bind, coerce, make
+from . import core
+from .core import _STATE, Primitive, _record1, bind, coerce, host_call, make
 
 _FRAME = tape.FRAME
 
@@ -285,6 +286,7 @@ def _is_basic(idx):
     return all(isinstance(i, (int, slice)) or i is None or i is Ellipsis for i in items)
 
 
+@host_call  # raw code on index data: a gg.dlaccelerate replay repeats it
 def normalize_index(idx, where="index"):
     """Turn dlarray / list indices into raw integer or bool arrays."""
     if isinstance(idx, tuple):
@@ -355,7 +357,7 @@ def getitem(x, idx):
         # why: x[0] on a traced vector is the commonest index; skip the general path
         raw = x._data
         try:
-            out = raw[idx]
+            out = _GETITEM.fwd(raw, idx)  # through fwd: an accelerator trace sees it
         except IndexError as exc:
             raise IndexError(
                 f"dlarray index {idx!r} is invalid for shape {x.shape}: {exc}"
@@ -407,7 +409,8 @@ def setitem_inplace(x, idx, v):
     """``x[idx] = v`` on the dlarray object: in place outside a trace; inside one, a
     recorded functional update rebound to ``x`` (earlier saved values stay intact)."""
     traced = x._node is not None or (type(v) is dlarray and v._node is not None)
-    if traced and tape.FRAME.get().recording:
+    # an accelerator trace records the functional update (an in-place write is invisible)
+    if (traced and tape.FRAME.get().recording) or core.RECORDER is not None:
         new = setitem(x, idx, v)
         x._data, x._node, x._idx = new._data, new._node, new._idx
         x._taint = x._taint or new._taint
@@ -441,13 +444,16 @@ def take_along_axis(x, indices, axis):
     """
     x = _dl(x)
     ind = indices._data if type(indices) is dlarray else np.asarray(indices)
+    return getitem(x, _along_axis_index(ind, axis % x.ndim))
+
+
+@host_call  # raw code on index data: a gg.dlaccelerate replay repeats it
+def _along_axis_index(ind, axis):
     ind = ind.astype(np.int64)
-    axis = axis % x.ndim
     grids = list(np.indices(ind.shape, sparse=True))
     grids[axis] = ind
     xp = _xp()
-    idx = tuple(xp.asarray(gr) for gr in grids)
-    return getitem(x, idx)
+    return tuple(xp.asarray(gr) for gr in grids)
 
 
 __all__ = [

@@ -1,0 +1,1018 @@
+"""``gg.dlaccelerate``: trace a function once per kind of input, replay it afterwards.
+
+The first call with a new *cache key* runs the function eagerly while a recorder
+notes every primitive it computes: each forward, each raw first-order derivative
+rule of the backward walk, each cotangent sum and broadcast reduction, and each
+piece of raw-array code marked ``@host_call`` (random draws, optimizer steps,
+running statistics). The notes become one straight-line Python function over the
+primitives' raw array functions; later calls with the same key run that function
+and skip the engine's bookkeeping (nodes, formats, memory accounting), which is most
+of the cost of a small function.
+
+Tracing happens at the primitive level, not the array level: a primitive's raw
+forward may create arrays and fill them in place; replaying its call repeats that,
+where an array-level tape would bake the first call's arrays in as constants.
+
+The cache key: the structure of the arguments (containers, dict keys, Layer classes
+and identities), each dlarray's shape, dtype, format and traced-ness, other
+arguments by value (or identity for objects), the same for the values the function
+reaches through its closure and the module globals it names, the function's code,
+the device and the training mode. Arrays are read afresh on every call.
+
+Guards (never silently wrong):
+
+* a traced value leaving for Python (``float(x)``, ``bool(x)``, ``x.item()``,
+  ``x.numpy()``, ``np.asarray(x)``, ``gg.extractdata(x)``) while tracing makes that
+  key run eagerly from then on, with one warning naming the line;
+* random draws are replayed as draws (fresh numbers, the same ones eager would draw);
+* dlarrays the function reaches without taking them as arguments (closures, object
+  attributes) are read live, with their shape and dtype checked on every replay;
+* the first replay of a key whose trace has no side effects is checked against an
+  eager run (values within ``CheckTolerance``); a difference makes that key eager
+  with a warning. ``CheckMode = "tolerance"`` checks every replay, side effects
+  included (eager runs on copies of the arguments and closure).
+
+>>> import gpugrad as gg
+>>> @gg.accelerate
+... def rosenbrock(x):
+...     y = 100 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2
+...     return y, gg.dlgradient(y, x)
+>>> for start in ([-1.0, 2.0], [0.5, 0.5], [1.0, 1.0]):
+...     y, g = gg.dlfeval(rosenbrock, gg.dlarray(start))
+>>> float(y), g.numpy().tolist()
+(0.0, [0.0, 0.0])
+>>> rosenbrock.HitRate, rosenbrock.Occupancy
+(66.66666666666667, 2.0)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import itertools
+import operator
+import os
+import sys
+import threading
+import types
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+
+from . import backend, tape
+from . import random as _random
+from .array import dlarray
+from .ops import core
+from .tree import map_arrays
+
+__all__ = ["dlaccelerate", "accelerate", "AcceleratedFunction"]
+
+_LITERAL = (int, bool, type(None))  # interned: exact literals, never a recorded value
+_VALUE_TYPES = frozenset((int, float, complex, bool, str, bytes, type(None), range))
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_TRACE_LOCK = threading.Lock()
+
+
+class _Stale(Exception):
+    """A replay found a captured array with a new shape or dtype: trace again."""
+
+
+class _Eager:
+    """Cache entry of a key that runs eagerly (a value escaped while tracing)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason):
+        self.reason = reason
+
+
+# ------------------------------------------------------------------ the recorder
+
+
+def _user_site():
+    """``file:line`` of the innermost frame outside gpugrad (for warnings)."""
+    f = sys._getframe(1)
+    while f is not None:
+        path = os.path.abspath(f.f_code.co_filename)
+        if not path.startswith(_PACKAGE_DIR):
+            return f"{f.f_code.co_filename}:{f.f_lineno}"
+        f = f.f_back
+    return "<unknown>"
+
+
+def _level():
+    """``stacklevel`` of the innermost caller outside gpugrad (warnings point there)."""
+    f = sys._getframe(2)
+    level = 2
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PACKAGE_DIR):
+        f = f.f_back
+        level += 1
+    return level
+
+
+def _rebuild(template, values):
+    it = iter(values)
+    return map_arrays(lambda _: next(it), template)
+
+
+class _Recorder:
+    """Turns the calls made during one traced run into Python source."""
+
+    def __init__(self, live):
+        self.thread = threading.get_ident()
+        self.depth = 0  # >0 inside a recorded call: its inner calls are part of it
+        self.names = {}  # id(object) -> its name in the generated code
+        self.keep = []  # every named object stays alive, so ids are not reused
+        self.lines = []
+        self.prologue = []
+        self.ns = {"_mk": core.make, "_Stale": _Stale, "_rebuild": _rebuild}
+        self.counter = itertools.count()
+        self.consts = {}  # id -> constant name
+        self.live = live  # id(raw) -> dlarray reachable from the function (read live)
+        self.escaped = None
+        self.unsupported = None
+        self.mutates = False
+        self.calls = 0
+
+    # names ---------------------------------------------------------------
+    def _name(self, obj, prefix="s"):
+        name = f"{prefix}{next(self.counter)}"
+        self.names[id(obj)] = name
+        self.keep.append(obj)
+        return name
+
+    def const(self, obj):
+        name = self.consts.get(id(obj))
+        if name is None:
+            name = f"k{next(self.counter)}"
+            self.consts[id(obj)] = name
+            self.ns[name] = obj
+        return name
+
+    def is_dynamic(self, raw):
+        return id(raw) in self.names or id(raw) in self.live
+
+    def expr(self, v):
+        """Source text giving ``v`` at replay time."""
+        t = type(v)
+        if t in _LITERAL:
+            return repr(v)
+        name = self.names.get(id(v))
+        if name is not None:
+            return name
+        if t is tuple:
+            return "(" + "".join(self.expr(x) + ", " for x in v) + ")"
+        if t is list:
+            return "[" + ", ".join(self.expr(x) for x in v) + "]"
+        if t is dict:
+            return "{" + ", ".join(f"{self.const(k)}: {self.expr(x)}" for k, x in v.items()) + "}"
+        if t is dlarray:
+            inner = self.expr(v._data)
+            if inner.startswith("k"):
+                return self.const(v)  # a constant dlarray: the object itself (read live)
+            return f"_mk({inner}, {v._fmt!r})"
+        owner = self.live.get(id(v))
+        if owner is not None:
+            name = self._name(v, "c")
+            self.prologue.append(f"{name} = {self.const(owner)}._data")
+            self.prologue.append(
+                f"if {name}.shape != {self.const(v.shape)} or {name}.dtype != "
+                f"{self.const(v.dtype)}: raise _Stale"
+            )
+            return name
+        if hasattr(v, "__gg_flatten__") and not isinstance(v, type):
+            vals = []
+            map_arrays(lambda d: vals.append(self.expr(d)), v)
+            if any(not x.startswith("k") for x in vals):
+                return f"_rebuild({self.const(v)}, [{', '.join(vals)}])"
+        return self.const(v)
+
+    def target(self, out, follow):
+        """Assignment target for a call's result; registers the values it holds."""
+        t = type(out)
+        if out is None:
+            return "_"
+        if t in _LITERAL:
+            return "_"  # host calls' static ints (a value escaping to one is guarded)
+        if t is tuple or t is list:
+            if not out:
+                return "_"
+            return "(" + "".join(self.target(o, follow) + ", " for o in out) + ")"
+        name = self._name(out)
+        if t is dlarray:
+            follow.append((name, out))
+        elif t is dict:
+            for k, v in out.items():
+                follow.append((f"{name}[{self.const(k)}]", v))
+        return name
+
+    def emit(self, fn, args, kwargs, out):
+        fname = self.const(fn)
+        parts = [self.expr(a) for a in args]
+        parts += [f"{k}={self.expr(v)}" for k, v in kwargs.items()]
+        follow = []
+        tgt = self.target(out, follow)
+        self.lines.append(f"{tgt} = {fname}({', '.join(parts)})")
+        while follow:
+            src, v = follow.pop()
+            if type(v) is dlarray:
+                if id(v._data) not in self.names:
+                    name = self._name(v._data)
+                    self.lines.append(f"{name} = {src}._data")
+            elif type(v) is dict or type(v) is tuple or type(v) is list:
+                items = v.items() if type(v) is dict else enumerate(v)
+                for k, x in items:
+                    follow.append(
+                        (f"{src}[{k!r}]" if type(k) is int else f"{src}[{self.const(k)}]", x)
+                    )
+            elif type(v) not in _LITERAL and id(v) not in self.names:
+                name = self._name(v)
+                self.lines.append(f"{name} = {src}")
+        self.calls += 1
+
+    def _mine(self):
+        return self.depth == 0 and threading.get_ident() == self.thread
+
+    # hooks ----------------------------------------------------------------
+    def wrap(self, fn):
+        """A recording version of a raw array function (a primitive's fwd/fast)."""
+
+        def recorded(*args, **kwargs):
+            if self.depth or threading.get_ident() != self.thread:
+                return fn(*args, **kwargs)
+            self.depth += 1
+            try:
+                out = fn(*args, **kwargs)
+            finally:
+                self.depth -= 1
+            self.emit(fn, args, kwargs, out)
+            return out
+
+        return recorded
+
+    def host_call(self, fn, args, kwargs, mutates):
+        if not self._mine():
+            return fn(*args, **kwargs)
+        self.depth += 1
+        try:
+            out = fn(*args, **kwargs)
+        finally:
+            self.depth -= 1
+        if mutates:
+            self.mutates = True
+        self.emit(fn, args, kwargs, out)
+        return out
+
+    def escape(self, raw, how):
+        if self._mine() and self.escaped is None and self.is_dynamic(raw):
+            self.escaped = f"{how} at {_user_site()}"
+
+
+def _glue_wrappers(rec):
+    add, unbroadcast, zeros, writable = (
+        operator.add,
+        core.unbroadcast,
+        core.zeros_for,
+        core._writable,
+    )
+    rec_add, rec_unb, rec_zeros, rec_writable = (
+        rec.wrap(add),
+        rec.wrap(unbroadcast),
+        rec.wrap(zeros),
+        rec.wrap(writable),
+    )
+
+    def glue_add(a, b):
+        if type(a) is dlarray or type(b) is dlarray:
+            return a + b  # a recorded walk: the ops inside are recorded
+        return rec_add(a, b)
+
+    def glue_unbroadcast(g, meta, recorded=True):
+        if recorded:
+            return unbroadcast(g, meta, True)
+        return rec_unb(g, meta, False)
+
+    def glue_zeros(meta, recorded=True):
+        if recorded:
+            return core.make(rec_zeros(meta, False))
+        return rec_zeros(meta, False)
+
+    return glue_add, glue_unbroadcast, glue_zeros, rec_writable
+
+
+_ESCAPES = {
+    "item": "x.item()",
+    "__float__": "float(x)",
+    "__int__": "int(x)",
+    "__complex__": "complex(x)",
+    "__bool__": "bool(x)",
+    "__index__": "x as an index",
+    "numpy": "x.numpy()",
+}
+
+
+def _escape_method(name, original):
+    how = _ESCAPES[name]
+
+    def method(self, *args, **kwargs):
+        rec = core.RECORDER
+        if rec is not None:
+            rec.escape(self._data, how)
+        return original(self, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+def _array_escape(original):
+    def __array__(self, *args, **kwargs):
+        rec = core.RECORDER
+        if rec is not None:
+            rec.escape(self._data, "np.asarray()")
+        return original(self, *args, **kwargs)
+
+    return __array__
+
+
+class _Installed:
+    """Swaps the recording hooks in for one traced call (and back out)."""
+
+    def __init__(self, rec):
+        self.rec = rec
+        self.saved = []
+
+    def __enter__(self):
+        rec = self.rec
+        self.prims = []
+        for prim in core.ALL_PRIMITIVES:
+            self.prims.append((prim, prim.fwd, prim.fast))
+            prim.fwd = rec.wrap(prim.fwd)
+            if prim.fast is not None:
+                prim.fast = rec.wrap(prim.fast)
+        add, unb, zeros, writable = _glue_wrappers(rec)
+        self.glue = (core._Glue.__dict__["add"], core._Glue.__dict__["unbroadcast"])
+        self.glue += (core._Glue.__dict__["zeros"], core._writable)
+        core._Glue.add = staticmethod(add)
+        core._Glue.unbroadcast = staticmethod(unb)
+        core._Glue.zeros = staticmethod(zeros)
+        core._writable = writable
+        self.methods = {n: dlarray.__dict__[n] for n in (*_ESCAPES, "__array__")}
+        for n in _ESCAPES:
+            setattr(dlarray, n, _escape_method(n, self.methods[n]))
+        dlarray.__array__ = _array_escape(self.methods["__array__"])
+        core.RECORDER = rec
+        return rec
+
+    def __exit__(self, *exc):
+        core.RECORDER = None
+        for prim, fwd, fast in self.prims:
+            prim.fwd = fwd
+            prim.fast = fast
+        core._Glue.add, core._Glue.unbroadcast, core._Glue.zeros, core._writable = self.glue
+        for n, m in self.methods.items():
+            setattr(dlarray, n, m)
+        return False
+
+
+# ------------------------------------------------------------------ keys and inputs
+
+
+def _hyper(obj):
+    """The simple attributes of a Layer (its hyperparameters and mode flags)."""
+    out = []
+    for k, v in getattr(obj, "__dict__", {}).items():
+        t = type(v)
+        if t in _VALUE_TYPES:
+            out.append((k, t, v))
+        elif t is tuple and all(type(x) in _VALUE_TYPES for x in v):
+            out.append((k, v))
+        elif isinstance(v, np.ndarray) or callable(v):
+            out.append((k, id(v)))
+    return tuple(out)
+
+
+def _flatten(v, key, objs, keep):
+    """Append ``v``'s part of the cache key to ``key`` and its objects to ``objs``
+    (every dlarray, raw array, container and other object, in a fixed order)."""
+    t = type(v)
+    if t is dlarray:
+        d = v._data
+        objs.append(v)
+        key.append((d.shape, d.dtype, v._fmt, v._node is not None))
+    elif t in _VALUE_TYPES:
+        key.append(t)
+        key.append(v)
+    elif t is slice:
+        key.append((t, v.start, v.stop, v.step))
+    elif t is tuple or t is list:
+        objs.append(v)
+        key.append((t, len(v)))
+        for x in v:
+            _flatten(x, key, objs, keep)
+    elif t is dict:
+        objs.append(v)
+        key.append((t, tuple(v)))
+        for x in v.values():
+            _flatten(x, key, objs, keep)
+    elif isinstance(v, np.ndarray) or backend.is_device_array(v):
+        objs.append(v)
+        key.append(("array", v.shape, v.dtype))
+    elif hasattr(v, "__gg_flatten__") and not isinstance(v, type):
+        objs.append(v)
+        keep.append(v)
+        children, aux = v.__gg_flatten__()
+        key.append((t, id(v), tuple(aux) if isinstance(aux, list) else aux, _hyper(v)))
+        for x in children:
+            _flatten(x, key, objs, keep)
+    elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+        objs.append(v)
+        fields = [f.name for f in dataclasses.fields(v)]
+        key.append((t, tuple(fields)))
+        for f in fields:
+            _flatten(getattr(v, f), key, objs, keep)
+    elif isinstance(v, (types.ModuleType, type)):
+        key.append(id(v))
+        keep.append(v)
+    else:
+        objs.append(v)
+        keep.append(v)
+        key.append((t, id(v)))
+
+
+def _is_library(fn):
+    mod = getattr(fn, "__module__", None) or ""
+    return mod.split(".")[0] in ("gpugrad", "numpy", "builtins", "functools")
+
+
+def _sources(fn, out, seen, depth=0):
+    """Where ``fn`` reads outside values: closure cells, named globals, bound self,
+    partial arguments (recursing into plain functions it reaches that way)."""
+    if id(fn) in seen or depth > 4:
+        return
+    seen.add(id(fn))
+    if isinstance(fn, functools.partial):
+        out.append(lambda p=fn: (p.args, p.keywords))
+        _sources(fn.func, out, seen, depth + 1)
+        return
+    if isinstance(fn, types.MethodType):
+        out.append(lambda m=fn: m.__self__)
+        _sources(fn.__func__, out, seen, depth + 1)
+        return
+    if not isinstance(fn, types.FunctionType):
+        if callable(fn) and not isinstance(fn, type):
+            out.append(lambda o=fn: o)  # a callable object (e.g. a Layer): its state
+        return
+    if depth and _is_library(fn):
+        return
+    for cell in fn.__closure__ or ():
+        out.append(lambda c=cell: c.cell_contents)
+        try:
+            inner = cell.cell_contents
+        except ValueError:
+            continue
+        if callable(inner):
+            _sources(inner, out, seen, depth + 1)
+    if fn.__defaults__:
+        out.append(lambda f=fn: f.__defaults__)
+    g = fn.__globals__
+    names = set()
+    stack = [fn.__code__]
+    while stack:
+        code = stack.pop()
+        names.update(code.co_names)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    for name in sorted(names):
+        if name in g:
+            out.append(lambda g=g, n=name: g.get(n))
+            value = g[name]
+            if isinstance(value, (types.FunctionType, functools.partial)):
+                _sources(value, out, seen, depth + 1)
+
+
+def _read(source):
+    try:
+        return source()
+    except ValueError:  # an empty closure cell
+        return None
+
+
+def _deep_dlarrays(fn):
+    """id(raw) -> dlarray for the dlarrays ``fn`` can reach (read live at replay)."""
+    from .checkpoint import _scan
+
+    found = []
+    _scan(fn, found, set(), 0)
+    return {id(d._data): d for d in found}
+
+
+# ------------------------------------------------------------------ comparison
+
+
+def _leaf_values(obj):
+    out = []
+
+    def visit(x):
+        t = type(x)
+        if t is dlarray:
+            out.append(backend.to_host(x._data))
+        elif isinstance(x, np.ndarray) or backend.is_device_array(x):
+            out.append(backend.to_host(x))
+        elif t in (tuple, list):
+            for o in x:
+                visit(o)
+        elif t is dict:
+            for o in x.values():
+                visit(o)
+        elif hasattr(x, "__gg_flatten__") and not isinstance(x, type):
+            for o in x.__gg_flatten__()[0]:
+                visit(o)
+        elif t in (int, float, complex, bool):
+            out.append(np.asarray(x))
+
+    visit(obj)
+    return out
+
+
+def _differ(a, b, tol):
+    """A description of the first difference beyond ``tol`` (relative), else None."""
+    la, lb = _leaf_values(a), _leaf_values(b)
+    if len(la) != len(lb):
+        return f"{len(la)} values against {len(lb)}"
+    for i, (x, y) in enumerate(zip(la, lb)):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.shape != y.shape:
+            return f"value {i}: shape {x.shape} against {y.shape}"
+        if x.dtype.kind == "b" or y.dtype.kind == "b":
+            if not np.array_equal(x, y):
+                return f"value {i}: booleans differ"
+            continue
+        same_nan = np.isnan(x) & np.isnan(y)
+        err = np.where(same_nan, 0, np.abs(x - y))
+        scale = np.maximum(1, np.abs(y))
+        if err.size and not np.all(err <= tol * scale):
+            return f"value {i}: largest difference {float(np.max(err)):.3g}"
+    return None
+
+
+# ------------------------------------------------------------------ the function
+
+
+class _Entry:
+    __slots__ = ("fn", "mutates", "checked", "keep", "source", "calls")
+
+    def __init__(self, fn, mutates, keep, source, calls):
+        self.fn = fn
+        self.mutates = mutates
+        self.checked = False
+        self.keep = keep
+        self.source = source
+        self.calls = calls
+
+
+class AcceleratedFunction:
+    """A function that traces once per cache key and replays afterwards (made by
+    :func:`dlaccelerate`). Called like the function it wraps, and accepted by
+    ``gg.dlfeval``, ``gg.gradient`` and ``gg.value_with_gradient``.
+
+    Attributes (MATLAB's names; snake_case aliases too): ``Enabled`` (False: always
+    run eagerly), ``CacheSize`` (traces kept, least recently used evicted; 50),
+    ``HitRate`` (percent of calls that replayed a trace), ``Occupancy`` (percent of
+    ``CacheSize`` in use), ``CheckMode`` (``"none"`` or ``"tolerance"``: every replay
+    is compared with an eager run and a difference beyond ``CheckTolerance`` warns),
+    ``CheckTolerance`` (relative, 1e-4); ``clearCache()`` drops every trace.
+    """
+
+    def __init__(self, fn, *, _mode="call"):
+        if not callable(fn):
+            raise TypeError(f"dlaccelerate: fn must be callable, got {type(fn).__name__}")
+        self._fn = fn
+        self._mode = _mode
+        self.Enabled = True
+        self._cache_size = 50
+        self._check_mode = "none"
+        self._check_tolerance = 1e-4
+        self._cache = OrderedDict()
+        self._calls = 0
+        self._hits = 0
+        self.traces = 0  # traces made (misses that recorded a trace)
+        self.evictions = 0
+        self.eager_calls = 0  # calls run eagerly (escaped keys, traced inputs, disabled)
+        self._warned = set()
+        self._device = backend.device()
+        srcs = []
+        _sources(fn, srcs, set())
+        self._srcs = srcs
+        code = getattr(fn, "__code__", None) or getattr(
+            getattr(fn, "__func__", None), "__code__", None
+        )
+        self._code = code
+        try:
+            functools.update_wrapper(self, fn, updated=())
+        except (AttributeError, TypeError):  # pragma: no cover - odd callables
+            pass
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def CacheSize(self):  # noqa: N802 - MATLAB's name
+        return self._cache_size
+
+    @CacheSize.setter
+    def CacheSize(self, n):  # noqa: N802
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"AcceleratedFunction.CacheSize must be an integer >= 1, got {n!r}")
+        self._cache_size = int(n)
+        self._evict()
+
+    @property
+    def HitRate(self):  # noqa: N802
+        return 100.0 * self._hits / self._calls if self._calls else 0.0
+
+    @property
+    def Occupancy(self):  # noqa: N802
+        return 100.0 * len(self._cache) / self._cache_size
+
+    @property
+    def CheckMode(self):  # noqa: N802
+        return self._check_mode
+
+    @CheckMode.setter
+    def CheckMode(self, mode):  # noqa: N802
+        if mode not in ("none", "tolerance"):
+            raise ValueError(
+                f"AcceleratedFunction.CheckMode must be 'none' or 'tolerance', got {mode!r}"
+            )
+        self._check_mode = mode
+
+    @property
+    def CheckTolerance(self):  # noqa: N802
+        return self._check_tolerance
+
+    @CheckTolerance.setter
+    def CheckTolerance(self, tol):  # noqa: N802
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+            raise ValueError(
+                f"AcceleratedFunction.CheckTolerance must be a number >= 0, got {tol!r}"
+            )
+        self._check_tolerance = float(tol)
+
+    enabled = property(lambda s: s.Enabled, lambda s, v: setattr(s, "Enabled", v))
+    cache_size = property(lambda s: s.CacheSize, lambda s, v: setattr(s, "CacheSize", v))
+    hit_rate = property(lambda s: s.HitRate)
+    occupancy = property(lambda s: s.Occupancy)
+    check_mode = property(lambda s: s.CheckMode, lambda s, v: setattr(s, "CheckMode", v))
+    check_tolerance = property(
+        lambda s: s.CheckTolerance, lambda s, v: setattr(s, "CheckTolerance", v)
+    )
+
+    @property
+    def hits(self):
+        """Calls that replayed a trace."""
+        return self._hits
+
+    @property
+    def misses(self):
+        """Calls that had no trace for their key (and traced, or ran eagerly)."""
+        return self._calls - self._hits
+
+    def clearCache(self):  # noqa: N802 - MATLAB's name
+        """Drop every trace (and the arrays they hold); statistics restart."""
+        self._cache.clear()
+        self._calls = self._hits = 0
+
+    clear_cache = clearCache
+
+    def __repr__(self):
+        name = getattr(self._fn, "__qualname__", type(self._fn).__name__)
+        return (
+            f"AcceleratedFunction({name}: {len(self._cache)} trace(s), "
+            f"HitRate {self.HitRate:.1f}%, Enabled={self.Enabled})"
+        )
+
+    def __get__(self, obj, objtype=None):
+        """As a method decorator: one accelerated function per bound instance."""
+        if obj is None:
+            return self
+        cache = obj.__dict__.setdefault("_gg_accelerated", {})
+        bound = cache.get(id(self))
+        if bound is None:
+            bound = cache[id(self)] = AcceleratedFunction(self._fn.__get__(obj, objtype))
+            bound.__dict__.update(
+                Enabled=self.Enabled,
+                _cache_size=self._cache_size,
+                _check_mode=self._check_mode,
+                _check_tolerance=self._check_tolerance,
+            )
+        return bound
+
+    # ---------------------------------------------------------------- calling
+    def __call__(self, *args, **kwargs):
+        return self._run(self._fn, args, kwargs, "call")
+
+    def __gg_dlfeval__(self, args, kwargs):
+        """``gg.dlfeval(accfun, ...)``: the dlfeval call itself is traced and replayed."""
+        from .matlab import dlfeval
+
+        fn = self._fn
+        return self._run(lambda *a, **k: dlfeval(fn, *a, **k), args, kwargs, "dlfeval")
+
+    def __gg_transform__(self, transform, argnums):
+        """``gg.gradient(accfun)`` / ``gg.value_with_gradient(accfun)``: an accelerated
+        function of the whole gradient computation."""
+        out = AcceleratedFunction(transform(self._fn, argnums))
+        out.Enabled = self.Enabled
+        out._cache_size = self._cache_size
+        out._check_mode = self._check_mode
+        out._check_tolerance = self._check_tolerance
+        return out
+
+    def _eager(self, run, args, kwargs):
+        self.eager_calls += 1
+        return run(*args, **kwargs)
+
+    def _run(self, run, args, kwargs, mode):
+        if not self.Enabled or core.RECORDER is not None:
+            # disabled, or called while another trace records (then it is inlined there)
+            return self._eager(run, args, kwargs)
+        frame = tape.FRAME.get()
+        key = [mode, self._code, frame.training]
+        objs = []
+        keep = []
+        _flatten(args, key, objs, keep)
+        if kwargs:
+            _flatten(kwargs, key, objs, keep)
+        for src in self._srcs:
+            _flatten(_read(src), key, objs, keep)
+        dls = [o for o in objs if type(o) is dlarray]
+        if mode == "call" and frame.recording and any(d._node is not None for d in dls):
+            # the caller may differentiate the outputs; a replay records no nodes
+            return self._eager(run, args, kwargs)
+        raws = [d._data for d in dls]
+        if len({id(r) for r in raws}) != len(raws):
+            first = {}
+            key.append(tuple(first.setdefault(id(r), i) for i, r in enumerate(raws)))
+        device = backend.device()
+        if device != self._device:  # a device switch invalidates every trace
+            self._cache.clear()
+            self._device = device
+        key.append(device)
+        key.append(frame.recording)
+        key = tuple(key)
+        self._calls += 1
+        try:
+            entry = self._cache.get(key)
+        except TypeError:
+            self._calls -= 1
+            self._warn_once("unhashable", "an argument value is unhashable; not accelerated")
+            return self._eager(run, args, kwargs)
+        if entry is None:
+            return self._trace(run, args, kwargs, key, objs, keep)
+        if type(entry) is _Eager:
+            self._cache.move_to_end(key)
+            return self._eager(run, args, kwargs)
+        try:
+            if self._check_mode == "tolerance" or not entry.checked:
+                out = self._checked_replay(entry, run, args, kwargs, objs, key, mode)
+            else:
+                out = entry.fn(objs)
+        except _Stale:
+            del self._cache[key]
+            return self._trace(run, args, kwargs, key, objs, keep)
+        self._hits += 1
+        self._cache.move_to_end(key)
+        return out
+
+    def _warn_once(self, tag, message):
+        if tag not in self._warned:
+            self._warned.add(tag)
+            name = getattr(self._fn, "__qualname__", type(self._fn).__name__)
+            warnings.warn(f"dlaccelerate({name}): {message}", RuntimeWarning, stacklevel=_level())
+
+    def _evict(self):
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+            self.evictions += 1
+
+    # ---------------------------------------------------------------- tracing
+    def _trace(self, run, args, kwargs, key, objs, keep):
+        if not _TRACE_LOCK.acquire(blocking=False):  # another thread is tracing
+            self._calls -= 1
+            return self._eager(run, args, kwargs)
+        try:
+            rec = _Recorder(_deep_dlarrays(self._fn))
+            before = []
+            for i, o in enumerate(objs):
+                name = f"o{i}"
+                rec.names[id(o)] = name
+                rec.keep.append(o)
+                rec.prologue.append(f"{name} = O[{i}]")
+                t = type(o)
+                if t is dlarray:
+                    if id(o._data) not in rec.names:
+                        raw_name = rec._name(o._data)
+                        rec.prologue.append(f"{raw_name} = {name}._data")
+                    before.append((i, o, o._data, o._grad, o._node, o._fmt))
+            with _Installed(rec):
+                result = run(*args, **kwargs)
+            self.traces += 1
+            reason = rec.escaped or rec.unsupported
+            lines = []
+            if reason is None:
+                for i, o, data, grad, node, fmt in before:
+                    if o._node is not node:
+                        reason = "the function attaches or traces its input arrays"
+                        break
+                    if o._data is not data:
+                        lines.append(f"o{i}._data = {rec.expr(o._data)}")
+                    if o._grad is not grad:
+                        lines.append(f"o{i}._grad = {rec.expr(o._grad)}")
+                    if o._fmt != fmt:
+                        lines.append(f"o{i}._fmt = {o._fmt!r}")
+            if reason is None:
+                try:
+                    ret = self._output(rec, result)
+                except _Unsupported as exc:
+                    reason = str(exc)
+            if reason is not None:
+                self._cache[key] = _Eager(reason)
+                self._evict()
+                self._warn_once(
+                    reason,
+                    f"this call runs eagerly, not accelerated: {reason} (a traced "
+                    "value used as a Python value; compute it outside, or pass it as a "
+                    "non-array argument)"
+                    if rec.escaped
+                    else f"this call runs eagerly, not accelerated: {reason}",
+                )
+                return result
+            body = rec.prologue + rec.lines + lines + [f"return {ret}"]
+            source = "def _replay(O):\n" + "".join(f"    {line}\n" for line in body)
+            name = getattr(self._fn, "__qualname__", "function")
+            exec(compile(source, f"<dlaccelerate {name}>", "exec"), rec.ns)
+            entry = _Entry(rec.ns["_replay"], rec.mutates, keep, source, rec.calls)
+            self._cache[key] = entry
+            self._evict()
+            return result
+        finally:
+            _TRACE_LOCK.release()
+
+    def _output(self, rec, result):
+        """Source text rebuilding ``result`` at replay time."""
+        t = type(result)
+        if t in _LITERAL:
+            return repr(result)
+        name = rec.names.get(id(result))
+        if name is not None and name.startswith("o"):
+            return name  # an input object (its changes are written back)
+        if t is dlarray:
+            if result._node is not None:
+                raise _Unsupported(
+                    "it returns a traced dlarray (its trace cannot be replayed); return "
+                    "values from gg.dlfeval, or differentiate inside the function"
+                )
+            inner = rec.expr(result._data)
+            if inner.startswith("k"):
+                inner = f"{inner}.copy()"  # a constant: a fresh array on every call
+            return f"_mk({inner}, {result._fmt!r})"
+        if t is tuple:
+            return "(" + "".join(self._output(rec, x) + ", " for x in result) + ")"
+        if t is list:
+            return "[" + ", ".join(self._output(rec, x) for x in result) + "]"
+        if t is dict:
+            return (
+                "{"
+                + ", ".join(f"{rec.const(k)}: {self._output(rec, x)}" for k, x in result.items())
+                + "}"
+            )
+        if t in (float, complex) or isinstance(result, np.generic):
+            if id(result) in rec.names:
+                return rec.names[id(result)]
+            return rec.const(result)
+        if hasattr(result, "__gg_flatten__") and not isinstance(result, type):
+            vals = []
+            map_arrays(lambda d: vals.append(self._output(rec, d)), result)
+            return f"_rebuild({rec.const(result)}, [{', '.join(vals)}])"
+        if isinstance(result, np.ndarray) or backend.is_device_array(result):
+            inner = rec.expr(result)
+            return f"{inner}.copy()" if inner.startswith("k") else inner
+        return rec.const(result)
+
+    # ---------------------------------------------------------------- checking
+    def _cells(self):
+        return [_read(lambda c=c: c.cell_contents) for c in self._closure()]
+
+    def _closure(self):
+        return getattr(self._fn, "__closure__", None) or ()
+
+    def _checked_replay(self, entry, run, args, kwargs, objs, key, mode):
+        """Replay and compare with an eager run: in place for a trace without side
+        effects, on copies of the arguments and closure otherwise."""
+        tol = self._check_tolerance
+        start = _random.get_state()
+        entry.checked = True
+        if entry.mutates:
+            if self._check_mode != "tolerance":
+                return entry.fn(objs)
+            copied = self._copied_call(args, kwargs, mode)
+            if copied is None:
+                return entry.fn(objs)
+            eager_out, copies = copied
+            after_eager = _random.get_state()
+            _random.set_state(start)
+            out = entry.fn(objs)
+            real = (args, kwargs, self._cells())
+            problem = _differ(out, eager_out, tol) or _differ(real, copies, tol)
+            if problem is not None:
+                for r, c in zip(_dl_leaves(real), _dl_leaves(copies)):
+                    if r._data.shape == c._data.shape:  # put the eager state in place
+                        r._data[...] = backend.xp().asarray(c._data)
+        else:
+            out = entry.fn(objs)
+            after_replay = _random.get_state()
+            _random.set_state(start)
+            eager_out = run(*args, **kwargs)
+            after_eager = _random.get_state()
+            problem = _differ(out, eager_out, tol)
+            if problem is None and after_replay != after_eager:
+                problem = "the replay drew a different number of random values"
+        if problem is None:
+            return out
+        if self._check_mode == "tolerance":
+            warnings.warn(
+                f"dlaccelerate: CheckMode found the replay and eager results differ ({problem}); "
+                "the eager result is returned and this call pattern now runs eagerly",
+                RuntimeWarning,
+                stacklevel=_level(),
+            )
+        else:
+            self._warn_once(
+                "check:" + problem,
+                f"the first replay differed from eager execution ({problem}); this call "
+                "pattern runs eagerly from now on (a value computed outside gpugrad's "
+                "primitives?)",
+            )
+        _random.set_state(after_eager)
+        self._cache[key] = _Eager(problem)
+        return eager_out
+
+    def _copied_call(self, args, kwargs, mode):
+        """Run eagerly on deep copies of the arguments and the function's closure:
+        ``(outputs, (args, kwargs, closure values) of the copy afterwards)``, or None."""
+        fn = self._fn
+        if not isinstance(fn, types.FunctionType):
+            return None
+        try:
+            cargs, ckwargs, cells = copy.deepcopy((args, kwargs, self._cells()))
+        except Exception:  # noqa: BLE001 - anything not copyable: no check
+            return None
+        if cells:
+            fn = types.FunctionType(
+                fn.__code__,
+                fn.__globals__,
+                fn.__name__,
+                fn.__defaults__,
+                tuple(types.CellType(c) for c in cells),
+            )
+        if mode == "dlfeval":
+            from .matlab import dlfeval
+
+            out = dlfeval(fn, *cargs, **ckwargs)
+        else:
+            out = fn(*cargs, **ckwargs)
+        return out, (cargs, ckwargs, cells)
+
+
+def _dl_leaves(obj):
+    out = []
+    map_arrays(out.append, obj)
+    return out
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def dlaccelerate(fn):
+    """Accelerate ``fn``: trace it once per cache key, replay the trace afterwards
+    (MATLAB's ``dlaccelerate``; ``gg.accelerate`` is the same, and works as a
+    decorator). Returns an :class:`AcceleratedFunction`; see the module
+    documentation (``gpugrad.accelerate``) for the key and the guards.
+
+    >>> import gpugrad as gg
+    >>> def loss(w, x):
+    ...     y = gg.sum((x @ w) ** 2)
+    ...     return y, gg.dlgradient(y, w)
+    >>> acc = gg.dlaccelerate(loss)
+    >>> x = gg.dlarray([[1.0, 2.0]])
+    >>> for _ in range(4):
+    ...     y, g = gg.dlfeval(acc, gg.dlarray([[1.0], [1.0]]), x)
+    >>> g.numpy().ravel().tolist(), acc.HitRate
+    ([6.0, 12.0], 75.0)
+    """
+    if isinstance(fn, AcceleratedFunction):
+        return fn
+    return AcceleratedFunction(fn)
+
+
+accelerate = dlaccelerate
