@@ -152,3 +152,27 @@ from .functional import (  # noqa: E402
 from . import nn, optim  # noqa: E402
 from .nn import *  # noqa: F403, E402
 from .optim import adamupdate, sgdmupdate  # noqa: E402
+
+# MATLAB's spmd face lives in gpugrad.distributed; exported lazily, so importing
+# gpugrad never imports it (nor MPI)
+_SPMD = (
+    "spmd_plus",
+    "spmd_size",
+    "spmd_index",
+    "spmd_reduce",
+    "spmd_broadcast",
+    "gplus",
+    "spmdPlus",
+    "spmdSize",
+    "spmdIndex",
+    "spmdReduce",
+    "spmdBroadcast",
+)
+
+
+def __getattr__(name):
+    if name in _SPMD:
+        from .distributed import spmd
+
+        return getattr(spmd, name)
+    raise AttributeError(f"module 'gpugrad' has no attribute {name!r}")
