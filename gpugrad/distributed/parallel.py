@@ -75,15 +75,16 @@ class _Reducer:
             buckets.append(cur)
         return buckets
 
-    def _plan_hash(self):
-        text = repr([[(i, self.metas[i][0], str(self.metas[i][1])) for i in b] for b in self.plan])
+    def _plan_hash(self, plan):
+        text = repr([[(i, self.metas[i][0], str(self.metas[i][1])) for i in b] for b in plan])
         return hashlib.sha1(text.encode()).hexdigest()
 
     def _install_plan(self, order):
         c = comm()
         order = c.bcast_obj(list(order), 0)  # rank 0's order: the same plan everywhere
-        self.plan = self._make_plan(order)
-        check_plan(self._plan_hash(), "DataParallel")
+        plan = self._make_plan(order)
+        check_plan(self._plan_hash(plan), "DataParallel")
+        self.plan = plan
         xp = backend.xp()
         self.buffers = []
         self.offsets = {}
@@ -172,7 +173,7 @@ class _Reducer:
             w["handles"] = [None] * len(self.plan)
         if self.debug:
             reported = sorted(w["nodes"])
-            check_plan(self._plan_hash() + repr(reported), "DataParallel (debug)")
+            check_plan(self._plan_hash(self.plan) + repr(reported), "DataParallel (debug)")
         for i in range(len(self.metas)):
             if i in w["filled"]:
                 continue
