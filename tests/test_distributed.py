@@ -284,3 +284,30 @@ def test_leaf_hook_fires_before_the_walk_ends(monkeypatch):
     ws = [gg.dlarray(np.full((2, 2), 0.1 * k)) for k in (1, 2, 3)]
     gg.dlfeval(f, *ws, gg.dlarray(np.ones((3, 2))))
     assert order == ["w3", "w2", "w1", "done"]
+
+
+def test_data_parallel_example_trains_like_one_process(tmp_path):
+    """examples/data_parallel.py, one epoch: 2 ranks follow 1 process's loss curve."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "example_data_parallel", os.path.join(ROOT, "examples", "data_parallel.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _, one = module.main(["--epochs", "1", "--limit", "400"])
+    saved = tmp_path / "losses.npy"
+    script = [os.path.join(ROOT, "examples", "data_parallel.py"), "--epochs", "1", "--limit", "400"]
+    proc = subprocess.run(
+        run.command(2, [*script, "--save-losses", str(saved)]),
+        env=_env("cpu"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    two = np.load(saved)
+    assert len(two) == len(one) == 7
+    np.testing.assert_allclose(two, one, rtol=2e-4, atol=1e-6)  # float32 sums in another order
+    assert two[-1] < two[0]
