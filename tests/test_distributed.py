@@ -51,6 +51,7 @@ def test_two_ranks_train_like_one_process():
         "collectives",
         "faces",
         "checkpoint",
+        "higher order and complex",
         "mismatched plans detected",
     ]
     for name in names:  # one line per rank (lines of the two ranks may interleave)
