@@ -269,3 +269,27 @@ from .phase import forward, learning_phase, predict  # noqa: E402
 # isort: split
 # trace once, replay afterwards (MATLAB's dlaccelerate)
 from .accelerate import AcceleratedFunction, accelerate, dlaccelerate  # noqa: E402
+
+# MATLAB's spmd face lives in gpugrad.distributed; exported lazily, so importing
+# gpugrad never imports it (nor MPI)
+_SPMD = (
+    "spmd_plus",
+    "spmd_size",
+    "spmd_index",
+    "spmd_reduce",
+    "spmd_broadcast",
+    "gplus",
+    "spmdPlus",
+    "spmdSize",
+    "spmdIndex",
+    "spmdReduce",
+    "spmdBroadcast",
+)
+
+
+def __getattr__(name):
+    if name in _SPMD:
+        from .distributed import spmd
+
+        return getattr(spmd, name)
+    raise AttributeError(f"module 'gpugrad' has no attribute {name!r}")

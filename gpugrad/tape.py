@@ -364,6 +364,59 @@ def _released_error(prim):
     )
 
 
+# --------------------------------------------------------------------------- leaf hooks
+
+# leaf node -> sink (gpugrad.distributed's gradient reducer), or None when nothing is
+# hooked. In a walk asking for a hooked leaf, ``sink.begin()`` runs first,
+# ``sink.ready(node, cotangent)`` the moment the leaf's cotangent is final (``None``:
+# nothing reached it), and after the walk ``sink.done()`` returns ``{node: cotangent}``
+# to hand back instead. Unused, a walk pays one ``is None`` test per node.
+LEAF_HOOKS = None
+
+
+def _leaf_plan(hooks, targets, order, cts):
+    """Map each consumer node of a hooked target to the targets it feeds; count the
+    consumers per target (edges the walk will process) and fire those with none."""
+    pending = {}
+    for n, _ in targets:
+        if n in hooks:
+            pending[n] = 0
+    if not pending:
+        return None
+    plan = {}
+    for n in order:
+        fed = [p[0] for p in n.parents if p is not None and p[0] in pending]
+        if fed:
+            fed = list(dict.fromkeys(fed))
+            plan[n] = fed
+            for t in fed:
+                pending[t] += 1
+    plan[None] = pending
+    for sink in {id(hooks[t]): hooks[t] for t in pending}.values():
+        sink.begin()
+    for t, count in pending.items():
+        if count == 0:
+            slot = cts.get(t)
+            hooks[t].ready(t, None if slot is None else slot[0])
+    return plan
+
+
+def _leaf_fire(plan, node, cts):
+    pending = plan[None]
+    for t in plan[node]:
+        pending[t] -= 1
+        if pending[t] == 0:
+            slot = cts.get(t)
+            LEAF_HOOKS[t].ready(t, None if slot is None else slot[0])
+
+
+def _leaf_done(plan, cts):
+    sinks = {id(LEAF_HOOKS[t]): LEAF_HOOKS[t] for t in plan[None]}
+    for sink in sinks.values():
+        for t, g in sink.done().items():
+            cts.setdefault(t, [None])[0] = g
+
+
 def backward(roots, targets, *, create_graph=False, retain=False, glue):
     """Reverse walk.
 
@@ -386,6 +439,7 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
         if slot is None:
             slot = cts[n] = [None] * len(n.out_meta)
         slot[i] = g if slot[i] is None else add(slot[i], g)
+    plan = None if LEAF_HOOKS is None else _leaf_plan(LEAF_HOOKS, targets, order, cts)
     token = None
     if create_graph:
         outer = FRAME.get()
@@ -394,6 +448,8 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
         for node in order:
             slot = cts.get(node)
             if slot is None:
+                if plan is not None and node in plan:
+                    _leaf_fire(plan, node, cts)
                 continue
             prim = node.prim
             if prim is LEAF:
@@ -447,6 +503,10 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                 else:
                     pi = p[1]
                     pslot[pi] = gi if pslot[pi] is None else add(pslot[pi], gi)
+            if plan is not None and node in plan:
+                _leaf_fire(plan, node, cts)
+        if plan is not None:
+            _leaf_done(plan, cts)
     finally:
         if token is not None:
             FRAME.reset(token)
