@@ -73,6 +73,8 @@ _LITERAL = (int, bool, type(None))  # interned: exact literals, never a recorded
 _VALUE_TYPES = frozenset((int, float, complex, bool, str, bytes, type(None), range))
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _TRACE_LOCK = threading.Lock()
+_FRAME = tape.FRAME
+_BACKEND = backend._state
 
 
 class _Stale(Exception):
@@ -209,12 +211,14 @@ class _Recorder:
         return name
 
     def emit(self, fn, args, kwargs, out):
-        fname = self.const(fn)
         parts = [self.expr(a) for a in args]
-        parts += [f"{k}={self.expr(v)}" for k, v in kwargs.items()]
+        inline = _inline_code(fn, parts, kwargs, self)
+        if inline is None:
+            parts += [f"{k}={self.expr(v)}" for k, v in kwargs.items()]
+            inline = f"{self.const(fn)}({', '.join(parts)})"
         follow = []
         tgt = self.target(out, follow)
-        self.lines.append(f"{tgt} = {fname}({', '.join(parts)})")
+        self.lines.append(f"{tgt} = {inline}")
         while follow:
             src, v = follow.pop()
             if type(v) is dlarray:
@@ -268,6 +272,48 @@ class _Recorder:
     def escape(self, raw, how):
         if self._mine() and self.escaped is None and self.is_dynamic(raw):
             self.escaped = f"{how} at {_user_site()}"
+
+
+# The raw functions whose call a replay writes out inline (the same Python operator the
+# function applies, so the result is bitwise the same): no call overhead per op.
+_INLINE = {}
+
+
+def _inline_templates():
+    if _INLINE:
+        return _INLINE
+    reg = core.REGISTRY
+    binary = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/", "power": "**"}
+    for name, op in binary.items():
+        _INLINE[id(reg[name].fwd)] = lambda a, k, r, op=op: (
+            f"({a[0]} {op} {a[1]})" if len(a) == 2 and not k else None
+        )
+    _INLINE[id(operator.add)] = _INLINE[id(reg["add"].fwd)]
+    _INLINE[id(reg["negative"].fwd)] = lambda a, k, r: f"(-{a[0]})" if len(a) == 1 else None
+
+    def power_const(a, k, r):
+        if len(a) == 2 and not k:
+            return f"({a[0]} ** {a[1]})"
+        if len(a) == 1 and set(k) == {"p"}:
+            return f"({a[0]} ** {r.expr(k['p'])})"
+        return None
+
+    _INLINE[id(reg["power_const"].fwd)] = power_const
+
+    def getitem(a, k, r):
+        if len(a) == 2 and not k:
+            return f"{a[0]}[{a[1]}]"
+        if len(a) == 1 and set(k) == {"idx"}:
+            return f"{a[0]}[{r.expr(k['idx'])}]"
+        return None
+
+    _INLINE[id(reg["getitem"].fwd)] = getitem
+    return _INLINE
+
+
+def _inline_code(fn, parts, kwargs, rec):
+    template = _inline_templates().get(id(fn))
+    return None if template is None else template(parts, kwargs, rec)
 
 
 def _glue_wrappers(rec):
@@ -345,6 +391,7 @@ class _Installed:
 
     def __enter__(self):
         rec = self.rec
+        _inline_templates()  # keyed by the original functions: before they are swapped
         self.prims = []
         for prim in core.ALL_PRIMITIVES:
             self.prims.append((prim, prim.fwd, prim.fast))
@@ -485,8 +532,10 @@ def _sources(fn, out, seen, depth=0):
         stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
     for name in sorted(names):
         if name in g:
-            out.append(lambda g=g, n=name: g.get(n))
             value = g[name]
+            if isinstance(value, (types.ModuleType, type, types.BuiltinFunctionType)):
+                continue  # modules, classes and builtins are not rebound in practice
+            out.append(lambda g=g, n=name: g.get(n))
             if isinstance(value, (types.FunctionType, functools.partial)):
                 _sources(value, out, seen, depth + 1)
 
@@ -589,6 +638,7 @@ class AcceleratedFunction:
             raise TypeError(f"dlaccelerate: fn must be callable, got {type(fn).__name__}")
         self._fn = fn
         self._mode = _mode
+        self._dlfeval_run = None
         self.Enabled = True
         self._cache_size = 50
         self._check_mode = "none"
@@ -712,10 +762,13 @@ class AcceleratedFunction:
 
     def __gg_dlfeval__(self, args, kwargs):
         """``gg.dlfeval(accfun, ...)``: the dlfeval call itself is traced and replayed."""
-        from .matlab import dlfeval
+        run = self._dlfeval_run
+        if run is None:
+            from .matlab import dlfeval
 
-        fn = self._fn
-        return self._run(lambda *a, **k: dlfeval(fn, *a, **k), args, kwargs, "dlfeval")
+            fn = self._fn
+            run = self._dlfeval_run = lambda *a, **k: dlfeval(fn, *a, **k)
+        return self._run(run, args, kwargs, "dlfeval")
 
     def __gg_transform__(self, transform, argnums):
         """``gg.gradient(accfun)`` / ``gg.value_with_gradient(accfun)``: an accelerated
@@ -735,29 +788,33 @@ class AcceleratedFunction:
         if not self.Enabled or core.RECORDER is not None:
             # disabled, or called while another trace records (then it is inlined there)
             return self._eager(run, args, kwargs)
-        frame = tape.FRAME.get()
-        key = [mode, self._code, frame.training]
+        frame = _FRAME.get()
+        device = _BACKEND["device"]
+        if device != self._device:  # a device switch invalidates every trace
+            self._cache.clear()
+            self._device = device
+        key = [mode, self._code, frame.training, frame.recording, device, len(args)]
         objs = []
         keep = []
-        _flatten(args, key, objs, keep)
+        for a in args:
+            if type(a) is dlarray:  # the common case, inline
+                d = a._data
+                objs.append(a)
+                key.append((d.shape, d.dtype, a._fmt, a._node is not None))
+            else:
+                _flatten(a, key, objs, keep)
         if kwargs:
             _flatten(kwargs, key, objs, keep)
         for src in self._srcs:
             _flatten(_read(src), key, objs, keep)
-        dls = [o for o in objs if type(o) is dlarray]
-        if mode == "call" and frame.recording and any(d._node is not None for d in dls):
-            # the caller may differentiate the outputs; a replay records no nodes
-            return self._eager(run, args, kwargs)
-        raws = [d._data for d in dls]
-        if len({id(r) for r in raws}) != len(raws):
+        if mode == "call" and frame.recording:
+            if any(type(o) is dlarray and o._node is not None for o in objs):
+                # the caller may differentiate the outputs; a replay records no nodes
+                return self._eager(run, args, kwargs)
+        raws = [o._data for o in objs if type(o) is dlarray]
+        if len(raws) > 1 and len({id(r) for r in raws}) != len(raws):
             first = {}
             key.append(tuple(first.setdefault(id(r), i) for i, r in enumerate(raws)))
-        device = backend.device()
-        if device != self._device:  # a device switch invalidates every trace
-            self._cache.clear()
-            self._device = device
-        key.append(device)
-        key.append(frame.recording)
         key = tuple(key)
         self._calls += 1
         try:
