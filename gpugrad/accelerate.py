@@ -63,9 +63,11 @@ import numpy as np
 
 from . import backend, tape
 from . import random as _random
+from ._taint import Tainted, has_taint, plain, taint
 from .array import dlarray
 from .ops import core
-from .tree import map_arrays
+from .tree import is_container as tree_is_container
+from .tree import leaves, map_arrays
 
 __all__ = ["dlaccelerate", "accelerate", "AcceleratedFunction"]
 
@@ -73,6 +75,11 @@ _LITERAL = (int, bool, type(None))  # interned: exact literals, never a recorded
 _VALUE_TYPES = frozenset((int, float, complex, bool, str, bytes, type(None), range))
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _TRACE_LOCK = threading.Lock()
+# why: taint tracking (gpugrad/_taint.py) is what keeps raw code outside the
+# primitives from being baked into a replay; it only works on NumPy arrays
+_TAINT = True
+_FRAME = tape.FRAME
+_BACKEND = backend._state
 
 
 class _Stale(Exception):
@@ -132,6 +139,7 @@ class _Recorder:
         self.consts = {}  # id -> constant name
         self.live = live  # id(raw) -> dlarray reachable from the function (read live)
         self.escaped = None
+        self.data_escape = False
         self.unsupported = None
         self.mutates = False
         self.calls = 0
@@ -182,6 +190,13 @@ class _Recorder:
                 f"{self.const(v.dtype)}: raise _Stale"
             )
             return name
+        if type(v) is Tainted:
+            # why: an array computed from traced data by code the recorder did not see;
+            # baking it in as a constant would replay the first call's values forever
+            self.escape_data("an array computed from traced data")
+        elif backend.is_device_array(v) and not isinstance(v, np.ndarray):
+            # no taint tracking for device arrays: an unknown one may hold traced data
+            self.escape_data("an array the trace did not produce (device arrays are not tracked)")
         if hasattr(v, "__gg_flatten__") and not isinstance(v, type):
             vals = []
             map_arrays(lambda d: vals.append(self.expr(d)), v)
@@ -209,12 +224,14 @@ class _Recorder:
         return name
 
     def emit(self, fn, args, kwargs, out):
-        fname = self.const(fn)
         parts = [self.expr(a) for a in args]
-        parts += [f"{k}={self.expr(v)}" for k, v in kwargs.items()]
+        inline = _inline_code(fn, parts, kwargs, self)
+        if inline is None:
+            parts += [f"{k}={self.expr(v)}" for k, v in kwargs.items()]
+            inline = f"{self.const(fn)}({', '.join(parts)})"
         follow = []
         tgt = self.target(out, follow)
-        self.lines.append(f"{tgt} = {fname}({', '.join(parts)})")
+        self.lines.append(f"{tgt} = {inline}")
         while follow:
             src, v = follow.pop()
             if type(v) is dlarray:
@@ -244,9 +261,10 @@ class _Recorder:
                 return fn(*args, **kwargs)
             self.depth += 1
             try:
-                out = fn(*args, **kwargs)
+                out = fn(*plain(args), **plain(kwargs))
             finally:
                 self.depth -= 1
+            out = _taint_out(out)
             self.emit(fn, args, kwargs, out)
             return out
 
@@ -256,18 +274,180 @@ class _Recorder:
         if not self._mine():
             return fn(*args, **kwargs)
         self.depth += 1
+        suspended = _suspend(args, kwargs)
         try:
-            out = fn(*args, **kwargs)
+            out = fn(*plain(args), **plain(kwargs))
         finally:
             self.depth -= 1
+            _resume(suspended)
         if mutates:
             self.mutates = True
+        out = _taint_out(out)
         self.emit(fn, args, kwargs, out)
         return out
 
     def escape(self, raw, how):
         if self._mine() and self.escaped is None and self.is_dynamic(raw):
             self.escaped = f"{how} at {_user_site()}"
+
+    def escape_data(self, how):
+        """Raw code outside the recorded calls computed on traced data (a ``Tainted``
+        array reached a Python value, or is about to be baked in as a constant)."""
+        if self._mine() and self.escaped is None:
+            self.data_escape = True
+            self.escaped = f"{how} (gpugrad code on traced data outside its primitives) at {_user_site()}"
+
+
+# The raw functions whose call a replay writes out inline (the same Python operator the
+# function applies, so the result is bitwise the same): no call overhead per op.
+_INLINE = {}
+
+
+def _inline_templates():
+    if _INLINE:
+        return _INLINE
+    reg = core.REGISTRY
+    binary = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/", "power": "**"}
+    for name, op in binary.items():
+        _INLINE[id(reg[name].fwd)] = lambda a, k, r, op=op: (
+            f"({a[0]} {op} {a[1]})" if len(a) == 2 and not k else None
+        )
+    _INLINE[id(operator.add)] = _INLINE[id(reg["add"].fwd)]
+    _INLINE[id(reg["negative"].fwd)] = lambda a, k, r: f"(-{a[0]})" if len(a) == 1 else None
+
+    def power_const(a, k, r):
+        if len(a) == 2 and not k:
+            return f"({a[0]} ** {a[1]})"
+        if len(a) == 1 and set(k) == {"p"}:
+            return f"({a[0]} ** {r.expr(k['p'])})"
+        return None
+
+    _INLINE[id(reg["power_const"].fwd)] = power_const
+
+    def getitem(a, k, r):
+        if len(a) == 2 and not k:
+            return f"{a[0]}[{a[1]}]"
+        if len(a) == 1 and set(k) == {"idx"}:
+            return f"{a[0]}[{r.expr(k['idx'])}]"
+        return None
+
+    _INLINE[id(reg["getitem"].fwd)] = getitem
+    return _INLINE
+
+
+def _inline_code(fn, parts, kwargs, rec):
+    template = _inline_templates().get(id(fn))
+    return None if template is None else template(parts, kwargs, rec)
+
+
+def _taint_out(out):
+    """A recorded call's result as the traced code sees it: arrays as ``Tainted``."""
+    t = type(out)
+    if t is dlarray:
+        out._data = taint(out._data)
+        return out
+    if t is dict:
+        for k, v in out.items():
+            out[k] = _taint_out(v)
+        return out
+    if t is tuple:
+        return tuple(_taint_out(x) for x in out)
+    if t is list:
+        return [_taint_out(x) for x in out]
+    return taint(out)
+
+
+def _suspend(args, kwargs):
+    """Plain arrays in the dlarrays a host call reaches through its arguments (a Layer,
+    an optimizer's model), so what it stores (optimizer moments, running statistics) is
+    never a ``Tainted`` view; ``_resume`` puts the views back."""
+    swapped = []
+    for d in leaves((args, kwargs)):
+        if type(d._data) is Tainted:
+            swapped.append((d, d._data))
+            d._data = d._data.view(np.ndarray)
+    return swapped
+
+
+def _resume(swapped):
+    for d, view in swapped:
+        if d._data.base is view.base and d._data.shape == view.shape:
+            d._data = view  # unchanged, or updated in place
+        else:
+            d._data = taint(d._data)  # rebound to a new array computed from the data
+
+
+def _taint_inputs(value, rec, swapped, name=None):
+    """``value`` with its plain arrays replaced by ``Tainted`` views (dlarrays in place,
+    recorded in ``swapped`` for ``_untaint``); the views take the originals' names."""
+    t = type(value)
+    if t is dlarray:
+        raw = value._data
+        if type(raw) is np.ndarray:
+            view = raw.view(Tainted)
+            value._data = view
+            swapped.append((value, raw, view))
+            name = rec.names.get(id(raw))
+            if name is not None:
+                rec.names[id(view)] = name
+                rec.keep.append(view)
+            owner = rec.live.get(id(raw))
+            if owner is not None:
+                rec.live[id(view)] = owner
+                rec.keep.append(view)
+        return value
+    if t is np.ndarray:
+        view = value.view(Tainted)
+        name = rec.names.get(id(value))
+        if name is not None:
+            rec.names[id(view)] = name
+        rec.keep.append(view)
+        return view
+    if t is tuple:
+        return tuple(_taint_inputs(x, rec, swapped) for x in value)
+    if t is list:
+        return [_taint_inputs(x, rec, swapped) for x in value]
+    if t is dict:
+        return {k: _taint_inputs(x, rec, swapped) for k, x in value.items()}
+    if tree_is_container(value):
+        for d in leaves(value):
+            _taint_inputs(d, rec, swapped)
+    return value
+
+
+def _untaint_state(swapped, objs, result):
+    """After a trace: the inputs, the arrays they reach and the result hold plain arrays."""
+    for d, raw, view in swapped:
+        if d._data is view:
+            d._data = raw
+    for d in leaves(objs):
+        if type(d._data) is Tainted:
+            d._data = d._data.view(np.ndarray)
+        if type(d._grad) is Tainted:
+            d._grad = d._grad.view(np.ndarray)
+        elif type(d._grad) is dlarray and type(d._grad._data) is Tainted:
+            d._grad._data = d._grad._data.view(np.ndarray)
+    return _untaint_result(result)
+
+
+def _untaint_result(v):
+    t = type(v)
+    if t is dlarray:
+        if type(v._data) is Tainted:
+            v._data = v._data.view(np.ndarray)
+        return v
+    if t is Tainted:
+        return v.view(np.ndarray)
+    if t is tuple:
+        return tuple(_untaint_result(x) for x in v)
+    if t is list:
+        return [_untaint_result(x) for x in v]
+    if t is dict:
+        return {k: _untaint_result(x) for k, x in v.items()}
+    if tree_is_container(v):
+        for d in leaves(v):
+            _untaint_result(d)
+    return v
 
 
 def _glue_wrappers(rec):
@@ -345,6 +525,7 @@ class _Installed:
 
     def __enter__(self):
         rec = self.rec
+        _inline_templates()  # keyed by the original functions: before they are swapped
         self.prims = []
         for prim in core.ALL_PRIMITIVES:
             self.prims.append((prim, prim.fwd, prim.fast))
@@ -485,8 +666,10 @@ def _sources(fn, out, seen, depth=0):
         stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
     for name in sorted(names):
         if name in g:
-            out.append(lambda g=g, n=name: g.get(n))
             value = g[name]
+            if isinstance(value, (types.ModuleType, type, types.BuiltinFunctionType)):
+                continue  # modules, classes and builtins are not rebound in practice
+            out.append(lambda g=g, n=name: g.get(n))
             if isinstance(value, (types.FunctionType, functools.partial)):
                 _sources(value, out, seen, depth + 1)
 
@@ -589,6 +772,7 @@ class AcceleratedFunction:
             raise TypeError(f"dlaccelerate: fn must be callable, got {type(fn).__name__}")
         self._fn = fn
         self._mode = _mode
+        self._dlfeval_run = None
         self.Enabled = True
         self._cache_size = 50
         self._check_mode = "none"
@@ -712,10 +896,13 @@ class AcceleratedFunction:
 
     def __gg_dlfeval__(self, args, kwargs):
         """``gg.dlfeval(accfun, ...)``: the dlfeval call itself is traced and replayed."""
-        from .matlab import dlfeval
+        run = self._dlfeval_run
+        if run is None:
+            from .matlab import dlfeval
 
-        fn = self._fn
-        return self._run(lambda *a, **k: dlfeval(fn, *a, **k), args, kwargs, "dlfeval")
+            fn = self._fn
+            run = self._dlfeval_run = lambda *a, **k: dlfeval(fn, *a, **k)
+        return self._run(run, args, kwargs, "dlfeval")
 
     def __gg_transform__(self, transform, argnums):
         """``gg.gradient(accfun)`` / ``gg.value_with_gradient(accfun)``: an accelerated
@@ -735,29 +922,33 @@ class AcceleratedFunction:
         if not self.Enabled or core.RECORDER is not None:
             # disabled, or called while another trace records (then it is inlined there)
             return self._eager(run, args, kwargs)
-        frame = tape.FRAME.get()
-        key = [mode, self._code, frame.training]
+        frame = _FRAME.get()
+        device = _BACKEND["device"]
+        if device != self._device:  # a device switch invalidates every trace
+            self._cache.clear()
+            self._device = device
+        key = [mode, self._code, frame.training, frame.recording, device, len(args)]
         objs = []
         keep = []
-        _flatten(args, key, objs, keep)
+        for a in args:
+            if type(a) is dlarray:  # the common case, inline
+                d = a._data
+                objs.append(a)
+                key.append((d.shape, d.dtype, a._fmt, a._node is not None))
+            else:
+                _flatten(a, key, objs, keep)
         if kwargs:
             _flatten(kwargs, key, objs, keep)
         for src in self._srcs:
             _flatten(_read(src), key, objs, keep)
-        dls = [o for o in objs if type(o) is dlarray]
-        if mode == "call" and frame.recording and any(d._node is not None for d in dls):
-            # the caller may differentiate the outputs; a replay records no nodes
-            return self._eager(run, args, kwargs)
-        raws = [d._data for d in dls]
-        if len({id(r) for r in raws}) != len(raws):
+        if mode == "call" and frame.recording:
+            if any(type(o) is dlarray and o._node is not None for o in objs):
+                # the caller may differentiate the outputs; a replay records no nodes
+                return self._eager(run, args, kwargs)
+        raws = [o._data for o in objs if type(o) is dlarray]
+        if len(raws) > 1 and len({id(r) for r in raws}) != len(raws):
             first = {}
             key.append(tuple(first.setdefault(id(r), i) for i, r in enumerate(raws)))
-        device = backend.device()
-        if device != self._device:  # a device switch invalidates every trace
-            self._cache.clear()
-            self._device = device
-        key.append(device)
-        key.append(frame.recording)
         key = tuple(key)
         self._calls += 1
         try:
@@ -813,8 +1004,21 @@ class AcceleratedFunction:
                         raw_name = rec._name(o._data)
                         rec.prologue.append(f"{raw_name} = {name}._data")
                     before.append((i, o, o._data, o._grad, o._node, o._fmt))
-            with _Installed(rec):
-                result = run(*args, **kwargs)
+            # the traced code sees its array inputs as Tainted views (see gpugrad/_taint.py)
+            swapped = []
+            if _TAINT:
+                args = _taint_inputs(args, rec, swapped)
+                kwargs = _taint_inputs(kwargs, rec, swapped)
+                _taint_inputs(objs, rec, swapped)
+                for d in list(rec.live.values()):
+                    _taint_inputs(d, rec, swapped)
+                before = [(i, o, o._data, g, n, f) for i, o, _, g, n, f in before]
+            try:
+                with _Installed(rec):
+                    result = run(*args, **kwargs)
+            except BaseException:
+                _untaint_state(swapped, objs, None)
+                raise
             self.traces += 1
             reason = rec.escaped or rec.unsupported
             lines = []
@@ -834,6 +1038,8 @@ class AcceleratedFunction:
                     ret = self._output(rec, result)
                 except _Unsupported as exc:
                     reason = str(exc)
+            # why: writing the outputs out may find an array computed from traced data
+            reason = reason or rec.escaped
             if reason is not None:
                 self._cache[key] = _Eager(reason)
                 self._evict()
@@ -842,10 +1048,10 @@ class AcceleratedFunction:
                     f"this call runs eagerly, not accelerated: {reason} (a traced "
                     "value used as a Python value; compute it outside, or pass it as a "
                     "non-array argument)"
-                    if rec.escaped
+                    if rec.escaped and not rec.data_escape
                     else f"this call runs eagerly, not accelerated: {reason}",
                 )
-                return result
+                return _untaint_state(swapped, objs, result)
             body = rec.prologue + rec.lines + lines + [f"return {ret}"]
             source = "def _replay(O):\n" + "".join(f"    {line}\n" for line in body)
             name = getattr(self._fn, "__qualname__", "function")
@@ -853,7 +1059,7 @@ class AcceleratedFunction:
             entry = _Entry(rec.ns["_replay"], rec.mutates, keep, source, rec.calls)
             self._cache[key] = entry
             self._evict()
-            return result
+            return _untaint_state(swapped, objs, result)
         finally:
             _TRACE_LOCK.release()
 
