@@ -295,7 +295,9 @@ class _Recorder:
         array reached a Python value, or is about to be baked in as a constant)."""
         if self._mine() and self.escaped is None:
             self.data_escape = True
-            self.escaped = f"{how} (gpugrad code on traced data outside its primitives) at {_user_site()}"
+            self.escaped = (
+                f"{how} (gpugrad code on traced data outside its primitives) at {_user_site()}"
+            )
 
 
 # The raw functions whose call a replay writes out inline (the same Python operator the
@@ -363,15 +365,16 @@ def _suspend(args, kwargs):
     never a ``Tainted`` view; ``_resume`` puts the views back."""
     swapped = []
     for d in leaves((args, kwargs)):
-        if type(d._data) is Tainted:
-            swapped.append((d, d._data))
-            d._data = d._data.view(np.ndarray)
+        view = d._data
+        if type(view) is Tainted:
+            d._data = view.view(np.ndarray)
+            swapped.append((d, view, d._data))
     return swapped
 
 
 def _resume(swapped):
-    for d, view in swapped:
-        if d._data.base is view.base and d._data.shape == view.shape:
+    for d, view, plain_view in swapped:
+        if d._data is plain_view:
             d._data = view  # unchanged, or updated in place
         else:
             d._data = taint(d._data)  # rebound to a new array computed from the data

@@ -201,7 +201,7 @@ def meshgrid(*xs, indexing="xy"):
             xv = reshape(x, tuple(s))
             out.append(xv * make(backend.xp().ones(tuple(shape), dt)))
         return tuple(out)
-    raws = [x._data if isinstance(x, dlarray) else backend.xp().asarray(x) for x in xs]
+    raws = [x._data if isinstance(x, dlarray) else backend.xp().asanyarray(x) for x in xs]
     return tuple(
         make(g.astype(_dtype(g.dtype))) for g in backend.xp().meshgrid(*raws, indexing=indexing)
     )

@@ -228,6 +228,11 @@ def test_every_registered_primitive_was_replayed():
             test_replay_equals_eager_for_every_primitive_case(name, 2)
         for name in sorted(NN_CASES):
             test_replay_equals_eager_for_deep_learning_functions(name, 2)
+    if any(p.differentiable and n not in SEEN for n, p in REGISTRY.items()):
+        from tests import test_accelerate_surface as surface
+
+        for name in sorted(surface.CASES):
+            surface.test_replay_on_new_data_equals_eager(name)
     # prod's derivative branches on the data (zeros), so a trace of it runs eagerly
     missing = sorted(
         n for n, p in REGISTRY.items() if p.differentiable and n not in SEEN and n != "prod"

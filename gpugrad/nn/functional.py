@@ -142,7 +142,7 @@ def _ints(value, name, where, lengths, what):
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
         v = _whole(value, name, where, value, what)
         return (v,) * lengths[0]
-    vals = list(np.asarray(value).reshape(-1)) if isinstance(value, np.ndarray) else list(value)
+    vals = list(np.asanyarray(value).reshape(-1)) if isinstance(value, np.ndarray) else list(value)
     if len(vals) not in lengths:
         raise ValueError(f"{where}: {name} must be {what}, got {value!r}")
     return tuple(_whole(v, name, where, value, what) for v in vals)
@@ -489,11 +489,11 @@ def _maxpool_index(raw, pool, stride, pad, ho, wo):
     pos = pos.reshape(ho, wo, -1)
     valid = valid.reshape(ho, wo, -1)
     flat = raw.reshape(h * wd, inner)
-    vals = flat[xp.asarray(pos)]  # (ho, wo, k, inner)
+    vals = flat[xp.asanyarray(pos)]  # (ho, wo, k, inner)
     if not valid.all():
-        vals = xp.where(xp.asarray(valid)[..., None], vals, -xp.inf)
+        vals = xp.where(xp.asanyarray(valid)[..., None], vals, -xp.inf)
     arg = vals.argmax(axis=2)  # (ho, wo, inner)
-    best = xp.take_along_axis(xp.asarray(pos)[..., None], arg[:, :, None, :], axis=2)[:, :, 0, :]
+    best = xp.take_along_axis(xp.asanyarray(pos)[..., None], arg[:, :, None, :], axis=2)[:, :, 0, :]
     idx = best * inner + xp.arange(inner)[None, None, :]
     return idx.reshape((ho, wo) + rest)
 
@@ -1027,7 +1027,7 @@ def _mm_t(a, b):
 def _class_indices(raw, where, name, num_classes=None, kind="class indices"):
     """0-based integer class labels as a host int64 array, checked to lie in
     ``[0, num_classes)`` (labels are small: one pass over them is cheap)."""
-    host = np.asarray(to_host(raw))
+    host = np.asanyarray(to_host(raw))
     if host.dtype.kind not in "biuf":
         raise ValueError(
             f"{where}: {name} must be integer {kind} (0-based), got dtype {host.dtype}"
@@ -1093,7 +1093,7 @@ def embed(x, weights, *, data_format=None):
 @host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
 def _embed_indices(raw, where, vocabulary, shape):
     codes = _class_indices(raw, where, "indices", vocabulary, "vocabulary indices")
-    return _xp().asarray(codes.reshape(shape))
+    return _xp().asanyarray(codes.reshape(shape))
 
 
 @host_call  # a gg.dlaccelerate replay draws a fresh mask
@@ -1257,7 +1257,7 @@ def onehotencode(labels, feature_dim, num_classes=None, *, classes=None, fmt=Non
     """
     where = "onehotencode"
     raw = labels._data if isinstance(labels, dlarray) else labels
-    host = np.asarray(to_host(raw))
+    host = np.asanyarray(to_host(raw))
     if isinstance(feature_dim, (bool, np.bool_)) or not isinstance(feature_dim, (int, np.integer)):
         raise ValueError(f"{where}: feature_dim must be an integer, got {feature_dim!r}")
     if not 0 <= feature_dim <= host.ndim:
@@ -1296,17 +1296,17 @@ def onehotencode(labels, feature_dim, num_classes=None, *, classes=None, fmt=Non
     if feature_dim < host.ndim and host.shape[feature_dim] == 1:
         codes = np.squeeze(codes, axis=feature_dim)
     out = np.moveaxis(np.eye(k)[codes], -1, feature_dim)
-    return dlarray(_xp().asarray(out), fmt)
+    return dlarray(_xp().asanyarray(out), fmt)
 
 
 @host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
 def _probability_labels(lab, dtype):
-    return _xp().asarray(lab, dtype=dtype)
+    return _xp().asanyarray(lab, dtype=dtype)
 
 
 @host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
 def _index_column(lab, where, classes):
-    return _xp().asarray(_class_indices(lab, where, "labels", classes))[:, None]
+    return _xp().asanyarray(_class_indices(lab, where, "labels", classes))[:, None]
 
 
 def softmax_cross_entropy(logits, labels):
@@ -1328,7 +1328,7 @@ def softmax_cross_entropy(logits, labels):
         )
     lab = labels._data if isinstance(labels, dlarray) else labels
     if not hasattr(lab, "shape"):
-        lab = np.asarray(lab)
+        lab = np.asanyarray(lab)
     if lab.ndim == 2 and tuple(lab.shape) == z.shape:
         if lab.dtype.kind not in "biuf":
             raise ValueError(f"{where}: probability labels must be numbers, got dtype {lab.dtype}")

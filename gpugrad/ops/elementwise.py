@@ -336,18 +336,24 @@ _ATAN2 = Primitive("atan2", lambda y, x: _xp().arctan2(y, x), _atan2_vjp, save=(
 
 
 @host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
-def _tie_weight(x, ans):
-    return (x == ans) * 1.0
-
-
-def _minmax_vjp(g, ans, a, b):
-    # why: at ties the gradient is split evenly, so it sums to g (as PyTorch does)
-    wa = _tie_weight(a._data, ans._data) if type(a) is dlarray else None
-    wb = _tie_weight(b._data, ans._data) if type(b) is dlarray else None
+def _tie_weights(a, b, ans):
+    """Where each traced input (``None``: untraced) gives the max/min: 1, shared 0.5
+    at ties (so the gradient sums to ``g``, as PyTorch does), else 0."""
+    wa = None if a is None else (a == ans) * 1.0
+    wb = None if b is None else (b == ans) * 1.0
     if wa is not None and wb is not None:
         both = wa * wb
         wa = wa - 0.5 * both
         wb = wb - 0.5 * both
+    return wa, wb
+
+
+def _minmax_vjp(g, ans, a, b):
+    wa, wb = _tie_weights(
+        a._data if type(a) is dlarray else None,
+        b._data if type(b) is dlarray else None,
+        ans._data,
+    )
     ga = g * make(wa) if wa is not None else None
     gb = g * make(wb) if wb is not None else None
     return ga, gb
@@ -367,7 +373,7 @@ def _where_fwd(c, a, b):
 
 def _where_vjp(g, ans, c, a, b):
     zero = make(_xp().zeros((), g.dtype))
-    cond = make(c._data) if type(c) is dlarray else make(_xp().asarray(c))
+    cond = make(c._data) if type(c) is dlarray else make(_xp().asanyarray(c))
     return None, where(cond, g, zero), where(cond, zero, g)
 
 
@@ -824,7 +830,7 @@ def sinc(x):
     >>> gg.sinc(gg.dlarray([0.0, 0.5])).numpy().round(6).tolist()
     [1.0, 0.63662]
     """
-    x = x if type(x) is dlarray else make(_xp().asarray(coerce(x)))
+    x = x if type(x) is dlarray else make(_xp().asanyarray(coerce(x)))
     # why: sin(pi x)/(pi x) is 0/0 at 0; below 1e-3 the 7th-order Taylor polynomial
     # is exact to double precision (error < (pi 1e-3)^8 / 9!) and has exact derivatives
     small = make(_xp().abs(x._data) < 1e-3)
@@ -893,7 +899,7 @@ def _real_only(x, fn):
 
 def _raw_dtype_kind(v):
     raw = _raw(v)
-    return getattr(raw, "dtype", _np.asarray(raw).dtype).kind
+    return getattr(raw, "dtype", _np.asanyarray(raw).dtype).kind
 
 
 def _step(kind, x, **params):
@@ -1074,7 +1080,7 @@ def logaddexp(a, b):
     m = xp.maximum(ra, rb)
     # a constant shift (no gradient: it cancels); non-finite shifts are dropped
     m = make(xp.where(xp.isfinite(m), m, 0.0))
-    a_is_max = make(xp.asarray(ra >= rb))
+    a_is_max = make(xp.asanyarray(ra >= rb))
     # why: log(exp(a-m) + exp(b-m)) = log1p(S - 1), and S - 1 written with expm1 on the
     # larger argument keeps the precision of numpy.logaddexp when one term is tiny
     rest = where(a_is_max, expm1(a - m) + exp(b - m), exp(a - m) + expm1(b - m))
@@ -1126,7 +1132,7 @@ def nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
     >>> gg.nan_to_num(gg.dlarray([np.nan, 1.0, -np.inf]), neginf=-9.0).numpy()
     array([ 0.,  1., -9.])
     """
-    x = x if type(x) is dlarray else make(_xp().asarray(coerce(x)))
+    x = x if type(x) is dlarray else make(_xp().asanyarray(coerce(x)))
     xp = _xp()
     raw = x._data
     if raw.dtype.kind not in "fc":
@@ -1152,13 +1158,13 @@ def heaviside(x1, x2):
     _real_only(x1, "heaviside")
     _real_only(x2, "heaviside")
     xp = _xp()
-    r1 = xp.asarray(_raw(x1))
+    r1 = xp.asanyarray(_raw(x1))
     dtype = _np.result_type(r1, _raw(x2))
     one = make(xp.ones((), dtype))
     zero = make(xp.zeros((), dtype))
     out = where(make(r1 < 0), zero, where(make(r1 > 0), one, x2))
     if r1.dtype.kind == "f" and bool(xp.isnan(r1).any()):
-        out = where(make(xp.isnan(r1)), make(xp.asarray(_np.nan, dtype)), out)
+        out = where(make(xp.isnan(r1)), make(xp.asanyarray(_np.nan, dtype)), out)
     return out
 
 

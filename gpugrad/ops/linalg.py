@@ -354,7 +354,7 @@ def diagonal(a, offset=0, axis1=0, axis2=1):
         k = max(0, min(n1 + offset, n2))
         rows, cols = np.arange(k) - offset, np.arange(k)
     xp = _xp()
-    return getitem(x, (Ellipsis, xp.asarray(rows), xp.asarray(cols)))
+    return getitem(x, (Ellipsis, xp.asanyarray(rows), xp.asanyarray(cols)))
 
 
 def trace(a, offset=0, axis1=0, axis2=1, dtype=None, out=None):
@@ -965,7 +965,7 @@ def matrix_rank(a, tol=None, hermitian=False):
     """Numerical rank (an integer dlarray, not differentiable), as
     ``numpy.linalg.matrix_rank``."""
     raw = _dl(a)._data
-    return make(_xp().asarray(_xp().linalg.matrix_rank(raw, tol=tol)))
+    return make(_xp().asanyarray(_xp().linalg.matrix_rank(raw, tol=tol)))
 
 
 def cond(x, p=None):

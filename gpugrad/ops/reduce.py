@@ -368,13 +368,13 @@ def std(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
 
 def _argext(fn, x, axis, out, keepdims):
     _no_out(out, fn)
-    raw = x._data if type(x) is dlarray else _xp().asarray(x)
+    raw = x._data if type(x) is dlarray else _xp().asanyarray(x)
     xp = _xp()
     if axis is None:
         idx = getattr(xp, fn)(raw)
         if keepdims:
             idx = xp.reshape(idx, (1,) * raw.ndim)
-        return make(xp.asarray(idx))
+        return make(xp.asanyarray(idx))
     axis = _axes.normalize_axis_index(axis, raw.ndim, fn)
     return make(getattr(xp, fn)(raw, axis=axis, keepdims=keepdims))
 
@@ -402,7 +402,7 @@ def argmin(x, axis=None, out=None, keepdims=False):
 
 def _boolreduce(fn, x, axis, out, keepdims):
     _no_out(out, fn)
-    raw = x._data if type(x) is dlarray else _xp().asarray(x)
+    raw = x._data if type(x) is dlarray else _xp().asanyarray(x)
     axes = _axes.normalize_axes(axis, raw.ndim, fn)
     return make(getattr(_xp(), fn)(raw, axis=axes, keepdims=keepdims))
 
@@ -531,7 +531,7 @@ def _quantile_core(x, q, axis, keepdims, fn):
     from .shape import sort  # noqa: PLC0415 - shape's sort is defined after this module's import
 
     x = x if type(x) is dlarray else dlarray(x)
-    qraw = _np.asarray(q._data if type(q) is dlarray else q, dtype=float)
+    qraw = _np.asanyarray(q._data if type(q) is dlarray else q, dtype=float)
     if qraw.size and (qraw.min() < 0 or qraw.max() > 1):
         raise ValueError(f"{fn}: quantiles must be in the range [0, 1] (percentiles in [0, 100])")
     if axis is None:
@@ -553,9 +553,9 @@ def _quantile_core(x, q, axis, keepdims, fn):
     frac = pos - lo
     xp = _xp()
     # order statistics gathered along the last axis; q's axes go in front (NumPy's order)
-    lo_v = moveaxis(getitem(s, (Ellipsis, xp.asarray(lo.ravel()))), -1, 0)
-    hi_v = moveaxis(getitem(s, (Ellipsis, xp.asarray(hi.ravel()))), -1, 0)
-    t = make(xp.asarray(frac.ravel().reshape((-1,) + (1,) * (s.ndim - 1)), dtype=s.dtype))
+    lo_v = moveaxis(getitem(s, (Ellipsis, xp.asanyarray(lo.ravel()))), -1, 0)
+    hi_v = moveaxis(getitem(s, (Ellipsis, xp.asanyarray(hi.ravel()))), -1, 0)
+    t = make(xp.asanyarray(frac.ravel().reshape((-1,) + (1,) * (s.ndim - 1)), dtype=s.dtype))
     # NumPy's lerp: a + (b - a) t, written from the nearer end for t >= 0.5
     diff_v = hi_v - lo_v
     res = _where(t >= 0.5, hi_v - diff_v * (1 - t), lo_v + diff_v * t)
@@ -595,7 +595,7 @@ def percentile(x, q, axis=None, out=None, overwrite_input=False, method="linear"
         raise ValueError(
             f"percentile: only method='linear' (NumPy's default) is supported, got {method!r}"
         )
-    qraw = _np.asarray(q._data if type(q) is dlarray else q, dtype=float) / 100.0
+    qraw = _np.asanyarray(q._data if type(q) is dlarray else q, dtype=float) / 100.0
     return _quantile_core(x, qraw, axis, keepdims, "percentile")
 
 

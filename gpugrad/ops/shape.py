@@ -302,7 +302,7 @@ def _norm_one(i, where):
     if type(i) is dlarray:
         i = i._data
     elif isinstance(i, (list, tuple)):
-        i = np.asarray(i)
+        i = np.asanyarray(i)
     elif isinstance(i, float):
         raise IndexError(f"{where}: index {i!r} is a float; use an integer")
     if hasattr(i, "dtype"):
@@ -317,7 +317,7 @@ def _norm_one(i, where):
         else:
             raise IndexError(f"{where}: index arrays must be integer or bool, got {i.dtype}")
         if backend.device() == "cuda" and not backend.is_device_array(i):
-            i = backend.xp().asarray(i)
+            i = backend.xp().asanyarray(i)
         return i
     raise IndexError(f"{where}: unsupported index {i!r}")
 
@@ -420,7 +420,7 @@ def setitem_inplace(x, idx, v):
     data = x._data
     node = x._node
     if not hasattr(data, "__setitem__"):
-        data = _xp().asarray(data).copy()
+        data = _xp().asanyarray(data).copy()
     elif node is not None and node.prim is not tape.LEAF:
         # why: a recorded op's output may be saved by the tape; never mutate it.
         # The new value is no longer that op's output, so it is untraced.
@@ -443,7 +443,7 @@ def take_along_axis(x, indices, axis):
            [30.]])
     """
     x = _dl(x)
-    ind = indices._data if type(indices) is dlarray else np.asarray(indices)
+    ind = indices._data if type(indices) is dlarray else np.asanyarray(indices)
     return getitem(x, _along_axis_index(ind, axis % x.ndim))
 
 
@@ -453,7 +453,7 @@ def _along_axis_index(ind, axis):
     grids = list(np.indices(ind.shape, sparse=True))
     grids[axis] = ind
     xp = _xp()
-    return tuple(xp.asarray(gr) for gr in grids)
+    return tuple(xp.asanyarray(gr) for gr in grids)
 
 
 __all__ = [
@@ -518,7 +518,7 @@ def copy(x):
 def _take_axis(x, idx, axis):
     """``x`` gathered with the integer array ``idx`` along ``axis`` (differentiable)."""
     xp = _xp()
-    return getitem(x, (slice(None),) * axis + (xp.asarray(idx),))
+    return getitem(x, (slice(None),) * axis + (xp.asanyarray(idx),))
 
 
 def take(a, indices, axis=None, out=None, mode="raise"):
@@ -537,7 +537,7 @@ def take(a, indices, axis=None, out=None, mode="raise"):
         axis = 0
     axis = _axes.normalize_axis_index(axis, x.ndim, "take")
     ind = indices._data if type(indices) is dlarray else indices
-    ind = np.asarray(backend.to_host(ind) if backend.is_device_array(ind) else ind)
+    ind = np.asanyarray(backend.to_host(ind) if backend.is_device_array(ind) else ind)
     if ind.dtype.kind == "f":
         if not bool((ind == np.round(ind)).all()):
             raise IndexError("take: indices must be integers")
@@ -572,7 +572,7 @@ def repeat(a, repeats, axis=None):
         x = ravel(x)
         axis = 0
     axis = _axes.normalize_axis_index(axis, x.ndim, "repeat")
-    reps = np.asarray(repeats)
+    reps = np.asanyarray(repeats)
     if reps.dtype.kind not in "iu" or (reps.size and reps.min() < 0):
         raise ValueError(f"repeat: repeats must be non-negative integers, got {repeats!r}")
     idx = np.repeat(np.arange(x.shape[axis]), reps)
@@ -860,8 +860,8 @@ def pad(array, pad_width, mode="constant", **kwargs):
     array([3., 2., 1., 2., 3., 2., 1.])
     """
     x = _dl(array)
-    widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (x.ndim, 2)).tolist()
-    if np.asarray(pad_width).dtype.kind not in "iu" or any(v < 0 for w in widths for v in w):
+    widths = np.broadcast_to(np.asanyarray(pad_width, dtype=np.int64), (x.ndim, 2)).tolist()
+    if np.asanyarray(pad_width).dtype.kind not in "iu" or any(v < 0 for w in widths for v in w):
         raise ValueError(f"pad: pad_width must be non-negative integers, got {pad_width!r}")
     if mode == "constant":
         extra = set(kwargs) - {"constant_values"}
@@ -966,7 +966,7 @@ def select(condlist, choicelist, default=0):
         raise ValueError("select: list of cases must be same length as list of conditions")
     out = default
     for cond, choice in zip(reversed(condlist), reversed(choicelist)):
-        c = cond._data if type(cond) is dlarray else _xp().asarray(cond)
+        c = cond._data if type(cond) is dlarray else _xp().asanyarray(cond)
         if c.dtype.kind != "b":
             raise TypeError(f"select: condlist entries must be bool arrays, got dtype {c.dtype}")
         out = where(make(c), choice, out)
