@@ -63,7 +63,7 @@ import numpy as np
 
 from . import backend, tape
 from . import random as _random
-from ._taint import Tainted, has_taint, plain, taint
+from ._taint import Tainted, plain, taint
 from .array import dlarray
 from .ops import core
 from .tree import is_container as tree_is_container
