@@ -330,3 +330,60 @@ def test_linspace_second_order_and_exact_ends():
     )
     y = gg.dlfeval(lambda a: gg.linspace(a, 0.3, 7), gg.dlarray(0.1))
     assert y.numpy()[0] == 0.1 and y.numpy()[-1] == 0.3
+
+
+# ------------------------------------------------------------------ 9. NumPy dispatch
+
+
+@pytest.mark.parametrize(
+    "npf",
+    [np.sum, np.mean, np.prod, np.max, np.min, np.amax, np.sin, np.exp, np.sqrt, np.abs]
+    + [np.tanh, np.square, np.arcsin, np.negative, np.log1p, np.cos],
+)
+def test_numpy_functions_on_dlarrays_are_traced(npf):
+    x0 = np.array([0.2, 0.5, 0.9])
+    g = gg.gradient(lambda x: gg.sum(npf(x * 0.7) * gg.dlarray([1.0, 2.0, 3.0])))(x0)
+    close(g, fd(lambda x: np.sum(npf(x * 0.7) * np.array([1.0, 2.0, 3.0])), x0))
+
+
+def test_numpy_binary_ufuncs_and_functions_are_traced():
+    x0 = np.array([0.3, 1.7, 2.2])
+    a = np.array([1.0, 2.0, 0.5])
+
+    def f(x, mod):
+        y = mod.maximum(x, 1.0) * a + a / x - mod.power(x, 2)
+        z = mod.concatenate([y, mod.stack([x, x])[1]])
+        return mod.dot(z, z) + mod.sum(mod.where(x > 1.0, x, 0.0)) + mod.add.reduce(x * x)
+
+    g = gg.gradient(lambda x: f(x, np))(gg.dlarray(x0))
+    close(g, fd(lambda x: f(x, np), x0))
+    gg.testing.check_gradient(lambda x: f(x, np), gg.dlarray(x0), order=2)
+
+
+def test_numpy_keywords():
+    x = gg.dlarray([[1.0, 2.0], [3.0, 4.0]])
+    r = np.sum(x, axis=0, keepdims=True)
+    assert isinstance(r, gg.dlarray) and r.numpy().tolist() == [[4.0, 6.0]]
+    assert np.mean(x, axis=1, out=None).numpy().tolist() == [1.5, 3.5]
+    assert np.sum(x, dtype=np.float32).dtype == np.float32
+    out = np.zeros(())
+    assert np.sum(x, out=out) is out and float(out) == 10.0  # untraced: written
+    with pytest.raises(TypeError, match="where="):
+        np.sum(x, where=np.array([True, False]))
+    with pytest.raises(gg.TraceError, match="out="):
+        gg.gradient(lambda x: gg.sum(np.exp(x, out=np.zeros(2))))(gg.dlarray([1.0, 2.0]))
+
+
+def test_numpy_function_gpugrad_lacks():
+    # no derivative needed: NumPy's answer
+    x = gg.dlarray([3.0, 1.0, 2.0])
+    assert np.allclose(x, [3, 1, 2]) and np.shape(x) == (3,)
+    g = gg.gradient(lambda x: gg.sum(x[np.argsort(x)] * gg.dlarray([1.0, 2.0, 3.0])))(x)
+    close(g, [3.0, 1.0, 2.0])
+
+    # a derivative would be lost: a clear error naming the missing gpugrad function
+    def f(x):
+        return gg.sum(np.fft.fft(x).real)
+
+    with pytest.raises(gg.TraceError, match="gg.fft"):
+        gg.gradient(f)(x)
