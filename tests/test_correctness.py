@@ -494,3 +494,67 @@ def test_relu_and_maximum_backward_agree_on_cpu_and_emu():
     rows = [eval(line, {"inf": inf}) for line in outs[0].splitlines()]  # noqa: S307 - ours
     assert rows[0][:2] == [0.0, 0.0] and rows[0][2] == pytest.approx(0.5 / np.sqrt(2), rel=1e-6)
     assert rows[1][0] == 0.0 and rows[2] == [0.0, 0.0, 0.0]
+
+
+# ------------------------------------------------------------------ 7. MXNet constant derivatives
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: x * 2,
+        lambda x: gg.clip(x, -0.5, 0.5),
+        lambda x: gg.sign(x),
+        lambda x: gg.dropout(x, 0.5),
+        lambda x: 3 * x + 1,
+    ],
+)
+def test_mxnet_second_derivative_of_a_constant_first_derivative_is_zero(fn):
+    ag = gg.autograd
+    x = gg.dlarray([0.2, 1.0, -2.0])
+    x.attach_grad()
+    with ag.record():
+        dx = ag.grad(gg.sum(fn(x)), x, create_graph=True)
+    dx.backward()
+    assert x.grad.numpy().tolist() == [0.0, 0.0, 0.0]
+    with ag.record():
+        dx = ag.grad(gg.sum(fn(x)), [x], create_graph=True)[0]
+        z = gg.sum(dx * dx)
+    assert ag.grad(z, [x])[0].numpy().tolist() == [0.0, 0.0, 0.0]
+    with ag.record():
+        y = gg.sum(fn(x))
+        y.backward(create_graph=True)
+    x.grad.backward()
+    assert x.grad.numpy().tolist() == [0.0, 0.0, 0.0]
+
+
+def test_mxnet_second_derivative_that_is_not_constant_still_works():
+    ag = gg.autograd
+    x = gg.dlarray([0.2, 1.0, -2.0])
+    x.attach_grad()
+    with ag.record():
+        dx = ag.grad(gg.sum(x**3), x, create_graph=True)
+    dx.backward()
+    close(x.grad, 6 * np.array([0.2, 1.0, -2.0]))
+
+
+# ------------------------------------------------------------------ 8. retain_graph=False
+
+
+def test_second_order_grad_without_retain_keeps_nodes_another_graph_needs():
+    ag = gg.autograd
+    rng = np.random.default_rng(0)
+    x0, w0, b0 = rng.standard_normal((2, 3)), rng.standard_normal((4, 3)), rng.standard_normal(4)
+    x, w, b = gg.dlarray(x0), gg.dlarray(w0), gg.dlarray(b0)
+    for v in (x, w, b):
+        v.attach_grad()
+    with ag.record():
+        y = x @ w.T + b
+        xg = ag.grad(y, x, create_graph=True, retain_graph=True)
+    close(xg, np.ones((2, 4)) @ w0)
+    gw2 = ag.grad(xg, w)  # retain_graph defaults to False
+    close(gw2, np.full((4, 3), 2.0))  # d sum(ones @ w) / dw
+    gw = ag.grad(y, w)  # needs the forward graph, whose transpose saved nothing
+    close(gw, np.ones((4, 2)) @ x0)
+    with pytest.raises(gg.TraceError, match="retain_graph"):
+        ag.grad(y, w)  # the matmul's saved data is now released: a clear error
