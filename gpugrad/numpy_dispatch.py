@@ -64,6 +64,10 @@ _METHODS = {
     ("multiply", "outer"): "outer",
 }
 
+# gpugrad names that are not NumPy's function of that name (np.gradient is finite
+# differences, gg.gradient the autodiff transform): never dispatched to
+NOT_NUMPY = frozenset({"gradient", "hessian", "jvp", "hvp", "checkpoint", "device"})
+
 _DEFAULTS = {"casting": "same_kind", "order": ("K", "C", "A"), "subok": True, "signature": None}
 
 
@@ -83,6 +87,8 @@ def lookup(name, module=""):
             return gg.norm if name == "norm" else None
     elif module.startswith("numpy.") and module.split(".")[1] not in ("_core", "core", "lib"):
         return None  # numpy.fft, numpy.random, ...: no gpugrad counterpart by name
+    if name in NOT_NUMPY:
+        return None
     for n in (name,) + ALIASES.get(name, ()):
         fn = getattr(space, n, None)
         if callable(fn) and not isinstance(fn, type):
@@ -245,5 +251,14 @@ def array_function(func, types, args, kwargs):
     except TypeError as exc:
         if "argument" not in str(exc):
             raise
+        if not _any_traced(args, kw):
+            # a NumPy call form gg.<name> does not take (np.where(cond), ...): no
+            # derivative is at stake, so NumPy answers
+            impl = getattr(func, "_implementation", func)
+            return _finish(label, impl(*_host(args), **_host(kw)), dtype, out)
         raise TypeError(f"{label} on a dlarray calls gg.{name}, which says: {exc}") from exc
     return _finish(label, res, dtype, out)
+
+
+def _any_traced(args, kwargs):
+    return tape.FRAME.get().recording and any(x._node is not None for x in _walk((args, kwargs)))

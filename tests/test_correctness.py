@@ -381,6 +381,10 @@ def test_numpy_function_gpugrad_lacks():
     g = gg.gradient(lambda x: gg.sum(x[np.argsort(x)] * gg.dlarray([1.0, 2.0, 3.0])))(x)
     close(g, [3.0, 1.0, 2.0])
 
+    # NumPy call forms gpugrad does not have, and names that mean something else
+    assert [a.tolist() for a in np.where(x > 1.5)] == [[0, 2]]
+    assert np.gradient(gg.dlarray([1.0, 4.0, 9.0])).tolist() == [3.0, 4.0, 5.0]
+
     # a derivative would be lost: a clear error naming the missing gpugrad function
     def f(x):
         return gg.sum(np.fft.fft(x).real)
