@@ -257,6 +257,7 @@ from .functional import (  # noqa: E402
     with_derivative,
     without_derivative,
 )
+from .transforms import elementwise_grad, hessian, hvp, jvp, value_and_grad  # noqa: E402
 
 # isort: split
 # deep learning: MATLAB functions at the top level, layers in gg.nn, optimizers in gg.optim

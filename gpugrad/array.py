@@ -47,8 +47,21 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
     """
 
     __slots__ = ("_data", "_fmt", "_node", "_idx", "_taint", "_grad", "__weakref__")
-    __array_ufunc__ = None  # numpy defers to our reflected operators
     __array_priority__ = 1000
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """NumPy ufuncs run the gpugrad function of the same name (traced); see
+        ``gpugrad.numpy_dispatch``."""
+        from .numpy_dispatch import array_ufunc
+
+        return array_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        """NumPy functions run the gpugrad function of the same name (traced); see
+        ``gpugrad.numpy_dispatch``."""
+        from .numpy_dispatch import array_function
+
+        return array_function(func, types, args, kwargs)
 
     def __init__(
         self, data: ArrayLike, fmt: str | None = None, dtype: DTypeLike | None = None

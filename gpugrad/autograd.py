@@ -286,6 +286,28 @@ _NOT_RECORDED = (
 )
 
 
+def _link_fwd(g, v):
+    return g
+
+
+# why: with create_graph=True a gradient that does not depend on the variable (the
+# derivative of x*2, clip, sign, dropout) is a constant; as in MXNet it must still be
+# differentiable (derivative zero), not "not recorded": it is linked to the variable
+# by an identity whose derivative is zero
+_CONST_GRAD = core.Primitive(
+    "constant_gradient", _link_fwd, lambda g, ans, c, v: (None, None), register=False
+)
+
+
+def _linked(g, v):
+    """``g`` (a gradient computed with create_graph=True) recorded as depending on ``v``."""
+    if g._node is not None or v._node is None:
+        return g
+    with tape.scope(recording=True):
+        out = core.bind(_CONST_GRAD, (g, v))
+    return make(out._data, v._fmt, out._node, out._idx, g._taint)
+
+
 def _run(roots, targets, create_graph, retain_graph, where):
     try:
         return core.backward(roots, targets, create_graph=create_graph, retain=retain_graph)
@@ -340,7 +362,7 @@ def backward(self, head_grads=None, retain_graph=False, create_graph=False):
                     else make(x._grad if x._grad is not None else xp.zeros(x.shape, x.dtype))
                 )
                 g = base + g
-            tg = make(g._data, x._fmt, g._node, g._idx, g._taint)
+            tg = _linked(make(g._data, x._fmt, g._node, g._idx, g._taint), x)
             _set_traced_grad(x, tg)
             x._grad = tg._data
         else:
@@ -354,18 +376,18 @@ def backward(self, head_grads=None, retain_graph=False, create_graph=False):
 def grad(heads, variables, head_grads=None, retain_graph=None, create_graph=False):
     """Gradients of ``heads`` (summed) with respect to ``variables`` without touching
     ``x.grad``: one array for one variable, else a list. ``retain_graph`` defaults to
-    ``create_graph``; with ``create_graph=True`` the results can be differentiated again.
+    ``create_graph``; with ``create_graph=True`` the results can be differentiated again,
+    also when they do not depend on the variable (as in MXNet, their derivative is then
+    zero rather than an error).
 
     >>> import gpugrad as gg
-    >>> from gpugrad import autograd
-    >>> x = gg.dlarray([1.0, 2.0])
+    >>> x = gg.dlarray([1.0, -2.0])
     >>> x.attach_grad()
-    >>> with autograd.record():
-    ...     y = x ** 3
-    >>> [g.numpy() for g in autograd.grad(y, [x])]
-    [array([ 3., 12.])]
-    >>> x.grad.numpy()  # untouched
-    array([0., 0.])
+    >>> with gg.autograd.record():
+    ...     dx = gg.autograd.grad(gg.sum(x * 2), x, create_graph=True)  # constant 2
+    >>> dx.backward()
+    >>> x.grad.numpy().tolist()
+    [0.0, 0.0]
     """
     single_head = isinstance(heads, dlarray)
     hs = [heads] if single_head else list(heads)
@@ -399,9 +421,10 @@ def grad(heads, variables, head_grads=None, retain_graph=None, create_graph=Fals
     out = []
     for v, g in zip(vs, results):
         if g is None:
-            out.append(make(xp.zeros(v.shape, v.dtype), v._fmt))
+            z = make(xp.zeros(v.shape, v.dtype), v._fmt)
+            out.append(_linked(z, v) if create_graph else z)
         elif create_graph:
-            out.append(make(g._data, v._fmt, g._node, g._idx, g._taint))
+            out.append(_linked(make(g._data, v._fmt, g._node, g._idx, g._taint), v))
         else:
             out.append(make(g._data, v._fmt))
     return out[0] if single_var else out

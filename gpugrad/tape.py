@@ -356,6 +356,19 @@ _TAINTED = (
 )
 
 
+_NODATA = (Meta, int, float, complex, bool, type(None))
+
+
+def _holds_data(saved):
+    """Whether a node's saved values include an array (what releasing frees)."""
+    if saved[0] is not None:
+        return True
+    for r in saved[1]:
+        if type(r) not in _NODATA:
+            return True
+    return False
+
+
 def _released_error(prim):
     return TraceError(
         f"backward: the trace data of op '{prim.name}' was released by an "
@@ -484,8 +497,9 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                             p is not None and (reach is None or reach[p[0]]) for p in node.parents
                         )
                     in_cts = run_vjp(node, g, create_graph, needs)
-                if not retain:
-                    # why: memory returns as the walk goes, not only at its end
+                if not retain and _holds_data(saved):
+                    # why: memory returns as the walk goes, not only at its end; a node
+                    # that saved nothing stays usable for another pending graph
                     node.saved = RELEASED
                     node.acct = None  # returns the saved bytes (Account finalizer)
             for p, gi, meta in zip(node.parents, in_cts, node.in_meta):

@@ -330,3 +330,235 @@ def test_linspace_second_order_and_exact_ends():
     )
     y = gg.dlfeval(lambda a: gg.linspace(a, 0.3, 7), gg.dlarray(0.1))
     assert y.numpy()[0] == 0.1 and y.numpy()[-1] == 0.3
+
+
+# ------------------------------------------------------------------ 9. NumPy dispatch
+
+
+@pytest.mark.parametrize(
+    "npf",
+    [np.sum, np.mean, np.prod, np.max, np.min, np.amax, np.sin, np.exp, np.sqrt, np.abs]
+    + [np.tanh, np.square, np.arcsin, np.negative, np.log1p, np.cos],
+)
+def test_numpy_functions_on_dlarrays_are_traced(npf):
+    x0 = np.array([0.2, 0.5, 0.9])
+    g = gg.gradient(lambda x: gg.sum(npf(x * 0.7) * gg.dlarray([1.0, 2.0, 3.0])))(x0)
+    close(g, fd(lambda x: np.sum(npf(x * 0.7) * np.array([1.0, 2.0, 3.0])), x0))
+
+
+def test_numpy_binary_ufuncs_and_functions_are_traced():
+    x0 = np.array([0.3, 1.7, 2.2])
+    a = np.array([1.0, 2.0, 0.5])
+
+    def f(x, mod):
+        y = mod.maximum(x, 1.0) * a + a / x - mod.power(x, 2)
+        z = mod.concatenate([y, mod.stack([x, x])[1]])
+        return mod.dot(z, z) + mod.sum(mod.where(x > 1.0, x, 0.0)) + mod.add.reduce(x * x)
+
+    g = gg.gradient(lambda x: f(x, np))(gg.dlarray(x0))
+    close(g, fd(lambda x: f(x, np), x0))
+    gg.testing.check_gradient(lambda x: f(x, np), gg.dlarray(x0), order=2)
+
+
+def test_numpy_keywords():
+    x = gg.dlarray([[1.0, 2.0], [3.0, 4.0]])
+    r = np.sum(x, axis=0, keepdims=True)
+    assert isinstance(r, gg.dlarray) and r.numpy().tolist() == [[4.0, 6.0]]
+    assert np.mean(x, axis=1, out=None).numpy().tolist() == [1.5, 3.5]
+    assert np.sum(x, dtype=np.float32).dtype == np.float32
+    out = np.zeros(())
+    assert np.sum(x, out=out) is out and float(out) == 10.0  # untraced: written
+    with pytest.raises(TypeError, match="where="):
+        np.sum(x, where=np.array([True, False]))
+    with pytest.raises(gg.TraceError, match="out="):
+        gg.gradient(lambda x: gg.sum(np.exp(x, out=np.zeros(2))))(gg.dlarray([1.0, 2.0]))
+
+
+def test_numpy_function_gpugrad_lacks():
+    # no derivative needed: NumPy's answer
+    x = gg.dlarray([3.0, 1.0, 2.0])
+    assert np.allclose(x, [3, 1, 2]) and np.shape(x) == (3,)
+    g = gg.gradient(lambda x: gg.sum(x[np.argsort(x)] * gg.dlarray([1.0, 2.0, 3.0])))(x)
+    close(g, [3.0, 1.0, 2.0])
+
+    # NumPy call forms gpugrad does not have, and names that mean something else
+    assert [a.tolist() for a in np.where(x > 1.5)] == [[0, 2]]
+    assert np.gradient(gg.dlarray([1.0, 4.0, 9.0])).tolist() == [3.0, 4.0, 5.0]
+
+    # a derivative would be lost: a clear error naming the missing gpugrad function
+    def f(x):
+        return gg.sum(np.fft.fft(x).real)
+
+    with pytest.raises(gg.TraceError, match="gg.fft"):
+        gg.gradient(f)(x)
+
+
+# ------------------------------------------------------------------ 6. removable singularities
+
+
+def _d1(f, x):
+    return gg.gradient(f)(gg.dlarray(x)).numpy()
+
+
+def _d2(f, x):
+    return gg.gradient(lambda x: gg.sum(gg.gradient(f)(x)))(gg.dlarray(x)).numpy()
+
+
+@pytest.mark.parametrize(
+    "f, x, d1, d2",
+    [
+        (lambda x: x**0, 0.0, 0.0, 0.0),
+        (lambda x: x**0.0, 0.0, 0.0, 0.0),
+        (lambda x: x**1, 0.0, 1.0, 0.0),
+        (lambda x: x**1.0, 0.0, 1.0, 0.0),
+        (lambda x: x ** gg.dlarray(0.0), 0.0, 0.0, 0.0),  # untraced array exponent
+        (lambda x: x ** (x * 0), 0.0, 0.0, None),  # traced exponent 0
+        (lambda x: gg.abs(x), 0.0, 0.0, 0.0),
+        (lambda x: 0 * gg.sqrt(x), 0.0, 0.0, 0.0),
+        (lambda x: 0 * x**0.5, 0.0, 0.0, 0.0),
+        (lambda x: 0 * x**-1.0, 0.0, 0.0, 0.0),
+        (lambda x: 0 * gg.log(x), 0.0, 0.0, 0.0),
+        (lambda x: gg.sqrt(gg.relu(x)), -1.0, 0.0, 0.0),
+        (lambda x: gg.sqrt(gg.maximum(x, 0.0)), -1.0, 0.0, 0.0),
+        (lambda x: gg.sqrt(gg.minimum(-x, 0.0) * -1), -1.0, 0.0, 0.0),
+        (lambda x: gg.norm(x), 0.0, 0.0, 0.0),
+        (lambda x: gg.atan2(x, 0.0), 0.0, 0.0, 0.0),
+        (lambda x: gg.atan2(0.0, x), 0.0, 0.0, 0.0),
+        (lambda x: gg.where(x > 0, gg.sqrt(x), 0.0), -1.0, 0.0, 0.0),
+        (lambda x: gg.where(x > 0, gg.sqrt(x), 0.0), 0.0, 0.0, 0.0),
+        (lambda x: gg.where(x > 0, gg.log(x), 0.0), 0.0, 0.0, 0.0),
+        (lambda x: gg.where(x > 0, x**0.5, x), 0.0, 1.0, 0.0),
+        # 0 * log(0) masked the standard way (the inner where keeps log finite)
+        (lambda x: gg.where(x > 0, x * gg.log(gg.where(x > 0, x, 1.0)), 0.0), 0.0, 0.0, 0.0),
+    ],
+)
+def test_removable_singularities_have_finite_derivatives(f, x, d1, d2):
+    with np.errstate(all="ignore"):  # the forward of an untaken branch may be NaN
+        assert _d1(f, x) == pytest.approx(d1, abs=0)
+        if d2 is not None:
+            assert _d2(f, x) == pytest.approx(d2, abs=0)
+
+
+@pytest.mark.parametrize("x0", [np.array([0.0, 0.0]), np.array([[0.0, 3.0], [0.0, 4.0]])])
+def test_norm_gradient_at_zero_is_the_zero_subgradient(x0):
+    g = gg.gradient(lambda x: gg.sum(gg.norm(x, axis=0)))(x0)
+    expect = np.where(
+        np.linalg.norm(x0, axis=0) == 0, 0.0, x0 / np.maximum(np.linalg.norm(x0, axis=0), 1e-300)
+    )
+    close(g, expect)
+
+
+def test_singularity_rules_still_match_finite_differences_elsewhere():
+    x = gg.dlarray([0.3, 1.7, 2.5])
+    for f in (
+        lambda x: gg.sqrt(x),
+        lambda x: gg.log(x),
+        lambda x: x**0.5,
+        lambda x: x**-1.5,
+        lambda x: x ** gg.dlarray([0.0, 0.5, 2.0]),
+        lambda x: x ** (x * 0.5),
+        lambda x: gg.atan2(x, x[::-1] - 1.0),
+        lambda x: gg.maximum(x, 1.0) + gg.minimum(x, x[::-1] + 0.1),
+        lambda x: gg.norm(x) + gg.norm(x - x),
+        lambda x: gg.relu(x - 1.0) ** 2,
+    ):
+        gg.testing.check_gradient(f, x, order=2)
+
+
+def test_relu_and_maximum_backward_agree_on_cpu_and_emu():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, gpugrad as gg\n"
+        "x = gg.dlarray(np.array([-1.0, 0.0, 2.0], np.float32))\n"
+        "for f in (lambda x: gg.sum(gg.sqrt(gg.relu(x))),\n"
+        "          lambda x: gg.sum(gg.sqrt(gg.maximum(x, 0.0))),\n"
+        "          lambda x: gg.norm(x * 0)):\n"
+        "    with np.errstate(all='ignore'):\n"
+        "        print(gg.gradient(f)(x).numpy().tolist())\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outs = []
+    for dev in ("cpu", "emu"):
+        env = {**os.environ, "GPUGRAD_DEVICE": dev}
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs.append(r.stdout)
+    assert outs[0] == outs[1]
+    inf = float("inf")
+    rows = [eval(line, {"inf": inf}) for line in outs[0].splitlines()]  # noqa: S307 - ours
+    assert rows[0][:2] == [0.0, 0.0] and rows[0][2] == pytest.approx(0.5 / np.sqrt(2), rel=1e-6)
+    assert rows[1][0] == 0.0 and rows[2] == [0.0, 0.0, 0.0]
+
+
+# ------------------------------------------------------------------ 7. MXNet constant derivatives
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: x * 2,
+        lambda x: gg.clip(x, -0.5, 0.5),
+        lambda x: gg.sign(x),
+        lambda x: gg.dropout(x, 0.5),
+        lambda x: 3 * x + 1,
+    ],
+)
+def test_mxnet_second_derivative_of_a_constant_first_derivative_is_zero(fn):
+    ag = gg.autograd
+    x = gg.dlarray([0.2, 1.0, -2.0])
+    x.attach_grad()
+    with ag.record():
+        dx = ag.grad(gg.sum(fn(x)), x, create_graph=True)
+    dx.backward()
+    assert x.grad.numpy().tolist() == [0.0, 0.0, 0.0]
+    with ag.record():
+        dx = ag.grad(gg.sum(fn(x)), [x], create_graph=True)[0]
+        z = gg.sum(dx * dx)
+    assert ag.grad(z, [x])[0].numpy().tolist() == [0.0, 0.0, 0.0]
+    with ag.record():
+        y = gg.sum(fn(x))
+        y.backward(create_graph=True)
+    x.grad.backward()
+    assert x.grad.numpy().tolist() == [0.0, 0.0, 0.0]
+
+
+def test_mxnet_second_derivative_that_is_not_constant_still_works():
+    ag = gg.autograd
+    x = gg.dlarray([0.2, 1.0, -2.0])
+    x.attach_grad()
+    with ag.record():
+        dx = ag.grad(gg.sum(x**3), x, create_graph=True)
+    dx.backward()
+    close(x.grad, 6 * np.array([0.2, 1.0, -2.0]))
+
+
+# ------------------------------------------------------------------ 8. retain_graph=False
+
+
+def test_second_order_grad_without_retain_keeps_nodes_another_graph_needs():
+    ag = gg.autograd
+    rng = np.random.default_rng(0)
+    x0, w0, b0 = rng.standard_normal((2, 3)), rng.standard_normal((4, 3)), rng.standard_normal(4)
+    x, w, b = gg.dlarray(x0), gg.dlarray(w0), gg.dlarray(b0)
+    for v in (x, w, b):
+        v.attach_grad()
+    with ag.record():
+        y = x @ w.T + b
+        xg = ag.grad(y, x, create_graph=True, retain_graph=True)
+    close(xg, np.ones((2, 4)) @ w0)
+    gw2 = ag.grad(xg, w)  # retain_graph defaults to False
+    close(gw2, np.full((4, 3), 2.0))  # d sum(ones @ w) / dw
+    gw = ag.grad(y, w)  # needs the forward graph, whose transpose saved nothing
+    close(gw, np.ones((4, 2)) @ x0)
+    with pytest.raises(gg.TraceError, match="retain_graph"):
+        ag.grad(y, w)  # the matmul's saved data is now released: a clear error

@@ -149,7 +149,48 @@ exp = _unary(
     save_ans=True,
     fast=lambda g, ans, x: (g * cj(ans),),
 )
-log = _unary("log", lambda x: _xp().log(x), lambda g, ans, x: (g / conj(x),))
+# Zero cotangents (issue 11): a rule whose factor is infinite (sqrt and log at 0,
+# x**p with p < 1 at 0, ...) gives 0, never NaN, for a zero cotangent, so masking
+# with gg.where (the untaken branch gets a zero cotangent) and functions such as
+# sqrt(relu(x)) have finite gradients; the factors are built so that their own
+# derivatives (second order) have no 0/0 either.
+
+
+_np = np  # why: the module deletes its ``np`` name at the end (``__all__`` hygiene)
+
+
+def _zs(g, d):
+    """``g * d`` that is 0 where the cotangent ``g`` is 0, even where ``d`` is inf/NaN."""
+    return g * where(g == 0, 0.0, d)
+
+
+def _recip(x):
+    """``1 / x`` (inf at 0) whose derivative has no 0/0 or 0/NaN: the division never
+    sees 0 or NaN (a NaN forward value in an untaken ``where`` branch)."""
+    xp = _xp()
+    raw = x._data
+    z = raw == 0
+    n = xp.isnan(raw)
+    r = 1 / where(make(z | n), 1.0, x)
+    return where(make(z), _np.inf, where(make(n), _np.nan, r))
+
+
+def _zs_raw(g, r):
+    """Raw form of :func:`_zs`: ``r`` (already ``g * d``) with 0 where ``g`` is 0."""
+    return _xp().where(g == 0, 0, r)
+
+
+def _log_fast(g, ans, x):
+    with _np.errstate(divide="ignore", invalid="ignore"):
+        return (_zs_raw(g, g / cj(x)),)
+
+
+log = _unary(
+    "log",
+    lambda x: _xp().log(x),
+    lambda g, ans, x: (_zs(g, _recip(conj(x))),),
+    fast=_log_fast,
+)
 log1p = _unary("log1p", lambda x: _xp().log1p(x), lambda g, ans, x: (g / conj(x + 1),))
 expm1 = _unary(
     "expm1",
@@ -158,8 +199,20 @@ expm1 = _unary(
     save=(),
     save_ans=True,
 )
+
+
+def _sqrt_fast(g, ans, x):
+    with _np.errstate(divide="ignore", invalid="ignore"):
+        return (_zs_raw(g, g / cj(ans * 2)),)
+
+
 sqrt = _unary(
-    "sqrt", lambda x: _xp().sqrt(x), lambda g, ans, x: (g / conj(ans * 2),), save=(), save_ans=True
+    "sqrt",
+    lambda x: _xp().sqrt(x),
+    lambda g, ans, x: (_zs(g, _recip(conj(ans * 2))),),
+    save=(),
+    save_ans=True,
+    fast=_sqrt_fast,
 )
 sin = _unary(
     "sin",
@@ -298,7 +351,9 @@ _DIV = Primitive("divide", lambda a, b: a / b, _div_vjp, save=(1,), save_ans=Tru
 
 
 def _pow_vjp(g, ans, a, b):
-    ga = g * conj(b * a ** (b - 1))
+    # why: b * a**(b-1) is 0 * inf at a = 0, b = 0 (x**0 is constant: derivative 0)
+    d = where(b == 0, 0.0, b * a ** (b - 1))
+    ga = _zs(g, conj(d))
     # why: log(a) is -inf at 0; d(a**b)/db there is 0 for b > 0
     loga = log(where(a == 0, 1.0, a))
     gb = g * conj(ans * loga)
@@ -313,50 +368,76 @@ def _powc_fwd(a, p):
 
 
 def _powc_vjp(g, ans, a, p):  # p arrives as the keyword parameter
-    if isinstance(p, (int, float)) and p == 2:
-        return (g * conj(a * 2),)
-    return (g * conj(a ** (p - 1) * p),)
+    if isinstance(p, (int, float)):
+        if p == 2:
+            return (g * conj(a * 2),)
+        if p == 0:
+            return (None,)  # x**0 is the constant 1 (also at x = 0)
+        d = conj(a ** (p - 1) * p)
+        return (g * d,) if p >= 1 else (_zs(g, d),)  # p < 1: infinite at 0
+    d = where(make(p == 0), 0.0, a ** (p - 1) * p)
+    return (_zs(g, conj(d)),)
 
 
 def _powc_fast(g, ans, a, p):
-    two = (type(p) is int or type(p) is float) and p == 2
-    d = a * 2 if two else a ** (p - 1) * p
-    return (g * d.conj() if d.dtype.kind == "c" else g * d,)
+    scalar = type(p) is int or type(p) is float
+    if scalar and p == 0:
+        return (None,)
+    two = scalar and p == 2
+    with _np.errstate(divide="ignore", invalid="ignore"):
+        d = a * 2 if two else a ** (p - 1) * p
+        if not scalar:
+            d = _xp().where(p == 0, 0, d)
+        r = g * d.conj() if d.dtype.kind == "c" else g * d
+        return (r if scalar and p >= 1 else _zs_raw(g, r),)
 
 
 _POWC = Primitive("power_const", _powc_fwd, _powc_vjp, save=(0,), fast=_powc_fast)
 
 
 def _atan2_vjp(g, ans, y, x):
+    # why: at the origin the derivative is undefined; 0 (a subgradient), not 0/0
     den = x * x + y * y
-    return g * x / den, -g * y / den
+    z = den == 0
+    r = where(z, 0.0, 1 / where(z, 1.0, den))
+    return g * x * r, -g * y * r
 
 
 _ATAN2 = Primitive("atan2", lambda y, x: _xp().arctan2(y, x), _atan2_vjp, save=(0, 1))
 
 
 @host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
-def _tie_weights(a, b, ans):
-    """Where each traced input (``None``: untraced) gives the max/min: 1, shared 0.5
-    at ties (so the gradient sums to ``g``, as PyTorch does), else 0."""
-    wa = None if a is None else (a == ans) * 1.0
-    wb = None if b is None else (b == ans) * 1.0
-    if wa is not None and wb is not None:
-        both = wa * wb
-        wa = wa - 0.5 * both
-        wb = wb - 0.5 * both
-    return wa, wb
+def _tie_masks(a, b, ans, dtype):
+    """Where each traced input (``None``: untraced) gives the max/min, and the 0.5
+    scale at ties when both are traced."""
+    ma = None if a is None else a == ans
+    mb = None if b is None else b == ans
+    scale = None
+    if ma is not None and mb is not None:
+        scale = _xp().where(ma & mb, 0.5, 1.0).astype(dtype)
+    return ma, mb, scale
 
 
 def _minmax_vjp(g, ans, a, b):
-    wa, wb = _tie_weights(
+    # why: at ties the gradient is split evenly, so it sums to g (as PyTorch does);
+    # the taken input is selected, not multiplied by a 0/1 weight, so an infinite
+    # cotangent (sqrt(maximum(x, 0)) at 0) gives 0, not NaN, to the other input
+    ma, mb, scale = _tie_masks(
         a._data if type(a) is dlarray else None,
         b._data if type(b) is dlarray else None,
         ans._data,
+        g.dtype,
     )
-    ga = g * make(wa) if wa is not None else None
-    gb = g * make(wb) if wb is not None else None
-    return ga, gb
+    scale = make(scale) if scale is not None else None
+    zero = make(_xp().zeros((), g.dtype))
+    out = []
+    for m in (ma, mb):
+        if m is None:
+            out.append(None)
+            continue
+        gi = where(make(m), g, zero)
+        out.append(gi * scale if scale is not None else gi)
+    return tuple(out)
 
 
 _MAX2 = Primitive(

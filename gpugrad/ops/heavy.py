@@ -143,7 +143,8 @@ def _relu_bwd_fwd(g, y):
     k = kernels_for(g, y)
     if k is not None and g.shape == y.shape:
         return k.relu_bwd(g, y)
-    return g * (y > 0)
+    # why: select (as the kernel does), so an infinite g (sqrt(relu(x)) at 0) gives 0
+    return _xp().where(y > 0, g, 0)
 
 
 _RELU_BWD = Primitive(
@@ -157,7 +158,8 @@ _RELU_BWD = Primitive(
 
 
 def relu_bwd(g, y):
-    """``g * (y > 0)``: the relu backward, itself differentiable in ``g``."""
+    """``g`` where ``y > 0``, else 0 (a selection, so an infinite ``g`` gives 0 where
+    ``y <= 0``, as the CUDA kernel does): the relu backward, differentiable in ``g``."""
     return bind(_RELU_BWD, (g, y))
 
 

@@ -8,7 +8,7 @@ from ..array import dlarray
 from . import core
 from .core import _STATE, Primitive, bind, host_call, make
 from .elementwise import abs as _abs
-from .elementwise import conj, exp, log, real, sqrt
+from .elementwise import conj, exp, log, real, sqrt, where
 from .shape import broadcast_to, concatenate, flip, getitem, moveaxis, reshape
 
 
@@ -243,7 +243,11 @@ def norm(x, ord=2, axis=None, keepdims=False):  # noqa: A002
         x = dlarray(x)
     if ord == 2:
         sq = real(x * conj(x)) if x.dtype.kind == "c" else x * x
-        return sqrt(sum(sq, axis, keepdims))
+        s = sum(sq, axis, keepdims)
+        # why: at 0 the gradient is the subgradient 0 (as PyTorch), not inf * 0 = NaN;
+        # the square root never sees 0, so no derivative order divides by it
+        z = make(s._data == 0)
+        return where(z, 0.0, sqrt(where(z, 1.0, s)))
     if ord == 1:
         return sum(_abs(x), axis, keepdims)
     if ord in (float("inf"), "inf"):
