@@ -143,6 +143,7 @@ CASES = {
     "solve_matrix": (gg.linalg.solve, np.linalg.solve, [well(3), rnd(3, 2)]),
     "solve_vector": (gg.linalg.solve, np.linalg.solve, [well(3), rnd(3)]),
     "solve_batched_broadcast": (gg.linalg.solve, np.linalg.solve, [well(3, (2,)), rnd(3, 1)]),
+    "solve_batched_vector": (gg.linalg.solve, np.linalg.solve, [well(2, (3,)), rnd(2)]),
     "solve_complex": (gg.linalg.solve, np.linalg.solve, [cplx(2, 2) + 3 * np.eye(2), cplx(2)]),
     "det": (gg.linalg.det, np.linalg.det, [well(3)]),
     "det_batched": (gg.linalg.det, np.linalg.det, [rnd(2, 2, 2)]),

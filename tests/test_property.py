@@ -10,7 +10,8 @@ primitive is registered without a rule here.
 
 Cost is bounded by the hypothesis profile: ``ci`` (the default) runs
 ``EXAMPLES_PER_RULE`` derandomized examples per rule; set
-``GPUGRAD_HYPOTHESIS_PROFILE=long`` for a longer local hunt.
+``GPUGRAD_HYPOTHESIS_PROFILE=long`` (and ``GPUGRAD_HYPOTHESIS_EXAMPLES=N`` per rule,
+default 200, random rather than derandomized) for a longer local hunt.
 """
 
 import os
@@ -36,7 +37,11 @@ settings.register_profile(
     suppress_health_check=list(HealthCheck),
 )
 settings.register_profile(
-    "long", max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    "long",
+    max_examples=int(os.environ.get("GPUGRAD_HYPOTHESIS_EXAMPLES", "200")),
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
 )
 PROFILE = settings.get_profile(os.environ.get("GPUGRAD_HYPOTHESIS_PROFILE", "ci"))
 

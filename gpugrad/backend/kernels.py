@@ -336,7 +336,8 @@ def _prepare(a, fn: str, arg: str, ndim: int | None = None, dtype=None, layout: 
     if a is None:
         raise TypeError(f"{fn}: {arg} is required")
     xp = backend.xp()
-    a = xp.ascontiguousarray(xp.asarray(a))
+    # why: ascontiguousarray makes a 0-d array 1-D (relu of a 0-d value came back (1,))
+    a = xp.asarray(a, order="C")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{fn}: {arg} must be {ndim}-D{layout}, got shape {tuple(a.shape)}")
     _dtype_suffix(a.dtype, fn, arg)

@@ -498,7 +498,9 @@ def _solve_fwd(a, b, vector):
 
 
 def _solve_vjp(g, ans, a, b, vector):
-    gb = solve(_mH(a), g)
+    # why: the same vector/matrix reading as the forward (a batched solve with a vector b
+    # has a 2-D cotangent, which the public solve would read as a matrix)
+    gb = bind(_SOLVE, (_mH(a), g), {"vector": vector})
     if vector:
         ga = -expand_dims(gb, -1) * expand_dims(conj(ans), -2)
     else:
