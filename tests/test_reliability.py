@@ -196,3 +196,132 @@ def test_recomputing_flag_is_on_the_frame():
     gg.dlfeval(lambda x: gg.dlgradient(gg.sum(gg.checkpoint(f, x)), x), gg.dlarray([1.0]))
     assert seen == [False, True]
     assert not gg.tape.is_recomputing()
+
+
+# ------------------------------------------------------------------ 3 axes
+
+AxisError = np.exceptions.AxisError if hasattr(np, "exceptions") else np.AxisError
+
+_AXIS_CASES = [
+    ("expand_dims", lambda x: gg.expand_dims(x, 5)),
+    ("flip", lambda x: gg.flip(x, 5)),
+    ("transpose", lambda x: gg.transpose(x, (0, 3))),
+    ("concatenate", lambda x: gg.concatenate([x, x], axis=5)),
+    ("stack", lambda x: gg.stack([x, x], axis=9)),
+    ("moveaxis", lambda x: gg.moveaxis(x, 7, 0)),
+    ("squeeze", lambda x: gg.squeeze(gg.reshape(x, (2, 3, 1)), 4)),
+    ("swapaxes", lambda x: gg.swapaxes(x, 0, 2)),
+    ("cumsum", lambda x: gg.cumsum(x, 2)),
+    ("take_along_axis", lambda x: gg.take_along_axis(x, np.zeros((2, 3), int), 2)),
+    ("sum", lambda x: gg.sum(x, axis=2)),
+    ("mean", lambda x: gg.mean(x, axis=-3)),
+    ("max", lambda x: gg.max(x, axis=2)),
+    ("min", lambda x: gg.min(x, axis=(0, 2))),
+    ("prod", lambda x: gg.prod(x, axis=3)),
+    ("norm", lambda x: gg.norm(x, axis=2)),
+    ("logsumexp", lambda x: gg.logsumexp(x, axis=2)),
+    ("sum", lambda x: gg.sum(gg.sum(x), axis=0)),  # 0-d, as NumPy
+]
+
+
+@pytest.mark.parametrize(
+    "name,fn", _AXIS_CASES, ids=[f"{n}{i}" for i, (n, _) in enumerate(_AXIS_CASES)]
+)
+def test_axis_out_of_range_is_numpy_axis_error(name, fn):
+    x = gg.dlarray(np.arange(6.0).reshape(2, 3))
+    with pytest.raises(AxisError, match=name):
+        fn(x)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: gg.sum(x, axis=1.5),
+        lambda x: gg.flip(x, "a"),
+        lambda x: gg.expand_dims(x, 1.0),
+        lambda x: gg.cumsum(x, None),
+    ],
+)
+def test_non_integer_axis_is_a_type_error(fn):
+    with pytest.raises(TypeError, match="axis"):
+        fn(gg.dlarray(np.ones((2, 3))))
+
+
+def test_negative_axes_match_numpy():
+    a = np.arange(24.0).reshape(2, 3, 4)
+    x = gg.dlarray(a)
+    np.testing.assert_array_equal(gg.expand_dims(x, -1).numpy(), np.expand_dims(a, -1))
+    np.testing.assert_array_equal(gg.flip(x, -2).numpy(), np.flip(a, -2))
+    np.testing.assert_array_equal(gg.moveaxis(x, -1, 0).numpy(), np.moveaxis(a, -1, 0))
+    np.testing.assert_array_equal(gg.swapaxes(x, -1, 0).numpy(), np.swapaxes(a, -1, 0))
+    np.testing.assert_array_equal(gg.stack([x, x], -1).numpy(), np.stack([a, a], -1))
+    np.testing.assert_array_equal(gg.cumsum(x, -1).numpy(), np.cumsum(a, -1))
+    np.testing.assert_array_equal(gg.transpose(x, (-1, 0, 1)).numpy(), np.transpose(a, (2, 0, 1)))
+    np.testing.assert_array_equal(gg.sum(x, axis=(-1, 0)).numpy(), a.sum(axis=(-1, 0)))
+    with pytest.raises(ValueError, match="repeated"):
+        gg.sum(x, axis=(0, -3))
+
+
+# ------------------------------------------------------------------ 5 mutation after recording
+
+
+def test_setitem_after_recording_is_detected_mxnet():
+    x = gg.dlarray([1.0, 2.0])
+    x.attach_grad()
+    with gg.autograd.record():
+        y = gg.sum(x * x)
+    x[0] = 10.0
+    with pytest.raises(gg.TraceError, match="'multiply'.*modified in place"):
+        y.backward()
+
+
+def test_setitem_of_a_saved_constant_is_detected_matlab():
+    def f(x):
+        c = gg.dlarray([1.0, 2.0])
+        y = gg.sum(x * c)
+        c[0] = 10.0
+        return gg.dlgradient(y, x)
+
+    with pytest.raises(gg.TraceError, match="modified in place"):
+        gg.dlfeval(f, gg.dlarray([3.0, 4.0]))
+
+
+def test_setitem_into_a_view_base_is_detected():
+    x = gg.dlarray(np.arange(1.0, 7.0))
+    x.attach_grad()
+    with gg.autograd.record():
+        y = gg.sum(gg.exp(gg.reshape(x, (2, 3)) * 0.5) * gg.reshape(x, (2, 3)))
+    x[5] = 0.0
+    with pytest.raises(gg.TraceError, match="modified in place"):
+        y.backward()
+
+
+def test_optimizer_update_after_recording_is_detected():
+    layer = gg.nn.Dense(3, 2)
+    x = gg.dlarray(np.ones((4, 3)))
+    with gg.autograd.record():
+        pass
+
+    def loss(m):
+        return gg.sum(m(x) ** 2)
+
+    val, pb = gg.value_with_pullback(loss, layer)
+    grads = pb(gg.dlarray(1.0))
+    gg.optim.SGD(layer, learning_rate=0.1).update(layer, grads)
+    with pytest.raises(gg.TraceError, match="modified in place"):
+        pb(gg.dlarray(1.0))
+
+
+def test_writes_before_recording_and_untraced_updates_are_fine():
+    x = gg.dlarray([1.0, 2.0])
+    x[0] = 2.0  # before the forward: fine
+    x.attach_grad()
+    with gg.autograd.record():
+        y = gg.sum(x * x)
+    y.backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [4.0, 4.0])
+    x -= 0.5 * x.grad  # an update rebinds the buffer; the next step is clean
+    with gg.autograd.record():
+        y = gg.sum(x * x)
+    y.backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0])

@@ -27,6 +27,7 @@ _Node = tape.Node
 _LEAF = tape.LEAF
 _MEMORY = tape.MEMORY
 _Meta = tape.Meta
+_VERSIONS = tape.VERSIONS
 
 
 def X():
@@ -168,6 +169,8 @@ def _finish(prim, params, parents, in_meta, ins, counted, out, fmt, frame, taint
         saved = (None, ins)
     out_meta = tuple(_tnew(_Meta, (o.shape, o.dtype)) for o in out)
     node = _Node(prim, params, parents, in_meta, out_meta, saved, frame.trace)
+    if _VERSIONS:
+        node.versions = tape.snapshot_versions(saved)
     if counted:
         node.acct = _MEMORY.remember(prim.name, counted)
     if taint:
@@ -270,6 +273,8 @@ def _single(prim, params, parents, in_meta, ins, counted, out, fmt, frame, taint
     else:
         saved = (None, ins)
     node = _Node(prim, params, parents, in_meta, _ONE, saved, frame.trace)
+    if _VERSIONS:
+        node.versions = tape.snapshot_versions(saved)
     if counted:
         if len(counted) == 1:
             node.acct = _MEMORY.remember_one(prim.name, counted[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 
 from ..array import dlarray
+from .axes import normalize_axes, normalize_axis_index
 from .core import _STATE, Primitive, bind, make
 from .elementwise import abs as _abs
 from .elementwise import conj, exp, log, real, sqrt
@@ -16,23 +17,9 @@ def _xp():
 
 
 def normalize_axis(axis, ndim, where="axis"):
-    """``None`` or a tuple of distinct non-negative axes."""
-    if axis is None:
-        return None
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    out = []
-    for a in axes:
-        if not isinstance(a, int):
-            raise TypeError(f"{where}: axis must be an int or a tuple of ints, got {axis!r}")
-        if not -ndim <= a < builtins.max(ndim, 1):
-            raise ValueError(
-                f"{where}: axis {a} is out of range for an array with {ndim} dimension(s)"
-            )
-        a = a % ndim if ndim else 0
-        if a in out:
-            raise ValueError(f"{where}: axis {a} repeated in {axis!r}")
-        out.append(a)
-    return tuple(sorted(out))
+    """``None`` or a sorted tuple of distinct non-negative axes (NumPy's rules: see
+    ``ops/axes.py``)."""
+    return normalize_axes(axis, ndim, where)
 
 
 def _kept_shape(shape, axes):
@@ -216,6 +203,7 @@ def norm(x, ord=2, axis=None, keepdims=False):  # noqa: A002
     """
     if type(x) is not dlarray:
         x = dlarray(x)
+    axis = normalize_axis(axis, x.ndim, "norm")
     if ord == 2:
         sq = real(x * conj(x)) if x.dtype.kind == "c" else x * x
         return sqrt(sum(sq, axis, keepdims))
@@ -249,7 +237,12 @@ def logsumexp(x, axis=None, keepdims=False):
 
 def cumsum(x, axis=0):
     """Cumulative sum along ``axis``."""
-    return bind(_CUMSUM, (x,), {"axis": axis}, getattr(x, "_fmt", ""))
+    if type(x) is not dlarray:
+        x = dlarray(x)
+    if x.ndim == 0:
+        x = reshape(x, (1,))
+    axis = normalize_axis_index(axis, x.ndim, "cumsum")
+    return bind(_CUMSUM, (x,), {"axis": axis}, x._fmt)
 
 
 def _cumsum_vjp(g, ans, x, axis):

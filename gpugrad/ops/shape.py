@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import backend, tape
 from ..array import dlarray
+from .axes import normalize_axes, normalize_axis_index
 from .core import _STATE, Primitive, _record1, bind, coerce, make
 
 _FRAME = tape.FRAME
@@ -67,8 +68,10 @@ def transpose(x, axes=None):
     nd = x.ndim
     if axes is None:
         axes = tuple(range(nd - 1, -1, -1))
-    axes = tuple(int(a) % nd if nd else 0 for a in axes)
-    if sorted(axes) != list(range(nd)):
+    if not isinstance(axes, (tuple, list)):
+        raise TypeError(f"transpose: axes must be None or a tuple of ints, got {axes!r}")
+    axes = normalize_axes(axes, nd, "transpose", sort=False)
+    if len(axes) != nd:
         raise ValueError(f"transpose: axes {axes} are not a permutation of {nd} dimension(s)")
     if axes == tuple(range(nd)):
         return x
@@ -79,13 +82,18 @@ def moveaxis(x, source, destination):
     """Move one axis to a new position."""
     x = _dl(x)
     nd = x.ndim
-    order = [i for i in range(nd) if i != source % nd]
-    order.insert(destination % nd, source % nd)
+    source = normalize_axis_index(source, nd, "moveaxis")
+    destination = normalize_axis_index(destination, nd, "moveaxis")
+    order = [i for i in range(nd) if i != source]
+    order.insert(destination, source)
     return transpose(x, tuple(order))
 
 
 def swapaxes(x, a, b):
+    """Interchange two axes."""
     x = _dl(x)
+    a = normalize_axis_index(a, x.ndim, "swapaxes")
+    b = normalize_axis_index(b, x.ndim, "swapaxes")
     order = list(range(x.ndim))
     order[a], order[b] = order[b], order[a]
     return transpose(x, tuple(order))
@@ -137,7 +145,7 @@ def concatenate(arrays, axis=0):
     nd = arrays[0].ndim
     if nd == 0:
         raise ValueError("concatenate: zero-dimensional arrays cannot be concatenated")
-    axis = axis % nd
+    axis = normalize_axis_index(axis, nd, "concatenate")
     for i, a in enumerate(arrays):
         if a.ndim != nd or any(a.shape[d] != arrays[0].shape[d] for d in range(nd) if d != axis):
             raise ValueError(
@@ -151,6 +159,15 @@ def concatenate(arrays, axis=0):
 def stack(arrays, axis=0):
     """Join arrays along a new axis."""
     arrays = [_dl(a) for a in arrays]
+    if not arrays:
+        raise ValueError("stack: need at least one array")
+    axis = normalize_axis_index(axis, arrays[0].ndim + 1, "stack")
+    for i, a in enumerate(arrays):
+        if a.shape != arrays[0].shape:
+            raise ValueError(
+                f"stack: array {i} has shape {a.shape}, but array 0 has shape "
+                f"{arrays[0].shape}; all arrays must have the same shape"
+            )
     return concatenate([expand_dims(a, axis) for a in arrays], axis=axis)
 
 
@@ -162,10 +179,7 @@ _FLIP = Primitive(
 def flip(x, axis=None):
     """Reverse the order of elements along ``axis`` (all axes when None)."""
     x = _dl(x)
-    if isinstance(axis, int):
-        axis = (axis % x.ndim,)
-    elif axis is not None:
-        axis = tuple(a % x.ndim for a in axis)
+    axis = normalize_axes(axis, x.ndim, "flip")
     return bind(_FLIP, (x,), {"axis": axis}, x._fmt)
 
 
@@ -175,8 +189,7 @@ def squeeze(x, axis=None):
     if axis is None:
         shape = tuple(s for s in x.shape if s != 1)
     else:
-        axes = (axis,) if isinstance(axis, int) else tuple(axis)
-        axes = {a % x.ndim for a in axes}
+        axes = normalize_axes(axis, x.ndim, "squeeze")
         for a in axes:
             if x.shape[a] != 1:
                 raise ValueError(f"squeeze: axis {a} has length {x.shape[a]}, not 1")
@@ -188,7 +201,7 @@ def expand_dims(x, axis):
     """Insert an axis of length one at ``axis``."""
     x = _dl(x)
     nd = x.ndim + 1
-    axis = axis % nd
+    axis = normalize_axis_index(axis, nd, "expand_dims")
     shape = list(x.shape)
     shape.insert(axis, 1)
     return reshape(x, tuple(shape))
@@ -371,6 +384,7 @@ def setitem_inplace(x, idx, v):
         data[idx] = raw
     except (ValueError, IndexError) as exc:
         raise type(exc)(f"dlarray index assignment x[{idx!r}] = value: {exc}") from None
+    tape.bump_version(data)
     x._data = data
 
 
@@ -379,7 +393,12 @@ def take_along_axis(x, indices, axis):
     x = _dl(x)
     ind = indices._data if type(indices) is dlarray else np.asarray(indices)
     ind = ind.astype(np.int64)
-    axis = axis % x.ndim
+    axis = normalize_axis_index(axis, x.ndim, "take_along_axis")
+    if ind.ndim != x.ndim:
+        raise ValueError(
+            f"take_along_axis: indices must have the same number of dimensions as x "
+            f"({x.ndim}), got {ind.ndim}"
+        )
     grids = list(np.indices(ind.shape, sparse=True))
     grids[axis] = ind
     xp = _xp()
