@@ -325,3 +325,74 @@ def test_writes_before_recording_and_untraced_updates_are_fine():
         y = gg.sum(x * x)
     y.backward()
     np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0])
+
+
+# ------------------------------------------------------------------ 4 casts
+
+
+@pytest.mark.parametrize("dtype", [int, np.int32, bool, np.uint8])
+def test_cast_to_int_or_bool_carries_no_gradient(dtype):
+    def f(x):
+        y = gg.sum(x.astype(dtype).astype(np.float64) * x)
+        return gg.dlgradient(y, x)
+
+    x = np.array([1.5, -2.5, 3.0])
+    g = gg.dlfeval(f, gg.dlarray(x)).numpy()
+    np.testing.assert_array_equal(g, x.astype(dtype).astype(np.float64))
+
+
+def test_cast_to_float_or_complex_keeps_gradient():
+    g = gg.gradient(lambda x: gg.sum(gg.real(x.astype(np.complex128) * 2.0)))(
+        gg.dlarray([1.0, 2.0])
+    )
+    np.testing.assert_array_equal(g.numpy(), [2.0, 2.0])
+    g = gg.gradient(lambda x: gg.sum(x.astype(np.float32)))(gg.dlarray([1.0, 2.0]))
+    assert g.dtype == np.float64
+    np.testing.assert_array_equal(g.numpy(), [1.0, 1.0])
+
+
+# ------------------------------------------------------------------ 9 prod with zeros
+
+
+@pytest.mark.parametrize(
+    "data,axis",
+    [
+        ([2.0, 0.0, 3.0, 4.0], None),
+        ([0.0, 0.0, 3.0], None),
+        ([[1.0, 0.0, 2.0], [3.0, 4.0, 5.0]], 1),
+        ([[1.0, 0.0, 2.0], [0.0, 4.0, 5.0]], 0),
+        ([[[1.0, 0.0], [2.0, 3.0]], [[4.0, 5.0], [0.0, 0.5]]], (0, 2)),
+        ([0.0], None),
+    ],
+)
+def test_prod_with_zeros_first_and_second_order(data, axis):
+    x = gg.dlarray(np.array(data))
+    gg.testing.check_gradient(lambda a: gg.prod(a, axis=axis), x, order=2)
+    g = gg.gradient(lambda a: gg.sum(gg.prod(a, axis=axis)))(x).numpy()
+    a = np.array(data)
+    expected = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        b = a.copy()
+        b[idx] = 1.0
+        # d prod / d a[idx] = product of the others in its reduction group
+        expected[idx] = np.prod(b, axis=axis, keepdims=True)[
+            tuple(0 if (axis is None or i in np.atleast_1d(axis)) else j for i, j in enumerate(idx))
+        ]
+    np.testing.assert_allclose(g, expected)
+
+
+def test_prod_gradient_with_a_zero_is_vectorised():
+    a = np.full(100_000, 1.0)
+    a[17] = 0.0
+    x = gg.dlarray(a)
+
+    def f(v):
+        return gg.dlgradient(gg.prod(v), v, enable_higher_derivatives=True)
+
+    # the rule runs O(log n) recorded ops (it used to run about 2n)
+    before = next(gg.tape._seq)
+    g = gg.dlfeval(f, x).numpy()
+    assert next(gg.tape._seq) - before < 200
+    expected = np.zeros_like(a)
+    expected[17] = 1.0
+    np.testing.assert_array_equal(g, expected)

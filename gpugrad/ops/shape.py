@@ -224,11 +224,18 @@ _ASTYPE = Primitive(
 
 
 def astype(x, dtype):
-    """Cast to ``dtype`` (float or complex keep gradients)."""
+    """Cast to ``dtype``. Casts to float or complex keep gradients; casts to integer or
+    bool types carry none (the result is a constant, as in PyTorch and JAX)."""
     x = _dl(x)
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"astype: dtype must be a NumPy dtype, got {dtype!r}") from None
     if x.dtype == dtype:
         return x
+    if dtype.kind not in "fc":
+        # why: a step function has zero derivative; passing g through was a silent error
+        return make(x._data.astype(dtype), x._fmt, None, 0, x._taint)
     return bind(_ASTYPE, (x,), {"dtype": dtype}, x._fmt)
 
 
