@@ -396,3 +396,39 @@ def test_prod_gradient_with_a_zero_is_vectorised():
     expected = np.zeros_like(a)
     expected[17] = 1.0
     np.testing.assert_array_equal(g, expected)
+
+
+# ------------------------------------------------------------------ 10 exact erf in gelu
+
+
+def test_gelu_exact_is_erf_to_float64_precision():
+    import math
+
+    from gpugrad.nn.functional import _ONE_PLUS_ERF
+
+    z = np.concatenate([np.linspace(-6, 6, 4001), [-0.597, 1e-12, -1e-300, 0.0, 27.0]])
+    got = _ONE_PLUS_ERF(gg.dlarray(z)).numpy()
+    erf = np.array([math.erf(v) for v in z])
+    nz = np.abs(z) >= 0.5  # (near 0 the primitive's 1 + erf is compared through gelu)
+    # erf = (1 + erf) - 1 to 1e-15 relative to math.erf
+    assert (np.abs((got - 1) - erf)[nz] / np.abs(erf[nz])).max() < 1e-15
+    # and 1 + erf = erfc(-z) without cancellation in the far left tail (SciPy's erfc
+    # is within a few ulp there: 4e-15 relative at 1e-17)
+    want = np.array([math.erfc(-v) for v in z])
+    assert (np.abs(got - want) / want).max() < 5e-15
+    x = np.concatenate([np.linspace(-8, 8, 4001), [-0.597]])
+    got = gg.gelu(gg.dlarray(x)).numpy()
+    want = np.array([0.5 * v * math.erfc(-(v * (1 / math.sqrt(2)))) for v in x])
+    rel = np.abs(got - want) / np.maximum(np.abs(want), 1e-300)
+    assert rel[want != 0].max() < 5e-15
+    assert (got[want == 0] == 0).all()
+
+
+def test_gelu_exact_gradients_first_and_second_order():
+    x = gg.dlarray(np.array([-2.0, -0.597, 0.0, 0.4, 3.0]))
+    gg.testing.check_gradient(lambda a: gg.gelu(a), x, order=2)
+    g = gg.gradient(lambda a: gg.sum(gg.gelu(a)))(x).numpy()
+    v = x.numpy()
+    pdf = np.exp(-v * v / 2) / np.sqrt(2 * np.pi)
+    cdf = np.array([0.5 * (1 + __import__("math").erf(t / np.sqrt(2))) for t in v])
+    np.testing.assert_allclose(g, cdf + v * pdf, rtol=1e-14, atol=1e-16)
