@@ -432,3 +432,60 @@ def test_gelu_exact_gradients_first_and_second_order():
     pdf = np.exp(-v * v / 2) / np.sqrt(2 * np.pi)
     cdf = np.array([0.5 * (1 + __import__("math").erf(t / np.sqrt(2))) for t in v])
     np.testing.assert_allclose(g, cdf + v * pdf, rtol=1e-14, atol=1e-16)
+
+
+# ------------------------------------------------------------------ 7 empty inputs
+
+
+def test_mean_of_empty_is_nan_as_numpy():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(float(gg.mean(gg.zeros((0,)))))
+        out = gg.mean(gg.zeros((2, 0)), axis=1).numpy()
+    assert out.shape == (2,) and np.isnan(out).all()
+    np.testing.assert_array_equal(gg.mean(gg.zeros((0, 3)), axis=1).numpy(), np.zeros(0))
+
+
+def test_logsumexp_of_empty_is_minus_inf():
+    assert float(gg.logsumexp(gg.zeros((0,)))) == -np.inf
+    out = gg.logsumexp(gg.zeros((2, 0)), axis=1, keepdims=True).numpy()
+    assert out.shape == (2, 1) and (out == -np.inf).all()
+
+
+@pytest.mark.parametrize("fn", [gg.max, gg.min])
+def test_max_of_empty_is_a_clear_error(fn):
+    with pytest.raises(ValueError, match=f"{fn.__name__}: cannot reduce an empty array"):
+        fn(gg.zeros((2, 0)), axis=1)
+    assert fn(gg.zeros((2, 0)), axis=0).shape == (0,)
+
+
+def test_dot_with_zero_inner_dimension_is_zeros():
+    a, b = gg.zeros((2, 0)), gg.zeros((0, 3))
+    np.testing.assert_array_equal(gg.dot(a, b).numpy(), np.zeros((2, 3)))
+    ga, gb = gg.gradient(lambda p, q: gg.sum(gg.matmul(p, q)))(a, b)
+    assert ga.shape == (2, 0) and gb.shape == (0, 3)
+
+
+def test_batchnorm_on_an_empty_batch_leaves_running_statistics():
+    layer = gg.nn.BatchNorm(3)
+    layer.running_mean[...] = [1.0, 2.0, 3.0]
+    before = (layer.running_mean.copy(), layer.running_var.copy())
+    with gg.autograd.train_mode():
+        y = layer(gg.dlarray(np.zeros((0, 3))))
+    assert y.shape == (0, 3)
+    np.testing.assert_array_equal(layer.running_mean, before[0])
+    np.testing.assert_array_equal(layer.running_var, before[1])
+    x = gg.dlarray(np.zeros((3, 0)), "CB")
+    rm, rv = gg.dlarray(np.ones(3)), gg.dlarray(np.full(3, 2.0))
+    y, m, v = gg.batchnorm(x, gg.zeros((3,)), gg.ones((3,)), rm, rv, training=True)
+    np.testing.assert_array_equal(m.numpy(), np.ones(3))
+    np.testing.assert_array_equal(v.numpy(), np.full(3, 2.0))
+
+
+def test_lstm_over_no_time_steps_is_a_clear_error():
+    x = gg.dlarray(np.zeros((2, 1, 0)), "CBT")
+    h0 = gg.dlarray(np.zeros((4, 1)), "CB")
+    with pytest.raises(ValueError, match="lstm: the input has no time steps"):
+        gg.lstm(x, h0, h0, gg.zeros((16, 2)), gg.zeros((16, 4)), gg.zeros((16,)))

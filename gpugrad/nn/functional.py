@@ -703,6 +703,8 @@ def batchnorm(
         m *= xs.shape[a]
     rm = _dl(running_mean)
     rv = _dl(running_var)
+    if m == 0:  # an empty batch has no statistics: leave the running ones (PyTorch)
+        return y, rm, rv
     # MATLAB stores the unbiased variance in the running statistics
     unbiased = var._data * (m / max(m - 1, 1))
     new_mean = make((1 - mean_decay) * rm._data + mean_decay * mu._data.reshape(rm.shape), rm._fmt)
@@ -743,6 +745,11 @@ def _sequence_input(x, data_format, where):
     n = xs.shape[f.fmt.index("B")] if "B" in f.fmt else 1
     t = xs.shape[f.fmt.index("T")] if "T" in f.fmt else 1
     full = reshape(xs, (c, n, t))
+    if t == 0:  # as PyTorch: a recurrence over no time steps has no output
+        raise ValueError(
+            f"{where}: the input has no time steps (T = 0, shape {f.x.shape}); a "
+            "recurrent layer needs a sequence of length >= 1"
+        )
     return f, transpose(full, (2, 1, 0)), (t, n, c)
 
 

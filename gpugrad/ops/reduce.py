@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import builtins
+from contextlib import nullcontext
 
 from ..array import dlarray
 from .axes import normalize_axes, normalize_axis_index
@@ -14,6 +14,11 @@ from .shape import broadcast_to, concatenate, flip, getitem, moveaxis, reshape
 
 def _xp():
     return _STATE["xp"]
+
+
+def _errstate(**kw):
+    xp = _STATE["xp"]
+    return xp.errstate(**kw) if hasattr(xp, "errstate") else nullcontext()
 
 
 def normalize_axis(axis, ndim, where="axis"):
@@ -89,7 +94,9 @@ def mean(x, axis=None, keepdims=False):
         x = dlarray(x)
     axes = normalize_axis(axis, x.ndim, "mean")
     n = x.size if axes is None else _prod_int(x.shape[a] for a in axes)
-    return sum(x, axes, keepdims) / builtins.max(n, 1)
+    if n == 0:  # the mean of nothing is NaN (NumPy, PyTorch, MATLAB), without a warning
+        return sum(x, axes, keepdims) * float("nan")
+    return sum(x, axes, keepdims) / n
 
 
 def _prod_int(values):
@@ -194,14 +201,27 @@ _MIN = Primitive(
 )
 
 
+def _nonempty(x, axis, where):
+    if type(x) is not dlarray:
+        x = dlarray(x)
+    axes = normalize_axis(axis, x.ndim, where)
+    if x.size == 0 and (axes is None or any(x.shape[a] == 0 for a in axes)):
+        raise ValueError(
+            f"{where}: cannot reduce an empty array (shape {x.shape}) along "
+            f"{'all axes' if axes is None else f'axis {axis!r}'}: the {where}imum of "
+            "nothing is undefined (NumPy raises too)"
+        )
+    return x
+
+
 def max(x, axis=None, keepdims=False):  # noqa: A001
     """Maximum over ``axis``; ties share the gradient."""
-    return _reduce(_MAX, x, axis, keepdims, "max")
+    return _reduce(_MAX, _nonempty(x, axis, "max"), axis, keepdims, "max")
 
 
 def min(x, axis=None, keepdims=False):  # noqa: A001
     """Minimum over ``axis``; ties share the gradient."""
-    return _reduce(_MIN, x, axis, keepdims, "min")
+    return _reduce(_MIN, _nonempty(x, axis, "min"), axis, keepdims, "min")
 
 
 # ------------------------------------------------------------------ composites
@@ -237,9 +257,14 @@ def logsumexp(x, axis=None, keepdims=False):
     if type(x) is not dlarray:
         x = dlarray(x)
     axes = normalize_axis(axis, x.ndim, "logsumexp")
-    m = make(_xp().max(x._data, axis=axes, keepdims=True))  # a constant shift
-    m = make(_xp().where(_xp().isfinite(m._data), m._data, 0))
-    out = log(sum(exp(x - m), axes, keepdims=True)) + m
+    xp = _xp()
+    if x.size == 0:  # the log of an empty sum: -inf (NumPy, PyTorch)
+        m = make(xp.zeros(_kept_shape(x.shape, axes), x.dtype))
+    else:
+        m = make(xp.max(x._data, axis=axes, keepdims=True))  # a constant shift
+        m = make(xp.where(xp.isfinite(m._data), m._data, 0))
+    with _errstate(divide="ignore"):
+        out = log(sum(exp(x - m), axes, keepdims=True)) + m
     if not keepdims:
         out = reshape(
             out, tuple(s for i, s in enumerate(x.shape) if axes is not None and i not in axes)
