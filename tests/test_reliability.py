@@ -489,3 +489,28 @@ def test_lstm_over_no_time_steps_is_a_clear_error():
     h0 = gg.dlarray(np.zeros((4, 1)), "CB")
     with pytest.raises(ValueError, match="lstm: the input has no time steps"):
         gg.lstm(x, h0, h0, gg.zeros((16, 2)), gg.zeros((16, 4)), gg.zeros((16,)))
+
+
+# ------------------------------------------------------------------ 8 NumPy subclasses
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_matrix_becomes_a_plain_array():
+    m = np.matrix([[1.0, 2.0], [3.0, 4.0]])
+    x = gg.dlarray(m)
+    assert type(np.asarray(x)) is np.ndarray
+    np.testing.assert_array_equal((x * x).numpy(), [[1.0, 4.0], [9.0, 16.0]])
+    np.testing.assert_array_equal((gg.dlarray(np.eye(2)) * m).numpy(), [[1.0, 0.0], [0.0, 4.0]])
+    g = gg.gradient(lambda a: gg.sum(a * a))(gg.dlarray(m))
+    assert type(g.numpy()) is np.ndarray and g.shape == (2, 2)
+
+
+def test_masked_arrays_are_plain_or_rejected():
+    clean = np.ma.masked_array([1.0, 2.0], mask=[False, False])
+    x = gg.dlarray(clean)
+    assert type(x._data) is np.ndarray
+    np.testing.assert_array_equal((x * 2.0).numpy(), [2.0, 4.0])
+    with pytest.raises(TypeError, match="masked"):
+        gg.dlarray(np.ma.masked_array([1.0, 2.0], mask=[True, False]))
+    with pytest.raises(TypeError, match="masked"):
+        gg.dlarray([1.0, 2.0]) + np.ma.masked_array([1.0, 2.0], mask=[True, False])
