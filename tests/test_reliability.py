@@ -514,3 +514,48 @@ def test_masked_arrays_are_plain_or_rejected():
         gg.dlarray(np.ma.masked_array([1.0, 2.0], mask=[True, False]))
     with pytest.raises(TypeError, match="masked"):
         gg.dlarray([1.0, 2.0]) + np.ma.masked_array([1.0, 2.0], mask=[True, False])
+
+
+# ------------------------------------------------------------------ 11 kernel wrappers (emu)
+
+
+@pytest.fixture
+def emu():
+    old = gg.device()
+    gg.backend.set_device("emu")
+    try:
+        yield
+    finally:
+        gg.backend.set_device(old)
+
+
+def test_relu_of_a_0d_array_keeps_its_shape(emu):
+    from gpugrad.backend import kernels
+
+    assert kernels.relu_fwd(np.array(-2.0)).shape == ()
+    assert kernels.relu_bwd(np.array(1.0), np.array(3.0)).shape == ()
+    y = gg.relu(gg.dlarray(np.float64(1.5)))
+    assert y.shape == () and float(y) == 1.5
+    g = gg.gradient(lambda a: gg.relu(a))(gg.dlarray(np.float64(1.5)))
+    assert g.shape == () and float(g) == 1.0
+
+
+def test_lstm_float32_with_a_float64_bias(emu):
+    rng = np.random.default_rng(0)
+    h = 3
+    xs = gg.dlarray(rng.standard_normal((2, 2, 4)).astype(np.float32), "CBT")
+    h0 = gg.dlarray(np.zeros((h, 2), np.float32), "CB")
+    w = gg.dlarray(rng.standard_normal((4 * h, 2)).astype(np.float32))
+    r = gg.dlarray(rng.standard_normal((4 * h, h)).astype(np.float32))
+    b64 = rng.standard_normal(4 * h)
+
+    def loss(wi, ri, bi):
+        y, _, _ = gg.lstm(xs, h0, h0, wi, ri, bi)
+        return gg.sum(y)
+
+    gw, gr, gb = gg.dlfeval(lambda *a: gg.dlgradient(loss(*a), *a), w, r, gg.dlarray(b64))
+    assert gb.dtype == np.float64 and gw.dtype == np.float32
+    gg.backend.set_device("cpu")
+    cw, cr, cb = gg.dlfeval(lambda *a: gg.dlgradient(loss(*a), *a), w, r, gg.dlarray(b64))
+    np.testing.assert_allclose(gb.numpy(), cb.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(gw.numpy(), cw.numpy(), rtol=1e-4)

@@ -336,7 +336,11 @@ def _prepare(a, fn: str, arg: str, ndim: int | None = None, dtype=None, layout: 
     if a is None:
         raise TypeError(f"{fn}: {arg} is required")
     xp = backend.xp()
-    a = xp.ascontiguousarray(xp.asarray(a))
+    a = xp.asarray(a)
+    if a.ndim == 0:  # why: ascontiguousarray makes a 0-d array 1-d; keep the shape
+        a = xp.ascontiguousarray(a.reshape(1)).reshape(())
+    else:
+        a = xp.ascontiguousarray(a)
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{fn}: {arg} must be {ndim}-D{layout}, got shape {tuple(a.shape)}")
     _dtype_suffix(a.dtype, fn, arg)
