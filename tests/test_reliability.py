@@ -559,3 +559,63 @@ def test_lstm_float32_with_a_float64_bias(emu):
     cw, cr, cb = gg.dlfeval(lambda *a: gg.dlgradient(loss(*a), *a), w, r, gg.dlarray(b64))
     np.testing.assert_allclose(gb.numpy(), cb.numpy(), rtol=1e-5)
     np.testing.assert_allclose(gw.numpy(), cw.numpy(), rtol=1e-4)
+
+
+# ------------------------------------------------------------------ 12 fork safety (emu)
+
+_FORK_SCRIPT = r"""
+import ctypes, os, sys, threading, time
+import numpy as np
+import gpugrad as gg
+gg.backend.set_device("emu")
+from gpugrad.backend import emu, kernels
+x = np.linspace(-1.0, 1.0, 4096)
+kernels.relu_fwd(x)  # compiles and loads the kernel library
+lib = next(iter(emu._libs.values()))
+hold = lib.gpugrad_emu_debug_hold_stacks
+hold.argtypes = [ctypes.c_uint]
+stuck = 0
+for _ in range(3):
+    # another thread holds the runtime's stack lock (as a worker taking a fiber stack)
+    t = threading.Thread(target=hold, args=(300,))
+    t.start()
+    time.sleep(0.05)
+    pid = os.fork()
+    if pid == 0:
+        ok = (kernels.relu_fwd(x) == np.maximum(x, 0)).all()
+        os._exit(0 if ok else 3)
+    deadline = time.time() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0, status
+            break
+        if time.time() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            stuck += 1
+            break
+        time.sleep(0.01)
+    t.join()
+print("stuck", stuck)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_fork_while_a_thread_holds_the_emulator_lock_does_not_deadlock():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "GPUGRAD_DEVICE": "emu", "PYTHONPATH": root}
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _FORK_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "stuck 0" in out.stdout
