@@ -619,3 +619,48 @@ def test_fork_while_a_thread_holds_the_emulator_lock_does_not_deadlock():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "stuck 0" in out.stdout
+
+
+# ------------------------------------------------------------------ 14 clear errors
+
+_X = gg.dlarray([[1.0, 2.0], [3.0, 4.0]])
+_CLEAR = [
+    (lambda: gg.zeros((-1, 2)), ValueError, r"zeros: shape .*non-negative.*\(-1, 2\)"),
+    (lambda: gg.zeros((10**13,)), MemoryError, r"zeros: .*80,000,000,000,000 bytes"),
+    (lambda: gg.ones((10**13,)), MemoryError, r"ones: .*bytes"),
+    (lambda: gg.zeros("ab"), ValueError, "zeros: shape"),
+    (lambda: gg.full((2,), "a"), TypeError, "full: value must be a number"),
+    (lambda: gg.random.normal(shape=(-3,)), ValueError, r"gg.random.normal: shape .*\(-3,\)"),
+    (lambda: gg.random.uniform(shape=(10**12,)), MemoryError, "gg.random.uniform: .*bytes"),
+    (lambda: gg.nn.Dense(10**7, 10**7), MemoryError, r"\(10000000, 10000000\).*bytes"),
+    (
+        lambda: gg.onehotencode(gg.dlarray([0.0, 1.0]), 0, num_classes=10**12),
+        MemoryError,
+        "onehotencode: .*bytes",
+    ),
+    (lambda: gg.linspace(0, 1, -5), ValueError, "linspace: num must be a non-negative int"),
+    (lambda: gg.arange(0, 5, 0), ValueError, "arange: step must not be 0"),
+    (lambda: gg.eye(-1), ValueError, "eye: n"),
+    (lambda: _X + "abc", TypeError, "add: operand must be a number"),
+    (lambda: _X + None, TypeError, "add: operand must be a number"),
+    (lambda: None * _X, TypeError, "multiply: operand"),
+    (lambda: gg.reshape(_X, "abc"), TypeError, "reshape: shape must be"),
+    (lambda: gg.sum(_X, axis=1.5), TypeError, "sum: axis must be an int"),
+    (lambda: gg.random.seed("abc"), TypeError, "gg.random.seed: n must be"),
+    (lambda: gg.random.seed(-1), TypeError, "gg.random.seed: n must be"),
+    (lambda: gg.max(gg.zeros((0,))), ValueError, "max: cannot reduce an empty array"),
+    (lambda: gg.swapaxes(_X, 0, 2), ValueError, "swapaxes: axis 2 is out of bounds"),
+    (lambda: gg.cumsum(_X, 5), ValueError, "cumsum: axis 5 is out of bounds"),
+]
+
+
+@pytest.mark.parametrize("fn,exc,match", _CLEAR, ids=[str(i) for i in range(len(_CLEAR))])
+def test_bad_input_gets_a_gpugrad_message(fn, exc, match):
+    with pytest.raises(exc, match=match):
+        fn()
+
+
+def test_onehotencode_allocates_only_its_output():
+    out = gg.onehotencode(gg.dlarray([[3.0, 0.0]]), 0, num_classes=200_000)
+    assert out.shape == (200_000, 2)
+    assert float(gg.sum(out)) == 2.0 and float(out[3, 0]) == 1.0 and float(out[0, 1]) == 1.0

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import random as _random
 from .. import tape
+from .._alloc import allocate
 from .._checks import fraction, positive
 from ..array import check_format, dlarray
 from ..backend import to_host
@@ -1115,7 +1116,11 @@ def onehotencode(labels, feature_dim, num_classes=None, *, classes=None, fmt=Non
         codes = _class_indices(host, where, "labels", k)
     if feature_dim < host.ndim and host.shape[feature_dim] == 1:
         codes = np.squeeze(codes, axis=feature_dim)
-    out = np.moveaxis(np.eye(k)[codes], -1, feature_dim)
+    # why: np.eye(k)[codes] allocated k x k (80 GB for 10**5 classes)
+    shape = codes.shape + (k,)
+    out = allocate(where, shape, np.float64, lambda: np.zeros(shape))
+    np.put_along_axis(out, codes[..., None], 1.0, axis=-1)
+    out = np.moveaxis(out, -1, feature_dim)
     return dlarray(_xp().asarray(out), fmt)
 
 

@@ -129,6 +129,23 @@ def coerce(a):
     return as_raw(a)
 
 
+def operand(a, where):
+    """``coerce`` for an operand of an arithmetic op: a number or a numeric array,
+    else a TypeError naming the op (not NumPy's ufunc-loop message)."""
+    if a is None or isinstance(a, (str, bytes)):
+        raise TypeError(f"{where}: operand must be a number or a numeric array, got {a!r}")
+    try:
+        raw = coerce(a)
+    except TypeError as exc:
+        raise TypeError(f"{where}: operand must be a number or a numeric array: {exc}") from None
+    if getattr(raw, "dtype", None) is not None and raw.dtype.kind not in "biufc":
+        raise TypeError(
+            f"{where}: operand must be a number or a numeric array, got {type(a).__name__} "
+            f"of dtype {raw.dtype}"
+        )
+    return raw
+
+
 def bind(prim, args, params=None, fmt=""):
     """Apply ``prim`` to ``args``; record a node if an input is traced and recording is on."""
     raws = []

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import tape
 from ..array import check_same_device, dlarray
-from .core import _STATE, Primitive, _record1, _record2, bind, cj, coerce, make
+from .core import _STATE, Primitive, _record1, _record2, bind, cj, coerce, make, operand
 
 _FRAME = tape.FRAME
 
@@ -48,8 +48,8 @@ def _bind2(prim, a, b, params=None):
     """Binary fast path with broadcasting, device and format checks."""
     ta = type(a) is dlarray
     tb = type(b) is dlarray
-    ra = a._data if ta else coerce(a)
-    rb = b._data if tb else coerce(b)
+    ra = a._data if ta else operand(a, prim.name)
+    rb = b._data if tb else operand(b, prim.name)
     tra, trb = type(ra), type(rb)
     if tra is not trb and tra not in _PY and trb not in _PY and tra.__module__ != trb.__module__:
         check_same_device(ra, rb, prim.name)

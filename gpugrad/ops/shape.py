@@ -42,7 +42,11 @@ def reshape(x, *shape):
     x = _dl(x)
     if len(shape) == 1 and not isinstance(shape[0], int):
         shape = shape[0]
-    shape = tuple(int(s) for s in shape)
+    if isinstance(shape, (str, bytes)) or not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in _items(shape)
+    ):
+        raise TypeError(f"reshape: shape must be an int or a tuple of ints, got {shape!r}")
+    shape = tuple(int(s) for s in _items(shape))
     if shape == x._data.shape:
         return x
     try:
@@ -57,6 +61,13 @@ def reshape(x, *shape):
 def _transpose_vjp(g, ans, x, axes):
     inverse = tuple(int(i) for i in np.argsort(axes))
     return (transpose(g, inverse),)
+
+
+def _items(shape):
+    try:
+        return tuple(shape)
+    except TypeError:
+        return (shape,)
 
 
 _TRANSPOSE = Primitive("transpose", lambda x, axes: x.transpose(axes), _transpose_vjp)
