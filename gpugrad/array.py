@@ -225,14 +225,29 @@ def as_raw(data):
         return data.get()
     if dev == "cuda":
         return backend.xp().asarray(data)
-    if isinstance(data, np.ndarray):
+    if type(data) is np.ndarray:
         return data
+    if isinstance(data, np.ndarray):
+        return _plain(data)
     if isinstance(data, np.generic):
         return data
     try:
         return np.asarray(data)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"dlarray: cannot make an array from {type(data).__name__}: {exc}") from exc
+
+
+def _plain(data):
+    """A plain ndarray for a NumPy subclass: np.matrix would make ``*`` a matrix
+    product, a masked array would silently use its masked values."""
+    if isinstance(data, np.ma.MaskedArray):
+        if np.ma.getmaskarray(data).any():
+            raise TypeError(
+                "dlarray: masked arrays with masked entries are not supported; fill them "
+                "first, e.g. data.filled(0.0)"
+            )
+        return np.asarray(data.data)
+    return np.asarray(data).view(np.ndarray)
 
 
 def _normalize_dtype(raw, dtype, where):

@@ -3,6 +3,8 @@
 Creation functions that take values (``full``, ``linspace``, ``arange``,
 ``meshgrid``) are differentiable in them: given a traced dlarray while recording
 they build the result from gpugrad ops, so gradients flow back to the values.
+Bad shapes, sizes and values raise an error naming the function and the argument;
+an allocation too large for the machine says how many bytes it asked for.
 
 >>> import gpugrad as gg
 >>> float(gg.gradient(lambda a: gg.sum(gg.linspace(a, 3.0, 5)))(1.0))  # sum of (1 - t)
@@ -11,9 +13,12 @@ they build the result from gpugrad ops, so gradients flow back to the values.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import backend, tape
+from ._alloc import allocate, shape_arg
 from .array import dlarray
 from .ops.core import make
 
@@ -34,35 +39,45 @@ def _value_dtype(dtype, *vals):
     return np.result_type(*kinds) if kinds else np.dtype(np.float64)
 
 
-def _dtype(dtype):
-    dt = np.dtype(np.float64 if dtype is None else dtype)
+def _dtype(dtype, where="dtype"):
+    try:
+        dt = np.dtype(np.float64 if dtype is None else dtype)
+    except TypeError:
+        raise TypeError(f"{where}: dtype must be a NumPy numeric dtype, got {dtype!r}") from None
     if dt.kind in "iu":
         dt = np.dtype(np.float64)
+    if dt.kind not in "fcb":
+        raise TypeError(f"{where}: dtype must be a float, complex or bool type, got {dt}")
     return dt
 
 
-def _shape(shape):
-    if isinstance(shape, (int, np.integer)):
-        return (int(shape),)
-    return tuple(int(s) for s in shape)
+def _number(value, where, arg):
+    """A Python/NumPy number (an untraced one-element dlarray is read as its value)."""
+    if isinstance(value, dlarray) and value.size == 1:
+        value = value.item()
+    if isinstance(value, (str, bytes)) or not isinstance(value, numbers.Number):
+        raise TypeError(f"{where}: {arg} must be a number, got {value!r}")
+    return value
 
 
 def _fmt(out, fmt):
     return dlarray(out, fmt) if fmt else out
 
 
+def _filled(where, shape, dtype, fill):
+    shape = shape_arg(shape, where)
+    dt = _dtype(dtype, where)
+    return make(allocate(where, shape, dt, lambda: fill(shape, dt)))
+
+
 def zeros(shape, dtype=None, fmt=None):
     """An array of zeros (float64 unless ``dtype`` is given).
-
-    >>> import gpugrad as gg
-    >>> gg.zeros((2, 3)).shape
-    (2, 3)
 
     >>> import gpugrad as gg
     >>> gg.zeros((2, 3)).shape, gg.zeros(2, dtype="float32").dtype
     ((2, 3), dtype('float32'))
     """
-    return _fmt(make(backend.xp().zeros(_shape(shape), _dtype(dtype))), fmt)
+    return _fmt(_filled("zeros", shape, dtype, backend.xp().zeros), fmt)
 
 
 def ones(shape, dtype=None, fmt=None):
@@ -73,7 +88,7 @@ def ones(shape, dtype=None, fmt=None):
     array([[1., 1.],
            [1., 1.]])
     """
-    return _fmt(make(backend.xp().ones(_shape(shape), _dtype(dtype))), fmt)
+    return _fmt(_filled("ones", shape, dtype, backend.xp().ones), fmt)
 
 
 def full(shape, value, dtype=None, fmt=None):
@@ -90,12 +105,15 @@ def full(shape, value, dtype=None, fmt=None):
 
         dt = _value_dtype(dtype, value)
         v = astype(value, dt) if value.dtype != dt else value
-        return _fmt(v * make(backend.xp().ones(_shape(shape), dt)), fmt)
-    if type(value) is dlarray:
-        value = value._data
+        return _fmt(v * _filled("full", shape, dt, backend.xp().ones), fmt)
+    if type(value) is dlarray and value.size != 1:
+        value = value._data  # an array that broadcasts to shape
+    else:
+        value = _number(value, "full", "value")
     if dtype is None and isinstance(value, complex):
         dtype = np.complex128
-    return _fmt(make(backend.xp().full(_shape(shape), value, _dtype(dtype))), fmt)
+    xp = backend.xp()
+    return _fmt(_filled("full", shape, dtype, lambda s, dt: xp.full(s, value, dt)), fmt)
 
 
 def zeros_like(x, dtype=None):
@@ -121,8 +139,8 @@ def ones_like(x, dtype=None):
     return make(backend.xp().ones(x.shape, dtype or x.dtype), x.fmt)
 
 
-def _scalar(v):
-    return v._data.item() if type(v) is dlarray else v
+def _count(start, stop, step):
+    return max(int(np.ceil((stop - start) / step)), 0) if not isinstance(step, complex) else 0
 
 
 def arange(start, stop=None, step=1, dtype=None):
@@ -137,12 +155,24 @@ def arange(start, stop=None, step=1, dtype=None):
     if stop is None:
         start, stop = 0, start
     if _traced(start, step):
-        n = len(np.arange(_scalar(start), _scalar(stop), _scalar(step)))
+        s0 = _number(start._data.item() if type(start) is dlarray else start, "arange", "start")
+        st = _number(step._data.item() if type(step) is dlarray else step, "arange", "step")
+        if st == 0:
+            raise ValueError("arange: step must not be 0")
+        n = _count(s0, _number(stop, "arange", "stop"), st)
         dt = _value_dtype(dtype, start, step)
-        i = make(backend.xp().arange(n).astype(dt))
+        i = make(allocate("arange", (n,), dt, lambda: backend.xp().arange(n).astype(dt)))
         return start + step * i
-    start, stop, step = _scalar(start), _scalar(stop), _scalar(step)
-    return make(backend.xp().arange(start, stop, step).astype(_dtype(dtype)))
+    start = _number(start, "arange", "start")
+    stop = _number(stop, "arange", "stop")
+    step = _number(step, "arange", "step")
+    if step == 0:
+        raise ValueError("arange: step must not be 0")
+    dt = _dtype(dtype, "arange")
+    n = _count(start, stop, step)
+    return make(
+        allocate("arange", (n,), dt, lambda: backend.xp().arange(start, stop, step).astype(dt))
+    )
 
 
 def linspace(start, stop, num=50, dtype=None):
@@ -155,22 +185,30 @@ def linspace(start, stop, num=50, dtype=None):
     >>> gg.linspace(0, 1, 5).numpy()
     array([0.  , 0.25, 0.5 , 0.75, 1.  ])
     """
+    if isinstance(num, bool) or not isinstance(num, numbers.Integral) or num < 0:
+        raise ValueError(f"linspace: num must be a non-negative int, got {num!r}")
     num = int(num)
     if _traced(start, stop):
         from .ops import reshape
 
         dt = _value_dtype(dtype, start, stop)
         nd = max(getattr(start, "ndim", 0), getattr(stop, "ndim", 0))
-        t = backend.xp().linspace(0.0, 1.0, num).astype(dt)
-        t = make(t.reshape((num,) + (1,) * nd))
+        t = allocate("linspace", (num,), dt, lambda: backend.xp().linspace(0.0, 1.0, num))
+        t = make(t.astype(dt).reshape((num,) + (1,) * nd))
         out = start * (1 - t) + stop * t
         return out if out.shape[0] == num else reshape(out, (num,) + out.shape[1:])
-    start, stop = _raw_value(start), _raw_value(stop)
-    return make(backend.xp().linspace(start, stop, num).astype(_dtype(dtype)))
-
-
-def _raw_value(v):
-    return v._data if type(v) is dlarray else v
+    if isinstance(start, dlarray) and start.size != 1:
+        start = start._data  # array end points, as NumPy
+    elif not isinstance(start, np.ndarray):
+        start = _number(start, "linspace", "start")
+    if isinstance(stop, dlarray) and stop.size != 1:
+        stop = stop._data
+    elif not isinstance(stop, np.ndarray):
+        stop = _number(stop, "linspace", "stop")
+    dt = _dtype(dtype, "linspace")
+    return make(
+        allocate("linspace", (num,), dt, lambda: backend.xp().linspace(start, stop, num)).astype(dt)
+    )
 
 
 def meshgrid(*xs, indexing="xy"):
@@ -215,4 +253,9 @@ def eye(n, m=None, dtype=None):
     array([[1., 0.],
            [0., 1.]])
     """
-    return make(backend.xp().eye(n, m, dtype=_dtype(dtype)))
+    if not isinstance(n, numbers.Integral):
+        raise ValueError(f"eye: n must be a non-negative int, got {n!r}")
+    (n,) = shape_arg(n, "eye", "n")
+    (m,) = (n,) if m is None else shape_arg(m, "eye", "m")
+    dt = _dtype(dtype, "eye")
+    return make(allocate("eye", (n, m), dt, lambda: backend.xp().eye(n, m, dtype=dt)))

@@ -25,6 +25,7 @@ from ._checks import nonnegative as _nonnegative
 from ._checks import positive as _positive
 from .array import dlarray
 from .ops.core import _STATE, host_call, make
+from .tape import bump_version
 from .tree import leaves, map_arrays
 
 
@@ -383,6 +384,7 @@ class SGD(_Optimizer):
         self.step += 1
         for path, p, g in pairs:
             data = p._data
+            bump_version(data)  # in place: a trace that saved it must not use it
             if decay:
                 g = g + decay * data
             if not mu:
@@ -462,6 +464,7 @@ class Adam(_Optimizer):
         xp, moments = _xp(), self.moments
         for path, p, g in pairs:
             data = p._data
+            bump_version(data)  # in place: a trace that saved it must not use it
             if decay:
                 g = g + decay * data
             if data.dtype.kind == "c":
@@ -527,6 +530,7 @@ def sgdmupdate(net, grad, vel=None, learn_rate=0.01, momentum=0.9):
     for (_, p, g), v in zip(pairs, buffers):
         v *= mu
         v -= lr * g
+        bump_version(p._data)
         p._data += v
     return net, vel
 
@@ -584,6 +588,7 @@ def adamupdate(
     xp = _xp()
     for (_, p, g), m, v in zip(pairs, firsts, seconds):
         data = p._data
+        bump_version(data)
         if data.dtype.kind == "c":
             data, g = _real_views(data, g, where)
             m, v = _real_view(m, where), _real_view(v, where)

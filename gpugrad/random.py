@@ -14,13 +14,13 @@ change the recomputed dropout masks. A lock makes "note the state, draw" one ste
 
 from __future__ import annotations
 
-import numbers
 import threading
 from contextvars import ContextVar
 
 import numpy as np
 
 from . import backend
+from ._alloc import allocate, shape_arg
 from .errors import CheckpointError
 from .ops.core import host_call, make
 
@@ -118,7 +118,7 @@ def seed(n=None):
     >>> bool((a == b).all())
     True
     """
-    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or int(n) < 0):
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0):
         raise TypeError(f"gg.random.seed: n must be None or a non-negative int, got {n!r}")
     gen = np.random.Generator(np.random.PCG64(None if n is None else int(n)))
     with _LOCK:
@@ -159,20 +159,7 @@ def _shape(shape, size, where):
     shape = size if shape is None else shape
     if shape is None:
         return ()
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
-        shape = (shape,)
-    try:
-        dims = tuple(int(s) for s in shape)
-        ok = all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape
-        ) and all(d >= 0 for d in dims)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"{where}: shape must be a non-negative int or a tuple of them, got {shape!r}"
-        )
-    return dims
+    return shape_arg(shape, where)
 
 
 def _cast(raw, dtype, where):
@@ -196,8 +183,10 @@ def normal(loc=0.0, scale=1.0, shape=None, dtype=None, size=None):
     >>> x.shape, x.dtype
     ((2, 3), dtype('float64'))
     """
-    dims = _shape(shape, size, "gg.random.normal")
-    return make(_cast(_draw(lambda g: g.normal(loc, scale, dims)), dtype, "gg.random.normal"))
+    where = "gg.random.normal"
+    dims = _shape(shape, size, where)
+    raw = allocate(where, dims, np.float64, lambda: _draw(lambda g: g.normal(loc, scale, dims)))
+    return make(_cast(raw, dtype, where))
 
 
 @host_call  # a replay of gg.dlaccelerate draws afresh
@@ -209,8 +198,10 @@ def uniform(low=0.0, high=1.0, shape=None, dtype=None, size=None):
     >>> bool(x.numpy().min() >= -1.0 and x.numpy().max() < 1.0)
     True
     """
-    dims = _shape(shape, size, "gg.random.uniform")
-    return make(_cast(_draw(lambda g: g.uniform(low, high, dims)), dtype, "gg.random.uniform"))
+    where = "gg.random.uniform"
+    dims = _shape(shape, size, where)
+    raw = allocate(where, dims, np.float64, lambda: _draw(lambda g: g.uniform(low, high, dims)))
+    return make(_cast(raw, dtype, where))
 
 
 @host_call  # a replay of gg.dlaccelerate draws afresh
@@ -240,5 +231,7 @@ def permutation(n):
 @host_call  # a replay of gg.dlaccelerate draws afresh
 def raw_uniform(shape, dtype):
     """Raw uniform draws (for dropout masks); advances the same state."""
-    dims = _shape(shape, None, "raw_uniform")
-    return _on_device(_draw(lambda g: g.random(dims)).astype(dtype, copy=False))
+    where = "gg.random (weight initialization or a dropout mask)"
+    dims = _shape(shape, None, where)
+    raw = allocate(where, dims, np.float64, lambda: _draw(lambda g: g.random(dims)))
+    return _on_device(raw.astype(dtype, copy=False))

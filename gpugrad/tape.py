@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import weakref
 from contextvars import ContextVar
 
 from .errors import TraceError
@@ -164,6 +165,7 @@ class Node:
         "trace",
         "acct",
         "tainted",
+        "versions",
         "__weakref__",
     )
 
@@ -178,6 +180,7 @@ class Node:
         self.trace = trace
         self.acct = None
         self.tainted = False
+        self.versions = None  # ((raw, version), ...) of saved buffers written in place
 
     @property
     def is_leaf(self):
@@ -209,6 +212,83 @@ def make_leaf(meta, trace, parent=None, grad_req="write"):
     node = Node(LEAF, None, (parent,) if parent is not None else (), (meta,), (meta,), (), trace)
     node.params = grad_req
     return node
+
+
+# --------------------------------------------------------------------------- versions
+
+# id(buffer) -> how many times gpugrad wrote into it in place (x[i] = v outside a
+# trace, optimizer updates). Only buffers written at least once are here; a node
+# saving one notes its version, and the backward walk checks it is unchanged, so a
+# gradient is never computed from values the forward did not use (PyTorch's check).
+VERSIONS: dict = {}
+
+
+def _buffer(raw):
+    base = getattr(raw, "base", None)
+    while base is not None and getattr(base, "base", None) is not None:
+        base = base.base
+    return raw if base is None else base
+
+
+def _forget_version(key):
+    VERSIONS.pop(key, None)
+
+
+def bump_version(raw):
+    """Note an in-place write into ``raw``'s buffer (before or after the write)."""
+    buf = _buffer(raw)
+    key = id(buf)
+    if key not in VERSIONS:
+        try:
+            weakref.finalize(buf, _forget_version, key)
+        except TypeError:  # no weak references: keep the entry (ids of live objects)
+            pass
+        VERSIONS[key] = 0
+    VERSIONS[key] += 1
+
+
+def _saved_raws(saved):
+    ans, ins = saved
+    return (*ans, *ins) if isinstance(ans, tuple) else (ans, *ins)
+
+
+def _key(raw):
+    # why: no type checks: a Meta, a scalar or None is never a key of VERSIONS (its
+    # entries are live buffers, and live objects have distinct ids)
+    base = getattr(raw, "base", None)
+    return id(raw) if base is None else id(_buffer(raw))
+
+
+def snapshot_versions(saved):
+    """``((raw, version), ...)`` for the saved raw arrays whose buffer was already
+    written in place, or None (a buffer not listed was at version 0)."""
+    out = None
+    get = VERSIONS.get
+    for raw in _saved_raws(saved):
+        v = get(_key(raw))
+        if v is not None:
+            out = (*(out or ()), (raw, v))
+    return out
+
+
+def check_versions(node):
+    """Raise if a buffer ``node`` saved was written in place after it was recorded
+    (the node keeps it alive, so its id cannot have been reused)."""
+    for raw in _saved_raws(node.saved):
+        now = VERSIONS.get(_key(raw))
+        if now is None:
+            continue
+        v = 0
+        for r, then in node.versions or ():
+            if r is raw:
+                v = then
+        if now != v:
+            raise TraceError(
+                f"backward: an array that op '{node.prim.name}' saved for the gradient was "
+                f"modified in place after it was recorded (version {v}, now {now}), so its "
+                "gradient would be computed from values the forward pass did not use; "
+                "modify a copy instead (or recompute the value after the change)"
+            )
 
 
 # --------------------------------------------------------------------------- memory
@@ -471,6 +551,8 @@ def backward(roots, targets, *, create_graph=False, retain=False, glue):
                 saved = node.saved
                 if saved is RELEASED:
                     raise _released_error(prim)
+                if VERSIONS:
+                    check_versions(node)
                 if prim.multiple_outputs:
                     g = tuple(
                         c if c is not None else glue.zeros(m, create_graph)

@@ -17,10 +17,11 @@ import numpy as np
 
 from .. import phase as _phase
 from .. import random as _random
+from .._alloc import allocate
 from .._checks import fraction, positive
 from ..array import check_format, dlarray
 from ..backend import to_host
-from ..ops.core import _STATE, host_call, make
+from ..ops.core import _STATE, Primitive, host_call, make
 from ..ops.elementwise import abs as gabs
 from ..ops.elementwise import exp, log, sigmoid, sqrt, tanh, where
 from ..ops.heavy import relu
@@ -617,45 +618,35 @@ def gelu(x, approximation="none"):
         raise ValueError(f"gelu: approximation must be 'none' or 'tanh', got {approximation!r}")
     if approximation == "tanh":
         return 0.5 * x * (1 + tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
-    return 0.5 * x * (1 + _erf(x * (1 / math.sqrt(2))))
+    return 0.5 * x * _ONE_PLUS_ERF(x * (1 / math.sqrt(2)))
 
 
-def _erf(z):
-    """erf with a differentiable composite (Abramowitz-Stegun 7.1.26 refined by one
-    Newton-free series is not exact; we use erf(z) = sign(z) * (1 - exp(-z^2) * poly))."""
-    from ..ops.elementwise import sign  # noqa: PLC0415
+def _one_plus_erf_raw(z):
+    """``1 + erf(z)`` computed as ``erfc(-z)`` (no cancellation for negative z), exact
+    to float64 precision: SciPy on the host, CuPy's on the GPU."""
+    if type(z).__module__.startswith("cupy"):  # pragma: no cover - GPU only
+        from cupyx.scipy.special import erfc  # noqa: PLC0415
 
-    # why: no erf primitive exists; a W. J. Cody style rational fit to 1e-7 is enough for
-    # gelu, and its derivative matches exp(-z^2) * 2/sqrt(pi) closely
-    a = gabs(z)
-    t = 1.0 / (1.0 + 0.5 * a)
-    poly = (
-        -a * a
-        - 1.26551223
-        + t
-        * (
-            1.00002368
-            + t
-            * (
-                0.37409196
-                + t
-                * (
-                    0.09678418
-                    + t
-                    * (
-                        -0.18628806
-                        + t
-                        * (
-                            0.27886807
-                            + t
-                            * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))
-                        )
-                    )
-                )
-            )
-        )
-    )
-    return sign(z) * (1 - t * exp(poly))
+        return erfc(-z)
+    try:
+        from scipy.special import erfc  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        erfc = np.frompyfunc(math.erfc, 1, 1)
+        return np.asarray(erfc(-z), dtype=np.result_type(z, np.float64))
+    return erfc(-z)
+
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+def _erf_vjp(g, ans, z):
+    return (g * (_TWO_OVER_SQRT_PI * exp(-(z * z))),)
+
+
+# why: gelu's exact form needs erf to full precision (a rational fit was off by 1e-8
+# in float64); its derivative 2/sqrt(pi) exp(-z^2) is composed, so it is smooth to
+# any order. Named for gelu so it cannot collide with a general erf op.
+_ONE_PLUS_ERF = Primitive("gelu_erf", _one_plus_erf_raw, _erf_vjp, save=(0,))
 
 
 @host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
@@ -764,6 +755,8 @@ def batchnorm(
         m *= xs.shape[a]
     rm = _dl(running_mean)
     rv = _dl(running_var)
+    if m == 0:  # an empty batch has no statistics: leave the running ones (PyTorch)
+        return y, rm, rv
     # MATLAB stores the unbiased variance in the running statistics
     new_mean, new_var = _running_statistics(
         rm._data, rv._data, mu._data, var._data, m, mean_decay, variance_decay
@@ -872,6 +865,11 @@ def _sequence_input(x, data_format, where):
     n = xs.shape[f.fmt.index("B")] if "B" in f.fmt else 1
     t = xs.shape[f.fmt.index("T")] if "T" in f.fmt else 1
     full = reshape(xs, (c, n, t))
+    if t == 0:  # as PyTorch: a recurrence over no time steps has no output
+        raise ValueError(
+            f"{where}: the input has no time steps (T = 0, shape {f.x.shape}); a "
+            "recurrent layer needs a sequence of length >= 1"
+        )
     return f, transpose(full, (2, 1, 0)), (t, n, c)
 
 
@@ -1295,7 +1293,11 @@ def onehotencode(labels, feature_dim, num_classes=None, *, classes=None, fmt=Non
         codes = _class_indices(host, where, "labels", k)
     if feature_dim < host.ndim and host.shape[feature_dim] == 1:
         codes = np.squeeze(codes, axis=feature_dim)
-    out = np.moveaxis(np.eye(k)[codes], -1, feature_dim)
+    # why: np.eye(k)[codes] allocated k x k (80 GB for 10**5 classes)
+    shape = codes.shape + (k,)
+    out = allocate(where, shape, np.float64, lambda: np.zeros(shape))
+    np.put_along_axis(out, codes[..., None], 1.0, axis=-1)
+    out = np.moveaxis(out, -1, feature_dim)
     return dlarray(_xp().asanyarray(out), fmt)
 
 

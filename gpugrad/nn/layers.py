@@ -583,7 +583,8 @@ class BatchNorm(Layer):
             mu = mean(x, axis=axes, keepdims=True)
             centered = x - mu
             var = mean(centered * centered, axis=axes, keepdims=True)
-            if not is_recomputing():  # a recomputation: the first run moved the statistics
+            # a recomputation: the first run moved the statistics; an empty batch has none
+            if not is_recomputing() and x.size:
                 self._update_running_statistics(mu, var, x.size // x.shape[-1])
         else:
             centered = x - make(self.running_mean)

@@ -126,7 +126,9 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b, need_x=True):
     xs, h0, c0, w, r = xs._data, h0._data, c0._data, w._data, r._data
     t, n, c = xs.shape
     hid = r.shape[1]
-    k = kernels_for(xs, h0, c0, w, r)
+    # why: the forward fell back to NumPy unless every operand (the bias too) shared
+    # one kernel dtype; the backward must take the same path (gates has its dtype)
+    k = kernels_for(xs, h0, c0, w, r, b, gates)
     if k is None:
         dpre_all, dh_next, dc_next = _bwd_recurrence_numpy(
             g_ys, g_h, g_c, g_cs, g_gates, ys, cs, gates, h0, c0, r

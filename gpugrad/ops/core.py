@@ -57,6 +57,7 @@ _Node = tape.Node
 _LEAF = tape.LEAF
 _MEMORY = tape.MEMORY
 _Meta = tape.Meta
+_VERSIONS = tape.VERSIONS
 
 
 def X():
@@ -195,6 +196,23 @@ def from_sequence(seq):
 _SEQ = (list, tuple)
 
 
+def operand(a, where):
+    """``coerce`` for an operand of an arithmetic op: a number or a numeric array,
+    else a TypeError naming the op (not NumPy's ufunc-loop message)."""
+    if a is None or isinstance(a, (str, bytes)):
+        raise TypeError(f"{where}: operand must be a number or a numeric array, got {a!r}")
+    try:
+        raw = coerce(a)
+    except TypeError as exc:
+        raise TypeError(f"{where}: operand must be a number or a numeric array: {exc}") from None
+    if getattr(raw, "dtype", None) is not None and raw.dtype.kind not in "biufc":
+        raise TypeError(
+            f"{where}: operand must be a number or a numeric array, got {type(a).__name__} "
+            f"of dtype {raw.dtype}"
+        )
+    return raw
+
+
 def bind(prim, args, params=None, fmt=""):
     """Apply ``prim`` to ``args``; record a node if an input is traced and recording is on."""
     raws = []
@@ -242,6 +260,8 @@ def _finish(prim, params, parents, in_meta, ins, counted, out, fmt, frame, taint
         saved = (None, ins)
     out_meta = tuple(_tnew(_Meta, (o.shape, o.dtype)) for o in out)
     node = _Node(prim, params, parents, in_meta, out_meta, saved, frame.trace)
+    if _VERSIONS:
+        node.versions = tape.snapshot_versions(saved)
     if counted:
         node.acct = _MEMORY.remember(prim.name, counted)
     if taint:
@@ -344,6 +364,8 @@ def _single(prim, params, parents, in_meta, ins, counted, out, fmt, frame, taint
     else:
         saved = (None, ins)
     node = _Node(prim, params, parents, in_meta, _ONE, saved, frame.trace)
+    if _VERSIONS:
+        node.versions = tape.snapshot_versions(saved)
     if counted:
         if len(counted) == 1:
             node.acct = _MEMORY.remember_one(prim.name, counted[0])

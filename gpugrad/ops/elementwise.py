@@ -9,7 +9,7 @@ import numpy as np
 from .. import tape
 from ..array import check_same_device, dlarray
 from . import core
-from .core import _STATE, Primitive, _record1, _record2, bind, cj, coerce, host_call, make
+from .core import _STATE, Primitive, _record1, _record2, bind, cj, coerce, host_call, make, operand
 from .core import from_sequence as _from_sequence
 
 _FRAME = tape.FRAME
@@ -54,8 +54,8 @@ def _bind2(prim, a, b, params=None):
     tb = type(b) is dlarray
     if not (ta and tb) and (type(a) in _SEQ or type(b) in _SEQ):
         return _bind2_seq(prim, a, b, params)
-    ra = a._data if ta else coerce(a)
-    rb = b._data if tb else coerce(b)
+    ra = a._data if ta else operand(a, prim.name)
+    rb = b._data if tb else operand(b, prim.name)
     tra, trb = type(ra), type(rb)
     if tra is not trb and tra not in _PY and trb not in _PY and tra.__module__ != trb.__module__:
         check_same_device(ra, rb, prim.name)

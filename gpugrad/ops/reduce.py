@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import builtins
+from contextlib import nullcontext
 
 from ..array import dlarray
 from . import core
+from .axes import normalize_axes, normalize_axis_index
 from .core import _STATE, Primitive, bind, host_call, make
 from .elementwise import abs as _abs
 from .elementwise import conj, exp, log, real, sqrt, where
@@ -16,24 +18,15 @@ def _xp():
     return _STATE["xp"]
 
 
+def _errstate(**kw):
+    xp = _STATE["xp"]
+    return xp.errstate(**kw) if hasattr(xp, "errstate") else nullcontext()
+
+
 def normalize_axis(axis, ndim, where="axis"):
-    """``None`` or a tuple of distinct non-negative axes."""
-    if axis is None:
-        return None
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    out = []
-    for a in axes:
-        if not isinstance(a, int):
-            raise TypeError(f"{where}: axis must be an int or a tuple of ints, got {axis!r}")
-        if not -ndim <= a < builtins.max(ndim, 1):
-            raise ValueError(
-                f"{where}: axis {a} is out of range for an array with {ndim} dimension(s)"
-            )
-        a = a % ndim if ndim else 0
-        if a in out:
-            raise ValueError(f"{where}: axis {a} repeated in {axis!r}")
-        out.append(a)
-    return tuple(sorted(out))
+    """``None`` or a sorted tuple of distinct non-negative axes (NumPy's rules: see
+    ``ops/axes.py``)."""
+    return normalize_axes(axis, ndim, where)
 
 
 def _kept_shape(shape, axes):
@@ -109,7 +102,9 @@ def mean(x, axis=None, keepdims=False):
         x = dlarray(x)
     axes = normalize_axis(axis, x.ndim, "mean")
     n = x.size if axes is None else _prod_int(x.shape[a] for a in axes)
-    return sum(x, axes, keepdims) / builtins.max(n, 1)
+    if n == 0:  # the mean of nothing is NaN (NumPy, PyTorch, MATLAB), without a warning
+        return sum(x, axes, keepdims) * float("nan")
+    return sum(x, axes, keepdims) / n
 
 
 def _prod_int(values):
@@ -126,9 +121,22 @@ def _prod_fwd(x, axis, keepdims):
     return _xp().prod(x, axis=axis, keepdims=keepdims)
 
 
+def _scan_prod(a, lead):
+    """Inclusive cumulative product along the last axis in ceil(log2 n) vectorised
+    steps (Hillis-Steele), with differentiable ops so it can be differentiated again."""
+    n = a.shape[-1]
+    k = 1
+    while k < n:
+        ones = make(_xp().ones(lead + (k,), a.dtype))
+        a = a * concatenate([ones, getitem(a, (Ellipsis, slice(0, n - k)))], axis=-1)
+        k *= 2
+    return a
+
+
 def _prod_others(x, axis):
     """Product of all other elements along the reduced axes, without dividing (so
-    zeros are handled), written with differentiable ops for higher derivatives."""
+    zeros are handled): exclusive cumulative products from both sides, vectorised
+    (O(log n) ops, O(n log n) work), with differentiable ops for higher derivatives."""
     nd = x.ndim
     axes = tuple(range(nd)) if axis is None else axis
     rest = [i for i in range(nd) if i not in axes]
@@ -136,15 +144,15 @@ def _prod_others(x, axis):
     lead = tuple(x.shape[i] for i in rest)
     n = _prod_int(x.shape[i] for i in axes)
     flat = reshape(moved, lead + (n,))
-    ones = make(_xp().ones(lead + (1,), x.dtype))
-    left = [ones]  # left[i] = prod(flat[..., :i])
-    for i in range(1, n):
-        left.append(left[-1] * getitem(flat, (Ellipsis, slice(i - 1, i))))
-    right = [ones]  # right[j] = prod(flat[..., n-j:])
-    for j in range(1, n):
-        right.append(right[-1] * getitem(flat, (Ellipsis, slice(n - j, n - j + 1))))
-    parts = [left[i] * right[n - 1 - i] for i in range(n)]
-    others = concatenate(parts, axis=-1) if n > 1 else ones
+    if n <= 1:
+        others = make(_xp().ones(lead + (n,), x.dtype))
+    else:
+        ones = make(_xp().ones(lead + (1,), x.dtype))
+        head = getitem(flat, (Ellipsis, slice(0, n - 1)))
+        left = _scan_prod(concatenate([ones, head], axis=-1), lead)
+        tail = getitem(flip(flat, -1), (Ellipsis, slice(0, n - 1)))
+        right = flip(_scan_prod(concatenate([ones, tail], axis=-1), lead), -1)
+        others = left * right
     others = reshape(others, lead + tuple(x.shape[i] for i in axes))
     inverse = [0] * nd
     for pos, ax in enumerate(tuple(rest) + tuple(axes)):
@@ -208,6 +216,19 @@ _MIN = Primitive(
 )
 
 
+def _nonempty(x, axis, where):
+    if type(x) is not dlarray:
+        x = dlarray(x)
+    axes = normalize_axis(axis, x.ndim, where)
+    if x.size == 0 and (axes is None or any(x.shape[a] == 0 for a in axes)):
+        raise ValueError(
+            f"{where}: cannot reduce an empty array (shape {x.shape}) along "
+            f"{'all axes' if axes is None else f'axis {axis!r}'}: the {where}imum of "
+            "nothing is undefined (NumPy raises too)"
+        )
+    return x
+
+
 def max(x, axis=None, keepdims=False):  # noqa: A001
     """Maximum over ``axis``; ties share the gradient.
 
@@ -216,7 +237,7 @@ def max(x, axis=None, keepdims=False):  # noqa: A001
     >>> float(gg.max(x)), gg.gradient(gg.max)(x).numpy()
     (3.0, array([0. , 0.5, 0.5]))
     """
-    return _reduce(_MAX, x, axis, keepdims, "max")
+    return _reduce(_MAX, _nonempty(x, axis, "max"), axis, keepdims, "max")
 
 
 def min(x, axis=None, keepdims=False):  # noqa: A001
@@ -226,7 +247,7 @@ def min(x, axis=None, keepdims=False):  # noqa: A001
     >>> gg.min(gg.dlarray([[1.0, 5.0], [4.0, 2.0]]), axis=1).numpy()
     array([1., 2.])
     """
-    return _reduce(_MIN, x, axis, keepdims, "min")
+    return _reduce(_MIN, _nonempty(x, axis, "min"), axis, keepdims, "min")
 
 
 # ------------------------------------------------------------------ composites
@@ -241,6 +262,7 @@ def norm(x, ord=2, axis=None, keepdims=False):  # noqa: A002
     """
     if type(x) is not dlarray:
         x = dlarray(x)
+    axis = normalize_axis(axis, x.ndim, "norm")
     if ord == 2:
         sq = real(x * conj(x)) if x.dtype.kind == "c" else x * x
         s = sum(sq, axis, keepdims)
@@ -257,8 +279,11 @@ def norm(x, ord=2, axis=None, keepdims=False):  # noqa: A002
 
 @host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
 def _lse_shift(raw, axes):
-    m = _xp().max(raw, axis=axes, keepdims=True)
-    return _xp().where(_xp().isfinite(m), m, 0)
+    xp = _xp()
+    if raw.size == 0:  # the log of an empty sum: -inf (NumPy, PyTorch)
+        return xp.zeros(_kept_shape(raw.shape, axes), raw.dtype)
+    m = xp.max(raw, axis=axes, keepdims=True)
+    return xp.where(xp.isfinite(m), m, 0)
 
 
 def logsumexp(x, axis=None, keepdims=False):
@@ -272,7 +297,8 @@ def logsumexp(x, axis=None, keepdims=False):
         x = dlarray(x)
     axes = normalize_axis(axis, x.ndim, "logsumexp")
     m = make(_lse_shift(x._data, axes))  # a constant shift
-    out = log(sum(exp(x - m), axes, keepdims=True)) + m
+    with _errstate(divide="ignore"):
+        out = log(sum(exp(x - m), axes, keepdims=True)) + m
     if not keepdims:
         out = reshape(
             out, tuple(s for i, s in enumerate(x.shape) if axes is not None and i not in axes)
@@ -288,11 +314,15 @@ def cumsum(x, axis=None):
     >>> gg.cumsum(gg.dlarray([[1.0, 2.0], [3.0, 4.0]])).numpy()
     array([ 1.,  3.,  6., 10.])
     """
+    if type(x) is not dlarray:
+        x = dlarray(x)
     if axis is None:
-        x = x if type(x) is dlarray else dlarray(x)
         x = reshape(x, (x.size,))
         axis = 0
-    return bind(_CUMSUM, (x,), {"axis": axis}, getattr(x, "_fmt", ""))
+    if x.ndim == 0:
+        x = reshape(x, (1,))
+    axis = normalize_axis_index(axis, x.ndim, "cumsum")
+    return bind(_CUMSUM, (x,), {"axis": axis}, x._fmt)
 
 
 def _cumsum_vjp(g, ans, x, axis):

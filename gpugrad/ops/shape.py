@@ -8,6 +8,7 @@ import numpy as np
 from .. import backend, tape
 from ..array import dlarray
 from . import core
+from .axes import normalize_axes, normalize_axis_index
 from .core import _STATE, Primitive, _record1, bind, coerce, host_call, make
 
 _FRAME = tape.FRAME
@@ -42,7 +43,11 @@ def reshape(x, *shape):
     x = _dl(x)
     if len(shape) == 1 and not isinstance(shape[0], int):
         shape = shape[0]
-    shape = tuple(int(s) for s in shape)
+    if isinstance(shape, (str, bytes)) or not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in _items(shape)
+    ):
+        raise TypeError(f"reshape: shape must be an int or a tuple of ints, got {shape!r}")
+    shape = tuple(int(s) for s in _items(shape))
     if shape == x._data.shape:
         return x
     try:
@@ -59,6 +64,13 @@ def _transpose_vjp(g, ans, x, axes):
     return (transpose(g, inverse),)
 
 
+def _items(shape):
+    try:
+        return tuple(shape)
+    except TypeError:
+        return (shape,)
+
+
 _TRANSPOSE = Primitive("transpose", lambda x, axes: x.transpose(axes), _transpose_vjp)
 
 
@@ -73,8 +85,10 @@ def transpose(x, axes=None):
     nd = x.ndim
     if axes is None:
         axes = tuple(range(nd - 1, -1, -1))
-    axes = tuple(int(a) % nd if nd else 0 for a in axes)
-    if sorted(axes) != list(range(nd)):
+    if not isinstance(axes, (tuple, list)):
+        raise TypeError(f"transpose: axes must be None or a tuple of ints, got {axes!r}")
+    axes = normalize_axes(axes, nd, "transpose", sort=False)
+    if len(axes) != nd:
         raise ValueError(f"transpose: axes {axes} are not a permutation of {nd} dimension(s)")
     if axes == tuple(range(nd)):
         return x
@@ -90,8 +104,10 @@ def moveaxis(x, source, destination):
     """
     x = _dl(x)
     nd = x.ndim
-    order = [i for i in range(nd) if i != source % nd]
-    order.insert(destination % nd, source % nd)
+    source = normalize_axis_index(source, nd, "moveaxis")
+    destination = normalize_axis_index(destination, nd, "moveaxis")
+    order = [i for i in range(nd) if i != source]
+    order.insert(destination, source)
     return transpose(x, tuple(order))
 
 
@@ -103,6 +119,8 @@ def swapaxes(x, a, b):
     (4, 3, 2)
     """
     x = _dl(x)
+    a = normalize_axis_index(a, x.ndim, "swapaxes")
+    b = normalize_axis_index(b, x.ndim, "swapaxes")
     order = list(range(x.ndim))
     order[a], order[b] = order[b], order[a]
     return transpose(x, tuple(order))
@@ -164,7 +182,7 @@ def concatenate(arrays, axis=0):
     nd = arrays[0].ndim
     if nd == 0:
         raise ValueError("concatenate: zero-dimensional arrays cannot be concatenated")
-    axis = axis % nd
+    axis = normalize_axis_index(axis, nd, "concatenate")
     for i, a in enumerate(arrays):
         if a.ndim != nd or any(a.shape[d] != arrays[0].shape[d] for d in range(nd) if d != axis):
             raise ValueError(
@@ -183,6 +201,15 @@ def stack(arrays, axis=0):
     (3, 2)
     """
     arrays = [_dl(a) for a in arrays]
+    if not arrays:
+        raise ValueError("stack: need at least one array")
+    axis = normalize_axis_index(axis, arrays[0].ndim + 1, "stack")
+    for i, a in enumerate(arrays):
+        if a.shape != arrays[0].shape:
+            raise ValueError(
+                f"stack: array {i} has shape {a.shape}, but array 0 has shape "
+                f"{arrays[0].shape}; all arrays must have the same shape"
+            )
     return concatenate([expand_dims(a, axis) for a in arrays], axis=axis)
 
 
@@ -199,10 +226,7 @@ def flip(x, axis=None):
     array([3., 2., 1.])
     """
     x = _dl(x)
-    if isinstance(axis, int):
-        axis = (axis % x.ndim,)
-    elif axis is not None:
-        axis = tuple(a % x.ndim for a in axis)
+    axis = normalize_axes(axis, x.ndim, "flip")
     return bind(_FLIP, (x,), {"axis": axis}, x._fmt)
 
 
@@ -217,8 +241,7 @@ def squeeze(x, axis=None):
     if axis is None:
         shape = tuple(s for s in x.shape if s != 1)
     else:
-        axes = (axis,) if isinstance(axis, int) else tuple(axis)
-        axes = {a % x.ndim for a in axes}
+        axes = normalize_axes(axis, x.ndim, "squeeze")
         for a in axes:
             if x.shape[a] != 1:
                 raise ValueError(f"squeeze: axis {a} has length {x.shape[a]}, not 1")
@@ -235,7 +258,7 @@ def expand_dims(x, axis):
     """
     x = _dl(x)
     nd = x.ndim + 1
-    axis = axis % nd
+    axis = normalize_axis_index(axis, nd, "expand_dims")
     shape = list(x.shape)
     shape.insert(axis, 1)
     return reshape(x, tuple(shape))
@@ -263,16 +286,23 @@ _ASTYPE = Primitive(
 
 
 def astype(x, dtype):
-    """Cast to ``dtype`` (float or complex keep gradients).
+    """Cast to ``dtype``. Casts to float or complex keep gradients; casts to integer or
+    bool types carry none (the result is a constant, as in PyTorch and JAX).
 
     >>> import gpugrad as gg
     >>> gg.astype(gg.dlarray([1.5]), "float32").dtype
     dtype('float32')
     """
     x = _dl(x)
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"astype: dtype must be a NumPy dtype, got {dtype!r}") from None
     if x.dtype == dtype:
         return x
+    if dtype.kind not in "fc":
+        # why: a step function has zero derivative; passing g through was a silent error
+        return make(x._data.astype(dtype), x._fmt, None, 0, x._taint)
     return bind(_ASTYPE, (x,), {"dtype": dtype}, x._fmt)
 
 
@@ -430,6 +460,7 @@ def setitem_inplace(x, idx, v):
         data[idx] = raw
     except (ValueError, IndexError) as exc:
         raise type(exc)(f"dlarray index assignment x[{idx!r}] = value: {exc}") from None
+    tape.bump_version(data)
     x._data = data
 
 
@@ -444,7 +475,13 @@ def take_along_axis(x, indices, axis):
     """
     x = _dl(x)
     ind = indices._data if type(indices) is dlarray else np.asanyarray(indices)
-    return getitem(x, _along_axis_index(ind, axis % x.ndim))
+    axis = normalize_axis_index(axis, x.ndim, "take_along_axis")
+    if ind.ndim != x.ndim:
+        raise ValueError(
+            f"take_along_axis: indices must have the same number of dimensions as x "
+            f"({x.ndim}), got {ind.ndim}"
+        )
+    return getitem(x, _along_axis_index(ind, axis))
 
 
 @host_call  # raw code on index data: a gg.dlaccelerate replay repeats it

@@ -13,10 +13,12 @@
 // gpugrad/backend/emu.py); the exported C API is gpugrad_emu_launch().
 #include "cuda_emu.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdarg>
 #include <mutex>
 #include <string>
@@ -134,6 +136,15 @@ void stack_put(char *s, bool dirty) {
     std::lock_guard<std::mutex> lk(g_stack_mu);
     g_stacks.push_back(s);
 }
+
+// Fork safety: a child forked while a worker thread holds g_stack_mu would inherit it
+// locked and deadlock at its first launch (data-loader workers fork). fork() takes the
+// lock first and both sides release it, so the child's copy is free and consistent.
+void stacks_before_fork() { g_stack_mu.lock(); }
+void stacks_after_fork() { g_stack_mu.unlock(); }
+struct ForkHandlers {
+    ForkHandlers() { pthread_atfork(stacks_before_fork, stacks_after_fork, stacks_after_fork); }
+} g_fork_handlers;
 
 // ---------------------------------------------------------------------------------
 enum State : unsigned char { RUNNABLE, AT_BARRIER, AT_WARP, EXITED };
@@ -793,6 +804,13 @@ GPUGRAD_EMU_API void gpugrad_emu_trap(const char *file, int line) {
 // Launch API (called from Python through ctypes)
 
 extern "C" __attribute__((visibility("default"))) int gpugrad_emu_abi_version(void) { return 1; }
+
+// For the fork-safety test: hold the stack pool's lock for `ms` milliseconds, as a
+// worker thread does while it takes a fiber stack.
+extern "C" __attribute__((visibility("default"))) void gpugrad_emu_debug_hold_stacks(unsigned ms) {
+    std::lock_guard<std::mutex> lk(g_stack_mu);
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+}
 
 extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch(
     void (*entry)(void **), void **args, const unsigned *grid, const unsigned *block, unsigned long long shmem,
