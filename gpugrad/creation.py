@@ -23,7 +23,7 @@ def _shape(shape):
 
 
 def _fmt(out, fmt):
-    return dlarray(out, fmt) if fmt else out
+    return dlarray(out, fmt, copy=False) if fmt else out
 
 
 def zeros(shape, dtype=None, fmt=None):

@@ -37,7 +37,7 @@ def _xp():
 
 
 def _dl(x):
-    return x if type(x) is dlarray else dlarray(x)
+    return x if type(x) is dlarray else dlarray(x, copy=False)
 
 
 # ------------------------------------------------------------------ formats
@@ -76,7 +76,7 @@ class _Fmt:
                 )
             self.user = data_format.upper()
             try:
-                self.x = dlarray(x, self.user)
+                self.x = dlarray(x, self.user, copy=False)
             except ValueError as exc:
                 raise ValueError(f"{where}: data_format={data_format!r}: {exc}") from None
         self.fmt = self.x._fmt

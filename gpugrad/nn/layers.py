@@ -110,6 +110,88 @@ def _training_forward(impl):
     return forward
 
 
+def _alias_checked_init(init):
+    """``init`` followed, once per construction (by the most derived class), by the
+    check that no two parameters share memory."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if type(self).__init__ is __init__:
+            check_no_aliases(self)
+
+    __init__._gg_checked_init = True
+    return __init__
+
+
+def _named_leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _named_leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], tree
+
+
+def _byte_range(raw):
+    if isinstance(raw, np.ndarray):
+        return np.lib.array_utils.byte_bounds(raw)
+    ptr = raw.data.ptr  # a CuPy array: its extent from the strides
+    low = high = ptr
+    for n, st in zip(raw.shape, raw.strides):
+        if st < 0:
+            low += (n - 1) * st
+        else:
+            high += (n - 1) * st
+    return low, high + raw.itemsize
+
+
+def check_no_aliases(layer):
+    """Raise ``ValueError`` when two distinct parameters of ``layer`` share memory (an
+    update of one would silently move the other). The same dlarray used twice (weight
+    tying, a layer applied twice) is allowed. Runs when a layer is constructed.
+
+    >>> import numpy as np, gpugrad as gg
+    >>> class Twin(gg.nn.Layer):
+    ...     def __init__(self):
+    ...         buf = np.zeros(4)
+    ...         self.a = gg.dlarray(buf[:2], copy=False)
+    ...         self.b = gg.dlarray(buf, copy=False)
+    ...     def forward(self, x):
+    ...         return x * self.a + self.b[:2]
+    >>> Twin()
+    Traceback (most recent call last):
+    ...
+    ValueError: Twin: parameters 'a' and 'b' share memory, so updating one would move the other; give each its own array (gg.dlarray copies by default; copy=False shares)
+    """
+    seen = set()
+    spans = []
+    for name, p in _named_leaves(layer.parameters()):
+        raw = p._data
+        if id(p) in seen or not hasattr(raw, "strides") or raw.nbytes == 0:
+            continue
+        seen.add(id(p))
+        low, high = _byte_range(raw)
+        spans.append((low, high, name, raw))
+    spans.sort(key=lambda s: s[0])
+    reach = None  # the span reaching furthest so far
+    for span in spans:
+        if reach is not None and span[0] < reach[1] and _may_share(reach[3], span[3]):
+            name, name2 = reach[2], span[2]
+            raise ValueError(
+                f"{type(layer).__name__}: parameters {name!r} and {name2!r} share memory, so "
+                "updating one would move the other; give each its own array (gg.dlarray "
+                "copies by default; copy=False shares)"
+            )
+        if reach is None or span[1] > reach[1]:
+            reach = span
+
+
+def _may_share(a, b):
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return np.may_share_memory(a, b)
+    return True
+
+
 def _is_param(v):
     return type(v) is dlarray and v.dtype.kind in "fc"
 
@@ -153,6 +235,9 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not hasattr(init, "_gg_checked_init"):
+            cls.__init__ = _alias_checked_init(init)
         impl = cls.__dict__.get("forward")
         if impl is not None and not hasattr(impl, "_gg_forward_impl"):
             # why: a subclass implements forward(x); called by a user it is MATLAB's
@@ -296,7 +381,7 @@ class Layer:
     # ------------------------------------------------------------ backprop
     def applied_for_backpropagation(self, x):
         """``(y, backprop)`` with ``backprop(dy) -> (grads_of_parameters, grad_of_x)``."""
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         sc, trace, (model, tx) = matlab.open_trace("pullback", (self, x))
         with sc:
             y = model(tx)
@@ -345,7 +430,7 @@ class Dense(Layer):
         self.activation = activation
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         n_in = self.weight.shape[1]
         if x.ndim != 2:
             raise ValueError(
@@ -402,7 +487,7 @@ class Conv2D(Layer):
         self.activation = activation
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         kh, kw, cin, _ = self.filter.shape
         if x.ndim != 4 or x.shape[3] != cin:
             raise ValueError(
@@ -438,7 +523,7 @@ class _Pool2D(Layer):
         self.padding = _padding_arg(padding, where)
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         if x.ndim != 4:
             raise ValueError(
                 f"{type(self).__name__}: input must be [batch, height, width, channels] "
@@ -466,7 +551,7 @@ class Flatten(Layer):
     """``[batch, ...] -> [batch, features]``."""
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         return reshape(x, (x.shape[0], -1))
 
 
@@ -487,7 +572,7 @@ class LSTM(Layer):
         self.hidden_size = h
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         n_in = self.weight.shape[1]
         if x.ndim != 3:
             raise ValueError(
@@ -564,7 +649,7 @@ class BatchNorm(Layer):
         self.epsilon = epsilon
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         _check_features(x, self.offset.shape[0], type(self).__name__)
         axes = tuple(range(x.ndim - 1))
         if _phase.layer_is_training(self):
@@ -600,7 +685,7 @@ class LayerNorm(Layer):
         self.epsilon = epsilon
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         _check_features(x, self.offset.shape[0], type(self).__name__)
         mu = mean(x, axis=-1, keepdims=True)
         centered = x - mu

@@ -80,7 +80,7 @@ _SUM = Primitive("sum", _sum_fwd, _sum_vjp, fast=_sum_fast)
 
 def _reduce(prim, x, axis, keepdims, where):
     if type(x) is not dlarray:
-        x = dlarray(x)
+        x = dlarray(x, copy=False)
     axes = normalize_axis(axis, x.ndim, where)
     fmt = _reduced_fmt(x._fmt, axes, keepdims)
     return bind(prim, (x,), {"axis": axes, "keepdims": bool(keepdims)}, fmt)
@@ -99,7 +99,7 @@ def sum(x, axis=None, keepdims=False):  # noqa: A001
 def mean(x, axis=None, keepdims=False):
     """Mean over ``axis`` (``None``: all elements)."""
     if type(x) is not dlarray:
-        x = dlarray(x)
+        x = dlarray(x, copy=False)
     axes = normalize_axis(axis, x.ndim, "mean")
     n = x.size if axes is None else _prod_int(x.shape[a] for a in axes)
     return sum(x, axes, keepdims) / builtins.max(n, 1)
@@ -215,7 +215,7 @@ def norm(x, ord=2, axis=None, keepdims=False):  # noqa: A002
     5.0
     """
     if type(x) is not dlarray:
-        x = dlarray(x)
+        x = dlarray(x, copy=False)
     if ord == 2:
         sq = real(x * conj(x)) if x.dtype.kind == "c" else x * x
         return sqrt(sum(sq, axis, keepdims))
@@ -234,7 +234,7 @@ def logsumexp(x, axis=None, keepdims=False):
     0.693147
     """
     if type(x) is not dlarray:
-        x = dlarray(x)
+        x = dlarray(x, copy=False)
     axes = normalize_axis(axis, x.ndim, "logsumexp")
     m = make(_xp().max(x._data, axis=axes, keepdims=True))  # a constant shift
     m = make(_xp().where(_xp().isfinite(m._data), m._data, 0))
