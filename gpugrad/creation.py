@@ -1,16 +1,26 @@
-"""Array creation on the active device."""
+"""Array creation on the active device.
+
+Without a ``dtype`` the creation functions (``zeros``, ``ones``, ``full``, ``eye``,
+``arange``, ``linspace``) make arrays of the default dtype, ``gg.get_default_dtype()``
+(float32 unless ``gg.set_default_dtype`` changed it, as PyTorch and MATLAB's
+``single`` learnables); ``zeros_like``/``ones_like`` keep their argument's dtype and
+``gg.dlarray(data)`` keeps the data's (Python floats give float64).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from . import backend
+from ._defaults import get_default_dtype, set_default_dtype  # noqa: F401 - re-exported
 from .array import dlarray
 from .ops.core import make
 
 
 def _dtype(dtype):
-    dt = np.dtype(np.float64 if dtype is None else dtype)
+    # why: no dtype -> the default (float32 unless set_default_dtype changed it);
+    # an integer dtype -> float64 (MATLAB double), as gg.dlarray does with integers
+    dt = get_default_dtype() if dtype is None else np.dtype(dtype)
     if dt.kind in "iu":
         dt = np.dtype(np.float64)
     return dt
@@ -27,7 +37,7 @@ def _fmt(out, fmt):
 
 
 def zeros(shape, dtype=None, fmt=None):
-    """An array of zeros (float64 unless ``dtype`` is given).
+    """An array of zeros (the default dtype, float32, unless ``dtype`` is given).
 
     >>> import gpugrad as gg
     >>> gg.zeros((2, 3)).shape
@@ -44,7 +54,7 @@ def ones(shape, dtype=None, fmt=None):
 def full(shape, value, dtype=None, fmt=None):
     """An array filled with ``value``."""
     if dtype is None and isinstance(value, complex):
-        dtype = np.complex128
+        dtype = np.result_type(get_default_dtype(), np.complex64)
     return _fmt(make(backend.xp().full(_shape(shape), value, _dtype(dtype))), fmt)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend
+from . import _defaults, backend
 from .ops.core import make
 
 _state = {"gen": None}
@@ -54,7 +54,7 @@ def _shape(shape, size):
 
 
 def _cast(raw, dtype):
-    dt = np.dtype(dtype or np.float64)
+    dt = _defaults.resolve(dtype)  # the default dtype (gg.set_default_dtype) when None
     return _on_device(raw.astype(dt, copy=False))
 
 
