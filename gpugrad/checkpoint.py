@@ -654,6 +654,7 @@ class CheckpointStats:
     step_saved_bytes: int | None = None
     probe_calls: int = 0
     layer_calls: int = 0
+    plain_tail: int = 0  # layers after the segments, taped plainly (never recomputed)
     boundaries: list = field(default_factory=list)
 
     @property
@@ -791,12 +792,25 @@ def _uniform(counted, x, k, stats):
 
 
 def _candidates(n, x_counted, act, first, further):
-    """(recomputations, predicted peak bytes, schedule, parameter) of every schedule."""
+    """(recomputations, predicted peak bytes, schedule, parameter) of every schedule:
+    ``("uniform", (k, m))`` is ``k`` uniform segments over the first ``n - m`` layers
+    and the last ``m`` layers taped plainly (they are not recomputed: the backward
+    pass reaches them first and releases their tape before any segment is re-run);
+    ``("revolve", s)`` the binomial schedule with ``s`` snapshots. The plain run is
+    measured separately (``_plain_or_measure``)."""
     out = []
-    for k in range(1, n + 1):
-        longest = -(-n // k)
-        peak = (int(x_counted) + k - 1) * act + first + (longest - 1) * further
-        out.append((n, peak, "uniform", k))
+    xc = int(x_counted)
+    for m in range(0, n):
+        head = n - m
+        # the tail's tape: its first layer also saves its input (the head's output)
+        tail = act + first + (m - 1) * further if m else 0
+        best = None
+        for k in range(1, head + 1):
+            longest = -(-head // k)
+            peak = (xc + k - 1) * act + max(tail, first + (longest - 1) * further)
+            if best is None or peak < best[0]:
+                best = (peak, k)
+        out.append((head, best[0], "uniform", (best[1], m)))
     for s in range(1, max(n, 2)):
         peak = _peak_units(n, s, x_counted, act, first)
         out.append((optimal_recomputations(n, s), peak, "revolve", s))
@@ -902,9 +916,13 @@ def checkpoint_sequential(
             recomputations, peak, kind, param = min(o for o in options if o[1] <= budget)
             stats.predicted_peak_bytes = peak
             if kind == "uniform":
+                k, m = param
                 stats.schedule = "uniform"
                 stats.planned_recomputations = recomputations
-                y = _uniform(counted, x, param, stats)
+                stats.plain_tail = m
+                y = _uniform(counted[: n - m], x, k, stats)
+                for layer in counted[n - m :]:
+                    y = layer(y)
                 return (y, stats) if return_stats else y
             s = param
     else:
