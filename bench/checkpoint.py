@@ -1,18 +1,23 @@
-"""Checkpointing on a deep MLP: memory kept for the backward pass vs step time.
+"""Checkpointing on a deep MLP: how many layers are recomputed for a given memory budget.
 
-A 64-layer MLP (width 512, tanh Dense layers written with ``gg.matmul``), one
-training step (loss + gradient of every weight) run plain, with
-``gg.checkpoint_sequential`` in sqrt(n) uniform segments, and under a few memory
-budgets (binomial/Revolve schedule). Prints the engine's peak saved bytes
-(deterministic, ``gg.memory.track()``) and step time relative to the plain run.
-Targets: uniform peak <= 30% of plain, step time <= 1.4x.
+A deep tanh MLP (Dense layers written with ``gg.matmul``), one training step (loss +
+gradient of every weight). The step is run plain, with ``gg.checkpoint_sequential``
+in sqrt(n) uniform segments, and under a sweep of memory budgets from "everything
+fits" (no recomputation: the plain run) down to the smallest budget any schedule
+fits. For each budget it prints the schedule the planner chose, the engine's peak
+saved bytes (deterministic, ``gg.memory.track()``) and the recomputed layer
+applications, and it checks that the peak stays within the budget. The plot shows
+recomputations against peak memory: the planner's staircase, and beside it the
+binomial (Revolve) optimum for each number of snapshots.
 
-Where PyTorch is installed, ``torch.utils.checkpoint.checkpoint_sequential`` on
-the same MLP runs in separate subprocesses (peak RSS and step time) for
-comparison. A PNG of peak memory vs recomputations over the budgets goes to
-``bench/results/checkpoint_memory_vs_recompute.png``.
+The default run takes well under a minute (32 layers, width 64, 12 budgets);
+``--full`` sweeps 40 budgets on a 64-layer, width-512 network, times the steps and,
+where PyTorch is installed, compares with ``torch.utils.checkpoint``. The plot (and a
+JSON file of the rows) go to a fresh file in the system's temporary directory unless
+``--out PATH`` says where; the script prints the path. Without matplotlib it prints
+the table only.
 
-    python bench/checkpoint.py [--depth 64 --width 512 --batch 256 --repeats 5]
+    python bench/checkpoint.py [--full] [--out PATH] [--depth 32 --width 64 --batch 32]
 """
 
 from __future__ import annotations
@@ -23,40 +28,36 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 import gpugrad as gg
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from gpugrad.checkpoint import _candidates, optimal_recomputations
 
 
 def make_mlp(depth, width, seed=0):
     rng = np.random.default_rng(seed)
-    weights = [
-        gg.dlarray(rng.normal(0, 1 / math.sqrt(width), (width, width))) for _ in range(depth)
-    ]
-    biases = [gg.dlarray(np.zeros(width)) for _ in range(depth)]
-    return weights, biases
+    return [gg.dlarray(rng.normal(0, 1 / math.sqrt(width), (width, width))) for _ in range(depth)]
 
 
-def layers_of(weights, biases):
-    def dense(w, b):
+def layers_of(weights):
+    def dense(w):
         def layer(h):
-            return gg.tanh(gg.matmul(h, w) + b)
+            return gg.tanh(gg.matmul(h, w))
 
         return layer
 
-    return [dense(w, b) for w, b in zip(weights, biases)]
+    return [dense(w) for w in weights]
 
 
-def step(run, weights, biases, x):
-    def loss(ws, bs, x):
-        y = gg.sum(run(layers_of(ws, bs), x) ** 2)
-        return y, gg.dlgradient(y, ws, bs)
+def step(run, weights, x):
+    def loss(ws, x):
+        y = gg.sum(run(layers_of(ws), x * 1.0) ** 2)
+        return y, gg.dlgradient(y, ws)
 
-    return gg.dlfeval(loss, weights, biases, x)
+    return gg.dlfeval(loss, weights, x)
 
 
 def plain(layers, x):
@@ -65,21 +66,23 @@ def plain(layers, x):
     return x
 
 
-def measure(name, run, weights, biases, x, repeats):
+def measure(name, run, weights, x, repeats):
     with gg.memory.track() as m:
-        step(run, weights, biases, x)
+        step(run, weights, x)
     stats = gg.checkpoint_sequential.last_stats if name != "plain" else None
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        step(run, weights, biases, x)
+        step(run, weights, x)
         times.append(time.perf_counter() - t0)
     return {
         "name": name,
         "peak_bytes": m.peak_bytes,
-        "time_s": min(times),
+        "time_s": min(times) if times else None,
         "recomputations": 0 if stats is None else stats.recomputations,
+        "schedule": "none" if stats is None else stats.schedule,
         "snapshots": None if stats is None else (stats.snapshots or stats.segments),
+        "stats": stats,
     }
 
 
@@ -89,8 +92,8 @@ from torch.utils.checkpoint import checkpoint_sequential
 depth, width, batch, segments, repeats = (int(a) for a in sys.argv[1:6])
 torch.set_num_threads(int(sys.argv[6]))
 torch.manual_seed(0)
-model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.Tanh())
-                              for _ in range(depth)]).double()
+model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(width, width, bias=False),
+                                                  torch.nn.Tanh()) for _ in range(depth)]).double()
 x = torch.randn(batch, width, dtype=torch.float64, requires_grad=True)
 def one():
     y = checkpoint_sequential(model, segments, x, use_reentrant=False) if segments else model(x)
@@ -108,6 +111,7 @@ def torch_runs(depth, width, batch, repeats):
     try:
         import torch  # noqa: F401
     except ImportError:
+        print("PyTorch is not installed: no torch comparison")
         return None
     threads = str(max(1, os.cpu_count() or 1))
     out = {}
@@ -123,98 +127,197 @@ def torch_runs(depth, width, batch, repeats):
     return out
 
 
-def plot(rows, plain_row, path):
-    import matplotlib
+def binomial_optimum(depth, act, first, further):
+    """(predicted peak bytes, recomputations) of Revolve with s = 1..depth-1 snapshots,
+    and of the plain run, as the planner predicts them."""
+    points = []
+    for recomputations, peak, kind, _s in _candidates(depth, True, act, first, further):
+        if kind == "revolve":
+            points.append((peak, recomputations))
+    points.append(((1 + depth - 1) * further + act, 0))  # plain: every layer taped once
+    return sorted(points)
 
+
+def _label(row):
+    if row["schedule"] == "none":
+        return "plain"
+    if row["schedule"] == "revolve":
+        return f"revolve s={row['snapshots']}"
+    tail = row["stats"].plain_tail
+    return f"uniform {row['snapshots']}" + (f" + {tail} plain" if tail else "")
+
+
+def plot(sweep, optimum, act, path):
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    pts = [
-        (r["recomputations"], r["peak_bytes"] / plain_row["peak_bytes"], r["name"]) for r in rows
-    ]
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
-    for rec, ratio, name in pts:
-        ax.annotate(name, (rec, ratio), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.axhline(1.0, color="gray", ls="--", lw=0.8)
-    ax.set_xlabel("recomputed layer applications per step")
-    ax.set_ylabel("peak saved bytes / plain")
-    ax.set_title("checkpoint_sequential: memory vs recomputation")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    peaks = [r["peak_bytes"] / act for r in sweep]
+    recs = [r["recomputations"] for r in sweep]
+    order = np.argsort(peaks)
+    xs = [peaks[i] for i in order]
+    ys = [recs[i] for i in order]
+    ax.step(xs, ys, where="post", color="C0", lw=1.8, label="planner (measured peak)")
+    ax.plot(xs, ys, "o", color="C0", ms=4)
+    opt_x = [p / act for p, _ in optimum]
+    opt_y = [r for _, r in optimum]
+    ax.plot(opt_x, opt_y, "s--", color="C1", ms=3, lw=0.9, label="binomial optimum (predicted)")
+    # one label per distinct schedule, stacked so they never overlap
+    seen = set()
+    k = 0
+    for i in order:
+        r = sweep[i]
+        key = _label(r)
+        if key in seen:
+            continue
+        seen.add(key)
+        text = _label(r)
+        ax.annotate(
+            text,
+            (peaks[i], recs[i]),
+            xytext=(8, 10 + 11 * (k % 4)),
+            textcoords="offset points",
+            fontsize=7,
+            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "gray"},
+        )
+        k += 1
+    ax.set_ylim(bottom=-0.03 * max(ys + opt_y), top=1.2 * max(ys + opt_y))
+    ax.set_xlabel("peak saved memory (activations of one layer)")
+    ax.set_ylabel("recomputed layer applications per step")
+    ax.set_title("checkpoint_sequential: fewest recomputations within a memory budget")
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=64)
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-torch", action="store_true")
-    opts = parser.parse_args()
-
-    weights, biases = make_mlp(opts.depth, opts.width)
-    x = gg.dlarray(np.random.default_rng(1).normal(size=(opts.batch, opts.width)))
-    act = opts.batch * opts.width * 8
-    print(
-        f"device {gg.device()}: {opts.depth}-layer tanh MLP, width {opts.width}, "
-        f"batch {opts.batch} (one activation = {act / 2**20:.2f} MiB)"
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="The default run finishes in under a minute and writes nothing tracked.",
     )
-    base = measure("plain", plain, weights, biases, x, opts.repeats)
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the full sweep (40 budgets, width "
+        "512, batch 256), step times and the PyTorch comparison",
+    )
+    parser.add_argument("--depth", type=int, default=None, help="layers (32; 64 --full)")
+    parser.add_argument("--width", type=int, default=None, help="layer width (64; 512 --full)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (32; 256 --full)")
+    parser.add_argument("--budgets", type=int, default=None, help="budgets swept (12; 40 --full)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (0; 3 --full)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="path of the PNG (a JSON of the rows is "
+        "written beside it); default: a new file in the temporary directory",
+    )
+    opts = parser.parse_args(argv)
+    opts.depth = opts.depth or (64 if opts.full else 32)
+    width = opts.width or (512 if opts.full else 64)
+    batch = opts.batch or (256 if opts.full else 32)
+    n_budgets = opts.budgets or (40 if opts.full else 12)
+    repeats = opts.repeats if opts.repeats is not None else (3 if opts.full else 0)
+
+    gg.random.seed(0)
+    weights = make_mlp(opts.depth, width)
+    x = gg.dlarray(np.random.default_rng(1).normal(size=(batch, width)))
+    act = batch * width * 8
+    print(
+        f"device {gg.device()}: {opts.depth}-layer tanh MLP, width {width}, batch {batch} "
+        f"(one activation = {act / 2**20:.2f} MiB)"
+    )
+    base = measure("plain", plain, weights, x, repeats)
     k = round(math.sqrt(opts.depth))
-    rows = [
-        measure(
-            f"uniform {k}",
-            lambda ls, v: gg.checkpoint_sequential(ls, v),
-            weights,
-            biases,
-            x,
-            opts.repeats,
-        )
-    ]
-    for acts in (12, 16, 20, 32):
-        budget = acts * act
-        rows.append(
-            measure(
-                f"budget {acts} acts",
-                lambda ls, v, budget=budget: gg.checkpoint_sequential(ls, v, memory_budget=budget),
-                weights,
-                biases,
-                x,
-                opts.repeats,
-            )
-        )
-    print(f"{'schedule':<18}{'peak saved':>14}{'ratio':>8}{'time':>10}{'ratio':>8}{'recomp':>8}")
-    for r in [base, *rows]:
-        print(
-            f"{r['name']:<18}{r['peak_bytes'] / 2**20:>11.1f}MiB"
-            f"{r['peak_bytes'] / base['peak_bytes']:>8.2f}{r['time_s'] * 1e3:>8.0f}ms"
-            f"{r['time_s'] / base['time_s']:>8.2f}{r['recomputations']:>8d}"
-        )
-    uni = rows[0]
-    mem_ratio = uni["peak_bytes"] / base["peak_bytes"]
-    time_ratio = uni["time_s"] / base["time_s"]
-    print(
-        f"uniform sqrt(n): memory {mem_ratio:.2f} (target <= 0.30) "
-        f"{'OK' if mem_ratio <= 0.30 else 'MISS'}, time {time_ratio:.2f}x (target <= 1.4) "
-        f"{'OK' if time_ratio <= 1.4 else 'MISS'}"
+    uniform = measure(
+        f"uniform {k}", lambda ls, v: gg.checkpoint_sequential(ls, v), weights, x, repeats
     )
-    if not opts.no_torch:
-        torch_out = torch_runs(opts.depth, opts.width, opts.batch, opts.repeats)
+    # the sizes the planner measures, from one run whose budget is just below the plain peak
+    probe = measure(
+        "probe",
+        lambda ls, v: gg.checkpoint_sequential(ls, v, memory_budget=base["peak_bytes"] - 1),
+        weights,
+        x,
+        0,
+    )["stats"]
+    first = further = probe.step_saved_bytes
+    options = _candidates(opts.depth, True, probe.activation_bytes, first, further)
+    minimum = min(peak for _, peak, _, _ in options)
+    budgets = np.unique(
+        np.geomspace(minimum, base["peak_bytes"] * 1.05, n_budgets).astype(np.int64)
+    )
+    sweep = []
+    t0 = time.perf_counter()
+    for budget in budgets[::-1]:  # from everything-fits down to the minimum
+        row = measure(
+            f"budget {budget / act:.1f} acts",
+            lambda ls, v, b=int(budget): gg.checkpoint_sequential(ls, v, memory_budget=b),
+            weights,
+            x,
+            0,
+        )
+        row["budget_bytes"] = int(budget)
+        if row["peak_bytes"] > budget:
+            raise SystemExit(f"peak {row['peak_bytes']} exceeds the budget {budget}")
+        sweep.append(row)
+    sweep_s = time.perf_counter() - t0
+
+    print(f"{'schedule':<26}{'budget':>10}{'peak':>10}{'recomputed':>12}{'optimum':>9}")
+    for r in sweep:
+        sched = _label(r)
+        opt = (
+            optimal_recomputations(opts.depth, r["snapshots"])
+            if r["schedule"] == "revolve"
+            else "-"
+        )
+        print(
+            f"{sched:<26}{r['budget_bytes'] / act:>9.1f}a{r['peak_bytes'] / act:>9.1f}a"
+            f"{r['recomputations']:>12d}{opt!s:>9}"
+        )
+    print(f"({len(sweep)} budgets in {sweep_s:.1f}s; 'a' = activations of one layer)")
+    mem_ratio = uniform["peak_bytes"] / base["peak_bytes"]
+    print(f"uniform sqrt(n): peak memory {mem_ratio:.2f} of plain (target <= 0.30)")
+    if repeats:
+        time_ratio = uniform["time_s"] / base["time_s"]
+        print(
+            f"step time: plain {base['time_s'] * 1e3:.0f}ms, uniform sqrt(n) "
+            f"{uniform['time_s'] * 1e3:.0f}ms ({time_ratio:.2f}x, target <= 1.4)"
+        )
+    if opts.full and not opts.no_torch:
+        torch_out = torch_runs(opts.depth, width, batch, max(repeats, 1))
         if torch_out:
             tp, tc = torch_out["torch plain"], torch_out["torch sqrt(n)"]
             print(
                 f"torch (separate processes): plain {tp['time_s'] * 1e3:.0f}ms, "
-                f"peak RSS {tp['peak_rss_bytes'] / 2**20:.0f}MiB; sqrt(n) segments "
-                f"{tc['time_s'] * 1e3:.0f}ms ({tc['time_s'] / tp['time_s']:.2f}x), "
-                f"peak RSS {tc['peak_rss_bytes'] / 2**20:.0f}MiB "
-                f"({tc['peak_rss_bytes'] / tp['peak_rss_bytes']:.2f})"
+                f"sqrt(n) segments {tc['time_s'] * 1e3:.0f}ms "
+                f"({tc['time_s'] / tp['time_s']:.2f}x); peak RSS ratio "
+                f"{tc['peak_rss_bytes'] / tp['peak_rss_bytes']:.2f}"
             )
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, "checkpoint_memory_vs_recompute.png")
-    plot(rows, base, path)
-    print(f"wrote {path}")
+
+    if opts.out:
+        path = os.path.abspath(opts.out)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    else:
+        fd, path = tempfile.mkstemp(prefix="gpugrad-checkpoint-", suffix=".png")
+        os.close(fd)
+    optimum = binomial_optimum(opts.depth, probe.activation_bytes, first, further)
+    rows = [{k: v for k, v in r.items() if k != "stats"} for r in sweep]
+    json_path = os.path.splitext(path)[0] + ".json"
+    with open(json_path, "w") as f:
+        json.dump({"activation_bytes": act, "plain": base["peak_bytes"], "sweep": rows}, f)
+    print(f"wrote {json_path}")
+    if plot(sweep, optimum, act, path):
+        print(f"wrote {path}")
+    elif not opts.out:
+        os.remove(path)
 
 
 if __name__ == "__main__":

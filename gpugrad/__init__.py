@@ -32,10 +32,12 @@ from .creation import (  # noqa: E402
     arange,
     eye,
     full,
+    get_default_dtype,
     linspace,
     meshgrid,
     ones,
     ones_like,
+    set_default_dtype,
     zeros,
     zeros_like,
 )

@@ -34,8 +34,11 @@ OPS = _OpsHook()
 class dlarray:  # noqa: N801 - the MATLAB name is the API
     """Array for deep learning, with optional MATLAB data-format labels.
 
-    ``dlarray(data, fmt=None, dtype=None)`` wraps a Python scalar or list, a NumPy
-    or CuPy array, or a dlarray, on the active device. Integer data becomes
+    ``dlarray(data, fmt=None, dtype=None, copy=True)`` wraps a Python scalar or list,
+    a NumPy or CuPy array, or a dlarray, on the active device, copying by default
+    (MATLAB value semantics: later in-place updates, ``x[0] = 5`` or an optimizer
+    step, never write into the caller's array); ``copy=False`` shares the caller's
+    memory where the device and dtype allow. Integer data becomes
     float64 (MATLAB ``double``); bool stays bool. ``fmt`` labels each axis with
     ``S`` (spatial), ``C`` (channel), ``B`` (batch), ``T`` (time) or ``U``
     (unspecified); as in MATLAB, a formatted array is permuted to S,C,B,T,U order.
@@ -44,6 +47,12 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
     >>> x = gg.dlarray([[1, 2, 3]], "BC")
     >>> x.shape, gg.dims(x)
     ((3, 1), 'CB')
+    >>> import numpy as np
+    >>> a = np.zeros(2)
+    >>> y = gg.dlarray(a)
+    >>> y[0] = 5.0
+    >>> a.tolist(), gg.dlarray(a, copy=False)._data is a
+    ([0.0, 0.0], True)
     """
 
     __slots__ = ("_data", "_fmt", "_node", "_idx", "_taint", "_grad", "__weakref__")
@@ -64,7 +73,11 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
         return array_function(func, types, args, kwargs)
 
     def __init__(
-        self, data: ArrayLike, fmt: str | None = None, dtype: DTypeLike | None = None
+        self,
+        data: ArrayLike,
+        fmt: str | None = None,
+        dtype: DTypeLike | None = None,
+        copy: bool = True,
     ) -> None:
         node = None
         idx = 0
@@ -75,11 +88,17 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
                 data = stacked
         if isinstance(data, dlarray):
             raw, node, idx, taint = data._data, data._node, data._idx, data._taint
+            source = raw
             if fmt is None:
                 fmt = data._fmt
         else:
+            source = data
             raw = as_raw(data)
         raw = _normalize_dtype(raw, dtype, "dlarray")
+        if copy and _shares_memory(raw, source):
+            # why: MATLAB/NumPy value semantics; an in-place update (x[0] = 5, an
+            # optimizer step) must never write into the caller's array
+            raw = raw.copy()
         fmt = "" if fmt is None else fmt
         if fmt:
             fmt, perm = check_format(fmt, raw.ndim, "dlarray")
@@ -248,6 +267,22 @@ def _plain(data):
             )
         return np.asarray(data.data)
     return np.asarray(data).view(np.ndarray)
+def _shares_memory(raw, source):
+    """Whether ``raw`` may share memory with the caller's ``source`` (a fresh array made
+    from a list, scalar or another device never does)."""
+    if raw is source:
+        return True
+    if isinstance(source, (list, tuple, np.generic, *_PY_SCALARS)) or not hasattr(source, "shape"):
+        return False
+    on_device = backend.is_device_array(raw)
+    if on_device != backend.is_device_array(source):
+        return False
+    if on_device:
+        return bool(backend.xp().may_share_memory(raw, source))
+    try:
+        return bool(np.may_share_memory(raw, source))
+    except TypeError:  # an array-like NumPy cannot look inside: copy to be safe
+        return True
 
 
 def _normalize_dtype(raw, dtype, where):

@@ -656,6 +656,7 @@ class CheckpointStats:
     step_saved_bytes: int | None = None
     probe_calls: int = 0
     layer_calls: int = 0
+    plain_tail: int = 0  # layers after the segments, taped plainly (never recomputed)
     boundaries: list = field(default_factory=list)
 
     @property
@@ -724,27 +725,59 @@ def _revolve(layers, x, snapshots, offset):
     return layers[0](x)
 
 
-def _probe(layers, x, frame):
-    """Output bytes of one layer and the saved bytes of the first and of each further
-    recorded application (input a fresh leaf); the random state is restored."""
+def _layer_state(layers):
+    """(buffer, copy) of every float state array (not a parameter) that the layers
+    behind ``layers`` hold, e.g. BatchNorm's running statistics."""
+    from .nn import Layer  # noqa: PLC0415 - nn is optional and loads after the core
+
+    out = []
+    for call in layers:
+        layer = getattr(call, "__wrapped_layer__", call)
+        if not isinstance(layer, Layer):
+            continue
+        for sub in layer.layers_tree():
+            for v in vars(sub).values():
+                if type(v) is not dlarray and getattr(v, "dtype", None) is not None:
+                    if hasattr(v, "copy") and getattr(v.dtype, "kind", "") == "f":
+                        out.append((v, v.copy()))
+    return out
+
+
+def _plain_or_measure(counted, x, budget, x_counted, stats):
+    """Run the first two layers recorded, as a plain run would, measuring what they
+    save; when the whole chain run plainly (no recomputation) fits ``budget`` finish
+    it and return ``(y, sizes)``. Otherwise undo the attempt (random state and layer
+    state such as running statistics restored, the recorded nodes dropped) and return
+    ``(None, sizes)``; ``sizes`` is ``(act, first, further)``."""
+    n = len(counted)
     rng = _random.get_state()
-    sub = tape.Trace(_PROBE, frame.trace)
-    leaf = tape.make_leaf((x._data.shape, x._data.dtype), sub)
-    before = tape.MEMORY.current
-    saved = []
-    y = make(x._data, x._fmt, leaf, 0)
-    try:
-        with tape.scope(trace=sub, recording=True):
-            for layer in layers:
-                y = layer(y)
-                saved.append(tape.MEMORY.current - before)
-            act = _nbytes(y)
-    finally:
-        _random.set_state(rng)
-    del y
-    first = saved[0]
-    further = saved[1] - saved[0] if len(saved) > 1 else first
-    return act, first, further
+    state = _layer_state(counted[:2])
+    memory = tape.MEMORY
+    before = memory.current
+    x_key = id(x._data)
+    x_was_counted = x_key in memory.arrays
+    y = counted[0](x)
+    d1 = memory.current - before
+    x_bytes = x._data.nbytes if (not x_was_counted and x_key in memory.arrays) else 0
+    act = _nbytes(y)
+    first = d1 - x_bytes
+    further = first
+    if n > 1:
+        y = counted[1](y)
+        further = memory.current - before - d1
+    plain_peak = int(x_counted) * act + first + (n - 1) * further
+    sizes = (act, first, further)
+    if plain_peak <= budget:
+        stats.predicted_peak_bytes = plain_peak
+        for layer in counted[2:]:
+            y = layer(y)
+        return y, sizes
+    del y  # the attempt's nodes die here and return their bytes
+    _random.set_state(rng)
+    for buffer, copy in state:
+        buffer[...] = copy
+    stats.probe_calls = min(n, 2)
+    return None, sizes
 
 
 def _uniform(counted, x, k, stats):
@@ -761,12 +794,25 @@ def _uniform(counted, x, k, stats):
 
 
 def _candidates(n, x_counted, act, first, further):
-    """(recomputations, predicted peak bytes, schedule, parameter) of every schedule."""
+    """(recomputations, predicted peak bytes, schedule, parameter) of every schedule:
+    ``("uniform", (k, m))`` is ``k`` uniform segments over the first ``n - m`` layers
+    and the last ``m`` layers taped plainly (they are not recomputed: the backward
+    pass reaches them first and releases their tape before any segment is re-run);
+    ``("revolve", s)`` the binomial schedule with ``s`` snapshots. The plain run is
+    measured separately (``_plain_or_measure``)."""
     out = []
-    for k in range(1, n + 1):
-        longest = -(-n // k)
-        peak = (int(x_counted) + k - 1) * act + first + (longest - 1) * further
-        out.append((n, peak, "uniform", k))
+    xc = int(x_counted)
+    for m in range(0, n):
+        head = n - m
+        # the tail's tape: its first layer also saves its input (the head's output)
+        tail = act + first + (m - 1) * further if m else 0
+        best = None
+        for k in range(1, head + 1):
+            longest = -(-head // k)
+            peak = (xc + k - 1) * act + max(tail, first + (longest - 1) * further)
+            if best is None or peak < best[0]:
+                best = (peak, k)
+        out.append((head, best[0], "uniform", (best[1], m)))
     for s in range(1, max(n, 2)):
         peak = _peak_units(n, s, x_counted, act, first)
         out.append((optimal_recomputations(n, s), peak, "revolve", s))
@@ -788,11 +834,15 @@ def checkpoint_sequential(
     - default: ``round(sqrt(n))`` uniform segments (Chen et al. 2016);
     - ``segments=k``: ``k`` uniform segments (``1 <= k <= n``), each one checkpoint;
     - ``memory_budget`` (bytes, or a string such as ``"256MB"``/``"1.5GiB"``): among
-      the binomial (Revolve, Griewank & Walther) schedules with 1..n-1 snapshots and
-      the uniform ones, the one with the fewest recomputations whose predicted peak
-      of saved bytes (the engine's accounting) fits the budget. The first two layers
-      are applied once more to measure their sizes (``stats.probe_calls``; the
-      random state is restored); the layers are assumed alike in size;
+      no checkpointing, the uniform schedules and the binomial (Revolve, Griewank &
+      Walther) schedules with 1..n-1 snapshots, the one with the fewest
+      recomputations whose predicted peak of saved bytes (the engine's accounting)
+      fits the budget. The first two layers run recorded, as in a plain run, to
+      measure their sizes; when the plain run fits it simply continues (``n`` layer
+      calls, ``stats.schedule == "none"``); otherwise those two calls are undone
+      (random state and layer state such as BatchNorm statistics restored;
+      ``stats.probe_calls == 2``) and the chosen schedule runs. The layers are
+      assumed alike in size;
     - ``snapshots=s``: the binomial schedule with ``s`` stored states (input included).
 
     With ``return_stats=True`` returns ``(y, stats)`` (a :class:`CheckpointStats`);
@@ -849,9 +899,13 @@ def checkpoint_sequential(
         if not (frame.recording and isinstance(x, dlarray)):
             s = n  # nothing is kept for a backward pass: no schedule to fit
         else:
-            act, first, further = _probe(counted[:2], x, frame)
-            stats.probe_calls = min(n, 2)
+            # why: the plain run (no recomputation) is the first candidate; its first two
+            # layers measure the sizes, and are undone only when it does not fit
+            y, (act, first, further) = _plain_or_measure(counted, x, budget, x_counted, stats)
             stats.activation_bytes, stats.step_saved_bytes = act, first
+            if y is not None:
+                stats.schedule = "none"
+                return (y, stats) if return_stats else y
             options = _candidates(n, x_counted, act, first, further)
             minimum = min(peak for _, peak, _, _ in options)
             if budget < minimum:
@@ -864,9 +918,13 @@ def checkpoint_sequential(
             recomputations, peak, kind, param = min(o for o in options if o[1] <= budget)
             stats.predicted_peak_bytes = peak
             if kind == "uniform":
+                k, m = param
                 stats.schedule = "uniform"
                 stats.planned_recomputations = recomputations
-                y = _uniform(counted, x, param, stats)
+                stats.plain_tail = m
+                y = _uniform(counted[: n - m], x, k, stats)
+                for layer in counted[n - m :]:
+                    y = layer(y)
                 return (y, stats) if return_stats else y
             s = param
     else:

@@ -9,6 +9,12 @@ an allocation too large for the machine says how many bytes it asked for.
 >>> import gpugrad as gg
 >>> float(gg.gradient(lambda a: gg.sum(gg.linspace(a, 3.0, 5)))(1.0))  # sum of (1 - t)
 2.5
+
+Without a ``dtype`` the creation functions (``zeros``, ``ones``, ``full``, ``eye``,
+``arange``, ``linspace``) make arrays of the default dtype, ``gg.get_default_dtype()``
+(float32 unless ``gg.set_default_dtype`` changed it, as PyTorch and MATLAB's
+``single`` learnables); ``zeros_like``/``ones_like`` keep their argument's dtype and
+``gg.dlarray(data)`` keeps the data's (Python floats give float64).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 
 from . import backend, tape
 from ._alloc import allocate, shape_arg
+from ._defaults import get_default_dtype, set_default_dtype  # noqa: F401 - re-exported
 from .array import dlarray
 from .ops.core import make
 
@@ -41,7 +48,9 @@ def _value_dtype(dtype, *vals):
 
 def _dtype(dtype, where="dtype"):
     try:
-        dt = np.dtype(np.float64 if dtype is None else dtype)
+        # why: no dtype -> the default (float32 unless set_default_dtype changed it);
+        # an integer dtype -> float64 (MATLAB double), as gg.dlarray does with integers
+        dt = get_default_dtype() if dtype is None else np.dtype(dtype)
     except TypeError:
         raise TypeError(f"{where}: dtype must be a NumPy numeric dtype, got {dtype!r}") from None
     if dt.kind in "iu":
@@ -61,7 +70,7 @@ def _number(value, where, arg):
 
 
 def _fmt(out, fmt):
-    return dlarray(out, fmt) if fmt else out
+    return dlarray(out, fmt, copy=False) if fmt else out
 
 
 def _filled(where, shape, dtype, fill):
@@ -71,7 +80,7 @@ def _filled(where, shape, dtype, fill):
 
 
 def zeros(shape, dtype=None, fmt=None):
-    """An array of zeros (float64 unless ``dtype`` is given).
+    """An array of zeros (the default dtype, float32, unless ``dtype`` is given).
 
     >>> import gpugrad as gg
     >>> gg.zeros((2, 3)).shape, gg.zeros(2, dtype="float32").dtype
@@ -111,7 +120,7 @@ def full(shape, value, dtype=None, fmt=None):
     else:
         value = _number(value, "full", "value")
     if dtype is None and isinstance(value, complex):
-        dtype = np.complex128
+        dtype = np.result_type(get_default_dtype(), np.complex64)
     xp = backend.xp()
     return _fmt(_filled("full", shape, dtype, lambda s, dt: xp.full(s, value, dt)), fmt)
 

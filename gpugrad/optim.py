@@ -7,12 +7,12 @@ a traced copy made later all see the new values. Gradients must be shaped like t
 parameters (``model.parameters()`` for a Layer), as ``dlgradient`` returns them.
 
 >>> import gpugrad as gg
->>> model = gg.nn.Dense(2, 1)
+>>> model = gg.nn.Dense(2, 1)  # float32 parameters (gg.set_default_dtype)
 >>> opt = gg.optim.SGD(model, learning_rate=0.1)
 >>> grads = {k: gg.ones_like(v) for k, v in model.parameters().items()}
 >>> opt.update(model, grads)
 >>> model.bias.numpy()
-array([-0.1])
+array([-0.1], dtype=float32)
 """
 
 from __future__ import annotations
@@ -406,7 +406,7 @@ class Adam(_Optimizer):
     ``torch.optim.Adam``). Complex parameters keep moments per real component.
 
     >>> import gpugrad as gg
-    >>> model = gg.nn.Dense(2, 1)
+    >>> model = gg.nn.Dense(2, 1)  # float32 parameters (gg.set_default_dtype)
     >>> opt = gg.optim.Adam(model, learning_rate=0.1)
     >>> opt.update(model, {"weight": gg.ones((1, 2)), "bias": gg.ones((1,))})
     >>> bool(abs(model.bias.numpy()[0] + 0.1) < 1e-6)

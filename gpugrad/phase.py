@@ -176,7 +176,7 @@ def forward(net, *args, **kwargs):
     >>> import gpugrad as gg
     >>> bn = gg.nn.BatchNorm(2)
     >>> y = gg.forward(bn, gg.dlarray([[0.0, 1.0], [2.0, 5.0]]))
-    >>> y.numpy().round(3).tolist(), bn.running_mean.round(6).tolist()
+    >>> y.numpy().round(3).tolist(), bn.running_mean.astype(float).round(6).tolist()
     ([[-1.0, -1.0], [1.0, 1.0]], [0.1, 0.3])
     """
     return call(_impl(net, "forward"), args, kwargs, FORWARD)
@@ -197,7 +197,7 @@ def predict(net, *args, **kwargs):
 
 
 def _impl(net, where):
-    impl = getattr(type(net), "_forward_impl", None)
+    impl = getattr(type(net), "_checked_impl", None)
     if impl is not None:
         return impl.__get__(net)
     if not callable(net):

@@ -19,7 +19,7 @@ from contextvars import ContextVar
 
 import numpy as np
 
-from . import backend
+from . import _defaults, backend
 from ._alloc import allocate, shape_arg
 from .errors import CheckpointError
 from .ops.core import host_call, make
@@ -163,7 +163,7 @@ def _shape(shape, size, where):
 
 
 def _cast(raw, dtype, where):
-    dt = np.dtype(dtype or np.float64)
+    dt = _defaults.resolve(dtype)  # the default dtype (gg.set_default_dtype) when None
     if dt.kind not in "fc":
         raise TypeError(f"{where}: dtype must be a float or complex type, got {dt}")
     return _on_device(raw.astype(dt, copy=False))

@@ -9,6 +9,9 @@ import pytest
 import gpugrad as gg
 from tests._torch import torch
 
+# float64 layer parameters: these tests compare with float64 references
+pytestmark = pytest.mark.usefixtures("float64")
+
 R = np.random.default_rng(5)
 
 

@@ -10,6 +10,9 @@ import gpugrad as gg
 from gpugrad.tree import leaves
 from tests._torch import torch
 
+# float64 layer parameters: these tests compare with float64 references
+pytestmark = pytest.mark.usefixtures("float64")
+
 R = np.random.default_rng(21)
 X = R.standard_normal((6, 3))
 TARGET = R.standard_normal((6, 2))

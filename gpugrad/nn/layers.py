@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-from .. import matlab
+from .. import _defaults, matlab
 from .. import phase as _phase
 from .. import random as _random
 from .._checks import fraction, positive
@@ -21,7 +21,7 @@ from ..ops.core import _STATE, host_call, make
 from ..ops.elementwise import sqrt
 from ..ops.heavy import relu
 from ..ops.reduce import mean
-from ..ops.shape import concatenate, reshape, transpose
+from ..ops.shape import astype, concatenate, reshape, transpose
 from ..tape import is_recomputing
 from ..tree import leaves, map_arrays, map_gradient
 from . import _prims
@@ -34,7 +34,7 @@ def _xp():
     return _STATE["xp"]
 
 
-def glorot_uniform(shape, fan_in, fan_out, dtype=np.float64):
+def glorot_uniform(shape, fan_in, fan_out, dtype=None):
     """Glorot (Xavier) uniform initializer on the active device, seeded by gg.random:
     uniform on ``[-limit, limit]`` with ``limit = sqrt(6 / (fan_in + fan_out))``, i.e.
     variance ``2 / (fan_in + fan_out)`` (MATLAB's and Keras' ``glorot``).
@@ -46,31 +46,31 @@ def glorot_uniform(shape, fan_in, fan_out, dtype=np.float64):
     """
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     raw = _random.raw_uniform(shape, np.float64) * (2 * limit) - limit
-    return make(_xp().asarray(raw.astype(dtype)))
+    return make(_xp().asarray(raw.astype(_defaults.resolve(dtype))))
 
 
-def orthogonal(shape, dtype=np.float64):
+def orthogonal(shape, dtype=None):
     """Orthogonal initializer (MATLAB's ``orthogonal``, Keras' ``Orthogonal``), seeded
     by gg.random: ``Q`` of the QR decomposition ``Z = QR`` of a standard normal
     ``Z`` of ``shape`` (rows, cols), signed so that ``R`` has a positive diagonal.
     The columns are orthonormal when rows >= cols, else the rows are.
 
     >>> import numpy as np, gpugrad as gg
-    >>> q = gg.nn.layers.orthogonal((6, 3)).numpy()
+    >>> q = gg.nn.layers.orthogonal((6, 3), np.float64).numpy()
     >>> bool(abs(q.T @ q - np.eye(3)).max() < 1e-12)
     True
     """
     rows, cols = shape
-    z = _random.normal(shape=(max(rows, cols), min(rows, cols))).numpy()
+    z = _random.normal(shape=(max(rows, cols), min(rows, cols)), dtype=np.float64).numpy()
     q, r = np.linalg.qr(z)
     # why: QR is unique only up to column signs; fixing diag(R) > 0 makes Q Haar-distributed
     q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
     q = q if rows >= cols else q.T
-    return make(_xp().asarray(np.ascontiguousarray(q).astype(dtype)))
+    return make(_xp().asarray(np.ascontiguousarray(q).astype(_defaults.resolve(dtype))))
 
 
-def _zeros(shape, dtype=np.float64):
-    return make(_xp().zeros(shape, dtype))
+def _zeros(shape, dtype=None):
+    return make(_xp().zeros(shape, _defaults.resolve(dtype)))
 
 
 def _size(value, name, where):
@@ -100,15 +100,119 @@ def _padding_arg(padding, where):
     return padding
 
 
+def _cast_to(dt, args, layer):
+    """The array arguments of a layer call in its parameters' float dtype ``dt``: wider
+    floats are cast down (differentiably), narrower ones raise."""
+    out = None
+    for i, a in enumerate(args):
+        adt = getattr(a, "dtype", None)
+        if adt is None or adt == dt or getattr(adt, "kind", None) != "f":
+            continue
+        if adt.itemsize < dt.itemsize:
+            raise TypeError(
+                f"{type(layer).__name__}: the input is {adt} but the layer's parameters are "
+                f"{dt}; computing in {dt} would silently promote the data: cast the layer "
+                f"(net.astype(np.{adt})) or the data (gg.astype(x, np.{dt}))"
+            )
+        if out is None:
+            out = list(args)
+        out[i] = astype(a if type(a) is dlarray else dlarray(a, copy=False), dt)
+    return args if out is None else tuple(out)
+
+
 def _training_forward(impl):
     """The public ``forward`` of a layer class: MATLAB's training call around ``impl``."""
 
     @functools.wraps(impl)
     def forward(self, *args, **kwargs):
+        if self._cast_inputs:
+            args = self._cast_args(args)
         return _phase.call(impl.__get__(self), args, kwargs, _phase.FORWARD)
 
     forward._gg_forward_impl = impl
     return forward
+
+
+def _alias_checked_init(init):
+    """``init`` followed, once per construction (by the most derived class), by the
+    check that no two parameters share memory."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if type(self).__init__ is __init__:
+            check_no_aliases(self)
+
+    __init__._gg_checked_init = True
+    return __init__
+
+
+def _named_leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _named_leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], tree
+
+
+def _byte_range(raw):
+    if isinstance(raw, np.ndarray):
+        return np.lib.array_utils.byte_bounds(raw)
+    ptr = raw.data.ptr  # a CuPy array: its extent from the strides
+    low = high = ptr
+    for n, st in zip(raw.shape, raw.strides):
+        if st < 0:
+            low += (n - 1) * st
+        else:
+            high += (n - 1) * st
+    return low, high + raw.itemsize
+
+
+def check_no_aliases(layer):
+    """Raise ``ValueError`` when two distinct parameters of ``layer`` share memory (an
+    update of one would silently move the other). The same dlarray used twice (weight
+    tying, a layer applied twice) is allowed. Runs when a layer is constructed.
+
+    >>> import numpy as np, gpugrad as gg
+    >>> class Twin(gg.nn.Layer):
+    ...     def __init__(self):
+    ...         buf = np.zeros(4)
+    ...         self.a = gg.dlarray(buf[:2], copy=False)
+    ...         self.b = gg.dlarray(buf, copy=False)
+    ...     def forward(self, x):
+    ...         return x * self.a + self.b[:2]
+    >>> Twin()
+    Traceback (most recent call last):
+    ...
+    ValueError: Twin: parameters 'a' and 'b' share memory, so updating one would move the other; give each its own array (gg.dlarray copies by default; copy=False shares)
+    """
+    seen = set()
+    spans = []
+    for name, p in _named_leaves(layer.parameters()):
+        raw = p._data
+        if id(p) in seen or not hasattr(raw, "strides") or raw.nbytes == 0:
+            continue
+        seen.add(id(p))
+        low, high = _byte_range(raw)
+        spans.append((low, high, name, raw))
+    spans.sort(key=lambda s: s[0])
+    reach = None  # the span reaching furthest so far
+    for span in spans:
+        if reach is not None and span[0] < reach[1] and _may_share(reach[3], span[3]):
+            name, name2 = reach[2], span[2]
+            raise ValueError(
+                f"{type(layer).__name__}: parameters {name!r} and {name2!r} share memory, so "
+                "updating one would move the other; give each its own array (gg.dlarray "
+                "copies by default; copy=False shares)"
+            )
+        if reach is None or span[1] > reach[1]:
+            reach = span
+
+
+def _may_share(a, b):
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return np.may_share_memory(a, b)
+    return True
 
 
 def _is_param(v):
@@ -154,6 +258,9 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not hasattr(init, "_gg_checked_init"):
+            cls.__init__ = _alias_checked_init(init)
         impl = cls.__dict__.get("forward")
         if impl is not None and not hasattr(impl, "_gg_forward_impl"):
             # why: a subclass implements forward(x); called by a user it is MATLAB's
@@ -161,15 +268,67 @@ class Layer:
             cls._forward_impl = impl
             cls.forward = _training_forward(impl)
 
+    _cast_inputs = True  # a layer that takes indices (not data) sets it False
+
     def __call__(self, *args, **kwargs):
+        if self._cast_inputs:
+            args = self._cast_args(args)
         if _phase.IN_CALL.get():
             return self._forward_impl(*args, **kwargs)
         return _phase.call(self._forward_impl, args, kwargs)
+
+    def _cast_args(self, args):
+        for v in self.__dict__.values():
+            if type(v) is dlarray and v._data.dtype.kind == "f":
+                return _cast_to(v._data.dtype, args, self)
+        return args
+
+    def _checked_impl(self, *args, **kwargs):
+        """The implementation with the inputs cast (``forward``/``predict`` calls)."""
+        if self._cast_inputs:
+            args = self._cast_args(args)
+        return self._forward_impl(*args, **kwargs)
 
     def forward(self, x):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement forward(x)")
 
     _forward_impl = forward
+
+    # ------------------------------------------------------------ dtype
+    def astype(self, dtype):
+        """Cast every floating parameter (and state such as BatchNorm's running
+        statistics) of this layer and its sub-layers to the float ``dtype``, in place
+        (the parameter objects stay the same); returns the layer. A layer computes in
+        its parameters' dtype: a wider float input (float64 data into a float32 layer)
+        is cast down, differentiably, and a narrower one raises ``TypeError`` rather
+        than silently promoting the data.
+
+        >>> import numpy as np, gpugrad as gg
+        >>> net = gg.nn.Sequential(gg.nn.Dense(3, 2), gg.nn.BatchNorm(2))
+        >>> net[0].weight.dtype
+        dtype('float32')
+        >>> net.astype(np.float64)[1].running_mean.dtype
+        dtype('float64')
+        >>> net(gg.ones((4, 3), dtype=np.float32))
+        Traceback (most recent call last):
+        ...
+        TypeError: Dense: the input is float32 but the layer's parameters are float64; computing in float64 would silently promote the data: cast the layer (net.astype(np.float32)) or the data (gg.astype(x, np.float64))
+        """
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            dt = None
+        if dt is None or dt.kind != "f":
+            raise TypeError(f"astype: dtype must be a float type, got {dtype!r}")
+        for p in leaves(self.parameters()):
+            if p._data.dtype.kind == "f" and p._data.dtype != dt:
+                p._data = p._data.astype(dt)
+        for layer in self.layers_tree():
+            for k, v in list(vars(layer).items()):
+                if hasattr(v, "dtype") and hasattr(v, "astype") and type(v) is not dlarray:
+                    if v.dtype.kind == "f" and v.dtype != dt:
+                        setattr(layer, k, v.astype(dt))
+        return self
 
     # ------------------------------------------------------------ training mode
     def predict(self, *args, **kwargs):
@@ -180,10 +339,10 @@ class Layer:
 
         >>> import gpugrad as gg
         >>> drop = gg.nn.Dropout(0.5)
-        >>> drop.predict(gg.ones((3,))).numpy()
-        array([1., 1., 1.])
+        >>> drop.predict(gg.ones((3,))).numpy().tolist()
+        [1.0, 1.0, 1.0]
         """
-        return _phase.call(self._forward_impl, args, kwargs, _phase.PREDICT)
+        return _phase.call(self._checked_impl, args, kwargs, _phase.PREDICT)
 
     def train(self, mode=True):
         """PyTorch's ``net.train()``: this layer and every sub-layer train from now on
@@ -258,8 +417,8 @@ class Layer:
         >>> with gg.autograd.record():
         ...     loss = gg.sum(layer(gg.ones((3, 2))))
         >>> loss.backward()
-        >>> layer.grad["bias"].numpy()
-        array([3.])
+        >>> layer.grad["bias"].numpy().tolist()
+        [3.0]
         """
         for p in leaves(self.parameters()):
             p.attach_grad(grad_req)
@@ -297,7 +456,7 @@ class Layer:
     # ------------------------------------------------------------ backprop
     def applied_for_backpropagation(self, x):
         """``(y, backprop)`` with ``backprop(dy) -> (grads_of_parameters, grad_of_x)``."""
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         sc, trace, (model, tx) = matlab.open_trace("pullback", (self, x))
         with sc:
             y = model(tx)
@@ -348,7 +507,8 @@ class Dense(Layer):
     """``activation(x @ weight^T + bias)`` for ``x[batch, input_size]``; weight is
     ``[output_size, input_size]`` (MATLAB layout). ``activation=gg.relu`` is fused."""
 
-    def __init__(self, input_size, output_size, activation=None, dtype=np.float64):
+    def __init__(self, input_size, output_size, activation=None, dtype=None):
+        dtype = _defaults.resolve(dtype)
         input_size = _size(input_size, "input_size", "Dense")
         output_size = _size(output_size, "output_size", "Dense")
         _check_activation(activation, "Dense")
@@ -357,7 +517,7 @@ class Dense(Layer):
         self.activation = activation
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         n_in = self.weight.shape[1]
         if x.ndim != 2:
             raise ValueError(
@@ -391,8 +551,9 @@ class Conv2D(Layer):
         padding="valid",
         activation=None,
         dilations=(1, 1),
-        dtype=np.float64,
+        dtype=None,
     ):
+        dtype = _defaults.resolve(dtype)
         try:
             shape = tuple(filter_shape)
         except TypeError:
@@ -414,7 +575,7 @@ class Conv2D(Layer):
         self.activation = activation
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         kh, kw, cin, _ = self.filter.shape
         if x.ndim != 4 or x.shape[3] != cin:
             raise ValueError(
@@ -450,7 +611,7 @@ class _Pool2D(Layer):
         self.padding = _padding_arg(padding, where)
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         if x.ndim != 4:
             raise ValueError(
                 f"{type(self).__name__}: input must be [batch, height, width, channels] "
@@ -478,7 +639,7 @@ class Flatten(Layer):
     """``[batch, ...] -> [batch, features]``."""
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         return reshape(x, (x.shape[0], -1))
 
 
@@ -486,7 +647,8 @@ class LSTM(Layer):
     """LSTM over ``x[batch, time, features]``; returns the hidden states
     ``[batch, time, hidden_size]`` (MATLAB gate order i, f, g, o)."""
 
-    def __init__(self, input_size, hidden_size, dtype=np.float64):
+    def __init__(self, input_size, hidden_size, dtype=None):
+        dtype = _defaults.resolve(dtype)
         input_size = _size(input_size, "input_size", "LSTM")
         h = _size(hidden_size, "hidden_size", "LSTM")
         # MATLAB's lstmLayer defaults: glorot input weights (fan_in = input size,
@@ -499,7 +661,7 @@ class LSTM(Layer):
         self.hidden_size = h
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         n_in = self.weight.shape[1]
         if x.ndim != 3:
             raise ValueError(
@@ -560,11 +722,12 @@ class BatchNorm(Layer):
     [1.0, 3.0]
     >>> bn.forward(x).numpy().round(4).ravel().tolist()  # MATLAB's forward: trains
     [-1.0, 1.0]
-    >>> bn.running_mean.round(6).tolist(), bn.running_var.round(6).tolist()
-    ([0.2], [1.1])
+    >>> bn.running_mean.dtype, bn.running_mean.astype(float).round(6).tolist()
+    (dtype('float32'), [0.2])
     """
 
-    def __init__(self, num_features, momentum=0.1, epsilon=1e-5, dtype=np.float64):
+    def __init__(self, num_features, momentum=0.1, epsilon=1e-5, dtype=None):
+        dtype = _defaults.resolve(dtype)
         num_features = _size(num_features, "num_features", "BatchNorm")
         fraction(momentum, "momentum", "BatchNorm", one=True)
         positive(epsilon, "epsilon", "BatchNorm")
@@ -576,7 +739,7 @@ class BatchNorm(Layer):
         self.epsilon = epsilon
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         _check_features(x, self.offset.shape[0], type(self).__name__)
         axes = tuple(range(x.ndim - 1))
         if _phase.layer_is_training(self):
@@ -606,7 +769,8 @@ class BatchNorm(Layer):
 class LayerNorm(Layer):
     """Layer normalization over the last axis."""
 
-    def __init__(self, num_features, epsilon=1e-5, dtype=np.float64):
+    def __init__(self, num_features, epsilon=1e-5, dtype=None):
+        dtype = _defaults.resolve(dtype)
         num_features = _size(num_features, "num_features", "LayerNorm")
         positive(epsilon, "epsilon", "LayerNorm")
         self.offset = _zeros((num_features,), dtype)
@@ -614,7 +778,7 @@ class LayerNorm(Layer):
         self.epsilon = epsilon
 
     def forward(self, x):
-        x = x if type(x) is dlarray else dlarray(x)
+        x = x if type(x) is dlarray else dlarray(x, copy=False)
         _check_features(x, self.offset.shape[0], type(self).__name__)
         mu = mean(x, axis=-1, keepdims=True)
         centered = x - mu

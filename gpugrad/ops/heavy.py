@@ -90,8 +90,8 @@ def matmul(a, b):
     >>> gg.matmul(gg.dlarray([[1.0, 2.0]]), gg.dlarray([[3.0], [4.0]])).numpy()
     array([[11.]])
     """
-    a = a if type(a) is dlarray else dlarray(a)
-    b = b if type(b) is dlarray else dlarray(b)
+    a = a if type(a) is dlarray else dlarray(a, copy=False)
+    b = b if type(b) is dlarray else dlarray(b, copy=False)
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError("matmul: operands must have at least one dimension; use * for scalars")
     ka = a.shape[-1]
@@ -115,8 +115,8 @@ def matmul(a, b):
 def dot(a, b):
     """``numpy.dot``: scalars multiply, 1-D·1-D is the inner product, N-D sums over
     the last axis of ``a`` and the second-to-last of ``b``."""
-    a = a if type(a) is dlarray else dlarray(a)
-    b = b if type(b) is dlarray else dlarray(b)
+    a = a if type(a) is dlarray else dlarray(a, copy=False)
+    b = b if type(b) is dlarray else dlarray(b, copy=False)
     if a.ndim == 0 or b.ndim == 0:
         return a * b
     if b.ndim <= 2:
@@ -180,7 +180,7 @@ def relu(x):
     array([0., 0., 2.])
     """
     if type(x) is not dlarray:
-        x = dlarray(x)
+        x = dlarray(x, copy=False)
     return bind(_RELU, (x,), None, x._fmt)
 
 

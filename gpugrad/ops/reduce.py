@@ -74,7 +74,7 @@ _SUM = Primitive("sum", _sum_fwd, _sum_vjp, fast=_sum_fast)
 
 def _reduce(prim, x, axis, keepdims, where):
     if type(x) is not dlarray:
-        x = dlarray(x)
+        x = dlarray(x, copy=False)
     axes = normalize_axis(axis, x.ndim, where)
     fmt = _reduced_fmt(x._fmt, axes, keepdims)
     return bind(prim, (x,), {"axis": axes, "keepdims": bool(keepdims)}, fmt)
@@ -99,7 +99,7 @@ def mean(x, axis=None, keepdims=False):
     (2.5, array([2., 3.]))
     """
     if type(x) is not dlarray:
-        x = dlarray(x)
+        x = dlarray(x, copy=False)
     axes = normalize_axis(axis, x.ndim, "mean")
     n = x.size if axes is None else _prod_int(x.shape[a] for a in axes)
     if n == 0:  # the mean of nothing is NaN (NumPy, PyTorch, MATLAB), without a warning
@@ -261,7 +261,7 @@ def norm(x, ord=2, axis=None, keepdims=False):  # noqa: A002
     5.0
     """
     if type(x) is not dlarray:
-        x = dlarray(x)
+        x = dlarray(x, copy=False)
     axis = normalize_axis(axis, x.ndim, "norm")
     if ord == 2:
         sq = real(x * conj(x)) if x.dtype.kind == "c" else x * x
@@ -294,7 +294,7 @@ def logsumexp(x, axis=None, keepdims=False):
     0.693147
     """
     if type(x) is not dlarray:
-        x = dlarray(x)
+        x = dlarray(x, copy=False)
     axes = normalize_axis(axis, x.ndim, "logsumexp")
     m = make(_lse_shift(x._data, axes))  # a constant shift
     with _errstate(divide="ignore"):

@@ -19,7 +19,7 @@ def _xp():
 
 
 def _dl(x):
-    return x if type(x) is dlarray else dlarray(x)
+    return x if type(x) is dlarray else dlarray(x, copy=False)
 
 
 # ------------------------------------------------------------------ reshape / transpose
