@@ -18,8 +18,11 @@ Compares, on the active CUDA device,
 Each row gives the time, TFLOP/s or GB/s, the percentage of the vendor path and of
 the card's peak (looked up from the device name; the card is recorded), and the
 maximum relative difference from the vendor result. Results go to
-``bench/results/gpu-<device>.json`` and, with matplotlib, a PNG plot beside it.
-Without a GPU it prints ``no GPU: <reason>`` and exits 0.
+``bench/results/gpu-<device>.json`` and, with matplotlib, a PNG plot beside it; an
+existing file is never overwritten (a new name with the date and time is used
+instead) unless --overwrite is given, and the script prints every path it wrote.
+Inputs are drawn from CuPy's generator seeded with --seed. Without a GPU it prints
+``no GPU: <reason>`` and exits 0.
 """
 
 from __future__ import annotations
@@ -32,12 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from gpugrad import backend  # noqa: E402
 
 # name pattern -> (FP32 TFLOP/s without tensor cores, memory TB/s), vendor data sheets
 PEAKS = [
@@ -77,6 +75,8 @@ def device_peaks(cp) -> dict:
 
 def gpu_time(cp, fn, repeat: int, warmup: int = 3) -> float:
     """Median GPU time of ``fn()`` in seconds, measured with CUDA events."""
+    import numpy as np
+
     for _ in range(warmup):
         fn()
     start, stop = cp.cuda.Event(), cp.cuda.Event()
@@ -362,13 +362,15 @@ def bench_lstm(b: Bench, kernels, torch):
 
 
 def plot(rows, peaks, path: Path):
+    import numpy as np
+
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: no plot")
+        print("matplotlib is not installed, so no plot was written (pip install matplotlib).")
         return
     sq = [r for r in rows if r["group"] == "sgemm" and re.fullmatch(r"(\d+)x\1x\1", r["case"])]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -391,17 +393,55 @@ def plot(rows, peaks, path: Path):
     print(f"wrote {path}")
 
 
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False
+    )
+    parser.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    parser.add_argument(
+        "--quick", action="store_true", help="Run fewer sizes and fewer timed repeats."
+    )
+    parser.add_argument(
+        "--max-gemm", type=int, default=4096, help="Stop the square SGEMM sweep at this size."
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="Time each case this many times (median)."
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results",
+        help="Write the JSON results and the PNG plot into this folder.",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace existing result files instead of writing new, dated ones.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed CuPy's random inputs.")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["gemm", "fused", "relu", "conv", "lstm"],
+        help="Run only this group (repeat the option for several groups).",
+    )
+    return parser
+
+
+def fresh_path(path: Path, overwrite: bool) -> Path:
+    """``path``, or a dated sibling when ``path`` exists and must not be overwritten."""
+    if overwrite or not path.exists():
+        return path
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return path.with_name(f"{path.stem}-{stamp}{path.suffix}")
+
+
 def main(argv=None) -> int:
     """Run the suite; returns the exit status (0 also when there is no GPU)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
-    parser.add_argument("--max-gemm", type=int, default=4096, help="largest square SGEMM")
-    parser.add_argument("--repeat", type=int, default=None, help="timed runs per case")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument(
-        "--only", action="append", choices=["gemm", "fused", "relu", "conv", "lstm"]
-    )
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from gpugrad import backend  # the heavy imports come after the arguments
+
     try:
         backend.set_device("cuda")
     except backend.DeviceError as exc:
@@ -410,6 +450,7 @@ def main(argv=None) -> int:
     from gpugrad.backend import kernels
 
     cp = backend.cupy_module()
+    cp.random.seed(args.seed)
     peaks = device_peaks(cp)
     torch = torch_cuda()
     print(
@@ -432,7 +473,7 @@ def main(argv=None) -> int:
         bench_lstm(bench, kernels, torch)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", peaks["name"]).strip("-").lower()
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"gpu-{slug}.json"
+    out = fresh_path(args.out / f"gpu-{slug}.json", args.overwrite)
     meta = dict(
         device=peaks,
         cupy=cp.__version__,
@@ -440,11 +481,12 @@ def main(argv=None) -> int:
         torch=torch.__version__ if torch else None,
         python=platform.python_version(),
         seconds=time.time() - started,
+        seed=args.seed,
         launches=kernels.launches(),
     )
     out.write_text(json.dumps(dict(meta=meta, rows=bench.rows), indent=1))
     print(f"wrote {out}")
-    plot(bench.rows, peaks, out.with_suffix(".png"))
+    plot(bench.rows, peaks, fresh_path(out.with_suffix(".png"), args.overwrite))
     return 0
 
 

@@ -9,34 +9,51 @@ with ``gg.checkpoint_sequential``.
 2. A 32-layer tanh MLP (width 256) with and without checkpointing: peak bytes
    kept for the backward pass (the engine's count) and step time.
 
-    python examples/checkpointed_training.py
+Writes no files.
+
+    python examples/checkpointed_training.py [--depth 32] [--width 256] [--batch 128]
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 
-import numpy as np
 
-import gpugrad as gg
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False
+    )
+    parser.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    parser.add_argument("--depth", type=int, default=32, help="Give the MLP this many layers.")
+    parser.add_argument("--width", type=int, default=256, help="Give each MLP layer this width.")
+    parser.add_argument("--batch", type=int, default=128, help="Feed the MLP batches this large.")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed gg.random with this number (weights and data)."
+    )
+    return parser
 
 
-def conv_example():
+def conv_example(seed=0):
+    import numpy as np
+
+    import gpugrad as gg
+
     class LoudConv2D(gg.nn.Conv2D):
         def forward(self, x):
             phase = "recompute in pullback" if gg.tape.is_recording() else "forward"
             print(f"    conv layer runs ({phase})")
             return super().forward(x)
 
-    gg.random.seed(0)
+    gg.random.seed(seed)
     model = gg.nn.Sequential(
         LoudConv2D(filter_shape=(5, 5, 3, 6), activation=gg.relu).discarding_activations(),
         gg.nn.MaxPool2D(pool_size=(2, 2), strides=(2, 2)),
         gg.nn.Flatten(),
         gg.nn.Dense(216, 10),
     )
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     images = gg.dlarray(rng.normal(size=(8, 16, 16, 3)))
     labels = gg.dlarray(rng.integers(0, 10, size=8))
     opt = gg.optim.SGD(model, learning_rate=0.1)
@@ -53,8 +70,13 @@ def conv_example():
         print(f"    loss {float(loss):.4f}")
 
 
-def mlp_example(depth=32, width=256, batch=128):
-    rng = np.random.default_rng(1)
+def mlp_example(depth=32, width=256, batch=128, seed=0):
+    import numpy as np
+
+    import gpugrad as gg
+
+    gg.random.seed(seed + 1)
+    rng = np.random.default_rng(seed + 1)
     layers = [gg.nn.Dense(width, width, activation=gg.tanh) for _ in range(depth)]
     model = gg.nn.Sequential(layers)
     x = gg.dlarray(rng.normal(size=(batch, width)))
@@ -89,15 +111,10 @@ def mlp_example(depth=32, width=256, batch=128):
         )
 
 
-def main():
-    try:
-        import gpugrad.nn  # noqa: F401, PLC0415
-        import gpugrad.optim  # noqa: F401, PLC0415
-    except ImportError:
-        print("gg.nn / gg.optim are not available in this build; nothing to run")
-        return
-    conv_example()
-    mlp_example()
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    conv_example(args.seed)
+    mlp_example(args.depth, args.width, args.batch, args.seed)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@ Dense, trained with Adam through gg.dlfeval/gg.dlgradient on the active device.
 
     python examples/digits_cnn.py [--epochs 15] [--plot examples/digits_loss.png]
 
-Prints the test accuracy (>= 95% in well under a minute on a laptop CPU) and saves
-the loss curve.
+Prints the test accuracy (>= 95% in well under a minute on a laptop CPU), writes the
+loss curve, and with --save writes the trained model with gg.save, reloads it with
+gg.load and checks that the reloaded model predicts the same classes.
 """
 
 from __future__ import annotations
@@ -13,14 +14,91 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
-import gpugrad as gg
-
 HERE = Path(__file__).resolve().parent
 
 
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False
+    )
+    parser.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    parser.add_argument("--epochs", type=int, default=15, help="Train for this many epochs.")
+    parser.add_argument("--batch", type=int, default=64, help="Use mini-batches of this size.")
+    parser.add_argument(
+        "--plot",
+        default=str(HERE / "digits_loss.png"),
+        help="Write the loss curve (a PNG) to this path; pass '' to write none.",
+    )
+    parser.add_argument(
+        "--save",
+        default="",
+        help="Write the trained model to this path with gg.save (an .npz file) and reload it.",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed the weights, the data split and the batches."
+    )
+    return parser
+
+
+class _PlainProgress:
+    """What the script shows when tqdm is not installed: a line every 10% of the steps."""
+
+    def __init__(self, total, desc):
+        self.total, self.desc, self.done, self.postfix = total, desc, 0, ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def set_postfix(self, **values):
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def update(self, n=1):
+        self.done += n
+        if self.done == self.total or self.done % max(self.total // 10, 1) == 0:
+            print(f"{self.desc}: {self.done}/{self.total} {self.postfix}", flush=True)
+
+    @staticmethod
+    def write(text):
+        print(text)
+
+
+def progress(total, desc):
+    """A tqdm progress bar, or plain progress lines when tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _PlainProgress(total, desc)
+    return tqdm(total=total, desc=desc)
+
+
+def save_plot(draw, path):
+    """Draw with matplotlib into ``path`` (a PNG); says where, or why there is no plot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed, so no plot was written (pip install matplotlib).")
+        return None
+    path = Path(path).resolve()
+    fig = plt.figure(figsize=(6, 4))
+    draw(plt)
+    plt.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"The loss curve was written to {path}.")
+    return path
+
+
 def build_model():
+    import numpy as np
+
+    import gpugrad as gg
+
     return gg.nn.Sequential(
         gg.nn.Conv2D((3, 3, 1, 16), padding="same", activation=gg.relu, dtype=np.float32),
         gg.nn.MaxPool2D(2, 2),
@@ -32,8 +110,15 @@ def build_model():
 
 
 def load_data(seed=0):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    import numpy as np
+
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise SystemExit(
+            "This example needs scikit-learn for its data set: pip install scikit-learn"
+        ) from None
 
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[..., None]  # (N, 8, 8, 1)
@@ -43,32 +128,34 @@ def load_data(seed=0):
 
 
 def loss_and_grad(model, x, labels):
+    import gpugrad as gg
+
     loss = gg.nn.softmax_cross_entropy(model(x), labels)
     return loss, gg.dlgradient(loss, model)
 
 
 def accuracy(model, x, labels):
+    import gpugrad as gg
+
     logits = model(gg.dlarray(x)).numpy()
     return float((logits.argmax(axis=1) == labels).mean())
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--plot", default=str(HERE / "digits_loss.png"), help="'' for no plot")
-    args = parser.parse_args(argv)
-    from tqdm import tqdm
+    args = build_parser().parse_args(argv)
+    import numpy as np  # the heavy imports come after the arguments, so --help is instant
 
-    gg.random.seed(0)
-    x_train, x_test, y_train, y_test = load_data()
+    import gpugrad as gg
+
+    gg.random.seed(args.seed)
+    x_train, x_test, y_train, y_test = load_data(args.seed)
     model = build_model()
     opt = gg.optim.Adam(model, learning_rate=3e-3)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     losses = []
     start = time.perf_counter()
     steps = args.epochs * int(np.ceil(len(x_train) / args.batch))
-    with tqdm(total=steps, desc="digits CNN") as bar:
+    with progress(steps, "digits CNN") as bar:
         for _ in range(args.epochs):
             order = rng.permutation(len(x_train))
             for i in range(0, len(order), args.batch):
@@ -84,20 +171,23 @@ def main(argv=None):
     acc = accuracy(model, x_test, y_test)
     print(f"device {gg.device()}: {steps} steps in {elapsed:.1f} s; test accuracy {acc * 100:.2f}%")
     if args.plot:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        def draw(plt):
+            plt.plot(losses)
+            plt.xlabel("step")
+            plt.ylabel("cross-entropy")
+            plt.yscale("log")
+            plt.title(f"digits CNN (test accuracy {acc * 100:.1f}%)")
 
-        plt.figure(figsize=(6, 4))
-        plt.plot(losses)
-        plt.xlabel("step")
-        plt.ylabel("cross-entropy")
-        plt.yscale("log")
-        plt.title(f"digits CNN (test accuracy {acc * 100:.1f}%)")
-        plt.tight_layout()
-        plt.savefig(args.plot, dpi=100)
-        print(f"loss curve saved to {args.plot}")
+        save_plot(draw, args.plot)
+    if args.save:
+        gg.save(model, args.save)
+        reloaded = gg.load(args.save)
+        same = accuracy(reloaded, x_test, y_test) == acc
+        print(
+            f"The trained model was written to {Path(args.save).resolve()}; reloaded with "
+            f"gg.load it gives {'the same' if same else 'DIFFERENT'} test accuracy."
+        )
     return acc
 
 

@@ -12,53 +12,131 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
-import gpugrad as gg
-
 HERE = Path(__file__).resolve().parent
 
 
-class RowReader(gg.nn.Layer):
-    """LSTM over rows, then a Dense layer on the last hidden state."""
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False
+    )
+    parser.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    parser.add_argument("--epochs", type=int, default=20, help="Train for this many epochs.")
+    parser.add_argument("--batch", type=int, default=64, help="Use mini-batches of this size.")
+    parser.add_argument(
+        "--plot",
+        default=str(HERE / "lstm_loss.png"),
+        help="Write the loss curve (a PNG) to this path; pass '' to write none.",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed the weights, the data split and the batches."
+    )
+    return parser
 
-    def __init__(self, hidden=64, classes=10):
-        self.lstm = gg.nn.LSTM(8, hidden, dtype=np.float32)
-        self.head = gg.nn.Dense(hidden, classes, dtype=np.float32)
 
-    def forward(self, x):
-        states = self.lstm(x)  # (batch, time, hidden)
-        return self.head(states[:, -1, :])
+class _PlainProgress:
+    """What the script shows when tqdm is not installed: a line every 10% of the steps."""
+
+    def __init__(self, total, desc):
+        self.total, self.desc, self.done, self.postfix = total, desc, 0, ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def set_postfix(self, **values):
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def update(self, n=1):
+        self.done += n
+        if self.done == self.total or self.done % max(self.total // 10, 1) == 0:
+            print(f"{self.desc}: {self.done}/{self.total} {self.postfix}", flush=True)
+
+    @staticmethod
+    def write(text):
+        print(text)
+
+
+def progress(total, desc):
+    """A tqdm progress bar, or plain progress lines when tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _PlainProgress(total, desc)
+    return tqdm(total=total, desc=desc)
+
+
+def save_plot(draw, path):
+    """Draw with matplotlib into ``path`` (a PNG); says where, or why there is no plot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed, so no plot was written (pip install matplotlib).")
+        return None
+    path = Path(path).resolve()
+    fig = plt.figure(figsize=(6, 4))
+    draw(plt)
+    plt.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"The loss curve was written to {path}.")
+    return path
+
+
+def row_reader(hidden=64, classes=10):
+    """An LSTM over the rows, then a Dense layer on the last hidden state."""
+    import numpy as np
+
+    import gpugrad as gg
+
+    class RowReader(gg.nn.Layer):
+        def __init__(self):
+            self.lstm = gg.nn.LSTM(8, hidden, dtype=np.float32)
+            self.head = gg.nn.Dense(hidden, classes, dtype=np.float32)
+
+        def forward(self, x):
+            states = self.lstm(x)  # (batch, time, hidden)
+            return self.head(states[:, -1, :])
+
+    return RowReader()
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--plot", default=str(HERE / "lstm_loss.png"), help="'' for no plot")
-    args = parser.parse_args(argv)
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    from tqdm import tqdm
+    args = build_parser().parse_args(argv)
+    import numpy as np  # the heavy imports come after the arguments, so --help is instant
+
+    import gpugrad as gg
+
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise SystemExit(
+            "This example needs scikit-learn for its data set: pip install scikit-learn"
+        ) from None
 
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)  # (N, time=8 rows, features=8)
     x_train, x_test, y_train, y_test = train_test_split(
-        x, digits.target, test_size=0.25, random_state=0, stratify=digits.target
+        x, digits.target, test_size=0.25, random_state=args.seed, stratify=digits.target
     )
-    gg.random.seed(0)
-    model = RowReader()
+    gg.random.seed(args.seed)
+    model = row_reader()
     opt = gg.optim.Adam(model, learning_rate=5e-3)
 
     def step(m, xb, yb):
         loss = gg.nn.softmax_cross_entropy(m(xb), yb)
         return loss, gg.dlgradient(loss, m)
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     losses = []
     start = time.perf_counter()
     steps = args.epochs * int(np.ceil(len(x_train) / args.batch))
-    with tqdm(total=steps, desc="row LSTM") as bar:
+    with progress(steps, "row LSTM") as bar:
         for _ in range(args.epochs):
             order = rng.permutation(len(x_train))
             for i in range(0, len(order), args.batch):
@@ -72,20 +150,15 @@ def main(argv=None):
     acc = float((model(gg.dlarray(x_test)).numpy().argmax(1) == y_test).mean())
     print(f"device {gg.device()}: {steps} steps in {elapsed:.1f} s; test accuracy {acc * 100:.2f}%")
     if args.plot:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        def draw(plt):
+            plt.plot(losses)
+            plt.yscale("log")
+            plt.xlabel("step")
+            plt.ylabel("cross-entropy")
+            plt.title(f"row-by-row LSTM on digits (test accuracy {acc * 100:.1f}%)")
 
-        plt.figure(figsize=(6, 4))
-        plt.plot(losses)
-        plt.yscale("log")
-        plt.xlabel("step")
-        plt.ylabel("cross-entropy")
-        plt.title(f"row-by-row LSTM on digits (test accuracy {acc * 100:.1f}%)")
-        plt.tight_layout()
-        plt.savefig(args.plot, dpi=100)
-        print(f"loss curve saved to {args.plot}")
+        save_plot(draw, args.plot)
     return acc
 
 

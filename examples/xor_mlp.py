@@ -10,22 +10,88 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-import gpugrad as gg
-
 HERE = Path(__file__).resolve().parent
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False
+    )
+    parser.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    parser.add_argument("--steps", type=int, default=500, help="Train for this many Adam steps.")
+    parser.add_argument(
+        "--plot",
+        default=str(HERE / "xor_loss.png"),
+        help="Write the loss curve (a PNG) to this path; pass '' to write none.",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed gg.random with this number (initial weights)."
+    )
+    return parser
+
+
+class _PlainProgress:
+    """What the script shows when tqdm is not installed: a line every 10% of the steps."""
+
+    def __init__(self, total, desc):
+        self.total, self.desc, self.done, self.postfix = total, desc, 0, ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def set_postfix(self, **values):
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def update(self, n=1):
+        self.done += n
+        if self.done == self.total or self.done % max(self.total // 10, 1) == 0:
+            print(f"{self.desc}: {self.done}/{self.total} {self.postfix}", flush=True)
+
+    @staticmethod
+    def write(text):
+        print(text)
+
+
+def progress(total, desc):
+    """A tqdm progress bar, or plain progress lines when tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _PlainProgress(total, desc)
+    return tqdm(total=total, desc=desc)
+
+
+def save_plot(draw, path):
+    """Draw with matplotlib into ``path`` (a PNG); says where, or why there is no plot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed, so no plot was written (pip install matplotlib).")
+        return None
+    path = Path(path).resolve()
+    fig = plt.figure(figsize=(6, 4))
+    draw(plt)
+    plt.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"The loss curve was written to {path}.")
+    return path
 
 
 def main(argv=None):
     """Train; returns ``(final loss, {hook name: gradient seen on the first step})``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--plot", default=str(HERE / "xor_loss.png"), help="'' for no plot")
-    args = parser.parse_args(argv)
-    from tqdm import tqdm
+    args = build_parser().parse_args(argv)
+    import numpy as np  # the heavy imports come after the arguments, so --help is instant
 
-    gg.random.seed(0)
+    import gpugrad as gg
+
+    gg.random.seed(args.seed)
     x = gg.dlarray(np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64))
     target = gg.dlarray(np.array([[0], [1], [1], [0]], dtype=np.float64))
     layer1, layer2 = gg.nn.Dense(2, 10, activation=gg.relu), gg.nn.Dense(10, 1)
@@ -41,7 +107,7 @@ def main(argv=None):
                 first_step[name] = dx.numpy()
             if step in (0, args.steps - 1):
                 values = np.array2string(dx.numpy(), precision=3)
-                tqdm.write(f"step {step}: gradient at {name} {tuple(dx.shape)}:\n{values}")
+                bar.write(f"step {step}: gradient at {name} {tuple(dx.shape)}:\n{values}")
 
         return hook
 
@@ -52,29 +118,26 @@ def main(argv=None):
         return loss, gg.dlgradient(loss, m)
 
     losses = []
-    for step in (bar := tqdm(range(args.steps), desc="XOR MLP")):
-        loss, grads = gg.dlfeval(step_fn, model, step)
-        opt.update(model, grads)
-        losses.append(float(loss))
-        bar.set_postfix(loss=f"{losses[-1]:.2e}")
+    with progress(args.steps, "XOR MLP") as bar:
+        for step in range(args.steps):
+            loss, grads = gg.dlfeval(step_fn, model, step)
+            opt.update(model, grads)
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{losses[-1]:.2e}")
+            bar.update()
     pred = model(x).numpy().ravel()
     print(
         f"final loss {losses[-1]:.2e}; predictions {np.round(pred, 3).tolist()} (target [0, 1, 1, 0])"
     )
     if args.plot:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        def draw(plt):
+            plt.semilogy(losses)
+            plt.xlabel("step")
+            plt.ylabel("mean squared error")
+            plt.title("XOR, 2-10-1 ReLU MLP")
 
-        plt.figure(figsize=(6, 4))
-        plt.semilogy(losses)
-        plt.xlabel("step")
-        plt.ylabel("mean squared error")
-        plt.title("XOR, 2-10-1 ReLU MLP")
-        plt.tight_layout()
-        plt.savefig(args.plot, dpi=100)
-        print(f"loss curve saved to {args.plot}")
+        save_plot(draw, args.plot)
     return losses[-1], first_step
 
 
