@@ -1,5 +1,9 @@
 """MkDocs hooks for the documentation site.
 
+``reference/more.md`` is generated: the public names that no page in
+``docs/reference/`` lists yet (``public_api.py``), so a new function is in the site
+from the day it lands; move it to the right page when convenient.
+
 The benchmark plots live in ``bench/results/`` (the bench scripts write them there);
 the site serves them as ``bench-results/<name>.png`` without a copy in ``docs/``, so
 a page always shows the plots of the repository as it is.
@@ -7,15 +11,23 @@ a page always shows the plots of the repository as it is.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from mkdocs.structure.files import File
+
+# why: the package documented is this checkout's (as mkdocs.yml's `paths: [.]`), not
+# another copy an editable install elsewhere put on sys.path
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parent)]
+import public_api  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
 def on_files(files, config):
-    """Add every ``bench/results/*.png`` to the site as ``bench-results/<name>``."""
+    """Add every ``bench/results/*.png`` to the site as ``bench-results/<name>``, and the
+    generated reference page of public names no reference page lists yet."""
+    files.append(File.generated(config, public_api.GENERATED, content=public_api.generated_page()))
     for png in sorted(RESULTS.glob("*.png")):
         files.append(File.generated(config, f"bench-results/{png.name}", abs_src_path=str(png)))
     return files
