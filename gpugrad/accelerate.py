@@ -202,6 +202,8 @@ class _Recorder:
             if not out:
                 return "_"
             return "(" + "".join(self.target(o, follow) + ", " for o in out) + ")"
+        if self.names.get(id(out), "").startswith("o"):
+            return "_"  # an input object handed back (e.g. the net of sgdmupdate)
         name = self._name(out)
         if t is dlarray:
             follow.append((name, out))

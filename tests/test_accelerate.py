@@ -641,3 +641,31 @@ def test_training_loop_is_bit_identical_to_eager(make_model, make_batch, optimiz
         np.testing.assert_array_equal(a, b)
     assert run.hits == 5 and run.traces == 1
     assert losses[-1] < losses[0]
+
+
+def test_matlab_functional_update_returns_the_callers_objects():
+    net = gg.nn.Dense(3, 2, dtype=np.float64)
+    ref = gg.nn.Dense(3, 2, dtype=np.float64)
+    ref.weight._data[...] = net.weight._data
+    ref.bias._data[...] = net.bias._data
+
+    def loss(m, x):
+        y = gg.sum(m(x) ** 2)
+        return y, gg.dlgradient(y, m)
+
+    def step(net, vel, x):
+        y, g = gg.dlfeval(loss, net, x)
+        net, vel = gg.sgdmupdate(net, g, vel)
+        return net, vel, y
+
+    acc = gg.accelerate(step)
+    vel = ref_vel = None
+    for _ in range(5):
+        x = gg.dlarray(rnd(4, 3))
+        out, vel, y = acc(net, vel, x)
+        assert out is net
+        _, ref_vel, y0 = step(ref, ref_vel, x)
+        assert float(y) == float(y0)
+    np.testing.assert_array_equal(net.weight.numpy(), ref.weight.numpy())
+    np.testing.assert_array_equal(vel["weight"].numpy(), ref_vel["weight"].numpy())
+    assert acc.traces == 2 and acc.hits == 3  # vel=None first, then a dict of arrays
