@@ -449,7 +449,7 @@ def _flatten(v, key, objs, keep):
     if t is dlarray:
         d = v._data
         objs.append(v)
-        key.append((d.shape, d.dtype, v._fmt, v._node is not None))
+        key.append((d.shape, d.dtype, v._fmt, v._node is not None, v._grad is not None))
     elif t in _VALUE_TYPES:
         key.append(t)
         key.append(v)
@@ -633,6 +633,9 @@ class AcceleratedFunction:
     ``CacheSize`` in use), ``CheckMode`` (``"none"`` or ``"tolerance"``: every replay
     is compared with an eager run and a difference beyond ``CheckTolerance`` warns),
     ``CheckTolerance`` (relative, 1e-4); ``clearCache()`` drops every trace.
+    ``CheckFirstReplay`` (True): the first replay of a trace without side effects is
+    compared with an eager run of the same call (Python side effects inside the
+    function then happen once more); False skips that check.
     """
 
     def __init__(self, fn, *, _mode="call"):
@@ -642,6 +645,7 @@ class AcceleratedFunction:
         self._mode = _mode
         self._dlfeval_run = None
         self.Enabled = True
+        self.CheckFirstReplay = True
         self._cache_size = 50
         self._check_mode = "none"
         self._check_tolerance = 1e-4
@@ -802,7 +806,7 @@ class AcceleratedFunction:
             if type(a) is dlarray:  # the common case, inline
                 d = a._data
                 objs.append(a)
-                key.append((d.shape, d.dtype, a._fmt, a._node is not None))
+                key.append((d.shape, d.dtype, a._fmt, a._node is not None, a._grad is not None))
             else:
                 _flatten(a, key, objs, keep)
         if kwargs:
@@ -831,7 +835,7 @@ class AcceleratedFunction:
             self._cache.move_to_end(key)
             return self._eager(run, args, kwargs)
         try:
-            if self._check_mode == "tolerance" or not entry.checked:
+            if self._check_mode == "tolerance" or not (entry.checked or not self.CheckFirstReplay):
                 out = self._checked_replay(entry, run, args, kwargs, objs, key, mode)
             else:
                 out = entry.fn(objs)
@@ -871,6 +875,9 @@ class AcceleratedFunction:
                     if id(o._data) not in rec.names:
                         raw_name = rec._name(o._data)
                         rec.prologue.append(f"{raw_name} = {name}._data")
+                    if o._grad is not None and id(o._grad) not in rec.names:
+                        grad_name = rec._name(o._grad, "g")  # MXNet's x.grad, read live
+                        rec.prologue.append(f"{grad_name} = {name}._grad")
                     before.append((i, o, o._data, o._grad, o._node, o._fmt))
             with _Installed(rec):
                 result = run(*args, **kwargs)
@@ -899,8 +906,8 @@ class AcceleratedFunction:
                 self._warn_once(
                     reason,
                     f"this call runs eagerly, not accelerated: {reason} (a traced "
-                    "value used as a Python value; compute it outside, or pass it as a "
-                    "non-array argument)"
+                    "value is used as a Python value or decides a branch; compute it outside "
+                    "the function, or pass it as a non-array argument)"
                     if rec.escaped
                     else f"this call runs eagerly, not accelerated: {reason}",
                 )
@@ -909,7 +916,9 @@ class AcceleratedFunction:
             source = "def _replay(O):\n" + "".join(f"    {line}\n" for line in body)
             name = getattr(self._fn, "__qualname__", "function")
             exec(compile(source, f"<dlaccelerate {name}>", "exec"), rec.ns)
-            entry = _Entry(rec.ns["_replay"], rec.mutates, keep, source, rec.calls)
+            # write-backs into the arguments are side effects too (no in-place check)
+            mutates = rec.mutates or bool(lines)
+            entry = _Entry(rec.ns["_replay"], mutates, keep, source, rec.calls)
             self._cache[key] = entry
             self._evict()
             return result
