@@ -488,6 +488,27 @@ def _flatten(v, key, objs, keep):
         objs.append(v)
         keep.append(v)
         key.append((t, id(v)))
+        attrs = getattr(v, "__dict__", None)
+        if attrs and not callable(v) and len(key) < 10000:
+            # an object's array-holding attributes (e.g. ``self.w`` of a bound
+            # method): rebinding one is a new key, and its arrays are read live
+            for name, value in list(attrs.items()):
+                if _holds_arrays(value):
+                    key.append(name)
+                    _flatten(value, key, objs, keep)
+
+
+def _holds_arrays(value):
+    """A dlarray, a Layer, or a list/tuple/dict with one of them at its top level (an
+    optimizer's raw-array state, used only by its replayed update, is not keyed)."""
+    t = type(value)
+    if t is dlarray or hasattr(t, "__gg_flatten__"):
+        return True
+    if t is list or t is tuple:
+        return any(type(x) is dlarray or hasattr(type(x), "__gg_flatten__") for x in value)
+    if t is dict:
+        return any(type(x) is dlarray or hasattr(type(x), "__gg_flatten__") for x in value.values())
+    return False
 
 
 def _is_library(fn):
@@ -781,6 +802,7 @@ class AcceleratedFunction:
         function of the whole gradient computation."""
         out = AcceleratedFunction(transform(self._fn, argnums))
         out.Enabled = self.Enabled
+        out.CheckFirstReplay = self.CheckFirstReplay
         out._cache_size = self._cache_size
         out._check_mode = self._check_mode
         out._check_tolerance = self._check_tolerance

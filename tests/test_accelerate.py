@@ -670,3 +670,33 @@ def test_matlab_functional_update_returns_the_callers_objects():
     np.testing.assert_array_equal(net.weight.numpy(), ref.weight.numpy())
     np.testing.assert_array_equal(vel["weight"].numpy(), ref_vel["weight"].numpy())
     assert acc.traces == 2 and acc.hits == 3  # vel=None first, then a dict of arrays
+
+
+def test_layers_bound_methods_and_rebound_attributes():
+    model = gg.nn.Sequential(
+        gg.nn.Dense(3, 4, activation=gg.relu, dtype=np.float64), gg.nn.Dense(4, 2, dtype=np.float64)
+    )
+    acc = gg.accelerate(model)  # a Layer is callable: its parameters are read live
+    for _k in range(3):
+        x = gg.dlarray(rnd(5, 3))
+        np.testing.assert_array_equal(acc(x).numpy(), model(x).numpy())
+    model.layers[0].weight._data[...] = 0.5
+    np.testing.assert_array_equal(acc(x).numpy(), model(x).numpy())
+    assert acc.traces == 1
+
+    class Net:
+        def __init__(self):
+            self.w = gg.dlarray([1.0, 2.0])
+
+        @gg.accelerate
+        def f(self, x):
+            return gg.sum(x * self.w)
+
+    net = Net()
+    assert float(net.f(gg.dlarray([1.0, 1.0]))) == 3.0
+    assert float(net.f(gg.dlarray([2.0, 1.0]))) == 4.0
+    net.w = gg.dlarray([3.0, 3.0])  # rebound: read live
+    assert float(net.f(gg.dlarray([1.0, 1.0]))) == 6.0
+    net.w = gg.dlarray([3.0, 3.0, 3.0])  # a new shape: a new trace
+    assert float(net.f(gg.dlarray([1.0, 1.0, 1.0]))) == 9.0
+    assert net.f.traces == 2
