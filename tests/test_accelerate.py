@@ -2,6 +2,9 @@
 hits, misses and evictions, and every guard turns a would-be stale replay into an
 eager call or a new trace."""
 
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -700,3 +703,43 @@ def test_layers_bound_methods_and_rebound_attributes():
     net.w = gg.dlarray([3.0, 3.0, 3.0])  # a new shape: a new trace
     assert float(net.f(gg.dlarray([1.0, 1.0, 1.0]))) == 9.0
     assert net.f.traces == 2
+
+
+EMU_SCRIPT = r"""
+import numpy as np, gpugrad as gg
+assert gg.device() == "emu"
+rng = np.random.default_rng(0)
+def f(w, x):
+    b = gg.dlarray(np.zeros(4, np.float32))
+    y = gg.sum(gg.relu(gg.fullyconnect(x, w, b, data_format="CB")) ** 2)
+    return y, gg.dlgradient(y, w)
+acc = gg.dlaccelerate(f)
+acc.CheckFirstReplay = False
+for k in range(3):
+    w = gg.dlarray(rng.standard_normal((4, 3)).astype(np.float32))
+    x = gg.dlarray(rng.standard_normal((3, 5)).astype(np.float32))
+    before = dict(gg.kernels.launches())
+    a = gg.dlfeval(acc, w, x)
+    launched = {k: v - before.get(k, 0) for k, v in gg.kernels.launches().items()}
+    b = gg.dlfeval(f, w, x)
+    assert np.array_equal(a[0].numpy(), b[0].numpy()), k
+    assert np.array_equal(a[1].numpy(), b[1].numpy()), k
+    assert launched.get("relu_fwd_f32") == 1 and launched.get("relu_bwd_f32") == 1, launched
+assert acc.hits == 2
+print("ok")
+"""
+
+
+def test_replays_launch_the_kernels_on_the_emu_device():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, GPUGRAD_DEVICE="emu", PYTHONPATH=root)
+    out = subprocess.run(
+        [sys.executable, "-c", EMU_SCRIPT],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
