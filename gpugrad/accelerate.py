@@ -215,6 +215,8 @@ class _Recorder:
             if not out:
                 return "_"
             return "(" + "".join(self.target(o, follow) + ", " for o in out) + ")"
+        if self.names.get(id(out), "").startswith("o"):
+            return "_"  # an input object handed back (e.g. the net of sgdmupdate)
         name = self._name(out)
         if t is dlarray:
             follow.append((name, out))
@@ -584,7 +586,7 @@ def _flatten(v, key, objs, keep):
     if t is dlarray:
         d = v._data
         objs.append(v)
-        key.append((d.shape, d.dtype, v._fmt, v._node is not None))
+        key.append((d.shape, d.dtype, v._fmt, v._node is not None, v._grad is not None))
     elif t in _VALUE_TYPES:
         key.append(t)
         key.append(v)
@@ -623,6 +625,27 @@ def _flatten(v, key, objs, keep):
         objs.append(v)
         keep.append(v)
         key.append((t, id(v)))
+        attrs = getattr(v, "__dict__", None)
+        if attrs and not callable(v) and len(key) < 10000:
+            # an object's array-holding attributes (e.g. ``self.w`` of a bound
+            # method): rebinding one is a new key, and its arrays are read live
+            for name, value in list(attrs.items()):
+                if _holds_arrays(value):
+                    key.append(name)
+                    _flatten(value, key, objs, keep)
+
+
+def _holds_arrays(value):
+    """A dlarray, a Layer, or a list/tuple/dict with one of them at its top level (an
+    optimizer's raw-array state, used only by its replayed update, is not keyed)."""
+    t = type(value)
+    if t is dlarray or hasattr(t, "__gg_flatten__"):
+        return True
+    if t is list or t is tuple:
+        return any(type(x) is dlarray or hasattr(type(x), "__gg_flatten__") for x in value)
+    if t is dict:
+        return any(type(x) is dlarray or hasattr(type(x), "__gg_flatten__") for x in value.values())
+    return False
 
 
 def _is_library(fn):
@@ -768,6 +791,9 @@ class AcceleratedFunction:
     ``CacheSize`` in use), ``CheckMode`` (``"none"`` or ``"tolerance"``: every replay
     is compared with an eager run and a difference beyond ``CheckTolerance`` warns),
     ``CheckTolerance`` (relative, 1e-4); ``clearCache()`` drops every trace.
+    ``CheckFirstReplay`` (True): the first replay of a trace without side effects is
+    compared with an eager run of the same call (Python side effects inside the
+    function then happen once more); False skips that check.
     """
 
     def __init__(self, fn, *, _mode="call"):
@@ -777,6 +803,7 @@ class AcceleratedFunction:
         self._mode = _mode
         self._dlfeval_run = None
         self.Enabled = True
+        self.CheckFirstReplay = True
         self._cache_size = 50
         self._check_mode = "none"
         self._check_tolerance = 1e-4
@@ -912,6 +939,7 @@ class AcceleratedFunction:
         function of the whole gradient computation."""
         out = AcceleratedFunction(transform(self._fn, argnums))
         out.Enabled = self.Enabled
+        out.CheckFirstReplay = self.CheckFirstReplay
         out._cache_size = self._cache_size
         out._check_mode = self._check_mode
         out._check_tolerance = self._check_tolerance
@@ -937,7 +965,7 @@ class AcceleratedFunction:
             if type(a) is dlarray:  # the common case, inline
                 d = a._data
                 objs.append(a)
-                key.append((d.shape, d.dtype, a._fmt, a._node is not None))
+                key.append((d.shape, d.dtype, a._fmt, a._node is not None, a._grad is not None))
             else:
                 _flatten(a, key, objs, keep)
         if kwargs:
@@ -966,7 +994,7 @@ class AcceleratedFunction:
             self._cache.move_to_end(key)
             return self._eager(run, args, kwargs)
         try:
-            if self._check_mode == "tolerance" or not entry.checked:
+            if self._check_mode == "tolerance" or not (entry.checked or not self.CheckFirstReplay):
                 out = self._checked_replay(entry, run, args, kwargs, objs, key, mode)
             else:
                 out = entry.fn(objs)
@@ -1006,6 +1034,9 @@ class AcceleratedFunction:
                     if id(o._data) not in rec.names:
                         raw_name = rec._name(o._data)
                         rec.prologue.append(f"{raw_name} = {name}._data")
+                    if o._grad is not None and id(o._grad) not in rec.names:
+                        grad_name = rec._name(o._grad, "g")  # MXNet's x.grad, read live
+                        rec.prologue.append(f"{grad_name} = {name}._grad")
                     before.append((i, o, o._data, o._grad, o._node, o._fmt))
             # the traced code sees its array inputs as Tainted views (see gpugrad/_taint.py)
             swapped = []
@@ -1049,8 +1080,8 @@ class AcceleratedFunction:
                 self._warn_once(
                     reason,
                     f"this call runs eagerly, not accelerated: {reason} (a traced "
-                    "value used as a Python value; compute it outside, or pass it as a "
-                    "non-array argument)"
+                    "value is used as a Python value or decides a branch; compute it outside "
+                    "the function, or pass it as a non-array argument)"
                     if rec.escaped and not rec.data_escape
                     else f"this call runs eagerly, not accelerated: {reason}",
                 )
@@ -1059,7 +1090,9 @@ class AcceleratedFunction:
             source = "def _replay(O):\n" + "".join(f"    {line}\n" for line in body)
             name = getattr(self._fn, "__qualname__", "function")
             exec(compile(source, f"<dlaccelerate {name}>", "exec"), rec.ns)
-            entry = _Entry(rec.ns["_replay"], rec.mutates, keep, source, rec.calls)
+            # write-backs into the arguments are side effects too (no in-place check)
+            mutates = rec.mutates or bool(lines)
+            entry = _Entry(rec.ns["_replay"], mutates, keep, source, rec.calls)
             self._cache[key] = entry
             self._evict()
             return _untaint_state(swapped, objs, result)

@@ -2,6 +2,9 @@
 hits, misses and evictions, and every guard turns a would-be stale replay into an
 eager call or a new trace."""
 
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -96,6 +99,7 @@ def _perturbed(args, k):
     return out
 
 
+@pytest.mark.filterwarnings("ignore:.*prod's derivative:RuntimeWarning")
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_replay_equals_eager_for_every_primitive_case(name, order):
@@ -221,6 +225,7 @@ def test_replay_equals_eager_for_deep_learning_functions(name, order):
     _note_coverage(acc)
 
 
+@pytest.mark.filterwarnings("ignore:.*prod's derivative:RuntimeWarning")
 def test_every_registered_primitive_was_replayed():
     # runs after the two tables above (file order); alone it runs them itself
     if any(p.differentiable and n not in SEEN for n, p in REGISTRY.items()):
@@ -512,11 +517,14 @@ def test_functional_face_gradient_and_value_with_gradient():
     assert vg.hits == 2 and grad.hits == 2 and outer.hits == 2
 
 
-def test_mxnet_face_record_backward_and_grad():
-    w = gg.dlarray(rnd(3))
-    w.attach_grad()
+@pytest.mark.parametrize("grad_req", ["write", "add"])
+def test_mxnet_face_record_backward_and_grad(grad_req):
+    start = rnd(3)
+    w, w0 = gg.dlarray(start), gg.dlarray(start)
+    w.attach_grad(grad_req)
+    w0.attach_grad(grad_req)
 
-    def step(x):
+    def step(w, x):
         with gg.autograd.record():
             y = gg.sum(gg.tanh(w * x) ** 2)
         y.backward()
@@ -525,13 +533,9 @@ def test_mxnet_face_record_backward_and_grad():
     acc = gg.accelerate(step)
     for _k in range(3):
         x = gg.dlarray(rnd(3))
-        y = acc(x)
-        got = w.grad.numpy()
-        with gg.autograd.record():
-            y0 = gg.sum(gg.tanh(w * x) ** 2)
-        y0.backward()
+        y, y0 = acc(w, x), step(w0, x)
         assert float(y) == float(y0)
-        np.testing.assert_array_equal(got, w.grad.numpy())
+        np.testing.assert_array_equal(w.grad.numpy(), w0.grad.numpy())
     assert acc.hits == 2
 
 
@@ -646,3 +650,101 @@ def test_training_loop_is_bit_identical_to_eager(make_model, make_batch, optimiz
         np.testing.assert_array_equal(a, b)
     assert run.hits == 5 and run.traces == 1
     assert losses[-1] < losses[0]
+
+
+def test_matlab_functional_update_returns_the_callers_objects():
+    net = gg.nn.Dense(3, 2, dtype=np.float64)
+    ref = gg.nn.Dense(3, 2, dtype=np.float64)
+    ref.weight._data[...] = net.weight._data
+    ref.bias._data[...] = net.bias._data
+
+    def loss(m, x):
+        y = gg.sum(m(x) ** 2)
+        return y, gg.dlgradient(y, m)
+
+    def step(net, vel, x):
+        y, g = gg.dlfeval(loss, net, x)
+        net, vel = gg.sgdmupdate(net, g, vel)
+        return net, vel, y
+
+    acc = gg.accelerate(step)
+    vel = ref_vel = None
+    for _ in range(5):
+        x = gg.dlarray(rnd(4, 3))
+        out, vel, y = acc(net, vel, x)
+        assert out is net
+        _, ref_vel, y0 = step(ref, ref_vel, x)
+        assert float(y) == float(y0)
+    np.testing.assert_array_equal(net.weight.numpy(), ref.weight.numpy())
+    np.testing.assert_array_equal(vel["weight"].numpy(), ref_vel["weight"].numpy())
+    assert acc.traces == 2 and acc.hits == 3  # vel=None first, then a dict of arrays
+
+
+def test_layers_bound_methods_and_rebound_attributes():
+    model = gg.nn.Sequential(
+        gg.nn.Dense(3, 4, activation=gg.relu, dtype=np.float64), gg.nn.Dense(4, 2, dtype=np.float64)
+    )
+    acc = gg.accelerate(model)  # a Layer is callable: its parameters are read live
+    for _k in range(3):
+        x = gg.dlarray(rnd(5, 3))
+        np.testing.assert_array_equal(acc(x).numpy(), model(x).numpy())
+    model.layers[0].weight._data[...] = 0.5
+    np.testing.assert_array_equal(acc(x).numpy(), model(x).numpy())
+    assert acc.traces == 1
+
+    class Net:
+        def __init__(self):
+            self.w = gg.dlarray([1.0, 2.0])
+
+        @gg.accelerate
+        def f(self, x):
+            return gg.sum(x * self.w)
+
+    net = Net()
+    assert float(net.f(gg.dlarray([1.0, 1.0]))) == 3.0
+    assert float(net.f(gg.dlarray([2.0, 1.0]))) == 4.0
+    net.w = gg.dlarray([3.0, 3.0])  # rebound: read live
+    assert float(net.f(gg.dlarray([1.0, 1.0]))) == 6.0
+    net.w = gg.dlarray([3.0, 3.0, 3.0])  # a new shape: a new trace
+    assert float(net.f(gg.dlarray([1.0, 1.0, 1.0]))) == 9.0
+    assert net.f.traces == 2
+
+
+EMU_SCRIPT = r"""
+import numpy as np, gpugrad as gg
+assert gg.device() == "emu"
+rng = np.random.default_rng(0)
+def f(w, x):
+    b = gg.dlarray(np.zeros(4, np.float32))
+    y = gg.sum(gg.relu(gg.fullyconnect(x, w, b, data_format="CB")) ** 2)
+    return y, gg.dlgradient(y, w)
+acc = gg.dlaccelerate(f)
+acc.CheckFirstReplay = False
+for k in range(3):
+    w = gg.dlarray(rng.standard_normal((4, 3)).astype(np.float32))
+    x = gg.dlarray(rng.standard_normal((3, 5)).astype(np.float32))
+    before = dict(gg.kernels.launches())
+    a = gg.dlfeval(acc, w, x)
+    launched = {k: v - before.get(k, 0) for k, v in gg.kernels.launches().items()}
+    b = gg.dlfeval(f, w, x)
+    assert np.array_equal(a[0].numpy(), b[0].numpy()), k
+    assert np.array_equal(a[1].numpy(), b[1].numpy()), k
+    assert launched.get("relu_fwd_f32") == 1 and launched.get("relu_bwd_f32") == 1, launched
+assert acc.hits == 2
+print("ok")
+"""
+
+
+def test_replays_launch_the_kernels_on_the_emu_device():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, GPUGRAD_DEVICE="emu", PYTHONPATH=root)
+    out = subprocess.run(
+        [sys.executable, "-c", EMU_SCRIPT],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
