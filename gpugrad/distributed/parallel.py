@@ -121,7 +121,15 @@ class _Reducer:
         if type(g) is dlarray:
             w["traced"] = True
         w["grads"][i] = g
-        if self.sync and self.overlap and self.plan is not None and not w["traced"]:
+        # why: a parameter that got no gradient (g is None) is filled after the walk,
+        # when it is also known whether this walk is a traced (higher-order) one
+        if (
+            g is not None
+            and self.sync
+            and self.overlap
+            and self.plan is not None
+            and not w["traced"]
+        ):
             self._fill(i, g)
             w["filled"].add(i)
             b = self.offsets[i][0]
