@@ -392,12 +392,14 @@ class DataParallel(Layer):
 
     # ------------------------------------------------------------ layer protocol
     def forward(self, *args, **kwargs):
+        """The wrapped network's output."""
         return self.module(*args, **kwargs)
 
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
     def parameters(self):
+        """The wrapped network's parameters (the gradients have this shape)."""
         return self.module.parameters()
 
     def __gg_flatten__(self):
@@ -413,6 +415,8 @@ class DataParallel(Layer):
         return self.module.parameters()
 
     def attach_grad(self, grad_req="write"):
+        """MXNet face: ``attach_grad`` on the wrapped network; ``loss.backward()`` then
+        writes gradients combined over ranks into ``net.module.grad``."""
         self.module.attach_grad(grad_req)
         self._reducer.register(leaves(self.module))
         return self
