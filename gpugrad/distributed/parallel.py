@@ -121,7 +121,15 @@ class _Reducer:
         if type(g) is dlarray:
             w["traced"] = True
         w["grads"][i] = g
-        if self.sync and self.overlap and self.plan is not None and not w["traced"]:
+        # why: a parameter that got no gradient (g is None) is filled after the walk,
+        # when it is also known whether this walk is a traced (higher-order) one
+        if (
+            g is not None
+            and self.sync
+            and self.overlap
+            and self.plan is not None
+            and not w["traced"]
+        ):
             self._fill(i, g)
             w["filled"].add(i)
             b = self.offsets[i][0]
@@ -384,12 +392,14 @@ class DataParallel(Layer):
 
     # ------------------------------------------------------------ layer protocol
     def forward(self, *args, **kwargs):
+        """The wrapped network's output."""
         return self.module(*args, **kwargs)
 
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
     def parameters(self):
+        """The wrapped network's parameters (the gradients have this shape)."""
         return self.module.parameters()
 
     def __gg_flatten__(self):
@@ -405,6 +415,8 @@ class DataParallel(Layer):
         return self.module.parameters()
 
     def attach_grad(self, grad_req="write"):
+        """MXNet face: ``attach_grad`` on the wrapped network; ``loss.backward()`` then
+        writes gradients combined over ranks into ``net.module.grad``."""
         self.module.attach_grad(grad_req)
         self._reducer.register(leaves(self.module))
         return self
