@@ -42,6 +42,11 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
     float64 (MATLAB ``double``); bool stays bool. ``fmt`` labels each axis with
     ``S`` (spatial), ``C`` (channel), ``B`` (batch), ``T`` (time) or ``U``
     (unspecified); as in MATLAB, a formatted array is permuted to S,C,B,T,U order.
+    A list or tuple holding dlarrays is stacked by a recorded op, so inside a trace
+    ``gg.dlarray([x, 2 * x])`` (and ``gg.mean([x, x + 2])``) stays differentiable.
+    Converting a traced dlarray with ``np.asarray`` inside a trace raises a
+    ``TraceError`` (use ``gg.extractdata`` for a constant); NumPy functions called on
+    a dlarray (``np.sum(x)``, ``np.exp(x)``) run gpugrad's (``gpugrad.numpy_dispatch``).
 
     >>> import gpugrad as gg
     >>> x = gg.dlarray([[1, 2, 3]], "BC")

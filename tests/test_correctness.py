@@ -562,3 +562,69 @@ def test_second_order_grad_without_retain_keeps_nodes_another_graph_needs():
     close(gw, np.ones((4, 2)) @ x0)
     with pytest.raises(gg.TraceError, match="retain_graph"):
         ag.grad(y, w)  # the matmul's saved data is now released: a clear error
+
+
+# ------------------------------------------------------------------ PyTorch cross-checks
+
+
+@pytest.mark.parametrize(
+    "name, x",
+    [
+        ("pow0", [0.0, 2.0]),
+        ("pow1", [0.0, -1.5]),
+        ("sqrt_relu", [-1.0, 0.0, 2.0]),
+        ("sqrt_max", [-1.0, 2.0]),
+        ("norm", [0.0, 0.0]),
+        ("norm", [3.0, -4.0]),
+        ("atan2", [0.0, 1.0]),
+        ("abs", [0.0, -2.0]),
+    ],
+)
+def test_first_derivatives_at_singular_points_match_pytorch(name, x):
+    from tests._torch import torch
+
+    ours = {
+        "pow0": lambda x: gg.sum(x**0),
+        "pow1": lambda x: gg.sum(x**1),
+        "sqrt_relu": lambda x: gg.sum(gg.sqrt(gg.relu(x))),
+        "sqrt_max": lambda x: gg.sum(gg.sqrt(gg.maximum(x, 0.0))),
+        "norm": lambda x: gg.norm(x),
+        "atan2": lambda x: gg.sum(gg.atan2(x, x * 0)),
+        "abs": lambda x: gg.sum(gg.abs(x)),
+    }[name]
+    theirs = {
+        "pow0": lambda x: (x**0).sum(),
+        "pow1": lambda x: (x**1).sum(),
+        "sqrt_relu": lambda x: torch.sqrt(torch.relu(x)).sum(),
+        "sqrt_max": lambda x: torch.sqrt(torch.clamp(x, min=0.0)).sum(),
+        "norm": lambda x: torch.linalg.vector_norm(x),
+        "atan2": lambda x: torch.atan2(x, x * 0).sum(),
+        "abs": lambda x: torch.abs(x).sum(),
+    }[name]
+    with np.errstate(all="ignore"):
+        g = gg.gradient(ours)(gg.dlarray(x)).numpy()
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    (gt,) = torch.autograd.grad(theirs(xt), xt)
+    np.testing.assert_allclose(g, gt.numpy(), rtol=1e-12)
+
+
+def test_retain_graph_case_matches_pytorch():
+    from tests._torch import torch
+
+    rng = np.random.default_rng(3)
+    x0, w0, b0 = rng.standard_normal((2, 3)), rng.standard_normal((4, 3)), rng.standard_normal(4)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x0, w0, b0))
+    yt = xt @ wt.T + bt
+    (xgt,) = torch.autograd.grad(yt.sum(), xt, create_graph=True, retain_graph=True)
+    (gw2t,) = torch.autograd.grad(xgt.sum(), wt)
+    (gwt,) = torch.autograd.grad(yt.sum(), wt)
+
+    ag = gg.autograd
+    x, w, b = gg.dlarray(x0), gg.dlarray(w0), gg.dlarray(b0)
+    for v in (x, w, b):
+        v.attach_grad()
+    with ag.record():
+        y = x @ w.T + b
+        xg = ag.grad(y, x, create_graph=True, retain_graph=True)
+    close(ag.grad(xg, w), gw2t.numpy())
+    close(ag.grad(y, w), gwt.numpy())

@@ -161,29 +161,19 @@ def coerce(a):
 
 
 def from_sequence(seq):
-    """A list/tuple (nested) that holds a dlarray, stacked into one dlarray with a
-    recorded (differentiable) stack; ``None`` when ``seq`` holds no dlarray (then
-    NumPy's conversion is right). ``gg.mean([x, x + 2])`` and ``gg.dlarray([x, 2 * x])``
-    are traced through this."""
-    if not any(type(e) is dlarray or type(e) in _SEQ for e in seq):
+    """A list/tuple (nested) that holds a traced dlarray, stacked into one dlarray with
+    a recorded (differentiable) stack; ``None`` when ``seq`` holds none (then NumPy's
+    conversion is right). ``gg.mean([x, x + 2])`` and ``gg.dlarray([x, 2 * x])``
+    are traced through this. Outside recording (nothing to trace) it is ``None``, so
+    plain nested lists cost nothing extra."""
+    if not _FRAME.get().recording or not _has_traced(seq):
         return None
     items = []
-    found = False
     for e in seq:
-        if type(e) is dlarray:
-            found = True
-        elif type(e) in _SEQ:
-            s = from_sequence(e)
-            if s is not None:
-                found = True
-                e = s
-            else:
-                e = make(as_raw(e))
-        else:
-            e = make(as_raw(e))
+        if type(e) is not dlarray:
+            s = from_sequence(e) if type(e) in _SEQ else None
+            e = s if s is not None else make(as_raw(e))
         items.append(e)
-    if not found:
-        return None
     shapes = {i.shape for i in items}
     if len(shapes) > 1:
         raise ValueError(
@@ -211,6 +201,14 @@ def operand(a, where):
             f"of dtype {raw.dtype}"
         )
     return raw
+def _has_traced(seq):
+    for e in seq:
+        if type(e) is dlarray:
+            if e._node is not None:
+                return True
+        elif type(e) in _SEQ and _has_traced(e):
+            return True
+    return False
 
 
 def bind(prim, args, params=None, fmt=""):
@@ -225,7 +223,7 @@ def bind(prim, args, params=None, fmt=""):
                 traced = True
             if a._taint:
                 taint = True
-        elif type(a) in _SEQ and from_sequence(a) is not None:
+        elif type(a) in _SEQ and _FRAME.get().recording and _has_traced(a):
             # why: a list of traced values must not lose its trace in np.asarray
             args = tuple(
                 (s if (s := from_sequence(b)) is not None else b) if type(b) in _SEQ else b

@@ -574,9 +574,19 @@ def minimum(a, b):
 def where(condition, a, b):
     """``a`` where ``condition`` holds, else ``b`` (the condition is not differentiated).
 
+    The branch not taken gets a zero cotangent, and gpugrad's rules turn a zero
+    cotangent into a zero gradient even where their factor is infinite or NaN
+    (``sqrt``, ``log``, ``x ** p``, ``atan2``, ``norm``, ``relu``, ``maximum``), so
+    ``where(x > 0, sqrt(x), 0)`` has finite derivatives of every order at ``x <= 0``.
+    A product or quotient with an infinite factor is still ``0 * inf = NaN`` (as in
+    PyTorch and JAX): mask the argument as well, e.g.
+    ``where(x > 0, x * log(where(x > 0, x, 1.0)), 0.0)`` for ``x log x``.
+
     >>> import gpugrad as gg
     >>> gg.where(gg.dlarray([True, False]), 1.0, 2.0).numpy()
     array([1., 2.])
+    >>> float(gg.gradient(lambda x: gg.where(x > 0, gg.sqrt(x), 0.0))(0.0))  # sqrt'(0) = inf
+    0.0
     """
     if type(condition) is dlarray:
         cond = make(condition._data)
