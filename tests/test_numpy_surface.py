@@ -526,3 +526,12 @@ def test_aliases_are_the_same_functions():
     assert gg.arcsin is gg.asin and gg.arccos is gg.acos and gg.arctan is gg.atan
     assert gg.arctan2 is gg.atan2 and gg.mod is gg.remainder
     assert gg.radians is gg.deg2rad and gg.degrees is gg.rad2deg
+
+
+def test_multi_array_results_have_numpys_container_types():
+    a, b = gg.dlarray([1.0]), gg.dlarray(2.0)
+    assert type(gg.atleast_1d(a, b)) is type(np.atleast_1d(1.0, 2.0)) is tuple
+    assert type(gg.atleast_2d(a, b)) is type(gg.atleast_3d(a, b)) is tuple
+    assert type(gg.broadcast_arrays(a, b)) is tuple
+    assert type(gg.split(gg.dlarray([1.0, 2.0]), 2)) is list
+    assert isinstance(gg.atleast_1d(b), gg.dlarray)
