@@ -526,3 +526,84 @@ def test_aliases_are_the_same_functions():
     assert gg.arcsin is gg.asin and gg.arccos is gg.acos and gg.arctan is gg.atan
     assert gg.arctan2 is gg.atan2 and gg.mod is gg.remainder
     assert gg.radians is gg.deg2rad and gg.degrees is gg.rad2deg
+
+
+def test_multi_array_results_have_numpys_container_types():
+    a, b = gg.dlarray([1.0]), gg.dlarray(2.0)
+    assert type(gg.atleast_1d(a, b)) is type(np.atleast_1d(1.0, 2.0)) is tuple
+    assert type(gg.atleast_2d(a, b)) is type(gg.atleast_3d(a, b)) is tuple
+    assert type(gg.broadcast_arrays(a, b)) is tuple
+    assert type(gg.split(gg.dlarray([1.0, 2.0]), 2)) is list
+    assert isinstance(gg.atleast_1d(b), gg.dlarray)
+
+
+# ---------------------------------------------------------------------------- PyTorch
+
+TORCH_CASES = {
+    "remainder": (
+        gg.remainder,
+        lambda t, a, b: t.remainder(a, b),
+        [away(5), np.array([1.3, -1.3, 0.7, -2.1, 3.0])],
+    ),
+    "fmod": (
+        gg.fmod,
+        lambda t, a, b: t.fmod(a, b),
+        [away(5), np.array([1.3, -1.3, 0.7, -2.1, 3.0])],
+    ),
+    "hypot": (gg.hypot, lambda t, a, b: t.hypot(a, b), [rnd(4), rnd(4)]),
+    "logaddexp": (gg.logaddexp, lambda t, a, b: t.logaddexp(a, b), [rnd(4), rnd(4)]),
+    "logaddexp2": (gg.logaddexp2, lambda t, a, b: t.logaddexp2(a, b), [rnd(4), rnd(4)]),
+    "fmax": (gg.fmax, lambda t, a, b: t.fmax(a, b), [rnd(4), rnd(4)]),
+    "atanh": (gg.atanh, lambda t, x: t.atanh(x), [unit(4)]),
+    "acosh": (gg.acosh, lambda t, x: t.acosh(x), [pos(4) + 1]),
+    "log2": (gg.log2, lambda t, x: t.log2(x), [pos(4)]),
+    "exp2": (gg.exp2, lambda t, x: t.exp2(x), [rnd(4)]),
+    "rsqrt": (gg.rsqrt, lambda t, x: t.rsqrt(x), [pos(4)]),
+    "sinc": (gg.sinc, lambda t, x: t.sinc(x), [rnd(4)]),
+    "floor_times": (lambda x: gg.floor(x) * x, lambda t, x: t.floor(x) * x, [away(4)]),
+    "var_ddof": (
+        lambda x: gg.var(x, axis=0, ddof=1),
+        lambda t, x: t.var(x, dim=0, correction=1),
+        [rnd(3, 2)],
+    ),
+    "std": (lambda x: gg.std(x, axis=1), lambda t, x: t.std(x, dim=1, correction=0), [rnd(2, 4)]),
+    "cumprod_zeros": (
+        lambda x: gg.cumprod(x, axis=0),
+        lambda t, x: t.cumprod(x, dim=0),
+        [with_zeros(5)],
+    ),
+    "diff": (lambda x: gg.diff(x, n=2), lambda t, x: t.diff(x, n=2), [rnd(5)]),
+    "kron": (gg.kron, lambda t, a, b: t.kron(a, b), [rnd(2, 2), rnd(2, 3)]),
+    "median_odd": (gg.median, lambda t, x: t.median(x), [distinct(5)]),
+    "quantile": (lambda x: gg.quantile(x, 0.3), lambda t, x: t.quantile(x, 0.3), [distinct(6)]),
+    "tril_roll_pad": (
+        lambda x: gg.pad(gg.roll(gg.tril(x), 1, axis=1), ((1, 0), (0, 2))),
+        lambda t, x: t.nn.functional.pad(t.roll(t.tril(x), 1, dims=1), (0, 2, 1, 0)),
+        [rnd(3, 3)],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_CASES))
+def test_values_and_gradients_match_pytorch(name):
+    from tests._torch import torch
+
+    fn, tfn, args = TORCH_CASES[name]
+    weights = None
+
+    def loss_gg(*xs):
+        nonlocal weights
+        y = fn(*xs)
+        weights = np.cos(np.arange(y.size)).reshape(y.shape)
+        return gg.sum(y * gg.dlarray(weights))
+
+    grads = gg.gradient(loss_gg)(*[gg.dlarray(a) for a in args])
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in args]
+    ty = tfn(torch, *ts)
+    np.testing.assert_allclose(
+        fn(*[gg.dlarray(a) for a in args]).numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-13
+    )
+    (ty * torch.tensor(weights)).sum().backward()
+    for g, t in zip(grads, ts):
+        np.testing.assert_allclose(g.numpy(), t.grad.numpy(), rtol=1e-10, atol=1e-12)

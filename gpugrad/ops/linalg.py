@@ -22,10 +22,11 @@ import numpy as np
 from ..array import dlarray
 from . import axes as _axes
 from .core import _STATE, Primitive, bind, make
-from .elementwise import conj, real, sqrt, where
+from .elementwise import conj, real, where
 from .heavy import matmul
 from .reduce import max as _max
 from .reduce import min as _min
+from .reduce import norm as _norm2
 from .reduce import sum as _sum
 from .shape import (
     broadcast_to,
@@ -852,18 +853,15 @@ def _keep(res, x, axes, keepdims):
     return reshape(res, tuple(1 if i in axes else s for i, s in enumerate(x.shape)))
 
 
-def _abs2(x):
-    return real(x * conj(x)) if x.dtype.kind == "c" else x * x
-
-
 def _absval(x):
     from .elementwise import abs as _abs  # noqa: PLC0415 - the name abs is a builtin here
 
     return _abs(x)
 
 
-def _fro(x, axes):
-    return sqrt(_sum(_abs2(x), axes))
+def _fro(x, axes, keepdims=False):
+    # why: the one 2-norm (gg.norm), so its rule at the zero vector is shared
+    return _norm2(x, 2, axes, keepdims)
 
 
 def vector_norm(x, ord=2, axis=None, keepdims=False):  # noqa: A002
@@ -874,7 +872,7 @@ def vector_norm(x, ord=2, axis=None, keepdims=False):  # noqa: A002
         x = x.astype(np.float64)
     axes = _axes.normalize_axes(axis, x.ndim, "linalg.vector_norm")
     if ord == 2:
-        res = sqrt(_sum(_abs2(x), axes, keepdims))
+        res = _fro(x, axes, keepdims)
     elif ord == 1:
         res = _sum(_absval(x), axes, keepdims)
     elif ord == np.inf:

@@ -727,9 +727,10 @@ def rollaxis(a, axis, start=0):
 
 
 def atleast_1d(*arys):
-    """Each input viewed with at least one dimension (one array, or a list), as NumPy."""
+    """Each input viewed with at least one dimension (one array, or a tuple of them), as
+    NumPy."""
     res = [reshape(_dl(a), (1,)) if _dl(a).ndim == 0 else _dl(a) for a in arys]
-    return res[0] if len(res) == 1 else res
+    return res[0] if len(res) == 1 else tuple(res)
 
 
 def atleast_2d(*arys):
@@ -740,7 +741,7 @@ def atleast_2d(*arys):
         if x.ndim < 2:
             x = reshape(x, (1, x.size))
         res.append(x)
-    return res[0] if len(res) == 1 else res
+    return res[0] if len(res) == 1 else tuple(res)
 
 
 def atleast_3d(*arys):
@@ -761,7 +762,7 @@ def atleast_3d(*arys):
         elif x.ndim == 2:
             x = reshape(x, x.shape + (1,))
         res.append(x)
-    return res[0] if len(res) == 1 else res
+    return res[0] if len(res) == 1 else tuple(res)
 
 
 def _seq(tup, fn):
@@ -876,10 +877,10 @@ def dsplit(ary, indices_or_sections):
 
 
 def broadcast_arrays(*args):
-    """The inputs broadcast to one shape, as ``numpy.broadcast_arrays``."""
+    """The inputs broadcast to one shape (a tuple), as ``numpy.broadcast_arrays``."""
     arrs = [_dl(a) for a in args]
     shape = np.broadcast_shapes(*(a.shape for a in arrs))
-    return [broadcast_to(a, shape) for a in arrs]
+    return tuple(broadcast_to(a, shape) for a in arrs)
 
 
 _PAD_INDEX_MODES = ("edge", "reflect", "symmetric", "wrap")
