@@ -155,3 +155,4 @@ from . import nn, optim  # noqa: E402
 from .nn import *  # noqa: F403, E402
 from .optim import adamupdate, sgdmupdate  # noqa: E402
 from .phase import forward, learning_phase, predict  # noqa: E402
+from .interop import from_dlpack  # noqa: E402
