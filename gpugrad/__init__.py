@@ -152,7 +152,7 @@ from .functional import (  # noqa: E402
 # isort: split
 # deep learning: MATLAB functions at the top level, layers in gg.nn, optimizers in gg.optim
 from . import nn, optim  # noqa: E402
+from .interop import from_dlpack  # noqa: E402
 from .nn import *  # noqa: F403, E402
 from .optim import adamupdate, sgdmupdate  # noqa: E402
 from .phase import forward, learning_phase, predict  # noqa: E402
-from .interop import from_dlpack  # noqa: E402

@@ -56,7 +56,9 @@ def _host_view(obj):
     try:
         return np.from_dlpack(obj)
     except (BufferError, TypeError, RuntimeError) as exc:
-        raise TypeError(f"from_dlpack: cannot read {type(obj).__name__} on the host: {exc}") from exc
+        raise TypeError(
+            f"from_dlpack: cannot read {type(obj).__name__} on the host: {exc}"
+        ) from exc
 
 
 def _gpu_to_host(obj):
