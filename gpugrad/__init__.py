@@ -25,6 +25,7 @@ from .array import dlarray  # noqa: E402
 from .backend import (  # noqa: E402
     DeviceError,
     device,
+    device_reason,
     kernels,  # noqa: E402
     set_device,
 )
