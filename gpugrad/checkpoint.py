@@ -763,7 +763,7 @@ def _plain_or_measure(counted, x, budget, x_counted, stats):
     if n > 1:
         y = counted[1](y)
         further = memory.current - before - d1
-    plain_peak = int(x_counted) * act + first + (n - 1) * further
+    plain_peak = int(x_counted) * act + first + (n - 1) * max(first, further)
     sizes = (act, first, further)
     if plain_peak <= budget:
         stats.predicted_peak_bytes = plain_peak
@@ -800,19 +800,26 @@ def _candidates(n, x_counted, act, first, further):
     measured separately (``_plain_or_measure``)."""
     out = []
     xc = int(x_counted)
+    # why: the two measured layers stand for all of them; the larger tape of the two
+    # keeps a chain of alternating layer kinds (Dense, norm, ...) within the budget
+    tape = max(first, further)
     for m in range(0, n):
         head = n - m
         # the tail's tape: its first layer also saves its input (the head's output)
-        tail = act + first + (m - 1) * further if m else 0
+        tail = act + first + (m - 1) * tape if m else 0
         best = None
         for k in range(1, head + 1):
             longest = -(-head // k)
-            peak = (xc + k - 1) * act + max(tail, first + (longest - 1) * further)
+            peak = (xc + k - 1) * act + max(tail, first + (longest - 1) * tape)
             if best is None or peak < best[0]:
                 best = (peak, k)
         out.append((head, best[0], "uniform", (best[1], m)))
     for s in range(1, max(n, 2)):
-        peak = _peak_units(n, s, x_counted, act, first)
+        # why: the binomial schedule holds at most s snapshots (the chain's input among
+        # them when it is counted), the input of the one layer being taped and that
+        # layer's tape; one more layer's tape is kept as a margin (measured: exactly
+        # (s + 2) activations on a tanh chain, for any n and s)
+        peak = (s + xc) * act + first + tape
         out.append((optimal_recomputations(n, s), peak, "revolve", s))
     return out
 
