@@ -560,33 +560,6 @@ def revolve_schedule(steps, snapshots):
     return actions
 
 
-@functools.lru_cache(maxsize=65536)
-def _peak_units(steps, snapshots, input_counted, act, tape_bytes, eager=False):
-    """Peak saved bytes of the binomial schedule under the engine's accounting. The
-    user's walk keeps what it records until it ends; the walks that recompute a
-    segment (``eager``) let a nested checkpoint release what the walk has finished
-    with, so a recomputation runs while only the earlier snapshots are kept."""
-    held = 0
-    prefix_peak = 0
-    inner_peak = 0
-    counted = input_counted
-    s = snapshots
-    while steps > 1:
-        m = _split(steps, s)
-        if counted:
-            held += act
-        inner = _peak_units(m, s, False, act, tape_bytes, True)
-        prefix_peak = max(prefix_peak, held + inner)
-        inner_peak = max(inner_peak, inner)
-        steps -= m
-        s -= 1
-        counted = True
-    held += (act if counted else 0) + tape_bytes
-    if eager:
-        return max(held, prefix_peak)
-    return held + inner_peak
-
-
 # ------------------------------------------------------------------ sequential chains
 
 _UNITS = {
