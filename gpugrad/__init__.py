@@ -25,6 +25,7 @@ from .array import dlarray  # noqa: E402
 from .backend import (  # noqa: E402
     DeviceError,
     device,
+    device_reason,
     kernels,  # noqa: E402
     set_device,
 )
@@ -264,6 +265,7 @@ from .transforms import elementwise_grad, hessian, hvp, jvp, value_and_grad  # n
 # isort: split
 # deep learning: MATLAB functions at the top level, layers in gg.nn, optimizers in gg.optim
 from . import nn, optim  # noqa: E402
+from .interop import from_dlpack  # noqa: E402
 from .io import load, save  # noqa: E402
 from .nn import *  # noqa: F403, E402
 from .optim import adamupdate, sgdmupdate, thresholdGlobalL2Norm, thresholdL2Norm  # noqa: E402

@@ -221,6 +221,39 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
 
     __str__ = __repr__
 
+    def __format__(self, spec):
+        """``f"{y:.3f}"`` formats a one-element array as its scalar; an empty spec is
+        ``str(x)``."""
+        if self._data.size == 1 and self._data.dtype.kind != "b":
+            return format(self.item(), spec)
+        if not spec:
+            return str(self)
+        raise TypeError(
+            f"unsupported format string {spec!r} for a dlarray of shape {self.shape}; "
+            "format one element (x[i]) or use f'{x}'"
+        )
+
+    # ------------------------------------------------------------------ interop
+    def __dlpack__(self, *args, **kwargs):
+        """DLPack export (zero-copy): ``torch.from_dlpack(x)``, ``np.from_dlpack(x)``,
+        ``cupy.from_dlpack(x)``, ``jax.dlpack.from_dlpack(x)``. The consumer sees the
+        data, not the trace (as ``gg.extractdata``)."""
+        return self._data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        """``(device type, device id)`` of the data, as DLPack defines it."""
+        return self._data.__dlpack_device__()
+
+    @property
+    def __cuda_array_interface__(self):
+        """CuPy/Numba/PyTorch's CUDA array interface (zero-copy), only on ``cuda``."""
+        if not backend.is_device_array(self._data):
+            raise AttributeError(
+                "__cuda_array_interface__: this dlarray's data is on the host; "
+                "use np.asarray(x), x.numpy() or DLPack (np.from_dlpack(x))"
+            )
+        return self._data.__cuda_array_interface__
+
     def __reduce__(self):
         return (_rebuild, (backend.to_host(self._data), self._fmt))
 
@@ -340,8 +373,45 @@ def check_format(fmt, ndim, where="dlarray"):
     return sorted_fmt, tuple(perm)
 
 
+def _short_repr(x: dlarray) -> str:
+    """NumPy-like display of a scalar or 1-D array: ``dlarray(104.0)``,
+    ``dlarray([1., 2., 3.], dtype=float32, fmt='C')``."""
+    values = np.asarray(backend.to_host(x._data))
+    if values.ndim == 0:
+        body = repr(values.item())
+    else:
+        body = np.array2string(
+            values,
+            precision=4,
+            suppress_small=True,
+            threshold=200,
+            separator=", ",
+            prefix="dlarray(",
+        )
+    extra = []
+    if x.dtype != np.float64:
+        extra.append(f"dtype={x.dtype}")
+    if x._fmt:
+        extra.append(f"fmt={x._fmt!r}")
+    if x.device != "cpu":
+        extra.append(f"device={x.device!r}")
+    if x._node is not None:
+        extra.append("traced")
+    return f"dlarray({', '.join([body, *extra])})"
+
+
 def format_repr(x: dlarray) -> str:
-    """MATLAB-like display: ``2x3 dlarray (float32, format 'CB', cpu)`` then the values."""
+    """Display. A scalar or 1-D array prints on one line as NumPy does
+    (``dlarray(104.0)``, ``dlarray([1., 2.])``, with the dtype when it is not float64,
+    the format, the device when it is not cpu, and ``traced``); higher dimensions print
+    MATLAB-like: ``2x3 dlarray (float32, format 'CB', cpu)`` then the values.
+
+    >>> import gpugrad as gg
+    >>> gg.dlarray(104.0), gg.dlarray([1.0, 2.5]), gg.ones(2)
+    (dlarray(104.0), dlarray([1. , 2.5]), dlarray([1., 1.], dtype=float32))
+    """
+    if x.ndim <= 1:
+        return _short_repr(x)
     shape = x.shape
     size = "x".join(str(s) for s in shape) if shape else "1x1"
     bits = [str(x.dtype)]

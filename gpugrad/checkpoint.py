@@ -562,33 +562,6 @@ def revolve_schedule(steps, snapshots):
     return actions
 
 
-@functools.lru_cache(maxsize=65536)
-def _peak_units(steps, snapshots, input_counted, act, tape_bytes, eager=False):
-    """Peak saved bytes of the binomial schedule under the engine's accounting. The
-    user's walk keeps what it records until it ends; the walks that recompute a
-    segment (``eager``) let a nested checkpoint release what the walk has finished
-    with, so a recomputation runs while only the earlier snapshots are kept."""
-    held = 0
-    prefix_peak = 0
-    inner_peak = 0
-    counted = input_counted
-    s = snapshots
-    while steps > 1:
-        m = _split(steps, s)
-        if counted:
-            held += act
-        inner = _peak_units(m, s, False, act, tape_bytes, True)
-        prefix_peak = max(prefix_peak, held + inner)
-        inner_peak = max(inner_peak, inner)
-        steps -= m
-        s -= 1
-        counted = True
-    held += (act if counted else 0) + tape_bytes
-    if eager:
-        return max(held, prefix_peak)
-    return held + inner_peak
-
-
 # ------------------------------------------------------------------ sequential chains
 
 _UNITS = {
@@ -765,7 +738,7 @@ def _plain_or_measure(counted, x, budget, x_counted, stats):
     if n > 1:
         y = counted[1](y)
         further = memory.current - before - d1
-    plain_peak = int(x_counted) * act + first + (n - 1) * further
+    plain_peak = int(x_counted) * act + first + (n - 1) * max(first, further)
     sizes = (act, first, further)
     if plain_peak <= budget:
         stats.predicted_peak_bytes = plain_peak
@@ -802,19 +775,26 @@ def _candidates(n, x_counted, act, first, further):
     measured separately (``_plain_or_measure``)."""
     out = []
     xc = int(x_counted)
+    # why: the two measured layers stand for all of them; the larger tape of the two
+    # keeps a chain of alternating layer kinds (Dense, norm, ...) within the budget
+    tape = max(first, further)
     for m in range(0, n):
         head = n - m
         # the tail's tape: its first layer also saves its input (the head's output)
-        tail = act + first + (m - 1) * further if m else 0
+        tail = act + first + (m - 1) * tape if m else 0
         best = None
         for k in range(1, head + 1):
             longest = -(-head // k)
-            peak = (xc + k - 1) * act + max(tail, first + (longest - 1) * further)
+            peak = (xc + k - 1) * act + max(tail, first + (longest - 1) * tape)
             if best is None or peak < best[0]:
                 best = (peak, k)
         out.append((head, best[0], "uniform", (best[1], m)))
     for s in range(1, max(n, 2)):
-        peak = _peak_units(n, s, x_counted, act, first)
+        # why: the binomial schedule holds at most s snapshots (the chain's input among
+        # them when it is counted), the input of the one layer being taped and that
+        # layer's tape; one more layer's tape is kept as a margin (measured: exactly
+        # (s + 2) activations on a tanh chain, for any n and s)
+        peak = (s + xc) * act + first + tape
         out.append((optimal_recomputations(n, s), peak, "revolve", s))
     return out
 

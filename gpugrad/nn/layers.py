@@ -279,8 +279,15 @@ class Layer:
 
     def _cast_args(self, args):
         for v in self.__dict__.values():
-            if type(v) is dlarray and v._data.dtype.kind == "f":
-                return _cast_to(v._data.dtype, args, self)
+            if type(v) is dlarray:
+                dt = v._data.dtype
+                if dt.kind == "f":
+                    for a in args:
+                        # why: the common case (dlarray inputs already in the layer's
+                        # dtype) costs one identity check each; NumPy's dtypes are singletons
+                        if type(a) is not dlarray or a._data.dtype is not dt:
+                            return _cast_to(dt, args, self)
+                    return args
         return args
 
     def _checked_impl(self, *args, **kwargs):
