@@ -32,6 +32,31 @@ def _randomize(layer):
     return layer
 
 
+# ------------------------------------------------------------------ dtypes
+
+
+def _new_layers(dtype):
+    return [
+        gg.nn.GRU(3, 4, dtype=dtype),
+        gg.nn.Embedding(5, 2, dtype=dtype),
+        gg.nn.Conv1D((3, 2, 4), dtype=dtype),
+        gg.nn.TransposedConv2D((2, 2, 3, 4), dtype=dtype),
+        gg.nn.GroupNorm(2, 4, dtype=dtype),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_new_layers_make_parameters_in_the_requested_dtype(dtype):
+    for layer in _new_layers(dtype):
+        assert {p.dtype for p in gg.tree.leaves(layer.parameters())} == {np.dtype(dtype)}
+
+
+def test_new_layers_follow_the_default_parameter_dtype_as_dense_does():
+    default = gg.nn.Dense(2, 2).weight.dtype
+    for layer in _new_layers(None):
+        assert {p.dtype for p in gg.tree.leaves(layer.parameters())} == {default}, layer
+
+
 # ------------------------------------------------------------------ GRU
 
 
