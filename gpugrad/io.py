@@ -167,16 +167,26 @@ class _Writer:
         )
 
 
-def _gpugrad_function_name(fn):
+# why: a file names functions, never code; only array functions are looked up, so a
+# crafted file cannot make a layer call gg.save, gg.set_device or the like
+_FUNCTION_MODULES = ("gpugrad.ops", "gpugrad.nn", "gpugrad.functional")
+
+
+def _stored_function(name):
+    """The gpugrad array function called ``name`` (``gg.relu``, ``gg.nn.gelu``), or None."""
     import gpugrad  # noqa: PLC0415
 
-    name = getattr(fn, "__name__", None)
-    if not name:
-        return None
     for space in (gpugrad, gpugrad.nn):
-        if getattr(space, name, None) is fn:
-            return name
+        fn = getattr(space, name, None)
+        module = getattr(fn, "__module__", None) or ""
+        if callable(fn) and not isinstance(fn, type) and module.startswith(_FUNCTION_MODULES):
+            return fn
     return None
+
+
+def _gpugrad_function_name(fn):
+    name = getattr(fn, "__name__", None)
+    return name if name and _stored_function(name) is fn else None
 
 
 def save(obj, path):
@@ -319,16 +329,13 @@ class _Reader:
         raise self._corrupt(f"unknown entry kind {tag!r} in the header")
 
     def _function(self, name):
-        import gpugrad  # noqa: PLC0415
-
-        for space in (gpugrad, gpugrad.nn):
-            fn = getattr(space, name, None)
-            if callable(fn):
-                return fn
-        raise ValueError(
-            f"gg.load: {self.path} names the function {name!r}, which this version of gpugrad "
-            "does not have"
-        )
+        fn = _stored_function(name) if isinstance(name, str) else None
+        if fn is None:
+            raise ValueError(
+                f"gg.load: {self.path} names the function {name!r}, which is not an array "
+                "function of this version of gpugrad"
+            )
+        return fn
 
     def _layer(self, value):
         name = value["$layer"]

@@ -15,6 +15,18 @@ from tests.test_optim import _flat, _loss_and_grads, _mlp, _run_against_torch
 R = np.random.default_rng(31)
 
 
+@pytest.fixture(autouse=True)
+def _float64_parameters():
+    """float64 layer parameters: these tests compare with float64 references."""
+    set_default = getattr(gg, "set_default_dtype", None)
+    if set_default is None:  # parameters are float64 where no default dtype is settable
+        yield
+        return
+    previous = set_default(np.float64)
+    yield
+    set_default(previous)
+
+
 # ------------------------------------------------------------------ AdamW, RMSProp
 
 

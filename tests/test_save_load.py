@@ -263,6 +263,18 @@ def test_damaged_and_foreign_files_give_clear_errors(tmp_path):
     odd = {"format": "gpugrad", "version": 1, "kind": "tree", "root": {"$pickle": "x"}}
     with pytest.raises(ValueError, match="is corrupted: unknown entry kind '\\$pickle'"):
         gg.load(with_header("odd.npz", odd))
+    crafted = {
+        "format": "gpugrad",
+        "version": 1,
+        "kind": "tree",
+        "root": {"$dict": {"activation": {"$function": "save"}}},
+    }
+    with pytest.raises(
+        ValueError, match="names the function 'save', which is not an array function"
+    ):
+        gg.load(with_header("crafted.npz", crafted))
+    with pytest.raises(TypeError, match="gg.save: cannot store the function 'dlfeval'"):
+        gg.save({"f": gg.dlfeval}, tmp_path / "f.npz")
     with pytest.raises(FileNotFoundError):
         gg.load(tmp_path / "nothing.npz")
     with pytest.raises(

@@ -952,6 +952,8 @@ class Embedding(Layer):
     (2, 3, 4)
     """
 
+    _cast_inputs = False  # its input holds indices, not data in the parameters' dtype
+
     def __init__(self, vocabulary_size, embedding_dim, dtype=None):
         vocabulary_size = _size(vocabulary_size, "vocabulary_size", "Embedding")
         dim = _size(embedding_dim, "embedding_dim", "Embedding")

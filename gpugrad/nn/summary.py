@@ -2,9 +2,11 @@
 layer with its settings, parameter shapes and parameter count), ``net.summary(x)``
 Keras' table with the output shape of every layer for an example input.
 
->>> import gpugrad as gg
->>> gg.random.seed(0)
->>> net = gg.nn.Sequential(gg.nn.Dense(4, 3, activation=gg.relu), gg.nn.Dense(3, 2))
+>>> import numpy as np, gpugrad as gg
+>>> net = gg.nn.Sequential(
+...     gg.nn.Dense(4, 3, activation=gg.relu, dtype=np.float64),
+...     gg.nn.Dense(3, 2, dtype=np.float64),
+... )
 >>> print(net)
 Sequential(
   (0): Dense(weight=(3, 4), bias=(3,), activation=relu)  # 15 parameters
