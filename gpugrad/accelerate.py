@@ -137,6 +137,7 @@ class _Recorder:
         self.unsupported = None
         self.mutates = False
         self.calls = 0
+        self.primitives = set()  # names of the primitives the trace calls
 
     # names ---------------------------------------------------------------
     def _name(self, obj, prefix="s"):
@@ -242,7 +243,7 @@ class _Recorder:
         return self.depth == 0 and threading.get_ident() == self.thread
 
     # hooks ----------------------------------------------------------------
-    def wrap(self, fn):
+    def wrap(self, fn, name=None):
         """A recording version of a raw array function (a primitive's fwd/fast)."""
 
         def recorded(*args, **kwargs):
@@ -254,6 +255,8 @@ class _Recorder:
             finally:
                 self.depth -= 1
             self.emit(fn, args, kwargs, out)
+            if name is not None:
+                self.primitives.add(name)
             return out
 
         return recorded
@@ -397,9 +400,9 @@ class _Installed:
         self.prims = []
         for prim in core.ALL_PRIMITIVES:
             self.prims.append((prim, prim.fwd, prim.fast))
-            prim.fwd = rec.wrap(prim.fwd)
+            prim.fwd = rec.wrap(prim.fwd, prim.name)
             if prim.fast is not None:
-                prim.fast = rec.wrap(prim.fast)
+                prim.fast = rec.wrap(prim.fast, prim.name)
         add, unb, zeros, writable = _glue_wrappers(rec)
         self.glue = (core._Glue.__dict__["add"], core._Glue.__dict__["unbroadcast"])
         self.glue += (core._Glue.__dict__["zeros"], core._writable)
@@ -632,15 +635,18 @@ def _differ(a, b, tol):
 
 
 class _Entry:
-    __slots__ = ("fn", "mutates", "checked", "keep", "source", "calls")
+    """One trace: the replay function, its source text, the primitives it calls."""
 
-    def __init__(self, fn, mutates, keep, source, calls):
+    __slots__ = ("fn", "mutates", "checked", "keep", "source", "calls", "primitives")
+
+    def __init__(self, fn, mutates, keep, source, calls, primitives):
         self.fn = fn
         self.mutates = mutates
         self.checked = False
         self.keep = keep
         self.source = source
         self.calls = calls
+        self.primitives = frozenset(primitives)
 
 
 class AcceleratedFunction:
@@ -940,7 +946,7 @@ class AcceleratedFunction:
             exec(compile(source, f"<dlaccelerate {name}>", "exec"), rec.ns)
             # write-backs into the arguments are side effects too (no in-place check)
             mutates = rec.mutates or bool(lines)
-            entry = _Entry(rec.ns["_replay"], mutates, keep, source, rec.calls)
+            entry = _Entry(rec.ns["_replay"], mutates, keep, source, rec.calls, rec.primitives)
             self._cache[key] = entry
             self._evict()
             return result
