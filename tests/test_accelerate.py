@@ -731,3 +731,37 @@ def test_replays_launch_the_kernels_on_the_emu_device():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_replays_keep_nothing_alive_and_threads_do_not_share_a_trace():
+    import gc
+    import threading
+
+    from gpugrad import tape
+
+    acc = gg.dlaccelerate(_rosen)
+    x = gg.dlarray([0.3, 0.4])
+    for _ in range(3):
+        gg.dlfeval(acc, x)
+    gc.collect()
+    nodes = sum(type(o) is tape.Node for o in gc.get_objects())
+    saved = gg.memory.saved_bytes()
+    for _ in range(2000):
+        gg.dlfeval(acc, x)
+    gc.collect()
+    assert sum(type(o) is tape.Node for o in gc.get_objects()) <= nodes
+    assert gg.memory.saved_bytes() == saved
+
+    results = {}
+
+    def work(i):
+        f = gg.dlaccelerate(lambda v: gg.sum(gg.exp(v) * i))
+        results[i] = [float(f(gg.dlarray([0.0, 1.0]))) for _ in range(50)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (1.0, 2.0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, values in results.items():
+        assert values == [pytest.approx(i * (1 + np.e))] * 50
