@@ -392,7 +392,6 @@ class _Installed:
 
     def __init__(self, rec):
         self.rec = rec
-        self.saved = []
 
     def __enter__(self):
         rec = self.rec
@@ -783,6 +782,7 @@ class AcceleratedFunction:
             bound = cache[id(self)] = AcceleratedFunction(self._fn.__get__(obj, objtype))
             bound.__dict__.update(
                 Enabled=self.Enabled,
+                CheckFirstReplay=self.CheckFirstReplay,
                 _cache_size=self._cache_size,
                 _check_mode=self._check_mode,
                 _check_tolerance=self._check_tolerance,
