@@ -143,6 +143,7 @@ class _Recorder:
         self.unsupported = None
         self.mutates = False
         self.calls = 0
+        self.primitives = set()  # names of the primitives the trace calls
 
     # names ---------------------------------------------------------------
     def _name(self, obj, prefix="s"):
@@ -255,7 +256,7 @@ class _Recorder:
         return self.depth == 0 and threading.get_ident() == self.thread
 
     # hooks ----------------------------------------------------------------
-    def wrap(self, fn):
+    def wrap(self, fn, name=None):
         """A recording version of a raw array function (a primitive's fwd/fast)."""
 
         def recorded(*args, **kwargs):
@@ -268,6 +269,8 @@ class _Recorder:
                 self.depth -= 1
             out = _taint_out(out)
             self.emit(fn, args, kwargs, out)
+            if name is not None:
+                self.primitives.add(name)
             return out
 
         return recorded
@@ -526,7 +529,6 @@ class _Installed:
 
     def __init__(self, rec):
         self.rec = rec
-        self.saved = []
 
     def __enter__(self):
         rec = self.rec
@@ -534,9 +536,9 @@ class _Installed:
         self.prims = []
         for prim in core.ALL_PRIMITIVES:
             self.prims.append((prim, prim.fwd, prim.fast))
-            prim.fwd = rec.wrap(prim.fwd)
+            prim.fwd = rec.wrap(prim.fwd, prim.name)
             if prim.fast is not None:
-                prim.fast = rec.wrap(prim.fast)
+                prim.fast = rec.wrap(prim.fast, prim.name)
         add, unb, zeros, writable = _glue_wrappers(rec)
         self.glue = (core._Glue.__dict__["add"], core._Glue.__dict__["unbroadcast"])
         self.glue += (core._Glue.__dict__["zeros"], core._writable)
@@ -769,15 +771,18 @@ def _differ(a, b, tol):
 
 
 class _Entry:
-    __slots__ = ("fn", "mutates", "checked", "keep", "source", "calls")
+    """One trace: the replay function, its source text, the primitives it calls."""
 
-    def __init__(self, fn, mutates, keep, source, calls):
+    __slots__ = ("fn", "mutates", "checked", "keep", "source", "calls", "primitives")
+
+    def __init__(self, fn, mutates, keep, source, calls, primitives):
         self.fn = fn
         self.mutates = mutates
         self.checked = False
         self.keep = keep
         self.source = source
         self.calls = calls
+        self.primitives = frozenset(primitives)
 
 
 class AcceleratedFunction:
@@ -914,6 +919,7 @@ class AcceleratedFunction:
             bound = cache[id(self)] = AcceleratedFunction(self._fn.__get__(obj, objtype))
             bound.__dict__.update(
                 Enabled=self.Enabled,
+                CheckFirstReplay=self.CheckFirstReplay,
                 _cache_size=self._cache_size,
                 _check_mode=self._check_mode,
                 _check_tolerance=self._check_tolerance,
@@ -1092,7 +1098,7 @@ class AcceleratedFunction:
             exec(compile(source, f"<dlaccelerate {name}>", "exec"), rec.ns)
             # write-backs into the arguments are side effects too (no in-place check)
             mutates = rec.mutates or bool(lines)
-            entry = _Entry(rec.ns["_replay"], mutates, keep, source, rec.calls)
+            entry = _Entry(rec.ns["_replay"], mutates, keep, source, rec.calls, rec.primitives)
             self._cache[key] = entry
             self._evict()
             return _untaint_state(swapped, objs, result)

@@ -48,24 +48,12 @@ def assert_same(a, b):
         np.testing.assert_array_equal(x, y)
 
 
-SEEN = set()  # primitive names whose raw functions appeared in a replayed trace
-_BY_FN = {}
+SEEN = set()  # names of the primitives a replayed trace called
 
 
 def _note_coverage(acc):
-    if not _BY_FN:
-        for p in _core.ALL_PRIMITIVES:
-            _BY_FN[id(p.fwd)] = p.name
-            if p.fast is not None:
-                _BY_FN[id(p.fast)] = p.name
     for entry in acc._cache.values():
-        fn = getattr(entry, "fn", None)
-        if fn is None:
-            continue
-        for value in fn.__globals__.values():
-            name = _BY_FN.get(id(value))
-            if name is not None:
-                SEEN.add(name)
+        SEEN.update(getattr(entry, "primitives", ()))
 
 
 def _scalar(y):
@@ -421,7 +409,7 @@ def test_device_switch_clears_the_cache(monkeypatch):
     acc = gg.accelerate(lambda x: x * 2)
     acc(gg.dlarray([1.0]))
     assert len(acc._cache) == 1
-    monkeypatch.setattr(gg.backend, "device", lambda: "emu")
+    monkeypatch.setitem(gg.backend._state, "device", "emu")  # what set_device changes
     acc(gg.dlarray([1.0]))
     assert acc.traces == 2 and len(acc._cache) == 1
 
@@ -748,3 +736,37 @@ def test_replays_launch_the_kernels_on_the_emu_device():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_replays_keep_nothing_alive_and_threads_do_not_share_a_trace():
+    import gc
+    import threading
+
+    from gpugrad import tape
+
+    acc = gg.dlaccelerate(_rosen)
+    x = gg.dlarray([0.3, 0.4])
+    for _ in range(3):
+        gg.dlfeval(acc, x)
+    gc.collect()
+    nodes = sum(type(o) is tape.Node for o in gc.get_objects())
+    saved = gg.memory.saved_bytes()
+    for _ in range(2000):
+        gg.dlfeval(acc, x)
+    gc.collect()
+    assert sum(type(o) is tape.Node for o in gc.get_objects()) <= nodes
+    assert gg.memory.saved_bytes() == saved
+
+    results = {}
+
+    def work(i):
+        f = gg.dlaccelerate(lambda v: gg.sum(gg.exp(v) * i))
+        results[i] = [float(f(gg.dlarray([0.0, 1.0]))) for _ in range(50)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (1.0, 2.0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, values in results.items():
+        assert values == [pytest.approx(i * (1 + np.e))] * 50
