@@ -36,11 +36,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def _median_time(fn, repeats, warmup=2):
+def _median_time(fn, repeats, warmup=2, barrier=None):
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        if barrier is not None:
+            barrier()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -89,7 +91,7 @@ def worker(opts):
             buf = np.ones(max(nbytes // 8, 1))
             other = np.empty_like(buf)
             reps = opts.repeats if nbytes < (4 << 20) else max(3, opts.repeats // 3)
-            t_ar = _median_time(lambda b=buf: comm.allreduce_(b, "sum"), reps)
+            t_ar = _median_time(lambda b=buf: comm.allreduce_(b, "sum"), reps, 2, dist.barrier)
             t_cp = _median_time(lambda b=buf, o=other: np.copyto(o, b), reps)
             rows.append({"bytes": buf.nbytes, "allreduce_s": t_ar, "copy_s": t_cp})
         out["allreduce"] = rows
@@ -104,7 +106,7 @@ def worker(opts):
             sweep.append(
                 {
                     "bucket_mb": mb,
-                    "step_s": _median_time(_step_timer(net, x, t), opts.repeats),
+                    "step_s": _median_time(_step_timer(net, x, t), opts.repeats, 2, dist.barrier),
                     "buckets": len(net.bucket_plan),
                 }
             )
@@ -126,6 +128,7 @@ def worker(opts):
             fn()
         for _ in range(opts.repeats):
             for k, fn in steps.items():
+                dist.barrier()  # why: the no_sync step lets ranks drift apart; start level
                 t0 = time.perf_counter()
                 fn()
                 times[k].append(time.perf_counter() - t0)
