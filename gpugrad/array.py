@@ -305,6 +305,8 @@ def _plain(data):
             )
         return np.asarray(data.data)
     return np.asarray(data).view(np.ndarray)
+
+
 def _shares_memory(raw, source):
     """Whether ``raw`` may share memory with the caller's ``source`` (a fresh array made
     from a list, scalar or another device never does)."""

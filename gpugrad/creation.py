@@ -11,10 +11,10 @@ an allocation too large for the machine says how many bytes it asked for.
 2.5
 
 Without a ``dtype`` the creation functions (``zeros``, ``ones``, ``full``, ``eye``,
-``arange``, ``linspace``) make arrays of the default dtype, ``gg.get_default_dtype()``
-(float32 unless ``gg.set_default_dtype`` changed it, as PyTorch and MATLAB's
-``single`` learnables); ``zeros_like``/``ones_like`` keep their argument's dtype and
-``gg.dlarray(data)`` keeps the data's (Python floats give float64).
+``arange``, ``linspace``) make float64 arrays, as NumPy and MATLAB do;
+``zeros_like``/``ones_like`` keep their argument's dtype and ``gg.dlarray(data)`` keeps
+the data's (Python floats give float64). Layer parameters are another matter: they
+follow ``gg.get_default_dtype()`` (float32 unless ``gg.set_default_dtype`` changed it).
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def _value_dtype(dtype, *vals):
 
 def _dtype(dtype, where="dtype"):
     try:
-        # why: no dtype -> the default (float32 unless set_default_dtype changed it);
-        # an integer dtype -> float64 (MATLAB double), as gg.dlarray does with integers
-        dt = get_default_dtype() if dtype is None else np.dtype(dtype)
+        # why: no dtype -> float64 (NumPy, MATLAB); an integer dtype -> float64 (MATLAB
+        # double), as gg.dlarray does with integers
+        dt = np.dtype(np.float64) if dtype is None else np.dtype(dtype)
     except TypeError:
         raise TypeError(f"{where}: dtype must be a NumPy numeric dtype, got {dtype!r}") from None
     if dt.kind in "iu":
@@ -120,7 +120,7 @@ def full(shape, value, dtype=None, fmt=None):
     else:
         value = _number(value, "full", "value")
     if dtype is None and isinstance(value, complex):
-        dtype = np.result_type(get_default_dtype(), np.complex64)
+        dtype = np.complex128
     xp = backend.xp()
     return _fmt(_filled("full", shape, dtype, lambda s, dt: xp.full(s, value, dt)), fmt)
 

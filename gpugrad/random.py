@@ -163,7 +163,7 @@ def _shape(shape, size, where):
 
 
 def _cast(raw, dtype, where):
-    dt = _defaults.resolve(dtype)  # the default dtype (gg.set_default_dtype) when None
+    dt = _defaults.creation(dtype)  # float64 unless given, as NumPy and MATLAB
     if dt.kind not in "fc":
         raise TypeError(f"{where}: dtype must be a float or complex type, got {dt}")
     return _on_device(raw.astype(dt, copy=False))

@@ -1,7 +1,7 @@
-"""float32 by default: gg.set_default_dtype / gg.get_default_dtype, layer parameters
-and creation functions follow it, net.astype(dtype), and no silent promotion of
-float32 data by float64 parameters (a layer casts wider input down, raises on
-narrower)."""
+"""float32 layer parameters by default: gg.set_default_dtype / gg.get_default_dtype,
+layer parameters follow it while creation functions stay float64 as in NumPy and MATLAB,
+net.astype(dtype), and no silent promotion of float32 data by float64 parameters (a
+layer casts wider input down, raises on narrower)."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ import pytest
 import gpugrad as gg
 
 
-def test_default_is_float32_for_layers_and_creation():
+def test_default_is_float32_for_layers_and_float64_for_creation():
     assert gg.get_default_dtype() == np.float32
     for layer in (
         gg.nn.Dense(3, 2),
@@ -31,8 +31,8 @@ def test_default_is_float32_for_layers_and_creation():
         gg.random.normal(shape=2),
         gg.random.uniform(shape=2),
     ):
-        assert made.dtype == np.float32
-    assert gg.full(2, 1j).dtype == np.complex64
+        assert made.dtype == np.float64  # NumPy's and MATLAB's default
+    assert gg.full(2, 1j).dtype == np.complex128
     # explicit dtypes win; dlarray keeps the data's dtype (Python floats: float64)
     assert gg.zeros(2, dtype=np.float64).dtype == np.float64
     assert gg.dlarray([1.0]).dtype == np.float64
@@ -43,9 +43,9 @@ def test_default_is_float32_for_layers_and_creation():
 def test_set_default_dtype_returns_the_previous_and_checks(float64):
     assert gg.get_default_dtype() == np.float64
     assert gg.nn.Dense(2, 2).weight.dtype == np.float64
-    assert gg.ones(1).dtype == np.float64
     previous = gg.set_default_dtype("float32")
-    assert previous == np.float64 and gg.zeros(1).dtype == np.float32
+    assert previous == np.float64 and gg.nn.Dense(2, 2).weight.dtype == np.float32
+    assert gg.zeros(1).dtype == np.float64  # creation does not follow it
     gg.set_default_dtype(previous)
     for bad in (np.int32, "complex64", "nonsense", np.bool_):
         with pytest.raises(TypeError, match="set_default_dtype: dtype must be float16, float32"):
@@ -85,7 +85,7 @@ def test_float64_data_into_a_float32_layer_is_cast_down_differentiably():
 
 def test_float32_data_into_a_float64_layer_raises():
     layer = gg.nn.Dense(3, 2, dtype=np.float64)
-    x = gg.ones((2, 3))
+    x = gg.ones((2, 3), dtype=np.float32)
     msg = r"Dense: the input is float32 but the layer's parameters are float64; .*astype"
     for call in (layer, layer.forward, layer.predict, lambda v: gg.predict(layer, v)):
         with pytest.raises(TypeError, match=msg):

@@ -201,6 +201,8 @@ def operand(a, where):
             f"of dtype {raw.dtype}"
         )
     return raw
+
+
 def _has_traced(seq):
     for e in seq:
         if type(e) is dlarray:
