@@ -20,11 +20,6 @@ import importlib.util
 import time
 from pathlib import Path
 
-import numpy as np
-
-import gpugrad as gg
-import gpugrad.distributed as dist
-
 HERE = Path(__file__).resolve().parent
 
 
@@ -46,7 +41,12 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=0, help="use only this many training samples")
     parser.add_argument("--save-losses", default="", help="rank 0 saves the loss curve (.npy)")
     args = parser.parse_args(argv)
+    # why: imported after parsing, so --help answers at once
+    import numpy as np
     from tqdm import tqdm
+
+    import gpugrad as gg
+    import gpugrad.distributed as dist
 
     cnn = _digits_cnn()
     dist.init()

@@ -295,6 +295,12 @@ class _Recorder:
         if self._mine() and self.escaped is None and self.is_dynamic(raw):
             self.escaped = f"{how} at {_user_site()}"
 
+    def refuse(self, what):
+        """Code a replay cannot repeat faithfully (a custom derivative's foreign body
+        and pullback, a gradient hook, distributed gradient hooks): run eagerly."""
+        if threading.get_ident() == self.thread and self.unsupported is None:
+            self.unsupported = f"{what} runs eagerly under gg.dlaccelerate"
+
     def escape_data(self, how):
         """Raw code outside the recorded calls computed on traced data (a ``Tainted``
         array reached a Python value, or is about to be baked in as a constant)."""
@@ -1029,6 +1035,8 @@ class AcceleratedFunction:
             return self._eager(run, args, kwargs)
         try:
             rec = _Recorder(_deep_dlarrays(self._fn))
+            if tape.LEAF_HOOKS:  # gradients reduced across ranks inside the walk
+                rec.refuse("a step with gpugrad.distributed gradient hooks (DataParallel)")
             before = []
             for i, o in enumerate(objs):
                 name = f"o{i}"

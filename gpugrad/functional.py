@@ -488,6 +488,11 @@ class CustomDerivativeFunction:
             return self.fn(*copies, **kwargs)
 
     def __call__(self, *args, **kwargs):
+        if core.RECORDER is not None:
+            # why: the body and the pullback are foreign code a gg.dlaccelerate trace
+            # cannot see into (a pullback closing over the first call's NumPy data
+            # would be replayed with it): such a call runs eagerly
+            core.RECORDER.refuse(f"custom_derivative function {self.name!r}")
         frame = tape.FRAME.get()
         # raw arrays (anywhere in the arguments) reach the derivative as dlarrays;
         # Python numbers stay numbers
@@ -713,6 +718,8 @@ def with_derivative(x, hook):
     x = _as_array_arg(x)
     if not isinstance(x, dlarray):
         raise TypeError(f"with_derivative: x must be a dlarray, got {type(x).__name__}")
+    if core.RECORDER is not None:  # the hook is Python code a replay would not call
+        core.RECORDER.refuse("a with_derivative hook")
     return bind(_HOOK, (x,), {"hook": hook}, x._fmt)
 
 

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gpugrad as gg
+import gpugrad.distributed as dist
 from gpugrad.nn import _prims
 from gpugrad.ops import REGISTRY
 from gpugrad.testing import check_gradient, primitives_in_graph
@@ -573,7 +574,22 @@ def build_eigh(data, rng):
 
 # ---------------------------------------------------------------------------- the table
 
+
+def _gelu_ref(x):
+    from scipy.special import erf
+
+    return 0.5 * x * (1 + erf(x / np.sqrt(2.0)))
+
+
 TABLE = {
+    # a single process: the collectives are the identity (tests/test_distributed.py
+    # runs them on two ranks)
+    "all_reduce": ({"all_reduce"}, unary(lambda x: dist.all_reduce(x, op="sum"), lambda x: x)),
+    "all_reduce_extremum": (
+        {"all_reduce_extremum"},
+        unary(lambda x: dist.all_reduce(x, op="max"), lambda x: x),
+    ),
+    "gelu_erf": ({"gelu_erf"}, unary(lambda x: gg.gelu(x, approximation="none"), _gelu_ref)),
     # elementwise, unary
     "negative": ({"negative"}, unary(lambda x: -x, np.negative)),
     "exp": ({"exp"}, unary(gg.exp, np.exp)),

@@ -16,9 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.py"))
-# bench/rosenbrock.py, bench/cpu_training.py and bench/checkpoint.py are being reworked
-# on other branches; once merged they belong here too (today their --help imports gpugrad)
-SCRIPTS += ["bench/gpu.py"]
+SCRIPTS += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "bench").glob("*.py"))
 HEAVY = ("gpugrad", "numpy", "cupy", "torch", "matplotlib", "sklearn", "tqdm", "scipy")
 
 # Runs a script's --help in a fresh interpreter, recording the ArgumentParser it used.
