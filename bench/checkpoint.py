@@ -31,18 +31,19 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
-import gpugrad as gg
-from gpugrad.checkpoint import _candidates, optimal_recomputations
-
 
 def make_mlp(depth, width, seed=0):
+    import numpy as np
+
+    import gpugrad as gg
+
     rng = np.random.default_rng(seed)
     return [gg.dlarray(rng.normal(0, 1 / math.sqrt(width), (width, width))) for _ in range(depth)]
 
 
 def layers_of(weights):
+    import gpugrad as gg
+
     def dense(w):
         def layer(h):
             return gg.tanh(gg.matmul(h, w))
@@ -53,6 +54,8 @@ def layers_of(weights):
 
 
 def step(run, weights, x):
+    import gpugrad as gg
+
     def loss(ws, x):
         y = gg.sum(run(layers_of(ws), x * 1.0) ** 2)
         return y, gg.dlgradient(y, ws)
@@ -67,6 +70,8 @@ def plain(layers, x):
 
 
 def measure(name, run, weights, x, repeats):
+    import gpugrad as gg
+
     with gg.memory.track() as m:
         step(run, weights, x)
     stats = gg.checkpoint_sequential.last_stats if name != "plain" else None
@@ -130,6 +135,8 @@ def torch_runs(depth, width, batch, repeats):
 def binomial_optimum(depth, act, first, further):
     """(predicted peak bytes, recomputations) of Revolve with s = 1..depth-1 snapshots,
     and of the plain run, as the planner predicts them."""
+    from gpugrad.checkpoint import _candidates
+
     points = []
     for recomputations, peak, kind, _s in _candidates(depth, True, act, first, further):
         if kind == "revolve":
@@ -155,6 +162,7 @@ def plot(sweep, optimum, act, path):
         return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     peaks = [r["peak_bytes"] / act for r in sweep]
@@ -201,26 +209,46 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="The default run finishes in under a minute and writes nothing tracked.",
+        add_help=False,
     )
+    parser.add_argument("-h", "--help", action="help", help="Show this help and exit.")
     parser.add_argument(
         "--full",
         action="store_true",
-        help="the full sweep (40 budgets, width "
-        "512, batch 256), step times and the PyTorch comparison",
+        help="Run the full sweep (40 budgets, 64 layers, width 512, batch 256) with step "
+        "times and the PyTorch comparison.",
     )
-    parser.add_argument("--depth", type=int, default=None, help="layers (32; 64 --full)")
-    parser.add_argument("--width", type=int, default=None, help="layer width (64; 512 --full)")
-    parser.add_argument("--batch", type=int, default=None, help="batch size (32; 256 --full)")
-    parser.add_argument("--budgets", type=int, default=None, help="budgets swept (12; 40 --full)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (0; 3 --full)")
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument(
+        "--depth", type=int, default=None, help="Use this many layers (32; 64 with --full)."
+    )
+    parser.add_argument(
+        "--width", type=int, default=None, help="Use layers of this width (64; 512 with --full)."
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="Use this batch size (32; 256 with --full)."
+    )
+    parser.add_argument(
+        "--budgets", type=int, default=None, help="Sweep this many budgets (12; 40 with --full)."
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="Time this many repeats (0; 3 with --full)."
+    )
+    parser.add_argument(
+        "--no-torch", action="store_true", help="Skip the PyTorch comparison in a --full run."
+    )
     parser.add_argument(
         "--out",
         default=None,
-        help="path of the PNG (a JSON of the rows is "
-        "written beside it); default: a new file in the temporary directory",
+        help="Write the PNG to this path and a JSON of the rows beside it (default: a new "
+        "file in the temporary directory).",
     )
     opts = parser.parse_args(argv)
+    # why: imported after parsing, so --help answers at once
+    import numpy as np
+
+    import gpugrad as gg
+    from gpugrad.checkpoint import _candidates, optimal_recomputations
+
     opts.depth = opts.depth or (64 if opts.full else 32)
     width = opts.width or (512 if opts.full else 64)
     batch = opts.batch or (256 if opts.full else 32)

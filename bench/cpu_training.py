@@ -33,8 +33,6 @@ import math
 import statistics
 import time
 
-import numpy as np
-
 TARGETS = {"MLP": 1.3, "CNN": 2.0, "LSTM": 1.5}
 ACCELERATED_TARGET = 1.0
 
@@ -102,6 +100,8 @@ def _blas_threads(limit):
 
 
 def gg_models():
+    import numpy as np
+
     import gpugrad as gg
 
     class _LstmModel(gg.nn.Layer):
@@ -131,6 +131,8 @@ def gg_models():
 
 
 def data(rng):
+    import numpy as np
+
     return {
         "MLP": (rng.standard_normal((256, 784)).astype(np.float32), rng.integers(0, 10, 256)),
         "CNN": (rng.random((64, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 64)),
@@ -220,15 +222,26 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Ratios are medians of step times measured in the same run.",
+        add_help=False,
+    )
+    parser.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=20,
+        help="Time this many rounds per workload (default 20).",
     )
     parser.add_argument(
-        "--repeats", type=int, default=20, help="timed rounds per workload (default 20)"
-    )
-    parser.add_argument(
-        "--only", choices=sorted(TARGETS), default=None, help="time one workload only"
+        "--only",
+        choices=sorted(TARGETS),
+        default=None,
+        help="Time this one workload only (default: all three).",
     )
     args = parser.parse_args(argv)
+    # why: imported after parsing, so --help answers at once
     import copy
+
+    import numpy as np
 
     import gpugrad as gg
 

@@ -30,13 +30,13 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
 def _median_time(fn, repeats, warmup=2, barrier=None):
+    import numpy as np
+
     for _ in range(warmup):
         fn()
     times = []
@@ -77,6 +77,8 @@ def _step_timer(net, x, t, sync=True):
 
 
 def worker(opts):
+    import numpy as np
+
     import gpugrad.distributed as dist
 
     dist.init()
@@ -176,18 +178,54 @@ def launch(n, parts, opts, env):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--batch", type=int, default=256, help="global batch")
-    p.add_argument("--bucket-mb", type=float, default=1.0)
-    p.add_argument("--buckets", type=float, nargs="+", default=[0.05, 0.25, 1.0, 4.0, 25.0])
-    p.add_argument("--async-progress", action="store_true")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
-    p.add_argument("--parts", nargs="+", default=["allreduce", "buckets", "scaling", "overlap"])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
+    p.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    p.add_argument("--ranks", type=int, default=2, help="Start this many MPI ranks (default 2).")
+    p.add_argument(
+        "--repeats", type=int, default=15, help="Time this many repeats of each step (default 15)."
+    )
+    p.add_argument(
+        "--width", type=int, default=512, help="Give the MLP layers this width (default 512)."
+    )
+    p.add_argument(
+        "--depth", type=int, default=4, help="Give the MLP this many layers (default 4)."
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=256,
+        help="Use this global batch size, split over the ranks (default 256).",
+    )
+    p.add_argument(
+        "--bucket-mb",
+        type=float,
+        default=1.0,
+        help="Use gradient buckets of this many MB in the scaling and overlap parts (default 1).",
+    )
+    p.add_argument(
+        "--buckets",
+        type=float,
+        nargs="+",
+        default=[0.05, 0.25, 1.0, 4.0, 25.0],
+        help="Sweep these bucket sizes in MB (default 0.05 0.25 1 4 25).",
+    )
+    p.add_argument(
+        "--async-progress",
+        action="store_true",
+        help="Set MPIR_CVAR_ASYNC_PROGRESS=1 so that MPICH runs a progress thread.",
+    )
+    p.add_argument(
+        "--worker",
+        action="store_true",
+        help="Run as one of the MPI workers the driver starts (used internally).",
+    )
+    p.add_argument("--out", help="Write a worker's results (JSON) to this path (used internally).")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        default=["allreduce", "buckets", "scaling", "overlap"],
+        help="Run these parts: allreduce, buckets, scaling, overlap (default all four).",
+    )
     opts = p.parse_args(argv)
     if opts.worker:
         return worker(opts)

@@ -14,8 +14,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
-
 
 def interleaved(fns, calls, repeats):
     """Best and median seconds per call of each function, measured in alternating
@@ -117,14 +115,23 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="The ratios are taken between libraries measured in the same run.",
+        add_help=False,
+    )
+    parser.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    parser.add_argument(
+        "--calls", type=int, default=1000, help="Time blocks of this many calls (default 1000)."
     )
     parser.add_argument(
-        "--calls", type=int, default=1000, help="calls per timed block (default 1000)"
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=25, help="interleaved blocks per library (default 25)"
+        "--repeats",
+        type=int,
+        default=25,
+        help="Run this many interleaved blocks per library (default 25).",
     )
     args = parser.parse_args()
+    # why: imported after parsing, so --help answers at once
+    import numpy as np
+
+    np.seterr(all="ignore")
     np.random.seed(0)
     import gpugrad as gg
 
@@ -164,5 +171,4 @@ def main():
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main()

@@ -30,20 +30,56 @@ def _digits_cnn():
     return module
 
 
+class _Silent:
+    """The progress display of ranks other than 0: nothing."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def set_postfix(self, **values):
+        pass
+
+    def update(self, n=1):
+        pass
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="The digits CNN trained data-parallel (run it under mpiexec or "
-        "python -m gpugrad.distributed.run -n N)."
+        "python -m gpugrad.distributed.run -n N).",
+        add_help=False,
     )
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch", type=int, default=64, help="global batch size (all ranks)")
-    parser.add_argument("--bucket-mb", type=float, default=25.0)
-    parser.add_argument("--limit", type=int, default=0, help="use only this many training samples")
-    parser.add_argument("--save-losses", default="", help="rank 0 saves the loss curve (.npy)")
+    parser.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    parser.add_argument("--epochs", type=int, default=15, help="Train for this many epochs.")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=64,
+        help="Use global mini-batches of this size, shared among all ranks.",
+    )
+    parser.add_argument(
+        "--bucket-mb",
+        type=float,
+        default=25.0,
+        help="Combine gradients over the ranks in buckets of this many MB.",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="Use only this many training samples (0, the default, uses all).",
+    )
+    parser.add_argument(
+        "--save-losses",
+        default="",
+        help="Have rank 0 save the loss curve (a .npy file) to this path.",
+    )
     args = parser.parse_args(argv)
     # why: imported after parsing, so --help answers at once
     import numpy as np
-    from tqdm import tqdm
 
     import gpugrad as gg
     import gpugrad.distributed as dist
@@ -64,7 +100,9 @@ def main(argv=None):
         for e in range(args.epochs)
     ]
     steps = sum(len(e) for e in epochs)
-    with tqdm(total=steps, desc=f"digits CNN on {size} rank(s)", disable=rank != 0) as bar:
+    desc = f"digits CNN on {size} rank(s)"
+    # a tqdm bar on rank 0, or plain progress lines when tqdm is not installed
+    with cnn.progress(steps, desc) if rank == 0 else _Silent() as bar:
         for parts in epochs:
             for idx, weight in zip(parts, parts.weights):
                 model.weight = weight  # this rank's share of the global batch
