@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, tape
+from .._alloc import shape_arg
 from ..array import dlarray
 from .axes import normalize_axes, normalize_axis_index
 from .core import _STATE, Primitive, _record1, bind, coerce, make
@@ -124,7 +125,7 @@ _BROADCAST = Primitive(
 def broadcast_to(x, shape):
     """Broadcast to ``shape`` (a read-only view; the gradient is summed back)."""
     x = _dl(x)
-    shape = tuple(int(s) for s in shape)
+    shape = shape_arg(shape, "broadcast_to")
     if x.shape == shape:
         return x
     try:
@@ -148,9 +149,17 @@ def _concat_vjp(g, ans, *xs, axis):
 _CONCAT = Primitive("concatenate", lambda *xs, axis: _xp().concatenate(xs, axis=axis), _concat_vjp)
 
 
+def _array_list(arrays, where):
+    if isinstance(arrays, (dlarray, np.ndarray, str, bytes)) or not hasattr(arrays, "__iter__"):
+        raise TypeError(
+            f"{where}: arrays must be a list or tuple of arrays, got {type(arrays).__name__}"
+        )
+    return [_dl(a) for a in arrays]
+
+
 def concatenate(arrays, axis=0):
     """Join arrays along an existing axis."""
-    arrays = [_dl(a) for a in arrays]
+    arrays = _array_list(arrays, "concatenate")
     if not arrays:
         raise ValueError("concatenate: need at least one array")
     nd = arrays[0].ndim
@@ -169,7 +178,7 @@ def concatenate(arrays, axis=0):
 
 def stack(arrays, axis=0):
     """Join arrays along a new axis."""
-    arrays = [_dl(a) for a in arrays]
+    arrays = _array_list(arrays, "stack")
     if not arrays:
         raise ValueError("stack: need at least one array")
     axis = normalize_axis_index(axis, arrays[0].ndim + 1, "stack")
