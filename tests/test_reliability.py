@@ -54,9 +54,20 @@ def _grad_step():
     return x, g
 
 
+def _checkpoint_step():
+    def f(x):
+        y = gg.checkpoint(lambda a: gg.sin(a) * a, x)
+        g = gg.dlgradient(gg.sum(y), x, enable_higher_derivatives=True)
+        return gg.dlgradient(gg.sum(g * g), x)
+
+    x = gg.dlarray([1.0, 2.0, 3.0])
+    return x, gg.dlfeval(f, x)
+
+
 @pytest.mark.parametrize(
     "step",
     [
+        _checkpoint_step,
         lambda: _mxnet_step(True),
         lambda: _mxnet_step(True, "add"),
         lambda: _mxnet_step(False),
@@ -65,7 +76,16 @@ def _grad_step():
         _swift_step,
         _grad_step,
     ],
-    ids=["mx-create", "mx-create-add", "mx", "matlab-higher", "matlab", "swift", "mx-grad"],
+    ids=[
+        "checkpoint-higher",
+        "mx-create",
+        "mx-create-add",
+        "mx",
+        "matlab-higher",
+        "matlab",
+        "swift",
+        "mx-grad",
+    ],
 )
 def test_nothing_stays_alive_after_a_loop(step):
     gc.collect()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import re
 
 import numpy as np
 
@@ -213,6 +214,29 @@ def _has_traced(seq):
     return False
 
 
+_NAMED = re.compile(r"^[\w.]+(?: [\w.]+)?: ")
+
+
+def op_error(name, raws, exc):
+    """NumPy's/Python's error from an op's forward, reworded to name the op and say
+    what its operands were (a message that already names a function is kept)."""
+    msg = str(exc)
+    if _NAMED.match(msg):
+        return exc
+    if not isinstance(exc, ValueError) or any(r is None or isinstance(r, str) for r in raws):
+        desc = ", ".join(
+            f"{type(r).__name__}" + (f" of dtype {r.dtype}" if hasattr(r, "dtype") else "")
+            for r in raws
+        )
+        return TypeError(f"{name}: operands must be numeric arrays or numbers, got ({desc}): {msg}")
+    shapes = ", ".join(str(getattr(r, "shape", ())) for r in raws)
+    if "broadcast" in msg:
+        return ValueError(
+            f"{name}: operands with shapes {shapes} do not broadcast (NumPy broadcasting rules)"
+        )
+    return ValueError(f"{name}: invalid operands of shapes {shapes}: {msg}")
+
+
 def bind(prim, args, params=None, fmt=""):
     """Apply ``prim`` to ``args``; record a node if an input is traced and recording is on."""
     raws = []
@@ -234,7 +258,10 @@ def bind(prim, args, params=None, fmt=""):
             return bind(prim, args, params, fmt)
         else:
             raws.append(coerce(a))
-    out = prim.fwd(*raws, **params) if params else prim.fwd(*raws)
+    try:
+        out = prim.fwd(*raws, **params) if params else prim.fwd(*raws)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise op_error(prim.name, raws, exc) from None
     if traced and prim.differentiable:
         frame = _FRAME.get()
         if frame.recording:

@@ -9,7 +9,19 @@ import numpy as np
 from .. import tape
 from ..array import check_same_device, dlarray
 from . import core
-from .core import _STATE, Primitive, _record1, _record2, bind, cj, coerce, host_call, make, operand
+from .core import (
+    _STATE,
+    Primitive,
+    _record1,
+    _record2,
+    bind,
+    cj,
+    coerce,
+    host_call,
+    make,
+    op_error,
+    operand,
+)
 from .core import from_sequence as _from_sequence
 
 _FRAME = tape.FRAME
@@ -67,7 +79,9 @@ def _bind2(prim, a, b, params=None):
                 f"{prim.name}: operands with shapes {getattr(ra, 'shape', ())} and "
                 f"{getattr(rb, 'shape', ())} do not broadcast (NumPy broadcasting rules)"
             ) from None
-        raise
+        raise op_error(prim.name, (ra, rb), exc) from None
+    except TypeError as exc:
+        raise op_error(prim.name, (ra, rb), exc) from None
     fmt = _out_fmt(a, b, out) if (ta and a._fmt) or (tb and b._fmt) else ""
     taint = (ta and a._taint) or (tb and b._taint)
     if (ta and a._node is not None) or (tb and b._node is not None):
@@ -312,6 +326,7 @@ angle = _unary("angle", lambda x: _xp().angle(x), _angle_vjp)
 
 def square(x):
     """``x * x``."""
+    x = x if type(x) is dlarray else dlarray(x)
     return x * x
 
 
@@ -518,9 +533,9 @@ def power(a, b):
             b = float(b)
         return _bind_powc(a, b, None)
     if not _traced(b):
-        p = b._data if type(b) is dlarray else coerce(b)
+        p = b._data if type(b) is dlarray else operand(b, "power")
         if type(a) is not dlarray:
-            a = make(coerce(a))
+            a = make(operand(a, "power"))
         if type(p) is int:
             p = float(p) if p < 0 else p
         return _bind_powc(a, p, b)
@@ -528,7 +543,10 @@ def power(a, b):
 
 
 def _bind_powc(a, p, b):
-    out = _POWC.fwd(a._data, p)
+    try:
+        out = _POWC.fwd(a._data, p)
+    except (TypeError, ValueError) as exc:
+        raise op_error("power", (a._data, p), exc) from None
     fmt = a._fmt if a._fmt and len(a._fmt) == getattr(out, "ndim", 0) else ""
     taint = a._taint or (type(b) is dlarray and b._taint)
     if a._node is not None:

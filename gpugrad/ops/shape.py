@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, tape
+from .._alloc import shape_arg
 from ..array import dlarray
 from . import core
 from .axes import normalize_axes, normalize_axis_index
@@ -145,7 +146,7 @@ def broadcast_to(x, shape):
     array([4., 4.])
     """
     x = _dl(x)
-    shape = tuple(int(s) for s in shape)
+    shape = shape_arg(shape, "broadcast_to")
     if x.shape == shape:
         return x
     try:
@@ -169,6 +170,14 @@ def _concat_vjp(g, ans, *xs, axis):
 _CONCAT = Primitive("concatenate", lambda *xs, axis: _xp().concatenate(xs, axis=axis), _concat_vjp)
 
 
+def _array_list(arrays, where):
+    if isinstance(arrays, (dlarray, np.ndarray, str, bytes)) or not hasattr(arrays, "__iter__"):
+        raise TypeError(
+            f"{where}: arrays must be a list or tuple of arrays, got {type(arrays).__name__}"
+        )
+    return [_dl(a) for a in arrays]
+
+
 def concatenate(arrays, axis=0):
     """Join arrays along an existing axis.
 
@@ -176,7 +185,7 @@ def concatenate(arrays, axis=0):
     >>> gg.concatenate([gg.ones((2, 3)), gg.zeros((1, 3))]).shape
     (3, 3)
     """
-    arrays = [_dl(a) for a in arrays]
+    arrays = _array_list(arrays, "concatenate")
     if not arrays:
         raise ValueError("concatenate: need at least one array")
     nd = arrays[0].ndim
@@ -200,7 +209,7 @@ def stack(arrays, axis=0):
     >>> gg.stack([gg.ones(3), gg.zeros(3)], axis=1).shape
     (3, 2)
     """
-    arrays = [_dl(a) for a in arrays]
+    arrays = _array_list(arrays, "stack")
     if not arrays:
         raise ValueError("stack: need at least one array")
     axis = normalize_axis_index(axis, arrays[0].ndim + 1, "stack")
