@@ -26,6 +26,7 @@ class _OpsHook:
 
     transpose = None
     from_sequence = None  # list/tuple holding dlarrays -> traced stack (or None)
+    copy_raw = staticmethod(lambda raw: raw.copy())  # a copy gg.dlaccelerate replays
 
 
 OPS = _OpsHook()
@@ -103,7 +104,7 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
         if copy and _shares_memory(raw, source):
             # why: MATLAB/NumPy value semantics; an in-place update (x[0] = 5, an
             # optimizer step) must never write into the caller's array
-            raw = raw.copy()
+            raw = OPS.copy_raw(raw)
         fmt = "" if fmt is None else fmt
         if fmt:
             fmt, perm = check_format(fmt, raw.ndim, "dlarray")

@@ -40,6 +40,7 @@ core.OPS.astype = astype
 core.OPS.stack = stack  # noqa: F405
 _array.OPS.from_sequence = core.from_sequence
 _array.OPS.transpose = transpose
+_array.OPS.copy_raw = core.host_call(_array.OPS.copy_raw)
 
 
 def _swap(fn):
