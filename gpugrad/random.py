@@ -22,6 +22,7 @@ import numpy as np
 from . import _defaults, backend
 from ._alloc import allocate, shape_arg
 from .errors import CheckpointError
+from .ops import core as _core
 from .ops.core import host_call, make
 
 _state = {"gen": None}
@@ -83,6 +84,10 @@ def _generator():
 def _draw(fn):
     """``fn(generator)`` on the shared generator, or on a replayed state."""
     stream = _STREAM.get()
+    if stream is not None and _core.RECORDER is not None:
+        # why: a checkpoint's recomputation replays the states its first run recorded;
+        # a gg.dlaccelerate replay would draw afresh there (a different dropout mask)
+        _core.RECORDER.refuse("a random draw inside a checkpointed function")
     if stream is None:
         with _LOCK:
             return fn(_generator())

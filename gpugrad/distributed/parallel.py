@@ -344,8 +344,8 @@ class DataParallel(Layer):
     ...     loss = gg.sum(net(x))
     ...     return loss, gg.dlgradient(loss, net)
     >>> loss, grads = gg.dlfeval(loss_fn, net, gg.ones((4, 3)))
-    >>> grads["bias"].numpy()  # averaged over the ranks (one here)
-    array([4.])
+    >>> grads["bias"].numpy().tolist()  # averaged over the ranks (one here)
+    [4.0]
     """
 
     def __init__(self, net, bucket_mb=25, overlap=True, state="aggregate", debug=False):

@@ -164,18 +164,6 @@ def _install():
     _install_numpy_methods(d, _inplace)
 
 
-def _format(self, spec):
-    """``format(x, spec)``: as NumPy, a 0-d array formats as its scalar; other arrays
-    accept only an empty spec."""
-    if self._data.ndim == 0:
-        return format(self.item(), spec)
-    if spec:
-        raise TypeError(
-            f"unsupported format string {spec!r} passed to a dlarray of shape {self.shape}"
-        )
-    return str(self)
-
-
 def _install_numpy_methods(d, _inplace):
     """The operators and methods NumPy users expect (``%``, ``//``, ``round()``, ...)."""
     from . import elementwise as ew
@@ -192,7 +180,6 @@ def _install_numpy_methods(d, _inplace):
     d.__ifloordiv__ = _inplace(ew.floor_divide)
     d.__ipow__ = _inplace(power)
     d.__round__ = lambda self, ndigits=None: ew.round(self, ndigits or 0)
-    d.__format__ = _format
     d.round = lambda self, decimals=0: ew.round(self, decimals)
     d.clip = lambda self, a_min=None, a_max=None: ew.clip(self, a_min, a_max)
     d.ravel = lambda self, order="C": sh.ravel(self, order)

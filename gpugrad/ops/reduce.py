@@ -220,7 +220,7 @@ def _nonempty(x, axis, where):
     if type(x) is not dlarray:
         x = dlarray(x)
     axes = normalize_axis(axis, x.ndim, where)
-    if x.size == 0 and (axes is None or any(x.shape[a] == 0 for a in axes)):
+    if x.size == 0 and (axes is None or builtins.any(x.shape[a] == 0 for a in axes)):
         raise ValueError(
             f"{where}: cannot reduce an empty array (shape {x.shape}) along "
             f"{'all axes' if axes is None else f'axis {axis!r}'}: the {where}imum of "

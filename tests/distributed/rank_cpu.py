@@ -10,6 +10,8 @@ import numpy as np
 import gpugrad as gg
 import gpugrad.distributed as dist
 
+gg.set_default_dtype("float64")  # the checks compare float64 training to 1e-12
+
 N = 16
 
 

@@ -9,6 +9,8 @@ import gpugrad as gg
 import gpugrad.distributed as dist
 from gpugrad.distributed import _comm, _world
 
+gg.set_default_dtype("float64")  # the checks compare float64 training to 1e-12
+
 
 def main():
     assert gg.device() == "emu", gg.device()
