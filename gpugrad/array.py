@@ -104,7 +104,8 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
         if copy and _shares_memory(raw, source):
             # why: MATLAB/NumPy value semantics; an in-place update (x[0] = 5, an
             # optimizer step) must never write into the caller's array
-            raw = OPS.copy_raw(raw)
+            # why: a copy of a traced value's data is a call gg.dlaccelerate replays
+            raw = raw.copy() if type(raw) is np.ndarray else OPS.copy_raw(raw)
         fmt = "" if fmt is None else fmt
         if fmt:
             fmt, perm = check_format(fmt, raw.ndim, "dlarray")
@@ -410,7 +411,7 @@ def format_repr(x: dlarray) -> str:
     MATLAB-like: ``2x3 dlarray (float32, format 'CB', cpu)`` then the values.
 
     >>> import gpugrad as gg
-    >>> gg.dlarray(104.0), gg.dlarray([1.0, 2.5]), gg.ones(2)
+    >>> gg.dlarray(104.0), gg.dlarray([1.0, 2.5]), gg.ones(2, dtype="float32")
     (dlarray(104.0), dlarray([1. , 2.5]), dlarray([1., 1.], dtype=float32))
     """
     if x.ndim <= 1:

@@ -117,6 +117,13 @@ def full(shape, value, dtype=None, fmt=None):
         return _fmt(v * _filled("full", shape, dt, backend.xp().ones), fmt)
     if type(value) is dlarray and value.size != 1:
         value = value._data  # an array that broadcasts to shape
+        shape = shape_arg(shape, "full")
+        try:
+            np.broadcast_shapes(value.shape, shape)
+        except ValueError:
+            raise ValueError(
+                f"full: value of shape {value.shape} does not broadcast to shape {shape}"
+            ) from None
     else:
         value = _number(value, "full", "value")
     if dtype is None and isinstance(value, complex):

@@ -221,8 +221,8 @@ def op_error(name, raws, exc):
     """NumPy's/Python's error from an op's forward, reworded to name the op and say
     what its operands were (a message that already names a function is kept)."""
     msg = str(exc)
-    if _NAMED.match(msg):
-        return exc
+    if _NAMED.match(msg) or isinstance(exc, np.linalg.LinAlgError):
+        return exc  # already named, or a type callers catch (LinAlgError)
     if not isinstance(exc, ValueError) or any(r is None or isinstance(r, str) for r in raws):
         desc = ", ".join(
             f"{type(r).__name__}" + (f" of dtype {r.dtype}" if hasattr(r, "dtype") else "")

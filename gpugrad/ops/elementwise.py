@@ -1091,9 +1091,13 @@ def _mod_vjp(g, ans, a, b, kind):
     # why: a - q b with q = floor(a/b) (or trunc) piecewise constant: d/da = 1,
     # d/db = -q (PyTorch's rule); q is taken from the result, so it is consistent
     # with the value NumPy computed
-    ra, rb = _raw(a), _raw(b)
-    q = make(_xp().round((ra - _raw(ans)) / rb))
+    q = make(_mod_quotient(_raw(a), _raw(b), _raw(ans)))
     return g, -g * q
+
+
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _mod_quotient(ra, rb, rans):
+    return _xp().round((ra - rans) / rb)
 
 
 _MOD = Primitive("remainder", _mod_fwd, _mod_vjp, save=(0, 1), save_ans=True)
