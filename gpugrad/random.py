@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _defaults, backend
 from ._alloc import allocate, shape_arg
+from .array import dlarray
 from .errors import CheckpointError
 from .ops import core as _core
 from .ops.core import host_call, make
@@ -178,35 +179,74 @@ def _on_device(raw):
     return backend.xp().asarray(raw) if backend.device() == "cuda" else raw
 
 
-@host_call  # a replay of gg.dlaccelerate draws afresh
+def _traced(*vals):
+    return any(isinstance(v, dlarray) and v._node is not None for v in vals)
+
+
+def _param_shape(shape, size, where, *vals):
+    """The draw's shape: ``shape``/``size``, else the parameters' broadcast shape (NumPy)."""
+    if shape is not None or size is not None:
+        return _shape(shape, size, where)
+    return np.broadcast_shapes(*(np.shape(v._data if isinstance(v, dlarray) else v) for v in vals))
+
+
 def normal(loc=0.0, scale=1.0, shape=None, dtype=None, size=None):
-    """Normally distributed values (a dlarray on the active device).
+    """Normally distributed values (a dlarray on the active device). A traced ``loc`` or
+    ``scale`` is differentiated: the draw is ``loc + scale * z`` with ``z`` standard
+    normal (the reparameterization PyTorch's ``rsample`` uses).
 
     >>> import gpugrad as gg
     >>> gg.random.seed(0)
     >>> x = gg.random.normal(loc=1.0, scale=0.1, shape=(2, 3))
     >>> x.shape, x.dtype
     ((2, 3), dtype('float64'))
+    >>> s = gg.dlarray(2.0)
+    >>> dz = gg.gradient(lambda s: gg.sum(gg.random.normal(0.0, s, shape=(4,))))(s)
+    >>> dz.shape
+    ()
     """
-    where = "gg.random.normal"
-    dims = _shape(shape, size, where)
-    raw = allocate(where, dims, np.float64, lambda: _draw(lambda g: g.normal(loc, scale, dims)))
-    return make(_cast(raw, dtype, where))
+    if _traced(loc, scale):
+        dims = _param_shape(shape, size, "gg.random.normal", loc, scale)
+        return loc + scale * _normal(0.0, 1.0, dims, dtype, None)
+    return _normal(loc, scale, shape, dtype, size)
 
 
-@host_call  # a replay of gg.dlaccelerate draws afresh
 def uniform(low=0.0, high=1.0, shape=None, dtype=None, size=None):
-    """Uniformly distributed values in ``[low, high)``.
+    """Uniformly distributed values in ``[low, high)``. A traced ``low`` or ``high`` is
+    differentiated: the draw is ``low + (high - low) * u`` with ``u`` uniform in [0, 1).
 
     >>> import gpugrad as gg
     >>> x = gg.random.uniform(-1.0, 1.0, shape=(1000,))
     >>> bool(x.numpy().min() >= -1.0 and x.numpy().max() < 1.0)
     True
     """
+    if _traced(low, high):
+        dims = _param_shape(shape, size, "gg.random.uniform", low, high)
+        return low + (high - low) * _uniform(0.0, 1.0, dims, dtype, None)
+    return _uniform(low, high, shape, dtype, size)
+
+
+@host_call  # a replay of gg.dlaccelerate draws afresh
+def _normal(loc, scale, shape, dtype, size):
+    where = "gg.random.normal"
+    loc, scale = _host_value(loc), _host_value(scale)
+    dims = _param_shape(shape, size, where, loc, scale)
+    raw = allocate(where, dims, np.float64, lambda: _draw(lambda g: g.normal(loc, scale, dims)))
+    return make(_cast(raw, dtype, where))
+
+
+@host_call  # a replay of gg.dlaccelerate draws afresh
+def _uniform(low, high, shape, dtype, size):
     where = "gg.random.uniform"
-    dims = _shape(shape, size, where)
+    low, high = _host_value(low), _host_value(high)
+    dims = _param_shape(shape, size, where, low, high)
     raw = allocate(where, dims, np.float64, lambda: _draw(lambda g: g.uniform(low, high, dims)))
     return make(_cast(raw, dtype, where))
+
+
+def _host_value(v):
+    """An untraced dlarray parameter as host data (NumPy's generator draws on the host)."""
+    return backend.to_host(v._data) if isinstance(v, dlarray) else v
 
 
 @host_call  # a replay of gg.dlaccelerate draws afresh

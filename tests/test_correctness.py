@@ -628,3 +628,21 @@ def test_retain_graph_case_matches_pytorch():
         xg = ag.grad(y, x, create_graph=True, retain_graph=True)
     close(ag.grad(xg, w), gw2t.numpy())
     close(ag.grad(y, w), gwt.numpy())
+
+
+def test_random_draws_are_differentiable_in_traced_parameters():
+    # reparameterized: normal = loc + scale * z, uniform = low + (high - low) * u
+    def normal(m, s):
+        gg.random.seed(3)
+        return gg.random.normal(m, s, shape=(3,))
+
+    def uniform(a, b):
+        gg.random.seed(3)
+        return gg.random.uniform(a, b)
+
+    gg.testing.check_gradient(normal, np.array(0.5), np.array([1.0, 2.0, 3.0]), order=2)
+    gg.testing.check_gradient(uniform, np.array([0.5, 1.0]), np.array(3.0), order=2)
+    gg.random.seed(3)
+    z = gg.random.normal(0.0, 1.0, shape=(3,)).numpy()
+    ds = gg.gradient(lambda s: gg.sum(normal(0.0, s)))(gg.dlarray([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(ds.numpy(), z)  # d(loc + s z)/ds = z, the same draws
