@@ -61,6 +61,11 @@ def resolve(path: str) -> object | None:
     imported module (``gpugrad.checkpoint`` is one, though ``gg.checkpoint`` is the
     function), then attributes."""
     parts = path.split(".")
+    if parts[0] == "gpugrad" and len(parts) > 1 and path not in sys.modules:
+        try:  # a subpackage gpugrad does not import itself (gpugrad.distributed)
+            importlib.import_module(".".join(parts[:2]))
+        except ImportError:
+            pass
     for i in range(len(parts), 0, -1):
         module = sys.modules.get(".".join(parts[:i]))
         if module is not None:
