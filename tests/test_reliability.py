@@ -652,7 +652,7 @@ _CLEAR = [
     (lambda: gg.full((2,), "a"), TypeError, "full: value must be a number"),
     (lambda: gg.random.normal(shape=(-3,)), ValueError, r"gg.random.normal: shape .*\(-3,\)"),
     (lambda: gg.random.uniform(shape=(10**12,)), MemoryError, "gg.random.uniform: .*bytes"),
-    (lambda: gg.nn.Dense(10**7, 10**7), MemoryError, r"\(10000000, 10000000\).*bytes"),
+    (lambda: gg.nn.Dense(10**7, 10**7), MemoryError, r"gg.nn.Dense\(10000000, 10000000\).*bytes"),
     (
         lambda: gg.onehotencode(gg.dlarray([0.0, 1.0]), 0, num_classes=10**12),
         MemoryError,

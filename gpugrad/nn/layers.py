@@ -139,7 +139,15 @@ def _alias_checked_init(init):
 
     @functools.wraps(init)
     def __init__(self, *args, **kwargs):
-        init(self, *args, **kwargs)
+        try:
+            init(self, *args, **kwargs)
+        except MemoryError as exc:
+            if type(self).__init__ is not __init__:
+                raise  # the most derived class names the layer
+            shown = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+            raise MemoryError(
+                f"gg.nn.{type(self).__name__}({shown}): the parameters do not fit in memory: {exc}"
+            ) from None
         if type(self).__init__ is __init__:
             check_no_aliases(self)
 
