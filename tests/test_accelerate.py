@@ -231,7 +231,12 @@ def test_every_registered_primitive_was_replayed():
     missing = sorted(
         n
         for n, p in REGISTRY.items()
-        if p.differentiable and n not in SEEN and n not in ("prod", "cumprod")
+        if p.differentiable
+        and n not in SEEN
+        and n not in ("prod", "cumprod")
+        # the collectives (registered once gpugrad.distributed is imported) are checked
+        # on two ranks in tests/test_distributed.py
+        and n not in ("all_reduce", "all_reduce_extremum")
     )
     assert not missing, f"primitives never replayed by gg.dlaccelerate's tests: {missing}"
 

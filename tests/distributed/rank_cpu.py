@@ -10,8 +10,6 @@ import numpy as np
 import gpugrad as gg
 import gpugrad.distributed as dist
 
-gg.set_default_dtype("float64")  # the checks compare float64 training to 1e-12
-
 N = 16
 
 
@@ -384,4 +382,7 @@ def main():
 
 
 if __name__ == "__main__":
+    # the checks compare float64 training to 1e-12 (set here, not at import: pytest
+    # imports this file to collect doctests)
+    gg.set_default_dtype("float64")
     main()

@@ -9,8 +9,6 @@ import gpugrad as gg
 import gpugrad.distributed as dist
 from gpugrad.distributed import _comm, _world
 
-gg.set_default_dtype("float64")  # the checks compare float64 training to 1e-12
-
 
 def main():
     assert gg.device() == "emu", gg.device()
@@ -72,4 +70,7 @@ def main():
 
 
 if __name__ == "__main__":
+    # the checks compare float64 training to 1e-12 (set here, not at import: pytest
+    # imports this file to collect doctests)
+    gg.set_default_dtype("float64")
     main()

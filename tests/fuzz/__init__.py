@@ -4,7 +4,7 @@ through the three faces (MATLAB ``dlfeval``/``dlgradient``, Swift-style
 ``value_with_gradient``, MXNet ``autograd``) and through ``checkpoint``.
 
 ``python -m tests.fuzz N [--seed S] [--device cpu|emu]`` runs N programs and prints
-the figures; ``tests/test_fuzz.py`` runs a bounded number in CI and checks that a
+the figures; ``tests/test_zz_fuzz.py`` runs a bounded number in CI and checks that a
 planted wrong VJP is caught.
 
 Conventions (where gpugrad and PyTorch are compared like for like):
