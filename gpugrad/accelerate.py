@@ -540,7 +540,7 @@ class _Installed:
         rec = self.rec
         _inline_templates()  # keyed by the original functions: before they are swapped
         self.prims = []
-        for prim in core.ALL_PRIMITIVES:
+        for prim in list(core.ALL_PRIMITIVES):
             self.prims.append((prim, prim.fwd, prim.fast))
             prim.fwd = rec.wrap(prim.fwd, prim.name)
             if prim.fast is not None:

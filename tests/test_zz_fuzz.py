@@ -2,9 +2,8 @@
 and on the emu device, and proof that it catches a planted wrong derivative.
 ``python -m tests.fuzz N`` runs more.
 
-Each run happens in a fresh interpreter: a fuzz program under the checkpoint face
-leaves saved bytes counted in ``gg.memory`` (a known defect under investigation),
-which must not reach the other tests' absolute memory checks."""
+Each run happens in a fresh interpreter, so nothing a fuzz program leaves behind (a
+planted bug, a device switch, counted memory) can reach the other tests."""
 
 import json
 import os

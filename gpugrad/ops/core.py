@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
+import weakref
 
 import numpy as np
 
@@ -24,7 +25,9 @@ from .. import backend, tape
 from ..array import as_raw, dlarray
 
 REGISTRY: dict[str, Primitive] = {}
-ALL_PRIMITIVES: list[Primitive] = []  # registered or not (the accelerator wraps every fwd)
+# registered or not (the accelerator wraps every fwd); weak, because checkpoints and
+# custom derivatives make a primitive per call, which must die with its closure
+ALL_PRIMITIVES: weakref.WeakSet = weakref.WeakSet()
 
 # The accelerator hook (``gpugrad.accelerate``). While ``gg.dlaccelerate`` traces a
 # call, ``RECORDER`` is its recorder and every primitive's ``fwd``/``fast`` and the
@@ -84,6 +87,7 @@ class Primitive:
         "multiple_outputs",
         "differentiable",
         "needs",
+        "__weakref__",
     )
 
     def __init__(
@@ -116,7 +120,7 @@ class Primitive:
         self.save_ans = save_ans
         self.multiple_outputs = multiple_outputs
         self.differentiable = vjp is not None
-        ALL_PRIMITIVES.append(self)
+        ALL_PRIMITIVES.add(self)
         if register:
             if name in REGISTRY:
                 raise ValueError(f"primitive {name!r} is defined twice")
