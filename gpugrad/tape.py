@@ -316,7 +316,6 @@ class MemoryCounter:
 
     def __init__(self):
         self.current = 0
-        self.by_op = {}
         self.arrays = {}  # id(raw) -> [count, nbytes, op]
         self.trackers = []
 
@@ -331,7 +330,6 @@ class MemoryCounter:
                 nbytes = raw.nbytes
                 arrays[key] = [1, nbytes, op]
                 added += nbytes
-                self.by_op[op] = self.by_op.get(op, 0) + nbytes
             else:
                 entry[0] += 1
             keys.append(key)
@@ -348,8 +346,6 @@ class MemoryCounter:
         if entry is None:
             nbytes = raw.nbytes
             self.arrays[key] = [1, nbytes, op]
-            by_op = self.by_op
-            by_op[op] = by_op.get(op, 0) + nbytes
             self.current += nbytes
             if self.trackers:
                 for t in self.trackers:
@@ -359,6 +355,15 @@ class MemoryCounter:
         acct = Account()
         acct.append(key)
         return acct
+
+    @property
+    def by_op(self):
+        """Bytes kept now, by the op that saved each array (derived from the arrays
+        themselves, so it always agrees with ``current``)."""
+        out = {}
+        for _count, nbytes, op in list(self.arrays.values()):
+            out[op] = out.get(op, 0) + nbytes
+        return out
 
     def forget(self, keys):
         arrays = self.arrays
@@ -370,7 +375,6 @@ class MemoryCounter:
             if entry[0] == 0:
                 del arrays[key]
                 self.current -= entry[1]
-                self.by_op[entry[2]] -= entry[1]
 
 
 MEMORY = MemoryCounter()
