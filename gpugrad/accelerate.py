@@ -773,6 +773,36 @@ def _differ(a, b, tol):
     return None
 
 
+# ------------------------------------------------------------------ distributed hooks
+# (gpugrad.distributed, h-dist.) Every rank must run the same collectives in the same
+# order whether it traces, replays or runs a step eagerly. DataParallel's reducer and
+# BatchNorm exchange run their collectives inside ``@host_call`` methods (replayed),
+# and ``all_reduce`` on dlarrays is a primitive (replayed); the communicators call
+# ``collective`` before each collective.
+
+
+def _leaf_hooks_replayable():
+    """Whether every gradient-hook sink (``tape.LEAF_HOOKS``) records its work as host
+    calls (``replayable = True``, as DataParallel's reducer does)."""
+    return all(getattr(sink, "replayable", False) for sink in list(tape.LEAF_HOOKS.values()))
+
+
+def collective(what):
+    """Called by gpugrad.distributed before a collective. While a trace records: inside
+    a recorded call (a primitive, a host call) the replay repeats it, and the trace is
+    marked as having side effects (its first replay must not be re-run eagerly to check
+    it: that would run the collective twice on this rank only); a collective the trace
+    would not repeat (a plain array reduced outside any primitive) makes the call
+    pattern run eagerly."""
+    rec = core.RECORDER
+    if rec is None or threading.get_ident() != rec.thread:
+        return
+    if rec.depth:
+        rec.mutates = True
+    else:
+        rec.refuse(f"a collective outside a recorded call ({what})")
+
+
 # ------------------------------------------------------------------ the function
 
 
@@ -1035,8 +1065,8 @@ class AcceleratedFunction:
             return self._eager(run, args, kwargs)
         try:
             rec = _Recorder(_deep_dlarrays(self._fn))
-            if tape.LEAF_HOOKS:  # gradients reduced across ranks inside the walk
-                rec.refuse("a step with gpugrad.distributed gradient hooks (DataParallel)")
+            if tape.LEAF_HOOKS and not _leaf_hooks_replayable():  # see "distributed hooks"
+                rec.refuse("a step with gradient hooks that a replay cannot repeat")
             before = []
             for i, o in enumerate(objs):
                 name = f"o{i}"

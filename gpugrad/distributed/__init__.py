@@ -19,6 +19,7 @@ from ._world import backend_name, barrier, init, launched, local_rank, rank, siz
 from .data import all_have_data, seed, shard
 from .parallel import DataParallel
 from .spmd import spmd_broadcast, spmd_index, spmd_plus, spmd_reduce, spmd_size
+from .sync import broadcast_optimizer_state, check_synchronized
 
 __all__ = [
     "init",
@@ -33,6 +34,8 @@ __all__ = [
     "all_gather",
     "average_gradients",
     "DataParallel",
+    "broadcast_optimizer_state",
+    "check_synchronized",
     "shard",
     "seed",
     "all_have_data",

@@ -18,10 +18,12 @@ Collectives are blocking unless named ``i...``, which return a handle with
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import numpy as np
 
 from .. import backend
+from ..accelerate import collective as _note_collective
 
 # NCCL's enum values (nccl.h; stable ABI): the same numbers cupy.cuda.nccl exports
 NCCL_DTYPES = {
@@ -39,6 +41,37 @@ NCCL_OPS = {"sum": 0, "prod": 1, "max": 2, "min": 3}
 _NCCL_TO_NP = {v: k for k, v in NCCL_DTYPES.items()}
 
 
+_COLLECTIVES = (
+    "allreduce_",
+    "iallreduce_",
+    "bcast_",
+    "allgather",
+    "barrier",
+    "bcast_obj",
+    "allgather_obj",
+)
+
+
+def _guarded(cls):
+    """Tell gg.dlaccelerate about each collective (``gpugrad.accelerate.collective``): a trace
+    must repeat it on replay, or run that call pattern eagerly, so that every rank runs
+    the same collectives whether it traces, replays or runs eagerly."""
+    for name in _COLLECTIVES:
+        fn = cls.__dict__.get(name)
+        if fn is not None:
+            setattr(cls, name, _guard(fn, name))
+    return cls
+
+
+def _guard(fn, name):
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        _note_collective(name)
+        return fn(self, *args, **kwargs)
+
+    return method
+
+
 class _Done:
     """The handle of a collective that has already completed."""
 
@@ -52,6 +85,7 @@ class _Done:
 DONE = _Done()
 
 
+@_guarded
 class SingleComm:
     """One process: collectives return their input unchanged."""
 
@@ -123,6 +157,7 @@ def _is_host(buf):
     return isinstance(buf, np.ndarray)
 
 
+@_guarded
 class MpiComm:
     """mpi4py on host buffers (NumPy in place; CuPy staged through host memory)."""
 
@@ -274,6 +309,7 @@ def backend_stream():
     return cupy.cuda.get_current_stream()
 
 
+@_guarded
 class NcclComm:
     """NCCL on device buffers: each collective runs on ``self.stream`` after an event
     recorded on the compute stream, and the compute stream waits on an event recorded

@@ -22,10 +22,12 @@ import numpy as np
 from .. import backend, tape
 from ..array import dlarray
 from ..nn.layers import BatchNorm, Layer
-from ..ops.core import make
+from ..ops import core
+from ..ops.core import host_call, make
 from ..tree import leaves
 from . import _collectives
 from ._world import comm
+from .sync import batchnorms, broadcast_optimizer_state, check_synchronized
 
 _FIRST_BUCKET_BYTES = 1 << 20  # a small first bucket starts communication early
 
@@ -53,6 +55,7 @@ class _Reducer:
         self.offsets = None  # param position -> (bucket, start)
         self.stats = {"walks": 0, "launched_in_walk": 0, "launched_at_end": 0, "wait_s": 0.0}
         self._walk = None
+        self._nodes = {}
 
     # ------------------------------------------------------------ plan
     def _make_plan(self, order):
@@ -97,11 +100,21 @@ class _Reducer:
             self.buffers.append(xp.empty(n, dtype))
 
     # ------------------------------------------------------------ engine protocol
+    # why: the engine calls begin/ready/done; each hands its work to a method marked
+    # @host_call, so a gg.dlaccelerate trace records the bucket fills, launches and
+    # waits as calls, in the walk's order, and a replay issues the same collectives in
+    # the same order as an eager step (every rank, whichever it runs)
+    replayable = True
+
     def begin(self):
+        self._nodes = {}
+        self._begin_walk()
+
+    @host_call(mutates=True)
+    def _begin_walk(self):
         nb = 0 if self.plan is None else len(self.plan)
         self._walk = {
             "grads": {},
-            "nodes": {},
             "order": [],
             "left": None if self.plan is None else [len(b) for b in self.plan],
             "next": 0,
@@ -112,11 +125,15 @@ class _Reducer:
         self.stats["walks"] += 1
 
     def ready(self, node, g):
-        w = self._walk
         i = self.index.get(node)
-        if w is None or i is None:
+        if self._walk is None or i is None:
             return
-        w["nodes"][i] = node
+        self._nodes[i] = node
+        self._ready_at(i, g)
+
+    @host_call(mutates=True)
+    def _ready_at(self, i, g):
+        w = self._walk
         w["order"].append(i)
         if type(g) is dlarray:
             w["traced"] = True
@@ -166,22 +183,44 @@ class _Reducer:
             self.stats["launched_at_end" if at_end else "launched_in_walk"] += 1
 
     def done(self):
+        w, nodes = self._walk, self._nodes
+        self._nodes = {}
+        if w is None or not nodes:
+            self._walk = None
+            return {}
+        if w["traced"]:  # enable_higher_derivatives: the differentiable all_reduce
+            self._walk = None
+            rec = core.RECORDER
+            if rec is not None:
+                # a weight, or gradients stashed by no_sync, would be baked into a trace
+                rec.refuse("DataParallel with enable_higher_derivatives=True")
+            if not self.sync:
+                self._accumulate(w["grads"])
+                return {}
+            return self._done_traced(w, nodes)
+        positions = tuple(sorted(nodes))
+        grads = self._finish(positions)
+        return {nodes[i]: g for i, g in zip(positions, grads)}
+
+    @host_call(mutates=True)
+    def _finish(self, positions):
+        """The gradients of the parameters at ``positions`` (new arrays): combined over
+        ranks, or this rank's own under ``no_sync`` (then stashed too)."""
         w = self._walk
         self._walk = None
-        if w is None or not w["nodes"]:
-            return {}
         if not self.sync:
             self._accumulate(w["grads"])
-            return {}
-        if w["traced"]:
-            return self._done_traced(w)
+            xp = backend.xp()
+            return tuple(
+                xp.zeros(*self.metas[i]) if w["grads"].get(i) is None else w["grads"][i]
+                for i in positions
+            )
         if self.plan is None:
             self._install_plan(w["order"])
             w["left"] = [len(b) for b in self.plan]
             w["handles"] = [None] * len(self.plan)
         if self.debug:
-            reported = sorted(w["nodes"])
-            check_plan(self._plan_hash(self.plan) + repr(reported), "DataParallel (debug)")
+            check_plan(self._plan_hash(self.plan) + repr(list(positions)), "DataParallel (debug)")
         for i in range(len(self.metas)):
             if i in w["filled"]:
                 continue
@@ -194,16 +233,16 @@ class _Reducer:
         self.stats["wait_s"] += time.perf_counter() - t0
         self.stash = None
         size = comm().size
-        out = {}
-        for i, node in w["nodes"].items():
+        out = []
+        for i in positions:
             b, start = self.offsets[i]
             shape = self.metas[i][0]
             n = int(np.prod(shape))
             part = self.buffers[b][start : start + n]
             # new arrays: the buckets are reused by the next step
             g = part / size if self.weight is None else part.copy()
-            out[node] = g.reshape(shape)
-        return out
+            out.append(g.reshape(shape))
+        return tuple(out)
 
     def _accumulate(self, grads):
         if self.stash is None:
@@ -214,9 +253,9 @@ class _Reducer:
             raw = g._data if type(g) is dlarray else g
             self.stash[i] = raw.copy() if self.stash[i] is None else self.stash[i] + raw
 
-    def _done_traced(self, w):
+    def _done_traced(self, w, nodes):
         out = {}
-        for i in sorted(w["nodes"]):
+        for i in sorted(nodes):
             g = w["grads"][i]
             if g is None:
                 g = make(backend.xp().zeros(*self.metas[i]))
@@ -225,9 +264,9 @@ class _Reducer:
             if self.stash is not None and self.stash[i] is not None:
                 g = g + make(self.stash[i])
             if self.weight is None:
-                out[w["nodes"][i]] = _collectives.all_reduce(g, "mean")
+                out[nodes[i]] = _collectives.all_reduce(g, "mean")
             else:
-                out[w["nodes"][i]] = _collectives.all_reduce(g * self.weight, "sum")
+                out[nodes[i]] = _collectives.all_reduce(g * self.weight, "sum")
         self.stash = None
         return out
 
@@ -260,27 +299,7 @@ def check_plan(digest, where):
         )
 
 
-def _batchnorms(obj, seen=None):
-    """Every BatchNorm layer inside ``obj`` (through layers, lists, tuples, dicts)."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return []
-    seen.add(id(obj))
-    out = []
-    if isinstance(obj, BatchNorm):
-        out.append(obj)
-    if isinstance(obj, Layer):
-        for v in vars(obj).values():
-            out += _batchnorms(v, seen)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            out += _batchnorms(v, seen)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            out += _batchnorms(v, seen)
-    return out
-
-
+@host_call(mutates=True)  # a gg.dlaccelerate replay repeats the exchange
 def _aggregate_statistics(bn, mu, var, m):
     """MATLAB's aggregation of per-rank batch statistics (weights f_r = m_r / M):
     ``mean = sum f_r mean_r``, ``var = sum f_r (var_r + (mean_r - mean)^2)``; then
@@ -300,6 +319,7 @@ def _aggregate_statistics(bn, mu, var, m):
     BatchNorm._update_running_statistics(bn, make(mean), make(var_g), total)
 
 
+@host_call(mutates=True)
 def _broadcast_statistics(bn, mu, var, m):
     BatchNorm._update_running_statistics(bn, mu, var, m)
     c = comm()
@@ -317,7 +337,12 @@ class DataParallel(Layer):
     shard of the batch).
 
     - At construction the parameters and BatchNorm running statistics are broadcast
-      from rank 0 (in place) and checked equal on every rank.
+      from rank 0 (in place) and checked equal on every rank (by hash; a difference
+      names the parameter). ``optimizer``: a gg.optim optimizer, MATLAB-style state
+      (``vel``, ``(averageGrad, averageSqGrad)``) or a list of them, whose state is
+      broadcast from rank 0 and checked the same way (see
+      :func:`broadcast_optimizer_state`); ``attach_optimizer`` does it later, for an
+      optimizer made after the wrapper. ``check_synchronized()`` checks again.
     - Gradients are packed into buckets of at most ``bucket_mb`` MB (the first one
       1 MB) and each bucket's reduction starts as soon as the backward walk has
       finalized all its gradients (``overlap=True``), or after the walk
@@ -337,6 +362,11 @@ class DataParallel(Layer):
       the whole batch), ``"broadcast"`` (rank 0's statistics), or ``None`` (local).
     - Higher derivatives: with ``enable_higher_derivatives=True`` the gradients are
       reduced through the differentiable ``all_reduce`` instead (no overlap).
+    - ``gg.dlaccelerate``: a step that differentiates a DataParallel is traced and
+      replayed; the bucket fills, launches and waits are recorded as calls in the
+      walk's order, so a replay reduces exactly as an eager step does, and ranks may
+      trace, replay or run eagerly independently (the collectives are the same in
+      every case). Steps with ``enable_higher_derivatives=True`` run eagerly.
 
     >>> import gpugrad as gg, gpugrad.distributed as dist
     >>> net = dist.DataParallel(gg.nn.Dense(3, 1))
@@ -348,7 +378,9 @@ class DataParallel(Layer):
     [4.0]
     """
 
-    def __init__(self, net, bucket_mb=25, overlap=True, state="aggregate", debug=False):
+    def __init__(
+        self, net, bucket_mb=25, overlap=True, state="aggregate", debug=False, optimizer=None
+    ):
         if not isinstance(net, Layer):
             raise TypeError(f"DataParallel: net must be a gg.nn.Layer, got {type(net).__name__}")
         if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) or bucket_mb <= 0:
@@ -367,12 +399,36 @@ class DataParallel(Layer):
         self._sync_from_root(params)
         update = _STATE_MODES[state]
         if update is not None and comm().size > 1:
-            for bn in _batchnorms(net):
+            for bn in batchnorms(net):
                 bn._update_running_statistics = functools.partial(update, bn)
+        self._optimizers = []
+        if optimizer is not None:
+            self.attach_optimizer(optimizer)
+
+    def attach_optimizer(self, optimizer):
+        """Broadcast ``optimizer``'s state from rank 0 (in place) and check it equal on
+        every rank (:func:`broadcast_optimizer_state`); ``check_synchronized`` then
+        covers it too. Returns ``optimizer``.
+
+        >>> import gpugrad as gg, gpugrad.distributed as dist
+        >>> net = dist.DataParallel(gg.nn.Dense(3, 1))
+        >>> opt = net.attach_optimizer(gg.optim.Adam(net, learning_rate=0.01))
+        >>> len(net.check_synchronized())
+        40
+        """
+        broadcast_optimizer_state(optimizer)
+        self._optimizers.append(optimizer)
+        return optimizer
+
+    def check_synchronized(self):
+        """Check (by hash) that every rank holds the same parameters, BatchNorm running
+        statistics and attached optimizer state; raises a RuntimeError naming the first
+        difference on every rank. Returns the hex digest."""
+        return check_synchronized(self.module, *self._optimizers)
 
     def _sync_from_root(self, params):
         c = comm()
-        bns = _batchnorms(self.module)
+        bns = batchnorms(self.module)
         sig = [(tuple(p.shape), str(p.dtype)) for p in params]
         sig += [(tuple(b.running_mean.shape), str(b.running_mean.dtype)) for b in bns]
         _collectives._same_everywhere(sig, "DataParallel", "parameter shapes and dtypes")
@@ -380,15 +436,11 @@ class DataParallel(Layer):
             return
         buffers = [p._data for p in params]
         buffers += [b.running_mean for b in bns] + [b.running_var for b in bns]
-        digest = hashlib.sha1()
         for buf in buffers:
             if not buf.flags.c_contiguous:
                 raise ValueError("DataParallel: parameters must be C-contiguous arrays")
             c.bcast_(buf, 0)
-            digest.update(backend.to_host(buf).tobytes())
-        seen = c.allgather_obj(digest.hexdigest())
-        if len(set(seen)) != 1:
-            raise RuntimeError("DataParallel: parameters differ between ranks after the broadcast")
+        check_synchronized(self.module)
 
     # ------------------------------------------------------------ layer protocol
     def forward(self, *args, **kwargs):

@@ -356,6 +356,190 @@ def check_mismatches():
     ok("mismatched plans detected")
 
 
+def _gathered_state(opt):
+    """Every rank's (step, slot arrays) of a gg.optim optimizer."""
+    sd = opt.state_dict()
+    mine = (
+        sd["step"],
+        {
+            slot: {repr(e["path"]): e["value"].numpy() for e in entries}
+            for slot, entries in sd["slots"].items()
+        },
+    )
+    return dist._world.comm().allgather_obj(mine)
+
+
+def _expect(exc_type, text, fn):
+    try:
+        fn()
+    except exc_type as exc:
+        assert text in str(exc), exc
+    else:
+        raise AssertionError(f"no {exc_type.__name__} with {text!r}")
+
+
+def check_optimizer_state():
+    """Ranks start with different optimizer state; DataParallel(optimizer=...) makes it
+    rank 0's (also where rank 0 has none yet), checked by hash; training then stays
+    bit-identical on every rank."""
+    x, t = data()
+    r = dist.rank()
+    makers = {
+        "SGD": lambda m: gg.optim.SGD(m, learning_rate=0.05, momentum=0.9),
+        "Adam": lambda m: gg.optim.Adam(m, learning_rate=0.01),
+        "AdamW": lambda m: gg.optim.AdamW(m, learning_rate=0.01, weight_decay=0.1),
+        "RMSProp": lambda m: gg.optim.RMSProp(m, learning_rate=0.01, momentum=0.5, centered=True),
+    }
+    for name, make_opt in makers.items():
+        net = mlp(30 + r)  # different parameters on each rank
+        opt = make_opt(net)
+        for k in range(r * 2 + 1):  # rank 0: 1 local step, rank 1: 3 (different state)
+            g = grads_of(net, x[k : k + 4] * (r + 1), t[k : k + 4])
+            opt.update(net, g)
+        if name == "Adam" and r == 0:
+            opt = make_opt(net)  # rank 0 has no state yet: rank 1's must be dropped
+        before = _gathered_state(opt)
+        assert before[0] != before[1] or name == "Adam"
+        dp = dist.DataParallel(net, bucket_mb=0.0002, optimizer=opt)
+        after = _gathered_state(opt)
+        assert after[1][0] == after[0][0] == before[0][0], (name, after[0][0], after[1][0])
+        for slot, entries in after[0][1].items():
+            assert after[1][1][slot].keys() == entries.keys(), (name, slot)
+            for path, value in entries.items():
+                assert np.array_equal(after[1][1][slot][path], value), (name, slot, path)
+                assert np.array_equal(before[0][1][slot][path], value), (name, slot, path)
+        if name == "Adam":
+            assert after[1][0] == 0 and not any(after[1][1].values())
+        for _ in range(3):
+            g = grads_of(dp, x[r * 8 : r * 8 + 8], t[r * 8 : r * 8 + 8])
+            opt.update(dp, g)
+        same_on_all_ranks(dp.parameters())
+        dp.check_synchronized()
+    # MATLAB-style state of adamupdate: overwritten in place with rank 0's
+    net = mlp(40 + r)
+    m = v = None
+    for it in (1, 2):
+        g = grads_of(net, x[: 4 + r] * (r + 1), t[: 4 + r])
+        net, m, v = gg.adamupdate(net, g, m, v, it, learn_rate=0.01)
+    first = flat(m)[0].copy()
+    m_before = dist.all_gather(flat(m)[0])
+    assert not np.array_equal(m_before[0], m_before[1])
+    dp = dist.DataParallel(net, optimizer=(m, v))
+    assert np.array_equal(flat(m)[0], m_before[0]) and (r == 0) == np.array_equal(
+        first, m_before[0]
+    )
+    for it in (3, 4):
+        g = grads_of(dp, x[r * 8 : r * 8 + 8], t[r * 8 : r * 8 + 8])
+        dp, m, v = gg.adamupdate(dp, g, m, v, it, learn_rate=0.01)
+    dist.check_synchronized(dp, m, v)
+    same_on_all_ranks([m, v])
+    # mismatches raise on every rank, with the reason
+    n1 = mlp(1)
+    _expect(
+        ValueError,
+        "learning_rate",
+        lambda: dist.broadcast_optimizer_state(gg.optim.SGD(n1, learning_rate=0.1 * (r + 1))),
+    )
+    _expect(
+        ValueError,
+        "different kinds",
+        lambda: dist.broadcast_optimizer_state(gg.optim.SGD(n1) if r == 0 else gg.optim.Adam(n1)),
+    )
+    _expect(
+        ValueError,
+        "must be empty on every rank",
+        lambda: dist.broadcast_optimizer_state(None if r == 0 else [gg.dlarray([1.0])]),
+    )
+    n2 = dist.DataParallel(mlp(2))
+    if r == 1:
+        n2.module.layers[1].bias._data[0] += 1e-15
+    _expect(RuntimeError, "argument 0['1']['bias'] differs", lambda: dist.check_synchronized(n2))
+    ok("optimizer state broadcast and checked")
+
+
+def check_accelerate():
+    """A DataParallel step under gg.dlaccelerate: traced once, replayed after, bitwise
+    equal to eager DataParallel and within 1e-12 of one process on the full batch."""
+    import warnings
+
+    x, t = data()
+    r = dist.rank()
+    half = slice(r * N // 2, (r + 1) * N // 2)
+    warnings.simplefilter("error")  # an eager fallback would warn
+    eager = dist.DataParallel(mlp(50 + r), bucket_mb=0.0002)
+    accel = dist.DataParallel(copy.deepcopy(eager.module), bucket_mb=0.0002)
+    ref = copy.deepcopy(eager.module)
+    acc = gg.dlaccelerate(loss_fn)
+    vel_e = vel_a = vel_r = None
+    steps = 5
+    for _ in range(steps):
+        _, ge = gg.dlfeval(loss_fn, eager, gg.dlarray(x[half]), gg.dlarray(t[half]))
+        eager, vel_e = gg.sgdmupdate(eager, ge, vel_e, learn_rate=0.05)
+        _, ga = gg.dlfeval(acc, accel, gg.dlarray(x[half]), gg.dlarray(t[half]))
+        accel, vel_a = gg.sgdmupdate(accel, ga, vel_a, learn_rate=0.05)
+        _, gr = gg.dlfeval(loss_fn, ref, gg.dlarray(x), gg.dlarray(t))
+        ref, vel_r = gg.sgdmupdate(ref, gr, vel_r, learn_rate=0.05)
+    assert (acc.hits, acc.traces, acc.eager_calls) == (steps - 1, 1, 0), (acc.hits, acc.traces)
+    assert max_diff(accel.parameters(), eager.parameters()) == 0.0
+    d = max_diff(accel.parameters(), ref.parameters())
+    assert d < 1e-12, d
+    same_on_all_ranks(accel.parameters())
+    assert accel.stats["walks"] == steps and accel.stats["launched_in_walk"] > 0, accel.stats
+    assert accel.stats["launched_in_walk"] == eager.stats["launched_in_walk"], accel.stats
+
+    # BatchNorm statistics aggregated in the replay; no_sync accumulation replayed
+    bn_e = dist.DataParallel(bn_net(60 + r), bucket_mb=0.0002)
+    bn_a = dist.DataParallel(copy.deepcopy(bn_e.module), bucket_mb=0.0002)
+    acc_bn = gg.dlaccelerate(loss_fn)
+    for k in range(4):
+        for net, f in ((bn_e, loss_fn), (bn_a, acc_bn)):
+            with gg.autograd.train_mode():
+                if k == 2:
+                    with net.no_sync():
+                        gg.dlfeval(f, net, gg.dlarray(x[half]), gg.dlarray(t[half]))
+                _, g = gg.dlfeval(f, net, gg.dlarray(x[half]), gg.dlarray(t[half]))
+            gg.sgdmupdate(net, g, None, learn_rate=0.05)
+    assert acc_bn.eager_calls == 0 and acc_bn.hits >= 3, (acc_bn.hits, acc_bn.traces)
+    assert max_diff(bn_a.parameters(), bn_e.parameters()) == 0.0
+    for name in ("running_mean", "running_var"):
+        a = getattr(bn_a.module.layers[1], name)
+        assert np.array_equal(a, getattr(bn_e.module.layers[1], name)), name
+    bn_a.check_synchronized()
+
+    # ranks that decide differently (rank 1 traces while rank 0 replays) still pair
+    # their collectives: shard sizes 4,4,4,4 on rank 0 and 4,6,4,6 on rank 1
+    net = dist.DataParallel(mlp(70 + r), bucket_mb=0.0002)
+    ref = copy.deepcopy(net.module)
+    acc2 = gg.dlaccelerate(loss_fn)
+    sizes = [(4, 4), (4, 6), (4, 4), (4, 6)]
+    for a, b in sizes:
+        mine = slice(0, a) if r == 0 else slice(a, a + b)
+        net.weight = (a if r == 0 else b) / (a + b)
+        _, g = gg.dlfeval(acc2, net, gg.dlarray(x[mine]), gg.dlarray(t[mine]))
+        gg.sgdmupdate(net, g, None, learn_rate=0.05)
+        _, gr = gg.dlfeval(loss_fn, ref, gg.dlarray(x[: a + b]), gg.dlarray(t[: a + b]))
+        gg.sgdmupdate(ref, gr, None, learn_rate=0.05)
+    assert acc2.traces == (1 if r == 0 else 2) and acc2.eager_calls == 0, acc2.traces
+    d2 = max_diff(net.parameters(), ref.parameters())
+    assert d2 < 1e-12, d2
+    same_on_all_ranks(net.parameters())
+
+    # a collective the trace would not repeat: that call pattern runs eagerly (warned)
+    def with_raw_collective(net, x, t):
+        count = dist.all_reduce(np.array([float(x.shape[0])]))
+        loss = gg.sum((net(x) - t) ** 2) / float(count[0])
+        return loss, gg.dlgradient(loss, net)
+
+    acc3 = gg.dlaccelerate(with_raw_collective)
+    warnings.simplefilter("ignore")
+    for a in (4, 4, 4):
+        mine = slice(0, a) if r == 0 else slice(a, a + 2 + a)
+        _, g = gg.dlfeval(acc3, net, gg.dlarray(x[mine]), gg.dlarray(t[mine]))
+    assert acc3.eager_calls == 2 and acc3.hits == 0, (acc3.eager_calls, acc3.hits)
+    warnings.simplefilter("default")
+    ok(f"accelerate maxdiff={d:.1e}/{d2:.1e} hits={acc.hits}")
+
+
 def main():
     dist.init()
     assert dist.size() == 2 and dist.backend_name() == "mpi", (dist.size(), dist.backend_name())
@@ -372,6 +556,8 @@ def main():
         check_checkpoint,
         check_higher_order_and_complex,
         check_mismatches,
+        check_optimizer_state,
+        check_accelerate,
     ]
     only = sys.argv[1:]
     for i, check in enumerate(checks):
