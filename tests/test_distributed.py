@@ -53,6 +53,8 @@ def test_two_ranks_train_like_one_process():
         "checkpoint",
         "higher order and complex",
         "mismatched plans detected",
+        "optimizer state broadcast and checked",
+        "accelerate",
     ]
     for name in names:  # one line per rank (lines of the two ranks may interleave)
         assert out.count(f"OK {name}") == 2, (name, out[-3000:])
@@ -312,3 +314,98 @@ def test_data_parallel_example_trains_like_one_process(tmp_path):
     assert len(two) == len(one) == 7
     np.testing.assert_allclose(two, one, rtol=2e-4, atol=1e-6)  # float32 sums in another order
     assert two[-1] < two[0]
+
+
+# ------------------------------------------------------------------ optimizer state, sync
+
+
+def test_optimizer_state_in_one_process_is_kept_and_checked():
+    net = gg.nn.Sequential(gg.nn.Dense(3, 4), gg.nn.BatchNorm(4), gg.nn.Dense(4, 2))
+    opt = gg.optim.Adam(net, learning_rate=0.01)
+    grads = {k: {n: gg.ones_like(p) for n, p in v.items()} for k, v in net.parameters().items()}
+    opt.update(net, grads)
+    before = opt.state_dict()
+    dp = dist.DataParallel(net, optimizer=opt)
+    after = opt.state_dict()
+    assert after["step"] == before["step"] == 1
+    for a, b in zip(before["slots"]["first_moment"], after["slots"]["first_moment"]):
+        assert np.array_equal(a["value"].numpy(), b["value"].numpy())
+    digest = dp.check_synchronized()
+    assert digest == dist.check_synchronized(net, opt) and len(digest) == 40
+    opt.update(net, grads)
+    assert dist.check_synchronized(net, opt) != digest  # the digest follows the state
+    vel = [gg.dlarray([1.0, 2.0])]
+    assert dist.broadcast_optimizer_state(vel) is vel and vel[0].numpy().tolist() == [1.0, 2.0]
+    assert dist.broadcast_optimizer_state(None) is None
+
+
+def test_optimizer_state_errors_name_the_function():
+    net = gg.nn.Dense(2, 1)
+    with pytest.raises(TypeError, match="broadcast_optimizer_state: .*schedule|broadcast_opt"):
+        dist.broadcast_optimizer_state(gg.optim.SGD(net, learning_rate=lambda step: 0.1))
+    with pytest.raises(TypeError, match=r"broadcast_optimizer_state: state\[0\] is a float"):
+        dist.broadcast_optimizer_state([0.5])
+    with pytest.raises(ValueError, match="broadcast_optimizer_state: root"):
+        dist.broadcast_optimizer_state(None, root=1)
+
+
+# ------------------------------------------------------------------ gg.dlaccelerate
+
+
+def _loss_fn(net, x, t):
+    loss = gg.mean((net(x) - t) ** 2)
+    return loss, gg.dlgradient(loss, net)
+
+
+def test_data_parallel_step_is_replayed_by_dlaccelerate(float64):
+    rng = np.random.default_rng(1)
+    x, t = gg.dlarray(rng.standard_normal((6, 3))), gg.dlarray(rng.standard_normal((6, 2)))
+    gg.random.seed(2)
+    net = gg.nn.Sequential(gg.nn.Dense(3, 8, activation=gg.tanh), gg.nn.Dense(8, 2))
+    import copy
+
+    eager = dist.DataParallel(net, bucket_mb=0.0001)
+    accel = dist.DataParallel(copy.deepcopy(net), bucket_mb=0.0001)
+    acc = gg.dlaccelerate(_loss_fn)
+    for _ in range(4):
+        _, ge = gg.dlfeval(_loss_fn, eager, x, t)
+        gg.sgdmupdate(eager, ge, None, learn_rate=0.1)
+        _, ga = gg.dlfeval(acc, accel, x, t)
+        gg.sgdmupdate(accel, ga, None, learn_rate=0.1)
+    assert (acc.hits, acc.traces, acc.eager_calls) == (3, 1, 0)
+    for a, b in zip(gg.tree.leaves(eager.parameters()), gg.tree.leaves(accel.parameters())):
+        assert np.array_equal(a.numpy(), b.numpy())
+    assert accel.stats["walks"] == 4
+    assert accel.stats["launched_in_walk"] == eager.stats["launched_in_walk"] > 0
+
+
+def test_collectives_under_dlaccelerate_run_once_per_call(monkeypatch):
+    """A replayed all_reduce marks the trace side-effecting (its first replay is not
+    run twice to check it); a plain-array collective makes the key eager."""
+    calls = []
+    single = dist._comm.SingleComm
+    inner = single.allreduce_
+    monkeypatch.setattr(
+        single, "allreduce_", lambda self, b, op: calls.append(op) or inner(self, b, op)
+    )
+
+    def f(x):
+        y = gg.sum(dist.all_reduce(x * x, "sum"))
+        return y, gg.dlgradient(y, x)
+
+    acc = gg.dlaccelerate(f)
+    for v in ([1.0, 2.0], [3.0, 4.0], [5.0, 6.0]):
+        y, g = gg.dlfeval(acc, gg.dlarray(v))
+        assert np.allclose(g.numpy(), 2 * np.array(v))
+    assert acc.hits == 2 and acc.eager_calls == 0
+    assert len(calls) == 6  # forward + backward, once per call: no eager re-run
+
+    def h(x):
+        n = dist.all_reduce(np.array([2.0]))
+        return gg.sum(x) * float(n[0])
+
+    acc_h = gg.dlaccelerate(h)
+    with pytest.warns(RuntimeWarning, match="collective outside a recorded call"):
+        acc_h(gg.dlarray([1.0]))
+    acc_h(gg.dlarray([1.0]))
+    assert acc_h.eager_calls == 1 and acc_h.hits == 0
