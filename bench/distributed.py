@@ -14,7 +14,13 @@ The driver starts the workers with ``python -m gpugrad.distributed.run`` and pri
    after the walk, and not reduced at all (``no_sync``); the fraction of the
    communication hidden = (t_after - t_overlap) / (t_after - t_nosync). MPICH makes
    progress only inside MPI calls here (the hooks poll with ``Test``); set
-   ``MPIR_CVAR_ASYNC_PROGRESS=1`` for a progress thread (``--async-progress``).
+   ``MPIR_CVAR_ASYNC_PROGRESS=1`` for a progress thread (``--async-progress``);
+5. accelerate: one DataParallel step (value and gradient, reduced) eager against the
+   same step under ``gg.dlaccelerate`` (traced once, replayed), interleaved, for a
+   small overhead-bound MLP (width 32) and for the ``--width`` one;
+6. nccl: the NCCL code path on 1 rank: ``all_reduce`` latency by size and a
+   DataParallel step through ``NcclComm`` (real NCCL on ``GPUGRAD_DEVICE=cuda``; on
+   ``cpu``/``emu`` the MPI-backed NCCL test double, which times the code path only).
 
 On 2 busy shared cores the numbers say little about a cluster; on a GPU machine the
 NCCL path runs on its own stream (see docs/distributed.md).
@@ -137,9 +143,91 @@ def worker(opts):
         out["steps"] = {k: float(np.median(v)) for k, v in times.items()}
         out["overlap_buckets"] = len(net_ov.bucket_plan)
         out["stats"] = net_ov.stats
+    if "accelerate" in opts.parts:
+        out["accelerate"] = _accelerate_part(opts, x, t, rank)
+    if "nccl" in opts.parts:
+        out["nccl"] = _nccl_part(opts, x, t)
     if rank == 0:
         with open(opts.out, "w") as f:
             json.dump(out, f)
+
+
+def _accelerate_part(opts, x, t, rank):
+    import numpy as np
+
+    import gpugrad as gg
+    import gpugrad.distributed as dist
+
+    def loss_fn(m, x, t):
+        loss = gg.mean((m(x) - t) ** 2)
+        return loss, gg.dlgradient(loss, m)
+
+    rows = []
+    for width in sorted({min(32, opts.width), opts.width}):
+        xs = gg.dlarray(np.ascontiguousarray(x[:, :width]))
+        ts = gg.dlarray(t)
+        nets = {
+            "eager": dist.DataParallel(_mlp(width, opts.depth), bucket_mb=opts.bucket_mb),
+            "accelerated": dist.DataParallel(_mlp(width, opts.depth), bucket_mb=opts.bucket_mb),
+        }
+        acc = gg.dlaccelerate(loss_fn)
+        fns = {
+            "eager": lambda n=nets["eager"], a=xs, b=ts: gg.dlfeval(loss_fn, n, a, b),
+            "accelerated": lambda f=acc, n=nets["accelerated"], a=xs, b=ts: gg.dlfeval(f, n, a, b),
+        }
+        times = {k: [] for k in fns}
+        for fn in fns.values():
+            fn()
+            fn()
+        for _ in range(opts.repeats):
+            for k, fn in fns.items():  # interleaved: load changes hit both alike
+                dist.barrier()
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        rows.append({"width": width, **med, "hits": acc.hits, "eager_calls": acc.eager_calls})
+    return rows
+
+
+def _nccl_part(opts, x, t):
+    """The NCCL communicator on this one rank (size 1): real NCCL on cuda."""
+    from mpi4py import MPI
+
+    import gpugrad as gg
+    import gpugrad.distributed as dist
+    from gpugrad import backend
+    from gpugrad.distributed import _comm, _world
+
+    if dist.size() != 1:
+        return None
+    nccl = _comm.NcclComm(_comm.MpiComm(MPI.COMM_WORLD))
+    saved = dict(_world._state)
+    _world._state.update(comm=nccl, backend="nccl")
+    xp = backend.xp()
+    try:
+        rows = []
+        for nbytes in [8 << 10, 512 << 10, 4 << 20, 32 << 20]:
+            buf = xp.ones(nbytes // 8)
+
+            def once(b=buf):
+                nccl.allreduce_(b, "sum")
+                _comm.backend_stream().synchronize()  # the GPU work is done (cuda)
+
+            rows.append({"bytes": nbytes, "allreduce_s": _median_time(once, opts.repeats)})
+        net = dist.DataParallel(_mlp(opts.width, opts.depth), bucket_mb=opts.bucket_mb)
+        step = _median_time(_step_timer(net, x, t), opts.repeats)
+        plain = _median_time(_step_timer(net.module, x, t), opts.repeats)
+        return {
+            "device": gg.device(),
+            "double": isinstance(nccl.nccl, _comm.MpiNcclDouble),
+            "allreduce": rows,
+            "step_s": step,
+            "plain_step_s": plain,
+            "calls": getattr(nccl.nccl, "calls", None),
+        }
+    finally:
+        _world._state.update(saved)
 
 
 def launch(n, parts, opts, env):
@@ -223,8 +311,9 @@ def main(argv=None):
     p.add_argument(
         "--parts",
         nargs="+",
-        default=["allreduce", "buckets", "scaling", "overlap"],
-        help="Run these parts: allreduce, buckets, scaling, overlap (default all four).",
+        default=["allreduce", "buckets", "scaling", "overlap", "accelerate", "nccl"],
+        help="Run these parts: allreduce, buckets, scaling, overlap, accelerate, nccl "
+        "(default all six).",
     )
     opts = p.parse_args(argv)
     if opts.worker:
@@ -239,7 +328,7 @@ def main(argv=None):
         f"MLP {opts.depth} layers of width {opts.width} (float64, {params_mb:.1f} MB of "
         f"gradients), global batch {opts.batch}; {n} ranks; load {os.getloadavg()[0]:.1f}"
     )
-    multi = launch(n, opts.parts, opts, env)
+    multi = launch(n, [p for p in opts.parts if p != "nccl"], opts, env)
     if "allreduce" in multi:
         print(f"\n1. all_reduce on {n} ranks (float64, in place; median)")
         print(f"{'bytes':>10} {'latency':>11} {'GB/s':>7} {'copyto':>10} {'ratio':>7}")
@@ -277,6 +366,25 @@ def main(argv=None):
             f"{hidden * 100:.0f}%  (buckets launched in the walk / after: "
             f"{multi['stats']['launched_in_walk']} / {multi['stats']['launched_at_end']})"
         )
+    if "accelerate" in multi:
+        print(f"\n5. gg.dlaccelerate on {n} ranks (one DataParallel step, median)")
+        for row in multi["accelerate"]:
+            print(
+                f"  width {row['width']:>4}: eager {row['eager'] * 1e3:8.2f} ms, accelerated "
+                f"{row['accelerated'] * 1e3:8.2f} ms: {row['eager'] / row['accelerated']:.2f}x "
+                f"(replays {row['hits']}, eager calls {row['eager_calls']})"
+            )
+    if "nccl" in opts.parts:
+        one = launch(1, ["nccl"], opts, env)["nccl"]
+        what = "the MPI-backed NCCL double" if one["double"] else "NCCL"
+        print(f"\n6. NCCL code path on 1 rank ({what}, device {one['device']}; median)")
+        for row in one["allreduce"]:
+            print(f"  all_reduce {row['bytes']:>10} bytes: {row['allreduce_s'] * 1e6:9.1f} us")
+        print(
+            f"  DataParallel step {one['step_s'] * 1e3:.2f} ms against the plain network "
+            f"{one['plain_step_s'] * 1e3:.2f} ms"
+        )
+        multi["nccl"] = one
     return multi
 
 
