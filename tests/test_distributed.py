@@ -290,7 +290,8 @@ def test_leaf_hook_fires_before_the_walk_ends(monkeypatch):
 
 
 def test_data_parallel_example_trains_like_one_process(tmp_path):
-    """examples/data_parallel.py, one epoch: 2 ranks follow 1 process's loss curve."""
+    """examples/data_parallel.py, one epoch: 2 ranks with the step under gg.dlaccelerate
+    follow 1 process's eager loss curve."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -302,7 +303,7 @@ def test_data_parallel_example_trains_like_one_process(tmp_path):
     saved = tmp_path / "losses.npy"
     script = [os.path.join(ROOT, "examples", "data_parallel.py"), "--epochs", "1", "--limit", "400"]
     proc = subprocess.run(
-        run.command(2, [*script, "--save-losses", str(saved)]),
+        run.command(2, [*script, "--accelerate", "--save-losses", str(saved)]),
         env=_env("cpu"),
         cwd=ROOT,
         capture_output=True,
@@ -310,6 +311,7 @@ def test_data_parallel_example_trains_like_one_process(tmp_path):
         timeout=150,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "5 of 7 steps replayed" in proc.stdout, proc.stdout[-2000:]  # the last batch traces
     two = np.load(saved)
     assert len(two) == len(one) == 7
     np.testing.assert_allclose(two, one, rtol=2e-4, atol=1e-6)  # float32 sums in another order
