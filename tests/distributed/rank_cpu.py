@@ -524,6 +524,19 @@ def check_accelerate():
     assert d2 < 1e-12, d2
     same_on_all_ranks(net.parameters())
 
+    # all_reduce of dlarrays (spmd_plus, max) in an accelerated function: replayed
+    def f(x):
+        y = gg.sum(gg.spmd_plus(x**2)) + gg.sum(dist.all_reduce(x, "max"))
+        return y, gg.dlgradient(y, x)
+
+    acc_f = gg.dlaccelerate(f)
+    for k in range(3):
+        x0 = gg.dlarray(np.array([1.0, -2.0]) * (k + 1) + r)
+        ya, ga = gg.dlfeval(acc_f, x0)
+        ye, ge = gg.dlfeval(f, x0)
+        assert np.array_equal(ya.numpy(), ye.numpy()) and np.array_equal(ga.numpy(), ge.numpy())
+    assert (acc_f.hits, acc_f.eager_calls) == (2, 0), (acc_f.hits, acc_f.eager_calls)
+
     # a collective the trace would not repeat: that call pattern runs eagerly (warned)
     def with_raw_collective(net, x, t):
         count = dist.all_reduce(np.array([float(x.shape[0])]))
