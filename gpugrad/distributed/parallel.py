@@ -398,6 +398,7 @@ class DataParallel(Layer):
         _hooks()
         self._sync_from_root(params)
         update = _STATE_MODES[state]
+        self._local_statistics = state is None
         if update is not None and comm().size > 1:
             for bn in batchnorms(net):
                 bn._update_running_statistics = functools.partial(update, bn)
@@ -423,8 +424,10 @@ class DataParallel(Layer):
     def check_synchronized(self):
         """Check (by hash) that every rank holds the same parameters, BatchNorm running
         statistics and attached optimizer state; raises a RuntimeError naming the first
-        difference on every rank. Returns the hex digest."""
-        return check_synchronized(self.module, *self._optimizers)
+        difference on every rank (with ``state=None`` the running statistics are local
+        and not checked). Returns the hex digest."""
+        what = self.module.parameters() if self._local_statistics else self.module
+        return check_synchronized(what, *self._optimizers)
 
     def _sync_from_root(self, params):
         c = comm()

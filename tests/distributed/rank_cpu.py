@@ -170,6 +170,16 @@ def check_batchnorm():
         float(abs(bn.running_var - rbn.running_var).max()),
     )
     assert d2 < 1e-12, d2
+    dp.check_synchronized()
+    # None: local statistics (not checked by the wrapper; a check of the layer names them)
+    dp = dist.DataParallel(bn_net(8), state=None)
+    grads_of(dp, x[half], t[half])
+    dp.check_synchronized()
+    _expect(
+        RuntimeError,
+        "BatchNorm 0 running_mean differs",
+        lambda: dist.check_synchronized(dp.module),
+    )
     ok(f"batchnorm aggregate={d:.1e} broadcast={d2:.1e}")
 
 
