@@ -413,3 +413,32 @@ def test_collectives_under_dlaccelerate_run_once_per_call(monkeypatch):
         acc_h(gg.dlarray([1.0]))
     acc_h(gg.dlarray([1.0]))
     assert acc_h.eager_calls == 1 and acc_h.hits == 0
+
+
+def test_a_gradient_hook_that_cannot_be_replayed_runs_eagerly(monkeypatch):
+    import weakref
+
+    monkeypatch.setattr(tape, "LEAF_HOOKS", weakref.WeakKeyDictionary())
+
+    class Tenfold(_Sink):  # no ``replayable``: its work is not recorded
+        def begin(self):
+            self.events = ["begin"]
+
+    sink = Tenfold()
+
+    class Key:
+        pass
+
+    key = Key()
+    tape.LEAF_HOOKS[key] = sink  # registered before the trace (as DataParallel's are)
+
+    def f(a):
+        tape.LEAF_HOOKS[a._node] = sink
+        return gg.dlgradient(gg.sum(a * a), a)
+
+    acc = gg.dlaccelerate(f)
+    with pytest.warns(RuntimeWarning, match="gradient hooks that a replay cannot repeat"):
+        g = gg.dlfeval(acc, gg.dlarray([1.0, 2.0]))
+    g = gg.dlfeval(acc, gg.dlarray([1.0, 2.0]))
+    assert np.array_equal(g.numpy(), [20.0, 40.0])  # the sink's done() ran: x10
+    assert acc.eager_calls == 1 and acc.hits == 0
