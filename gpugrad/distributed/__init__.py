@@ -7,6 +7,11 @@ ranks, exchanges ids and carries host buffers; NCCL (``cupy.cuda.nccl``) carries
 buffers. Importing this module does not load MPI; :func:`init` (called by every
 function on first use) does, and only when launched with several ranks.
 
+``DataParallel(net, optimizer=opt)`` keeps the training loop unchanged: rank 0's
+parameters and optimizer state on every rank (checked by hash;
+:func:`check_synchronized` checks again at any time), gradients combined over ranks
+during the backward walk, also when the step runs under ``gg.dlaccelerate``.
+
 >>> import gpugrad as gg, gpugrad.distributed as dist
 >>> dist.init(), dist.rank(), dist.size()
 (0, 0, 1)
