@@ -534,6 +534,19 @@ def check_accelerate():
     assert d2 < 1e-12, d2
     same_on_all_ranks(net.parameters())
 
+    # CheckMode="tolerance" (every replay checked against an eager run on copies): with
+    # the same shapes on every rank, every rank runs each step twice alike
+    tol_e = dist.DataParallel(mlp(80 + r), bucket_mb=0.0002)
+    tol_a = dist.DataParallel(copy.deepcopy(tol_e.module), bucket_mb=0.0002)
+    acc_t = gg.dlaccelerate(loss_fn)
+    acc_t.CheckMode = "tolerance"
+    for _ in range(3):
+        for net, f in ((tol_e, loss_fn), (tol_a, acc_t)):
+            _, g = gg.dlfeval(f, net, gg.dlarray(x[half]), gg.dlarray(t[half]))
+            gg.sgdmupdate(net, g, None, learn_rate=0.05)
+    assert (acc_t.hits, acc_t.eager_calls) == (2, 0), (acc_t.hits, acc_t.eager_calls)
+    assert max_diff(tol_a.parameters(), tol_e.parameters()) == 0.0
+
     # all_reduce of dlarrays (spmd_plus, max) in an accelerated function: replayed
     def f(x):
         y = gg.sum(gg.spmd_plus(x**2)) + gg.sum(dist.all_reduce(x, "max"))
