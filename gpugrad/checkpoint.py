@@ -781,60 +781,99 @@ def _probe_layer(layer, h, frame):
     return _untraced(y), delta - in_saved, in_saved, out_saved
 
 
-def _plain_or_measure(counted, x, budget, frame, stats):
-    """Run the chain recorded, as a plain run would, while the saved bytes stay within
-    ``budget``; when the whole chain fits, return ``(y, None)``. Otherwise stop before a
-    layer that (judged by the layers run so far) would pass the budget, undo the attempt
-    (random state and layer state such as running statistics restored, the recorded
-    nodes dropped), measure the remaining layers one at a time in scopes of their own
-    (each layer's tape is dropped before the next runs, so measuring never holds more
-    than one layer's tape), undo those too, and return ``(None, sizes)``."""
-    n = len(counted)
+# structural key of a chain -> its measured ChainSizes (the most recent few)
+_SIZES: dict = {}
+_SIZES_KEPT = 64
+
+
+class _Unkeyable(Exception):
+    pass
+
+
+def _key_of(obj, depth=0):
+    """A hashable description of what decides a layer's sizes: its type or code, and
+    the shapes and dtypes (not the values) of the arrays it holds; raises
+    ``_Unkeyable`` for what it cannot describe."""
+    if depth > 8:
+        raise _Unkeyable
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
+        return obj
+    if isinstance(obj, np.generic):  # a NumPy scalar may be a size: its value counts
+        return ("scalar", obj.item(), str(obj.dtype))
+    if isinstance(obj, dlarray) or (hasattr(obj, "shape") and hasattr(obj, "dtype")):
+        return ("array", tuple(obj.shape), str(obj.dtype))
+    if isinstance(obj, (tuple, list)):
+        return (type(obj).__name__, *(_key_of(o, depth + 1) for o in obj))
+    if isinstance(obj, dict):
+        return ("dict", *sorted((str(k), _key_of(v, depth + 1)) for k, v in obj.items()))
+    from .nn import Layer  # noqa: PLC0415 - nn is optional and loads after the core
+
+    if isinstance(obj, Layer):
+        items = sorted(vars(obj).items())
+        return ("layer", type(obj), tuple((k, _key_of(v, depth + 1)) for k, v in items))
+    library = (types.FunctionType, types.BuiltinFunctionType, np.ufunc, type)
+    if isinstance(obj, library) and _is_library(obj):
+        return ("library", obj)  # gg.tanh, np.tanh, ...: the function itself
+    if isinstance(obj, types.MethodType):
+        return ("method", _key_of(obj.__func__, depth + 1), _key_of(obj.__self__, depth + 1))
+    if isinstance(obj, types.FunctionType):
+        cells = []
+        for cell in obj.__closure__ or ():
+            try:
+                cells.append(_key_of(cell.cell_contents, depth + 1))
+            except ValueError:  # an empty cell
+                cells.append("<empty>")
+        defaults = _key_of(obj.__defaults__, depth + 1), _key_of(obj.__kwdefaults__, depth + 1)
+        return ("function", obj.__code__, tuple(cells), defaults)
+    raise _Unkeyable
+
+
+def _chain_key(layers, x, frame):
+    try:
+        return (
+            backend.device(),
+            frame.training,
+            _key_of(x),
+            tuple(_key_of(layer) for layer in layers),
+        )
+    except (_Unkeyable, TypeError):  # TypeError: something unhashable inside
+        return None
+
+
+def _measure(counted, layers, x, frame, stats):
+    """Every layer's sizes (:class:`ChainSizes`): each layer runs recorded once on its
+    input, in a scope of its own whose tape is dropped before the next layer runs, so
+    measuring never holds more than one layer's tape (nothing the cheapest schedule
+    would not hold too); the random state and layer state such as running statistics
+    are restored afterwards. Remembered per chain structure (layer types or code, array
+    shapes and dtypes), so a training loop measures on its first step only."""
+    key = _chain_key(layers, x, frame)
+    if key is not None:
+        try:
+            sizes = _SIZES.get(key)
+        except TypeError:  # unhashable after all
+            key, sizes = None, None
+        if sizes is not None:
+            return sizes
     rng = _random.get_state()
     state = _layer_state(counted)
-    memory = tape.MEMORY
-    base = memory.current
     sizes = ChainSizes([_nbytes(x)], [], [], [])
-    steps = []  # saved bytes each layer added in the chain, its input's first count aside
-    h = x
-    for i, layer in enumerate(counted):
-        if i and memory.current - base + max(steps) > budget:
-            break
-        in_raws = {id(v._data): v._data for v in leaves(h) if isinstance(v, dlarray)}
-        counts = {k: (memory.arrays.get(k) or [0])[0] for k in in_raws}
-        before = memory.current
-        y = layer(h)
-        delta = memory.current - before
-        in_saved = new_input = 0
-        for k, raw in in_raws.items():
-            now = (memory.arrays.get(k) or [0])[0]
-            if now > counts[k]:
-                in_saved += raw.nbytes
-                new_input += raw.nbytes if counts[k] == 0 else 0
-        out_saved = _saved_bytes([v for v in leaves(y) if id(v._data) not in in_raws], memory)
-        sizes.tape.append(delta - new_input)
-        sizes.input_saved.append(in_saved)
-        sizes.output_saved.append(out_saved)
-        sizes.activation.append(_nbytes(y))
-        steps.append(delta - (new_input if i == 0 else 0))
-        h = y
-    else:
-        # the output counts too: the caller's loss keeps it (as the planner's model does)
-        if memory.current - base + _nbytes(h) - _saved_bytes(h, memory) <= budget:
-            return h, None
-    h = _untraced(h)
-    del y  # the attempt's nodes die here and return their bytes
-    for layer in counted[len(sizes.tape) :]:
-        h, t, saved_in, saved_out = _probe_layer(layer, h, frame)
-        sizes.tape.append(t)
+    h = _untraced(x)
+    for layer in counted:
+        h, taped, saved_in, saved_out = _probe_layer(layer, h, frame)
+        sizes.tape.append(taped)
         sizes.input_saved.append(saved_in)
         sizes.output_saved.append(saved_out)
         sizes.activation.append(_nbytes(h))
     _random.set_state(rng)
     for buffer, copy in state:
         buffer[...] = copy
-    stats.probe_calls = n
-    return None, sizes
+    stats.probe_calls = len(counted)
+    if key is not None:
+        _SIZES[key] = sizes
+        while len(_SIZES) > _SIZES_KEPT:
+            del _SIZES[next(iter(_SIZES))]
+    return sizes
 
 
 def _uniform(counted, x, k, stats):
@@ -870,9 +909,8 @@ class _Model:
         for i in range(n):
             self.pt[i + 1] = self.pt[i] + t[i]
             self.pe[i + 1] = self.pe[i] + extra[i]
-        # why: the caller's loss keeps the chain's output (unless its last layer does) and
-        # usually one array of its size more (``y ** 2``, ``y - t``): counted, since a
-        # plain tail's tape is still alive when the loss is taped
+        # why: the caller's loss keeps the chain's output (unless its last layer does),
+        # while a plain tail's tape is still alive
         self.output = 0 if sizes.output_saved[n - 1] else a[n]
 
     def taped(self, start, stop, input_counted):
@@ -1009,18 +1047,18 @@ def checkpoint_sequential(
       no checkpointing, the uniform schedules and the binomial (Revolve, Griewank &
       Walther) schedules with 1..n-1 snapshots, the one with the fewest
       recomputations whose predicted peak of saved bytes (the engine's accounting)
-      fits the budget. The chain first runs recorded, as a plain run, for as long as
-      its saved bytes stay within the budget; when it fits that is the result (``n``
-      layer calls, ``stats.schedule == "none"``). Otherwise the attempt stops before a
-      layer that would pass the budget and is undone (random state and layer state
-      such as BatchNorm statistics restored), the layers it did not reach are measured
-      one at a time (never more than one layer's tape held), and the schedule is
-      planned from every layer's own sizes (``stats.layer_sizes``; layers of different
-      widths or kinds are each counted as they are), so the measured peak stays within
-      the budget; ``stats.probe_calls == n`` counts the measuring calls. The predicted
-      peak includes the chain's output and one more array of its size for the loss's
-      tape (``sum(y ** 2)`` keeps one); a loss that keeps more needs that much more
-      room. A budget below the smallest schedule's peak is a
+      fits the budget. Each layer is first run recorded once, on its own (its tape
+      dropped before the next one runs, the random state and layer state such as
+      BatchNorm statistics restored afterwards), to measure its sizes
+      (``stats.layer_sizes``; ``stats.probe_calls == n``); the schedule is planned
+      from every layer's own sizes, so chains mixing layer widths or kinds stay within
+      the budget, and measuring never holds more than the cheapest schedule would.
+      The sizes are remembered per chain structure (layer types or code, array shapes
+      and dtypes; not values), so later calls on the same structure, e.g. the next
+      training step, do not measure again (``stats.probe_calls == 0``). When the plain
+      run fits it runs (``stats.schedule == "none"``, no recomputation). The predicted
+      peak includes the chain's output, which the loss keeps; whatever else the loss
+      keeps needs room of its own. A budget below the smallest schedule's peak is a
       ``ValueError`` that says the minimum;
     - ``snapshots=s``: the binomial schedule with ``s`` stored states (input included).
 
@@ -1080,13 +1118,10 @@ def checkpoint_sequential(
         if not (frame.recording and isinstance(x, dlarray)):
             s = n  # nothing is kept for a backward pass: no schedule to fit
         else:
-            # why: the plain run (no recomputation) is the first candidate; it runs as
-            # far as the budget allows, measuring each layer, and is undone when it does
-            # not fit (the rest of the layers are then measured one at a time)
-            y, sizes = _plain_or_measure(counted, x, budget, frame, stats)
-            if y is not None:
-                stats.schedule = "none"
-                return (y, stats) if return_stats else y
+            # why: measured before anything runs in the chain, so that no layer of
+            # unknown size runs while the chain's tape is held; the plain run (no
+            # recomputation) is the first candidate
+            sizes = _measure(counted, layers, x, frame, stats)
             stats.layer_sizes = sizes
             stats.activation_bytes = max(sizes.activation)
             stats.step_saved_bytes = max(sizes.tape)

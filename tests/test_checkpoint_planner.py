@@ -1,7 +1,9 @@
-"""checkpoint_sequential's memory-budget planner: the plain run is a candidate (a
-budget that fits everything costs no recomputation and no probe), and otherwise the
-fewest recomputations among uniform segments and Revolve that fit the budget; the
-attempt that measures the layers is undone (random state, BatchNorm statistics)."""
+"""checkpoint_sequential's memory-budget planner: every layer's sizes are measured (on
+its own, once per chain structure), the plain run is a candidate (a budget that fits
+everything costs no recomputation), and otherwise the fewest recomputations among
+uniform segments and Revolve that fit the budget, on chains of one layer size and of
+mixed sizes; measuring is undone (random state, BatchNorm statistics) and never holds
+more memory than the budget allows."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
-from gpugrad.checkpoint import _candidates, optimal_recomputations
+from gpugrad.checkpoint import _SIZES, _candidates, optimal_recomputations
 
 DEPTH, WIDTH, BATCH = 16, 16, 8
 
 
 @pytest.fixture(autouse=True)
 def _f64(float64):
+    _SIZES.clear()  # every test measures its chains itself
     yield
 
 
@@ -60,12 +63,30 @@ def _same(a, b):
 def test_a_budget_that_fits_everything_runs_each_layer_once():
     want, plain_peak, _ = _run(None)
     calls = []
-    got, peak, stats = _run("1GB", calls)
+    got, peak, stats = _run("1GB", calls)  # the first step measures each layer once
+    assert stats.schedule == "none" and stats.probe_calls == DEPTH
+    assert stats.recomputations == 0 and len(calls) == 2 * DEPTH
+    assert peak == plain_peak  # measuring held less than the plain run
+    _same(want, got)
+    calls = []
+    got, peak, stats = _run("1GB", calls, weights=_weights(1))  # the next step, new values
     assert len(calls) == DEPTH  # 16 layer calls, not 33
     assert stats.schedule == "none" and stats.probe_calls == 0
     assert stats.recomputations == 0 and stats.layer_calls == DEPTH
     assert peak == plain_peak
-    _same(want, got)
+
+
+def test_sizes_are_remembered_per_chain_structure():
+    _run(8000)
+    assert gg.checkpoint_sequential.last_stats.probe_calls == DEPTH
+    _run(8000, weights=_weights(2))  # other values, same shapes: measured already
+    assert gg.checkpoint_sequential.last_stats.probe_calls == 0
+    rng = np.random.default_rng(0)
+    wider = [gg.dlarray(rng.normal(0, 0.3, (WIDTH, WIDTH)))] * (DEPTH - 1)
+    wider.append(gg.dlarray(rng.normal(0, 0.3, (WIDTH, 2 * WIDTH))))
+    _run(8000, weights=wider)  # another structure: measured again
+    assert gg.checkpoint_sequential.last_stats.probe_calls == DEPTH
+    assert gg.checkpoint_sequential.last_stats.layer_sizes.activation[-1] == BATCH * 2 * WIDTH * 8
 
 
 def _chain_step(layers, x, budget, calls=None):
@@ -119,6 +140,14 @@ def _conv_dense_chain():
     return layers, gg.dlarray(np.random.default_rng(1).normal(size=(4, 8, 8, 2)))
 
 
+def _late_wide_chain():
+    """Narrow layers, then one 16x wider: a layer larger than every one before it."""
+    gg.random.seed(0)
+    widths = [16] * 12 + [256, 16]
+    layers = [gg.nn.Dense(a, b, activation=gg.tanh) for a, b in zip(widths, widths[1:])]
+    return layers, gg.dlarray(np.random.default_rng(1).normal(size=(BATCH, widths[0])))
+
+
 def _tanh_chain():
     rng = np.random.default_rng(0)
     layers = [gg.nn.Dense(WIDTH, WIDTH, activation=gg.tanh) for _ in range(DEPTH)]
@@ -127,7 +156,7 @@ def _tanh_chain():
     return layers, gg.dlarray(np.random.default_rng(1).normal(size=(BATCH, WIDTH)))
 
 
-@pytest.mark.parametrize("make", [_tanh_chain, _widths_chain, _conv_dense_chain])
+@pytest.mark.parametrize("make", [_tanh_chain, _widths_chain, _conv_dense_chain, _late_wide_chain])
 def test_fewest_recomputations_that_fit_down_to_the_minimum(make):
     """From "everything fits" down to the smallest budget any schedule fits, on chains
     of one layer size and of mixed sizes: the measured peak is within the budget, the
@@ -136,7 +165,7 @@ def test_fewest_recomputations_that_fit_down_to_the_minimum(make):
     layers, x = make()
     n = len(layers)
     want, plain_peak, _ = _chain_step(layers, x, None)
-    _, _, probe = _chain_step(layers, x, plain_peak - 1)  # to learn the measured sizes
+    _, _, probe = _chain_step(layers, x, plain_peak - 1, [])  # measures the sizes
     sizes = probe.layer_sizes
     assert len(sizes.tape) == n and len(sizes.activation) == n + 1
     options = _candidates(sizes, True)
@@ -150,11 +179,7 @@ def test_fewest_recomputations_that_fit_down_to_the_minimum(make):
         assert peak <= budget, (budget, peak, stats.schedule, stats.predicted_peak_bytes)
         if budget >= plain_peak:
             assert stats.schedule == "none" and stats.recomputations == 0
-            # layers alike: the attempt runs through; mixed sizes may stop it early
-            # (judged by the layers so far, the next could pass the budget), and then
-            # the measured sizes say the plain run fits and it runs
-            assert stats.probe_calls == (0 if make is _tanh_chain else stats.probe_calls)
-            assert stats.probe_calls in (0, n)
+            assert stats.probe_calls == 0  # measured by the first call already
             continue
         fitting = [o for o in options if o[1] <= budget]
         assert stats.recomputations == min(o[0] for o in fitting), (budget, stats)
@@ -174,8 +199,7 @@ def test_fewest_recomputations_that_fit_down_to_the_minimum(make):
 
 def test_layer_sizes_are_measured_per_layer():
     """The planner sees each layer's own sizes: a 4x wider layer has a 4x larger
-    activation, and the measuring never holds more than one layer's tape beyond what
-    the attempt kept within the budget."""
+    activation, and measuring stays within the budget."""
     layers, x = _widths_chain()
     _, plain_peak, _ = _chain_step(layers, x, None)
     budget = plain_peak * 2 // 3
@@ -190,9 +214,10 @@ def test_layer_sizes_are_measured_per_layer():
     assert stats.activation_bytes == max(sizes.activation)
 
 
-def test_the_measuring_attempt_is_undone_when_the_plain_run_does_not_fit():
+def test_measuring_is_undone():
     """A chain with BatchNorm and Dropout: a budget that needs checkpointing gives the
-    plain run's gradients, and the running statistics move exactly once."""
+    plain run's gradients (the same dropout masks), and the running statistics move
+    exactly once."""
 
     def net(seed):
         gg.random.seed(seed)
