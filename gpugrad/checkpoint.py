@@ -872,7 +872,10 @@ def _measure(counted, layers, x, frame, stats):
     if key is not None:
         _SIZES[key] = sizes
         while len(_SIZES) > _SIZES_KEPT:
-            del _SIZES[next(iter(_SIZES))]
+            try:  # the oldest entry goes (another thread may be evicting too)
+                del _SIZES[next(iter(_SIZES))]
+            except (StopIteration, KeyError, RuntimeError):
+                break
     return sizes
 
 
