@@ -17,7 +17,10 @@ JSON file of the rows) go to a fresh file in the system's temporary directory un
 ``--out PATH`` says where; the script prints the path. Without matplotlib it prints
 the table only.
 
-    python bench/checkpoint.py [--full] [--out PATH] [--depth 32 --width 64 --batch 32]
+``--mixed`` gives the layers different widths (1x, 4x, 1x, 2x the width, repeated):
+the planner counts each layer's own size, and the peak still stays within every budget.
+
+    python bench/checkpoint.py [--full] [--mixed] [--out PATH] [--depth 32 --width 64]
 """
 
 from __future__ import annotations
@@ -32,13 +35,21 @@ import tempfile
 import time
 
 
-def make_mlp(depth, width, seed=0):
+def layer_widths(depth, width, mixed=False):
+    """The width of every layer boundary: all ``width``, or (``mixed``) cycling through
+    1x, 4x, 1x, 2x ``width`` so the layers differ in size (up to 4x)."""
+    cycle = (1, 4, 1, 2) if mixed else (1,)
+    return [width * cycle[i % len(cycle)] for i in range(depth + 1)]
+
+
+def make_mlp(depth, width, seed=0, mixed=False):
     import numpy as np
 
     import gpugrad as gg
 
     rng = np.random.default_rng(seed)
-    return [gg.dlarray(rng.normal(0, 1 / math.sqrt(width), (width, width))) for _ in range(depth)]
+    widths = layer_widths(depth, width, mixed)
+    return [gg.dlarray(rng.normal(0, 1 / math.sqrt(a), (a, b))) for a, b in zip(widths, widths[1:])]
 
 
 def layers_of(weights):
@@ -132,16 +143,15 @@ def torch_runs(depth, width, batch, repeats):
     return out
 
 
-def binomial_optimum(depth, act, first, further):
+def binomial_optimum(sizes):
     """(predicted peak bytes, recomputations) of Revolve with s = 1..depth-1 snapshots,
-    and of the plain run, as the planner predicts them."""
+    and of the plain run, as the planner predicts them from the measured layer sizes."""
     from gpugrad.checkpoint import _candidates
 
     points = []
-    for recomputations, peak, kind, _s in _candidates(depth, True, act, first, further):
-        if kind == "revolve":
+    for recomputations, peak, kind, _s in _candidates(sizes, True):
+        if kind in ("revolve", "none"):
             points.append((peak, recomputations))
-    points.append(((1 + depth - 1) * further + act, 0))  # plain: every layer taped once
     return sorted(points)
 
 
@@ -195,7 +205,7 @@ def plot(sweep, optimum, act, path):
         )
         k += 1
     ax.set_ylim(bottom=-0.03 * max(ys + opt_y), top=1.2 * max(ys + opt_y))
-    ax.set_xlabel("peak saved memory (activations of one layer)")
+    ax.set_xlabel("peak saved memory (activations of the input's width)")
     ax.set_ylabel("recomputed layer applications per step")
     ax.set_title("checkpoint_sequential: fewest recomputations within a memory budget")
     ax.legend(loc="upper right", fontsize=8)
@@ -237,6 +247,12 @@ def main(argv=None):
         "--no-torch", action="store_true", help="Skip the PyTorch comparison in a --full run."
     )
     parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="Use layers of different widths (cycling 1x, 4x, 1x, 2x the width), so the "
+        "planner must count each layer's own size.",
+    )
+    parser.add_argument(
         "--out",
         default=None,
         help="Write the PNG to this path and a JSON of the rows beside it (default: a new "
@@ -256,12 +272,13 @@ def main(argv=None):
     repeats = opts.repeats if opts.repeats is not None else (3 if opts.full else 0)
 
     gg.random.seed(0)
-    weights = make_mlp(opts.depth, width)
+    weights = make_mlp(opts.depth, width, mixed=opts.mixed)
     x = gg.dlarray(np.random.default_rng(1).normal(size=(batch, width)))
     act = batch * width * 8
+    kind = "widths 1x/4x/1x/2x of" if opts.mixed else "width"
     print(
-        f"device {gg.device()}: {opts.depth}-layer tanh MLP, width {width}, batch {batch} "
-        f"(one activation = {act / 2**20:.2f} MiB)"
+        f"device {gg.device()}: {opts.depth}-layer tanh MLP, {kind} {width}, batch {batch} "
+        f"(one activation of width {width} = {act / 2**20:.2f} MiB)"
     )
     base = measure("plain", plain, weights, x, repeats)
     k = round(math.sqrt(opts.depth))
@@ -276,8 +293,7 @@ def main(argv=None):
         x,
         0,
     )["stats"]
-    first = further = probe.step_saved_bytes
-    options = _candidates(opts.depth, True, probe.activation_bytes, first, further)
+    options = _candidates(probe.layer_sizes, True)
     minimum = min(peak for _, peak, _, _ in options)
     budgets = np.unique(
         np.geomspace(minimum, base["peak_bytes"] * 1.05, n_budgets).astype(np.int64)
@@ -310,7 +326,7 @@ def main(argv=None):
             f"{sched:<26}{r['budget_bytes'] / act:>9.1f}a{r['peak_bytes'] / act:>9.1f}a"
             f"{r['recomputations']:>12d}{opt!s:>9}"
         )
-    print(f"({len(sweep)} budgets in {sweep_s:.1f}s; 'a' = activations of one layer)")
+    print(f"({len(sweep)} budgets in {sweep_s:.1f}s; 'a' = one activation of width {width})")
     mem_ratio = uniform["peak_bytes"] / base["peak_bytes"]
     print(f"uniform sqrt(n): peak memory {mem_ratio:.2f} of plain (target <= 0.30)")
     if repeats:
@@ -336,7 +352,7 @@ def main(argv=None):
     else:
         fd, path = tempfile.mkstemp(prefix="gpugrad-checkpoint-", suffix=".png")
         os.close(fd)
-    optimum = binomial_optimum(opts.depth, probe.activation_bytes, first, further)
+    optimum = binomial_optimum(probe.layer_sizes)
     rows = [{k: v for k, v in r.items() if k != "stats"} for r in sweep]
     json_path = os.path.splitext(path)[0] + ".json"
     with open(json_path, "w") as f:

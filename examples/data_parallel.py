@@ -31,22 +31,6 @@ def _digits_cnn():
     return module
 
 
-class _Silent:
-    """The progress display of ranks other than 0: nothing."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def set_postfix(self, **values):
-        pass
-
-    def update(self, n=1):
-        pass
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="The digits CNN trained data-parallel (run it under mpiexec or "
@@ -89,6 +73,7 @@ def main(argv=None):
 
     import gpugrad as gg
     import gpugrad.distributed as dist
+    from gpugrad._progress import progress
 
     cnn = _digits_cnn()
     dist.init()
@@ -110,7 +95,7 @@ def main(argv=None):
     steps = sum(len(e) for e in epochs)
     desc = f"digits CNN on {size} rank(s)"
     # a tqdm bar on rank 0, or plain progress lines when tqdm is not installed
-    with cnn.progress(steps, desc) if rank == 0 else _Silent() as bar:
+    with progress(steps, desc, show=rank == 0) as bar:
         for parts in epochs:
             for idx, weight in zip(parts, parts.weights):
                 model.weight = weight  # this rank's share of the global batch

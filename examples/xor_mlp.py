@@ -30,66 +30,13 @@ def build_parser():
     return parser
 
 
-class _PlainProgress:
-    """What the script shows when tqdm is not installed: a line every 10% of the steps."""
-
-    def __init__(self, total, desc):
-        self.total, self.desc, self.done, self.postfix = total, desc, 0, ""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def set_postfix(self, **values):
-        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
-
-    def update(self, n=1):
-        self.done += n
-        if self.done == self.total or self.done % max(self.total // 10, 1) == 0:
-            print(f"{self.desc}: {self.done}/{self.total} {self.postfix}", flush=True)
-
-    @staticmethod
-    def write(text):
-        print(text)
-
-
-def progress(total, desc):
-    """A tqdm progress bar, or plain progress lines when tqdm is not installed."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _PlainProgress(total, desc)
-    return tqdm(total=total, desc=desc)
-
-
-def save_plot(draw, path):
-    """Draw with matplotlib into ``path`` (a PNG); says where, or why there is no plot."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed, so no plot was written (pip install matplotlib).")
-        return None
-    path = Path(path).resolve()
-    fig = plt.figure(figsize=(6, 4))
-    draw(plt)
-    plt.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"The loss curve was written to {path}.")
-    return path
-
-
 def main(argv=None):
     """Train; returns ``(final loss, {hook name: gradient seen on the first step})``."""
     args = build_parser().parse_args(argv)
     import numpy as np  # the heavy imports come after the arguments, so --help is instant
 
     import gpugrad as gg
+    from gpugrad._progress import progress, save_plot
 
     gg.random.seed(args.seed)
     x = gg.dlarray(np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64))

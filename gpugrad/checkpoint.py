@@ -498,6 +498,7 @@ def optimal_recomputations(steps, snapshots):
     return t * steps - _beta(snapshots + 1, t - 1)
 
 
+@functools.lru_cache(maxsize=65536)
 def _evaluations(steps, snapshots):
     """Total layer applications (taped + advances) of the optimal schedule."""
     if steps <= 1:
@@ -615,6 +616,22 @@ def parse_bytes(value, where="memory_budget"):
 
 
 @dataclass
+class ChainSizes:
+    """Per-layer sizes of a chain, as the memory-budget planner uses them (measured by
+    running each layer recorded once; the engine's accounting, in bytes).
+
+    ``activation[i]`` is the size of layer ``i``'s input (``activation[n]`` the chain's
+    output); ``tape[i]`` what layer ``i`` saves for the backward pass, its input
+    excluded; ``input_saved[i]`` / ``output_saved[i]`` how much of its input / output
+    it saves (0 when it keeps neither)."""
+
+    activation: list
+    tape: list
+    input_saved: list
+    output_saved: list
+
+
+@dataclass
 class CheckpointStats:
     """What ``checkpoint_sequential`` chose and did. ``layer_calls`` keeps counting
     during the backward pass (recomputations), so read it after the gradient."""
@@ -625,8 +642,9 @@ class CheckpointStats:
     snapshots: int | None = None
     planned_recomputations: int = 0
     predicted_peak_bytes: int | None = None
-    activation_bytes: int | None = None
-    step_saved_bytes: int | None = None
+    activation_bytes: int | None = None  # the largest layer input/output (budget planner)
+    step_saved_bytes: int | None = None  # the largest one-layer tape (budget planner)
+    layer_sizes: ChainSizes | None = None  # every layer's sizes (budget planner)
     probe_calls: int = 0
     layer_calls: int = 0
     plain_tail: int = 0  # layers after the segments, taped plainly (never recomputed)
@@ -716,41 +734,149 @@ def _layer_state(layers):
     return out
 
 
-def _plain_or_measure(counted, x, budget, x_counted, stats):
-    """Run the first two layers recorded, as a plain run would, measuring what they
-    save; when the whole chain run plainly (no recomputation) fits ``budget`` finish
-    it and return ``(y, sizes)``. Otherwise undo the attempt (random state and layer
-    state such as running statistics restored, the recorded nodes dropped) and return
-    ``(None, sizes)``; ``sizes`` is ``(act, first, further)``."""
-    n = len(counted)
-    rng = _random.get_state()
-    state = _layer_state(counted[:2])
+def _saved_bytes(obj, memory):
+    """Bytes of ``obj``'s arrays that the engine counts now (each array once)."""
+    seen = {}
+    for v in leaves(obj):
+        raw = getattr(v, "_data", None)
+        if raw is not None and id(raw) in memory.arrays:
+            seen[id(raw)] = raw.nbytes
+    return sum(seen.values())
+
+
+def _untraced(obj):
+    return map_arrays(lambda v: make(v._data, v._fmt), obj)
+
+
+def _probe_layer(layer, h, frame):
+    """Run ``layer`` recorded on (a copy of the trace of) the untraced value ``h``, in a
+    scope of its own whose nodes die on return: ``(output, tape, input_saved,
+    output_saved)``, the output untraced."""
     memory = tape.MEMORY
-    before = memory.current
-    x_key = id(x._data)
-    x_was_counted = x_key in memory.arrays
-    y = counted[0](x)
-    d1 = memory.current - before
-    x_bytes = x._data.nbytes if (not x_was_counted and x_key in memory.arrays) else 0
-    act = _nbytes(y)
-    first = d1 - x_bytes
-    further = first
-    if n > 1:
-        y = counted[1](y)
-        further = memory.current - before - d1
-    plain_peak = int(x_counted) * act + first + (n - 1) * max(first, further)
-    sizes = (act, first, further)
-    if plain_peak <= budget:
-        stats.predicted_peak_bytes = plain_peak
-        for layer in counted[2:]:
-            y = layer(y)
-        return y, sizes
-    del y  # the attempt's nodes die here and return their bytes
+    sub = tape.Trace(_RECOMPUTE, frame.trace)
+
+    def leaf(v):
+        if not _differentiable(v):
+            return v
+        node = tape.make_leaf((v._data.shape, v._data.dtype), sub)
+        # why: ``* 1`` makes a non-leaf with a buffer of its own, so whether the layer
+        # saves its input shows in the accounting (a leaf's data is never counted)
+        return make(v._data, v._fmt, node, 0, v._taint) * 1
+
+    with tape.scope(trace=sub, recording=True, training=frame.training):
+        u = map_arrays(leaf, h)
+        before = memory.current
+        y = layer(u)
+        delta = memory.current - before
+    in_saved = _saved_bytes(u, memory)
+    in_ids = {id(v._data) for v in leaves(u)}
+    out_saved = _saved_bytes(
+        [
+            v
+            for v in leaves(y)
+            if getattr(v, "_data", None) is not None and id(v._data) not in in_ids
+        ],
+        memory,
+    )
+    return _untraced(y), delta - in_saved, in_saved, out_saved
+
+
+# structural key of a chain -> its measured ChainSizes (the most recent few)
+_SIZES: dict = {}
+_SIZES_KEPT = 64
+
+
+class _Unkeyable(Exception):
+    pass
+
+
+def _key_of(obj, depth=0):
+    """A hashable description of what decides a layer's sizes: its type or code, and
+    the shapes and dtypes (not the values) of the arrays it holds; raises
+    ``_Unkeyable`` for what it cannot describe."""
+    if depth > 8:
+        raise _Unkeyable
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
+        return obj
+    if isinstance(obj, np.generic):  # a NumPy scalar may be a size: its value counts
+        return ("scalar", obj.item(), str(obj.dtype))
+    if isinstance(obj, dlarray) or (hasattr(obj, "shape") and hasattr(obj, "dtype")):
+        return ("array", tuple(obj.shape), str(obj.dtype))
+    if isinstance(obj, (tuple, list)):
+        return (type(obj).__name__, *(_key_of(o, depth + 1) for o in obj))
+    if isinstance(obj, dict):
+        return ("dict", *sorted((str(k), _key_of(v, depth + 1)) for k, v in obj.items()))
+    from .nn import Layer  # noqa: PLC0415 - nn is optional and loads after the core
+
+    if isinstance(obj, Layer):
+        items = sorted(vars(obj).items())
+        return ("layer", type(obj), tuple((k, _key_of(v, depth + 1)) for k, v in items))
+    library = (types.FunctionType, types.BuiltinFunctionType, np.ufunc, type)
+    if isinstance(obj, library) and _is_library(obj):
+        return ("library", obj)  # gg.tanh, np.tanh, ...: the function itself
+    if isinstance(obj, types.MethodType):
+        return ("method", _key_of(obj.__func__, depth + 1), _key_of(obj.__self__, depth + 1))
+    if isinstance(obj, types.FunctionType):
+        cells = []
+        for cell in obj.__closure__ or ():
+            try:
+                cells.append(_key_of(cell.cell_contents, depth + 1))
+            except ValueError:  # an empty cell
+                cells.append("<empty>")
+        defaults = _key_of(obj.__defaults__, depth + 1), _key_of(obj.__kwdefaults__, depth + 1)
+        return ("function", obj.__code__, tuple(cells), defaults)
+    raise _Unkeyable
+
+
+def _chain_key(layers, x, frame):
+    try:
+        return (
+            backend.device(),
+            frame.training,
+            _key_of(x),
+            tuple(_key_of(layer) for layer in layers),
+        )
+    except (_Unkeyable, TypeError):  # TypeError: something unhashable inside
+        return None
+
+
+def _measure(counted, layers, x, frame, stats):
+    """Every layer's sizes (:class:`ChainSizes`): each layer runs recorded once on its
+    input, in a scope of its own whose tape is dropped before the next layer runs, so
+    measuring never holds more than one layer's tape (nothing the cheapest schedule
+    would not hold too); the random state and layer state such as running statistics
+    are restored afterwards. Remembered per chain structure (layer types or code, array
+    shapes and dtypes), so a training loop measures on its first step only."""
+    key = _chain_key(layers, x, frame)
+    if key is not None:
+        try:
+            sizes = _SIZES.get(key)
+        except TypeError:  # unhashable after all
+            key, sizes = None, None
+        if sizes is not None:
+            return sizes
+    rng = _random.get_state()
+    state = _layer_state(counted)
+    sizes = ChainSizes([_nbytes(x)], [], [], [])
+    h = _untraced(x)
+    for layer in counted:
+        h, taped, saved_in, saved_out = _probe_layer(layer, h, frame)
+        sizes.tape.append(taped)
+        sizes.input_saved.append(saved_in)
+        sizes.output_saved.append(saved_out)
+        sizes.activation.append(_nbytes(h))
     _random.set_state(rng)
     for buffer, copy in state:
         buffer[...] = copy
-    stats.probe_calls = min(n, 2)
-    return None, sizes
+    stats.probe_calls = len(counted)
+    if key is not None:
+        _SIZES[key] = sizes
+        while len(_SIZES) > _SIZES_KEPT:
+            try:  # the oldest entry goes (another thread may be evicting too)
+                del _SIZES[next(iter(_SIZES))]
+            except (StopIteration, KeyError, RuntimeError):
+                break
+    return sizes
 
 
 def _uniform(counted, x, k, stats):
@@ -766,37 +892,144 @@ def _uniform(counted, x, k, stats):
     return x
 
 
-def _candidates(n, x_counted, act, first, further):
-    """(recomputations, predicted peak bytes, schedule, parameter) of every schedule:
-    ``("uniform", (k, m))`` is ``k`` uniform segments over the first ``n - m`` layers
-    and the last ``m`` layers taped plainly (they are not recomputed: the backward
-    pass reaches them first and releases their tape before any segment is re-run);
-    ``("revolve", s)`` the binomial schedule with ``s`` snapshots. The plain run is
-    measured separately (``_plain_or_measure``)."""
-    out = []
-    xc = int(x_counted)
-    # why: the two measured layers stand for all of them; the larger tape of the two
-    # keeps a chain of alternating layer kinds (Dense, norm, ...) within the budget
-    tape = max(first, further)
-    for m in range(0, n):
+class _Model:
+    """Predicted peaks of saved bytes for the schedules of one chain, from its
+    per-layer sizes (:class:`ChainSizes`)."""
+
+    def __init__(self, sizes, x_counted):
+        a, t = sizes.activation, sizes.tape
+        n = len(t)
+        self.n, self.a, self.sizes = n, a, sizes
+        self._memo = {}
+        self.alive = int(x_counted) * a[0]  # the chain's input, kept by the caller's trace
+        # why: inside a taped stretch the value between layers i-1 and i is counted once,
+        # by i-1 (its output) or by i (its input)
+        extra = [0] + [
+            max(0, sizes.input_saved[i] - sizes.output_saved[i - 1]) for i in range(1, n)
+        ]
+        self.pt = [0] * (n + 1)
+        self.pe = [0] * (n + 1)
+        for i in range(n):
+            self.pt[i + 1] = self.pt[i] + t[i]
+            self.pe[i + 1] = self.pe[i] + extra[i]
+        # why: the caller's loss keeps the chain's output (unless its last layer does),
+        # while a plain tail's tape is still alive
+        self.output = 0 if sizes.output_saved[n - 1] else a[n]
+
+    def taped(self, start, stop, input_counted):
+        """Saved bytes of layers ``start:stop`` taped in one run (their own tapes and the
+        values between them; the input too unless something else keeps it)."""
+        inner = self.pe[stop] - self.pe[start + 1] if stop > start + 1 else 0
+        own = self.pt[stop] - self.pt[start] + inner
+        return own if input_counted else own + self.sizes.input_saved[start]
+
+    def plain(self):
+        return self.alive + self.taped(0, self.n, True) + self.output
+
+    def uniform(self, k, m):
+        """k uniform segments over the first n - m layers, the last m taped plainly: all
+        segment inputs stay saved; the tail is taped after them (the backward pass
+        reaches it first and releases it before a segment is re-run), and each segment
+        is re-taped in turn."""
+        n, a = self.n, self.a
         head = n - m
-        # the tail's tape: its first layer also saves its input (the head's output)
-        tail = act + first + (m - 1) * tape if m else 0
-        best = None
-        for k in range(1, head + 1):
-            longest = -(-head // k)
-            peak = (xc + k - 1) * act + max(tail, first + (longest - 1) * tape)
-            if best is None or peak < best[0]:
-                best = (peak, k)
-        out.append((head, best[0], "uniform", (best[1], m)))
+        starts, at = [], 0
+        for j in range(k):
+            starts.append(at)
+            at += head // k + (1 if j < head % k else 0)
+        kept = self.alive + sum(a[p] for p in starts[1:])
+        tail = self.taped(head, n, False) if m else 0
+        peak = kept + tail + self.output
+        for p, q in zip(starts, [*starts[1:], head]):
+            peak = max(peak, kept + self.taped(p, q, True))
+        return peak
+
+    def best_uniform(self, m):
+        """``(peak, k)`` of the uniform schedule with the smallest predicted peak among
+        k = 1..n-m segments and a plain tail of ``m`` layers: :meth:`uniform` for every
+        ``k`` at once (NumPy; the planner considers O(n^2) schedules)."""
+        n = self.n
+        head = n - m
+        a = np.asarray(self.a, dtype=np.int64)
+        pt = np.asarray(self.pt, dtype=np.int64)
+        pe = np.asarray(self.pe, dtype=np.int64)
+        k = np.arange(1, head + 1)[:, None]  # one row per segment count
+        j = np.arange(head)[None, :]  # one column per segment
+        q, r = head // k, head % k
+        starts = j * q + np.minimum(j, r)
+        ends = starts + q + (j < r)
+        valid = j < k
+        starts = np.where(valid, starts, 0)
+        ends = np.where(valid, ends, 1)
+        kept = self.alive + np.where(valid & (j > 0), a[starts], 0).sum(axis=1)
+        inner = np.where(ends > starts + 1, pe[ends] - pe[np.minimum(starts + 1, n)], 0)
+        taped = np.where(valid, pt[ends] - pt[starts] + inner, 0).max(axis=1)
+        tail = self.taped(head, n, False) if m else 0
+        peaks = np.maximum(kept + tail + self.output, kept + taped)
+        best = int(np.argmin(peaks))
+        return int(peaks[best]), best + 1
+
+    def revolve(self, s):
+        """The binomial schedule with s snapshots, followed action by action: the inputs of
+        the checkpoints still alive, plus the one layer being taped."""
+        return self.alive + self._level(0, self.n, s, self.output)
+
+    def _level(self, start, stop, s, output=0):
+        """Peak of ``_revolve`` on layers ``start:stop`` with ``s`` snapshots, beyond what
+        was alive when it began (its input among that); memoized, since the schedules
+        for different snapshot counts share their sub-chains."""
+        key = (start, stop, s, output)
+        peak = self._memo.get(key)
+        if peak is not None:
+            return peak
+        a = self.a
+        heads, at, kept = [], start, 0
+        while stop - at > 1:
+            m = _split(stop - at, s)
+            if at != start:
+                kept += a[at]  # this head's checkpoint saves its input
+            heads.append((at, at + m, s, kept))
+            at += m
+            s -= 1
+        peak = kept + self.taped(at, at + 1, at == start) + output
+        for h_start, h_stop, h_s, h_kept in reversed(heads):
+            peak = max(peak, h_kept + self._level(h_start, h_stop, h_s))
+        self._memo[key] = peak
+        return peak
+
+
+def _candidates(sizes, x_counted):
+    """(recomputations, predicted peak bytes, schedule, parameter) of every schedule for
+    a chain of the given per-layer sizes (:class:`ChainSizes`): ``("none", None)`` the
+    plain run; ``("uniform", (k, m))`` ``k`` uniform segments over the first ``n - m``
+    layers and the last ``m`` layers taped plainly (they are not recomputed: the
+    backward pass reaches them first and releases their tape before any segment is
+    re-run); ``("revolve", s)`` the binomial schedule with ``s`` snapshots."""
+    key = (
+        tuple(sizes.activation),
+        tuple(sizes.tape),
+        tuple(sizes.input_saved),
+        tuple(sizes.output_saved),
+        bool(x_counted),
+    )
+    return list(_planned(key))
+
+
+@functools.lru_cache(maxsize=64)
+def _planned(key):
+    # why: cached, since a training loop plans the same chain every step and the
+    # O(n^2) schedules take a noticeable fraction of a second past ~100 layers
+    activation, tape_bytes, input_saved, output_saved, x_counted = key
+    sizes = ChainSizes(list(activation), list(tape_bytes), list(input_saved), list(output_saved))
+    model = _Model(sizes, x_counted)
+    n = model.n
+    out = [(0, model.plain(), "none", None)]
+    for m in range(0, n):
+        peak, k = model.best_uniform(m)
+        out.append((n - m, peak, "uniform", (k, m)))
     for s in range(1, max(n, 2)):
-        # why: the binomial schedule holds at most s snapshots (the chain's input among
-        # them when it is counted), the input of the one layer being taped and that
-        # layer's tape; one more layer's tape is kept as a margin (measured: exactly
-        # (s + 2) activations on a tanh chain, for any n and s)
-        peak = (s + xc) * act + first + tape
-        out.append((optimal_recomputations(n, s), peak, "revolve", s))
-    return out
+        out.append((optimal_recomputations(n, s), model.revolve(s), "revolve", s))
+    return tuple(out)
 
 
 def checkpoint_sequential(
@@ -817,12 +1050,19 @@ def checkpoint_sequential(
       no checkpointing, the uniform schedules and the binomial (Revolve, Griewank &
       Walther) schedules with 1..n-1 snapshots, the one with the fewest
       recomputations whose predicted peak of saved bytes (the engine's accounting)
-      fits the budget. The first two layers run recorded, as in a plain run, to
-      measure their sizes; when the plain run fits it simply continues (``n`` layer
-      calls, ``stats.schedule == "none"``); otherwise those two calls are undone
-      (random state and layer state such as BatchNorm statistics restored;
-      ``stats.probe_calls == 2``) and the chosen schedule runs. The layers are
-      assumed alike in size;
+      fits the budget. Each layer is first run recorded once, on its own (its tape
+      dropped before the next one runs, the random state and layer state such as
+      BatchNorm statistics restored afterwards), to measure its sizes
+      (``stats.layer_sizes``; ``stats.probe_calls == n``); the schedule is planned
+      from every layer's own sizes, so chains mixing layer widths or kinds stay within
+      the budget, and measuring never holds more than the cheapest schedule would.
+      The sizes are remembered per chain structure (layer types or code, array shapes
+      and dtypes; not values), so later calls on the same structure, e.g. the next
+      training step, do not measure again (``stats.probe_calls == 0``). When the plain
+      run fits it runs (``stats.schedule == "none"``, no recomputation). The predicted
+      peak includes the chain's output, which the loss keeps; whatever else the loss
+      keeps needs room of its own. A budget below the smallest schedule's peak is a
+      ``ValueError`` that says the minimum;
     - ``snapshots=s``: the binomial schedule with ``s`` stored states (input included).
 
     With ``return_stats=True`` returns ``(y, stats)`` (a :class:`CheckpointStats`);
@@ -866,7 +1106,9 @@ def checkpoint_sequential(
     counted = [_counted(layer, stats) for layer in layers]
     if n == 0:
         return (x, stats) if return_stats else x
-    x_counted = isinstance(x, dlarray) and x._node is not None and not x._node.is_leaf
+    # why: the engine counts every saved array but a traced leaf's (the caller holds
+    # those); a constant input saved by the first checkpoint is counted too
+    x_counted = not (isinstance(x, dlarray) and x._node is not None and x._node.is_leaf)
 
     if budget is None and snapshots is None:
         k = int(segments) if segments is not None else max(1, round(math.sqrt(n)))
@@ -879,24 +1121,31 @@ def checkpoint_sequential(
         if not (frame.recording and isinstance(x, dlarray)):
             s = n  # nothing is kept for a backward pass: no schedule to fit
         else:
-            # why: the plain run (no recomputation) is the first candidate; its first two
-            # layers measure the sizes, and are undone only when it does not fit
-            y, (act, first, further) = _plain_or_measure(counted, x, budget, x_counted, stats)
-            stats.activation_bytes, stats.step_saved_bytes = act, first
-            if y is not None:
-                stats.schedule = "none"
-                return (y, stats) if return_stats else y
-            options = _candidates(n, x_counted, act, first, further)
+            # why: measured before anything runs in the chain, so that no layer of
+            # unknown size runs while the chain's tape is held; the plain run (no
+            # recomputation) is the first candidate
+            sizes = _measure(counted, layers, x, frame, stats)
+            stats.layer_sizes = sizes
+            stats.activation_bytes = max(sizes.activation)
+            stats.step_saved_bytes = max(sizes.tape)
+            options = _candidates(sizes, x_counted)
             minimum = min(peak for _, peak, _, _ in options)
             if budget < minimum:
                 raise ValueError(
                     f"checkpoint_sequential: memory_budget={memory_budget!r} ({budget} bytes) "
-                    f"is too small for this chain: one layer output takes {act} bytes and the "
-                    f"smallest schedule needs at least {minimum} bytes; raise memory_budget "
-                    f"to at least {minimum}"
+                    f"is too small for this chain: its largest layer output takes "
+                    f"{max(sizes.activation)} bytes and the smallest schedule needs at least "
+                    f"{minimum} bytes; raise memory_budget to at least {minimum}"
                 )
-            recomputations, peak, kind, param = min(o for o in options if o[1] <= budget)
+            recomputations, peak, kind, param = min(
+                (o for o in options if o[1] <= budget), key=lambda o: (o[0], o[1])
+            )
             stats.predicted_peak_bytes = peak
+            if kind == "none":
+                stats.schedule = "none"
+                for layer in counted:
+                    x = layer(x)
+                return (x, stats) if return_stats else x
             if kind == "uniform":
                 k, m = param
                 stats.schedule = "uniform"

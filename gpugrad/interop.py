@@ -29,8 +29,9 @@ def from_dlpack(obj, fmt=None):
 
     Zero-copy when ``obj`` lives where the active device keeps its arrays (host memory
     on ``cpu``/``emu``, the GPU on ``cuda``) and its dtype is kept (float, complex,
-    bool); otherwise one copy is made: across devices, and for integer data, which
-    becomes float64 as in ``gg.dlarray``. As with ``torch.from_dlpack``, writing into
+    bool); otherwise one copy is made: across devices (host memory onto the GPU, a GPU
+    tensor onto the host, a tensor on another GPU onto the active one), and for integer
+    data, which becomes float64 as in ``gg.dlarray``. As with ``torch.from_dlpack``, writing into
     one side is seen by the other; use ``gg.dlarray(obj)`` for a copy.
     """
     if not hasattr(obj, "__dlpack__"):
@@ -38,18 +39,33 @@ def from_dlpack(obj, fmt=None):
             f"from_dlpack: expected an object with __dlpack__ (a PyTorch, JAX, CuPy or NumPy "
             f"array), got {type(obj).__name__}"
         )
-    kind = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else _CPU
-    on_gpu = kind in (_CUDA, _CUDA_MANAGED)
-    if backend.device() == "cuda":
-        cp = backend.cupy_module()
-        raw = cp.from_dlpack(obj) if on_gpu else cp.asarray(_host_view(obj))
-    elif on_gpu:
-        raw = _gpu_to_host(obj)
-    else:
-        raw = _host_view(obj)
+    raw = _import(obj, backend.device(), backend.cupy_module())
     raw = _normalize_dtype(raw, None, "from_dlpack")
     out = make(raw)
     return dlarray(out, fmt, copy=False) if fmt else out
+
+
+def _import(obj, device, cp):
+    """The raw array (NumPy, or CuPy on ``cuda``) that ``from_dlpack`` wraps: a view of
+    ``obj``'s memory where ``device`` keeps its arrays there, else one copy. ``cp`` is
+    the CuPy module (or a CuPy-faithful stand-in) when the device keeps its arrays on
+    a GPU, else None."""
+    kind = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else _CPU
+    on_gpu = kind in (_CUDA, _CUDA_MANAGED)
+    if cp is not None:
+        if not on_gpu:
+            # why: cupy.from_dlpack refuses host memory (kDLCPU, and pinned kDLCUDAHost);
+            # CuPy's advice is cupy.array(numpy.from_dlpack(obj)): one host-to-device copy
+            return cp.asarray(_host_view(obj))
+        # zero-copy; CuPy passes its current stream to the producer (DLPack's stream
+        # argument), so the data is ready on the stream gpugrad's kernels run on
+        raw = cp.from_dlpack(obj)
+        if raw.device.id != cp.cuda.runtime.getDevice():
+            raw = raw.copy()  # on another GPU: one copy onto the active one
+        return raw
+    if on_gpu:
+        return _gpu_to_host(obj, device)
+    return _host_view(obj)
 
 
 def _host_view(obj):
@@ -61,8 +77,13 @@ def _host_view(obj):
         ) from exc
 
 
-def _gpu_to_host(obj):
+def _gpu_to_host(obj, device):
     """A host copy of a GPU tensor while the active device is cpu/emu."""
+    try:
+        # DLPack 1.0: the producer copies to the host (CuPy >= 14, recent PyTorch and JAX)
+        return np.from_dlpack(obj, device="cpu", copy=True)
+    except (BufferError, TypeError, RuntimeError, ValueError, NotImplementedError):
+        pass
     for method in ("cpu", "get"):  # torch.Tensor.cpu(), cupy.ndarray.get()
         fn = getattr(obj, method, None)
         if callable(fn):
@@ -70,5 +91,5 @@ def _gpu_to_host(obj):
             return host if isinstance(host, np.ndarray) else np.from_dlpack(host)
     raise TypeError(
         f"from_dlpack: {type(obj).__name__} lives on a GPU but gpugrad's active device is "
-        f"{backend.device()!r}; move it to the host first or use GPUGRAD_DEVICE=cuda"
+        f"{device!r}; move it to the host first or use GPUGRAD_DEVICE=cuda"
     )

@@ -237,6 +237,15 @@ class _Optimizer:
         number of updates done so far)."""
         return self._current_rate(self.step)
 
+    def _begin_update(self, model, grads):
+        """``(where, [(path, parameter, gradient)], learning rate)`` of one update, which
+        counts as taken from here on."""
+        where = f"{type(self).__name__}.update"
+        pairs = _checked(_parameters_of(model, where), grads, where)
+        lr = self._current_rate(self.step)
+        self.step += 1
+        return where, pairs, lr
+
     # ------------------------------------------------------------ saving
     def state_dict(self):
         """The optimizer's settings and state as a plain tree (numbers, strings, lists
@@ -379,9 +388,8 @@ class SGD(_Optimizer):
     @host_call(mutates=True)  # one step of a gg.dlaccelerate replay
     def update(self, model, grads):
         """Apply ``grads`` (shaped like ``model.parameters()``) in place."""
-        pairs = _checked(_parameters_of(model, "SGD.update"), grads, "SGD.update")
-        lr, mu, decay = self._current_rate(self.step), self.momentum, self.weight_decay
-        self.step += 1
+        where, pairs, lr = self._begin_update(model, grads)
+        mu, decay = self.momentum, self.weight_decay
         for path, p, g in pairs:
             data = p._data
             bump_version(data)  # in place: a trace that saved it must not use it
@@ -390,7 +398,7 @@ class SGD(_Optimizer):
             if not mu:
                 data -= lr * g
                 continue
-            v = self._state(self.velocity, path, data, "SGD.update")
+            v = self._state(self.velocity, path, data, where)
             v *= mu
             v -= lr * g
             if self.nesterov:
@@ -416,6 +424,7 @@ class Adam(_Optimizer):
     beta1 = _Setting(_fraction)
     beta2 = _Setting(_fraction)
     epsilon = _Setting(_positive)
+    _decoupled_decay = False  # AdamW: the decay shrinks the parameters, not the gradient
 
     def __init__(
         self,
@@ -456,24 +465,24 @@ class Adam(_Optimizer):
     @host_call(mutates=True)  # one step of a gg.dlaccelerate replay
     def update(self, model, grads):
         """Apply ``grads`` (shaped like ``model.parameters()``) in place."""
-        pairs = _checked(_parameters_of(model, "Adam.update"), grads, "Adam.update")
-        lr = self._current_rate(self.step)
-        self.step += 1
+        where, pairs, lr = self._begin_update(model, grads)
         b1, b2, eps, decay = self.beta1, self.beta2, self.epsilon, self.weight_decay
         scale = lr * (1 - b2**self.step) ** 0.5 / (1 - b1**self.step)
         xp, moments = _xp(), self.moments
         for path, p, g in pairs:
             data = p._data
             bump_version(data)  # in place: a trace that saved it must not use it
-            if decay:
+            if decay and self._decoupled_decay:
+                data *= 1 - lr * decay
+            elif decay:
                 g = g + decay * data
             if data.dtype.kind == "c":
-                data, g = _real_views(data, g, "Adam.update")
+                data, g = _real_views(data, g, where)
             state = moments.get(path)
             if state is None:
                 state = moments[path] = tuple(xp.zeros_like(data) for _ in range(3))
             elif state[0].shape != data.shape:
-                raise _state_mismatch("Adam.update", path, data, state[0])
+                raise _state_mismatch(where, path, data, state[0])
             _adam_step(xp, data, g, *state, scale, b1, b2, eps)
 
 
@@ -624,26 +633,7 @@ class AdamW(Adam):
     ):
         super().__init__(model, learning_rate, beta1, beta2, epsilon, weight_decay)
 
-    def update(self, model, grads):
-        """Apply ``grads`` (shaped like ``model.parameters()``) in place."""
-        pairs = _checked(_parameters_of(model, "AdamW.update"), grads, "AdamW.update")
-        lr = self._current_rate(self.step)
-        self.step += 1
-        b1, b2, eps, decay = self.beta1, self.beta2, self.epsilon, self.weight_decay
-        scale = lr * (1 - b2**self.step) ** 0.5 / (1 - b1**self.step)
-        xp, moments = _xp(), self.moments
-        for path, p, g in pairs:
-            data = p._data
-            if decay:
-                data *= 1 - lr * decay
-            if data.dtype.kind == "c":
-                data, g = _real_views(data, g, "AdamW.update")
-            state = moments.get(path)
-            if state is None:
-                state = moments[path] = tuple(xp.zeros_like(data) for _ in range(3))
-            elif state[0].shape != data.shape:
-                raise _state_mismatch("AdamW.update", path, data, state[0])
-            _adam_step(xp, data, g, *state, scale, b1, b2, eps)
+    _decoupled_decay = True
 
 
 class RMSProp(_Optimizer):
@@ -702,16 +692,15 @@ class RMSProp(_Optimizer):
         self.gradient_average = slots["gradient_average"]
         self.momentum_buffer = slots["momentum_buffer"]
 
+    @host_call(mutates=True)  # one step of a gg.dlaccelerate replay
     def update(self, model, grads):
         """Apply ``grads`` (shaped like ``model.parameters()``) in place."""
-        where = "RMSProp.update"
-        pairs = _checked(_parameters_of(model, where), grads, where)
-        lr = self._current_rate(self.step)
-        self.step += 1
+        where, pairs, lr = self._begin_update(model, grads)
         rho, eps, mu, decay = self.rho, self.epsilon, self.momentum, self.weight_decay
         xp = _xp()
         for path, p, g in pairs:
             data = p._data
+            bump_version(data)  # in place: a trace that saved it must not use it
             if decay:
                 g = g + decay * data
             if data.dtype.kind == "c":

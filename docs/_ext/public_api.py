@@ -80,10 +80,13 @@ def resolve(path: str) -> object | None:
 
 def placed(reference: Path = REFERENCE) -> dict[int, str]:
     """id(object) -> the ``::: path`` that renders it, for every object the reference
-    pages name (a class brings its methods)."""
+    pages name (a class brings its methods; a module rendered with its members, i.e.
+    without ``members: false``, brings the names of its ``__all__``)."""
     found: dict[int, str] = {}
+    modules: list[tuple[str, object]] = []
     for page in sorted(reference.glob("*.md")):
-        for path in re.findall(r"^::: ([\w.]+)\s*$", page.read_text(), flags=re.M):
+        blocks = re.findall(r"^::: ([\w.]+)[ \t]*$\n?((?:[ \t]+\S.*\n)*)", page.read_text(), re.M)
+        for path, options in blocks:
             obj = resolve(path)
             if obj is None:
                 raise ValueError(f"docs/reference/{page.name}: '::: {path}' names nothing")
@@ -92,6 +95,11 @@ def placed(reference: Path = REFERENCE) -> dict[int, str]:
                 for name, member in vars(obj).items():
                     if not name.startswith("_"):
                         found.setdefault(id(member), path)
+            elif inspect.ismodule(obj) and not re.search(r"members:\s*false", options):
+                modules.append((path, obj))
+    for path, module in modules:  # after the pages' own entries, which come first
+        for name in getattr(module, "__all__", ()):
+            found.setdefault(id(getattr(module, name)), f"{path}.{name}")
     return found
 
 

@@ -549,6 +549,20 @@ class Dense(Layer):
         return _activate(self.activation, _prims.linear(x, self.weight, self.bias))
 
 
+def _filter_shape(filter_shape, names, where):
+    """The sizes of ``filter_shape``, one positive int per name in ``names``."""
+    try:
+        shape = tuple(filter_shape)
+    except TypeError:
+        shape = ()
+    if len(shape) != len(names):
+        raise ValueError(
+            f"{where}: filter_shape must be ({', '.join(names)}), {len(names)} values, "
+            f"got {filter_shape!r}"
+        )
+    return tuple(_size(v, f"filter_shape {n}", where) for v, n in zip(shape, names))
+
+
 def _pad_for(padding, kernel, dilation, stride, hw, where):
     if isinstance(padding, str) and padding.lower() == "valid":
         return (0, 0, 0, 0)
@@ -569,17 +583,8 @@ class Conv2D(Layer):
         dtype=None,
     ):
         dtype = _defaults.resolve(dtype)
-        try:
-            shape = tuple(filter_shape)
-        except TypeError:
-            shape = ()
-        if len(shape) != 4:
-            raise ValueError(
-                "Conv2D: filter_shape must be (height, width, in_channels, out_channels), "
-                f"4 values, got {filter_shape!r}"
-            )
         names = ("height", "width", "in_channels", "out_channels")
-        kh, kw, cin, cout = (_size(v, f"filter_shape {n}", "Conv2D") for v, n in zip(shape, names))
+        kh, kw, cin, cout = _filter_shape(filter_shape, names, "Conv2D")
         # why: fan_in/fan_out count the receptive field (h*w) as MATLAB and Keras do
         self.filter = glorot_uniform((kh, kw, cin, cout), kh * kw * cin, kh * kw * cout, dtype)
         self.bias = _zeros((cout,), dtype)
@@ -801,30 +806,21 @@ class LayerNorm(Layer):
         return centered / sqrt(var + self.epsilon) * self.scale + self.offset
 
 
-class Sequential(Layer):
-    """Applies its layers in order; ``parameters()`` is ``{"0": ..., "1": ...}``, one
-    entry per layer (``{}`` for a layer without parameters or a plain function such
-    as ``gg.relu``).
+class _Branches(Layer):
+    """A layer holding a list of layers/functions, with parameters ``{"0": ...}``."""
 
-    >>> import gpugrad as gg
-    >>> model = gg.nn.Sequential(gg.nn.Dense(4, 3), gg.relu, gg.nn.Dense(3, 2))
-    >>> model(gg.ones((5, 4))).shape, sorted(model.parameters()["2"])
-    ((5, 2), ['bias', 'weight'])
-    """
-
-    def __init__(self, *layers):
+    def _set_layers(self, layers, where, allow_empty=False):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
+        if not layers and not allow_empty:
+            raise ValueError(f"{where}: give at least one layer")
         for i, layer in enumerate(layers):
             if not callable(layer):
                 raise TypeError(
-                    f"Sequential: layer {i} must be a gg.nn.Layer or a function of one "
-                    f"array, got {type(layer).__name__}"
+                    f"{where}: layer {i} must be a gg.nn.Layer or a function of one array, "
+                    f"got {type(layer).__name__}"
                 )
         self.layers = list(layers)
-
-    def forward(self, x):
-        return sequenced(x, *self.layers)
 
     def parameters(self):
         return {
@@ -840,6 +836,24 @@ class Sequential(Layer):
 
     def __getitem__(self, i):
         return self.layers[i]
+
+
+class Sequential(_Branches):
+    """Applies its layers in order; ``parameters()`` is ``{"0": ..., "1": ...}``, one
+    entry per layer (``{}`` for a layer without parameters or a plain function such
+    as ``gg.relu``).
+
+    >>> import gpugrad as gg
+    >>> model = gg.nn.Sequential(gg.nn.Dense(4, 3), gg.relu, gg.nn.Dense(3, 2))
+    >>> model(gg.ones((5, 4))).shape, sorted(model.parameters()["2"])
+    ((5, 2), ['bias', 'weight'])
+    """
+
+    def __init__(self, *layers):
+        self._set_layers(layers, "Sequential", allow_empty=True)
+
+    def forward(self, x):
+        return sequenced(x, *self.layers)
 
 
 def sequenced(x, *layers):
@@ -990,17 +1004,9 @@ class Conv1D(Layer):
     def __init__(
         self, filter_shape, stride=1, padding="valid", dilation=1, activation=None, dtype=None
     ):
-        try:
-            shape = tuple(filter_shape)
-        except TypeError:
-            shape = ()
-        if len(shape) != 3:
-            raise ValueError(
-                "Conv1D: filter_shape must be (width, in_channels, out_channels), 3 values, "
-                f"got {filter_shape!r}"
-            )
-        names = ("width", "in_channels", "out_channels")
-        kw, cin, cout = (_size(v, f"filter_shape {n}", "Conv1D") for v, n in zip(shape, names))
+        kw, cin, cout = _filter_shape(
+            filter_shape, ("width", "in_channels", "out_channels"), "Conv1D"
+        )
         self.filter = glorot_uniform((kw, cin, cout), kw * cin, kw * cout, dtype)
         self.bias = _zeros((cout,), dtype)
         self.stride = _size(stride, "stride", "Conv1D")
@@ -1066,19 +1072,8 @@ class TransposedConv2D(Layer):
     """
 
     def __init__(self, filter_shape, strides=(1, 1), padding="valid", activation=None, dtype=None):
-        try:
-            shape = tuple(filter_shape)
-        except TypeError:
-            shape = ()
-        if len(shape) != 4:
-            raise ValueError(
-                "TransposedConv2D: filter_shape must be (height, width, out_channels, "
-                f"in_channels), 4 values, got {filter_shape!r}"
-            )
         names = ("height", "width", "out_channels", "in_channels")
-        kh, kw, cout, cin = (
-            _size(v, f"filter_shape {n}", "TransposedConv2D") for v, n in zip(shape, names)
-        )
+        kh, kw, cout, cin = _filter_shape(filter_shape, names, "TransposedConv2D")
         # why: fan_in/fan_out of the transposed operation (its input has cin channels)
         self.filter = glorot_uniform((kh, kw, cout, cin), kh * kw * cin, kh * kw * cout, dtype)
         self.bias = _zeros((cout,), dtype)
@@ -1169,38 +1164,6 @@ class GroupNorm(Layer):
             epsilon=self.epsilon,
             data_format=data_format,
         )
-
-
-class _Branches(Layer):
-    """A layer holding a list of layers/functions, with parameters ``{"0": ...}``."""
-
-    def _set_layers(self, layers, where):
-        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
-            layers = tuple(layers[0])
-        if not layers:
-            raise ValueError(f"{where}: give at least one layer")
-        for i, layer in enumerate(layers):
-            if not callable(layer):
-                raise TypeError(
-                    f"{where}: layer {i} must be a gg.nn.Layer or a function of one array, "
-                    f"got {type(layer).__name__}"
-                )
-        self.layers = list(layers)
-
-    def parameters(self):
-        return {
-            str(i): layer.parameters() if isinstance(layer, Layer) else {}
-            for i, layer in enumerate(self.layers)
-        }
-
-    def __gg_flatten__(self):
-        return [self.layers], ["layers"]
-
-    def __len__(self):
-        return len(self.layers)
-
-    def __getitem__(self, i):
-        return self.layers[i]
 
 
 class Residual(_Branches):
