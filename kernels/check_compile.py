@@ -145,7 +145,8 @@ def compile_nvrtc(nvrtc, path: Path, arch: int) -> tuple[bool, str]:
     prog = nvrtc.createProgram(path.read_text(), path.name, [], [])
     try:
         try:
-            nvrtc.compileProgram(prog, [f"-arch=sm_{arch}", *NVRTC_OPTIONS])
+            includes = [f"--include-path={path.resolve().parent}", f"--include-path={KERNEL_DIR}"]
+            nvrtc.compileProgram(prog, [f"-arch=sm_{arch}", *NVRTC_OPTIONS, *includes])
             ok = True
         except nvrtc.NVRTCError:
             ok = False
@@ -165,8 +166,10 @@ def compile_nvcc(nvcc: str, path: Path, arch: int) -> tuple[bool, str]:
             f"-arch=sm_{arch}",
             "-cubin",
             "-std=c++17",
+            "-ftz=true",
             "-Xptxas",
             "-v",
+            f"-I{KERNEL_DIR}",
             "-o",
             os.path.join(tmp, "out.cubin"),
             str(path),

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -136,11 +138,47 @@ def reset_launches() -> None:
 # --------------------------------------------------------------------------- compiling
 
 
+_QUOTED_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[^\n]*$', re.M)
+
+
+def expand_includes(path, seen=None) -> str:
+    """The text of the kernel source ``path`` with every ``#include "name"`` that names a
+    file in ``kernels/`` (e.g. ``common.cuh``) replaced by that file's text, each file
+    once, with ``#line`` markers so diagnostics name the real file and line.
+
+    Both compilers get this one text: CuPy's kernel cache is keyed by the source text,
+    so a change to a header alone would otherwise reuse a stale binary.
+
+    >>> from gpugrad import backend
+    >>> text = expand_includes(backend.kernel_dir() / "relu.cu")
+    >>> '#include "common.cuh"' in text, "namespace gg_common" in text
+    (False, True)
+    """
+    path = Path(path).resolve()
+    seen = set() if seen is None else seen
+    seen.add(path)
+    text = path.read_text()
+    pieces, last = [], 0
+    for m in _QUOTED_INCLUDE.finditer(text):
+        inc = (path.parent / m.group(1)).resolve()
+        if not inc.is_file():
+            inc = (backend.kernel_dir() / m.group(1)).resolve()
+        if not inc.is_file():
+            continue  # left to the compiler's own include path
+        line_after = text.count("\n", 0, m.end()) + 2
+        pieces.append(text[last : m.start()])
+        if inc not in seen:
+            pieces.append(f'#line 1 "{inc}"\n{expand_includes(inc, seen)}\n')
+        pieces.append(f'#line {line_after} "{path}"')
+        last = m.end()
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
 def _source(file: str) -> str:
     text = _sources.get(file)
     if text is None:
-        path = backend.kernel_dir() / file
-        text = path.read_text()
+        text = expand_includes(backend.kernel_dir() / file)
         _sources[file] = text
     return text
 
