@@ -369,8 +369,11 @@ def _dtype_suffix(dtype, fn: str, arg: str) -> str:
     raise TypeError(f"{fn}: {arg} has dtype {dtype}; the kernels take float32 or float64")
 
 
-def _prepare(a, fn: str, arg: str, ndim: int | None = None, dtype=None, layout: str = ""):
-    """Contiguous xp array of a float dtype, checked for rank, dtype and 32-bit size."""
+def _prepare(
+    a, fn: str, arg: str, ndim: int | None = None, dtype=None, layout: str = "", size32=True
+):
+    """Contiguous xp array of a float dtype, checked for rank, dtype and (unless
+    ``size32=False``: a kernel with 64-bit indices) 32-bit size."""
     if a is None:
         raise TypeError(f"{fn}: {arg} is required")
     xp = backend.xp()
@@ -381,7 +384,8 @@ def _prepare(a, fn: str, arg: str, ndim: int | None = None, dtype=None, layout: 
     _dtype_suffix(a.dtype, fn, arg)
     if dtype is not None and a.dtype != dtype:
         raise TypeError(f"{fn}: {arg} has dtype {a.dtype} but the other operands are {dtype}")
-    _check_size(a.size, fn, arg)
+    if size32:
+        _check_size(a.size, fn, arg)
     return a
 
 
@@ -507,12 +511,12 @@ def relu_fwd(x):
     >>> relu_fwd(np.array([-1.0, 0.0, 2.0]))                  # doctest: +SKIP
     array([0., 0., 2.])
     """
-    x = _prepare(x, "relu_fwd", "x")
+    x = _prepare(x, "relu_fwd", "x", size32=False)  # relu.cu indexes with 64 bits
     dt = _dtype_suffix(x.dtype, "relu_fwd", "x")
     y = backend.xp().empty_like(x)
     if x.size:
         plan = plan_elementwise(f"relu_fwd_{dt}", x.size, _device_props()["num_sms"])
-        get_kernel(plan.kernel)(plan.grid, plan.block, (x, y, np.int32(x.size)))
+        get_kernel(plan.kernel)(plan.grid, plan.block, (x, y, np.int64(x.size)))
     return y
 
 
@@ -522,15 +526,15 @@ def relu_bwd(dy, x):
     >>> relu_bwd(np.ones(3), np.array([-1.0, 0.0, 2.0]))       # doctest: +SKIP
     array([0., 0., 1.])
     """
-    x = _prepare(x, "relu_bwd", "x")
+    x = _prepare(x, "relu_bwd", "x", size32=False)  # relu.cu indexes with 64 bits
     dt = _dtype_suffix(x.dtype, "relu_bwd", "x")
-    dy = _prepare(dy, "relu_bwd", "dy", dtype=x.dtype)
+    dy = _prepare(dy, "relu_bwd", "dy", dtype=x.dtype, size32=False)
     if dy.shape != x.shape:
         raise ValueError(f"relu_bwd: dy has shape {tuple(dy.shape)} but x has {tuple(x.shape)}")
     dx = backend.xp().empty_like(x)
     if x.size:
         plan = plan_elementwise(f"relu_bwd_{dt}", x.size, _device_props()["num_sms"])
-        get_kernel(plan.kernel)(plan.grid, plan.block, (dy, x, dx, np.int32(x.size)))
+        get_kernel(plan.kernel)(plan.grid, plan.block, (dy, x, dx, np.int64(x.size)))
     return dx
 
 
