@@ -25,6 +25,14 @@ with AddressSanitizer; such a module loads only in a process started with
 Built libraries are cached in ``gpugrad.backend.cache_dir()/"emu"``, keyed by a hash of
 the source, its quoted includes, the emulator sources, the flags and the compiler.
 
+Numerics: CuPy compiles every kernel with ``-ftz=true``, so a GPU flushes float32
+denormals (inputs and results of arithmetic and compares) to zero. The emulator does
+the same (x86-64 MXCSR FTZ+DAZ in the threads that run the launch) for every kernel that
+has a ``float`` parameter and no ``double`` one: on x86 these flags would flush float64
+too, which the GPU does not, so a kernel mixing both runs without flushing (a known
+difference; pass ``-ftz=false`` to turn flushing off for a module). Loads, stores and
+copies keep denormal bits on both.
+
 Limitations: no inline PTX (``asm``), cooperative groups, ``__constant__`` copies from the
 host, or template kernels by name (wrap an instantiation in an ``extern "C"`` kernel);
 warp shuffles of at most 8 bytes; fast-math intrinsics use the accurate host functions;
@@ -1003,6 +1011,16 @@ class EmuModule:
             ctypes.c_char_p,
             ctypes.c_size_t,
         ]
+        self._set_ftz = getattr(lib, "gpugrad_emu_set_ftz", None)
+        if self._set_ftz is not None:
+            self._set_ftz.restype = None
+            self._set_ftz.argtypes = [ctypes.c_int]
+        # CuPy appends -ftz=true to every NVRTC compile; the last -ftz option wins
+        self.ftz = True
+        for opt in self.options:
+            m = re.fullmatch(r"-{1,2}ftz=(true|false)", str(opt))
+            if m:
+                self.ftz = m.group(1) == "true"
         self._kernels: dict[str, EmuKernel] = {}
 
     @classmethod
@@ -1085,6 +1103,11 @@ class EmuKernel:
         # like CuPy's attribute: raise it to opt in to more than 48 KiB of dynamic shared memory
         self.max_dynamic_shared_size_bytes = DEFAULT_SHARED_LIMIT
         self.shared_size_bytes = 0  # static __shared__ size is not known to the emulator
+        # flush float32 denormals like -ftz=true only where no float64 would be flushed too
+        dtypes = {p.dtype for p in self.params if isinstance(p.dtype, np.dtype)}
+        self.ftz = (
+            module.ftz and np.dtype(np.float32) in dtypes and np.dtype(np.float64) not in dtypes
+        )
 
     def __repr__(self):
         sig = ", ".join(f"{p.ctype} {p.name}" for p in self.params)
@@ -1253,6 +1276,8 @@ class EmuKernel:
         )
         st = _Stats()
         err = ctypes.create_string_buffer(4096)
+        if self.module._set_ftz is not None:
+            self.module._set_ftz(1 if self.ftz else 0)  # consumed by the launch below
         rc = self.module._launch(
             self._entry,
             argv,

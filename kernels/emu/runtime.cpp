@@ -25,6 +25,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <xmmintrin.h>  // _mm_getcsr/_mm_setcsr: FTZ/DAZ for -ftz=true (see worker_main)
+#endif
+
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
@@ -195,6 +199,8 @@ struct Worker {
 };
 
 __thread Worker *tw = nullptr;
+// -ftz=true for the next launch from this OS thread (gpugrad_emu_set_ftz)
+__thread int g_next_ftz = 0;
 
 }  // namespace
 
@@ -224,6 +230,7 @@ struct Launch {
     std::mutex mu;
     std::string error;
     gpugrad_emu_stats stats{};
+    int ftz = 0;  // flush float32 denormals (CuPy compiles with -ftz=true)
 };
 
 std::string fmt(const char *f, ...) {
@@ -663,6 +670,15 @@ Fiber *next_fiber(Worker *w) {
 }
 
 void worker_main(Launch *L) {
+#if defined(__x86_64__)
+    // why MXCSR: CuPy compiles every kernel with -ftz=true, so the GPU flushes float32
+    // denormal inputs and results to zero. FTZ (bit 15) + DAZ (bit 6) do the same for
+    // SSE arithmetic and compares, but for double too: the Python side asks for it only
+    // for kernels without float64 parameters. Restored below (with one worker this is
+    // the Python thread, whose NumPy must not flush).
+    const unsigned saved_csr = _mm_getcsr();
+    if (L->ftz) _mm_setcsr(saved_csr | 0x8040u);
+#endif
     Worker w;
     tw = &w;
     w.L = L;
@@ -715,6 +731,9 @@ void worker_main(Launch *L) {
     L->stats.poisoned_reads += w.poison;
     L->stats.exit_barrier_warnings += w.exit_warn;
     L->stats.switches += w.switches;
+#if defined(__x86_64__)
+    _mm_setcsr(saved_csr);
+#endif
 }
 
 }  // namespace
@@ -812,6 +831,10 @@ extern "C" __attribute__((visibility("default"))) void gpugrad_emu_debug_hold_st
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
 }
 
+// Flush float32 denormals (FTZ+DAZ, x86-64 only) in the next gpugrad_emu_launch made
+// from this OS thread; the flag is consumed by that launch.
+extern "C" __attribute__((visibility("default"))) void gpugrad_emu_set_ftz(int on) { g_next_ftz = on; }
+
 extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch(
     void (*entry)(void **), void **args, const unsigned *grid, const unsigned *block, unsigned long long shmem,
     const gpugrad_emu_config *cfg, gpugrad_emu_stats *stats, char *err, size_t errlen) {
@@ -826,6 +849,8 @@ extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch(
     L.block.z = block[2];
     L.shmem = shmem;
     L.cfg = *cfg;
+    L.ftz = g_next_ftz;
+    g_next_ftz = 0;
     auto fail = [&](const std::string &m) {
         if (err && errlen) std::snprintf(err, errlen, "%s", m.c_str());
         return 1;
