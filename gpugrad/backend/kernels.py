@@ -101,6 +101,9 @@ _launch_counts: dict[str, int] = {}
 _modules: dict[tuple, object] = {}
 _functions: dict[tuple, object] = {}
 _sources: dict[str, str] = {}
+# True while gpugrad.backend.profile runs a case: emu launches use the profiling builds
+# (EmuModule(trace=True)), cached apart from the ordinary ones
+_emu_trace = False
 
 
 # --------------------------------------------------------------------------- registry
@@ -188,7 +191,7 @@ def _device_key():
     if dev == "cuda":
         return ("cuda", backend.cupy_module().cuda.runtime.getDevice())
     if dev == "emu":
-        return ("emu",)
+        return ("emu", "trace") if _emu_trace else ("emu",)
     raise backend.DeviceError(
         "gpugrad kernels run on device 'cuda' or 'emu', but the active device is 'cpu'; "
         "use gpugrad.backend.set_device('emu') (CPU emulator) or run on a GPU"
@@ -214,6 +217,8 @@ def _compile(file: str, key):
         # GPUGRAD_EMU_SANITIZE=1: AddressSanitizer build (the process must run under
         # emu.asan_env(), see emu.run_in_subprocess); reports out-of-bounds accesses.
         sanitize = os.environ.get("GPUGRAD_EMU_SANITIZE", "") not in ("", "0")
+        if key[1:] == ("trace",):
+            return emu.EmuModule(text, name=str(path), trace=True)
         return emu.EmuModule(text, name=str(path), options=(), sanitize=sanitize)
     except Exception as exc:
         raise KernelCompileError(f"the emulator failed to compile {path}:\n{exc}") from exc

@@ -201,6 +201,10 @@ struct Worker {
 __thread Worker *tw = nullptr;
 // -ftz=true for the next launch from this OS thread (gpugrad_emu_set_ftz)
 __thread int g_next_ftz = 0;
+// run only these linear block indices in the next launch from this OS thread
+// (gpugrad_emu_set_block_subset; the profiler's traced blocks)
+__thread const unsigned long long *g_next_subset = nullptr;
+__thread unsigned long long g_next_subset_n = 0;
 
 }  // namespace
 
@@ -231,6 +235,7 @@ struct Launch {
     std::string error;
     gpugrad_emu_stats stats{};
     int ftz = 0;  // flush float32 denormals (CuPy compiles with -ftz=true)
+    const unsigned long long *subset = nullptr;  // run only these blocks (nblocks of them)
 };
 
 std::string fmt(const char *f, ...) {
@@ -711,6 +716,7 @@ void worker_main(Launch *L) {
     while (ok && !L->failed.load(std::memory_order_relaxed)) {
         unsigned long long b = L->next.fetch_add(1);
         if (b >= L->nblocks) break;
+        if (L->subset) b = L->subset[b];
         ++blocks;
         if (!run_block(&w, b)) {
             dirty = true;
@@ -835,6 +841,15 @@ extern "C" __attribute__((visibility("default"))) void gpugrad_emu_debug_hold_st
 // from this OS thread; the flag is consumed by that launch.
 extern "C" __attribute__((visibility("default"))) void gpugrad_emu_set_ftz(int on) { g_next_ftz = on; }
 
+// Run only the `n` listed linear block indices (each < the grid's block count) in the next
+// gpugrad_emu_launch from this OS thread (the profiler's sampled blocks; the outputs of the
+// other blocks are not written). The list must stay valid until that launch returns.
+extern "C" __attribute__((visibility("default"))) void gpugrad_emu_set_block_subset(
+    const unsigned long long *blocks, unsigned long long n) {
+    g_next_subset = blocks;
+    g_next_subset_n = n;
+}
+
 extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch(
     void (*entry)(void **), void **args, const unsigned *grid, const unsigned *block, unsigned long long shmem,
     const gpugrad_emu_config *cfg, gpugrad_emu_stats *stats, char *err, size_t errlen) {
@@ -862,6 +877,17 @@ extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch(
         grid[2] > 65535)
         return fail(fmt("invalid grid (%u,%u,%u)", grid[0], grid[1], grid[2]));
     L.nblocks = (unsigned long long)grid[0] * grid[1] * grid[2];
+    if (g_next_subset) {
+        for (unsigned long long i = 0; i < g_next_subset_n; ++i)
+            if (g_next_subset[i] >= L.nblocks) {
+                g_next_subset = nullptr;
+                return fail(fmt("block subset: index %llu is outside the grid", g_next_subset[i]));
+            }
+        L.subset = g_next_subset;
+        L.nblocks = g_next_subset_n;
+        g_next_subset = nullptr;
+        if (L.nblocks == 0) return 0;
+    }
     if (L.cfg.order < 0 || L.cfg.order > 2) L.cfg.order = 0;
     unsigned long long nw = L.cfg.workers < 1 ? 1 : (unsigned long long)L.cfg.workers;
     if (nw > L.nblocks) nw = L.nblocks;
