@@ -95,6 +95,7 @@ class Vendor:
 # workload -> vendor figure on an H100 SXM
 VENDOR = {
     "sgemm": Vendor("cuBLAS FP32 SGEMM", tflops=50.0, cite="kernel-review.md §0/§4 (4096³)"),
+    "sgemm_mid": Vendor("cuBLAS FP32 SGEMM", tflops=40.0, cite="kernel-review.md §4: 35–45 TF/s"),
     "dgemm": Vendor("cuBLAS DGEMM (DMMA)", tflops=57.5, cite="kernel-review.md §4: 55–60 TF/s"),
     "lstm_gemm": Vendor("cuBLAS", seconds=5e-6, cite="kernel-review.md §4: ~4–6 µs"),
     "conv_fwd": Vendor("cuDNN FP32 implicit GEMM", seconds=0.315e-3, cite="§4: 0.30–0.33 ms"),
@@ -142,11 +143,14 @@ class Prediction:
 
 
 def _latency_factor(warps_per_sm: int) -> float:
+    """Fraction of the issue rate few resident warps sustain (review: 0.93 at 8 warps
+    per SM, 0.97 at 16+; below 8, proportionally fewer: 2 warps leave 2 of the 4
+    schedulers idle and the other two stalled on dependences)."""
     if warps_per_sm >= 16:
         return 0.97
     if warps_per_sm >= 8:
         return 0.93 + 0.04 * (warps_per_sm - 8) / 8
-    return 0.93 * math.sqrt(max(warps_per_sm, 1) / 8)
+    return 0.93 * max(warps_per_sm, 1) / 8
 
 
 def predict(facts: KernelFacts, gpu: GPU, vendor: str | None = None) -> Prediction:
@@ -154,10 +158,12 @@ def predict(facts: KernelFacts, gpu: GPU, vendor: str | None = None) -> Predicti
     :data:`VENDOR`), the vendor library's time for the same work."""
     peak = gpu.peak(facts.dtype)
     warps = -(-facts.threads // 32)
-    slots = max(1, facts.blocks_per_sm * gpu.sms)
+    # blocks resident per SM: the occupancy limit, or fewer when the grid is small
+    resident = max(1, min(facts.blocks_per_sm, math.ceil(facts.blocks / gpu.sms)))
+    slots = resident * gpu.sms
     waves = facts.blocks / slots
     wave_eff = waves / math.ceil(waves) if facts.blocks else 1.0
-    lat = _latency_factor(facts.blocks_per_sm * warps)
+    lat = _latency_factor(resident * warps)
     if facts.fma_share is not None:
         issue = facts.fma_share
         bound = "issue (FMA share)"
@@ -174,8 +180,11 @@ def predict(facts: KernelFacts, gpu: GPU, vendor: str | None = None) -> Predicti
     memory = facts.dram_bytes / (0.9 * gpu.bandwidth_tbs * 1e12)
     if memory > compute:
         bound = "DRAM bandwidth"
-    elif wave_eff < 0.8 and facts.fma_share is not None:
-        bound += f" + wave tail ({wave_eff:.0%})"
+    elif facts.fma_share is not None:
+        if resident * warps < 8:
+            bound += f" + latency ({resident * warps} warps/SM)"
+        if wave_eff < 0.8:
+            bound += f" + wave tail ({wave_eff:.0%} of the SMs busy)"
     t = max(compute, memory, 1e-9)
     vs, note = None, ""
     if vendor is not None:

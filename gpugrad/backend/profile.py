@@ -46,7 +46,16 @@ import numpy as np
 from gpugrad import backend
 from gpugrad.backend import perfmodel
 
-__all__ = ["CASES", "Profile", "SiteStats", "TraceStats", "analyze", "profile", "report"]
+__all__ = [
+    "CASES",
+    "Profile",
+    "SiteStats",
+    "TraceStats",
+    "analyze",
+    "profile",
+    "report",
+    "trace_stats",
+]
 
 
 # --------------------------------------------------------------------------- trace analysis
@@ -327,7 +336,9 @@ def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False):
         kernels.matmul(a, b, trans_a=trans_a, trans_b=trans_b, tile=tile)
 
     es = _es(dtype)
-    vendor = "dgemm" if dtype == "float64" else ("lstm_gemm" if min(m, n) <= 64 else "sgemm")
+    vendor = "dgemm" if dtype == "float64" else "lstm_gemm" if min(m, n) <= 64 else "sgemm"
+    if vendor == "sgemm" and max(m, n, k) < 2048:
+        vendor = "sgemm_mid"
     return Case(
         "matmul",
         (m, n, k),
@@ -538,26 +549,38 @@ class Profile:
     predictions: list
 
 
-def profile(op: str, shape, dtype: str = "float32", gpus=("H100 SXM",), arch=90, **options):
-    """Profile one launch (see the module docstring); ``gpus`` are names of
-    :data:`gpugrad.backend.perfmodel.GPUS` to predict for."""
-    from gpugrad.backend import sass
-
+def trace_stats(op: str, shape, dtype: str = "float32", blocks=None, **options):
+    """Run the ``op`` case under the profiling build and return ``(case, TraceStats)``;
+    ``blocks``: the linear block indices to run and trace (default: first, middle and
+    last, or only the first when a block's loop is long)."""
     case = make_case(op, shape, dtype, **options)
     with _traced() as kernels:
         info = kernels._TABLE[case.kernel]
         kernels._function(case.kernel)  # compile the profiling build
         module = kernels._modules[(info.file, ("emu", "trace"))]
         nblocks = int(np.prod(case.grid))
-        budget = 3 if case.trace_iterations <= 64 else 1
-        module.trace_blocks = [0] if budget == 1 else sorted({0, nblocks // 2, nblocks - 1})
+        if blocks is None:
+            long = case.trace_iterations > 64
+            blocks = [0] if long else sorted({0, nblocks // 2, nblocks - 1})
+        module.trace_blocks = list(blocks)
         before = len(module.traces)
-        case.run()
-        traces = [t for t in module.traces[before:] if t.kernel == case.kernel]
-        del module.traces[before:]
+        try:
+            case.run()
+        finally:
+            traces = [t for t in module.traces[before:] if t.kernel == case.kernel]
+            del module.traces[before:]
+            module.trace_blocks = None
     if not traces:
         raise RuntimeError(f"profile: {case.kernel} was not launched by the {op} case")
-    stats = analyze(traces[-1], module.so_path)
+    return case, analyze(traces[-1], module.so_path)
+
+
+def profile(op: str, shape, dtype: str = "float32", gpus=("H100 SXM",), arch=90, **options):
+    """Profile one launch (see the module docstring); ``gpus`` are names of
+    :data:`gpugrad.backend.perfmodel.GPUS` to predict for."""
+    from gpugrad.backend import sass
+
+    case, stats = trace_stats(op, shape, dtype, **options)
     # per hot-loop iteration, per thread: what the SASS path must contain
     per_it = {k: v / max(1, case.trace_iterations) for k, v in stats.per_thread.items()}
     vec = sum(
