@@ -102,6 +102,12 @@ VENDOR = {
     "conv_bwd_data": Vendor("cuDNN FP32", seconds=0.325e-3, cite="kernel-review.md §4"),
     "conv_bwd_filter": Vendor("cuDNN FP32", seconds=0.325e-3, cite="kernel-review.md §4"),
     "elementwise": Vendor("cupy.maximum", fraction_of_bandwidth=0.9, cite="§4: ~90 % of HBM"),
+    "lstm_cell": Vendor(
+        "a memory-bound cell at 90 % of HBM (cuDNN fuses the cell into its GEMM; at this "
+        "size both are launch-latency-bound, ~2–3 µs, which the model leaves out)",
+        fraction_of_bandwidth=0.9,
+        cite="kernel-review.md §5.4",
+    ),
 }
 H100 = "H100 SXM"
 

@@ -476,7 +476,7 @@ def _lstm_case(op, shape, dtype):
         arrays * b * h * _es(dtype),
         1,
         1,
-        "elementwise",
+        "lstm_cell",
         run,
     )
 
