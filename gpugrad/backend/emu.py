@@ -1210,7 +1210,7 @@ class EmuKernel:
             *[x for lo, n in arrays for x in (lo, lo + n)]
         )
         blk = (ctypes.c_uint * max(1, len(blocks)))(*blocks)
-        limit = int(os.environ.get("GPUGRAD_EMU_TRACE_LIMIT", "50000000"))
+        limit = int(os.environ.get("GPUGRAD_EMU_TRACE_LIMIT", "20000000"))
         lib.gpugrad_trace_begin.restype = None
         lib.gpugrad_trace_begin(
             ranges,
