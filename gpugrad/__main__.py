@@ -1,4 +1,6 @@
 """``python -m gpugrad info``: what gpugrad found on this machine.
+``python -m gpugrad profile OP --shape ...``: a kernel's performance facts and model
+without a GPU (see :mod:`gpugrad.backend.profile`).
 
 Prints the version, the device chosen and why, the CuPy / CUDA runtime / driver /
 NVRTC versions, the GPU's name and memory, the C++ compiler of the CUDA emulator,
@@ -111,7 +113,42 @@ def main(argv=None):
     )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="report what gpugrad found on this machine")
+    prof = sub.add_parser(
+        "profile",
+        help="run one kernel launch under the emulator's profiler and model it on a GPU",
+        description="Memory coalescing, shared-memory bank conflicts and divergence from an "
+        "instrumented emulator run; registers, spills, occupancy and the hot loop's FMA share "
+        "from the SASS; a roofline-style prediction for a named GPU next to the vendor figure. "
+        "OP 'all' runs the kernel review's standard workloads.",
+    )
+    prof.add_argument(
+        "op",
+        help="matmul, conv2d_fwd, conv2d_bwd_data, conv2d_bwd_filter, relu_fwd, relu_bwd, "
+        "lstm_fwd, lstm_bwd, or all",
+    )
+    prof.add_argument(
+        "--shape",
+        type=int,
+        nargs="+",
+        help="matmul: M N K; conv2d_*: N H W Cin Cout KH KW; relu_*: n; lstm_*: B H",
+    )
+    prof.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    prof.add_argument(
+        "--gpu",
+        action="append",
+        help="H100 SXM (default), H200, GH200, A100 SXM, L40S; repeat for several",
+    )
+    prof.add_argument("--arch", type=int, default=90, help="SM version of the SASS (default 90)")
+    prof.add_argument("--tile", choices=("large", "mid", "small"), help="matmul tile")
+    prof.add_argument("--trans-a", action="store_true", help="matmul: op(a) = a.T")
+    prof.add_argument("--trans-b", action="store_true", help="matmul: op(b) = b.T")
+    prof.add_argument("--stride", type=int, default=1, help="conv2d stride")
+    prof.add_argument("--pad", type=int, help="conv2d padding (default KH // 2)")
     opts = parser.parse_args(argv)
+    if opts.command == "profile":
+        from .backend import profile
+
+        return profile.main(opts)
     if opts.command != "info":
         parser.print_help()
         return 0

@@ -19,6 +19,7 @@ status is non-zero on any compile error or any register spill, so this runs in C
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shutil
@@ -145,7 +146,8 @@ def compile_nvrtc(nvrtc, path: Path, arch: int) -> tuple[bool, str]:
     prog = nvrtc.createProgram(path.read_text(), path.name, [], [])
     try:
         try:
-            nvrtc.compileProgram(prog, [f"-arch=sm_{arch}", *NVRTC_OPTIONS])
+            includes = [f"--include-path={path.resolve().parent}", f"--include-path={KERNEL_DIR}"]
+            nvrtc.compileProgram(prog, [f"-arch=sm_{arch}", *NVRTC_OPTIONS, *includes])
             ok = True
         except nvrtc.NVRTCError:
             ok = False
@@ -165,8 +167,10 @@ def compile_nvcc(nvcc: str, path: Path, arch: int) -> tuple[bool, str]:
             f"-arch=sm_{arch}",
             "-cubin",
             "-std=c++17",
+            "-ftz=true",
             "-Xptxas",
             "-v",
+            f"-I{KERNEL_DIR}",
             "-o",
             os.path.join(tmp, "out.cubin"),
             str(path),
@@ -175,28 +179,66 @@ def compile_nvcc(nvcc: str, path: Path, arch: int) -> tuple[bool, str]:
         return proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def check(files=None, archs=ARCHS, tools=TOOLS) -> Report:
+def cache_dir() -> Path:
+    """Where successful compile logs are kept (``$GPUGRAD_CACHE_DIR/check_compile``)."""
+    root = os.environ.get("GPUGRAD_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gpugrad"
+    )
+    return Path(root) / "check_compile"
+
+
+def _cached(run, tool_id: str, path: Path, arch: int):
+    """``run(path, arch)``, or the log of an earlier successful compile of the same
+    source (the .cu file and every header beside it), tool version and options."""
+    h = hashlib.sha256()
+    for part in (tool_id, str(arch), path.name, *NVRTC_OPTIONS):
+        h.update(part.encode() + b"\0")
+    h.update(path.read_bytes())
+    for header in sorted(path.resolve().parent.glob("*.cuh")) + sorted(KERNEL_DIR.glob("*.cuh")):
+        h.update(header.name.encode() + b"\0" + header.read_bytes())
+    target = cache_dir() / f"{path.stem}-sm{arch}-{h.hexdigest()[:24]}.log"
+    if target.is_file():
+        return True, target.read_text()
+    ok, log = run(path, arch)
+    if ok:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(log)
+        os.replace(tmp, target)
+    return ok, log
+
+
+def check(files=None, archs=ARCHS, tools=TOOLS, cache=True) -> Report:
     """Compile ``files`` (default: every ``*.cu`` beside this script) with each tool and
-    architecture; a tool that is absent is listed in ``Report.missing``."""
+    architecture; a tool that is absent is listed in ``Report.missing``. With ``cache``
+    a successful compile of unchanged sources is not repeated (logs are kept in
+    :func:`cache_dir`, keyed by a hash of the sources, tool version and options)."""
     paths = [Path(f) for f in files] if files else sorted(KERNEL_DIR.glob("*.cu"))
     report = Report()
     compilers = {}
+    tool_ids: dict[str, str] = {}
     if "nvrtc" in tools:
         nvrtc = nvrtc_module()
         if nvrtc is None:
             report.missing.append("nvrtc (pip install nvidia-cuda-nvrtc-cu12 cupy-cuda12x)")
         else:
             compilers["nvrtc"] = lambda p, a, n=nvrtc: compile_nvrtc(n, p, a)
+            tool_ids["nvrtc"] = "nvrtc-" + ".".join(map(str, nvrtc.getVersion()))
     if "nvcc" in tools:
         nvcc = nvcc_path()
         if nvcc is None:
             report.missing.append("nvcc (install the CUDA toolkit or set $NVCC)")
         else:
             compilers["nvcc"] = lambda p, a, n=nvcc: compile_nvcc(n, p, a)
+            version = subprocess.run([nvcc, "--version"], capture_output=True, text=True)
+            tool_ids["nvcc"] = nvcc + version.stdout
     for path in paths:
         for tool, run in compilers.items():
             for arch in archs:
-                ok, log = run(path, arch)
+                if cache:
+                    ok, log = _cached(run, tool_ids[tool], path, arch)
+                else:
+                    ok, log = run(path, arch)
                 if not ok:
                     report.errors.append(f"{tool} sm_{arch} {path.name}:\n{log.strip()}")
                     continue
@@ -213,8 +255,14 @@ def main(argv=None) -> int:
     parser.add_argument("files", nargs="*", help="the .cu files (default: kernels/*.cu)")
     parser.add_argument("--arch", type=int, action="append", help="SM version (default 80, 90)")
     parser.add_argument("--tool", choices=TOOLS, action="append", help="default: both")
+    parser.add_argument("--no-cache", action="store_true", help="recompile everything")
     args = parser.parse_args(argv)
-    report = check(args.files or None, tuple(args.arch or ARCHS), tuple(args.tool or TOOLS))
+    report = check(
+        args.files or None,
+        tuple(args.arch or ARCHS),
+        tuple(args.tool or TOOLS),
+        cache=not args.no_cache,
+    )
     if report.rows:
         print(report.table())
     for tool in report.missing:

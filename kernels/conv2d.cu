@@ -17,12 +17,16 @@
 //
 // The GEMM core is the one of matmul.cu (k-major double-buffered shared tiles,
 // 4x4 register tiles, 4-wide loads where the channel count and alignment allow,
-// scalar gathers otherwise), repeated here so that every .cu file compiles on its
-// own under NVRTC and under the emulator. Only the tile loaders differ: they
+// scalar gathers otherwise), repeated here; the small helpers (aligned 4-wide
+// loads/stores, madd) come from common.cuh. Only the tile loaders differ: they
 // gather the implicit GEMM operands straight from x, dy and w into registers.
 // Tile 64x64x16, 256 threads. Indices are 32-bit (host checks sizes < 2^31).
 
+#include "common.cuh"
+
 namespace gg_conv {
+
+using namespace gg_common;  // aligned16, madd, load4, store4
 
 constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4;
 constexpr int NT = (BM / TM) * (BN / TN);  // 256 threads
@@ -30,29 +34,6 @@ constexpr int PAD = 4;
 constexpr int VA = BM * BK / 4 / NT;  // 4-vectors per thread per operand tile
 constexpr int VB = BN * BK / 4 / NT;
 static_assert(VA == 1 && VB == 1, "loaders below assume one 4-vector per thread");
-
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0ull;
-}
-__device__ __forceinline__ float madd(float a, float b, float c) { return fmaf(a, b, c); }
-__device__ __forceinline__ double madd(double a, double b, double c) { return fma(a, b, c); }
-
-__device__ __forceinline__ void load4(const float* p, float r[4]) {
-    const float4 v = *reinterpret_cast<const float4*>(p);
-    r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
-}
-__device__ __forceinline__ void load4(const double* p, double r[4]) {
-    const double2 a = *reinterpret_cast<const double2*>(p);
-    const double2 b = *reinterpret_cast<const double2*>(p + 2);
-    r[0] = a.x; r[1] = a.y; r[2] = b.x; r[3] = b.y;
-}
-__device__ __forceinline__ void store4(float* p, const float r[4]) {
-    *reinterpret_cast<float4*>(p) = make_float4(r[0], r[1], r[2], r[3]);
-}
-__device__ __forceinline__ void store4(double* p, const double r[4]) {
-    *reinterpret_cast<double2*>(p) = make_double2(r[0], r[1]);
-    *reinterpret_cast<double2*>(p + 2) = make_double2(r[2], r[3]);
-}
 
 struct Conv {
     int N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt, pl, dh, dw, Cg, Ng;

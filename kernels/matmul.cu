@@ -30,33 +30,13 @@
 //   matmul_fwd_f64     64x64x16,  4x4 per thread, 256 threads
 //   matmul_small_f64   32x32x16,  4x4 per thread,  64 threads
 
+#include "common.cuh"
+
 namespace gg_matmul {
 
+using namespace gg_common;  // aligned16, madd, load4, store4
+
 constexpr int PAD = 4;  // keeps rows 16-byte aligned and spreads k-major stores over banks
-
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0ull;
-}
-
-__device__ __forceinline__ float madd(float a, float b, float c) { return fmaf(a, b, c); }
-__device__ __forceinline__ double madd(double a, double b, double c) { return fma(a, b, c); }
-
-__device__ __forceinline__ void load4(const float* p, float r[4]) {
-    const float4 v = *reinterpret_cast<const float4*>(p);
-    r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
-}
-__device__ __forceinline__ void load4(const double* p, double r[4]) {
-    const double2 a = *reinterpret_cast<const double2*>(p);
-    const double2 b = *reinterpret_cast<const double2*>(p + 2);
-    r[0] = a.x; r[1] = a.y; r[2] = b.x; r[3] = b.y;
-}
-__device__ __forceinline__ void store4(float* p, const float r[4]) {
-    *reinterpret_cast<float4*>(p) = make_float4(r[0], r[1], r[2], r[3]);
-}
-__device__ __forceinline__ void store4(double* p, const double r[4]) {
-    *reinterpret_cast<double2*>(p) = make_double2(r[0], r[1]);
-    *reinterpret_cast<double2*>(p + 2) = make_double2(r[2], r[3]);
-}
 
 // One operand tile of op(X): BMN rows (the m or n extent) by BK columns (k),
 // loaded from global memory into registers, then stored k-major into shared

@@ -7,30 +7,13 @@
 // Memory-bound: 4-wide loads and stores (float4 / 2 x double2) when every
 // pointer is 16-byte aligned, a grid-stride loop over the 4-vectors, and a
 // scalar loop for the n % 4 tail (or everything, when a pointer is unaligned).
-// n < 2^31 (checked on the host).
+// Indices are 64-bit: n may exceed 2^31 (the host does not cap relu's size).
+
+#include "common.cuh"
 
 namespace gg_relu {
 
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0ull;
-}
-
-__device__ __forceinline__ void load4(const float* p, float r[4]) {
-    const float4 v = *reinterpret_cast<const float4*>(p);
-    r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
-}
-__device__ __forceinline__ void load4(const double* p, double r[4]) {
-    const double2 a = *reinterpret_cast<const double2*>(p);
-    const double2 b = *reinterpret_cast<const double2*>(p + 2);
-    r[0] = a.x; r[1] = a.y; r[2] = b.x; r[3] = b.y;
-}
-__device__ __forceinline__ void store4(float* p, const float r[4]) {
-    *reinterpret_cast<float4*>(p) = make_float4(r[0], r[1], r[2], r[3]);
-}
-__device__ __forceinline__ void store4(double* p, const double r[4]) {
-    *reinterpret_cast<double2*>(p) = make_double2(r[0], r[1]);
-    *reinterpret_cast<double2*>(p + 2) = make_double2(r[2], r[3]);
-}
+using namespace gg_common;  // aligned16, madd, load4, store4
 
 template <typename T>
 __device__ __forceinline__ T relu1(T x) {
@@ -42,60 +25,68 @@ __device__ __forceinline__ T relu_grad1(T dy, T x) {
     return x > T(0) ? dy : T(0);
 }
 
+// Grid-stride loop over [begin, n) with 64-bit indices. why 64-bit: with a 32-bit
+// `i += stride` the index wraps negative for n within one stride of 2^31 - 1 and the
+// loop then stores past the end of the array (seen in the SASS); 64-bit indices also
+// take arrays of 2^31 elements or more.
+template <typename F>
+__device__ __forceinline__ void grid_stride(long long begin, long long n, F&& body) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (long long i = begin + first; i < n; i += stride) body(i);
+}
+
 template <typename T>
-__device__ __forceinline__ void fwd(const T* __restrict__ x, T* __restrict__ y, int n) {
-    const int stride = gridDim.x * blockDim.x;
-    const int first = blockIdx.x * blockDim.x + threadIdx.x;
-    int done = 0;
+__device__ __forceinline__ void fwd(const T* __restrict__ x, T* __restrict__ y, long long n) {
+    long long done = 0;
     if (aligned16(x) && aligned16(y)) {
-        const int nvec = n / 4;
-        for (int v = first; v < nvec; v += stride) {
+        const long long nvec = n / 4;
+        grid_stride(0, nvec, [&](long long v) {
             T r[4];
             load4(x + 4 * v, r);
 #pragma unroll
             for (int j = 0; j < 4; ++j) r[j] = relu1(r[j]);
             store4(y + 4 * v, r);
-        }
+        });
         done = nvec * 4;
     }
-    for (int i = done + first; i < n; i += stride) y[i] = relu1(x[i]);
+    grid_stride(done, n, [&](long long i) { y[i] = relu1(x[i]); });
 }
 
 template <typename T>
 __device__ __forceinline__ void bwd(const T* __restrict__ dy, const T* __restrict__ x,
-                                    T* __restrict__ dx, int n) {
-    const int stride = gridDim.x * blockDim.x;
-    const int first = blockIdx.x * blockDim.x + threadIdx.x;
-    int done = 0;
+                                    T* __restrict__ dx, long long n) {
+    long long done = 0;
     if (aligned16(dy) && aligned16(x) && aligned16(dx)) {
-        const int nvec = n / 4;
-        for (int v = first; v < nvec; v += stride) {
+        const long long nvec = n / 4;
+        grid_stride(0, nvec, [&](long long v) {
             T g[4], r[4];
             load4(dy + 4 * v, g);
             load4(x + 4 * v, r);
 #pragma unroll
             for (int j = 0; j < 4; ++j) r[j] = relu_grad1(g[j], r[j]);
             store4(dx + 4 * v, r);
-        }
+        });
         done = nvec * 4;
     }
-    for (int i = done + first; i < n; i += stride) dx[i] = relu_grad1(dy[i], x[i]);
+    grid_stride(done, n, [&](long long i) { dx[i] = relu_grad1(dy[i], x[i]); });
 }
 
 }  // namespace gg_relu
 
-extern "C" __global__ void relu_fwd_f32(const float* x, float* y, int n) {
+extern "C" __global__ void relu_fwd_f32(const float* x, float* y, long long n) {
     gg_relu::fwd<float>(x, y, n);
 }
 
-extern "C" __global__ void relu_fwd_f64(const double* x, double* y, int n) {
+extern "C" __global__ void relu_fwd_f64(const double* x, double* y, long long n) {
     gg_relu::fwd<double>(x, y, n);
 }
 
-extern "C" __global__ void relu_bwd_f32(const float* dy, const float* x, float* dx, int n) {
+extern "C" __global__ void relu_bwd_f32(const float* dy, const float* x, float* dx, long long n) {
     gg_relu::bwd<float>(dy, x, dx, n);
 }
 
-extern "C" __global__ void relu_bwd_f64(const double* dy, const double* x, double* dx, int n) {
+extern "C" __global__ void relu_bwd_f64(const double* dy, const double* x, double* dx,
+                                        long long n) {
     gg_relu::bwd<double>(dy, x, dx, n);
 }

@@ -25,6 +25,14 @@ with AddressSanitizer; such a module loads only in a process started with
 Built libraries are cached in ``gpugrad.backend.cache_dir()/"emu"``, keyed by a hash of
 the source, its quoted includes, the emulator sources, the flags and the compiler.
 
+Numerics: CuPy compiles every kernel with ``-ftz=true``, so a GPU flushes float32
+denormals (inputs and results of arithmetic and compares) to zero. The emulator does
+the same (x86-64 MXCSR FTZ+DAZ in the threads that run the launch) for every kernel that
+has a ``float`` parameter and no ``double`` one: on x86 these flags would flush float64
+too, which the GPU does not, so a kernel mixing both runs without flushing (a known
+difference; pass ``-ftz=false`` to turn flushing off for a module). Loads, stores and
+copies keep denormal bits on both.
+
 Limitations: no inline PTX (``asm``), cooperative groups, ``__constant__`` copies from the
 host, or template kernels by name (wrap an instantiation in an ``extern "C"`` kernel);
 warp shuffles of at most 8 bytes; fast-math intrinsics use the accurate host functions;
@@ -836,12 +844,14 @@ def _common_flags(sanitize: bool) -> list[str]:
     return flags
 
 
-def _runtime_object(sanitize: bool, inc: list[str]) -> Path:
+def _runtime_object(sanitize: bool, inc: list[str], source: str = "runtime.cpp") -> Path:
+    """The emulator runtime (or, with ``source="trace.cpp"``, the tracing hooks of the
+    profiling build) compiled once to an object file, cached by content and flags."""
     emu_dir = _emu_dir()
     flags = _common_flags(sanitize) + inc
     h = hashlib.sha256()
     for part in (
-        (emu_dir / "runtime.cpp").read_bytes(),
+        (emu_dir / source).read_bytes(),
         (emu_dir / "cuda_emu.h").read_bytes(),
         "\0".join(flags).encode(),
         _cxx_version().encode(),
@@ -850,13 +860,14 @@ def _runtime_object(sanitize: bool, inc: list[str]) -> Path:
         h.update(b"\0")
     out_dir = backend.cache_dir() / "emu"
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"runtime-{h.hexdigest()[:24]}{'-asan' if sanitize else ''}.o"
+    stem = Path(source).stem
+    target = out_dir / f"{stem}-{h.hexdigest()[:24]}{'-asan' if sanitize else ''}.o"
     if not target.exists():
         _atomic_build(
             target,
             lambda tmp: _run_compiler(
-                [_cxx(), *flags, "-c", str(emu_dir / "runtime.cpp"), "-o", tmp],
-                "compiling the emulator runtime (kernels/emu/runtime.cpp)",
+                [_cxx(), *flags, "-c", str(emu_dir / source), "-o", tmp],
+                f"compiling the emulator runtime (kernels/emu/{source})",
             ),
         )
     return target
@@ -884,6 +895,43 @@ class _Stats(ctypes.Structure):
     ]
 
 
+# one memory access recorded by kernels/emu/trace.cpp (struct Rec)
+TRACE_DTYPE = np.dtype(
+    [
+        ("addr", "<u8"),
+        ("pc", "<u4"),
+        ("block", "<u4"),
+        ("thread", "<u4"),
+        ("size", "u1"),
+        ("flags", "u1"),  # bit 0 write, bit 1 shared (else global), bit 2 atomic
+        ("arg", "<u2"),  # kernel argument of a global access
+    ]
+)
+assert TRACE_DTYPE.itemsize == 24
+
+
+@dataclass
+class Trace:
+    """The memory accesses of the traced blocks of one launch of a ``trace=True`` module,
+    in each thread's program order (records of different threads interleave as the
+    scheduler ran them). ``arrays``: (address, bytes) of every argument (0, 0 for
+    scalars); ``dropped``: accesses to neither (fiber stacks, constants) or over the
+    record limit."""
+
+    kernel: str
+    grid: tuple
+    block: tuple
+    shared_mem: int
+    blocks: tuple  # the linear indices of the traced blocks
+    records: np.ndarray  # of TRACE_DTYPE
+    arrays: tuple
+    dropped: int
+
+
+def _default_trace_blocks(nblocks: int) -> list[int]:
+    return sorted({0, nblocks // 2, nblocks - 1})
+
+
 class EmuModule:
     """A ``.cu`` source compiled for the CPU emulator (the counterpart of ``cupy.RawModule``).
 
@@ -892,6 +940,9 @@ class EmuModule:
     ``options``: ``-DNAME=VALUE``, ``-UNAME``, ``-Idir``, ``-std=c++17``; NVRTC
     code-generation flags (``-arch=...``, ``--use_fast_math``, ...) are accepted and ignored.
     ``sanitize=True``: build with AddressSanitizer (load only under :func:`asan_env`).
+    ``trace=True``: the profiling build (``kernels/emu/trace.cpp``): every launch records
+    the global and shared memory accesses of a few blocks (``trace_blocks``) into
+    ``traces``; see :mod:`gpugrad.backend.profile`.
     """
 
     def __init__(
@@ -901,7 +952,10 @@ class EmuModule:
         name: str = "module",
         options: tuple[str, ...] = (),
         sanitize: bool = False,
+        trace: bool = False,
     ):
+        if sanitize and trace:
+            raise ValueError("EmuModule: sanitize=True and trace=True cannot be combined")
         if sanitize and not asan_loaded():
             raise EmuError(
                 "EmuModule(sanitize=True) needs the AddressSanitizer runtime loaded before "
@@ -911,6 +965,10 @@ class EmuModule:
         self.name = name
         self._code = code
         self.sanitize = sanitize
+        self.trace = trace
+        self.traces: list[Trace] = []  # one per launch of a trace=True module
+        self.trace_blocks = None  # None: first, middle and last block; or a list/callable
+        self.trace_run_all = False  # False: run only the traced blocks (outputs incomplete)
         self.options = tuple(options)
         user_flags = _check_options(self.options)
         masked = _mask(code)
@@ -934,6 +992,18 @@ class EmuModule:
         gen = "".join(parts)
 
         flags = _common_flags(sanitize) + inc + ["-include", "cuda_emu.h"] + user_flags
+        if trace:
+            # why: g++'s TSan instrumentation calls a hook before every memory access (the
+            # TSan runtime is not linked; trace.cpp defines the hooks); no SRA/vectorizer so
+            # that float4 accesses stay one 16-byte access and scalar ones stay scalar
+            flags += [
+                "-fsanitize=thread",
+                "--param",
+                "tsan-instrument-func-entry-exit=0",
+                "-fno-tree-sra",
+                "-fno-tree-vectorize",
+                "-g",  # line tables: profile.py names the source line of each access
+            ]
         user_dirs = [Path(f[2:]) for f in user_flags if f.startswith("-I")]
         h = hashlib.sha256()
         for part in (
@@ -941,6 +1011,7 @@ class EmuModule:
             gen.encode(),
             (emu_dir / "cuda_emu.h").read_bytes(),
             (emu_dir / "runtime.cpp").read_bytes(),
+            (emu_dir / "trace.cpp").read_bytes() if trace else b"",
             "\0".join(flags).encode(),
             _cxx_version().encode(),
         ):
@@ -952,18 +1023,34 @@ class EmuModule:
         out_dir = backend.cache_dir() / "emu"
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = re.sub(r"[^\w.-]", "_", Path(name).name)[:40] or "module"
-        self.so_path = out_dir / f"{stem}-{digest}{'-asan' if sanitize else ''}.so"
+        kind = "-asan" if sanitize else "-trace" if trace else ""
+        self.so_path = out_dir / f"{stem}-{digest}{kind}.so"
 
         with _build_lock:
             if self.so_path.exists():
                 _count(cache_hits=1)
             else:
                 rt = _runtime_object(sanitize, inc)
+                objs = [str(rt)] + (
+                    [str(_runtime_object(False, inc, "trace.cpp"))] if trace else []
+                )
 
                 def build(tmp):
                     src_file = tmp + ".cpp"
                     Path(src_file).write_text(gen)
                     try:
+                        if trace:  # compile, then link without -fsanitize (no libtsan)
+                            obj = tmp + ".o"
+                            _run_compiler(
+                                [_cxx(), *flags, "-x", "c++", "-c", src_file, "-o", obj],
+                                f"compiling {name} for the CUDA emulator (profiling build)",
+                            )
+                            link = [_cxx(), "-shared", "-pthread", obj, *objs, "-o", tmp]
+                            try:
+                                _run_compiler(link, f"linking {name} (profiling build)")
+                            finally:
+                                os.unlink(obj)
+                            return
                         _run_compiler(
                             [
                                 _cxx(),
@@ -974,7 +1061,7 @@ class EmuModule:
                                 src_file,
                                 "-x",
                                 "none",
-                                str(rt),
+                                *objs,
                                 "-o",
                                 tmp,
                             ],
@@ -1003,6 +1090,16 @@ class EmuModule:
             ctypes.c_char_p,
             ctypes.c_size_t,
         ]
+        self._set_ftz = getattr(lib, "gpugrad_emu_set_ftz", None)
+        if self._set_ftz is not None:
+            self._set_ftz.restype = None
+            self._set_ftz.argtypes = [ctypes.c_int]
+        # CuPy appends -ftz=true to every NVRTC compile; the last -ftz option wins
+        self.ftz = True
+        for opt in self.options:
+            m = re.fullmatch(r"-{1,2}ftz=(true|false)", str(opt))
+            if m:
+                self.ftz = m.group(1) == "true"
         self._kernels: dict[str, EmuKernel] = {}
 
     @classmethod
@@ -1085,10 +1182,58 @@ class EmuKernel:
         # like CuPy's attribute: raise it to opt in to more than 48 KiB of dynamic shared memory
         self.max_dynamic_shared_size_bytes = DEFAULT_SHARED_LIMIT
         self.shared_size_bytes = 0  # static __shared__ size is not known to the emulator
+        # flush float32 denormals like -ftz=true only where no float64 would be flushed too
+        dtypes = {p.dtype for p in self.params if isinstance(p.dtype, np.dtype)}
+        self.ftz = (
+            module.ftz and np.dtype(np.float32) in dtypes and np.dtype(np.float64) not in dtypes
+        )
 
     def __repr__(self):
         sig = ", ".join(f"{p.ctype} {p.name}" for p in self.params)
         return f"<EmuKernel {self.name}({sig}) from {self.module.name}>"
+
+    # -- tracing (trace=True modules)
+    def _trace_begin(self, grid, args, shared_mem):
+        lib = self.module._lib
+        nblocks = grid[0] * grid[1] * grid[2]
+        choose = self.module.trace_blocks
+        if choose is None:
+            blocks = _default_trace_blocks(nblocks)
+        else:
+            blocks = choose(nblocks) if callable(choose) else choose
+        blocks = sorted({int(x) for x in blocks if 0 <= int(x) < nblocks})
+        arrays = tuple(
+            (v.ctypes.data, v.nbytes) if isinstance(v, np.ndarray) and v.ndim else (0, 0)
+            for v in args
+        )
+        ranges = (ctypes.c_ulonglong * max(1, 2 * len(arrays)))(
+            *[x for lo, n in arrays for x in (lo, lo + n)]
+        )
+        blk = (ctypes.c_uint * max(1, len(blocks)))(*blocks)
+        limit = int(os.environ.get("GPUGRAD_EMU_TRACE_LIMIT", "20000000"))
+        lib.gpugrad_trace_begin.restype = None
+        lib.gpugrad_trace_begin(
+            ranges,
+            ctypes.c_int(len(arrays)),
+            ctypes.c_ulonglong(shared_mem),
+            blk,
+            ctypes.c_int(len(blocks)),
+            ctypes.c_ulonglong(limit),
+        )
+        return tuple(blocks), arrays
+
+    def _trace_end(self, grid, block, shared_mem, blocks, arrays):
+        lib = self.module._lib
+        dropped = ctypes.c_ulonglong(0)
+        lib.gpugrad_trace_end.restype = ctypes.c_ulonglong
+        n = lib.gpugrad_trace_end(ctypes.byref(dropped))
+        recs = np.empty(n, TRACE_DTYPE)
+        lib.gpugrad_trace_fetch.restype = ctypes.c_ulonglong
+        got = lib.gpugrad_trace_fetch(recs.ctypes.data_as(ctypes.c_void_p), ctypes.c_ulonglong(n))
+        trace = Trace(
+            self.name, grid, block, shared_mem, blocks, recs[:got], arrays, int(dropped.value)
+        )
+        self.module.traces.append(trace)
 
     # -- argument checking
     def _err(self, i: int, p: Param, msg: str) -> str:
@@ -1253,6 +1398,17 @@ class EmuKernel:
         )
         st = _Stats()
         err = ctypes.create_string_buffer(4096)
+        traced = None
+        if self.module.trace:
+            cfg.workers = 1  # trace.cpp records from one thread
+            traced = self._trace_begin(g, args, shared_mem)
+            if not self.module.trace_run_all:
+                subset = (ctypes.c_ulonglong * max(1, len(traced[0])))(*traced[0])
+                fn = self.module._lib.gpugrad_emu_set_block_subset
+                fn.restype = None
+                fn(subset, ctypes.c_ulonglong(len(traced[0])))
+        if self.module._set_ftz is not None:
+            self.module._set_ftz(1 if self.ftz else 0)  # consumed by the launch below
         rc = self.module._launch(
             self._entry,
             argv,
@@ -1264,6 +1420,8 @@ class EmuKernel:
             err,
             len(err),
         )
+        if traced is not None:
+            self._trace_end(g, b, shared_mem, *traced)
         _count(
             launches=1,
             blocks=st.blocks,

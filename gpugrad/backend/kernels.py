@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -99,6 +101,9 @@ _launch_counts: dict[str, int] = {}
 _modules: dict[tuple, object] = {}
 _functions: dict[tuple, object] = {}
 _sources: dict[str, str] = {}
+# True while gpugrad.backend.profile runs a case: emu launches use the profiling builds
+# (EmuModule(trace=True)), cached apart from the ordinary ones
+_emu_trace = False
 
 
 # --------------------------------------------------------------------------- registry
@@ -136,11 +141,49 @@ def reset_launches() -> None:
 # --------------------------------------------------------------------------- compiling
 
 
+_QUOTED_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[^\n]*$', re.M)
+
+
+def expand_includes(path, seen=None) -> str:
+    """The text of the kernel source ``path`` with every ``#include "name"`` that names a
+    file in ``kernels/`` (e.g. ``common.cuh``) replaced by that file's text, each file
+    once, with ``#line`` markers so diagnostics name the real file and line.
+
+    Both compilers get this one text: CuPy's kernel cache is keyed by the source text,
+    so a change to a header alone would otherwise reuse a stale binary.
+
+    >>> from gpugrad import backend
+    >>> text = expand_includes(backend.kernel_dir() / "relu.cu")
+    >>> [line for line in text.splitlines() if line.startswith("#include")]
+    []
+    >>> "namespace gg_common" in text
+    True
+    """
+    path = Path(path).resolve()
+    seen = set() if seen is None else seen
+    seen.add(path)
+    text = path.read_text()
+    pieces, last = [], 0
+    for m in _QUOTED_INCLUDE.finditer(text):
+        inc = (path.parent / m.group(1)).resolve()
+        if not inc.is_file():
+            inc = (backend.kernel_dir() / m.group(1)).resolve()
+        if not inc.is_file():
+            continue  # left to the compiler's own include path
+        line_after = text.count("\n", 0, m.end()) + 2
+        pieces.append(text[last : m.start()])
+        if inc not in seen:
+            pieces.append(f'#line 1 "{inc}"\n{expand_includes(inc, seen)}\n')
+        pieces.append(f'#line {line_after} "{path}"')
+        last = m.end()
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
 def _source(file: str) -> str:
     text = _sources.get(file)
     if text is None:
-        path = backend.kernel_dir() / file
-        text = path.read_text()
+        text = expand_includes(backend.kernel_dir() / file)
         _sources[file] = text
     return text
 
@@ -150,7 +193,7 @@ def _device_key():
     if dev == "cuda":
         return ("cuda", backend.cupy_module().cuda.runtime.getDevice())
     if dev == "emu":
-        return ("emu",)
+        return ("emu", "trace") if _emu_trace else ("emu",)
     raise backend.DeviceError(
         "gpugrad kernels run on device 'cuda' or 'emu', but the active device is 'cpu'; "
         "use gpugrad.backend.set_device('emu') (CPU emulator) or run on a GPU"
@@ -176,6 +219,8 @@ def _compile(file: str, key):
         # GPUGRAD_EMU_SANITIZE=1: AddressSanitizer build (the process must run under
         # emu.asan_env(), see emu.run_in_subprocess); reports out-of-bounds accesses.
         sanitize = os.environ.get("GPUGRAD_EMU_SANITIZE", "") not in ("", "0")
+        if key[1:] == ("trace",):
+            return emu.EmuModule(text, name=str(path), trace=True)
         return emu.EmuModule(text, name=str(path), options=(), sanitize=sanitize)
     except Exception as exc:
         raise KernelCompileError(f"the emulator failed to compile {path}:\n{exc}") from exc
@@ -331,8 +376,11 @@ def _dtype_suffix(dtype, fn: str, arg: str) -> str:
     raise TypeError(f"{fn}: {arg} has dtype {dtype}; the kernels take float32 or float64")
 
 
-def _prepare(a, fn: str, arg: str, ndim: int | None = None, dtype=None, layout: str = ""):
-    """Contiguous xp array of a float dtype, checked for rank, dtype and 32-bit size."""
+def _prepare(
+    a, fn: str, arg: str, ndim: int | None = None, dtype=None, layout: str = "", size32=True
+):
+    """Contiguous xp array of a float dtype, checked for rank, dtype and (unless
+    ``size32=False``: a kernel with 64-bit indices) 32-bit size."""
     if a is None:
         raise TypeError(f"{fn}: {arg} is required")
     xp = backend.xp()
@@ -343,7 +391,8 @@ def _prepare(a, fn: str, arg: str, ndim: int | None = None, dtype=None, layout: 
     _dtype_suffix(a.dtype, fn, arg)
     if dtype is not None and a.dtype != dtype:
         raise TypeError(f"{fn}: {arg} has dtype {a.dtype} but the other operands are {dtype}")
-    _check_size(a.size, fn, arg)
+    if size32:
+        _check_size(a.size, fn, arg)
     return a
 
 
@@ -469,12 +518,12 @@ def relu_fwd(x):
     >>> relu_fwd(np.array([-1.0, 0.0, 2.0]))                  # doctest: +SKIP
     array([0., 0., 2.])
     """
-    x = _prepare(x, "relu_fwd", "x")
+    x = _prepare(x, "relu_fwd", "x", size32=False)  # relu.cu indexes with 64 bits
     dt = _dtype_suffix(x.dtype, "relu_fwd", "x")
     y = backend.xp().empty_like(x)
     if x.size:
         plan = plan_elementwise(f"relu_fwd_{dt}", x.size, _device_props()["num_sms"])
-        get_kernel(plan.kernel)(plan.grid, plan.block, (x, y, np.int32(x.size)))
+        get_kernel(plan.kernel)(plan.grid, plan.block, (x, y, np.int64(x.size)))
     return y
 
 
@@ -484,15 +533,15 @@ def relu_bwd(dy, x):
     >>> relu_bwd(np.ones(3), np.array([-1.0, 0.0, 2.0]))       # doctest: +SKIP
     array([0., 0., 1.])
     """
-    x = _prepare(x, "relu_bwd", "x")
+    x = _prepare(x, "relu_bwd", "x", size32=False)  # relu.cu indexes with 64 bits
     dt = _dtype_suffix(x.dtype, "relu_bwd", "x")
-    dy = _prepare(dy, "relu_bwd", "dy", dtype=x.dtype)
+    dy = _prepare(dy, "relu_bwd", "dy", dtype=x.dtype, size32=False)
     if dy.shape != x.shape:
         raise ValueError(f"relu_bwd: dy has shape {tuple(dy.shape)} but x has {tuple(x.shape)}")
     dx = backend.xp().empty_like(x)
     if x.size:
         plan = plan_elementwise(f"relu_bwd_{dt}", x.size, _device_props()["num_sms"])
-        get_kernel(plan.kernel)(plan.grid, plan.block, (dy, x, dx, np.int32(x.size)))
+        get_kernel(plan.kernel)(plan.grid, plan.block, (dy, x, dx, np.int64(x.size)))
     return dx
 
 

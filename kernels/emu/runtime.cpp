@@ -25,6 +25,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <xmmintrin.h>  // _mm_getcsr/_mm_setcsr: FTZ/DAZ for -ftz=true (see worker_main)
+#endif
+
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
@@ -195,6 +199,12 @@ struct Worker {
 };
 
 __thread Worker *tw = nullptr;
+// -ftz=true for the next launch from this OS thread (gpugrad_emu_set_ftz)
+__thread int g_next_ftz = 0;
+// run only these linear block indices in the next launch from this OS thread
+// (gpugrad_emu_set_block_subset; the profiler's traced blocks)
+__thread const unsigned long long *g_next_subset = nullptr;
+__thread unsigned long long g_next_subset_n = 0;
 
 }  // namespace
 
@@ -224,6 +234,8 @@ struct Launch {
     std::mutex mu;
     std::string error;
     gpugrad_emu_stats stats{};
+    int ftz = 0;  // flush float32 denormals (CuPy compiles with -ftz=true)
+    const unsigned long long *subset = nullptr;  // run only these blocks (nblocks of them)
 };
 
 std::string fmt(const char *f, ...) {
@@ -663,6 +675,15 @@ Fiber *next_fiber(Worker *w) {
 }
 
 void worker_main(Launch *L) {
+#if defined(__x86_64__)
+    // why MXCSR: CuPy compiles every kernel with -ftz=true, so the GPU flushes float32
+    // denormal inputs and results to zero. FTZ (bit 15) + DAZ (bit 6) do the same for
+    // SSE arithmetic and compares, but for double too: the Python side asks for it only
+    // for kernels without float64 parameters. Restored below (with one worker this is
+    // the Python thread, whose NumPy must not flush).
+    const unsigned saved_csr = _mm_getcsr();
+    if (L->ftz) _mm_setcsr(saved_csr | 0x8040u);
+#endif
     Worker w;
     tw = &w;
     w.L = L;
@@ -695,6 +716,7 @@ void worker_main(Launch *L) {
     while (ok && !L->failed.load(std::memory_order_relaxed)) {
         unsigned long long b = L->next.fetch_add(1);
         if (b >= L->nblocks) break;
+        if (L->subset) b = L->subset[b];
         ++blocks;
         if (!run_block(&w, b)) {
             dirty = true;
@@ -715,6 +737,9 @@ void worker_main(Launch *L) {
     L->stats.poisoned_reads += w.poison;
     L->stats.exit_barrier_warnings += w.exit_warn;
     L->stats.switches += w.switches;
+#if defined(__x86_64__)
+    _mm_setcsr(saved_csr);
+#endif
 }
 
 }  // namespace
@@ -812,6 +837,19 @@ extern "C" __attribute__((visibility("default"))) void gpugrad_emu_debug_hold_st
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
 }
 
+// Flush float32 denormals (FTZ+DAZ, x86-64 only) in the next gpugrad_emu_launch made
+// from this OS thread; the flag is consumed by that launch.
+extern "C" __attribute__((visibility("default"))) void gpugrad_emu_set_ftz(int on) { g_next_ftz = on; }
+
+// Run only the `n` listed linear block indices (each < the grid's block count) in the next
+// gpugrad_emu_launch from this OS thread (the profiler's sampled blocks; the outputs of the
+// other blocks are not written). The list must stay valid until that launch returns.
+extern "C" __attribute__((visibility("default"))) void gpugrad_emu_set_block_subset(
+    const unsigned long long *blocks, unsigned long long n) {
+    g_next_subset = blocks;
+    g_next_subset_n = n;
+}
+
 extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch(
     void (*entry)(void **), void **args, const unsigned *grid, const unsigned *block, unsigned long long shmem,
     const gpugrad_emu_config *cfg, gpugrad_emu_stats *stats, char *err, size_t errlen) {
@@ -826,6 +864,8 @@ extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch(
     L.block.z = block[2];
     L.shmem = shmem;
     L.cfg = *cfg;
+    L.ftz = g_next_ftz;
+    g_next_ftz = 0;
     auto fail = [&](const std::string &m) {
         if (err && errlen) std::snprintf(err, errlen, "%s", m.c_str());
         return 1;
@@ -837,6 +877,17 @@ extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch(
         grid[2] > 65535)
         return fail(fmt("invalid grid (%u,%u,%u)", grid[0], grid[1], grid[2]));
     L.nblocks = (unsigned long long)grid[0] * grid[1] * grid[2];
+    if (g_next_subset) {
+        for (unsigned long long i = 0; i < g_next_subset_n; ++i)
+            if (g_next_subset[i] >= L.nblocks) {
+                g_next_subset = nullptr;
+                return fail(fmt("block subset: index %llu is outside the grid", g_next_subset[i]));
+            }
+        L.subset = g_next_subset;
+        L.nblocks = g_next_subset_n;
+        g_next_subset = nullptr;
+        if (L.nblocks == 0) return 0;
+    }
     if (L.cfg.order < 0 || L.cfg.order > 2) L.cfg.order = 0;
     unsigned long long nw = L.cfg.workers < 1 ? 1 : (unsigned long long)L.cfg.workers;
     if (nw > L.nblocks) nw = L.nblocks;

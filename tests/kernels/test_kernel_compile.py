@@ -47,3 +47,33 @@ def test_parse_ptxas_reads_spills():
     (row,) = check_compile.parse_ptxas(log, "k.cu", "nvcc")
     assert (row.kernel, row.arch, row.registers, row.smem) == ("k_f32", "sm_90", 255, 1024)
     assert (row.stack, row.spill_stores, row.spill_loads, row.spills) == (8, 4, 12, 16)
+
+
+def test_compile_cache_reuses_logs_until_a_source_or_header_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUGRAD_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "k.cu"
+    header = tmp_path / "h.cuh"
+    src.write_text('#include "h.cuh"\n')
+    header.write_text("// v1\n")
+    calls = []
+
+    def run(path, arch):
+        calls.append((path.name, arch))
+        return True, f"log {len(calls)}"
+
+    assert check_compile._cached(run, "tool", src, 90) == (True, "log 1")
+    assert check_compile._cached(run, "tool", src, 90) == (True, "log 1")  # cached
+    assert check_compile._cached(run, "tool", src, 80) == (True, "log 2")  # other arch
+    assert check_compile._cached(run, "other tool", src, 90) == (True, "log 3")
+    header.write_text("// v2\n")
+    assert check_compile._cached(run, "tool", src, 90) == (True, "log 4")
+    assert len(calls) == 4
+
+    def failing(path, arch):
+        calls.append("fail")
+        return False, "error"
+
+    src.write_text("broken\n")
+    assert check_compile._cached(failing, "tool", src, 90) == (False, "error")
+    assert check_compile._cached(failing, "tool", src, 90) == (False, "error")  # not cached
+    assert calls.count("fail") == 2

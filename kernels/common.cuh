@@ -1,0 +1,50 @@
+// common.cuh: the prelude every kernels/*.cu file shares (aligned 4-wide loads and
+// stores, the fused multiply-add overloads, the alignment test).
+//
+// Included as `#include "common.cuh"` at the top of a .cu file, then made visible
+// inside the file's own namespace with `using namespace gg_common;`. How the include
+// is resolved:
+//   * cuda (NVRTC through cupy.RawModule) and emu (g++): gpugrad/backend/kernels.py
+//     inlines every quoted include found in kernels/ before compiling (with #line
+//     markers, so diagnostics name this file), so CuPy's source-hash kernel cache sees
+//     every change to this header;
+//   * kernels/check_compile.py: NVRTC gets -I<kernels>, nvcc finds it beside the .cu;
+//   * gpugrad.backend.emu.EmuModule.from_file: the .cu file's folder and kernels/ are
+//     on g++'s include path.
+// The wheel ships the whole kernels/ folder (pyproject: force-include), headers too.
+#ifndef GG_COMMON_CUH
+#define GG_COMMON_CUH
+
+namespace gg_common {
+
+// 16-byte alignment of a pointer: the condition for the 4-wide (float4 / 2 x double2)
+// paths; every vector path is guarded by it at run time.
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0ull;
+}
+
+__device__ __forceinline__ float madd(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double madd(double a, double b, double c) { return fma(a, b, c); }
+
+// 4 consecutive elements at a 16-byte-aligned address: one 128-bit access for float,
+// two for double.
+__device__ __forceinline__ void load4(const float* p, float r[4]) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+}
+__device__ __forceinline__ void load4(const double* p, double r[4]) {
+    const double2 a = *reinterpret_cast<const double2*>(p);
+    const double2 b = *reinterpret_cast<const double2*>(p + 2);
+    r[0] = a.x; r[1] = a.y; r[2] = b.x; r[3] = b.y;
+}
+__device__ __forceinline__ void store4(float* p, const float r[4]) {
+    *reinterpret_cast<float4*>(p) = make_float4(r[0], r[1], r[2], r[3]);
+}
+__device__ __forceinline__ void store4(double* p, const double r[4]) {
+    *reinterpret_cast<double2*>(p) = make_double2(r[0], r[1]);
+    *reinterpret_cast<double2*>(p + 2) = make_double2(r[2], r[3]);
+}
+
+}  // namespace gg_common
+
+#endif  // GG_COMMON_CUH

@@ -1,0 +1,178 @@
+"""The emulator as a profiler (issue 15): the access trace, its grouping into warp requests,
+the sector and bank-conflict measures, the SASS hot-loop analysis, occupancy and the model.
+
+Each measure is checked on a kernel whose answer is known by construction (coalesced vs
+strided loads, conflict-free vs 2-way vs 32-way shared accesses, broadcast).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpugrad.backend import perfmodel, profile, sass
+
+emu = pytest.importorskip("gpugrad.backend.emu")
+
+SOURCE = r"""
+extern "C" __global__ void strided(const float* x, float* y, int stride) {
+    int t = threadIdx.x;
+    y[t] = x[t * stride];                       // global load: stride 1 -> 4 sectors
+}
+extern "C" __global__ void vec4(const float* x, float* y) {
+    int t = threadIdx.x;
+    float4 v = reinterpret_cast<const float4*>(x)[t];   // 16 sectors, 100 %
+    reinterpret_cast<float4*>(y)[t] = v;
+}
+extern "C" __global__ void banks(float* y, int stride) {
+    __shared__ float s[32 * 33];
+    int t = threadIdx.x;
+    for (int i = t; i < 32 * 33; i += blockDim.x) s[i] = (float)i;
+    __syncthreads();
+    y[blockIdx.x * blockDim.x + t] = s[(t * stride) % (32 * 33)];   // shared load
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def module():
+    m = emu.EmuModule(SOURCE, name="profile_probe.cu", trace=True)
+    m.trace_run_all = True
+    return m
+
+
+def _run(module, name, grid, block, args):
+    module.traces.clear()
+    module.get_function(name)(grid, block, args)
+    (trace,) = module.traces
+    return profile.analyze(trace, module.so_path)
+
+
+def _site(stats, space, write):
+    (site,) = [s for s in stats.sites if s.space == space and s.write == write]
+    return site
+
+
+@pytest.mark.parametrize("stride, sectors", [(1, 4), (2, 8), (8, 32), (32, 32)])
+def test_global_sectors_per_request(module, stride, sectors):
+    x = np.zeros(32 * 64, np.float32)
+    y = np.zeros(64, np.float32)
+    st = _run(module, "strided", (1,), (64,), (x, y, np.int32(stride)))
+    load = _site(st, "global", False)
+    assert load.requests == 2 and load.lanes == 32  # two warps, one request each
+    assert load.sectors == sectors
+    assert load.efficiency == pytest.approx(4 / sectors)
+    store = _site(st, "global", True)
+    assert store.sectors == 4 and store.efficiency == 1.0
+
+
+def test_vector_loads_are_16_bytes_and_fully_efficient(module):
+    x = np.zeros(4 * 32, np.float32)
+    y = np.zeros(4 * 32, np.float32)
+    st = _run(module, "vec4", (1,), (32,), (x, y))
+    for write in (False, True):
+        s = _site(st, "global", write)
+        assert (s.size, s.sectors, s.efficiency) == (16, 16, 1.0)
+    assert st.global_efficiency == 1.0 and st.lane_utilisation == 1.0
+
+
+@pytest.mark.parametrize("stride, wavefronts", [(1, 1), (0, 1), (2, 2), (33, 1), (32, 32)])
+def test_shared_bank_wavefronts(module, stride, wavefronts):
+    y = np.zeros(32, np.float32)
+    st = _run(module, "banks", (1,), (32,), (y, np.int32(stride)))
+    loads = [s for s in st.sites if s.space == "shared" and not s.write]
+    (load,) = loads
+    assert load.wavefronts == wavefronts  # stride 0: a broadcast; 33: padded, conflict-free
+    assert load.ideal_wavefronts == 1
+    assert st.shared_load_conflicts == wavefronts - 1
+
+
+def test_only_traced_blocks_run_and_are_recorded(module):
+    x = np.zeros(32 * 8, np.float32)
+    y = np.full(32 * 8, -1.0, np.float32)
+    module.trace_run_all = False
+    module.trace_blocks = [1, 6]
+    try:
+        st = _run(module, "strided", (8,), (32,), (x, y, np.int32(1)))
+    finally:
+        module.trace_run_all = True
+        module.trace_blocks = None
+    assert st.blocks == (1, 6)
+    assert set(np.unique(module.traces[-1].records["block"])) == {1, 6}
+    assert _site(st, "global", False).requests == 2
+
+
+def test_occupancy_matches_the_cuda_calculator():
+    # the review's figures (kernel-review.md §3.1)
+    assert sass.occupancy(133, 256, 16896, 90)["blocks_per_sm"] == 1
+    assert sass.occupancy(128, 256, 16896, 90)["blocks_per_sm"] == 2
+    assert sass.occupancy(66, 256, 17408, 90)["blocks_per_sm"] == 3
+    assert sass.occupancy(64, 256, 17408, 90)["blocks_per_sm"] == 4
+    assert sass.occupancy(79, 64, 9216, 90)["blocks_per_sm"] == 12
+    full = sass.occupancy(28, 256, 0, 90)
+    assert full["warps_per_sm"] == 64 and full["occupancy"] == 1.0
+    big = sass.occupancy(32, 1024, 120 * 1024, 90)
+    assert big["blocks_per_sm"] == 1 and big["limiter"] == "shared memory"
+
+
+def _ins(addr, op, args="", pred=""):
+    return sass.Instr(addr, pred, op, args)
+
+
+def test_hot_loop_path_skips_the_longer_fallback():
+    # head -> (fast: LDG.128 | slow: 4 LDG.32 + 6 IMAD) -> 8 FFMA -> back edge
+    code = [_ins(0x00, "MOV")]
+    code += [_ins(0x10, "ISETP.NE.AND"), _ins(0x20, "BRA", "0x80", "@P0")]  # loop head
+    code += [_ins(0x30, "LDG.E.128"), _ins(0x40, "BRA", "0x130")]  # fast path
+    code += [_ins(0x80 + 0x10 * i, "LDG.E") for i in range(4)]
+    code += [_ins(0xC0 + 0x10 * i, "IMAD") for i in range(7)]  # slow path ends at 0x120
+    code += [_ins(0x130 + 0x10 * i, "FFMA") for i in range(8)]
+    code += [_ins(0x1B0, "BRA", "0x10", "@P1"), _ins(0x1C0, "EXIT")]
+    loop = sass.hot_loop(code)
+    assert loop.static_fma == 8
+    assert loop.path_instructions == 2 + 2 + 8 + 1  # head, fast path, FFMA block, branch
+    assert loop.path_share == pytest.approx(8 / 13)
+    assert loop.static_share == pytest.approx(8 / len(code[1:-1]))
+    # demanding 0 vector loads forces the scalar fallback
+    slow = sass.hot_loop(code, vector_loads=0)
+    assert slow.path_instructions == 2 + 11 + 8 + 1
+    assert sass.hot_loop([_ins(0, "FFMA"), _ins(0x10, "EXIT")]) is None
+
+
+def test_model_bounds_and_vendor_comparison():
+    h100 = perfmodel.gpu("h100")
+    facts = perfmodel.KernelFacts(
+        flops=2 * 4096**3,
+        dram_bytes=3 * 4096**2 * 4,
+        dtype="float32",
+        blocks=1024,
+        threads=256,
+        blocks_per_sm=1,
+        fma_share=0.8,
+        fma_per_iteration=512,
+        instructions_per_iteration=640,
+        shared_wavefronts_per_iteration=12,
+    )
+    p = perfmodel.predict(facts, h100, "sgemm")
+    assert p.bound.startswith("issue")
+    waves = 1024 / 132
+    eff = 0.8 * 0.93 * (waves / 8) * 0.83
+    assert p.efficiency == pytest.approx(eff)
+    assert p.seconds == pytest.approx(facts.flops / (66.9e12 * eff))
+    assert p.vendor_seconds == pytest.approx(facts.flops / 50e12)
+    # a shared-memory-bound loop: 4 x wavefronts > instructions
+    lds = perfmodel.predict(
+        perfmodel.KernelFacts(**{**facts.__dict__, "shared_wavefronts_per_iteration": 320}), h100
+    )
+    assert lds.bound == "shared-memory pipe" and lds.seconds > p.seconds
+    # memory-bound elementwise work: time = bytes / (0.9 x bandwidth) on each GPU
+    for name in ("H200", "A100 SXM", "L40S", "GH200"):
+        g = perfmodel.gpu(name)
+        e = perfmodel.predict(
+            perfmodel.KernelFacts(1e6, 8e9, "float32", 1056, 256, 8), g, "elementwise"
+        )
+        assert e.bound == "DRAM bandwidth"
+        assert e.seconds == pytest.approx(8e9 / (0.9 * g.bandwidth_tbs * 1e12))
+        assert e.fraction_of_vendor == pytest.approx(1.0)
+    with pytest.raises(KeyError, match="unknown GPU"):
+        perfmodel.gpu("Z80")
