@@ -1,0 +1,324 @@
+// lstm_persistent.cu: the whole LSTM recurrence (forward or backward) in ONE
+// cooperative launch that loops over the time steps.
+//
+// The input projection of all steps, proj[T, B, 4H] = x W^T + b, is one GEMM done
+// before (matmul.cu); the weight gradients are GEMMs over all steps done after. What
+// is left is the sequential part, which here runs as a persistent kernel:
+//
+//   * each block owns U consecutive hidden units j0 .. j0+U-1 (gridDim.x = ceil(H/U))
+//     and keeps the recurrent weights it needs in shared memory for the whole launch:
+//     forward  Ws[k][u*4+q] = R[q*H + j0+u][k]  (all 4 gates of its units: H x 4U),
+//     backward Ws[r][u]     = R[r][j0+u]        (its columns of R: 4H x U);
+//   * per step it multiplies the broadcast vector of the previous step (h_{t-1}[B, H]
+//     forward, dpre_{t+1}[B, 4H] backward, read from global memory / L2 in chunks of
+//     KC columns staged in shared memory) by Ws, and the gate nonlinearities and cell
+//     update (or their derivatives) run in the epilogue of that product, on the
+//     block's own units only: the cell update is block local;
+//   * the block's slice of h_t (dpre_t) goes to global memory, and one grid-wide
+//     barrier per step makes it visible to every block before the next step.
+//
+// The grid barrier is valid only when every block is resident at once: the host
+// launches these kernels cooperatively (cuLaunchCooperativeKernel, which refuses a
+// grid that does not fit) with a grid sized from the occupancy. On the GPU it is a
+// monotonic arrival counter (zeroed by the host) in global memory; under the CPU
+// emulator it is the emulator's grid barrier, which also detects deadlocks.
+//
+// Gate order along 4H (MATLAB): input, forget, cell candidate, output.
+//   forward:  i = s(zi), f = s(zf), g = tanh(zg), o = s(zo)
+//             c = f c_prev + i g,  h = o tanh(c)
+//   backward: dh = g_ys[t] + dpre_{t+1} R (g_h at t = T-1),  dc = dc_next + g_cs[t]
+//             tc = tanh(c);  dct = dc + dh o (1 - tc^2)
+//             dpre = ([dct g, dct c_prev, dct i, dh tc] + g_gates[t]) * act'
+//             dc_next = dct f;  after step 0: dh0 = dpre_0 R, dc0 = dc_next
+//
+// GEMM micro-tile: each thread accumulates 4 rows (batch) x 4 columns over a slice of
+// every KC chunk (KS threads split a chunk; their partial sums meet in shared memory
+// `red`). Rows are processed in groups of 4*QG so that any batch size fits one
+// 256-thread block. Sizes: B*4H < 2^31 and T*B*4H < 2^31 (checked on the host).
+
+#define GG_LSTM_KC 32  // columns of the broadcast vector staged per chunk
+
+namespace gg_lstmp {
+
+template <typename T>
+__device__ __forceinline__ T sigmoid(T z);
+template <>
+__device__ __forceinline__ float sigmoid<float>(float z) {
+    return 1.0f / (1.0f + expf(-z));
+}
+template <>
+__device__ __forceinline__ double sigmoid<double>(double z) {
+    return 1.0 / (1.0 + exp(-z));
+}
+__device__ __forceinline__ float tanh_(float z) { return tanhf(z); }
+__device__ __forceinline__ double tanh_(double z) { return tanh(z); }
+
+// Grid-wide barrier number `step` (0, 1, 2, ...): every block arrives once per step,
+// so the counter reaches (step + 1) * gridDim.x exactly when all blocks have arrived.
+__device__ __forceinline__ void grid_sync(unsigned int* counter, unsigned int step) {
+#if defined(GPUGRAD_EMU_GRID_SYNC)
+    (void)counter;
+    (void)step;
+    gpugrad_emu_grid_sync();
+#else
+    __syncthreads();  // the whole block has written its slice
+    if (threadIdx.x == 0) {
+        const unsigned int target = (step + 1u) * gridDim.x;
+        __threadfence();  // release: this block's writes before the arrival
+        atomicAdd(counter, 1u);
+        volatile unsigned int* c = counter;
+        while (*c < target) __nanosleep(20);
+        __threadfence();  // acquire: the other blocks' writes after the wait
+    }
+    __syncthreads();
+#endif
+}
+
+// Shared-memory layout (dynamic, in units of T):
+//   Ws   [Kp][NC]            resident weights, Kp = K rounded up to KC, zero padded
+//   Hs   [KC][RB + 1]        one chunk of the broadcast vector, transposed, RB = 4*QG rows
+//   red  [KS][tiles][16]     partial 4x4 sums, tiles = (NC/4) * QG
+struct Geometry {
+    int K, Kp, NC, nq, QG, RB, tiles, KS;
+};
+
+__device__ __forceinline__ Geometry geometry(int K, int NC, int QG, int KS) {
+    Geometry g;
+    g.K = K;
+    g.Kp = (K + GG_LSTM_KC - 1) / GG_LSTM_KC * GG_LSTM_KC;
+    g.NC = NC;
+    g.nq = NC / 4;
+    g.QG = QG;
+    g.RB = 4 * QG;
+    g.tiles = g.nq * QG;
+    g.KS = KS;
+    return g;
+}
+
+// red[s][tile][m*4+c] = sum over this thread's share of k of V[b0+bq*4+m][k] * Ws[k][cq*4+c]
+// for the rows b0 .. b0+RB-1 of V[B][K] (rows >= B count as zero).
+template <typename T>
+__device__ __forceinline__ void block_gemm(const T* V, int B, int b0, const T* Ws, T* Hs,
+                                           T* red, const Geometry& g) {
+    const int tid = threadIdx.x;
+    const int s = tid / g.tiles;
+    const int tile = tid - s * g.tiles;
+    const int cq = tile % g.nq;
+    const int bq = tile / g.nq;
+    const bool active = s < g.KS;
+    const int ld = g.RB + 1;
+    T acc[4][4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[m][c] = T(0);
+    for (int kc = 0; kc < g.K; kc += GG_LSTM_KC) {
+        __syncthreads();  // every thread is done with the previous chunk
+        for (int e = tid; e < g.RB * GG_LSTM_KC; e += blockDim.x) {
+            const int bl = e / GG_LSTM_KC;
+            const int k = e - bl * GG_LSTM_KC;
+            const int b = b0 + bl;
+            // why __ldcg: V was written by other blocks during this launch; L2 is
+            // coherent, a stale L1 line (from a neighbouring slot) would not be
+            Hs[k * ld + bl] = (b < B && kc + k < g.K) ? __ldcg(V + (size_t)b * g.K + kc + k) : T(0);
+        }
+        __syncthreads();
+        if (active) {
+            for (int k = s; k < GG_LSTM_KC; k += g.KS) {
+                const T* w = Ws + (size_t)(kc + k) * g.NC + cq * 4;
+                const T* h = Hs + k * ld + bq * 4;
+                T wv[4], hv[4];
+#pragma unroll
+                for (int c = 0; c < 4; ++c) wv[c] = w[c];
+#pragma unroll
+                for (int m = 0; m < 4; ++m) hv[m] = h[m];
+#pragma unroll
+                for (int m = 0; m < 4; ++m)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) acc[m][c] += hv[m] * wv[c];
+            }
+        }
+    }
+    if (active) {
+        T* out = red + ((size_t)s * g.tiles + tile) * 16;
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) out[m * 4 + c] = acc[m][c];
+    }
+    __syncthreads();  // partial sums visible to the epilogue
+}
+
+// Sum of the KS partials of output (row bl of the group, column n).
+template <typename T>
+__device__ __forceinline__ T reduced(const T* red, const Geometry& g, int bl, int n) {
+    const int tile = (n >> 2) + g.nq * (bl >> 2);
+    const int off = (bl & 3) * 4 + (n & 3);
+    T v = T(0);
+    for (int s = 0; s < g.KS; ++s) v += red[((size_t)s * g.tiles + tile) * 16 + off];
+    return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void carve(T*& Ws, T*& Hs, T*& red, const Geometry& g) {
+    extern __shared__ __align__(16) unsigned char gg_lstmp_smem[];
+    Ws = reinterpret_cast<T*>(gg_lstmp_smem);
+    Hs = Ws + (size_t)g.Kp * g.NC;
+    red = Hs + (size_t)GG_LSTM_KC * (g.RB + 1);
+}
+
+template <typename T>
+__device__ void persistent_fwd(const T* __restrict__ proj, const T* __restrict__ R,
+                               const T* __restrict__ h0, const T* __restrict__ c0, T* ys,
+                               T* __restrict__ cs, T* __restrict__ gates, unsigned int* sync,
+                               int steps, int B, int H, int U, int QG, int KS) {
+    const Geometry g = geometry(H, 4 * U, QG, KS);
+    T *Ws, *Hs, *red;
+    carve(Ws, Hs, red, g);
+    const int j0 = blockIdx.x * U;
+    // resident weights: Ws[k][u*4+q] = R[q*H + j0+u][k]; reads run along k (coalesced)
+    for (int e = threadIdx.x; e < g.Kp * g.NC; e += blockDim.x) {
+        const int col = e / g.Kp;
+        const int k = e - col * g.Kp;
+        const int u = col >> 2, q = col & 3;
+        const int j = j0 + u;
+        Ws[(size_t)k * g.NC + col] =
+            (u < U && j < H && k < H) ? R[((size_t)q * H + j) * H + k] : T(0);
+    }
+    const size_t BH = (size_t)B * H;
+    const int pairs = g.RB * U;
+    for (int t = 0; t < steps; ++t) {
+        const T* hprev = t ? ys + (size_t)(t - 1) * BH : h0;
+        const T* cprev = t ? cs + (size_t)(t - 1) * BH : c0;
+        for (int b0 = 0; b0 < B; b0 += g.RB) {
+            block_gemm(hprev, B, b0, Ws, Hs, red, g);
+            // epilogue: gate nonlinearities and cell update of the block's own units
+            for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+                const int bl = p / U;
+                const int u = p - bl * U;
+                const int b = b0 + bl;
+                const int j = j0 + u;
+                if (b >= B || j >= H) continue;
+                const size_t row = ((size_t)t * B + b) * 4 * H;
+                const T zi = proj[row + j] + reduced(red, g, bl, u * 4 + 0);
+                const T zf = proj[row + H + j] + reduced(red, g, bl, u * 4 + 1);
+                const T zg = proj[row + 2 * H + j] + reduced(red, g, bl, u * 4 + 2);
+                const T zo = proj[row + 3 * H + j] + reduced(red, g, bl, u * 4 + 3);
+                const T i = sigmoid<T>(zi), f = sigmoid<T>(zf), gc = tanh_(zg);
+                const T o = sigmoid<T>(zo);
+                // why a plain load: c_{t-1} of (b, j) was written by this very thread
+                const T cn = f * cprev[(size_t)b * H + j] + i * gc;
+                const size_t e = (size_t)t * BH + (size_t)b * H + j;
+                cs[e] = cn;
+                ys[e] = o * tanh_(cn);
+                gates[row + j] = i;
+                gates[row + H + j] = f;
+                gates[row + 2 * H + j] = gc;
+                gates[row + 3 * H + j] = o;
+            }
+        }
+        if (t + 1 < steps) grid_sync(sync, (unsigned)t);
+    }
+}
+
+template <typename T>
+__device__ void persistent_bwd(const T* __restrict__ g_ys, const T* __restrict__ g_h,
+                               const T* __restrict__ g_c, const T* __restrict__ g_cs,
+                               const T* __restrict__ g_gates, const T* __restrict__ gates,
+                               const T* __restrict__ cs, const T* __restrict__ c0,
+                               const T* __restrict__ R, T* dpre, T* __restrict__ dh0,
+                               T* __restrict__ dc0, unsigned int* sync, int steps, int B, int H,
+                               int U, int QG, int KS, int has_gcs, int has_ggates) {
+    const int U4 = (U + 3) & ~3;
+    const Geometry g = geometry(4 * H, U4, QG, KS);
+    T *Ws, *Hs, *red;
+    carve(Ws, Hs, red, g);
+    const int j0 = blockIdx.x * U;
+    // resident weights: Ws[r][u] = R[r][j0+u]
+    for (int e = threadIdx.x; e < g.Kp * g.NC; e += blockDim.x) {
+        const int r = e / g.NC;
+        const int u = e - r * g.NC;
+        const int j = j0 + u;
+        Ws[e] = (u < U && j < H && r < 4 * H) ? R[(size_t)r * H + j] : T(0);
+    }
+    const size_t BH = (size_t)B * H;
+    const size_t B4H = BH * 4;
+    const int pairs = g.RB * U;
+    for (int t = steps - 1; t >= -1; --t) {
+        for (int b0 = 0; b0 < B; b0 += g.RB) {
+            if (t < steps - 1) block_gemm(dpre + (size_t)(t + 1) * B4H, B, b0, Ws, Hs, red, g);
+            for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+                const int bl = p / U;
+                const int u = p - bl * U;
+                const int b = b0 + bl;
+                const int j = j0 + u;
+                if (b >= B || j >= H) continue;
+                const size_t bj = (size_t)b * H + j;
+                const T dh_rec = t < steps - 1 ? reduced(red, g, bl, u) : g_h[bj];
+                if (t < 0) {  // after step 0: the gradient at h0
+                    dh0[bj] = dh_rec;
+                    continue;
+                }
+                const size_t e = (size_t)t * BH + bj;
+                const size_t row = ((size_t)t * B + b) * 4 * H;
+                const T i = gates[row + j], f = gates[row + H + j];
+                const T gc = gates[row + 2 * H + j], o = gates[row + 3 * H + j];
+                const T c_prev = t ? cs[e - BH] : c0[bj];
+                const T tc = tanh_(cs[e]);
+                const T dh = g_ys[e] + dh_rec;
+                // why dc0 as the running dc: (b, j) is read and written by this thread only
+                T dc = (t == steps - 1 ? g_c[bj] : dc0[bj]) + (has_gcs ? g_cs[e] : T(0));
+                const T dct = dc + dh * o * (T(1) - tc * tc);
+                T di = dct * gc, df = dct * c_prev, dg = dct * i, dz = dh * tc;
+                if (has_ggates) {
+                    di += g_gates[row + j];
+                    df += g_gates[row + H + j];
+                    dg += g_gates[row + 2 * H + j];
+                    dz += g_gates[row + 3 * H + j];
+                }
+                dpre[row + j] = di * i * (T(1) - i);
+                dpre[row + H + j] = df * f * (T(1) - f);
+                dpre[row + 2 * H + j] = dg * (T(1) - gc * gc);
+                dpre[row + 3 * H + j] = dz * o * (T(1) - o);
+                dc0[bj] = dct * f;
+            }
+        }
+        if (t >= 0) grid_sync(sync, (unsigned)(steps - 1 - t));
+    }
+}
+
+}  // namespace gg_lstmp
+
+extern "C" __global__ void __launch_bounds__(256)
+    lstm_fwd_persistent_f32(const float* proj, const float* R, const float* h0,
+                            const float* c0, float* ys, float* cs, float* gates,
+                            unsigned int* sync, int steps, int B, int H, int U, int QG, int KS) {
+    gg_lstmp::persistent_fwd<float>(proj, R, h0, c0, ys, cs, gates, sync, steps, B, H, U, QG,
+                                    KS);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    lstm_fwd_persistent_f64(const double* proj, const double* R, const double* h0,
+                            const double* c0, double* ys, double* cs, double* gates,
+                            unsigned int* sync, int steps, int B, int H, int U, int QG, int KS) {
+    gg_lstmp::persistent_fwd<double>(proj, R, h0, c0, ys, cs, gates, sync, steps, B, H, U, QG,
+                                     KS);
+}
+
+extern "C" __global__ void __launch_bounds__(256) lstm_bwd_persistent_f32(
+    const float* g_ys, const float* g_h, const float* g_c, const float* g_cs,
+    const float* g_gates, const float* gates, const float* cs, const float* c0, const float* R,
+    float* dpre, float* dh0, float* dc0, unsigned int* sync, int steps, int B, int H, int U,
+    int QG, int KS, int has_gcs, int has_ggates) {
+    gg_lstmp::persistent_bwd<float>(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, R, dpre, dh0,
+                                    dc0, sync, steps, B, H, U, QG, KS, has_gcs, has_ggates);
+}
+
+extern "C" __global__ void __launch_bounds__(256) lstm_bwd_persistent_f64(
+    const double* g_ys, const double* g_h, const double* g_c, const double* g_cs,
+    const double* g_gates, const double* gates, const double* cs, const double* c0,
+    const double* R, double* dpre, double* dh0, double* dc0, unsigned int* sync, int steps,
+    int B, int H, int U, int QG, int KS, int has_gcs, int has_ggates) {
+    gg_lstmp::persistent_bwd<double>(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, R, dpre, dh0,
+                                     dc0, sync, steps, B, H, U, QG, KS, has_gcs, has_ggates);
+}
