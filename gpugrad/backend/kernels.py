@@ -43,6 +43,9 @@ __all__ = [
     "list",
     "lstm_cell_bwd",
     "lstm_cell_fwd",
+    "lstm_persistent_bwd",
+    "lstm_persistent_fwd",
+    "lstm_persistent_plan",
     "matmul",
     "relu_bwd",
     "relu_fwd",
@@ -91,9 +94,20 @@ _TABLE: dict[str, KernelInfo] = {
         *_entries("relu.cu", "relu backward", ("relu_bwd",)),
         *_entries("lstm.cu", "lstm cell forward (one launch per time step)", ("lstm_fwd",)),
         *_entries("lstm.cu", "lstm cell backward (one launch per time step)", ("lstm_bwd",)),
+        *_entries(
+            "lstm_persistent.cu",
+            "lstm forward, whole recurrence in one cooperative launch",
+            ("lstm_fwd_persistent",),
+        ),
+        *_entries(
+            "lstm_persistent.cu",
+            "lstm backward, whole recurrence in one cooperative launch",
+            ("lstm_bwd_persistent",),
+        ),
     ]
 }
 
+_COOPERATIVE_FILES = frozenset({"lstm_persistent.cu"})  # kernels with a grid-wide barrier
 _lock = threading.Lock()
 _launch_counts: dict[str, int] = {}
 _modules: dict[tuple, object] = {}
@@ -164,7 +178,8 @@ def _compile(file: str, key):
         cp = backend.cupy_module()
         # #line makes NVRTC report errors as matmul.cu(LINE) instead of a temp name.
         code = f'#line 1 "{path}"\n{text}'
-        module = cp.RawModule(code=code, options=("-std=c++17",))
+        coop = file in _COOPERATIVE_FILES  # launched with cuLaunchCooperativeKernel
+        module = cp.RawModule(code=code, options=("-std=c++17",), enable_cooperative_groups=coop)
         try:
             module.compile()
         except Exception as exc:  # CompileException carries the NVRTC log
@@ -176,7 +191,13 @@ def _compile(file: str, key):
         # GPUGRAD_EMU_SANITIZE=1: AddressSanitizer build (the process must run under
         # emu.asan_env(), see emu.run_in_subprocess); reports out-of-bounds accesses.
         sanitize = os.environ.get("GPUGRAD_EMU_SANITIZE", "") not in ("", "0")
-        return emu.EmuModule(text, name=str(path), options=(), sanitize=sanitize)
+        return emu.EmuModule(
+            text,
+            name=str(path),
+            options=(),
+            sanitize=sanitize,
+            enable_cooperative_groups=file in _COOPERATIVE_FILES,
+        )
     except Exception as exc:
         raise KernelCompileError(f"the emulator failed to compile {path}:\n{exc}") from exc
 
@@ -771,3 +792,281 @@ def conv2d_bwd_filter(
     get_kernel(plan.kernel)(plan.grid, plan.block, args)
     dw = parts[0] if splits == 1 else parts.sum(axis=0)
     return dw.reshape(tuple(int(v) for v in w_shape))
+
+
+# --------------------------------------------------------------------------- persistent lstm
+
+LSTM_THREADS = 256  # lstm_persistent.cu: 256-thread blocks (its __launch_bounds__)
+LSTM_KC = 32  # columns of the broadcast vector staged per chunk (GG_LSTM_KC)
+# Switch for the op layer: False sends every LSTM to the per-step cell kernels.
+lstm_persistent_enabled = True
+
+
+@dataclass(frozen=True)
+class LstmPlan:
+    """Launch of a persistent LSTM kernel: ``units`` hidden units per block (one block
+    per SM at most), rows in groups of ``4 * quads``, ``ksplit`` threads per chunk."""
+
+    kernel: str
+    grid: tuple
+    block: tuple
+    units: int
+    quads: int
+    ksplit: int
+    shared_mem: int
+
+
+def _lstm_geometry(direction: str, batch: int, hidden: int, units: int):
+    """(K, NC, quads, ksplit, shared elements) of lstm_persistent.cu for one block."""
+    if direction == "fwd":
+        k, nc = hidden, 4 * units
+    else:
+        k, nc = 4 * hidden, _cdiv(units, 4) * 4
+    kp = _cdiv(k, LSTM_KC) * LSTM_KC
+    col_quads = nc // 4
+    quads = max(1, min(_cdiv(batch, 4), LSTM_THREADS // col_quads))
+    tiles = col_quads * quads
+    ksplit = 1
+    while ksplit * 2 * tiles <= LSTM_THREADS and ksplit * 2 <= LSTM_KC:
+        ksplit *= 2
+    elems = kp * nc + LSTM_KC * (4 * quads + 1) + ksplit * tiles * 16
+    return k, nc, quads, ksplit, elems
+
+
+def plan_lstm_persistent(
+    direction: str, batch: int, hidden: int, dt: str, num_sms: int, max_shared: int
+) -> LstmPlan | None:
+    """The persistent launch for an LSTM of ``hidden`` units and ``batch`` rows, or
+    ``None`` when the recurrent weights do not fit in shared memory (the caller then
+    runs the per-step kernels).
+
+    Each of the ``ceil(hidden / units)`` blocks keeps ``4 * units * hidden`` weights
+    resident, with ``units`` the smallest count that needs no more blocks than SMs (one
+    block per SM, so every block is resident: the grid barrier needs it).
+
+    >>> plan_lstm_persistent("fwd", 64, 256, "f32", 132, 227 * 1024).grid
+    (128, 1, 1)
+    >>> plan_lstm_persistent("fwd", 64, 4096, "f32", 132, 227 * 1024) is None
+    True
+    """
+    if direction not in ("fwd", "bwd"):
+        raise ValueError(
+            f"plan_lstm_persistent: direction must be 'fwd' or 'bwd', got {direction!r}"
+        )
+    if batch < 1 or hidden < 1 or num_sms < 1:
+        return None
+    units = _cdiv(hidden, num_sms)
+    if _cdiv(_cdiv(units, 4) * 4, 4) > LSTM_THREADS:
+        return None
+    _, _, quads, ksplit, elems = _lstm_geometry(direction, batch, hidden, units)
+    shared = elems * (4 if dt == "f32" else 8)
+    if shared > max_shared:
+        return None
+    return LstmPlan(
+        f"lstm_{direction}_persistent_{dt}",
+        (_cdiv(hidden, units), 1, 1),
+        (LSTM_THREADS, 1, 1),
+        units,
+        quads,
+        ksplit,
+        shared,
+    )
+
+
+def _lstm_shared_limit() -> int:
+    """Dynamic shared memory one block may opt in to (227 KiB on an H100)."""
+    if backend.device() == "cuda":
+        attrs = backend.cupy_module().cuda.Device().attributes
+        return int(attrs.get("MaxSharedMemoryPerBlockOptin", attrs["MaxSharedMemoryPerBlock"]))
+    from gpugrad.backend import emu
+
+    return emu.MAX_SHARED_OPTIN
+
+
+def _lstm_coresident(plan: LstmPlan) -> bool:
+    """Whether the whole grid fits on the device at once (the cooperative-launch rule)."""
+    blocks = plan.grid[0]
+    if backend.device() == "cuda":
+        from cupy_backends.cuda.api import driver
+
+        fn = _function(plan.kernel)
+        fn.max_dynamic_shared_size_bytes = plan.shared_mem
+        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(
+            fn.ptr, LSTM_THREADS, plan.shared_mem
+        )
+        return per_sm * _device_props()["num_sms"] >= blocks
+    from gpugrad.backend import emu
+
+    return emu.cooperative_max_blocks(LSTM_THREADS, plan.shared_mem) >= blocks
+
+
+def lstm_persistent_plan(direction: str, batch: int, hidden: int, dtype) -> LstmPlan | None:
+    """The persistent plan on the active device, or ``None`` when the LSTM must take the
+    per-step path: persistence switched off (``lstm_persistent_enabled``), a dtype other
+    than float32/float64, weights too large for shared memory, or a grid that cannot be
+    resident at once.
+
+    >>> lstm_persistent_plan("fwd", 64, 256, np.float32)   # doctest: +SKIP
+    LstmPlan(kernel='lstm_fwd_persistent_f32', grid=(128, 1, 1), ...)
+    """
+    if not lstm_persistent_enabled:
+        return None
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        return None
+    dt = "f32" if dtype == np.float32 else "f64"
+    plan = plan_lstm_persistent(
+        direction, int(batch), int(hidden), dt, _device_props()["num_sms"], _lstm_shared_limit()
+    )
+    if plan is None or not _lstm_coresident(plan):
+        return None
+    return plan
+
+
+def _launch_cooperative(plan: LstmPlan, args) -> None:
+    fn = _function(plan.kernel)
+    # opt in to more than the default 48 KiB of dynamic shared memory (both devices)
+    fn.max_dynamic_shared_size_bytes = max(plan.shared_mem, 48 * 1024)
+    with _lock:
+        _launch_counts[plan.kernel] = _launch_counts.get(plan.kernel, 0) + 1
+    fn(plan.grid, plan.block, tuple(args), shared_mem=plan.shared_mem)
+
+
+def _lstm_shapes(fn, arrays: dict, shapes: dict, dtype):
+    out = {}
+    for name, arr in arrays.items():
+        arr = _prepare(arr, fn, name, ndim=len(shapes[name]), dtype=dtype)
+        if tuple(arr.shape) != shapes[name]:
+            raise ValueError(f"{fn}: {name} must have shape {shapes[name]}, got {tuple(arr.shape)}")
+        out[name] = arr
+    return out
+
+
+def lstm_persistent_fwd(proj, r, h0, c0):
+    """The LSTM recurrence of all steps in one cooperative launch.
+
+    ``proj[T, B, 4H]`` is the input projection ``x W^T + b`` of every step (gate blocks
+    input, forget, cell candidate, output), ``r[4H, H]`` the recurrent weights,
+    ``h0``/``c0`` ``[B, H]``. Returns ``(ys[T, B, H], cs[T, B, H], gates[T, B, 4H])``:
+    hidden and cell states of every step and the activated gates, as ``lstm_cell_fwd``
+    gives them step by step. Raises ``ValueError`` when no persistent plan exists
+    (see ``lstm_persistent_plan``).
+
+    >>> ys, cs, gates = lstm_persistent_fwd(proj, r, h0, c0)   # doctest: +SKIP
+    """
+    fn = "lstm_persistent_fwd"
+    proj = _prepare(proj, fn, "proj", ndim=3, layout=" [T, B, 4H]")
+    dt = _dtype_suffix(proj.dtype, fn, "proj")
+    steps, bsz, four_h = proj.shape
+    if four_h % 4:
+        raise ValueError(f"{fn}: proj must be [T, B, 4H], got shape {tuple(proj.shape)}")
+    hid = four_h // 4
+    a = _lstm_shapes(
+        fn,
+        {"r": r, "h0": h0, "c0": c0},
+        {"r": (4 * hid, hid), "h0": (bsz, hid), "c0": (bsz, hid)},
+        proj.dtype,
+    )
+    xp = backend.xp()
+    ys = xp.empty((steps, bsz, hid), dtype=proj.dtype)
+    cs = xp.empty((steps, bsz, hid), dtype=proj.dtype)
+    gates = xp.empty((steps, bsz, four_h), dtype=proj.dtype)
+    if steps == 0 or bsz == 0 or hid == 0:
+        return ys, cs, gates
+    plan = lstm_persistent_plan("fwd", bsz, hid, proj.dtype)
+    if plan is None:
+        raise ValueError(
+            f"{fn}: no persistent launch for B={bsz}, H={hid} ({dt}) on this device (the "
+            "recurrent weights do not fit in shared memory); use the per-step kernels"
+        )
+    sync = xp.zeros(1, dtype=np.uint32)  # the grid barrier's arrival counter
+    i32 = np.int32
+    args = (
+        proj,
+        a["r"],
+        a["h0"],
+        a["c0"],
+        ys,
+        cs,
+        gates,
+        sync,
+        i32(steps),
+        i32(bsz),
+        i32(hid),
+        i32(plan.units),
+        i32(plan.quads),
+        i32(plan.ksplit),
+    )
+    _launch_cooperative(plan, args)
+    return ys, cs, gates
+
+
+def lstm_persistent_bwd(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, r):
+    """Backward of the LSTM recurrence of all steps in one cooperative launch.
+
+    Cotangents: ``g_ys[T, B, H]`` (outputs), ``g_h``/``g_c`` ``[B, H]`` (final states),
+    ``g_cs[T, B, H]`` and ``g_gates[T, B, 4H]`` (the saved cell states and gates; either
+    may be ``None`` for zero). Saved: ``gates``, ``cs`` from ``lstm_persistent_fwd``,
+    ``c0``, and ``r[4H, H]``. Returns ``(dpre[T, B, 4H], dh0[B, H], dc0[B, H])``: the
+    pre-activation gradients of every step (from which the weight gradients are one
+    GEMM each) and the gradients at the initial states.
+
+    >>> dpre, dh0, dc0 = lstm_persistent_bwd(g_ys, g_h, g_c, None, None, gates, cs, c0, r)  # doctest: +SKIP
+    """
+    fn = "lstm_persistent_bwd"
+    gates = _prepare(gates, fn, "gates", ndim=3, layout=" [T, B, 4H]")
+    dt = _dtype_suffix(gates.dtype, fn, "gates")
+    steps, bsz, four_h = gates.shape
+    if four_h % 4:
+        raise ValueError(f"{fn}: gates must be [T, B, 4H], got shape {tuple(gates.shape)}")
+    hid = four_h // 4
+    seq, state = (steps, bsz, hid), (bsz, hid)
+    arrays = {"g_ys": g_ys, "g_h": g_h, "g_c": g_c, "cs": cs, "c0": c0, "r": r}
+    shapes = {"g_ys": seq, "g_h": state, "g_c": state, "cs": seq, "c0": state}
+    shapes["r"] = (4 * hid, hid)
+    if g_cs is not None:
+        arrays["g_cs"], shapes["g_cs"] = g_cs, seq
+    if g_gates is not None:
+        arrays["g_gates"], shapes["g_gates"] = g_gates, (steps, bsz, four_h)
+    a = _lstm_shapes(fn, arrays, shapes, gates.dtype)
+    xp = backend.xp()
+    dpre = xp.empty((steps, bsz, four_h), dtype=gates.dtype)
+    dh0 = xp.empty(state, dtype=gates.dtype)
+    dc0 = xp.empty(state, dtype=gates.dtype)
+    if steps == 0 or bsz == 0 or hid == 0:
+        dh0[...] = a["g_h"]
+        dc0[...] = a["g_c"]
+        return dpre, dh0, dc0
+    plan = lstm_persistent_plan("bwd", bsz, hid, gates.dtype)
+    if plan is None:
+        raise ValueError(
+            f"{fn}: no persistent launch for B={bsz}, H={hid} ({dt}) on this device (the "
+            "recurrent weights do not fit in shared memory); use the per-step kernels"
+        )
+    sync = xp.zeros(1, dtype=np.uint32)
+    i32 = np.int32
+    args = (
+        a["g_ys"],
+        a["g_h"],
+        a["g_c"],
+        a.get("g_cs", a["g_ys"]),  # a dummy when absent: the kernel does not read it
+        a.get("g_gates", gates),
+        gates,
+        a["cs"],
+        a["c0"],
+        a["r"],
+        dpre,
+        dh0,
+        dc0,
+        sync,
+        i32(steps),
+        i32(bsz),
+        i32(hid),
+        i32(plan.units),
+        i32(plan.quads),
+        i32(plan.ksplit),
+        i32("g_cs" in a),
+        i32("g_gates" in a),
+    )
+    _launch_cooperative(plan, args)
+    return dpre, dh0, dc0
