@@ -21,7 +21,8 @@
 // launches these kernels cooperatively (cuLaunchCooperativeKernel, which refuses a
 // grid that does not fit) with a grid sized from the occupancy. On the GPU it is a
 // monotonic arrival counter (zeroed by the host) in global memory; under the CPU
-// emulator it is the emulator's grid barrier, which also detects deadlocks.
+// emulator it is the emulator's grid barrier, which also detects deadlocks
+// (-DGG_LSTM_SPIN_BARRIER runs the GPU's atomic barrier under the emulator instead).
 //
 // Gate order along 4H (MATLAB): input, forget, cell candidate, output.
 //   forward:  i = s(zi), f = s(zf), g = tanh(zg), o = s(zo)
@@ -56,7 +57,7 @@ __device__ __forceinline__ double tanh_(double z) { return tanh(z); }
 // Grid-wide barrier number `step` (0, 1, 2, ...): every block arrives once per step,
 // so the counter reaches (step + 1) * gridDim.x exactly when all blocks have arrived.
 __device__ __forceinline__ void grid_sync(unsigned int* counter, unsigned int step) {
-#if defined(GPUGRAD_EMU_GRID_SYNC)
+#if defined(GPUGRAD_EMU_GRID_SYNC) && !defined(GG_LSTM_SPIN_BARRIER)
     (void)counter;
     (void)step;
     gpugrad_emu_grid_sync();
