@@ -5,13 +5,16 @@
 // before (matmul.cu); the weight gradients are GEMMs over all steps done after. What
 // is left is the sequential part, which here runs as a persistent kernel:
 //
-//   * each block owns U consecutive hidden units j0 .. j0+U-1 (gridDim.x = ceil(H/U))
-//     and keeps the recurrent weights it needs in shared memory for the whole launch:
+//   * each block owns U consecutive hidden units j0 .. j0+U-1 and BB batch rows
+//     (gridDim.x = ceil(H/U) * ceil(B/BB); splitting the batch too cuts the bytes of
+//     the broadcast vector every block reads per step) and keeps the recurrent
+//     weights it needs in shared memory for the whole launch:
 //     forward  Ws[k][u*4+q] = R[q*H + j0+u][k]  (all 4 gates of its units: H x 4U),
 //     backward Ws[r][u]     = R[r][j0+u]        (its columns of R: 4H x U);
 //   * per step it multiplies the broadcast vector of the previous step (h_{t-1}[B, H]
 //     forward, dpre_{t+1}[B, 4H] backward, read from global memory / L2 in chunks of
-//     KC columns staged in shared memory) by Ws, and the gate nonlinearities and cell
+//     KC columns staged in shared memory: one chunk = the whole vector when it
+//     fits, so one L2 round trip per step) by Ws, and the gate nonlinearities and cell
 //     update (or their derivatives) run in the epilogue of that product, on the
 //     block's own units only: the cell update is block local;
 //   * the block's slice of h_t (dpre_t) goes to global memory, and one grid-wide
@@ -37,8 +40,6 @@
 // `red`). Rows are processed in groups of 4*QG so that any batch size fits one
 // 256-thread block. Sizes: B*4H < 2^31 and T*B*4H < 2^31 (checked on the host).
 
-#define GG_LSTM_KC 32  // columns of the broadcast vector staged per chunk
-
 namespace gg_lstmp {
 
 template <typename T>
@@ -53,6 +54,23 @@ __device__ __forceinline__ double sigmoid<double>(double z) {
 }
 __device__ __forceinline__ float tanh_(float z) { return tanhf(z); }
 __device__ __forceinline__ double tanh_(double z) { return tanh(z); }
+
+// Four consecutive values from 16-byte-aligned shared memory as vector loads (LDS.128).
+__device__ __forceinline__ void load4(const float* p, float v[4]) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x;
+    v[1] = q.y;
+    v[2] = q.z;
+    v[3] = q.w;
+}
+__device__ __forceinline__ void load4(const double* p, double v[4]) {
+    const double2 a = reinterpret_cast<const double2*>(p)[0];
+    const double2 b = reinterpret_cast<const double2*>(p)[1];
+    v[0] = a.x;
+    v[1] = a.y;
+    v[2] = b.x;
+    v[3] = b.y;
+}
 
 // Grid-wide barrier number `step` (0, 1, 2, ...): every block arrives once per step,
 // so the counter reaches (step + 1) * gridDim.x exactly when all blocks have arrived.
@@ -76,17 +94,18 @@ __device__ __forceinline__ void grid_sync(unsigned int* counter, unsigned int st
 }
 
 // Shared-memory layout (dynamic, in units of T):
-//   Ws   [Kp][NC]            resident weights, Kp = K rounded up to KC, zero padded
-//   Hs   [KC][RB + 1]        one chunk of the broadcast vector, transposed, RB = 4*QG rows
+//   Ws   [K][NC]             resident weights (columns past the block's units are 0)
+//   Hs   [KC][RB + 4]        one chunk of the broadcast vector, transposed, RB = 4*QG rows
+//                            (rows padded by 4: 16-byte-aligned 4-row vectors)
 //   red  [KS][tiles][16]     partial 4x4 sums, tiles = (NC/4) * QG
 struct Geometry {
-    int K, Kp, NC, nq, QG, RB, tiles, KS;
+    int K, KC, NC, nq, QG, RB, tiles, KS;
 };
 
-__device__ __forceinline__ Geometry geometry(int K, int NC, int QG, int KS) {
+__device__ __forceinline__ Geometry geometry(int K, int KC, int NC, int QG, int KS) {
     Geometry g;
     g.K = K;
-    g.Kp = (K + GG_LSTM_KC - 1) / GG_LSTM_KC * GG_LSTM_KC;
+    g.KC = KC;
     g.NC = NC;
     g.nq = NC / 4;
     g.QG = QG;
@@ -107,32 +126,29 @@ __device__ __forceinline__ void block_gemm(const T* V, int B, int b0, const T* W
     const int cq = tile % g.nq;
     const int bq = tile / g.nq;
     const bool active = s < g.KS;
-    const int ld = g.RB + 1;
+    const int ld = g.RB + 4;
     T acc[4][4];
 #pragma unroll
     for (int m = 0; m < 4; ++m)
 #pragma unroll
         for (int c = 0; c < 4; ++c) acc[m][c] = T(0);
-    for (int kc = 0; kc < g.K; kc += GG_LSTM_KC) {
+    for (int kc = 0; kc < g.K; kc += g.KC) {
         __syncthreads();  // every thread is done with the previous chunk
-        for (int e = tid; e < g.RB * GG_LSTM_KC; e += blockDim.x) {
-            const int bl = e / GG_LSTM_KC;
-            const int k = e - bl * GG_LSTM_KC;
+        const int kn = min(g.KC, g.K - kc);  // columns in this chunk
+        for (int e = tid; e < g.RB * kn; e += blockDim.x) {
+            const int bl = e / kn;
+            const int k = e - bl * kn;
             const int b = b0 + bl;
             // why __ldcg: V was written by other blocks during this launch; L2 is
             // coherent, a stale L1 line (from a neighbouring slot) would not be
-            Hs[k * ld + bl] = (b < B && kc + k < g.K) ? __ldcg(V + (size_t)b * g.K + kc + k) : T(0);
+            Hs[k * ld + bl] = b < B ? __ldcg(V + (size_t)b * g.K + kc + k) : T(0);
         }
         __syncthreads();
         if (active) {
-            for (int k = s; k < GG_LSTM_KC; k += g.KS) {
-                const T* w = Ws + (size_t)(kc + k) * g.NC + cq * 4;
-                const T* h = Hs + k * ld + bq * 4;
+            for (int k = s; k < kn; k += g.KS) {
                 T wv[4], hv[4];
-#pragma unroll
-                for (int c = 0; c < 4; ++c) wv[c] = w[c];
-#pragma unroll
-                for (int m = 0; m < 4; ++m) hv[m] = h[m];
+                load4(Ws + (size_t)(kc + k) * g.NC + cq * 4, wv);
+                load4(Hs + k * ld + bq * 4, hv);
 #pragma unroll
                 for (int m = 0; m < 4; ++m)
 #pragma unroll
@@ -164,42 +180,46 @@ template <typename T>
 __device__ __forceinline__ void carve(T*& Ws, T*& Hs, T*& red, const Geometry& g) {
     extern __shared__ __align__(16) unsigned char gg_lstmp_smem[];
     Ws = reinterpret_cast<T*>(gg_lstmp_smem);
-    Hs = Ws + (size_t)g.Kp * g.NC;
-    red = Hs + (size_t)GG_LSTM_KC * (g.RB + 1);
+    Hs = Ws + (size_t)g.K * g.NC;
+    red = Hs + (size_t)g.KC * (g.RB + 4);
 }
 
 template <typename T>
 __device__ void persistent_fwd(const T* __restrict__ proj, const T* __restrict__ R,
                                const T* __restrict__ h0, const T* __restrict__ c0, T* ys,
                                T* __restrict__ cs, T* __restrict__ gates, unsigned int* sync,
-                               int steps, int B, int H, int U, int QG, int KS) {
-    const Geometry g = geometry(H, 4 * U, QG, KS);
+                               int steps, int B, int H, int U, int BB, int QG, int KS,
+                               int KC) {
+    const Geometry g = geometry(H, KC, 4 * U, QG, KS);
     T *Ws, *Hs, *red;
     carve(Ws, Hs, red, g);
-    const int j0 = blockIdx.x * U;
+    const int nub = (H + U - 1) / U;  // blocks along the hidden units
+    const int j0 = (blockIdx.x % nub) * U;
+    const int row_lo = (blockIdx.x / nub) * BB;  // this block's batch rows
+    const int row_hi = min(B, row_lo + BB);
     // resident weights: Ws[k][u*4+q] = R[q*H + j0+u][k]; reads run along k (coalesced)
-    for (int e = threadIdx.x; e < g.Kp * g.NC; e += blockDim.x) {
-        const int col = e / g.Kp;
-        const int k = e - col * g.Kp;
+    for (int e = threadIdx.x; e < g.K * g.NC; e += blockDim.x) {
+        const int col = e / g.K;
+        const int k = e - col * g.K;
         const int u = col >> 2, q = col & 3;
         const int j = j0 + u;
         Ws[(size_t)k * g.NC + col] =
-            (u < U && j < H && k < H) ? R[((size_t)q * H + j) * H + k] : T(0);
+            (u < U && j < H) ? R[((size_t)q * H + j) * H + k] : T(0);
     }
     const size_t BH = (size_t)B * H;
     const int pairs = g.RB * U;
     for (int t = 0; t < steps; ++t) {
         const T* hprev = t ? ys + (size_t)(t - 1) * BH : h0;
         const T* cprev = t ? cs + (size_t)(t - 1) * BH : c0;
-        for (int b0 = 0; b0 < B; b0 += g.RB) {
-            block_gemm(hprev, B, b0, Ws, Hs, red, g);
+        for (int b0 = row_lo; b0 < row_hi; b0 += g.RB) {
+            block_gemm(hprev, row_hi, b0, Ws, Hs, red, g);
             // epilogue: gate nonlinearities and cell update of the block's own units
             for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
                 const int bl = p / U;
                 const int u = p - bl * U;
                 const int b = b0 + bl;
                 const int j = j0 + u;
-                if (b >= B || j >= H) continue;
+                if (b >= row_hi || j >= H) continue;
                 const size_t row = ((size_t)t * B + b) * 4 * H;
                 const T zi = proj[row + j] + reduced(red, g, bl, u * 4 + 0);
                 const T zf = proj[row + H + j] + reduced(red, g, bl, u * 4 + 1);
@@ -229,31 +249,35 @@ __device__ void persistent_bwd(const T* __restrict__ g_ys, const T* __restrict__
                                const T* __restrict__ cs, const T* __restrict__ c0,
                                const T* __restrict__ R, T* dpre, T* __restrict__ dh0,
                                T* __restrict__ dc0, unsigned int* sync, int steps, int B, int H,
-                               int U, int QG, int KS, int has_gcs, int has_ggates) {
+                               int U, int BB, int QG, int KS, int KC, int has_gcs,
+                               int has_ggates) {
     const int U4 = (U + 3) & ~3;
-    const Geometry g = geometry(4 * H, U4, QG, KS);
+    const Geometry g = geometry(4 * H, KC, U4, QG, KS);
     T *Ws, *Hs, *red;
     carve(Ws, Hs, red, g);
-    const int j0 = blockIdx.x * U;
+    const int nub = (H + U - 1) / U;
+    const int j0 = (blockIdx.x % nub) * U;
+    const int row_lo = (blockIdx.x / nub) * BB;
+    const int row_hi = min(B, row_lo + BB);
     // resident weights: Ws[r][u] = R[r][j0+u]
-    for (int e = threadIdx.x; e < g.Kp * g.NC; e += blockDim.x) {
+    for (int e = threadIdx.x; e < g.K * g.NC; e += blockDim.x) {
         const int r = e / g.NC;
         const int u = e - r * g.NC;
         const int j = j0 + u;
-        Ws[e] = (u < U && j < H && r < 4 * H) ? R[(size_t)r * H + j] : T(0);
+        Ws[e] = (u < U && j < H) ? R[(size_t)r * H + j] : T(0);
     }
     const size_t BH = (size_t)B * H;
     const size_t B4H = BH * 4;
     const int pairs = g.RB * U;
     for (int t = steps - 1; t >= -1; --t) {
-        for (int b0 = 0; b0 < B; b0 += g.RB) {
-            if (t < steps - 1) block_gemm(dpre + (size_t)(t + 1) * B4H, B, b0, Ws, Hs, red, g);
+        for (int b0 = row_lo; b0 < row_hi; b0 += g.RB) {
+            if (t < steps - 1) block_gemm(dpre + (size_t)(t + 1) * B4H, row_hi, b0, Ws, Hs, red, g);
             for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
                 const int bl = p / U;
                 const int u = p - bl * U;
                 const int b = b0 + bl;
                 const int j = j0 + u;
-                if (b >= B || j >= H) continue;
+                if (b >= row_hi || j >= H) continue;
                 const size_t bj = (size_t)b * H + j;
                 const T dh_rec = t < steps - 1 ? reduced(red, g, bl, u) : g_h[bj];
                 if (t < 0) {  // after step 0: the gradient at h0
@@ -293,33 +317,38 @@ __device__ void persistent_bwd(const T* __restrict__ g_ys, const T* __restrict__
 extern "C" __global__ void __launch_bounds__(256)
     lstm_fwd_persistent_f32(const float* proj, const float* R, const float* h0,
                             const float* c0, float* ys, float* cs, float* gates,
-                            unsigned int* sync, int steps, int B, int H, int U, int QG, int KS) {
-    gg_lstmp::persistent_fwd<float>(proj, R, h0, c0, ys, cs, gates, sync, steps, B, H, U, QG,
-                                    KS);
+                            unsigned int* sync, int steps, int B, int H, int U, int BB,
+                            int QG, int KS, int KC) {
+    gg_lstmp::persistent_fwd<float>(proj, R, h0, c0, ys, cs, gates, sync, steps, B, H, U, BB,
+                                    QG, KS, KC);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     lstm_fwd_persistent_f64(const double* proj, const double* R, const double* h0,
                             const double* c0, double* ys, double* cs, double* gates,
-                            unsigned int* sync, int steps, int B, int H, int U, int QG, int KS) {
-    gg_lstmp::persistent_fwd<double>(proj, R, h0, c0, ys, cs, gates, sync, steps, B, H, U, QG,
-                                     KS);
+                            unsigned int* sync, int steps, int B, int H, int U, int BB,
+                            int QG, int KS, int KC) {
+    gg_lstmp::persistent_fwd<double>(proj, R, h0, c0, ys, cs, gates, sync, steps, B, H, U, BB,
+                                     QG, KS, KC);
 }
 
 extern "C" __global__ void __launch_bounds__(256) lstm_bwd_persistent_f32(
     const float* g_ys, const float* g_h, const float* g_c, const float* g_cs,
     const float* g_gates, const float* gates, const float* cs, const float* c0, const float* R,
     float* dpre, float* dh0, float* dc0, unsigned int* sync, int steps, int B, int H, int U,
-    int QG, int KS, int has_gcs, int has_ggates) {
+    int BB, int QG, int KS, int KC, int has_gcs, int has_ggates) {
     gg_lstmp::persistent_bwd<float>(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, R, dpre, dh0,
-                                    dc0, sync, steps, B, H, U, QG, KS, has_gcs, has_ggates);
+                                    dc0, sync, steps, B, H, U, BB, QG, KS, KC, has_gcs,
+                                    has_ggates);
 }
 
 extern "C" __global__ void __launch_bounds__(256) lstm_bwd_persistent_f64(
     const double* g_ys, const double* g_h, const double* g_c, const double* g_cs,
     const double* g_gates, const double* gates, const double* cs, const double* c0,
     const double* R, double* dpre, double* dh0, double* dc0, unsigned int* sync, int steps,
-    int B, int H, int U, int QG, int KS, int has_gcs, int has_ggates) {
+    int B, int H, int U, int BB, int QG, int KS, int KC, int has_gcs,
+    int has_ggates) {
     gg_lstmp::persistent_bwd<double>(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, R, dpre, dh0,
-                                     dc0, sync, steps, B, H, U, QG, KS, has_gcs, has_ggates);
+                                     dc0, sync, steps, B, H, U, BB, QG, KS, KC, has_gcs,
+                                    has_ggates);
 }

@@ -797,40 +797,87 @@ def conv2d_bwd_filter(
 # --------------------------------------------------------------------------- persistent lstm
 
 LSTM_THREADS = 256  # lstm_persistent.cu: 256-thread blocks (its __launch_bounds__)
-LSTM_KC = 32  # columns of the broadcast vector staged per chunk (GG_LSTM_KC)
 # Switch for the op layer: False sends every LSTM to the per-step cell kernels.
 lstm_persistent_enabled = True
+# Step-time model the planner minimises (H100, per SM, in cycles): L2 -> SM bytes per
+# cycle, FP32 FMAs per cycle actually reached (half of 128 lanes; FP64 half that), and
+# the latency of one L2 round trip (one per staged chunk).
+_L2_BYTES_PER_CYCLE = 24
+_FMA_PER_CYCLE = {"f32": 64, "f64": 32}
+_L2_LATENCY = 800
 
 
 @dataclass(frozen=True)
 class LstmPlan:
-    """Launch of a persistent LSTM kernel: ``units`` hidden units per block (one block
-    per SM at most), rows in groups of ``4 * quads``, ``ksplit`` threads per chunk."""
+    """Launch of a persistent LSTM kernel. Each block owns ``units`` hidden units and
+    ``batch_rows`` batch rows (``grid = ceil(H / units) * ceil(B / batch_rows)`` blocks,
+    at most one per SM); it works on row groups of ``4 * quads`` rows, stages the
+    broadcast vector ``chunk`` columns at a time, and ``ksplit`` threads share a chunk.
+    ``cycles`` is the planner's model of one step on one SM."""
 
     kernel: str
     grid: tuple
     block: tuple
     units: int
+    batch_rows: int
     quads: int
     ksplit: int
+    chunk: int
     shared_mem: int
+    cycles: int
+
+    def int_args(self) -> tuple:
+        """The kernel's tiling arguments ``U, BB, QG, KS, KC``."""
+        vals = (self.units, self.batch_rows, self.quads, self.ksplit, self.chunk)
+        return tuple(np.int32(v) for v in vals)
 
 
-def _lstm_geometry(direction: str, batch: int, hidden: int, units: int):
-    """(K, NC, quads, ksplit, shared elements) of lstm_persistent.cu for one block."""
+def _lstm_candidate(direction, batch, hidden, dt, num_sms, max_shared, rows):
+    """The plan for blocks of ``rows`` batch rows (None if it does not fit)."""
+    isz = 4 if dt == "f32" else 8
+    bblocks = _cdiv(batch, rows)
+    per_row = num_sms // bblocks  # blocks along the hidden units
+    if per_row < 1:
+        return None
+    units = _cdiv(hidden, per_row)
     if direction == "fwd":
         k, nc = hidden, 4 * units
     else:
         k, nc = 4 * hidden, _cdiv(units, 4) * 4
-    kp = _cdiv(k, LSTM_KC) * LSTM_KC
     col_quads = nc // 4
-    quads = max(1, min(_cdiv(batch, 4), LSTM_THREADS // col_quads))
+    if col_quads > LSTM_THREADS:
+        return None
+    quads = max(1, min(_cdiv(rows, 4), LSTM_THREADS // col_quads))
     tiles = col_quads * quads
-    ksplit = 1
-    while ksplit * 2 * tiles <= LSTM_THREADS and ksplit * 2 <= LSTM_KC:
-        ksplit *= 2
-    elems = kp * nc + LSTM_KC * (4 * quads + 1) + ksplit * tiles * 16
-    return k, nc, quads, ksplit, elems
+    chunk = _cdiv(k, 32) * 32  # the whole vector in one chunk if it fits
+    while True:
+        ksplit = 1
+        while ksplit * 2 * tiles <= LSTM_THREADS and ksplit * 2 <= chunk:
+            ksplit *= 2
+        elems = k * nc + chunk * (4 * quads + 4) + ksplit * tiles * 16
+        if elems * isz <= max_shared or chunk <= 32:
+            break
+        chunk = _cdiv(chunk // 2, 32) * 32
+    if elems * isz > max_shared:
+        return None
+    groups = _cdiv(rows, 4 * quads)
+    cycles = (
+        rows * k * isz / _L2_BYTES_PER_CYCLE
+        + rows * nc * k / _FMA_PER_CYCLE[dt]
+        + groups * _cdiv(k, chunk) * _L2_LATENCY
+    )
+    return LstmPlan(
+        f"lstm_{direction}_persistent_{dt}",
+        (_cdiv(hidden, units) * bblocks, 1, 1),
+        (LSTM_THREADS, 1, 1),
+        units,
+        rows,
+        quads,
+        ksplit,
+        chunk,
+        elems * isz,
+        int(cycles),
+    )
 
 
 def plan_lstm_persistent(
@@ -840,12 +887,15 @@ def plan_lstm_persistent(
     ``None`` when the recurrent weights do not fit in shared memory (the caller then
     runs the per-step kernels).
 
-    Each of the ``ceil(hidden / units)`` blocks keeps ``4 * units * hidden`` weights
-    resident, with ``units`` the smallest count that needs no more blocks than SMs (one
-    block per SM, so every block is resident: the grid barrier needs it).
+    Blocks tile (hidden units) x (batch rows), at most one per SM so that every block
+    is resident (the grid barrier needs it). Each keeps ``4 * units * hidden`` weights
+    resident and reads ``batch_rows`` rows of the broadcast vector per step; of the
+    batch splits whose weights fit, the one with the smallest modelled step time wins
+    (more splits: fewer bytes per step per SM, more weights per block).
 
-    >>> plan_lstm_persistent("fwd", 64, 256, "f32", 132, 227 * 1024).grid
-    (128, 1, 1)
+    >>> p = plan_lstm_persistent("fwd", 64, 256, "f32", 132, 227 * 1024)
+    >>> p.grid, p.units, p.batch_rows
+    ((128, 1, 1), 32, 4)
     >>> plan_lstm_persistent("fwd", 64, 4096, "f32", 132, 227 * 1024) is None
     True
     """
@@ -855,22 +905,18 @@ def plan_lstm_persistent(
         )
     if batch < 1 or hidden < 1 or num_sms < 1:
         return None
-    units = _cdiv(hidden, num_sms)
-    if _cdiv(_cdiv(units, 4) * 4, 4) > LSTM_THREADS:
-        return None
-    _, _, quads, ksplit, elems = _lstm_geometry(direction, batch, hidden, units)
-    shared = elems * (4 if dt == "f32" else 8)
-    if shared > max_shared:
-        return None
-    return LstmPlan(
-        f"lstm_{direction}_persistent_{dt}",
-        (_cdiv(hidden, units), 1, 1),
-        (LSTM_THREADS, 1, 1),
-        units,
-        quads,
-        ksplit,
-        shared,
-    )
+    best = None
+    seen = set()
+    splits = 1
+    while splits <= min(num_sms, batch):
+        rows = _cdiv(_cdiv(batch, splits), 4) * 4 if splits > 1 else batch
+        if rows not in seen:
+            seen.add(rows)
+            plan = _lstm_candidate(direction, batch, hidden, dt, num_sms, max_shared, rows)
+            if plan is not None and (best is None or plan.cycles < best.cycles):
+                best = plan
+        splits *= 2
+    return best
 
 
 def _lstm_shared_limit() -> int:
@@ -993,9 +1039,7 @@ def lstm_persistent_fwd(proj, r, h0, c0):
         i32(steps),
         i32(bsz),
         i32(hid),
-        i32(plan.units),
-        i32(plan.quads),
-        i32(plan.ksplit),
+        *plan.int_args(),
     )
     _launch_cooperative(plan, args)
     return ys, cs, gates
@@ -1062,9 +1106,7 @@ def lstm_persistent_bwd(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, r):
         i32(steps),
         i32(bsz),
         i32(hid),
-        i32(plan.units),
-        i32(plan.quads),
-        i32(plan.ksplit),
+        *plan.int_args(),
         i32("g_cs" in a),
         i32("g_gates" in a),
     )

@@ -97,13 +97,15 @@ def _close(got, want, dtype, what):
     assert err <= TOL[dtype], f"{what}: max relative error {err:.3g}"
 
 
-def _run_both(rng, steps, bsz, hid, dtype, extra=True):
+def _run_both(rng, steps, bsz, hid, dtype, extra=True, backward=True):
     proj, r, h0, c0 = _inputs(rng, steps, bsz, hid, dtype)
     ys, cs, gates = kernels.lstm_persistent_fwd(proj, r, h0, c0)
     rys, rcs, rgates = ref_forward(proj, r, h0, c0)
     _close(ys, rys, dtype, "ys")
     _close(cs, rcs, dtype, "cs")
     _close(gates, rgates, dtype, "gates")
+    if not backward:
+        return
     g_ys = rng.standard_normal(ys.shape).astype(dtype)
     g_h = rng.standard_normal(h0.shape).astype(dtype)
     g_c = rng.standard_normal(h0.shape).astype(dtype)
@@ -140,21 +142,41 @@ def test_kernels_under_every_thread_order(rng, order):
         _run_both(rng, 3, 6, 13, np.float32, extra=False)
 
 
+def _groups_and_chunks(plan, direction, hid):
+    k = hid if direction == "fwd" else 4 * hid
+    return -(-plan.batch_rows // (4 * plan.quads)), -(-k // plan.chunk)
+
+
 @pytest.mark.parametrize(
-    "num_sms, bsz, hid",
+    "num_sms, bsz, hid, limit, expect",
     [
-        (2, 53, 40),  # 20 units per block: the forward splits 53 rows into 2 row groups
-        (2, 9, 30),  # 15 units per block: the backward pads its columns to 16
-        (1, 110, 40),  # one block owning every unit, 2 row groups in the backward too
+        # a batch split with a partial last block (53 = 28 + 25 rows), 2 row groups
+        (2, 53, 40, None, {"fwd": dict(batch_rows=28, groups=2)}),
+        # 15 units per block: the backward pads its columns to 16
+        (2, 9, 30, None, {"bwd": dict(units=15)}),
+        # one block owning every unit: 5 row groups forward, 2 groups x 5 chunks backward
+        (1, 60, 70, None, {"fwd": dict(groups=5), "bwd": dict(groups=2, chunks=5)}),
+        # less shared memory: the forward stages the vector in 3 chunks (the backward
+        # does not fit), or the backward in 9
+        (1, 60, 70, 190000, {"fwd": dict(chunks=3), "bwd": None}),
+        (1, 60, 70, 210000, {"bwd": dict(chunks=9)}),
     ],
 )
-def test_kernels_with_many_units_per_block(rng, monkeypatch, num_sms, bsz, hid):
+def test_kernels_with_many_units_per_block(rng, monkeypatch, num_sms, bsz, hid, limit, expect):
     monkeypatch.setattr(kernels, "EMU_NUM_SMS", num_sms)
-    fwd = kernels.lstm_persistent_plan("fwd", bsz, hid, np.float64)
-    bwd = kernels.lstm_persistent_plan("bwd", bsz, hid, np.float64)
-    assert fwd.units == bwd.units == -(-hid // num_sms)
-    assert fwd.grid == bwd.grid == (-(-hid // fwd.units), 1, 1)
-    _run_both(rng, 2, bsz, hid, np.float64)
+    if limit:
+        monkeypatch.setattr(kernels, "_lstm_shared_limit", lambda: limit)
+    for direction, want in expect.items():
+        plan = kernels.lstm_persistent_plan(direction, bsz, hid, np.float64)
+        if want is None:
+            assert plan is None
+            continue
+        groups, chunks = _groups_and_chunks(plan, direction, hid)
+        got = dict(units=plan.units, batch_rows=plan.batch_rows, groups=groups, chunks=chunks)
+        assert {key: got[key] for key in want} == want, plan
+        blocks = -(-hid // plan.units) * -(-bsz // plan.batch_rows)
+        assert plan.grid == (blocks, 1, 1) and blocks <= num_sms
+    _run_both(rng, 2, bsz, hid, np.float64, backward=expect.get("bwd", {}) is not None)
 
 
 def test_the_gpu_atomic_barrier_runs_under_the_emulator(rng):
@@ -178,8 +200,7 @@ def test_the_gpu_atomic_barrier_runs_under_the_emulator(rng):
     mod.get_function("lstm_fwd_persistent_f64")(
         plan.grid,
         plan.block,
-        (proj, r, h0, c0, ys, cs, gates, sync, *map(i32, (steps, bsz, hid)))
-        + (i32(plan.units), i32(plan.quads), i32(plan.ksplit)),
+        (proj, r, h0, c0, ys, cs, gates, sync, i32(steps), i32(bsz), i32(hid), *plan.int_args()),
         shared_mem=plan.shared_mem,
     )
     rys, rcs, _ = ref_forward(proj, r, h0, c0)
@@ -207,18 +228,19 @@ def test_empty_sequence_and_bad_shapes(rng):
 def test_plan_falls_back_when_the_weights_do_not_fit():
     optin = 227 * 1024
     plan = kernels.plan_lstm_persistent
-    # bench shape: 128 blocks of 2 units, 8 KiB of weights each
+    # bench shape: 128 blocks of 32 units x 4 batch rows, 128 KiB of weights each
     p = plan("fwd", 64, 256, "f32", 132, optin)
-    assert (p.grid, p.units) == ((128, 1, 1), 2)
-    assert p.shared_mem <= 48 * 1024
+    assert (p.grid, p.units, p.batch_rows) == ((128, 1, 1), 32, 4)
+    # with only 48 KiB per block: 4 units x 32 rows (16 KiB of weights)
+    p = plan("fwd", 64, 256, "f32", 132, 48 * 1024)
+    assert (p.grid, p.units, p.batch_rows) == ((128, 1, 1), 4, 32)
     # H = 1024: 8 units x 4 gates x 1024 floats = 128 KiB per block fits, in float64 not
     assert plan("fwd", 64, 1024, "f32", 132, optin) is not None
     assert plan("fwd", 64, 1024, "f64", 132, optin) is None
     assert plan("bwd", 64, 1024, "f64", 132, optin) is None
     assert plan("fwd", 64, 4096, "f32", 132, optin) is None
-    # the same shape falls back on a device with only the default 48 KiB per block
-    assert plan("fwd", 64, 512, "f32", 132, optin) is not None
-    assert plan("fwd", 64, 512, "f32", 132, 48 * 1024) is None
+    # H = 1024 fits only with the opt-in shared memory of an H100
+    assert plan("fwd", 64, 1024, "f32", 132, 48 * 1024) is None
 
 
 def _op_grads(xs, h0, c0, w, r, b):
