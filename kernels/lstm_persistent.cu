@@ -56,14 +56,14 @@ __device__ __forceinline__ float tanh_(float z) { return tanhf(z); }
 __device__ __forceinline__ double tanh_(double z) { return tanh(z); }
 
 // Four consecutive values from 16-byte-aligned shared memory as vector loads (LDS.128).
-__device__ __forceinline__ void load4(const float* p, float v[4]) {
+__device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
     const float4 q = *reinterpret_cast<const float4*>(p);
     v[0] = q.x;
     v[1] = q.y;
     v[2] = q.z;
     v[3] = q.w;
 }
-__device__ __forceinline__ void load4(const double* p, double v[4]) {
+__device__ __forceinline__ void load4(const double* p, double (&v)[4]) {
     const double2 a = reinterpret_cast<const double2*>(p)[0];
     const double2 b = reinterpret_cast<const double2*>(p)[1];
     v[0] = a.x;
@@ -314,7 +314,7 @@ __device__ void persistent_bwd(const T* __restrict__ g_ys, const T* __restrict__
 
 }  // namespace gg_lstmp
 
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(256, 1)
     lstm_fwd_persistent_f32(const float* proj, const float* R, const float* h0,
                             const float* c0, float* ys, float* cs, float* gates,
                             unsigned int* sync, int steps, int B, int H, int U, int BB,
@@ -323,7 +323,7 @@ extern "C" __global__ void __launch_bounds__(256)
                                     QG, KS, KC);
 }
 
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(256, 1)
     lstm_fwd_persistent_f64(const double* proj, const double* R, const double* h0,
                             const double* c0, double* ys, double* cs, double* gates,
                             unsigned int* sync, int steps, int B, int H, int U, int BB,
@@ -332,7 +332,7 @@ extern "C" __global__ void __launch_bounds__(256)
                                      QG, KS, KC);
 }
 
-extern "C" __global__ void __launch_bounds__(256) lstm_bwd_persistent_f32(
+extern "C" __global__ void __launch_bounds__(256, 1) lstm_bwd_persistent_f32(
     const float* g_ys, const float* g_h, const float* g_c, const float* g_cs,
     const float* g_gates, const float* gates, const float* cs, const float* c0, const float* R,
     float* dpre, float* dh0, float* dc0, unsigned int* sync, int steps, int B, int H, int U,
@@ -342,7 +342,7 @@ extern "C" __global__ void __launch_bounds__(256) lstm_bwd_persistent_f32(
                                     has_ggates);
 }
 
-extern "C" __global__ void __launch_bounds__(256) lstm_bwd_persistent_f64(
+extern "C" __global__ void __launch_bounds__(256, 1) lstm_bwd_persistent_f64(
     const double* g_ys, const double* g_h, const double* g_c, const double* g_cs,
     const double* g_gates, const double* gates, const double* cs, const double* c0,
     const double* R, double* dpre, double* dh0, double* dc0, unsigned int* sync, int steps,

@@ -401,3 +401,37 @@ def test_emu_grid_barrier_needs_a_cooperative_launch():
     x = np.zeros(64, np.float32)
     with pytest.raises(emu.EmuError, match="not launched cooperatively"):
         mod.get_function("rotate")((2,), (32,), (x, x.copy(), np.int32(64), np.int32(1)))
+
+
+# --------------------------------------------------------------------------- compiled code
+
+
+def _check_compile():
+    import importlib.util
+    import sys
+
+    path = backend.kernel_dir() / "check_compile.py"
+    spec = importlib.util.spec_from_file_location("gpugrad_check_compile", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("tool", ["nvrtc", "nvcc"])
+def test_persistent_kernels_compile_for_sm80_and_sm90_without_spills(tool):
+    cc = _check_compile()
+    if tool == "nvrtc" and cc.nvrtc_module() is None:
+        pytest.skip("NVRTC is not available (pip install nvidia-cuda-nvrtc-cu12 cupy-cuda12x)")
+    if tool == "nvcc" and cc.nvcc_path() is None:
+        pytest.skip("nvcc is not installed (CUDA toolkit) and $NVCC is not set")
+    report = cc.check(files=[backend.kernel_dir() / "lstm_persistent.cu"], tools=(tool,))
+    assert not report.errors, "\n\n".join(report.errors)
+    rows = {(r.kernel, r.arch): r for r in report.rows}
+    for name in ("lstm_fwd_persistent", "lstm_bwd_persistent"):
+        for dt in ("f32", "f64"):
+            for arch in ("sm_80", "sm_90"):
+                row = rows[(f"{name}_{dt}", arch)]
+                assert row.spills == 0 and row.stack == 0, report.table()
+                # one 256-thread block per SM: registers are not what limits residency
+                assert row.registers <= 128, report.table()
