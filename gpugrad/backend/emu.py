@@ -35,7 +35,8 @@ blocks that fit at once (:func:`cooperative_max_blocks`), and a block that exits
 others wait at the grid barrier fails the launch (deadlock) instead of hanging.
 
 Limitations: no inline PTX (``asm``), the ``<cooperative_groups.h>`` header itself (the
-subset above is built in), ``__constant__`` copies from the host, or template kernels by name (wrap an instantiation in an ``extern "C"`` kernel);
+subset above is built in), ``__constant__`` copies from the host, or template kernels
+by name (wrap an instantiation in an ``extern "C"`` kernel);
 warp shuffles of at most 8 bytes; fast-math intrinsics use the accurate host functions;
 static ``__shared__`` memory is not poisoned between blocks and its size is not known
 (``shared_size_bytes`` is 0); a device ``assert``, a stack overflow (256 KiB per thread)

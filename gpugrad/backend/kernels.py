@@ -1055,7 +1055,8 @@ def lstm_persistent_bwd(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, r):
     pre-activation gradients of every step (from which the weight gradients are one
     GEMM each) and the gradients at the initial states.
 
-    >>> dpre, dh0, dc0 = lstm_persistent_bwd(g_ys, g_h, g_c, None, None, gates, cs, c0, r)  # doctest: +SKIP
+    >>> args = (g_ys, g_h, g_c, None, None, gates, cs, c0, r)    # doctest: +SKIP
+    >>> dpre, dh0, dc0 = lstm_persistent_bwd(*args)             # doctest: +SKIP
     """
     fn = "lstm_persistent_bwd"
     gates = _prepare(gates, fn, "gates", ndim=3, layout=" [T, B, 4H]")

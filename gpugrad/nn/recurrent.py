@@ -7,10 +7,11 @@ weights do not fit, the fused ``lstm_cell_fwd`` kernel per step; NumPy on cpu. T
 primitive also outputs every cell state and the activated gates, which its VJP reads.
 
 Backward is one whole-sequence VJP: on raw arrays (``lstm_persistent_bwd``, else
-``lstm_cell_bwd`` per step; weight gradients one GEMM each) when nothing is recorded, and written with gpugrad ops when recording
-(``enable_higher_derivatives``), so higher derivatives flow through it. Because the
-saved cell states and gates are outputs of the node, the VJP also takes cotangents
-for them (they are nonzero only in higher-order passes).
+``lstm_cell_bwd`` per step; weight gradients one GEMM each) when nothing is recorded,
+and written with gpugrad ops when recording (``enable_higher_derivatives``), so higher
+derivatives flow through it. Because the saved cell states and gates are outputs of
+the node, the VJP also takes cotangents for them (they are nonzero only in
+higher-order passes).
 """
 
 from __future__ import annotations
