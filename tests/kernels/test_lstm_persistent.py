@@ -435,3 +435,41 @@ def test_persistent_kernels_compile_for_sm80_and_sm90_without_spills(tool):
                 assert row.spills == 0 and row.stack == 0, report.table()
                 # one 256-thread block per SM: registers are not what limits residency
                 assert row.registers <= 128, report.table()
+
+
+# --------------------------------------------------------------------------- sanitizer
+
+ASAN_SCRIPT = """
+import numpy as np
+from gpugrad import backend
+from gpugrad.backend import kernels as K
+backend.set_device("emu")
+rng = np.random.default_rng(0)
+cases = [(132, 3, 1, 7, None), (132, 4, 9, 37, None), (2, 2, 53, 40, None), (2, 2, 9, 30, None),
+         (1, 2, 60, 70, None), (1, 2, 60, 70, 210000)]
+for sms, T, B, H, limit in cases:
+    K.EMU_NUM_SMS = sms
+    K._lstm_shared_limit = (lambda v=limit: v) if limit else (lambda: 227 * 1024)
+    for dt in (np.float32, np.float64):
+        f = lambda *s: rng.standard_normal(s).astype(dt)
+        proj, r, h0, c0 = f(T, B, 4 * H), f(4 * H, H) * (1 / H**0.5), f(B, H), f(B, H)
+        ys, cs, gates = K.lstm_persistent_fwd(proj, r, h0, c0)
+        K.lstm_persistent_bwd(f(T, B, H), f(B, H), f(B, H), f(T, B, H), f(T, B, 4 * H),
+                              gates, cs, c0, r)
+        K.lstm_persistent_bwd(f(T, B, H), f(B, H), f(B, H), None, None, gates, cs, c0, r)
+print("ASAN-CLEAN", sorted(K.launches().items()))
+"""
+
+
+def test_persistent_kernels_clean_under_address_sanitizer():
+    """Both kernels on the edge shapes above, built with ASan: no out-of-bounds access
+    to global or (dynamic) shared memory."""
+    import os
+
+    try:
+        env = emu.asan_env(dict(os.environ, GPUGRAD_EMU_SANITIZE="1"))
+    except Exception as exc:  # no libasan for this compiler
+        pytest.skip(f"AddressSanitizer runtime not available: {exc}")
+    result = emu.run_in_subprocess(ASAN_SCRIPT, asan=True, env=env, timeout=900)
+    assert result.returncode == 0 and "ASAN-CLEAN" in result.stdout, result.stderr[-6000:]
+    assert "('lstm_bwd_persistent_f64', 12)" in result.stdout, result.stdout
