@@ -935,6 +935,8 @@ def _lstm_coresident(plan: LstmPlan) -> bool:
     if backend.device() == "cuda":
         from cupy_backends.cuda.api import driver
 
+        if not int(backend.cupy_module().cuda.Device().attributes.get("CooperativeLaunch", 0)):
+            return False  # the device or driver cannot launch cooperatively
         fn = _function(plan.kernel)
         fn.max_dynamic_shared_size_bytes = plan.shared_mem
         per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(

@@ -142,13 +142,14 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b, need_x=True):
         )
         grads = _weight_grads(dpre_all, xs, ys, h0, w, dh_next, dc_next, need_x)
         return tuple(None if v is None else make(v) for v in grads)
-    extra_gates = bool(xp.any(g_gates))
     persistent = t and k.lstm_persistent_plan("bwd", n, hid, ys.dtype) is not None
     if persistent:  # the whole dh/dc recurrence in one cooperative launch
+        # why g_gates always: reading zeros is cheaper than a host sync to test for them
         dpre_all, dh_next, dc_next = k.lstm_persistent_bwd(
-            g_ys, g_h, g_c, g_cs, g_gates if extra_gates else None, gates, cs, c0, r
+            g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, r
         )
     else:
+        extra_gates = bool(xp.any(g_gates))
         dpre_all = xp.empty((t, n, 4 * hid), dtype=ys.dtype)
         dh_next = g_h.copy()
         dc_next = g_c.copy()
