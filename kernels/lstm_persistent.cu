@@ -184,6 +184,36 @@ __device__ __forceinline__ void carve(T*& Ws, T*& Hs, T*& red, const Geometry& g
     red = Hs + (size_t)g.KC * (g.RB + 4);
 }
 
+// The global-memory inputs of the epilogue of one (row b, unit j). Each thread loads
+// those of its first pair before the GEMM, so their latency hides behind it.
+template <typename T>
+__device__ __forceinline__ void fwd_inputs(const T* __restrict__ proj, const T* cprev,
+                                           size_t row, size_t bj, int H, int j, T (&in)[5]) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) in[q] = proj[row + (size_t)q * H + j];
+    in[4] = cprev[bj];  // why a plain load: c_{t-1} of (b, j) was written by this thread
+}
+
+template <typename T>
+__device__ __forceinline__ void bwd_inputs(const T* __restrict__ gates, const T* __restrict__ cs,
+                                           const T* __restrict__ c0, const T* __restrict__ g_ys,
+                                           const T* __restrict__ g_c, const T* __restrict__ g_cs,
+                                           const T* __restrict__ g_gates, const T* dc_run,
+                                           int t, int steps, size_t BH, size_t row, size_t bj,
+                                           int H, int j, int has_gcs, int has_ggates,
+                                           T (&in)[12]) {
+    const size_t e = (size_t)t * BH + bj;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) in[q] = gates[row + (size_t)q * H + j];
+    in[4] = cs[e];
+    in[5] = t ? cs[e - BH] : c0[bj];
+    in[6] = g_ys[e];
+    // why dc_run (= dc0) as the running dc: (b, j) is read and written by this thread only
+    in[7] = (t == steps - 1 ? g_c[bj] : dc_run[bj]) + (has_gcs ? g_cs[e] : T(0));
+#pragma unroll
+    for (int q = 0; q < 4; ++q) in[8 + q] = has_ggates ? g_gates[row + (size_t)q * H + j] : T(0);
+}
+
 template <typename T>
 __device__ void persistent_fwd(const T* __restrict__ proj, const T* __restrict__ R,
                                const T* __restrict__ h0, const T* __restrict__ c0, T* ys,
@@ -212,6 +242,14 @@ __device__ void persistent_fwd(const T* __restrict__ proj, const T* __restrict__
         const T* hprev = t ? ys + (size_t)(t - 1) * BH : h0;
         const T* cprev = t ? cs + (size_t)(t - 1) * BH : c0;
         for (int b0 = row_lo; b0 < row_hi; b0 += g.RB) {
+            T first[5];
+            {
+                const int bl = threadIdx.x / U, u = threadIdx.x - bl * U;
+                const int b = b0 + bl, j = j0 + u;
+                if (threadIdx.x < pairs && b < row_hi && j < H)
+                    fwd_inputs(proj, cprev, ((size_t)t * B + b) * 4 * H, (size_t)b * H + j, H, j,
+                               first);
+            }
             block_gemm(hprev, row_hi, b0, Ws, Hs, red, g);
             // epilogue: gate nonlinearities and cell update of the block's own units
             for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
@@ -221,14 +259,20 @@ __device__ void persistent_fwd(const T* __restrict__ proj, const T* __restrict__
                 const int j = j0 + u;
                 if (b >= row_hi || j >= H) continue;
                 const size_t row = ((size_t)t * B + b) * 4 * H;
-                const T zi = proj[row + j] + reduced(red, g, bl, u * 4 + 0);
-                const T zf = proj[row + H + j] + reduced(red, g, bl, u * 4 + 1);
-                const T zg = proj[row + 2 * H + j] + reduced(red, g, bl, u * 4 + 2);
-                const T zo = proj[row + 3 * H + j] + reduced(red, g, bl, u * 4 + 3);
+                T in[5];
+                if (p == (int)threadIdx.x) {
+#pragma unroll
+                    for (int q = 0; q < 5; ++q) in[q] = first[q];
+                } else {
+                    fwd_inputs(proj, cprev, row, (size_t)b * H + j, H, j, in);
+                }
+                const T zi = in[0] + reduced(red, g, bl, u * 4 + 0);
+                const T zf = in[1] + reduced(red, g, bl, u * 4 + 1);
+                const T zg = in[2] + reduced(red, g, bl, u * 4 + 2);
+                const T zo = in[3] + reduced(red, g, bl, u * 4 + 3);
                 const T i = sigmoid<T>(zi), f = sigmoid<T>(zf), gc = tanh_(zg);
                 const T o = sigmoid<T>(zo);
-                // why a plain load: c_{t-1} of (b, j) was written by this very thread
-                const T cn = f * cprev[(size_t)b * H + j] + i * gc;
+                const T cn = f * in[4] + i * gc;
                 const size_t e = (size_t)t * BH + (size_t)b * H + j;
                 cs[e] = cn;
                 ys[e] = o * tanh_(cn);
@@ -271,6 +315,15 @@ __device__ void persistent_bwd(const T* __restrict__ g_ys, const T* __restrict__
     const int pairs = g.RB * U;
     for (int t = steps - 1; t >= -1; --t) {
         for (int b0 = row_lo; b0 < row_hi; b0 += g.RB) {
+            T first[12];
+            if (t >= 0) {
+                const int bl = threadIdx.x / U, u = threadIdx.x - bl * U;
+                const int b = b0 + bl, j = j0 + u;
+                if (threadIdx.x < pairs && b < row_hi && j < H)
+                    bwd_inputs(gates, cs, c0, g_ys, g_c, g_cs, g_gates, dc0, t, steps, BH,
+                               ((size_t)t * B + b) * 4 * H, (size_t)b * H + j, H, j, has_gcs,
+                               has_ggates, first);
+            }
             if (t < steps - 1) block_gemm(dpre + (size_t)(t + 1) * B4H, row_hi, b0, Ws, Hs, red, g);
             for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
                 const int bl = p / U;
@@ -284,23 +337,22 @@ __device__ void persistent_bwd(const T* __restrict__ g_ys, const T* __restrict__
                     dh0[bj] = dh_rec;
                     continue;
                 }
-                const size_t e = (size_t)t * BH + bj;
                 const size_t row = ((size_t)t * B + b) * 4 * H;
-                const T i = gates[row + j], f = gates[row + H + j];
-                const T gc = gates[row + 2 * H + j], o = gates[row + 3 * H + j];
-                const T c_prev = t ? cs[e - BH] : c0[bj];
-                const T tc = tanh_(cs[e]);
-                const T dh = g_ys[e] + dh_rec;
-                // why dc0 as the running dc: (b, j) is read and written by this thread only
-                T dc = (t == steps - 1 ? g_c[bj] : dc0[bj]) + (has_gcs ? g_cs[e] : T(0));
-                const T dct = dc + dh * o * (T(1) - tc * tc);
-                T di = dct * gc, df = dct * c_prev, dg = dct * i, dz = dh * tc;
-                if (has_ggates) {
-                    di += g_gates[row + j];
-                    df += g_gates[row + H + j];
-                    dg += g_gates[row + 2 * H + j];
-                    dz += g_gates[row + 3 * H + j];
+                T in[12];
+                if (p == (int)threadIdx.x) {
+#pragma unroll
+                    for (int q = 0; q < 12; ++q) in[q] = first[q];
+                } else {
+                    bwd_inputs(gates, cs, c0, g_ys, g_c, g_cs, g_gates, dc0, t, steps, BH, row, bj,
+                               H, j, has_gcs, has_ggates, in);
                 }
+                const T i = in[0], f = in[1], gc = in[2], o = in[3];
+                const T tc = tanh_(in[4]);
+                const T c_prev = in[5];
+                const T dh = in[6] + dh_rec;
+                const T dct = in[7] + dh * o * (T(1) - tc * tc);
+                const T di = dct * gc + in[8], df = dct * c_prev + in[9];
+                const T dg = dct * i + in[10], dz = dh * tc + in[11];
                 dpre[row + j] = di * i * (T(1) - i);
                 dpre[row + H + j] = df * f * (T(1) - f);
                 dpre[row + 2 * H + j] = dg * (T(1) - gc * gc);
