@@ -33,8 +33,18 @@ too, which the GPU does not, so a kernel mixing both runs without flushing (a kn
 difference; pass ``-ftz=false`` to turn flushing off for a module). Loads, stores and
 copies keep denormal bits on both.
 
-Limitations: no inline PTX (``asm``), cooperative groups, ``__constant__`` copies from the
-host, or template kernels by name (wrap an instantiation in an ``extern "C"`` kernel);
+Cooperative launch: ``EmuModule(..., enable_cooperative_groups=True)`` (CuPy's flag)
+launches every kernel of the module with all blocks resident at once (one OS thread per
+block), so a grid-wide barrier -- ``cooperative_groups::this_grid().sync()`` (a subset:
+``this_grid``, ``sync``, ``is_valid``, ranks and sizes), ``gpugrad_emu_grid_sync()``, or
+a spin barrier written with atomics and ``__nanosleep`` -- works as on a GPU. As
+``cudaLaunchCooperativeKernel`` does, the launch is refused when the grid exceeds the
+blocks that fit at once (:func:`cooperative_max_blocks`), and a block that exits while
+others wait at the grid barrier fails the launch (deadlock) instead of hanging.
+
+Limitations: no inline PTX (``asm``), the ``<cooperative_groups.h>`` header itself (the
+subset above is built in), ``__constant__`` copies from the host, or template kernels
+by name (wrap an instantiation in an ``extern "C"`` kernel);
 warp shuffles of at most 8 bytes; fast-math intrinsics use the accurate host functions;
 static ``__shared__`` memory is not poisoned between blocks and its size is not known
 (``shared_size_bytes`` is 0); a device ``assert``, a stack overflow (256 KiB per thread)
@@ -82,6 +92,7 @@ __all__ = [
     "asan_env",
     "asan_loaded",
     "run_in_subprocess",
+    "cooperative_max_blocks",
 ]
 
 MAX_THREADS_PER_BLOCK = 1024
@@ -953,6 +964,7 @@ class EmuModule:
         options: tuple[str, ...] = (),
         sanitize: bool = False,
         trace: bool = False,
+        enable_cooperative_groups: bool = False,
     ):
         if sanitize and trace:
             raise ValueError("EmuModule: sanitize=True and trace=True cannot be combined")
@@ -969,6 +981,8 @@ class EmuModule:
         self.traces: list[Trace] = []  # one per launch of a trace=True module
         self.trace_blocks = None  # None: first, middle and last block; or a list/callable
         self.trace_run_all = False  # False: run only the traced blocks (outputs incomplete)
+        # like cupy.RawModule's flag: every kernel of the module is launched cooperatively
+        self.enable_cooperative_groups = bool(enable_cooperative_groups)
         self.options = tuple(options)
         user_flags = _check_options(self.options)
         masked = _mask(code)
@@ -1100,6 +1114,9 @@ class EmuModule:
             m = re.fullmatch(r"-{1,2}ftz=(true|false)", str(opt))
             if m:
                 self.ftz = m.group(1) == "true"
+        self._launch_coop = lib.gpugrad_emu_launch_cooperative
+        self._launch_coop.restype = ctypes.c_int
+        self._launch_coop.argtypes = self._launch.argtypes
         self._kernels: dict[str, EmuKernel] = {}
 
     @classmethod
@@ -1397,6 +1414,10 @@ class EmuKernel:
             _config["workers"],
         )
         st = _Stats()
+        launch = self.module._launch
+        if self.module.enable_cooperative_groups:
+            _check_cooperative_grid(self.name, g, b, shared_mem)
+            launch = self.module._launch_coop
         err = ctypes.create_string_buffer(4096)
         traced = None
         if self.module.trace:
@@ -1409,7 +1430,7 @@ class EmuKernel:
                 fn(subset, ctypes.c_ulonglong(len(traced[0])))
         if self.module._set_ftz is not None:
             self.module._set_ftz(1 if self.ftz else 0)  # consumed by the launch below
-        rc = self.module._launch(
+        rc = launch(
             self._entry,
             argv,
             (ctypes.c_uint * 3)(*g),
@@ -1448,3 +1469,43 @@ class EmuKernel:
                 EmuWarning,
                 stacklevel=2,
             )
+
+
+# --------------------------------------------------------------------------- cooperative launch
+
+# The emulated GPU for the co-residency check (H100 SXM, per SM): what
+# cudaOccupancyMaxActiveBlocksPerMultiprocessor counts, except registers (unknown here).
+COOP_NUM_SMS = 132
+SM_MAX_THREADS = 2048
+SM_MAX_BLOCKS = 32
+SM_SHARED_BYTES = 228 * 1024
+SM_SHARED_RESERVED_PER_BLOCK = 1024
+
+
+def cooperative_max_blocks(threads_per_block: int, shared_mem: int = 0) -> int:
+    """Most blocks of ``threads_per_block`` threads and ``shared_mem`` bytes of shared
+    memory that are resident at once on the emulated GPU (132 SMs of an H100): the
+    largest grid a cooperative launch accepts.
+
+    >>> from gpugrad.backend import emu
+    >>> emu.cooperative_max_blocks(256, 0), emu.cooperative_max_blocks(256, 100 * 1024)
+    (1056, 264)
+    """
+    threads = max(1, int(threads_per_block))
+    warps = -(-threads // 32)
+    per_sm = min(SM_MAX_BLOCKS, SM_MAX_THREADS // (32 * warps))
+    per_sm = min(per_sm, SM_SHARED_BYTES // (int(shared_mem) + SM_SHARED_RESERVED_PER_BLOCK))
+    return COOP_NUM_SMS * max(0, per_sm)
+
+
+def _check_cooperative_grid(name: str, grid, block, shared_mem: int) -> None:
+    blocks = grid[0] * grid[1] * grid[2]
+    threads = block[0] * block[1] * block[2]
+    limit = cooperative_max_blocks(threads, shared_mem)
+    if blocks > limit:
+        raise EmuError(
+            f"kernel {name}: cooperative launch of {blocks} blocks (grid={tuple(grid)}) exceeds "
+            f"the {limit} blocks that can be resident at once ({COOP_NUM_SMS} SMs for "
+            f"{threads} threads and {shared_mem} bytes of shared memory per block); a GPU "
+            "refuses it (cudaErrorCooperativeLaunchTooLarge)"
+        )

@@ -45,6 +45,9 @@ __all__ = [
     "list",
     "lstm_cell_bwd",
     "lstm_cell_fwd",
+    "lstm_persistent_bwd",
+    "lstm_persistent_fwd",
+    "lstm_persistent_plan",
     "matmul",
     "relu_bwd",
     "relu_fwd",
@@ -93,9 +96,20 @@ _TABLE: dict[str, KernelInfo] = {
         *_entries("relu.cu", "relu backward", ("relu_bwd",)),
         *_entries("lstm.cu", "lstm cell forward (one launch per time step)", ("lstm_fwd",)),
         *_entries("lstm.cu", "lstm cell backward (one launch per time step)", ("lstm_bwd",)),
+        *_entries(
+            "lstm_persistent.cu",
+            "lstm forward, whole recurrence in one cooperative launch",
+            ("lstm_fwd_persistent",),
+        ),
+        *_entries(
+            "lstm_persistent.cu",
+            "lstm backward, whole recurrence in one cooperative launch",
+            ("lstm_bwd_persistent",),
+        ),
     ]
 }
 
+_COOPERATIVE_FILES = frozenset({"lstm_persistent.cu"})  # kernels with a grid-wide barrier
 _lock = threading.Lock()
 _launch_counts: dict[str, int] = {}
 _modules: dict[tuple, object] = {}
@@ -207,7 +221,8 @@ def _compile(file: str, key):
         cp = backend.cupy_module()
         # #line makes NVRTC report errors as matmul.cu(LINE) instead of a temp name.
         code = f'#line 1 "{path}"\n{text}'
-        module = cp.RawModule(code=code, options=("-std=c++17",))
+        coop = file in _COOPERATIVE_FILES  # launched with cuLaunchCooperativeKernel
+        module = cp.RawModule(code=code, options=("-std=c++17",), enable_cooperative_groups=coop)
         try:
             module.compile()
         except Exception as exc:  # CompileException carries the NVRTC log
@@ -221,7 +236,13 @@ def _compile(file: str, key):
         sanitize = os.environ.get("GPUGRAD_EMU_SANITIZE", "") not in ("", "0")
         if key[1:] == ("trace",):
             return emu.EmuModule(text, name=str(path), trace=True)
-        return emu.EmuModule(text, name=str(path), options=(), sanitize=sanitize)
+        return emu.EmuModule(
+            text,
+            name=str(path),
+            options=(),
+            sanitize=sanitize,
+            enable_cooperative_groups=file in _COOPERATIVE_FILES,
+        )
     except Exception as exc:
         raise KernelCompileError(f"the emulator failed to compile {path}:\n{exc}") from exc
 
@@ -820,3 +841,326 @@ def conv2d_bwd_filter(
     get_kernel(plan.kernel)(plan.grid, plan.block, args)
     dw = parts[0] if splits == 1 else parts.sum(axis=0)
     return dw.reshape(tuple(int(v) for v in w_shape))
+
+
+# --------------------------------------------------------------------------- persistent lstm
+
+LSTM_THREADS = 256  # lstm_persistent.cu: 256-thread blocks (its __launch_bounds__)
+# Switch for the op layer: False sends every LSTM to the per-step cell kernels.
+lstm_persistent_enabled = True
+# Step-time model the planner minimises (H100, per SM, in cycles): L2 -> SM bytes per
+# cycle, FP32 FMAs per cycle actually reached (half of 128 lanes; FP64 half that), and
+# the latency of one L2 round trip (one per staged chunk).
+_L2_BYTES_PER_CYCLE = 24
+_FMA_PER_CYCLE = {"f32": 64, "f64": 32}
+_L2_LATENCY = 800
+
+
+@dataclass(frozen=True)
+class LstmPlan:
+    """Launch of a persistent LSTM kernel. Each block owns ``units`` hidden units and
+    ``batch_rows`` batch rows (``grid = ceil(H / units) * ceil(B / batch_rows)`` blocks,
+    at most one per SM); it works on row groups of ``4 * quads`` rows, stages the
+    broadcast vector ``chunk`` columns at a time, and ``ksplit`` threads share a chunk.
+    ``cycles`` is the planner's model of one step on one SM."""
+
+    kernel: str
+    grid: tuple
+    block: tuple
+    units: int
+    batch_rows: int
+    quads: int
+    ksplit: int
+    chunk: int
+    shared_mem: int
+    cycles: int
+
+    def int_args(self) -> tuple:
+        """The kernel's tiling arguments ``U, BB, QG, KS, KC``."""
+        vals = (self.units, self.batch_rows, self.quads, self.ksplit, self.chunk)
+        return tuple(np.int32(v) for v in vals)
+
+
+def _lstm_candidate(direction, batch, hidden, dt, num_sms, max_shared, rows):
+    """The plan for blocks of ``rows`` batch rows (None if it does not fit)."""
+    isz = 4 if dt == "f32" else 8
+    bblocks = _cdiv(batch, rows)
+    per_row = num_sms // bblocks  # blocks along the hidden units
+    if per_row < 1:
+        return None
+    units = _cdiv(hidden, per_row)
+    if direction == "fwd":
+        k, nc = hidden, 4 * units
+    else:
+        k, nc = 4 * hidden, _cdiv(units, 4) * 4
+    col_quads = nc // 4
+    if col_quads > LSTM_THREADS:
+        return None
+    quads = max(1, min(_cdiv(rows, 4), LSTM_THREADS // col_quads))
+    tiles = col_quads * quads
+    chunk = _cdiv(k, 32) * 32  # the whole vector in one chunk if it fits
+    while True:
+        ksplit = 1
+        while ksplit * 2 * tiles <= LSTM_THREADS and ksplit * 2 <= chunk:
+            ksplit *= 2
+        elems = k * nc + chunk * (4 * quads + 4) + ksplit * tiles * 16
+        if elems * isz <= max_shared or chunk <= 32:
+            break
+        chunk = _cdiv(chunk // 2, 32) * 32
+    if elems * isz > max_shared:
+        return None
+    groups = _cdiv(rows, 4 * quads)
+    cycles = (
+        rows * k * isz / _L2_BYTES_PER_CYCLE
+        + rows * nc * k / _FMA_PER_CYCLE[dt]
+        + groups * _cdiv(k, chunk) * _L2_LATENCY
+    )
+    return LstmPlan(
+        f"lstm_{direction}_persistent_{dt}",
+        (_cdiv(hidden, units) * bblocks, 1, 1),
+        (LSTM_THREADS, 1, 1),
+        units,
+        rows,
+        quads,
+        ksplit,
+        chunk,
+        elems * isz,
+        int(cycles),
+    )
+
+
+def plan_lstm_persistent(
+    direction: str, batch: int, hidden: int, dt: str, num_sms: int, max_shared: int
+) -> LstmPlan | None:
+    """The persistent launch for an LSTM of ``hidden`` units and ``batch`` rows, or
+    ``None`` when the recurrent weights do not fit in shared memory (the caller then
+    runs the per-step kernels).
+
+    Blocks tile (hidden units) x (batch rows), at most one per SM so that every block
+    is resident (the grid barrier needs it). Each keeps ``4 * units * hidden`` weights
+    resident and reads ``batch_rows`` rows of the broadcast vector per step; of the
+    batch splits whose weights fit, the one with the smallest modelled step time wins
+    (more splits: fewer bytes per step per SM, more weights per block).
+
+    >>> p = plan_lstm_persistent("fwd", 64, 256, "f32", 132, 227 * 1024)
+    >>> p.grid, p.units, p.batch_rows
+    ((128, 1, 1), 32, 4)
+    >>> plan_lstm_persistent("fwd", 64, 4096, "f32", 132, 227 * 1024) is None
+    True
+    """
+    if direction not in ("fwd", "bwd"):
+        raise ValueError(
+            f"plan_lstm_persistent: direction must be 'fwd' or 'bwd', got {direction!r}"
+        )
+    if batch < 1 or hidden < 1 or num_sms < 1:
+        return None
+    best = None
+    seen = set()
+    splits = 1
+    while splits <= min(num_sms, batch):
+        rows = _cdiv(_cdiv(batch, splits), 4) * 4 if splits > 1 else batch
+        if rows not in seen:
+            seen.add(rows)
+            plan = _lstm_candidate(direction, batch, hidden, dt, num_sms, max_shared, rows)
+            if plan is not None and (best is None or plan.cycles < best.cycles):
+                best = plan
+        splits *= 2
+    return best
+
+
+def _lstm_shared_limit() -> int:
+    """Dynamic shared memory one block may opt in to (227 KiB on an H100)."""
+    if backend.device() == "cuda":
+        attrs = backend.cupy_module().cuda.Device().attributes
+        return int(attrs.get("MaxSharedMemoryPerBlockOptin", attrs["MaxSharedMemoryPerBlock"]))
+    from gpugrad.backend import emu
+
+    return emu.MAX_SHARED_OPTIN
+
+
+def _lstm_coresident(plan: LstmPlan) -> bool:
+    """Whether the whole grid fits on the device at once (the cooperative-launch rule)."""
+    blocks = plan.grid[0]
+    if backend.device() == "cuda":
+        from cupy_backends.cuda.api import driver
+
+        if not int(backend.cupy_module().cuda.Device().attributes.get("CooperativeLaunch", 0)):
+            return False  # the device or driver cannot launch cooperatively
+        fn = _function(plan.kernel)
+        fn.max_dynamic_shared_size_bytes = plan.shared_mem
+        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(
+            fn.ptr, LSTM_THREADS, plan.shared_mem
+        )
+        return per_sm * _device_props()["num_sms"] >= blocks
+    from gpugrad.backend import emu
+
+    return emu.cooperative_max_blocks(LSTM_THREADS, plan.shared_mem) >= blocks
+
+
+def lstm_persistent_plan(direction: str, batch: int, hidden: int, dtype) -> LstmPlan | None:
+    """The persistent plan on the active device, or ``None`` when the LSTM must take the
+    per-step path: persistence switched off (``lstm_persistent_enabled``), a dtype other
+    than float32/float64, weights too large for shared memory, or a grid that cannot be
+    resident at once.
+
+    >>> lstm_persistent_plan("fwd", 64, 256, np.float32)   # doctest: +SKIP
+    LstmPlan(kernel='lstm_fwd_persistent_f32', grid=(128, 1, 1), ...)
+    """
+    if not lstm_persistent_enabled:
+        return None
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        return None
+    dt = "f32" if dtype == np.float32 else "f64"
+    plan = plan_lstm_persistent(
+        direction, int(batch), int(hidden), dt, _device_props()["num_sms"], _lstm_shared_limit()
+    )
+    if plan is None or not _lstm_coresident(plan):
+        return None
+    return plan
+
+
+def _launch_cooperative(plan: LstmPlan, args) -> None:
+    fn = _function(plan.kernel)
+    # opt in to more than the default 48 KiB of dynamic shared memory (both devices)
+    fn.max_dynamic_shared_size_bytes = max(plan.shared_mem, 48 * 1024)
+    with _lock:
+        _launch_counts[plan.kernel] = _launch_counts.get(plan.kernel, 0) + 1
+    fn(plan.grid, plan.block, tuple(args), shared_mem=plan.shared_mem)
+
+
+def _lstm_shapes(fn, arrays: dict, shapes: dict, dtype):
+    out = {}
+    for name, arr in arrays.items():
+        arr = _prepare(arr, fn, name, ndim=len(shapes[name]), dtype=dtype)
+        if tuple(arr.shape) != shapes[name]:
+            raise ValueError(f"{fn}: {name} must have shape {shapes[name]}, got {tuple(arr.shape)}")
+        out[name] = arr
+    return out
+
+
+def lstm_persistent_fwd(proj, r, h0, c0):
+    """The LSTM recurrence of all steps in one cooperative launch.
+
+    ``proj[T, B, 4H]`` is the input projection ``x W^T + b`` of every step (gate blocks
+    input, forget, cell candidate, output), ``r[4H, H]`` the recurrent weights,
+    ``h0``/``c0`` ``[B, H]``. Returns ``(ys[T, B, H], cs[T, B, H], gates[T, B, 4H])``:
+    hidden and cell states of every step and the activated gates, as ``lstm_cell_fwd``
+    gives them step by step. Raises ``ValueError`` when no persistent plan exists
+    (see ``lstm_persistent_plan``).
+
+    >>> ys, cs, gates = lstm_persistent_fwd(proj, r, h0, c0)   # doctest: +SKIP
+    """
+    fn = "lstm_persistent_fwd"
+    proj = _prepare(proj, fn, "proj", ndim=3, layout=" [T, B, 4H]")
+    dt = _dtype_suffix(proj.dtype, fn, "proj")
+    steps, bsz, four_h = proj.shape
+    if four_h % 4:
+        raise ValueError(f"{fn}: proj must be [T, B, 4H], got shape {tuple(proj.shape)}")
+    hid = four_h // 4
+    a = _lstm_shapes(
+        fn,
+        {"r": r, "h0": h0, "c0": c0},
+        {"r": (4 * hid, hid), "h0": (bsz, hid), "c0": (bsz, hid)},
+        proj.dtype,
+    )
+    xp = backend.xp()
+    ys = xp.empty((steps, bsz, hid), dtype=proj.dtype)
+    cs = xp.empty((steps, bsz, hid), dtype=proj.dtype)
+    gates = xp.empty((steps, bsz, four_h), dtype=proj.dtype)
+    if steps == 0 or bsz == 0 or hid == 0:
+        return ys, cs, gates
+    plan = lstm_persistent_plan("fwd", bsz, hid, proj.dtype)
+    if plan is None:
+        raise ValueError(
+            f"{fn}: no persistent launch for B={bsz}, H={hid} ({dt}) on this device (the "
+            "recurrent weights do not fit in shared memory); use the per-step kernels"
+        )
+    sync = xp.zeros(1, dtype=np.uint32)  # the grid barrier's arrival counter
+    i32 = np.int32
+    args = (
+        proj,
+        a["r"],
+        a["h0"],
+        a["c0"],
+        ys,
+        cs,
+        gates,
+        sync,
+        i32(steps),
+        i32(bsz),
+        i32(hid),
+        *plan.int_args(),
+    )
+    _launch_cooperative(plan, args)
+    return ys, cs, gates
+
+
+def lstm_persistent_bwd(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, r):
+    """Backward of the LSTM recurrence of all steps in one cooperative launch.
+
+    Cotangents: ``g_ys[T, B, H]`` (outputs), ``g_h``/``g_c`` ``[B, H]`` (final states),
+    ``g_cs[T, B, H]`` and ``g_gates[T, B, 4H]`` (the saved cell states and gates; either
+    may be ``None`` for zero). Saved: ``gates``, ``cs`` from ``lstm_persistent_fwd``,
+    ``c0``, and ``r[4H, H]``. Returns ``(dpre[T, B, 4H], dh0[B, H], dc0[B, H])``: the
+    pre-activation gradients of every step (from which the weight gradients are one
+    GEMM each) and the gradients at the initial states.
+
+    >>> args = (g_ys, g_h, g_c, None, None, gates, cs, c0, r)    # doctest: +SKIP
+    >>> dpre, dh0, dc0 = lstm_persistent_bwd(*args)             # doctest: +SKIP
+    """
+    fn = "lstm_persistent_bwd"
+    gates = _prepare(gates, fn, "gates", ndim=3, layout=" [T, B, 4H]")
+    dt = _dtype_suffix(gates.dtype, fn, "gates")
+    steps, bsz, four_h = gates.shape
+    if four_h % 4:
+        raise ValueError(f"{fn}: gates must be [T, B, 4H], got shape {tuple(gates.shape)}")
+    hid = four_h // 4
+    seq, state = (steps, bsz, hid), (bsz, hid)
+    arrays = {"g_ys": g_ys, "g_h": g_h, "g_c": g_c, "cs": cs, "c0": c0, "r": r}
+    shapes = {"g_ys": seq, "g_h": state, "g_c": state, "cs": seq, "c0": state}
+    shapes["r"] = (4 * hid, hid)
+    if g_cs is not None:
+        arrays["g_cs"], shapes["g_cs"] = g_cs, seq
+    if g_gates is not None:
+        arrays["g_gates"], shapes["g_gates"] = g_gates, (steps, bsz, four_h)
+    a = _lstm_shapes(fn, arrays, shapes, gates.dtype)
+    xp = backend.xp()
+    dpre = xp.empty((steps, bsz, four_h), dtype=gates.dtype)
+    dh0 = xp.empty(state, dtype=gates.dtype)
+    dc0 = xp.empty(state, dtype=gates.dtype)
+    if steps == 0 or bsz == 0 or hid == 0:
+        dh0[...] = a["g_h"]
+        dc0[...] = a["g_c"]
+        return dpre, dh0, dc0
+    plan = lstm_persistent_plan("bwd", bsz, hid, gates.dtype)
+    if plan is None:
+        raise ValueError(
+            f"{fn}: no persistent launch for B={bsz}, H={hid} ({dt}) on this device (the "
+            "recurrent weights do not fit in shared memory); use the per-step kernels"
+        )
+    sync = xp.zeros(1, dtype=np.uint32)
+    i32 = np.int32
+    args = (
+        a["g_ys"],
+        a["g_h"],
+        a["g_c"],
+        a.get("g_cs", a["g_ys"]),  # a dummy when absent: the kernel does not read it
+        a.get("g_gates", gates),
+        gates,
+        a["cs"],
+        a["c0"],
+        a["r"],
+        dpre,
+        dh0,
+        dc0,
+        sync,
+        i32(steps),
+        i32(bsz),
+        i32(hid),
+        *plan.int_args(),
+        i32("g_cs" in a),
+        i32("g_gates" in a),
+    )
+    _launch_cooperative(plan, args)
+    return dpre, dh0, dc0

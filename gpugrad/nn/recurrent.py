@@ -1,14 +1,17 @@
 """The whole-sequence LSTM primitive.
 
-Forward: the input projection of all steps in ONE GEMM, then the recurrence (the
-fused ``lstm_cell_fwd`` kernel per step on cuda/emu, NumPy on cpu). The primitive
-also outputs every cell state and the activated gates, which its VJP reads.
+Forward: the input projection of all steps in ONE GEMM, then the recurrence: on
+cuda/emu one cooperative launch of the persistent kernel (``lstm_persistent_fwd``:
+recurrent weights resident in shared memory, one grid barrier per step), or, when the
+weights do not fit, the fused ``lstm_cell_fwd`` kernel per step; NumPy on cpu. The
+primitive also outputs every cell state and the activated gates, which its VJP reads.
 
-Backward is one whole-sequence VJP: on raw arrays (``lstm_cell_bwd`` kernels) when
-nothing is recorded, and written with gpugrad ops when recording
-(``enable_higher_derivatives``), so higher derivatives flow through it. Because the
-saved cell states and gates are outputs of the node, the VJP also takes cotangents
-for them (they are nonzero only in higher-order passes).
+Backward is one whole-sequence VJP: on raw arrays (``lstm_persistent_bwd``, else
+``lstm_cell_bwd`` per step; weight gradients one GEMM each) when nothing is recorded,
+and written with gpugrad ops when recording (``enable_higher_derivatives``), so higher
+derivatives flow through it. Because the saved cell states and gates are outputs of
+the node, the VJP also takes cotangents for them (they are nonzero only in
+higher-order passes).
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ def _fwd(xs, h0, c0, w, r, b):
     flat = xs.reshape(t * n, c)
     proj = k.matmul(flat, w, trans_b=True, bias=b)
     proj = proj.reshape(t, n, 4 * hid)
+    if t and k.lstm_persistent_plan("fwd", n, hid, proj.dtype) is not None:
+        # the whole recurrence in one cooperative launch (weights resident on chip)
+        ys, cs, gates = k.lstm_persistent_fwd(proj, r, h0, c0)
+        return ys, ys[-1].copy(), cs[-1].copy(), cs, gates
     ys = xp.empty((t, n, hid), dtype=proj.dtype)
     cs = xp.empty((t, n, hid), dtype=proj.dtype)
     gates = xp.empty((t, n, 4 * hid), dtype=proj.dtype)
@@ -135,11 +142,18 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b, need_x=True):
         )
         grads = _weight_grads(dpre_all, xs, ys, h0, w, dh_next, dc_next, need_x)
         return tuple(None if v is None else make(v) for v in grads)
-    extra_gates = bool(xp.any(g_gates))
-    dpre_all = xp.empty((t, n, 4 * hid), dtype=ys.dtype)
-    dh_next = g_h.copy()
-    dc_next = g_c.copy()
-    for step in range(t - 1, -1, -1):
+    persistent = t and k.lstm_persistent_plan("bwd", n, hid, ys.dtype) is not None
+    if persistent:  # the whole dh/dc recurrence in one cooperative launch
+        # why g_gates always: reading zeros is cheaper than a host sync to test for them
+        dpre_all, dh_next, dc_next = k.lstm_persistent_bwd(
+            g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, r
+        )
+    else:
+        extra_gates = bool(xp.any(g_gates))
+        dpre_all = xp.empty((t, n, 4 * hid), dtype=ys.dtype)
+        dh_next = g_h.copy()
+        dc_next = g_c.copy()
+    for step in range(t - 1, -1, -1) if not persistent else ():  # the per-step path
         dh = g_ys[step] + dh_next
         dc = dc_next + g_cs[step]
         c_prev = cs[step - 1] if step else c0

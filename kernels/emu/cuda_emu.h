@@ -127,6 +127,11 @@ GPUGRAD_EMU_API unsigned long long gpugrad_emu_warp_op(int kind, unsigned mask,
                                                        int line, int *pred_out);
 GPUGRAD_EMU_API void gpugrad_emu_trap(const char *file, int line);
 
+// --- cooperative launch (grid-wide barrier); runtime.cpp "Cooperative launch" section
+GPUGRAD_EMU_API void gpugrad_emu_grid_barrier(const char *file, int line);
+GPUGRAD_EMU_API int gpugrad_emu_is_cooperative(void);
+GPUGRAD_EMU_API void gpugrad_emu_nanosleep(unsigned ns);
+
 #define GPUGRAD_SITE const char *gpugrad_file = __builtin_FILE(), int gpugrad_line = __builtin_LINE()
 #define GPUGRAD_AT gpugrad_file, gpugrad_line
 
@@ -240,7 +245,7 @@ template <typename T> inline void __stcg(T *p, T v) { *p = v; }
 template <typename T> inline void __stcs(T *p, T v) { *p = v; }
 template <typename T> inline void __stwb(T *p, T v) { *p = v; }
 template <typename T> inline void __stwt(T *p, T v) { *p = v; }
-inline void __nanosleep(unsigned) {}
+inline void __nanosleep(unsigned ns) { gpugrad_emu_nanosleep(ns); }  // yields the OS thread
 #if defined(__x86_64__)
 inline long long clock64() { return (long long)__builtin_ia32_rdtsc(); }
 #else
@@ -494,5 +499,35 @@ inline unsigned __funnelshift_lc(unsigned lo, unsigned hi, unsigned s) {
 inline unsigned __funnelshift_rc(unsigned lo, unsigned hi, unsigned s) {
     return s >= 32 ? hi : __funnelshift_r(lo, hi, s);
 }
+
+// ---------------------------------------------------------------------------------
+// Cooperative launch. A kernel of a module built with enable_cooperative_groups=True is
+// launched with every block resident at once (one OS thread per block); a grid-wide
+// barrier then waits until every live thread of every block has reached it. Kernels
+// can call it as gpugrad_emu_grid_sync() (feature macro GPUGRAD_EMU_GRID_SYNC) or
+// through the cooperative_groups subset below. Calling it in a kernel that was not
+// launched cooperatively, or a block exiting while others wait, fails the launch.
+#define GPUGRAD_EMU_GRID_SYNC 1
+inline void gpugrad_emu_grid_sync(GPUGRAD_SITE) { gpugrad_emu_grid_barrier(GPUGRAD_AT); }
+namespace cooperative_groups {
+struct grid_group {
+    void sync(GPUGRAD_SITE) const { gpugrad_emu_grid_barrier(GPUGRAD_AT); }
+    bool is_valid() const { return gpugrad_emu_is_cooperative() != 0; }
+    unsigned long long num_blocks() const {
+        return (unsigned long long)gridDim.x * gridDim.y * gridDim.z;
+    }
+    unsigned long long block_rank() const {
+        return ((unsigned long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    }
+    unsigned long long size() const {
+        return num_blocks() * blockDim.x * blockDim.y * blockDim.z;
+    }
+    unsigned long long thread_rank() const {
+        return block_rank() * blockDim.x * blockDim.y * blockDim.z +
+               (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+    }
+};
+inline grid_group this_grid() { return grid_group(); }
+}  // namespace cooperative_groups
 
 #endif  // GPUGRAD_CUDA_EMU_H

@@ -11,6 +11,9 @@
 // others wait at a barrier) abort the launch and are returned as a message, never a
 // hang. Linked into every emulated module (kernels/emu/*.so built by
 // gpugrad/backend/emu.py); the exported C API is gpugrad_emu_launch().
+// why first: <condition_variable> uses __noinline__, which cuda_emu.h redefines
+#include <condition_variable>
+
 #include "cuda_emu.h"
 
 #include <pthread.h>
@@ -236,6 +239,7 @@ struct Launch {
     gpugrad_emu_stats stats{};
     int ftz = 0;  // flush float32 denormals (CuPy compiles with -ftz=true)
     const unsigned long long *subset = nullptr;  // run only these blocks (nblocks of them)
+    struct CoopState *coop = nullptr;  // cooperative launch (see "Cooperative launch")
 };
 
 std::string fmt(const char *f, ...) {
@@ -253,8 +257,9 @@ std::string where(const Worker *w, const Fiber *f) {
 }
 
 const char *bar_name(int k) {
-    static const char *names[] = {"__syncthreads", "__syncthreads_count", "__syncthreads_and", "__syncthreads_or"};
-    return (k >= 0 && k < 4) ? names[k] : "barrier";
+    static const char *names[] = {"__syncthreads", "__syncthreads_count", "__syncthreads_and", "__syncthreads_or",
+                                  "grid.sync"};
+    return (k >= 0 && k < 5) ? names[k] : "barrier";
 }
 const char *warp_name(int k) {
     static const char *names[] = {"__syncwarp",         "__shfl_sync",       "__shfl_up_sync",
@@ -326,6 +331,77 @@ inline void leave(Worker *w, Fiber *f, bool exiting) {
 }
 
 // ---------------------------------------------------------------------------------
+// Cooperative launch (grid-wide barrier). Every block runs on its own OS thread, so all
+// blocks are resident at once, as cuLaunchCooperativeKernel guarantees. A grid barrier
+// is a block barrier of kind kBarGrid: when every live thread of the block has arrived,
+// the OS thread (inside the last fiber to arrive) waits here for the other blocks.
+// Deadlocks are reported instead of hanging: a block that exits or fails while others
+// wait at the grid barrier breaks it, and the waiting blocks return with an error.
+constexpr int kBarGrid = 4;
+constexpr unsigned long long kMaxCoopBlocks = 4096;
+
+struct CoopState {
+    std::mutex mu;
+    std::condition_variable cv;
+    unsigned long long nblocks = 0, arrived = 0, exited = 0, generation = 0;
+    bool broken = false;
+    std::string why;  // set when broken
+    const char *file = nullptr;
+    int line = 0;
+};
+
+void coop_break(CoopState &S, std::string why) {  // S.mu held
+    if (!S.broken) {
+        S.broken = true;
+        S.why = std::move(why);
+    }
+    S.cv.notify_all();
+}
+
+std::string coop_exit_deadlock(const CoopState &S) {
+    return fmt("deadlock at the grid barrier: %llu block(s) wait at grid.sync at %s:%d but %llu block(s) of the "
+               "grid have exited without reaching it (every block must reach every grid-wide barrier)",
+               S.arrived, S.file ? S.file : "?", S.line, S.exited);
+}
+
+bool coop_wait(Worker *w) {
+    CoopState &S = *w->L->coop;
+    std::unique_lock<std::mutex> lk(S.mu);
+    if (S.arrived == 0) {
+        S.file = w->bar_file;
+        S.line = w->bar_line;
+    }
+    const unsigned long long gen = S.generation;
+    ++S.arrived;
+    if (!S.broken && S.arrived + S.exited == S.nblocks) {
+        if (S.exited > 0) {
+            coop_break(S, coop_exit_deadlock(S));
+        } else {
+            S.arrived = 0;
+            ++S.generation;
+            S.cv.notify_all();
+            return true;
+        }
+    }
+    while (S.generation == gen && !S.broken) S.cv.wait(lk);
+    if (S.generation != gen) return true;
+    if (w->error.empty()) w->error = S.why;
+    return false;
+}
+
+// A block finished (ok) or failed: a grid barrier still waited on can never complete.
+void coop_block_done(Launch *L, bool ok, const std::string &error) {
+    CoopState &S = *L->coop;
+    std::lock_guard<std::mutex> lk(S.mu);
+    ++S.exited;
+    if (!ok) {
+        coop_break(S, "aborted: another block of the cooperative launch failed: " + error);
+    } else if (S.arrived > 0 && S.arrived + S.exited == S.nblocks) {
+        coop_break(S, coop_exit_deadlock(S));
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // Barriers
 void barrier_release_if_complete(Worker *w) {
     if (w->n_at_barrier == 0 || w->n_at_barrier + w->n_exited < w->n) return;
@@ -340,6 +416,7 @@ void barrier_release_if_complete(Worker *w) {
         }
         ++w->exit_warn;
     }
+    if (w->bar_kind == kBarGrid && !coop_wait(w)) return;  // the whole grid, not just this block
     int count = 0;
     for (auto &f : w->fibers)
         if (f.state == AT_BARRIER) count += f.bar_pred;
@@ -674,7 +751,7 @@ Fiber *next_fiber(Worker *w) {
     }
 }
 
-void worker_main(Launch *L) {
+void worker_main(Launch *L, long long fixed_block = -1) {
 #if defined(__x86_64__)
     // why MXCSR: CuPy compiles every kernel with -ftz=true, so the GPU flushes float32
     // denormal inputs and results to zero. FTZ (bit 15) + DAZ (bit 6) do the same for
@@ -713,7 +790,18 @@ void worker_main(Launch *L) {
     }
     unsigned long long blocks = 0;
     bool dirty = false;
-    while (ok && !L->failed.load(std::memory_order_relaxed)) {
+    if (fixed_block >= 0) {  // cooperative launch: this OS thread runs exactly this block
+        bool done = ok && run_block(&w, (unsigned long long)fixed_block);
+        blocks = ok ? 1 : 0;
+        if (!done) {
+            dirty = true;
+            std::lock_guard<std::mutex> lk(L->mu);
+            if (L->error.empty()) L->error = ok ? w.error : "out of memory allocating fiber stacks";
+            L->failed = true;
+        }
+        coop_block_done(L, done, w.error);
+    }
+    while (fixed_block < 0 && ok && !L->failed.load(std::memory_order_relaxed)) {
         unsigned long long b = L->next.fetch_add(1);
         if (b >= L->nblocks) break;
         if (L->subset) b = L->subset[b];
@@ -825,6 +913,32 @@ GPUGRAD_EMU_API void gpugrad_emu_trap(const char *file, int line) {
     fiber_fail(w, f, fmt("__trap() at %s:%d in %s", file, line, where(w, f).c_str()));
 }
 
+// Cooperative launch: the grid-wide barrier, and what cooperative_groups asks of it.
+GPUGRAD_EMU_API void gpugrad_emu_grid_barrier(const char *file, int line) {
+    Worker *w = tw;
+    Fiber *f = w ? w->cur : nullptr;
+    if (!f) {
+        std::fprintf(stderr, "gpugrad emu: grid.sync() called outside a kernel\n");
+        std::abort();
+    }
+    if (!w->L->coop)
+        fiber_fail(w, f,
+                   fmt("grid-wide barrier (grid.sync) at %s:%d in a kernel that was not launched cooperatively "
+                       "(%s): on a GPU this deadlocks or is invalid; build the module with "
+                       "enable_cooperative_groups=True, which launches every block at once",
+                       file, line, where(w, f).c_str()));
+    gpugrad_emu_barrier(kBarGrid, 0, file, line);
+}
+
+GPUGRAD_EMU_API int gpugrad_emu_is_cooperative(void) { return tw && tw->L && tw->L->coop ? 1 : 0; }
+
+// __nanosleep: let other OS threads (the other blocks of a cooperative launch) run, so
+// that a spin-waiting grid barrier written with atomics makes progress.
+GPUGRAD_EMU_API void gpugrad_emu_nanosleep(unsigned ns) {
+    (void)ns;
+    std::this_thread::yield();
+}
+
 // ---------------------------------------------------------------------------------
 // Launch API (called from Python through ctypes)
 
@@ -850,9 +964,10 @@ extern "C" __attribute__((visibility("default"))) void gpugrad_emu_set_block_sub
     g_next_subset_n = n;
 }
 
-extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch(
-    void (*entry)(void **), void **args, const unsigned *grid, const unsigned *block, unsigned long long shmem,
-    const gpugrad_emu_config *cfg, gpugrad_emu_stats *stats, char *err, size_t errlen) {
+namespace {
+int launch_impl(void (*entry)(void **), void **args, const unsigned *grid, const unsigned *block,
+                unsigned long long shmem, const gpugrad_emu_config *cfg, gpugrad_emu_stats *stats, char *err,
+                size_t errlen, bool cooperative) {
     Launch L;
     L.entry = entry;
     L.args = args;
@@ -893,11 +1008,22 @@ extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch(
     if (nw > L.nblocks) nw = L.nblocks;
     Worker *saved = tw;  // a launch from inside a kernel is not supported; keep state sane anyway
     gpugrad_emu_ts_t saved_ts = gpugrad_emu_ts;
-    if (nw == 1) {
+    CoopState coop;
+    if (cooperative) {  // every block resident: one OS thread per block (the host checked the size)
+        if (L.nblocks > kMaxCoopBlocks)
+            return fail(fmt("cooperative launch of %llu blocks: the emulator runs at most %llu (one OS thread "
+                            "per block)",
+                            L.nblocks, kMaxCoopBlocks));
+        coop.nblocks = L.nblocks;
+        L.coop = &coop;
+        std::vector<std::thread> ts;
+        for (unsigned long long i = 0; i < L.nblocks; ++i) ts.emplace_back(worker_main, &L, (long long)i);
+        for (auto &t : ts) t.join();
+    } else if (nw == 1) {
         worker_main(&L);  // on the calling thread: no thread start-up cost
     } else {
         std::vector<std::thread> ts;
-        for (unsigned long long i = 0; i < nw; ++i) ts.emplace_back(worker_main, &L);
+        for (unsigned long long i = 0; i < nw; ++i) ts.emplace_back(worker_main, &L, -1LL);
         for (auto &t : ts) t.join();
     }
     tw = saved;
@@ -905,4 +1031,19 @@ extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch(
     if (stats) *stats = L.stats;
     if (L.failed) return fail(L.error);
     return 0;
+}
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch(
+    void (*entry)(void **), void **args, const unsigned *grid, const unsigned *block, unsigned long long shmem,
+    const gpugrad_emu_config *cfg, gpugrad_emu_stats *stats, char *err, size_t errlen) {
+    return launch_impl(entry, args, grid, block, shmem, cfg, stats, err, errlen, false);
+}
+
+// Cooperative launch (cuLaunchCooperativeKernel): every block resident at once, grid
+// barriers allowed. The caller checks that the grid fits the emulated GPU.
+extern "C" __attribute__((visibility("default"))) int gpugrad_emu_launch_cooperative(
+    void (*entry)(void **), void **args, const unsigned *grid, const unsigned *block, unsigned long long shmem,
+    const gpugrad_emu_config *cfg, gpugrad_emu_stats *stats, char *err, size_t errlen) {
+    return launch_impl(entry, args, grid, block, shmem, cfg, stats, err, errlen, true);
 }

@@ -1,0 +1,406 @@
+// lstm_persistent.cu: the whole LSTM recurrence (forward or backward) in ONE
+// cooperative launch that loops over the time steps.
+//
+// The input projection of all steps, proj[T, B, 4H] = x W^T + b, is one GEMM done
+// before (matmul.cu); the weight gradients are GEMMs over all steps done after. What
+// is left is the sequential part, which here runs as a persistent kernel:
+//
+//   * each block owns U consecutive hidden units j0 .. j0+U-1 and BB batch rows
+//     (gridDim.x = ceil(H/U) * ceil(B/BB); splitting the batch too cuts the bytes of
+//     the broadcast vector every block reads per step) and keeps the recurrent
+//     weights it needs in shared memory for the whole launch:
+//     forward  Ws[k][u*4+q] = R[q*H + j0+u][k]  (all 4 gates of its units: H x 4U),
+//     backward Ws[r][u]     = R[r][j0+u]        (its columns of R: 4H x U);
+//   * per step it multiplies the broadcast vector of the previous step (h_{t-1}[B, H]
+//     forward, dpre_{t+1}[B, 4H] backward, read from global memory / L2 in chunks of
+//     KC columns staged in shared memory: one chunk = the whole vector when it
+//     fits, so one L2 round trip per step) by Ws, and the gate nonlinearities and cell
+//     update (or their derivatives) run in the epilogue of that product, on the
+//     block's own units only: the cell update is block local;
+//   * the block's slice of h_t (dpre_t) goes to global memory, and one grid-wide
+//     barrier per step makes it visible to every block before the next step.
+//
+// The grid barrier is valid only when every block is resident at once: the host
+// launches these kernels cooperatively (cuLaunchCooperativeKernel, which refuses a
+// grid that does not fit) with a grid sized from the occupancy. On the GPU it is a
+// monotonic arrival counter (zeroed by the host) in global memory; under the CPU
+// emulator it is the emulator's grid barrier, which also detects deadlocks
+// (-DGG_LSTM_SPIN_BARRIER runs the GPU's atomic barrier under the emulator instead).
+//
+// Gate order along 4H (MATLAB): input, forget, cell candidate, output.
+//   forward:  i = s(zi), f = s(zf), g = tanh(zg), o = s(zo)
+//             c = f c_prev + i g,  h = o tanh(c)
+//   backward: dh = g_ys[t] + dpre_{t+1} R (g_h at t = T-1),  dc = dc_next + g_cs[t]
+//             tc = tanh(c);  dct = dc + dh o (1 - tc^2)
+//             dpre = ([dct g, dct c_prev, dct i, dh tc] + g_gates[t]) * act'
+//             dc_next = dct f;  after step 0: dh0 = dpre_0 R, dc0 = dc_next
+//
+// GEMM micro-tile: each thread accumulates 4 rows (batch) x 4 columns over a slice of
+// every KC chunk (KS threads split a chunk; their partial sums meet in shared memory
+// `red`). Rows are processed in groups of 4*QG so that any batch size fits one
+// 256-thread block. Sizes: B*4H < 2^31 and T*B*4H < 2^31 (checked on the host).
+
+namespace gg_lstmp {
+
+template <typename T>
+__device__ __forceinline__ T sigmoid(T z);
+template <>
+__device__ __forceinline__ float sigmoid<float>(float z) {
+    return 1.0f / (1.0f + expf(-z));
+}
+template <>
+__device__ __forceinline__ double sigmoid<double>(double z) {
+    return 1.0 / (1.0 + exp(-z));
+}
+__device__ __forceinline__ float tanh_(float z) { return tanhf(z); }
+__device__ __forceinline__ double tanh_(double z) { return tanh(z); }
+
+// Four consecutive values from 16-byte-aligned shared memory as vector loads (LDS.128).
+__device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x;
+    v[1] = q.y;
+    v[2] = q.z;
+    v[3] = q.w;
+}
+__device__ __forceinline__ void load4(const double* p, double (&v)[4]) {
+    const double2 a = reinterpret_cast<const double2*>(p)[0];
+    const double2 b = reinterpret_cast<const double2*>(p)[1];
+    v[0] = a.x;
+    v[1] = a.y;
+    v[2] = b.x;
+    v[3] = b.y;
+}
+
+// Grid-wide barrier number `step` (0, 1, 2, ...): every block arrives once per step,
+// so the counter reaches (step + 1) * gridDim.x exactly when all blocks have arrived.
+__device__ __forceinline__ void grid_sync(unsigned int* counter, unsigned int step) {
+#if defined(GPUGRAD_EMU_GRID_SYNC) && !defined(GG_LSTM_SPIN_BARRIER)
+    (void)counter;
+    (void)step;
+    gpugrad_emu_grid_sync();
+#else
+    __syncthreads();  // the whole block has written its slice
+    if (threadIdx.x == 0) {
+        const unsigned int target = (step + 1u) * gridDim.x;
+        __threadfence();  // release: this block's writes before the arrival
+        atomicAdd(counter, 1u);
+        volatile unsigned int* c = counter;
+        while (*c < target) __nanosleep(20);
+        __threadfence();  // acquire: the other blocks' writes after the wait
+    }
+    __syncthreads();
+#endif
+}
+
+// Shared-memory layout (dynamic, in units of T):
+//   Ws   [K][NC]             resident weights (columns past the block's units are 0)
+//   Hs   [KC][RB + 4]        one chunk of the broadcast vector, transposed, RB = 4*QG rows
+//                            (rows padded by 4: 16-byte-aligned 4-row vectors)
+//   red  [KS][tiles][16]     partial 4x4 sums, tiles = (NC/4) * QG
+struct Geometry {
+    int K, KC, NC, nq, QG, RB, tiles, KS;
+};
+
+__device__ __forceinline__ Geometry geometry(int K, int KC, int NC, int QG, int KS) {
+    Geometry g;
+    g.K = K;
+    g.KC = KC;
+    g.NC = NC;
+    g.nq = NC / 4;
+    g.QG = QG;
+    g.RB = 4 * QG;
+    g.tiles = g.nq * QG;
+    g.KS = KS;
+    return g;
+}
+
+// red[s][tile][m*4+c] = sum over this thread's share of k of V[b0+bq*4+m][k] * Ws[k][cq*4+c]
+// for the rows b0 .. b0+RB-1 of V[B][K] (rows >= B count as zero).
+template <typename T>
+__device__ __forceinline__ void block_gemm(const T* V, int B, int b0, const T* Ws, T* Hs,
+                                           T* red, const Geometry& g) {
+    const int tid = threadIdx.x;
+    const int s = tid / g.tiles;
+    const int tile = tid - s * g.tiles;
+    const int cq = tile % g.nq;
+    const int bq = tile / g.nq;
+    const bool active = s < g.KS;
+    const int ld = g.RB + 4;
+    T acc[4][4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[m][c] = T(0);
+    for (int kc = 0; kc < g.K; kc += g.KC) {
+        __syncthreads();  // every thread is done with the previous chunk
+        const int kn = min(g.KC, g.K - kc);  // columns in this chunk
+        for (int e = tid; e < g.RB * kn; e += blockDim.x) {
+            const int bl = e / kn;
+            const int k = e - bl * kn;
+            const int b = b0 + bl;
+            // why __ldcg: V was written by other blocks during this launch; L2 is
+            // coherent, a stale L1 line (from a neighbouring slot) would not be
+            Hs[k * ld + bl] = b < B ? __ldcg(V + (size_t)b * g.K + kc + k) : T(0);
+        }
+        __syncthreads();
+        if (active) {
+            for (int k = s; k < kn; k += g.KS) {
+                T wv[4], hv[4];
+                load4(Ws + (size_t)(kc + k) * g.NC + cq * 4, wv);
+                load4(Hs + k * ld + bq * 4, hv);
+#pragma unroll
+                for (int m = 0; m < 4; ++m)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) acc[m][c] += hv[m] * wv[c];
+            }
+        }
+    }
+    if (active) {
+        T* out = red + ((size_t)s * g.tiles + tile) * 16;
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) out[m * 4 + c] = acc[m][c];
+    }
+    __syncthreads();  // partial sums visible to the epilogue
+}
+
+// Sum of the KS partials of output (row bl of the group, column n).
+template <typename T>
+__device__ __forceinline__ T reduced(const T* red, const Geometry& g, int bl, int n) {
+    const int tile = (n >> 2) + g.nq * (bl >> 2);
+    const int off = (bl & 3) * 4 + (n & 3);
+    T v = T(0);
+    for (int s = 0; s < g.KS; ++s) v += red[((size_t)s * g.tiles + tile) * 16 + off];
+    return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void carve(T*& Ws, T*& Hs, T*& red, const Geometry& g) {
+    extern __shared__ __align__(16) unsigned char gg_lstmp_smem[];
+    Ws = reinterpret_cast<T*>(gg_lstmp_smem);
+    Hs = Ws + (size_t)g.K * g.NC;
+    red = Hs + (size_t)g.KC * (g.RB + 4);
+}
+
+// The global-memory inputs of the epilogue of one (row b, unit j). Each thread loads
+// those of its first pair before the GEMM, so their latency hides behind it.
+template <typename T>
+__device__ __forceinline__ void fwd_inputs(const T* __restrict__ proj, const T* cprev,
+                                           size_t row, size_t bj, int H, int j, T (&in)[5]) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) in[q] = proj[row + (size_t)q * H + j];
+    in[4] = cprev[bj];  // why a plain load: c_{t-1} of (b, j) was written by this thread
+}
+
+template <typename T>
+__device__ __forceinline__ void bwd_inputs(const T* __restrict__ gates, const T* __restrict__ cs,
+                                           const T* __restrict__ c0, const T* __restrict__ g_ys,
+                                           const T* __restrict__ g_c, const T* __restrict__ g_cs,
+                                           const T* __restrict__ g_gates, const T* dc_run,
+                                           int t, int steps, size_t BH, size_t row, size_t bj,
+                                           int H, int j, int has_gcs, int has_ggates,
+                                           T (&in)[12]) {
+    const size_t e = (size_t)t * BH + bj;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) in[q] = gates[row + (size_t)q * H + j];
+    in[4] = cs[e];
+    in[5] = t ? cs[e - BH] : c0[bj];
+    in[6] = g_ys[e];
+    // why dc_run (= dc0) as the running dc: (b, j) is read and written by this thread only
+    in[7] = (t == steps - 1 ? g_c[bj] : dc_run[bj]) + (has_gcs ? g_cs[e] : T(0));
+#pragma unroll
+    for (int q = 0; q < 4; ++q) in[8 + q] = has_ggates ? g_gates[row + (size_t)q * H + j] : T(0);
+}
+
+template <typename T>
+__device__ void persistent_fwd(const T* __restrict__ proj, const T* __restrict__ R,
+                               const T* __restrict__ h0, const T* __restrict__ c0, T* ys,
+                               T* __restrict__ cs, T* __restrict__ gates, unsigned int* sync,
+                               int steps, int B, int H, int U, int BB, int QG, int KS,
+                               int KC) {
+    const Geometry g = geometry(H, KC, 4 * U, QG, KS);
+    T *Ws, *Hs, *red;
+    carve(Ws, Hs, red, g);
+    const int nub = (H + U - 1) / U;  // blocks along the hidden units
+    const int j0 = (blockIdx.x % nub) * U;
+    const int row_lo = (blockIdx.x / nub) * BB;  // this block's batch rows
+    const int row_hi = min(B, row_lo + BB);
+    // resident weights: Ws[k][u*4+q] = R[q*H + j0+u][k]; reads run along k (coalesced)
+    for (int e = threadIdx.x; e < g.K * g.NC; e += blockDim.x) {
+        const int col = e / g.K;
+        const int k = e - col * g.K;
+        const int u = col >> 2, q = col & 3;
+        const int j = j0 + u;
+        Ws[(size_t)k * g.NC + col] =
+            (u < U && j < H) ? R[((size_t)q * H + j) * H + k] : T(0);
+    }
+    const size_t BH = (size_t)B * H;
+    const int pairs = g.RB * U;
+    for (int t = 0; t < steps; ++t) {
+        const T* hprev = t ? ys + (size_t)(t - 1) * BH : h0;
+        const T* cprev = t ? cs + (size_t)(t - 1) * BH : c0;
+        for (int b0 = row_lo; b0 < row_hi; b0 += g.RB) {
+            T first[5];
+            {
+                const int bl = threadIdx.x / U, u = threadIdx.x - bl * U;
+                const int b = b0 + bl, j = j0 + u;
+                if (threadIdx.x < pairs && b < row_hi && j < H)
+                    fwd_inputs(proj, cprev, ((size_t)t * B + b) * 4 * H, (size_t)b * H + j, H, j,
+                               first);
+            }
+            block_gemm(hprev, row_hi, b0, Ws, Hs, red, g);
+            // epilogue: gate nonlinearities and cell update of the block's own units
+            for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+                const int bl = p / U;
+                const int u = p - bl * U;
+                const int b = b0 + bl;
+                const int j = j0 + u;
+                if (b >= row_hi || j >= H) continue;
+                const size_t row = ((size_t)t * B + b) * 4 * H;
+                T in[5];
+                if (p == (int)threadIdx.x) {
+#pragma unroll
+                    for (int q = 0; q < 5; ++q) in[q] = first[q];
+                } else {
+                    fwd_inputs(proj, cprev, row, (size_t)b * H + j, H, j, in);
+                }
+                const T zi = in[0] + reduced(red, g, bl, u * 4 + 0);
+                const T zf = in[1] + reduced(red, g, bl, u * 4 + 1);
+                const T zg = in[2] + reduced(red, g, bl, u * 4 + 2);
+                const T zo = in[3] + reduced(red, g, bl, u * 4 + 3);
+                const T i = sigmoid<T>(zi), f = sigmoid<T>(zf), gc = tanh_(zg);
+                const T o = sigmoid<T>(zo);
+                const T cn = f * in[4] + i * gc;
+                const size_t e = (size_t)t * BH + (size_t)b * H + j;
+                cs[e] = cn;
+                ys[e] = o * tanh_(cn);
+                gates[row + j] = i;
+                gates[row + H + j] = f;
+                gates[row + 2 * H + j] = gc;
+                gates[row + 3 * H + j] = o;
+            }
+        }
+        if (t + 1 < steps) grid_sync(sync, (unsigned)t);
+    }
+}
+
+template <typename T>
+__device__ void persistent_bwd(const T* __restrict__ g_ys, const T* __restrict__ g_h,
+                               const T* __restrict__ g_c, const T* __restrict__ g_cs,
+                               const T* __restrict__ g_gates, const T* __restrict__ gates,
+                               const T* __restrict__ cs, const T* __restrict__ c0,
+                               const T* __restrict__ R, T* dpre, T* __restrict__ dh0,
+                               T* __restrict__ dc0, unsigned int* sync, int steps, int B, int H,
+                               int U, int BB, int QG, int KS, int KC, int has_gcs,
+                               int has_ggates) {
+    const int U4 = (U + 3) & ~3;
+    const Geometry g = geometry(4 * H, KC, U4, QG, KS);
+    T *Ws, *Hs, *red;
+    carve(Ws, Hs, red, g);
+    const int nub = (H + U - 1) / U;
+    const int j0 = (blockIdx.x % nub) * U;
+    const int row_lo = (blockIdx.x / nub) * BB;
+    const int row_hi = min(B, row_lo + BB);
+    // resident weights: Ws[r][u] = R[r][j0+u]
+    for (int e = threadIdx.x; e < g.K * g.NC; e += blockDim.x) {
+        const int r = e / g.NC;
+        const int u = e - r * g.NC;
+        const int j = j0 + u;
+        Ws[e] = (u < U && j < H) ? R[(size_t)r * H + j] : T(0);
+    }
+    const size_t BH = (size_t)B * H;
+    const size_t B4H = BH * 4;
+    const int pairs = g.RB * U;
+    for (int t = steps - 1; t >= -1; --t) {
+        for (int b0 = row_lo; b0 < row_hi; b0 += g.RB) {
+            T first[12];
+            if (t >= 0) {
+                const int bl = threadIdx.x / U, u = threadIdx.x - bl * U;
+                const int b = b0 + bl, j = j0 + u;
+                if (threadIdx.x < pairs && b < row_hi && j < H)
+                    bwd_inputs(gates, cs, c0, g_ys, g_c, g_cs, g_gates, dc0, t, steps, BH,
+                               ((size_t)t * B + b) * 4 * H, (size_t)b * H + j, H, j, has_gcs,
+                               has_ggates, first);
+            }
+            if (t < steps - 1) block_gemm(dpre + (size_t)(t + 1) * B4H, row_hi, b0, Ws, Hs, red, g);
+            for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+                const int bl = p / U;
+                const int u = p - bl * U;
+                const int b = b0 + bl;
+                const int j = j0 + u;
+                if (b >= row_hi || j >= H) continue;
+                const size_t bj = (size_t)b * H + j;
+                const T dh_rec = t < steps - 1 ? reduced(red, g, bl, u) : g_h[bj];
+                if (t < 0) {  // after step 0: the gradient at h0
+                    dh0[bj] = dh_rec;
+                    continue;
+                }
+                const size_t row = ((size_t)t * B + b) * 4 * H;
+                T in[12];
+                if (p == (int)threadIdx.x) {
+#pragma unroll
+                    for (int q = 0; q < 12; ++q) in[q] = first[q];
+                } else {
+                    bwd_inputs(gates, cs, c0, g_ys, g_c, g_cs, g_gates, dc0, t, steps, BH, row, bj,
+                               H, j, has_gcs, has_ggates, in);
+                }
+                const T i = in[0], f = in[1], gc = in[2], o = in[3];
+                const T tc = tanh_(in[4]);
+                const T c_prev = in[5];
+                const T dh = in[6] + dh_rec;
+                const T dct = in[7] + dh * o * (T(1) - tc * tc);
+                const T di = dct * gc + in[8], df = dct * c_prev + in[9];
+                const T dg = dct * i + in[10], dz = dh * tc + in[11];
+                dpre[row + j] = di * i * (T(1) - i);
+                dpre[row + H + j] = df * f * (T(1) - f);
+                dpre[row + 2 * H + j] = dg * (T(1) - gc * gc);
+                dpre[row + 3 * H + j] = dz * o * (T(1) - o);
+                dc0[bj] = dct * f;
+            }
+        }
+        if (t >= 0) grid_sync(sync, (unsigned)(steps - 1 - t));
+    }
+}
+
+}  // namespace gg_lstmp
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+    lstm_fwd_persistent_f32(const float* proj, const float* R, const float* h0,
+                            const float* c0, float* ys, float* cs, float* gates,
+                            unsigned int* sync, int steps, int B, int H, int U, int BB,
+                            int QG, int KS, int KC) {
+    gg_lstmp::persistent_fwd<float>(proj, R, h0, c0, ys, cs, gates, sync, steps, B, H, U, BB,
+                                    QG, KS, KC);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+    lstm_fwd_persistent_f64(const double* proj, const double* R, const double* h0,
+                            const double* c0, double* ys, double* cs, double* gates,
+                            unsigned int* sync, int steps, int B, int H, int U, int BB,
+                            int QG, int KS, int KC) {
+    gg_lstmp::persistent_fwd<double>(proj, R, h0, c0, ys, cs, gates, sync, steps, B, H, U, BB,
+                                     QG, KS, KC);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1) lstm_bwd_persistent_f32(
+    const float* g_ys, const float* g_h, const float* g_c, const float* g_cs,
+    const float* g_gates, const float* gates, const float* cs, const float* c0, const float* R,
+    float* dpre, float* dh0, float* dc0, unsigned int* sync, int steps, int B, int H, int U,
+    int BB, int QG, int KS, int KC, int has_gcs, int has_ggates) {
+    gg_lstmp::persistent_bwd<float>(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, R, dpre, dh0,
+                                    dc0, sync, steps, B, H, U, BB, QG, KS, KC, has_gcs,
+                                    has_ggates);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1) lstm_bwd_persistent_f64(
+    const double* g_ys, const double* g_h, const double* g_c, const double* g_cs,
+    const double* g_gates, const double* gates, const double* cs, const double* c0,
+    const double* R, double* dpre, double* dh0, double* dc0, unsigned int* sync, int steps,
+    int B, int H, int U, int BB, int QG, int KS, int KC, int has_gcs,
+    int has_ggates) {
+    gg_lstmp::persistent_bwd<double>(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, R, dpre, dh0,
+                                     dc0, sync, steps, B, H, U, BB, QG, KS, KC, has_gcs,
+                                    has_ggates);
+}
