@@ -145,7 +145,9 @@ def compile_nvrtc(nvrtc, path: Path, arch: int) -> tuple[bool, str]:
     prog = nvrtc.createProgram(path.read_text(), path.name, [], [])
     try:
         try:
-            nvrtc.compileProgram(prog, [f"-arch=sm_{arch}", *NVRTC_OPTIONS])
+            # -I: quoted includes ("mma.cuh") resolve against the kernel folder
+            include = f"-I{path.resolve().parent}"
+            nvrtc.compileProgram(prog, [f"-arch=sm_{arch}", include, *NVRTC_OPTIONS])
             ok = True
         except nvrtc.NVRTCError:
             ok = False

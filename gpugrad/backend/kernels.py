@@ -25,7 +25,9 @@ array([[0., 0.], [0., 0.], [0., 0.]], dtype=float32)
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
+import re
 import threading
 from dataclasses import dataclass
 
@@ -47,6 +49,8 @@ __all__ = [
     "relu_bwd",
     "relu_fwd",
     "reset_launches",
+    "set_tf32_mode",
+    "tf32",
 ]
 
 INT32_MAX = 2**31 - 1
@@ -80,6 +84,7 @@ MATMUL_LAYOUTS = {
     (True, False): "_tn",
     (True, True): "_tt",
 }
+TF32_MODES = ("tf32", "3xtf32")  # kernels/matmul_tf32.cu
 
 
 def _matmul_entries():
@@ -96,6 +101,10 @@ def _matmul_entries():
                 "matmul.cu", op + (" with relu-mask prologue" if mask else ""), variants, dtypes
             )
     rows += _entries("matmul.cu", "matmul split-K reduction + epilogue", ("matmul_splitk_reduce",))
+    for mode in TF32_MODES:
+        variants = tuple(f"matmul_{mode}{lay}" for lay in MATMUL_LAYOUTS.values())
+        op = f"matmul/fullyconnect, float32 on tensor cores ({mode}; gg.kernels.allow_tf32)"
+        rows += _entries("matmul_tf32.cu", op, variants, ("f32",))
     return rows
 
 
@@ -164,6 +173,26 @@ def _source(file: str) -> str:
     return text
 
 
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[^\n]*$', re.M)
+
+
+def _inline_includes(text: str, path, depth: int = 0) -> str:
+    """``text`` (the file at ``path``) with each ``#include "x"`` that names a file
+    beside it replaced by that file's text, recursively, with ``#line`` markers."""
+    if depth > 16:
+        raise KernelCompileError(f"{path}: quoted includes nested more than 16 deep")
+
+    def expand(m):
+        inc = path.parent / m.group(1)
+        if not inc.is_file():
+            return m.group(0)
+        line = text.count("\n", 0, m.start()) + 2
+        body = _inline_includes(inc.read_text(), inc, depth + 1)
+        return f'#line 1 "{inc}"\n{body}\n#line {line} "{path}"'
+
+    return _INCLUDE.sub(expand, text)
+
+
 def _device_key():
     dev = backend.device()
     if dev == "cuda":
@@ -182,7 +211,9 @@ def _compile(file: str, key):
     if key[0] == "cuda":
         cp = backend.cupy_module()
         # #line makes NVRTC report errors as matmul.cu(LINE) instead of a temp name.
-        code = f'#line 1 "{path}"\n{text}'
+        # Quoted includes are inlined: CuPy's compile cache keys on the source text only,
+        # so a changed header (mma.cuh) must change the text to be recompiled.
+        code = f'#line 1 "{path}"\n{_inline_includes(text, path)}'
         module = cp.RawModule(code=code, options=("-std=c++17",))
         try:
             module.compile()
@@ -370,6 +401,35 @@ def plan_matmul(
     return Launch(name, (blocks(tile), 1, splits), (threads, 1, 1))
 
 
+TF32_TILE = (128, 128, 8, 256)  # BM, BN, BK, threads (matmul_tf32.cu)
+TF32_SPLIT_K_GRANULE = 32  # k per split is a multiple of this (4 k tiles of 8)
+
+
+def plan_matmul_tf32(
+    m: int,
+    n: int,
+    k: int,
+    mode: str,
+    num_sms: int,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    splits: int | None = None,
+) -> Launch:
+    """The tensor-core GEMM launch (``mode`` "tf32" or "3xtf32"): 128x128 tiles, split-K
+    as in ``plan_matmul`` when the tiles alone do not fill the SMs."""
+    if mode not in TF32_MODES:
+        raise ValueError(f"matmul: tf32 mode must be one of {TF32_MODES}, got {mode!r}")
+    bm, bn, _, threads = TF32_TILE
+    blocks = _cdiv(m, bm) * _cdiv(n, bn)
+    if splits is None:
+        granule = TF32_SPLIT_K_GRANULE // MATMUL_MIN_KTILES_PER_SPLIT
+        splits = matmul_splits(blocks, m, n, k, granule, num_sms)
+    _, splits = matmul_k_chunk(k, int(splits), TF32_SPLIT_K_GRANULE)
+    layout = MATMUL_LAYOUTS[(bool(trans_a), bool(trans_b))]
+    return Launch(f"matmul_{mode}{layout}_f32", (blocks, 1, splits), (threads, 1, 1))
+
+
 def plan_elementwise(kernel: str, n: int, num_sms: int, per_thread: int = 4) -> Launch:
     """Grid-stride launch: enough blocks for one pass, capped at 8 waves of SMs."""
     blocks = max(1, min(_cdiv(_cdiv(n, per_thread), ELEMENTWISE_THREADS), 8 * num_sms))
@@ -467,6 +527,78 @@ def _padding(value, fn: str) -> tuple[int, int, int, int]:
 
 # --------------------------------------------------------------------------- matmul
 
+#: Let float32 matrix products run on the tensor cores in TF32 (PyTorch's
+#: ``torch.backends.cuda.matmul.allow_tf32``). Default False: float32 products are
+#: computed in FP32. Process-wide, read at every call; see :func:`tf32`.
+allow_tf32 = False
+#: What ``allow_tf32`` turns on: ``"tf32"`` (operands rounded to a 10-bit mantissa,
+#: relative error ~1e-3) or ``"3xtf32"`` (each operand split into two TF32 numbers,
+#: three tensor-core products each: FP32-level accuracy). Set with :func:`set_tf32_mode`.
+tf32_mode = "tf32"
+
+
+def set_tf32_mode(mode: str) -> None:
+    """Choose what ``allow_tf32`` enables: ``"tf32"`` or ``"3xtf32"``.
+
+    >>> import gpugrad as gg
+    >>> gg.kernels.set_tf32_mode("3xtf32")
+    >>> gg.kernels.tf32_mode
+    '3xtf32'
+    >>> gg.kernels.set_tf32_mode("tf32")
+    """
+    global tf32_mode
+    if mode not in TF32_MODES:
+        raise ValueError(f"set_tf32_mode: mode must be one of {TF32_MODES}, got {mode!r}")
+    tf32_mode = mode
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool = True, mode: str | None = None):
+    """Context manager: ``allow_tf32 = enabled`` (and ``tf32_mode = mode`` if given)
+    inside the block; the previous settings come back after it.
+
+    With ``allow_tf32`` set, float32 products of ``matmul``/``fullyconnect`` (and the
+    LSTM's GEMMs) on ``cuda`` and ``emu`` run on the tensor cores; float64 products and
+    the relu-masked backward GEMM stay FP32.
+
+    >>> import gpugrad as gg
+    >>> with gg.kernels.tf32(mode="3xtf32"):
+    ...     print(gg.kernels.allow_tf32, gg.kernels.tf32_mode)
+    True 3xtf32
+    >>> print(gg.kernels.allow_tf32, gg.kernels.tf32_mode)
+    False tf32
+    """
+    global allow_tf32, tf32_mode
+    saved = (allow_tf32, tf32_mode)
+    try:
+        if mode is not None:
+            set_tf32_mode(mode)
+        allow_tf32 = bool(enabled)
+        yield
+    finally:
+        allow_tf32, tf32_mode = saved
+
+
+def _matmul_precision(precision, dt: str, has_mask: bool, tile) -> str:
+    """'fp32' (the FMA kernels, float64 included), 'tf32' or '3xtf32'."""
+    if precision is None:
+        if not allow_tf32 or dt != "f32" or has_mask or tile is not None:
+            return "fp32"
+        if tf32_mode not in TF32_MODES:
+            raise ValueError(
+                f"matmul: gg.kernels.tf32_mode must be one of {TF32_MODES}, got {tf32_mode!r}"
+            )
+        return tf32_mode
+    if precision == "fp32":
+        return precision
+    if precision not in TF32_MODES:
+        raise ValueError(f"matmul: precision must be 'fp32', 'tf32' or '3xtf32', got {precision!r}")
+    if dt != "f32":
+        raise TypeError(f"matmul: precision={precision!r} needs float32 operands, got float64")
+    if has_mask or tile is not None:
+        raise ValueError(f"matmul: precision={precision!r} takes no mask= and no tile=")
+    return precision
+
 
 def matmul(
     a,
@@ -480,6 +612,7 @@ def matmul(
     mask=None,
     tile=None,
     splits=None,
+    precision=None,
 ):
     """``act(alpha * op(a) @ op(b) + bias)`` in one kernel launch, 2-D operands only.
 
@@ -489,7 +622,9 @@ def matmul(
     relu backward fused into the next GEMM. ``tile`` forces a tile configuration
     (``"large"``, ``"mid"``, ``"wide"``, ``"small"``) and ``splits`` a split-K count
     (default: both chosen by ``plan_matmul``; split-K sums the partial products in a
-    fixed order, so results are deterministic).
+    fixed order, so results are deterministic). ``precision``: ``"fp32"``, ``"tf32"`` or
+    ``"3xtf32"`` (float32 only); default: ``"fp32"``, or ``tf32_mode`` for float32
+    products without ``mask`` while ``allow_tf32`` is set.
 
     >>> import numpy as np
     >>> from gpugrad import backend
@@ -526,12 +661,20 @@ def matmul(
     c = xp.empty((m, n), dtype=a.dtype)
     if m == 0 or n == 0:
         return c
+    num_sms = _device_props()["num_sms"]
+    prec = _matmul_precision(precision, dt, has_mask, tile)
+    if prec != "fp32":
+        plan = plan_matmul_tf32(
+            m, n, k, prec, num_sms, trans_a=trans_a, trans_b=trans_b, splits=splits
+        )
+        _launch_gemm(plan, TF32_SPLIT_K_GRANULE, a, b, c, bias, False, m, n, k, dt, alpha, relu)
+        return c
     plan = plan_matmul(
         m,
         n,
         k,
         dt,
-        _device_props()["num_sms"],
+        num_sms,
         tile,
         trans_a=trans_a,
         trans_b=trans_b,
@@ -543,20 +686,21 @@ def matmul(
     return c
 
 
-def _launch_gemm(plan, bk, a, b, c, bias, mask, m, n, k, dt, alpha, relu):
-    """Launch one GEMM plan; with split-K (grid z > 1) through a workspace and the
-    reduction kernel, which applies alpha, bias and relu."""
+def _launch_gemm(plan, granule, a, b, c, bias, mask, m, n, k, dt, alpha, relu):
+    """Launch one GEMM plan (k per split a multiple of ``granule``); with split-K (grid
+    z > 1) through a workspace and the reduction kernel, which applies alpha, bias and
+    relu. ``mask is False``: the entry point has no mask parameter (tensor-core GEMM)."""
     xp = backend.xp()
     i32 = np.int32
     has_bias = bias is not None
-    k_chunk, splits = matmul_k_chunk(k, plan.grid[2], bk)
+    k_chunk, splits = matmul_k_chunk(k, plan.grid[2], granule)
     out = c if splits == 1 else xp.empty((splits, m, n), dtype=c.dtype)
     args = (
         a,
         b,
         out,
         bias if has_bias and splits == 1 else out,
-        mask if mask is not None else a,
+        *(() if mask is False else (mask if mask is not None else a,)),
         i32(m),
         i32(n),
         i32(k),
