@@ -241,6 +241,8 @@ __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restric
     }
     __syncthreads();
 
+    // unrolled by 2: the double-buffer index becomes static (immediate smem offsets)
+#pragma unroll 2
     for (int t = 0; t < ktiles; ++t) {
         const int cur = t & 1;
         const bool more = t + 1 < ktiles;

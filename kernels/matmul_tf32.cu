@@ -13,7 +13,10 @@
 //
 // Design (CUTLASS sm80 multistage): 128x128 block tile, 8 warps of 64x32, each warp
 // 4x4 mma.sync.m16n8k8 tiles; operand tiles are copied global -> shared with cp.async
-// (no register staging) in a STAGES-deep ring, one __syncthreads per k tile; shared
+// (no register staging) in a STAGES-deep ring (4 for TF32; 2 for 3xTF32, whose stages
+// hold hi and lo parts), one __syncthreads per k tile. Once its copies land, each
+// thread rounds (or splits) the 16-byte chunks it copied in place, so an element is
+// converted once instead of once per warp that reads it (2-4x); shared
 // rows padded so that every fragment load is bank-conflict-free (rows of k: stride
 // BK+4; rows of m/n: stride BM+8). Layouts are compile-time (entry point suffix
 // _nt/_tn/_tt, none = NN); split-K over gridDim.z as in matmul.cu (partial products to
@@ -68,27 +71,36 @@ struct SmemTile {
         }
     }
 
-    static __device__ __forceinline__ float get(const float* s, int mn, int k) {
-        return KMAJOR ? s[mn * LD + k] : s[k * LD + mn];
+    // Round the chunks this thread copied (landed: after its cp.async.wait_group) to
+    // TF32 in place, or split them into hi (in place) and lo (at s + lo_offset).
+    template <bool SPLIT3>
+    static __device__ __forceinline__ void convert(float* s, int lo_offset) {
+#pragma unroll
+        for (int c = 0; c < PER_THREAD; ++c) {
+            const int id = threadIdx.x + c * NT;
+            float* p = s + (id / (COLS / 4)) * LD + (id % (COLS / 4)) * 4;
+            float4 v = *reinterpret_cast<float4*>(p);
+            if (SPLIT3) {
+                unsigned h[4], l[4];
+                gg_mma::split_tf32(v.x, h[0], l[0]);
+                gg_mma::split_tf32(v.y, h[1], l[1]);
+                gg_mma::split_tf32(v.z, h[2], l[2]);
+                gg_mma::split_tf32(v.w, h[3], l[3]);
+                *reinterpret_cast<uint4*>(p) = make_uint4(h[0], h[1], h[2], h[3]);
+                *reinterpret_cast<uint4*>(p + lo_offset) = make_uint4(l[0], l[1], l[2], l[3]);
+            } else {
+                *reinterpret_cast<uint4*>(p) =
+                    make_uint4(gg_mma::to_tf32(v.x), gg_mma::to_tf32(v.y), gg_mma::to_tf32(v.z),
+                               gg_mma::to_tf32(v.w));
+            }
+        }
+    }
+
+    // TF32 bits of op(X)[mn][k] (already converted in shared memory)
+    static __device__ __forceinline__ unsigned get(const float* s, int mn, int k) {
+        return __float_as_uint(KMAJOR ? s[mn * LD + k] : s[k * LD + mn]);
     }
 };
-
-template <bool SPLIT3>
-struct Frag {
-    unsigned hi;
-};
-template <>
-struct Frag<true> {
-    unsigned hi, lo;
-};
-
-template <bool SPLIT3>
-__device__ __forceinline__ void convert(float x, unsigned& hi, unsigned& lo) {
-    if (SPLIT3)
-        gg_mma::split_tf32(x, hi, lo);
-    else
-        hi = gg_mma::to_tf32(x);
-}
 
 template <int BM, int BN, int BK, int STAGES, int WARPS_M, int WARPS_N, bool TA, bool TB,
           bool SPLIT3>
@@ -105,7 +117,8 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
     static_assert(WM % 16 == 0 && WN % 8 == 0 && BK % 8 == 0 && STAGES >= 2, "bad tiling");
     using TileA = SmemTile<BM, BK, NT, !TA>;
     using TileB = SmemTile<BN, BK, NT, TB>;
-    constexpr int STAGE = TileA::SIZE + TileB::SIZE;
+    constexpr int HI = TileA::SIZE + TileB::SIZE;  // TF32 (hi) parts of A and B
+    constexpr int STAGE = SPLIT3 ? 2 * HI : HI;     // + the lo parts for 3xTF32
     __shared__ __align__(16) float smem[STAGES * STAGE];
 
     const int tiles_m = (M + BM - 1) / BM;
@@ -149,8 +162,11 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
     for (int kt = 0; kt < ktiles; ++kt) {
-        gg_mma::cp_async_wait<STAGES - 2>();  // tile kt has landed (this thread's copies)
-        __syncthreads();                      // ... everyone's; and stage kt-1 is free
+        gg_mma::cp_async_wait<STAGES - 2>();  // this thread's copies of tile kt landed:
+        float* sc = smem + (kt % STAGES) * STAGE;  // convert them once, here, not per
+        TileA::template convert<SPLIT3>(sc, HI);  // fragment read (each element is read
+        TileB::template convert<SPLIT3>(sc + TileA::SIZE, HI);  // by 2-4 warps)
+        __syncthreads();  // tile kt converted by everyone; stage kt-1 no longer read
         const int next = kt + STAGES - 1;
         if (next < ktiles) {
             float* sn = smem + (next % STAGES) * STAGE;
@@ -167,16 +183,26 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
 #pragma unroll
             for (int i = 0; i < MT; ++i) {
                 const int r = wm0 + i * 16 + g;
-                convert<SPLIT3>(TileA::get(sa, r, ks + t), ah[i][0], al[i][0]);
-                convert<SPLIT3>(TileA::get(sa, r + 8, ks + t), ah[i][1], al[i][1]);
-                convert<SPLIT3>(TileA::get(sa, r, ks + t + 4), ah[i][2], al[i][2]);
-                convert<SPLIT3>(TileA::get(sa, r + 8, ks + t + 4), ah[i][3], al[i][3]);
+                ah[i][0] = TileA::get(sa, r, ks + t);
+                ah[i][1] = TileA::get(sa, r + 8, ks + t);
+                ah[i][2] = TileA::get(sa, r, ks + t + 4);
+                ah[i][3] = TileA::get(sa, r + 8, ks + t + 4);
+                if (SPLIT3) {
+                    al[i][0] = TileA::get(sa + HI, r, ks + t);
+                    al[i][1] = TileA::get(sa + HI, r + 8, ks + t);
+                    al[i][2] = TileA::get(sa + HI, r, ks + t + 4);
+                    al[i][3] = TileA::get(sa + HI, r + 8, ks + t + 4);
+                }
             }
 #pragma unroll
             for (int j = 0; j < NL; ++j) {
                 const int c = wn0 + j * 8 + g;
-                convert<SPLIT3>(TileB::get(sb, c, ks + t), bh[j][0], bl[j][0]);
-                convert<SPLIT3>(TileB::get(sb, c, ks + t + 4), bh[j][1], bl[j][1]);
+                bh[j][0] = TileB::get(sb, c, ks + t);
+                bh[j][1] = TileB::get(sb, c, ks + t + 4);
+                if (SPLIT3) {
+                    bl[j][0] = TileB::get(sb + HI, c, ks + t);
+                    bl[j][1] = TileB::get(sb + HI, c, ks + t + 4);
+                }
             }
 #pragma unroll
             for (int i = 0; i < MT; ++i)
@@ -236,21 +262,21 @@ matmul_tf32_tt_f32(const float* A, const float* B, float* C, const float* bias, 
     gg_tf32::gemm<128, 128, 8, 4, 2, 4, true, true, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
 }
 
-// matmul_3xtf32_*: 128x128x8 block tile, 4-stage cp.async ring, 2x4 warps of 64x32 (256 threads)
+// matmul_3xtf32_*: 128x128x8 block tile, 2-stage cp.async ring (hi + lo parts), 2x4 warps of 64x32 (256 threads)
 extern "C" __global__ void __launch_bounds__(256, 1)
 matmul_3xtf32_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_tf32::gemm<128, 128, 8, 4, 2, 4, false, false, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+    gg_tf32::gemm<128, 128, 8, 2, 2, 4, false, false, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
 }
 extern "C" __global__ void __launch_bounds__(256, 1)
 matmul_3xtf32_nt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_tf32::gemm<128, 128, 8, 4, 2, 4, false, true, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+    gg_tf32::gemm<128, 128, 8, 2, 2, 4, false, true, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
 }
 extern "C" __global__ void __launch_bounds__(256, 1)
 matmul_3xtf32_tn_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_tf32::gemm<128, 128, 8, 4, 2, 4, true, false, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+    gg_tf32::gemm<128, 128, 8, 2, 2, 4, true, false, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
 }
 extern "C" __global__ void __launch_bounds__(256, 1)
 matmul_3xtf32_tt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_tf32::gemm<128, 128, 8, 4, 2, 4, true, true, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+    gg_tf32::gemm<128, 128, 8, 2, 2, 4, true, true, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
 }
 
