@@ -1,18 +1,20 @@
-// matmul.cu: tiled GEMM with fused prologue and epilogue.
+// matmul.cu: tiled GEMM with fused prologue and epilogue (FP32/FP64 FMA pipes).
 //
 //   C[M,N] = act(alpha * op(A) @ op(B) + bias[N])      act in {none, relu}
 //
-// op(X) is X or X^T, chosen at run time by the trans_a / trans_b flags, so the
-// backward pass (dA = dC B^T, dB = A^T dC) needs no explicit transposes.
-// Optional relu-mask prologue: when has_mask != 0, A's element is read as
-// (mask[i,k] > 0 ? A[i,k] : 0), with mask stored in A's layout; this fuses
-// dZ = dY * [Y > 0] into the backward GEMM.
+// op(X) is X or X^T. The layout (trans_a, trans_b) and the relu-mask prologue are
+// compile-time template parameters: every tile configuration has one entry point per
+// layout, named <tile>[_nt|_tn|_tt][_mask]_<dtype> (no suffix = NN, no mask), so the
+// k-loop carries no run-time layout branches. The backward pass (dA = dC B^T,
+// dB = A^T dC) therefore needs no explicit transposes. With the _mask variants A's
+// element is read as (mask[i,k] > 0 ? A[i,k] : 0), mask stored in A's layout; this
+// fuses dZ = dY * [Y > 0] into the backward GEMM.
 //
-// Design (S. Boehm's SGEMM worklog, kernels 5-6):
-//  * a block computes a BM x BN tile of C; each thread a TM x TN register tile
-//    (2-D register blocking), held as groups of 4 rows / 4 columns strided by
-//    BM/(TM/4) so that a quarter warp reads 128 contiguous bytes of shared
-//    memory (no bank conflicts) and writes 4 contiguous outputs;
+// Design (S. Boehm's SGEMM worklog, kernels 5-10):
+//  * a block computes a BM x BN tile of C; its warps each a WM x WN warp tile; each
+//    lane a TM x TN register tile held as groups of 4 rows / 4 columns strided by the
+//    warp's lane grid; lanes are Z-ordered so the LDS.128 fragment loads of lanes n,
+//    n^1 (B) and n, n^2 (A) hit the same address and pair-pack;
 //  * shared tiles are stored k-major (As[k][m], Bs[k][n]) and double buffered:
 //    the next global tile is fetched into registers while the current one is
 //    multiplied, one __syncthreads per k step;
@@ -20,15 +22,22 @@
 //    16-byte aligned and the 4 elements are in bounds; a scalar path handles
 //    edges, odd leading dimensions and unaligned bases;
 //  * 1-D grid with grouped ("swizzled") tile order so consecutive blocks reuse
-//    the same A rows / B columns from L2.
+//    the same A rows / B columns from L2;
+//  * split-K over gridDim.z for skinny problems (LSTM steps, batch-1 GEMV): block z
+//    reduces its k_chunk and writes a partial product to a workspace; the epilogue
+//    then runs in matmul_splitk_reduce_<dtype> (fixed summation order: deterministic);
+//  * matmul_fwd_f32 is bounded to 128 registers (__launch_bounds__(256, 2)) so that
+//    two 256-thread blocks are resident per SM.
 //
 // Indices are 32-bit: the host wrapper rejects operands with >= 2^31 elements.
-// Entry points (one per tile configuration and dtype; the host picks one):
-//   matmul_fwd_f32    128x128x8,  8x8 per thread, 256 threads
-//   matmul_mid_f32     64x64x16,  4x4 per thread, 256 threads
-//   matmul_small_f32   32x32x16,  4x4 per thread,  64 threads
-//   matmul_fwd_f64     64x64x16,  4x4 per thread, 256 threads
-//   matmul_small_f64   32x32x16,  4x4 per thread,  64 threads
+// Tile configurations (gpugrad/backend/kernels.py: MATMUL_TILES, plan_matmul):
+//   matmul_fwd_f32    128x128x8,  8x8 per thread, 2x4 warps of 64x32, 256 threads
+//   matmul_mid_f32     64x64x16,  4x4 per thread, 2x4 warps of 32x16, 256 threads
+//   matmul_wide_f32    32x128x16, 4x8 per thread, 1x4 warps of 32x32, 128 threads (M <= 32)
+//   matmul_small_f32   32x32x16,  4x4 per thread, 1x2 warps of 32x16,  64 threads
+//   matmul_fwd_f64     64x64x16,  4x4 per thread, 2x4 warps of 32x16, 256 threads
+//   matmul_small_f64   32x32x16,  4x4 per thread, 1x2 warps of 32x16,  64 threads
+// The TF32 tensor-core variants live in matmul_tf32.cu.
 
 #include "common.cuh"
 
@@ -40,35 +49,35 @@ constexpr int PAD = 4;  // keeps rows 16-byte aligned and spreads k-major stores
 
 // One operand tile of op(X): BMN rows (the m or n extent) by BK columns (k),
 // loaded from global memory into registers, then stored k-major into shared
-// memory. Element (mn, k) of op(X) lives at X[mn*ld + k] when kmajor, else at
-// X[k*ld + mn].
-template <typename T, int BMN, int BK, int NT>
+// memory. Element (mn, k) of op(X) lives at X[mn*ld + k] when KMAJOR, else at
+// X[k*ld + mn]. KMAJOR and MASK are compile-time, so each entry point carries
+// exactly one load path (plus the scalar fallback for edges/unaligned views).
+template <typename T, int BMN, int BK, int NT, bool KMAJOR, bool MASK>
 struct MatTile {
     static constexpr int V = BMN * BK / 4 / NT;  // 4-vectors per thread per tile
     static_assert(BMN * BK % (4 * NT) == 0, "tile must split evenly into 4-vectors");
     static_assert(V >= 1, "too many threads for the tile");
 
     const T* __restrict__ x;
-    const T* __restrict__ mask;  // nullptr: no mask
+    const T* __restrict__ mask;
     int ld, ext_mn, ext_k, mn0;
-    bool kmajor, vec;
+    bool vec;
     T r[V][4];
 
     __device__ __forceinline__ void init(const T* x_, const T* mask_, int ld_, int ext_mn_,
-                                         int ext_k_, int mn0_, bool kmajor_) {
+                                         int ext_k_, int mn0_) {
         x = x_;
         mask = mask_;
         ld = ld_;
         ext_mn = ext_mn_;
         ext_k = ext_k_;
         mn0 = mn0_;
-        kmajor = kmajor_;
-        vec = (ld % 4 == 0) && aligned16(x) && (mask == nullptr || aligned16(mask));
+        vec = (ld % 4 == 0) && aligned16(x) && (!MASK || aligned16(mask));
     }
 
     __device__ __forceinline__ T fetch(int offset) const {
         const T v = x[offset];
-        if (mask != nullptr) return mask[offset] > T(0) ? v : T(0);
+        if (MASK) return mask[offset] > T(0) ? v : T(0);
         return v;
     }
 
@@ -76,37 +85,26 @@ struct MatTile {
 #pragma unroll
         for (int v = 0; v < V; ++v) {
             const int id = threadIdx.x + v * NT;
-            if (kmajor) {
-                const int gm = mn0 + id / (BK / 4);
-                const int gk = k0 + (id % (BK / 4)) * 4;
-                if (vec && gm < ext_mn && gk + 3 < ext_k) {
-                    load4(x + gm * ld + gk, r[v]);
-                    if (mask != nullptr) {
-                        T mk[4];
-                        load4(mask + gm * ld + gk, mk);
+            // (row, col) of the 4-vector in memory order: KMAJOR rows are mn, else k
+            const int gm = KMAJOR ? mn0 + id / (BK / 4) : mn0 + (id % (BMN / 4)) * 4;
+            const int gk = KMAJOR ? k0 + (id % (BK / 4)) * 4 : k0 + id / (BMN / 4);
+            const int off = KMAJOR ? gm * ld + gk : gk * ld + gm;
+            const bool full = KMAJOR ? (gm < ext_mn && gk + 3 < ext_k)
+                                     : (gk < ext_k && gm + 3 < ext_mn);
+            if (vec && full) {
+                load4(x + off, r[v]);
+                if (MASK) {
+                    T mk[4];
+                    load4(mask + off, mk);
 #pragma unroll
-                        for (int j = 0; j < 4; ++j) r[v][j] = mk[j] > T(0) ? r[v][j] : T(0);
-                    }
-                } else {
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        r[v][j] = (gm < ext_mn && gk + j < ext_k) ? fetch(gm * ld + gk + j) : T(0);
+                    for (int j = 0; j < 4; ++j) r[v][j] = mk[j] > T(0) ? r[v][j] : T(0);
                 }
             } else {
-                const int gk = k0 + id / (BMN / 4);
-                const int gm = mn0 + (id % (BMN / 4)) * 4;
-                if (vec && gk < ext_k && gm + 3 < ext_mn) {
-                    load4(x + gk * ld + gm, r[v]);
-                    if (mask != nullptr) {
-                        T mk[4];
-                        load4(mask + gk * ld + gm, mk);
 #pragma unroll
-                        for (int j = 0; j < 4; ++j) r[v][j] = mk[j] > T(0) ? r[v][j] : T(0);
-                    }
-                } else {
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        r[v][j] = (gk < ext_k && gm + j < ext_mn) ? fetch(gk * ld + gm + j) : T(0);
+                for (int j = 0; j < 4; ++j) {
+                    const bool in = KMAJOR ? (gm < ext_mn && gk + j < ext_k)
+                                           : (gk < ext_k && gm + j < ext_mn);
+                    r[v][j] = in ? fetch(off + j) : T(0);
                 }
             }
         }
@@ -116,7 +114,7 @@ struct MatTile {
 #pragma unroll
         for (int v = 0; v < V; ++v) {
             const int id = threadIdx.x + v * NT;
-            if (kmajor) {
+            if (KMAJOR) {
                 const int mn = id / (BK / 4);
                 const int kq = (id % (BK / 4)) * 4;
 #pragma unroll
@@ -128,22 +126,56 @@ struct MatTile {
     }
 };
 
-// The whole GEMM for one tile configuration.
-template <typename T, int BM, int BN, int BK, int TM, int TN>
+// Lane -> (row, column) inside the warp's LM x LN lane grid, Z-ordered (lane bit 0 to
+// the row, bit 1 to the column, ...): lanes n and n^1 then read the same B fragment and
+// lanes n and n^2 the same A fragment, so both LDS.128 loads pair-pack on the return path.
+template <int LM, int LN>
+__device__ __forceinline__ void lane_grid(int lane, int& lm, int& ln) {
+    constexpr int BITS_M = LM == 1 ? 0 : LM == 2 ? 1 : LM == 4 ? 2 : LM == 8 ? 3 : LM == 16 ? 4 : 5;
+    static_assert(LM * LN == 32 && (1 << BITS_M) == LM, "the lane grid must be a power-of-two split of 32");
+    lm = 0;
+    ln = 0;
+    int bm = 0, bn = 0;
+#pragma unroll
+    for (int b = 0; b < 5; ++b) {
+        const bool to_m = bm < BITS_M && (bn >= 5 - BITS_M || (b % 2) == 0);
+        if (to_m) {
+            lm |= ((lane >> b) & 1) << bm;
+            ++bm;
+        } else {
+            ln |= ((lane >> b) & 1) << bn;
+            ++bn;
+        }
+    }
+}
+
+// The whole GEMM for one tile configuration and operand layout.
+//
+// Warp tiling: the block's WARPS_M x WARPS_N warps each own a WM x WN sub-tile; a
+// lane owns TM x TN outputs as (TM/4) x (TN/4) groups of 4x4, the groups strided by
+// the lane grid so a warp's fragment loads hit 8 (A) / 4 (B) distinct 16-byte words.
+// Split-K: block z reduces k in [z*k_chunk, min(K, (z+1)*k_chunk)) and writes its
+// partial product to C + z*M*ldc (the host then runs matmul_splitk_reduce with the
+// epilogue); with gridDim.z == 1 this is the plain GEMM.
+template <typename T, int BM, int BN, int BK, int TM, int TN, int WARPS_M, int WARPS_N,
+          bool TA, bool TB, bool MASK>
 __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restrict__ B,
                                      T* __restrict__ C, const T* __restrict__ bias,
                                      const T* __restrict__ mask, int M, int N, int K, int lda,
-                                     int ldb, int ldc, int trans_a, int trans_b, int has_bias,
-                                     int has_mask, T alpha, int relu) {
-    constexpr int TX = BN / TN;        // threads along n
-    constexpr int TY = BM / TM;        // threads along m
-    constexpr int NT = TX * TY;        // threads per block
-    constexpr int GM = TM / 4;         // 4-row groups per thread
-    constexpr int GN = TN / 4;         // 4-column groups per thread
-    constexpr int SM = BM / GM;        // stride between a thread's row groups
-    constexpr int SN = BN / GN;        // stride between a thread's column groups
-    constexpr int GROUP = 8;           // tile rows per swizzle group
+                                     int ldb, int ldc, int k_chunk, int has_bias, T alpha,
+                                     int relu) {
+    constexpr int NT = WARPS_M * WARPS_N * 32;  // threads per block
+    constexpr int WM = BM / WARPS_M;            // warp tile
+    constexpr int WN = BN / WARPS_N;
+    constexpr int GM = TM / 4;                  // 4-row groups per lane
+    constexpr int GN = TN / 4;                  // 4-column groups per lane
+    constexpr int LM = WM / TM;                 // lane grid
+    constexpr int LN = WN / TN;
+    constexpr int SM = LM * 4;                  // stride between a lane's row groups
+    constexpr int SN = LN * 4;                  // stride between a lane's column groups
+    constexpr int GROUP = 8;                    // tile rows per swizzle group
     static_assert(TM % 4 == 0 && TN % 4 == 0, "register tile must be made of 4-vectors");
+    static_assert(LM * LN == 32 && WM * WARPS_M == BM && WN * WARPS_N == BN, "bad warp tiling");
 
     __shared__ __align__(16) T As[2][BK][BM + PAD];
     __shared__ __align__(16) T Bs[2][BK][BN + PAD];
@@ -159,15 +191,20 @@ __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restric
     const int tile_n = (pid % per_group) / group_rows;
     const int m0 = tile_m * BM;
     const int n0 = tile_n * BN;
+    const int k_begin = blockIdx.z * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
 
     const int tid = threadIdx.x;
-    const int tx = tid % TX;
-    const int ty = tid / TX;
+    const int warp = tid / 32;
+    int lm, ln;
+    lane_grid<LM, LN>(tid % 32, lm, ln);
+    const int am = (warp / WARPS_N) * WM + lm * 4;  // first row of this lane in the tile
+    const int bn = (warp % WARPS_N) * WN + ln * 4;  // first column
 
-    MatTile<T, BM, BK, NT> ta;
-    MatTile<T, BN, BK, NT> tb;
-    ta.init(A, has_mask ? mask : nullptr, lda, M, K, m0, trans_a == 0);
-    tb.init(B, nullptr, ldb, N, K, n0, trans_b != 0);
+    MatTile<T, BM, BK, NT, !TA, MASK> ta;
+    MatTile<T, BN, BK, NT, TB, false> tb;
+    ta.init(A, mask, lda, M, k_end, m0);
+    tb.init(B, nullptr, ldb, N, k_end, n0);
 
     T acc[TM][TN];
 #pragma unroll
@@ -175,29 +212,38 @@ __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restric
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
-    const int ktiles = (K + BK - 1) / BK;
+    const int ktiles = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
     if (ktiles > 0) {
-        ta.load(0);
-        tb.load(0);
+        ta.load(k_begin);
+        tb.load(k_begin);
         ta.store(As[0]);
         tb.store(Bs[0]);
     }
     __syncthreads();
 
+    // The 128x128 tile on sm_90 unrolls the k loop by 2: the double-buffer index becomes
+    // static (immediate shared-memory offsets, FFMA share of the path 84 -> 86 %). Not on
+    // sm_80 and not for the 4x4 tiles, where NVRTC then spills under the register bound.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr int KUNROLL = (TM == 8 && TN == 8) ? 2 : 1;
+#else
+    constexpr int KUNROLL = 1;
+#endif
+#pragma unroll KUNROLL
     for (int t = 0; t < ktiles; ++t) {
         const int cur = t & 1;
         const bool more = t + 1 < ktiles;
         if (more) {  // fetch the next tile while this one is multiplied
-            ta.load((t + 1) * BK);
-            tb.load((t + 1) * BK);
+            ta.load(k_begin + (t + 1) * BK);
+            tb.load(k_begin + (t + 1) * BK);
         }
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
             T a[TM], b[TN];
 #pragma unroll
-            for (int g = 0; g < GM; ++g) load4(&As[cur][kk][g * SM + ty * 4], &a[g * 4]);
+            for (int g = 0; g < GM; ++g) load4(&As[cur][kk][am + g * SM], &a[g * 4]);
 #pragma unroll
-            for (int g = 0; g < GN; ++g) load4(&Bs[cur][kk][g * SN + tx * 4], &b[g * 4]);
+            for (int g = 0; g < GN; ++g) load4(&Bs[cur][kk][bn + g * SN], &b[g * 4]);
 #pragma unroll
             for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -211,16 +257,17 @@ __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restric
     }
 
     // Epilogue: alpha, bias, relu; 4-wide stores where aligned and in bounds.
-    const bool cvec = (ldc % 4 == 0) && aligned16(C);
+    T* __restrict__ out_base = C + blockIdx.z * (M * ldc);
+    const bool cvec = (ldc % 4 == 0) && aligned16(out_base);
 #pragma unroll
     for (int gi = 0; gi < GM; ++gi) {
 #pragma unroll
         for (int ii = 0; ii < 4; ++ii) {
-            const int row = m0 + gi * SM + ty * 4 + ii;
+            const int row = m0 + am + gi * SM + ii;
             if (row >= M) continue;
 #pragma unroll
             for (int gj = 0; gj < GN; ++gj) {
-                const int col = n0 + gj * SN + tx * 4;
+                const int col = n0 + bn + gj * SN;
                 T out[4];
 #pragma unroll
                 for (int jj = 0; jj < 4; ++jj) {
@@ -230,60 +277,247 @@ __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restric
                     out[jj] = v;
                 }
                 if (cvec && col + 3 < N) {
-                    store4(C + row * ldc + col, out);
+                    store4(out_base + row * ldc + col, out);
                 } else {
 #pragma unroll
                     for (int jj = 0; jj < 4; ++jj)
-                        if (col + jj < N) C[row * ldc + col + jj] = out[jj];
+                        if (col + jj < N) out_base[row * ldc + col + jj] = out[jj];
                 }
             }
         }
     }
 }
 
+// Split-K second pass: C = act(alpha * sum_z W[z] + bias), summing the splits in a
+// fixed order (deterministic). W is [splits][M][N] contiguous; C has leading dim N.
+template <typename T>
+__device__ __forceinline__ void splitk_reduce(const T* __restrict__ W, T* __restrict__ C,
+                                              const T* __restrict__ bias, int M, int N,
+                                              int splits, int has_bias, T alpha, int relu) {
+    const long long total = (long long)M * N;
+    const long long plane = total;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        T s = W[i];
+        for (int z = 1; z < splits; ++z) s += W[z * plane + i];
+        T v = alpha * s;
+        if (has_bias) v += bias[i % N];
+        if (relu) v = v < T(0) ? T(0) : v;
+        C[i] = v;
+    }
+}
+
 }  // namespace gg_matmul
 
-extern "C" __global__ void matmul_fwd_f32(const float* A, const float* B, float* C,
-                                          const float* bias, const float* mask, int M, int N,
-                                          int K, int lda, int ldb, int ldc, int trans_a,
-                                          int trans_b, int has_bias, int has_mask, float alpha,
-                                          int relu) {
-    gg_matmul::gemm<float, 128, 128, 8, 8, 8>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc,
-                                              trans_a, trans_b, has_bias, has_mask, alpha, relu);
+// matmul_fwd_*_f32: 128x128x8, 8x8 per thread, 2x4 warps (256 threads)
+extern "C" __global__ void __launch_bounds__(256, 2)
+matmul_fwd_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, false, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+matmul_fwd_nt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, false, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+matmul_fwd_tn_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, true, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+matmul_fwd_tt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, true, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+matmul_fwd_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, false, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+matmul_fwd_nt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, false, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+matmul_fwd_tn_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, true, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+matmul_fwd_tt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, true, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
 }
 
-extern "C" __global__ void matmul_mid_f32(const float* A, const float* B, float* C,
-                                          const float* bias, const float* mask, int M, int N,
-                                          int K, int lda, int ldb, int ldc, int trans_a,
-                                          int trans_b, int has_bias, int has_mask, float alpha,
-                                          int relu) {
-    gg_matmul::gemm<float, 64, 64, 16, 4, 4>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc,
-                                             trans_a, trans_b, has_bias, has_mask, alpha, relu);
+// matmul_mid_*_f32: 64x64x16, 4x4 per thread, 2x4 warps (256 threads)
+extern "C" __global__ void __launch_bounds__(256)
+matmul_mid_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, false, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_mid_nt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, false, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_mid_tn_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, true, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_mid_tt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, true, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_mid_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, false, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_mid_nt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, false, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_mid_tn_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, true, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_mid_tt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, true, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
 }
 
-extern "C" __global__ void matmul_small_f32(const float* A, const float* B, float* C,
-                                            const float* bias, const float* mask, int M, int N,
-                                            int K, int lda, int ldb, int ldc, int trans_a,
-                                            int trans_b, int has_bias, int has_mask, float alpha,
-                                            int relu) {
-    gg_matmul::gemm<float, 32, 32, 16, 4, 4>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc,
-                                             trans_a, trans_b, has_bias, has_mask, alpha, relu);
+// matmul_wide_*_f32: 32x128x16, 4x8 per thread, 1x4 warps (128 threads)
+extern "C" __global__ void __launch_bounds__(128)
+matmul_wide_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, false, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(128)
+matmul_wide_nt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, false, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(128)
+matmul_wide_tn_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, true, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(128)
+matmul_wide_tt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, true, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(128)
+matmul_wide_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, false, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(128)
+matmul_wide_nt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, false, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(128)
+matmul_wide_tn_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, true, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(128)
+matmul_wide_tt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, true, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
 }
 
-extern "C" __global__ void matmul_fwd_f64(const double* A, const double* B, double* C,
-                                          const double* bias, const double* mask, int M, int N,
-                                          int K, int lda, int ldb, int ldc, int trans_a,
-                                          int trans_b, int has_bias, int has_mask, double alpha,
-                                          int relu) {
-    gg_matmul::gemm<double, 64, 64, 16, 4, 4>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc,
-                                              trans_a, trans_b, has_bias, has_mask, alpha, relu);
+// matmul_small_*_f32: 32x32x16, 4x4 per thread, 1x2 warps (64 threads)
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, false, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_nt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, false, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_tn_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, true, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_tt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, true, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, false, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_nt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, false, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_tn_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, true, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_tt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
+    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, true, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
 }
 
-extern "C" __global__ void matmul_small_f64(const double* A, const double* B, double* C,
-                                            const double* bias, const double* mask, int M,
-                                            int N, int K, int lda, int ldb, int ldc, int trans_a,
-                                            int trans_b, int has_bias, int has_mask,
-                                            double alpha, int relu) {
-    gg_matmul::gemm<double, 32, 32, 16, 4, 4>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc,
-                                              trans_a, trans_b, has_bias, has_mask, alpha, relu);
+// matmul_fwd_*_f64: 64x64x16, 4x4 per thread, 2x4 warps (256 threads)
+extern "C" __global__ void __launch_bounds__(256)
+matmul_fwd_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, false, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_fwd_nt_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, false, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_fwd_tn_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, true, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_fwd_tt_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, true, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_fwd_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, false, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_fwd_nt_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, false, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_fwd_tn_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, true, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_fwd_tt_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, true, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+
+// matmul_small_*_f64: 32x32x16, 4x4 per thread, 1x2 warps (64 threads)
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, false, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_nt_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, false, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_tn_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, true, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_tt_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, true, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, false, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_nt_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, false, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_tn_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, true, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(64)
+matmul_small_tt_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
+    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, true, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+matmul_splitk_reduce_f32(const float* W, float* C, const float* bias, int M, int N, int splits, int has_bias, float alpha, int relu) {
+    gg_matmul::splitk_reduce<float>(W, C, bias, M, N, splits, has_bias, alpha, relu);
+}
+extern "C" __global__ void __launch_bounds__(256)
+matmul_splitk_reduce_f64(const double* W, double* C, const double* bias, int M, int N, int splits, int has_bias, double alpha, int relu) {
+    gg_matmul::splitk_reduce<double>(W, C, bias, M, N, splits, has_bias, alpha, relu);
 }

@@ -25,6 +25,7 @@ array([[0., 0.], [0., 0.], [0., 0.]], dtype=float32)
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import re
 import threading
@@ -52,6 +53,8 @@ __all__ = [
     "relu_bwd",
     "relu_fwd",
     "reset_launches",
+    "set_tf32_mode",
+    "tf32",
 ]
 
 INT32_MAX = 2**31 - 1
@@ -78,17 +81,41 @@ def _entries(file: str, op: str, bases: tuple[str, ...], dtypes=("f32", "f64")):
     return [KernelInfo(f"{base}_{dt}", file, op, dt) for base in bases for dt in dtypes]
 
 
+# one entry point per (tile, layout, mask): see kernels/matmul.cu
+MATMUL_LAYOUTS = {
+    (False, False): "",
+    (False, True): "_nt",
+    (True, False): "_tn",
+    (True, True): "_tt",
+}
+TF32_MODES = ("tf32", "3xtf32")  # kernels/matmul_tf32.cu
+
+
+def _matmul_entries():
+    rows = []
+    for base, op, dtypes in (
+        ("matmul_fwd", "matmul/fullyconnect (forward, both backward GEMMs)", ("f32", "f64")),
+        ("matmul_small", "matmul/fullyconnect (small problems)", ("f32", "f64")),
+        ("matmul_mid", "matmul/fullyconnect (mid-size problems, split-K)", ("f32",)),
+        ("matmul_wide", "matmul/fullyconnect (M <= 32: batch-1, split-K)", ("f32",)),
+    ):
+        for mask in ("", "_mask"):
+            variants = tuple(f"{base}{lay}{mask}" for lay in MATMUL_LAYOUTS.values())
+            rows += _entries(
+                "matmul.cu", op + (" with relu-mask prologue" if mask else ""), variants, dtypes
+            )
+    rows += _entries("matmul.cu", "matmul split-K reduction + epilogue", ("matmul_splitk_reduce",))
+    for mode in TF32_MODES:
+        variants = tuple(f"matmul_{mode}{lay}" for lay in MATMUL_LAYOUTS.values())
+        op = f"matmul/fullyconnect, float32 on tensor cores ({mode}; gg.kernels.allow_tf32)"
+        rows += _entries("matmul_tf32.cu", op, variants, ("f32",))
+    return rows
+
+
 _TABLE: dict[str, KernelInfo] = {
     info.name: info
     for info in [
-        *_entries(
-            "matmul.cu",
-            "matmul/fullyconnect (forward, both backward GEMMs)",
-            ("matmul_fwd", "matmul_small"),
-        ),
-        *_entries(
-            "matmul.cu", "matmul/fullyconnect (mid-size problems)", ("matmul_mid",), ("f32",)
-        ),
+        *_matmul_entries(),
         *_entries("conv2d.cu", "dlconv forward (+bias, relu)", ("conv2d_fwd",)),
         *_entries("conv2d.cu", "dlconv backward (input gradient)", ("conv2d_bwd_data",)),
         *_entries("conv2d.cu", "dlconv backward (filter gradient)", ("conv2d_bwd_filter",)),
@@ -329,32 +356,121 @@ class Launch:
     block: tuple
 
 
-# name -> (BM, BN, threads); the .cu file documents the tiles
+# name -> (entry-point base, BM, BN, BK, threads); kernels/matmul.cu documents the tiles
 MATMUL_TILES = {
     "f32": {
-        "large": ("matmul_fwd", 128, 128, 256),
-        "mid": ("matmul_mid", 64, 64, 256),
-        "small": ("matmul_small", 32, 32, 64),
+        "large": ("matmul_fwd", 128, 128, 8, 256),
+        "mid": ("matmul_mid", 64, 64, 16, 256),
+        "wide": ("matmul_wide", 32, 128, 16, 128),
+        "small": ("matmul_small", 32, 32, 16, 64),
     },
-    "f64": {"large": ("matmul_fwd", 64, 64, 256), "small": ("matmul_small", 32, 32, 64)},
+    "f64": {"large": ("matmul_fwd", 64, 64, 16, 256), "small": ("matmul_small", 32, 32, 16, 64)},
 }
+MATMUL_MAX_SPLITS = 64
+MATMUL_MIN_KTILES_PER_SPLIT = 4
 CONV_TILE = (64, 64, 16, 256)  # BM, BN, BK, threads (conv2d.cu)
 ELEMENTWISE_THREADS = 256
 
 
-def plan_matmul(m: int, n: int, k: int, dt: str, num_sms: int, tile: str | None = None) -> Launch:
-    """Pick the GEMM tile: the largest whose block count fills every SM once (small
-    problems take the smallest tile for parallelism). ``tile`` forces one."""
+def matmul_splits(blocks: int, m: int, n: int, k: int, bk: int, num_sms: int) -> int:
+    """How many ways to split K so that ``blocks`` output tiles make about two waves:
+    1 when the tiles alone fill the SMs; each split keeps at least
+    ``MATMUL_MIN_KTILES_PER_SPLIT`` k tiles, and the [splits, m, n] workspace stays
+    32-bit indexable."""
+    if blocks >= num_sms:
+        return 1
+    cap = min(
+        MATMUL_MAX_SPLITS,
+        k // (MATMUL_MIN_KTILES_PER_SPLIT * bk),
+        INT32_MAX // max(1, m * n),
+    )
+    return max(1, min(_cdiv(2 * num_sms, blocks), cap))
+
+
+def matmul_k_chunk(k: int, splits: int, bk: int) -> tuple[int, int]:
+    """(k_chunk, splits): the k range of one split, a multiple of ``bk``, and the split
+    count that covers ``k`` with it (never an empty split)."""
+    if splits <= 1 or k <= 0:
+        return max(k, 0), 1
+    chunk = _cdiv(_cdiv(k, splits), bk) * bk
+    return chunk, _cdiv(k, chunk)
+
+
+def plan_matmul(
+    m: int,
+    n: int,
+    k: int,
+    dt: str,
+    num_sms: int,
+    tile: str | None = None,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    mask: bool = False,
+    splits: int | None = None,
+) -> Launch:
+    """Pick the GEMM entry point (tile, layout, mask variant), its grid and split-K.
+
+    The largest tile whose block count fills every SM once wins. Otherwise the problem
+    is skinny (an LSTM step, a backward ``dpre @ R``, batch-1): K is split over
+    ``grid[2]`` (see ``matmul_splits``) on the 64x64 tile, or on the 32x128 tile when
+    M <= 32; when K is too short to split, the 32x32 tile gives the most blocks.
+    ``tile`` and ``splits`` force a choice (tests). ``grid[2] > 1`` means the kernel
+    writes partial products and ``matmul_splitk_reduce_<dt>`` applies the epilogue.
+    """
     tiles = MATMUL_TILES[dt]
+
+    def blocks(t):
+        return _cdiv(m, tiles[t][1]) * _cdiv(n, tiles[t][2])
+
     if tile is None:
-        tile = next(
-            (t for t in tiles if _cdiv(m, tiles[t][1]) * _cdiv(n, tiles[t][2]) >= num_sms),
-            "small",
-        )
+        tile = next((t for t in ("large", "mid") if t in tiles and blocks(t) >= num_sms), None)
+        if tile is None:
+            tile = "wide" if "wide" in tiles and m <= 32 and n > 32 else "small"
+            if "mid" in tiles and tile == "small" and m > 32:
+                tile = "mid"
+            if tile != "small" and splits is None:
+                bk = tiles[tile][3]
+                if matmul_splits(blocks(tile), m, n, k, bk, num_sms) == 1:
+                    tile = "small"  # nothing to split: the small tile gives the most blocks
     if tile not in tiles:
         raise ValueError(f"matmul: tile={tile!r} is not one of {sorted(tiles)} for {dt}")
-    base, bm, bn, threads = tiles[tile]
-    return Launch(f"{base}_{dt}", (_cdiv(m, bm) * _cdiv(n, bn), 1, 1), (threads, 1, 1))
+    base, _, _, bk, threads = tiles[tile]
+    if splits is None:
+        splits = matmul_splits(blocks(tile), m, n, k, bk, num_sms)
+    _, splits = matmul_k_chunk(k, int(splits), bk)
+    layout = MATMUL_LAYOUTS[(bool(trans_a), bool(trans_b))]
+    name = f"{base}{layout}{'_mask' if mask else ''}_{dt}"
+    return Launch(name, (blocks(tile), 1, splits), (threads, 1, 1))
+
+
+TF32_TILE = (128, 128, 8, 256)  # BM, BN, BK, threads (matmul_tf32.cu)
+TF32_SPLIT_K_GRANULE = 32  # k per split is a multiple of this (4 k tiles of 8)
+
+
+def plan_matmul_tf32(
+    m: int,
+    n: int,
+    k: int,
+    mode: str,
+    num_sms: int,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    splits: int | None = None,
+) -> Launch:
+    """The tensor-core GEMM launch (``mode`` "tf32" or "3xtf32"): 128x128 tiles, split-K
+    as in ``plan_matmul`` when the tiles alone do not fill the SMs."""
+    if mode not in TF32_MODES:
+        raise ValueError(f"matmul: tf32 mode must be one of {TF32_MODES}, got {mode!r}")
+    bm, bn, _, threads = TF32_TILE
+    blocks = _cdiv(m, bm) * _cdiv(n, bn)
+    if splits is None:
+        granule = TF32_SPLIT_K_GRANULE // MATMUL_MIN_KTILES_PER_SPLIT
+        splits = matmul_splits(blocks, m, n, k, granule, num_sms)
+    _, splits = matmul_k_chunk(k, int(splits), TF32_SPLIT_K_GRANULE)
+    layout = MATMUL_LAYOUTS[(bool(trans_a), bool(trans_b))]
+    return Launch(f"matmul_{mode}{layout}_f32", (blocks, 1, splits), (threads, 1, 1))
 
 
 def plan_elementwise(kernel: str, n: int, num_sms: int, per_thread: int = 4) -> Launch:
@@ -458,9 +574,92 @@ def _padding(value, fn: str) -> tuple[int, int, int, int]:
 
 # --------------------------------------------------------------------------- matmul
 
+#: Let float32 matrix products run on the tensor cores in TF32 (PyTorch's
+#: ``torch.backends.cuda.matmul.allow_tf32``). Default False: float32 products are
+#: computed in FP32. Process-wide, read at every call; see :func:`tf32`.
+allow_tf32 = False
+#: What ``allow_tf32`` turns on: ``"tf32"`` (operands rounded to a 10-bit mantissa,
+#: relative error ~1e-3) or ``"3xtf32"`` (each operand split into two TF32 numbers,
+#: three tensor-core products each: FP32-level accuracy). Set with :func:`set_tf32_mode`.
+tf32_mode = "tf32"
+
+
+def set_tf32_mode(mode: str) -> None:
+    """Choose what ``allow_tf32`` enables: ``"tf32"`` or ``"3xtf32"``.
+
+    >>> import gpugrad as gg
+    >>> gg.kernels.set_tf32_mode("3xtf32")
+    >>> gg.kernels.tf32_mode
+    '3xtf32'
+    >>> gg.kernels.set_tf32_mode("tf32")
+    """
+    global tf32_mode
+    if mode not in TF32_MODES:
+        raise ValueError(f"set_tf32_mode: mode must be one of {TF32_MODES}, got {mode!r}")
+    tf32_mode = mode
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool = True, mode: str | None = None):
+    """Context manager: ``allow_tf32 = enabled`` (and ``tf32_mode = mode`` if given)
+    inside the block; the previous settings come back after it.
+
+    With ``allow_tf32`` set, float32 products of ``matmul``/``fullyconnect`` (and the
+    LSTM's GEMMs) on ``cuda`` and ``emu`` run on the tensor cores; float64 products and
+    the relu-masked backward GEMM stay FP32.
+
+    >>> import gpugrad as gg
+    >>> with gg.kernels.tf32(mode="3xtf32"):
+    ...     print(gg.kernels.allow_tf32, gg.kernels.tf32_mode)
+    True 3xtf32
+    >>> print(gg.kernels.allow_tf32, gg.kernels.tf32_mode)
+    False tf32
+    """
+    global allow_tf32, tf32_mode
+    saved = (allow_tf32, tf32_mode)
+    try:
+        if mode is not None:
+            set_tf32_mode(mode)
+        allow_tf32 = bool(enabled)
+        yield
+    finally:
+        allow_tf32, tf32_mode = saved
+
+
+def _matmul_precision(precision, dt: str, has_mask: bool, tile) -> str:
+    """'fp32' (the FMA kernels, float64 included), 'tf32' or '3xtf32'."""
+    if precision is None:
+        if not allow_tf32 or dt != "f32" or has_mask or tile is not None:
+            return "fp32"
+        if tf32_mode not in TF32_MODES:
+            raise ValueError(
+                f"matmul: gg.kernels.tf32_mode must be one of {TF32_MODES}, got {tf32_mode!r}"
+            )
+        return tf32_mode
+    if precision == "fp32":
+        return precision
+    if precision not in TF32_MODES:
+        raise ValueError(f"matmul: precision must be 'fp32', 'tf32' or '3xtf32', got {precision!r}")
+    if dt != "f32":
+        raise TypeError(f"matmul: precision={precision!r} needs float32 operands, got float64")
+    if has_mask or tile is not None:
+        raise ValueError(f"matmul: precision={precision!r} takes no mask= and no tile=")
+    return precision
+
 
 def matmul(
-    a, b, *, trans_a=False, trans_b=False, bias=None, relu=False, alpha=1.0, mask=None, tile=None
+    a,
+    b,
+    *,
+    trans_a=False,
+    trans_b=False,
+    bias=None,
+    relu=False,
+    alpha=1.0,
+    mask=None,
+    tile=None,
+    splits=None,
+    precision=None,
 ):
     """``act(alpha * op(a) @ op(b) + bias)`` in one kernel launch, 2-D operands only.
 
@@ -468,7 +667,11 @@ def matmul(
     entry per output column, ``relu`` applies max(., 0) in the epilogue, and ``mask``
     (shaped like ``a``) makes the kernel read ``a`` as ``where(mask > 0, a, 0)``: the
     relu backward fused into the next GEMM. ``tile`` forces a tile configuration
-    (``"large"``, ``"mid"``, ``"small"``; default: chosen by ``plan_matmul``).
+    (``"large"``, ``"mid"``, ``"wide"``, ``"small"``) and ``splits`` a split-K count
+    (default: both chosen by ``plan_matmul``; split-K sums the partial products in a
+    fixed order, so results are deterministic). ``precision``: ``"fp32"``, ``"tf32"`` or
+    ``"3xtf32"`` (float32 only); default: ``"fp32"``, or ``tf32_mode`` for float32
+    products without ``mask`` while ``allow_tf32`` is set.
 
     >>> import numpy as np
     >>> from gpugrad import backend
@@ -505,29 +708,72 @@ def matmul(
     c = xp.empty((m, n), dtype=a.dtype)
     if m == 0 or n == 0:
         return c
-    plan = plan_matmul(m, n, k, dt, _device_props()["num_sms"], tile)
+    num_sms = _device_props()["num_sms"]
+    prec = _matmul_precision(precision, dt, has_mask, tile)
+    if prec != "fp32":
+        plan = plan_matmul_tf32(
+            m, n, k, prec, num_sms, trans_a=trans_a, trans_b=trans_b, splits=splits
+        )
+        _launch_gemm(plan, TF32_SPLIT_K_GRANULE, a, b, c, bias, False, m, n, k, dt, alpha, relu)
+        return c
+    plan = plan_matmul(
+        m,
+        n,
+        k,
+        dt,
+        num_sms,
+        tile,
+        trans_a=trans_a,
+        trans_b=trans_b,
+        mask=has_mask,
+        splits=splits,
+    )
+    bk = next(t[3] for t in MATMUL_TILES[dt].values() if plan.kernel.startswith(t[0] + "_"))
+    _launch_gemm(plan, bk, a, b, c, bias, mask, m, n, k, dt, alpha, relu)
+    return c
+
+
+def _launch_gemm(plan, granule, a, b, c, bias, mask, m, n, k, dt, alpha, relu):
+    """Launch one GEMM plan (k per split a multiple of ``granule``); with split-K (grid
+    z > 1) through a workspace and the reduction kernel, which applies alpha, bias and
+    relu. ``mask is False``: the entry point has no mask parameter (tensor-core GEMM)."""
+    xp = backend.xp()
     i32 = np.int32
+    has_bias = bias is not None
+    k_chunk, splits = matmul_k_chunk(k, plan.grid[2], granule)
+    out = c if splits == 1 else xp.empty((splits, m, n), dtype=c.dtype)
     args = (
         a,
         b,
-        c,
-        bias if has_bias else c,
-        mask if has_mask else a,
+        out,
+        bias if has_bias and splits == 1 else out,
+        *(() if mask is False else (mask if mask is not None else a,)),
         i32(m),
         i32(n),
         i32(k),
         i32(a.shape[1]),
         i32(b.shape[1]),
         i32(n),
-        i32(bool(trans_a)),
-        i32(bool(trans_b)),
-        i32(has_bias),
-        i32(has_mask),
-        _scalar(alpha, dt),
-        i32(bool(relu)),
+        i32(k_chunk),
+        i32(has_bias and splits == 1),
+        _scalar(alpha if splits == 1 else 1.0, dt),
+        i32(bool(relu) and splits == 1),
     )
     get_kernel(plan.kernel)(plan.grid, plan.block, args)
-    return c
+    if splits > 1:
+        red = plan_elementwise(f"matmul_splitk_reduce_{dt}", m * n, _device_props()["num_sms"], 1)
+        args = (
+            out,
+            c,
+            bias if has_bias else c,
+            i32(m),
+            i32(n),
+            i32(splits),
+            i32(has_bias),
+            _scalar(alpha, dt),
+            i32(bool(relu)),
+        )
+        get_kernel(red.kernel)(red.grid, red.block, args)
 
 
 # --------------------------------------------------------------------------- relu

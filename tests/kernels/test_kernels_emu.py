@@ -224,7 +224,9 @@ def test_launch_plans_are_shared_pure_functions():
     big = kernels.plan_matmul(4096, 4096, 4096, "f32", 132)
     assert big.kernel == "matmul_fwd_f32" and big.grid == (32 * 32, 1, 1)
     assert kernels.plan_matmul(1024, 1024, 64, "f32", 132).kernel == "matmul_mid_f32"
-    assert kernels.plan_matmul(64, 10, 784, "f32", 132).kernel == "matmul_small_f32"
+    assert kernels.plan_matmul(64, 10, 32, "f32", 132).kernel == "matmul_small_f32"
+    skinny = kernels.plan_matmul(64, 10, 784, "f32", 132, trans_b=True)  # split-K
+    assert skinny.kernel == "matmul_mid_nt_f32" and skinny.grid[2] > 1
     plan, chunk = kernels.plan_conv_filter("k", 144, 16, 32 * 32 * 32, 1, 16, 132)
     assert chunk % 16 == 0 and plan.grid[2] * chunk >= 32 * 32 * 32 > (plan.grid[2] - 1) * chunk
 

@@ -1,0 +1,77 @@
+// mma.cuh: tensor-core and asynchronous-copy primitives for sm_80+ (Ampere, Hopper),
+// written once for the GPU (inline PTX) and once for the CPU emulator
+// (kernels/emu/mma_emu.h), so kernels built on them run under both.
+//
+//   to_tf32(x)            cvt.rna.tf32.f32: x rounded to TF32 (10-bit mantissa, round
+//                         to nearest, ties away from zero); returned as raw .b32 bits
+//   split_tf32(x, hi, lo) x ~= hi + lo with hi = tf32(x), lo = tf32(x - hi) (3xTF32)
+//   mma_tf32(d, a, b)     d += a @ b, one warp-wide mma.sync.aligned.m16n8k8.row.col
+//                         .f32.tf32.tf32.f32; every lane of the warp must call it
+//                         with its fragments (PTX ISA "Matrix Fragments for
+//                         mma.m16n8k8", .tf32), g = lane / 4, t = lane % 4:
+//                           a[0] = A[g][t]   a[1] = A[g+8][t]  a[2] = A[g][t+4]  a[3] = A[g+8][t+4]
+//                           b[0] = B[t][g]   b[1] = B[t+4][g]
+//                           d[0] = D[g][2t]  d[1] = D[g][2t+1] d[2] = D[g+8][2t] d[3] = D[g+8][2t+1]
+//   cp_async16(s, g)      cp.async.cg 16 bytes global -> shared (both 16-byte aligned)
+//   cp_async4(s, g)       cp.async.ca 4 bytes
+//   cp_async_commit()     cp.async.commit_group
+//   cp_async_wait<N>()    cp.async.wait_group N: all but the N most recent groups landed
+//                         (this thread's copies only: a __syncthreads must follow
+//                         before other threads read them)
+//
+// Reusable by any kernel (conv's implicit GEMM included): #include "mma.cuh".
+#ifndef GPUGRAD_MMA_CUH
+#define GPUGRAD_MMA_CUH
+
+#ifdef __CUDA_ARCH__
+#if __CUDA_ARCH__ < 800
+#error "mma.cuh needs sm_80 or newer (mma.sync .tf32 and cp.async)"
+#endif
+
+namespace gg_mma {
+
+__device__ __forceinline__ unsigned to_tf32(float x) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+}
+
+__device__ __forceinline__ void split_tf32(float x, unsigned& hi, unsigned& lo) {
+    hi = to_tf32(x);
+    lo = to_tf32(x - __uint_as_float(hi));
+}
+
+__device__ __forceinline__ void mma_tf32(float d[4], const unsigned a[4], const unsigned b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+}  // namespace gg_mma
+
+#else  // the CPU emulator (g++): the same functions in plain C++
+#include "emu/mma_emu.h"
+#endif
+
+#endif  // GPUGRAD_MMA_CUH
