@@ -272,7 +272,13 @@ MATMUL_TILES = {
     },
     "f64": {"large": ("matmul_fwd", 64, 64, 256), "small": ("matmul_small", 32, 32, 64)},
 }
-CONV_TILE = (64, 64, 16, 256)  # BM, BN, BK, threads (conv2d.cu)
+# dtype -> (BM, BN, BK, threads) of conv2d.cu's implicit GEMMs (see the .cu header)
+CONV_TILES = {"f32": (128, 64, 8, 128), "f64": (64, 64, 16, 256)}
+CONV_TILE = CONV_TILES["f32"]
+# Resident blocks per SM of the conv kernels on sm_90 (ptxas registers and shared memory,
+# kernels/check_compile.py); used to align backward-filter splits to whole waves when the
+# device cannot be asked (emu). On cuda the compiled function's attributes are used.
+CONV_BLOCKS_PER_SM = {"f32": 4, "f64": 2}
 ELEMENTWISE_THREADS = 256
 
 
@@ -297,27 +303,91 @@ def plan_elementwise(kernel: str, n: int, num_sms: int, per_thread: int = 4) -> 
     return Launch(kernel, (blocks, 1, 1), (ELEMENTWISE_THREADS, 1, 1))
 
 
-def plan_conv(kernel: str, m: int, n: int, groups: int) -> Launch:
-    """Implicit GEMM of m x n per group: one block per 64x64 output tile, groups on grid.y."""
-    bm, bn, _, threads = CONV_TILE
-    return Launch(kernel, (_cdiv(m, bm) * _cdiv(n, bn), groups, 1), (threads, 1, 1))
+def _conv_dt(kernel: str, dt: str | None) -> str:
+    if dt is None:
+        dt = kernel.rsplit("_", 1)[-1] if kernel.endswith(("_f32", "_f64")) else "f32"
+    if dt not in CONV_TILES:
+        raise ValueError(f"conv2d: dt={dt!r} is not one of {sorted(CONV_TILES)}")
+    return dt
+
+
+def plan_conv(kernel: str, m: int, n: int, groups: int, phases: int = 1) -> Launch:
+    """Implicit GEMM of m x n per group: one block per BM x BN output tile (by dtype,
+    ``CONV_TILES``), groups on grid.y, backward-data phases (stride_h * stride_w
+    sub-pixel GEMMs; ``m`` is the largest phase's row count) on grid.z."""
+    bm, bn, _, threads = CONV_TILES[_conv_dt(kernel, None)]
+    if phases > GRID_YZ_MAX:
+        raise ValueError(f"conv2d: stride product {phases} exceeds {GRID_YZ_MAX}")
+    return Launch(kernel, (_cdiv(m, bm) * _cdiv(n, bn), groups, phases), (threads, 1, 1))
 
 
 def plan_conv_filter(
-    kernel: str, rows: int, n: int, p: int, groups: int, cout: int, num_sms: int
+    kernel: str,
+    rows: int,
+    n: int,
+    p: int,
+    groups: int,
+    cout: int,
+    num_sms: int,
+    blocks_per_sm: int | None = None,
+    dt: str | None = None,
 ) -> tuple[Launch, int]:
-    """Backward-filter GEMM (rows x n, reduction over p pixels), split over p so that
-    about two waves of blocks run; returns the launch and the k chunk per split."""
-    bm, bn, bk, threads = CONV_TILE
+    """Backward-filter GEMM (rows x n, reduction over p pixels), split over p into
+    partial sums; returns the launch and the k chunk (pixels) per split.
+
+    The split count minimises the modelled time ``waves(s) * k_tiles_per_split(s)``
+    with ``waves(s) = ceil(tiles * s / (num_sms * blocks_per_sm))``, so the grid fills
+    whole waves of resident blocks (plus a small charge per split for the host-side
+    sum of the partial results); every split keeps at least 4 k-tiles.
+
+    >>> plan, chunk = plan_conv_filter("conv2d_bwd_filter_f32", 576, 64, 64 * 56 * 56,
+    ...                                1, 64, 132, blocks_per_sm=4)
+    >>> blocks = plan.grid[0] * plan.grid[1] * plan.grid[2]
+    >>> blocks, round(blocks / (132 * 4), 3)           # one wave at 99 % of the block slots
+    (525, 0.994)
+    """
+    dt = _conv_dt(kernel, dt)
+    bm, bn, bk, threads = CONV_TILES[dt]
+    if blocks_per_sm is None:
+        blocks_per_sm = CONV_BLOCKS_PER_SM[dt]
+    slots = max(1, num_sms * max(1, blocks_per_sm))
     tiles = _cdiv(rows, bm) * _cdiv(n, bn) * groups
-    max_splits = max(1, _cdiv(p, 4 * bk))  # at least 4 k tiles per split
-    splits = max(1, min(_cdiv(2 * num_sms, tiles), max_splits, GRID_YZ_MAX))
+    ktiles = _cdiv(max(p, 1), bk)
+    max_splits = max(1, min(ktiles // 4, GRID_YZ_MAX))  # at least 4 k tiles per split
     # the workspace [splits, rows, cout] must stay 32-bit indexable
-    splits = max(1, min(splits, INT32_MAX // max(1, rows * cout)))
-    k_chunk = max(bk, _cdiv(_cdiv(max(p, 1), splits), bk) * bk)
+    max_splits = max(1, min(max_splits, INT32_MAX // max(1, rows * cout)))
+    # beyond a few waves more splits only add workspace
+    max_splits = min(max_splits, max(1, _cdiv(4 * slots, tiles)))
+    red = rows * cout / (slots * bm * bn)  # host sum of one split, in k-tile-wave units
+
+    def cost(s: int) -> float:
+        return _cdiv(tiles * s, slots) * _cdiv(ktiles, s) + red * s
+
+    splits = min(range(1, max_splits + 1), key=lambda s: (cost(s), s))
+    # k chunks are whole 16-pixel multiples (a multiple of BK for both dtypes)
+    k_chunk = max(16, _cdiv(_cdiv(max(p, 1), splits), 16) * 16)
     splits = max(1, _cdiv(p, k_chunk))
     grid = (_cdiv(rows, bm) * _cdiv(n, bn), groups, splits)
     return Launch(kernel, grid, (threads, 1, 1)), k_chunk
+
+
+def _conv_blocks_per_sm(kernel: str, dt: str) -> int:
+    """Resident blocks per SM of a conv kernel: from the compiled function on cuda
+    (registers, shared memory), from ``CONV_BLOCKS_PER_SM`` elsewhere."""
+    if backend.device() != "cuda":
+        return CONV_BLOCKS_PER_SM[dt]
+    try:
+        fn = _function(kernel)
+        threads = CONV_TILES[dt][3]
+        regs = max(1, int(fn.num_regs))
+        warps = _cdiv(threads, 32)
+        regs_per_warp = _cdiv(regs * 32, 256) * 256  # allocated per warp in 256-reg units
+        by_regs = 65536 // (regs_per_warp * warps)
+        smem = int(getattr(fn, "shared_size_bytes", 0) or 0) + 1024  # 1 KiB reserved
+        by_smem = (228 * 1024) // smem
+        return max(1, min(by_regs, by_smem, 64 // warps, 32))
+    except Exception:  # attributes unavailable: fall back to the measured table
+        return CONV_BLOCKS_PER_SM[dt]
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -729,9 +799,10 @@ def conv2d_bwd_data(
     dx = backend.xp().empty(tuple(int(v) for v in x_shape), dtype=dy.dtype)
     if dx.size == 0:
         return dx
-    plan = plan_conv(
-        f"conv2d_bwd_data_{dt}", geo.n * geo.h * geo.w, geo.cin // geo.groups, geo.groups
-    )
+    (sh, sw) = geo.stride
+    # sub-pixel decomposition: one dense GEMM per (row phase, column phase), on grid.z
+    rows = geo.n * _cdiv(geo.h, sh) * _cdiv(geo.w, sw)
+    plan = plan_conv(f"conv2d_bwd_data_{dt}", rows, geo.cin // geo.groups, geo.groups, sh * sw)
     get_kernel(plan.kernel)(plan.grid, plan.block, (dy, w, dx, *geo.kernel_ints()))
     return dx
 
@@ -756,14 +827,16 @@ def conv2d_bwd_filter(
     xp = backend.xp()
     rows = geo.kh * geo.kw * (geo.cin // geo.groups)
     pixels = geo.n * geo.ho * geo.wo
+    kernel = f"conv2d_bwd_filter_{dt}"
     plan, k_chunk = plan_conv_filter(
-        f"conv2d_bwd_filter_{dt}",
+        kernel,
         rows,
         geo.cout // geo.groups,
         pixels,
         geo.groups,
         geo.cout,
         _device_props()["num_sms"],
+        blocks_per_sm=_conv_blocks_per_sm(kernel, dt),
     )
     splits = plan.grid[2]
     parts = xp.empty((splits, rows, geo.cout), dtype=x.dtype)
