@@ -88,42 +88,53 @@ struct Tile {
     static_assert(NT == (sizeof(T) == 4 ? NT_F32 : NT_F64), "thread count");
 };
 
-// Walks the reduction index k = (u, v, c) (c fastest, c < C, v < KV, u < KU) without
-// dividing: advance() adds to c and carries into v and u, updating the offsets that
-// depend on the tap (hoff/woff: tap position in the pixel grid; toff: element offset).
+// The reduction index k = (u, v, c) of an implicit GEMM (c fastest, c < C, v < KV,
+// u < KU) and the offsets that depend on it: hoff/woff (tap position in the pixel grid)
+// and toff (element offset of the tap); v+1 moves them by dw_v / dt_v, u+1 by dh_u / dt_u.
+struct TapGeom {
+    int C, KV, KU, dw_v, dt_v, dh_u, dt_u;
+    // By division: for the scalar (gather) paths only. False when k is past the end.
+    __device__ __forceinline__ bool locate(int k, int& hoff, int& woff, int& toff,
+                                           int& c) const {
+        const int uv = k / C;
+        const int u = uv / KV;
+        const int v = uv - u * KV;
+        c = k - uv * C;
+        hoff = u * dh_u;
+        woff = v * dw_v;
+        toff = u * dt_u + v * dt_v;
+        return u < KU;
+    }
+};
+
+// Walks k without dividing: advance() adds to c and carries into v and u (the hot loops).
 struct TapWalk {
     int c, v, u, hoff, woff, toff;
-    int C, KV, KU, dw_v, dt_v, dh_u, dt_u;  // v+1 moves woff by dw_v, toff by dt_v; u+1 ...
-    __device__ __forceinline__ void init(int C_, int KV_, int KU_, int dw_v_, int dt_v_,
-                                         int dh_u_, int dt_u_, int k) {
-        C = C_;
-        KV = KV_;
-        KU = KU_;
-        dw_v = dw_v_;
-        dt_v = dt_v_;
-        dh_u = dh_u_;
-        dt_u = dt_u_ - KV_ * dt_v_;  // u+1 also resets v to 0
+    __device__ __forceinline__ void init(const TapGeom& g, int k) {
         c = v = u = hoff = woff = toff = 0;
-        advance(k);
+        advance(g, k);
     }
-    __device__ __forceinline__ void advance(int step) {
+    __device__ __forceinline__ void advance(const TapGeom& g, int step) {
         c += step;
-        while (c >= C && u < KU) {  // once per tile when C >= BK
-            c -= C;
+        while (c >= g.C) {  // at most once per tile when C >= BK
+            c -= g.C;
             ++v;
-            woff += dw_v;
-            toff += dt_v;
-            if (v == KV) {
+            woff += g.dw_v;
+            toff += g.dt_v;
+            if (v == g.KV) {
                 v = 0;
                 ++u;
-                woff -= KV * dw_v;
-                hoff += dh_u;
-                toff += dt_u;
+                woff -= g.KV * g.dw_v;
+                hoff += g.dh_u;
+                toff += g.dt_u - g.KV * g.dt_v;
             }
         }
     }
-    __device__ __forceinline__ bool valid() const { return u < KU; }
+    __device__ __forceinline__ bool valid(const TapGeom& g) const { return u < g.KU; }
 };
+
+// Rows past the end of the GEMM get this pixel coordinate: every bounds test fails.
+constexpr int NO_PIXEL = -(1 << 30);
 
 // Which k-quad (k offset within a tile) and which row of a k-major tile thread t loads.
 template <typename T>
@@ -189,9 +200,9 @@ template <typename T, bool VEC>
 struct XPatchTile {
     static constexpr int VA = Tile<T>::VA, BM = Tile<T>::BM, BK = Tile<T>::BK;
     const T* __restrict__ x;  // already offset by g*Cg channels
-    int H, W;
+    int H, W, kpos;
     int base[VA], hb[VA], wb[VA];
-    bool ok[VA];
+    TapGeom g;
     TapWalk k;
     T r[VA][4];
     __device__ __forceinline__ void init(const T* x_, const Conv& c, int M, int m0) {
@@ -202,43 +213,43 @@ struct XPatchTile {
 #pragma unroll
         for (int v = 0; v < VA; ++v) {
             const int m = m0 + row_of_thread<T>(v);
-            ok[v] = m < M;
             const int n = m / hw;
             const int rem = m - n * hw;
             const int ho = rem / c.Wo;
-            hb[v] = ho * c.sh - c.pt;
+            hb[v] = m < M ? ho * c.sh - c.pt : NO_PIXEL;
             wb[v] = (rem - ho * c.Wo) * c.sw - c.pl;
             base[v] = ((n * c.H + hb[v]) * c.W + wb[v]) * c.Cin;
         }
-        k.init(c.Cg, c.KW, c.KH, c.dw, c.dw * c.Cin, c.dh, c.dh * c.W * c.Cin,
-               kq_of_thread<T>());
-    }
-    __device__ __forceinline__ T at(int v) const {
-        const int hi = hb[v] + k.hoff, wi = wb[v] + k.woff;
-        const bool in = ok[v] && k.valid() && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W;
-        return in ? x[base[v] + k.toff + k.c] : T(0);
+        g = TapGeom{c.Cg, c.KW, c.KH, c.dw, c.dw * c.Cin, c.dh, c.dh * c.W * c.Cin};
+        kpos = kq_of_thread<T>();
+        if (VEC) k.init(g, kpos);
     }
     __device__ __forceinline__ void load() {
         if (VEC) {
 #pragma unroll
             for (int v = 0; v < VA; ++v) {
                 const int hi = hb[v] + k.hoff, wi = wb[v] + k.woff;
-                if (ok[v] && k.valid() && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W) {
-                    load4(x + base[v] + k.toff + k.c, r[v]);
+                if (k.valid(g) && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W) {
+                    load4(x + (base[v] + k.toff + k.c), r[v]);
                 } else {
                     r[v][0] = r[v][1] = r[v][2] = r[v][3] = T(0);
                 }
             }
-            k.advance(BK);
+            k.advance(g, BK);
         } else {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
+                int hoff, woff, toff, c;
+                const bool kin = g.locate(kpos + j, hoff, woff, toff, c);
 #pragma unroll
-                for (int v = 0; v < VA; ++v) r[v][j] = at(v);
-                k.advance(1);
+                for (int v = 0; v < VA; ++v) {
+                    const int hi = hb[v] + hoff, wi = wb[v] + woff;
+                    const bool in = kin && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W;
+                    r[v][j] = in ? x[base[v] + toff + c] : T(0);
+                }
             }
-            k.advance(BK - 4);
         }
+        kpos += BK;
     }
     __device__ __forceinline__ void store(T (*xs)[BM + PAD]) const {
 #pragma unroll
@@ -272,9 +283,9 @@ template <typename T, bool VEC>
 struct DyTile {
     static constexpr int VA = Tile<T>::VA, BM = Tile<T>::BM, BK = Tile<T>::BK;
     const T* __restrict__ dy;  // already offset by g*Ng channels
-    int Ho, Wo;
+    int Ho, Wo, kpos;
     int base[VA], hb[VA], wb[VA];
-    bool ok[VA];
+    TapGeom g;
     TapWalk k;
     T r[VA][4];
     __device__ __forceinline__ void init(const T* dy_, const Conv& c, const Phase& ph,
@@ -282,47 +293,47 @@ struct DyTile {
         dy = dy_;
         Ho = c.Ho;
         Wo = c.Wo;
-        const int hw = ph.Hp * pw.Hp;
+        const int hw = max(ph.Hp * pw.Hp, 1);
 #pragma unroll
         for (int v = 0; v < VA; ++v) {
             const int m = m0 + row_of_thread<T>(v);
-            ok[v] = m < M;
-            const int n = m / max(hw, 1);
+            const int n = m / hw;
             const int rem = m - n * hw;
             const int i = rem / max(pw.Hp, 1);
-            hb[v] = ph.hbase + i;
+            hb[v] = m < M ? ph.hbase + i : NO_PIXEL;
             wb[v] = pw.hbase + rem - i * pw.Hp;
             base[v] = ((n * c.Ho + hb[v]) * c.Wo + wb[v]) * c.Cout;
         }
-        k.init(c.Ng, pw.KU, ph.KU, -pw.dhu, -pw.dhu * c.Cout, -ph.dhu, -ph.dhu * c.Wo * c.Cout,
-               kq_of_thread<T>());
-    }
-    __device__ __forceinline__ T at(int v) const {
-        const int ho = hb[v] + k.hoff, wo = wb[v] + k.woff;
-        const bool in = ok[v] && k.valid() && (unsigned)ho < (unsigned)Ho && (unsigned)wo < (unsigned)Wo;
-        return in ? dy[base[v] + k.toff + k.c] : T(0);
+        g = TapGeom{c.Ng, pw.KU, ph.KU, -pw.dhu, -pw.dhu * c.Cout, -ph.dhu, -ph.dhu * c.Wo * c.Cout};
+        kpos = kq_of_thread<T>();
+        if (VEC) k.init(g, kpos);
     }
     __device__ __forceinline__ void load() {
         if (VEC) {
 #pragma unroll
             for (int v = 0; v < VA; ++v) {
                 const int ho = hb[v] + k.hoff, wo = wb[v] + k.woff;
-                if (ok[v] && k.valid() && (unsigned)ho < (unsigned)Ho && (unsigned)wo < (unsigned)Wo) {
-                    load4(dy + base[v] + k.toff + k.c, r[v]);
+                if (k.valid(g) && (unsigned)ho < (unsigned)Ho && (unsigned)wo < (unsigned)Wo) {
+                    load4(dy + (base[v] + k.toff + k.c), r[v]);
                 } else {
                     r[v][0] = r[v][1] = r[v][2] = r[v][3] = T(0);
                 }
             }
-            k.advance(BK);
+            k.advance(g, BK);
         } else {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
+                int hoff, woff, toff, c;
+                const bool kin = g.locate(kpos + j, hoff, woff, toff, c);
 #pragma unroll
-                for (int v = 0; v < VA; ++v) r[v][j] = at(v);
-                k.advance(1);
+                for (int v = 0; v < VA; ++v) {
+                    const int ho = hb[v] + hoff, wo = wb[v] + woff;
+                    const bool in = kin && (unsigned)ho < (unsigned)Ho && (unsigned)wo < (unsigned)Wo;
+                    r[v][j] = in ? dy[base[v] + toff + c] : T(0);
+                }
             }
-            k.advance(BK - 4);
         }
+        kpos += BK;
     }
     __device__ __forceinline__ void store(T (*xs)[BM + PAD]) const {
 #pragma unroll
@@ -336,8 +347,9 @@ template <typename T, bool VEC>
 struct WtTile {
     static constexpr int BN = Tile<T>::BN, BK = Tile<T>::BK;
     const T* __restrict__ w;  // already offset by g*Ng channels
-    int base, col;
+    int base, col, kpos;
     bool ok;
+    TapGeom g;
     TapWalk k;
     T r[4];
     __device__ __forceinline__ void init(const T* w_, const Conv& c, const Phase& ph,
@@ -348,25 +360,27 @@ struct WtTile {
         ok = ci < c.Cg;
         base = ((ph.r0 * c.KW + pw.r0) * c.Cg + ci) * c.Cout;
         const int tap = c.Cg * c.Cout;  // offset of s+1
-        k.init(c.Ng, pw.KU, ph.KU, 0, pw.rstep * tap, 0, ph.rstep * c.KW * tap,
-               kq_of_thread<T>());
+        g = TapGeom{c.Ng, pw.KU, ph.KU, 0, pw.rstep * tap, 0, ph.rstep * c.KW * tap};
+        kpos = kq_of_thread<T>();
+        if (VEC) k.init(g, kpos);
     }
     __device__ __forceinline__ void load() {
         if (VEC) {
-            if (ok && k.valid()) {
-                load4(w + base + k.toff + k.c, r);
+            if (ok && k.valid(g)) {
+                load4(w + (base + k.toff + k.c), r);
             } else {
                 r[0] = r[1] = r[2] = r[3] = T(0);
             }
-            k.advance(BK);
+            k.advance(g, BK);
         } else {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                r[j] = ok && k.valid() ? w[base + k.toff + k.c] : T(0);
-                k.advance(1);
+                int hoff, woff, toff, c;
+                const bool in = ok && g.locate(kpos + j, hoff, woff, toff, c);
+                r[j] = in ? w[base + toff + c] : T(0);
             }
-            k.advance(BK - 4);
         }
+        kpos += BK;
     }
     __device__ __forceinline__ void store(T (*xs)[BN + PAD]) const {
         store_kmajor<T, BN>(xs, col, r);
@@ -432,7 +446,7 @@ struct XColTile {
                 const int hi = hb + rdh[v], wi = wb + sdw[v];
                 if (pok && row[v] < Mrows && (unsigned)hi < (unsigned)c.H &&
                     (unsigned)wi < (unsigned)c.W) {
-                    load4(x + pix + toff[v], r[v]);
+                    load4(x + (pix + toff[v]), r[v]);
                 } else {
                     r[v][0] = r[v][1] = r[v][2] = r[v][3] = T(0);
                 }
@@ -485,13 +499,18 @@ struct DenseRows {
     __device__ __forceinline__ int operator()(int row) const { return row * ld; }
 };
 // Output rows of one backward-data phase: row (n, i, j) is dx pixel (n, hi0+i*sh, wi0+j*sw).
+// The phase geometry is recomputed from the kernel parameters (nothing stays live
+// across the mainloop).
 struct PhaseRows {
-    int H, W, Cin, hi0, wi0, sh, sw, Hp, Wp;
+    const Conv& c;
     __device__ __forceinline__ int operator()(int row) const {
-        const int n = row / (Hp * Wp);
-        const int rem = row - n * (Hp * Wp);
-        const int i = rem / Wp;
-        return ((n * H + hi0 + i * sh) * W + wi0 + (rem - i * Wp) * sw) * Cin;
+        Phase ph, pw;
+        ph.init(blockIdx.z / c.sw, c.sh, c.pt, c.dh, c.KH, c.H);
+        pw.init(blockIdx.z % c.sw, c.sw, c.pl, c.dw, c.KW, c.W);
+        const int n = row / (ph.Hp * pw.Hp);
+        const int rem = row - n * (ph.Hp * pw.Hp);
+        const int i = rem / pw.Hp;
+        return ((n * c.H + ph.hi0 + i * c.sh) * c.W + pw.hi0 + (rem - i * pw.Hp) * c.sw) * c.Cin;
     }
 };
 
@@ -634,7 +653,7 @@ __device__ __forceinline__ void bwd_data_run(Smem<T>& sm, const T* dyg, const T*
     la.init(dyg, c, ph, pw, M, m0);
     lb.init(wg, c, ph, pw, n0);
     const int Kg = ph.KU * pw.KU * c.Ng;
-    const PhaseRows rows{c.H, c.W, c.Cin, ph.hi0, pw.hi0, c.sh, c.sw, ph.Hp, pw.Hp};
+    const PhaseRows rows{c};
     const bool cvec = (c.Cin % 4 == 0) && aligned16(dxg);
     gemm<T>(sm, la, lb, (Kg + Tile<T>::BK - 1) / Tile<T>::BK, dxg, rows, cvec, M, c.Cg, m0, n0,
             dxg, 0, 0);
@@ -700,7 +719,7 @@ __device__ __forceinline__ void bwd_filter(const T* dy, const T* x, T* dw_parts,
 }  // namespace gg_conv
 
 // Entry points. float32 kernels run 128 threads per block, float64 kernels 256.
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(128, 3)
     conv2d_fwd_f32(const float* x, const float* w, float* y, const float* bias, int has_bias,
                    int relu, int N, int H, int W, int Cin, int Ho, int Wo, int Cout, int KH,
                    int KW, int sh, int sw, int pt, int pl, int dh, int dw, int groups) {
@@ -709,7 +728,7 @@ extern "C" __global__ void __launch_bounds__(128)
                                            dw, groups));
 }
 
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_fwd_f64(const double* x, const double* w, double* y, const double* bias,
                    int has_bias, int relu, int N, int H, int W, int Cin, int Ho, int Wo,
                    int Cout, int KH, int KW, int sh, int sw, int pt, int pl, int dh, int dw,
@@ -720,7 +739,7 @@ extern "C" __global__ void __launch_bounds__(256)
 }
 
 // grid.z = sh * sw phases (sub-pixel decomposition)
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(128, 3)
     conv2d_bwd_data_f32(const float* dy, const float* w, float* dx, int N, int H, int W,
                         int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sh, int sw,
                         int pt, int pl, int dh, int dw, int groups) {
@@ -729,7 +748,7 @@ extern "C" __global__ void __launch_bounds__(128)
                                                 pl, dh, dw, groups));
 }
 
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_bwd_data_f64(const double* dy, const double* w, double* dx, int N, int H, int W,
                         int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sh, int sw,
                         int pt, int pl, int dh, int dw, int groups) {
@@ -738,7 +757,7 @@ extern "C" __global__ void __launch_bounds__(256)
                                                  pl, dh, dw, groups));
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(128, 3)
     conv2d_bwd_filter_f32(const float* dy, const float* x, float* dw_parts, int k_chunk, int N,
                           int H, int W, int Cin, int Ho, int Wo, int Cout, int KH, int KW,
                           int sh, int sw, int pt, int pl, int dh, int dw, int groups) {
@@ -747,7 +766,7 @@ extern "C" __global__ void __launch_bounds__(128)
                                                   pl, dh, dw, groups));
 }
 
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(256, 2)
     conv2d_bwd_filter_f64(const double* dy, const double* x, double* dw_parts, int k_chunk,
                           int N, int H, int W, int Cin, int Ho, int Wo, int Cout, int KH, int KW,
                           int sh, int sw, int pt, int pl, int dh, int dw, int groups) {

@@ -35,6 +35,10 @@ from gpugrad import backend
 
 __all__ = [
     "KernelCompileError",
+    "get_policy",
+    "report",
+    "reset_report",
+    "set_policy",
     "conv2d_bwd_data",
     "conv2d_bwd_filter",
     "conv2d_fwd",
@@ -131,6 +135,51 @@ def reset_launches() -> None:
     """Set every launch count back to zero."""
     with _lock:
         _launch_counts.clear()
+
+
+def set_policy(policy: str | None) -> None:
+    """Which implementation runs matmul and conv2d: ``"hand"`` (the hand-written
+    kernels), ``"vendor"`` (cuBLAS/cuDNN where available) or ``"auto"`` (time every
+    candidate on first use of a shape class, keep the fastest; cached on disk). ``None``
+    restores ``$GPUGRAD_KERNEL_POLICY`` or the device default (``auto`` on cuda, ``hand``
+    on emu). See ``gpugrad.backend.dispatch``.
+
+    >>> from gpugrad.backend import kernels
+    >>> kernels.set_policy("hand"); kernels.get_policy()
+    'hand'
+    >>> kernels.set_policy(None)
+    """
+    from gpugrad.backend import dispatch
+
+    dispatch.set_policy(policy)
+
+
+def get_policy() -> str:
+    """The active dispatch policy (``"hand"``, ``"vendor"`` or ``"auto"``)."""
+    from gpugrad.backend import dispatch
+
+    return dispatch.get_policy()
+
+
+def report():
+    """Which implementation ran for each op, shape class and dtype (counts), and what
+    ``auto`` chose with its timings: a ``dispatch.KernelReport`` (``str()`` prints a
+    table, ``.as_dict()`` gives plain dicts).
+
+    >>> from gpugrad.backend import kernels
+    >>> kernels.report().policy in ("hand", "vendor", "auto")
+    True
+    """
+    from gpugrad.backend import dispatch
+
+    return dispatch.report()
+
+
+def reset_report() -> None:
+    """Zero the counts of ``report()``."""
+    from gpugrad.backend import dispatch
+
+    dispatch.reset_report()
 
 
 # --------------------------------------------------------------------------- compiling
@@ -278,7 +327,7 @@ CONV_TILE = CONV_TILES["f32"]
 # Resident blocks per SM of the conv kernels on sm_90 (ptxas registers and shared memory,
 # kernels/check_compile.py); used to align backward-filter splits to whole waves when the
 # device cannot be asked (emu). On cuda the compiled function's attributes are used.
-CONV_BLOCKS_PER_SM = {"f32": 4, "f64": 2}
+CONV_BLOCKS_PER_SM = {"f32": 3, "f64": 2}
 ELEMENTWISE_THREADS = 256
 
 
@@ -341,10 +390,10 @@ def plan_conv_filter(
     sum of the partial results); every split keeps at least 4 k-tiles.
 
     >>> plan, chunk = plan_conv_filter("conv2d_bwd_filter_f32", 576, 64, 64 * 56 * 56,
-    ...                                1, 64, 132, blocks_per_sm=4)
+    ...                                1, 64, 132, blocks_per_sm=3)
     >>> blocks = plan.grid[0] * plan.grid[1] * plan.grid[2]
-    >>> blocks, round(blocks / (132 * 4), 3)           # one wave at 99 % of the block slots
-    (525, 0.994)
+    >>> blocks, round(blocks / (132 * 3), 3)           # one wave at 99 % of the block slots
+    (395, 0.997)
     """
     dt = _conv_dt(kernel, dt)
     bm, bn, bk, threads = CONV_TILES[dt]
@@ -502,31 +551,80 @@ def matmul(
             raise ValueError(
                 f"matmul: mask must have a's shape {tuple(a.shape)}, got {tuple(mask.shape)}"
             )
-    c = xp.empty((m, n), dtype=a.dtype)
     if m == 0 or n == 0:
+        return xp.empty((m, n), dtype=a.dtype)
+
+    def hand():
+        c = xp.empty((m, n), dtype=a.dtype)
+        plan = plan_matmul(m, n, k, dt, _device_props()["num_sms"], tile)
+        i32 = np.int32
+        args = (
+            a,
+            b,
+            c,
+            bias if has_bias else c,
+            mask if has_mask else a,
+            i32(m),
+            i32(n),
+            i32(k),
+            i32(a.shape[1]),
+            i32(b.shape[1]),
+            i32(n),
+            i32(bool(trans_a)),
+            i32(bool(trans_b)),
+            i32(has_bias),
+            i32(has_mask),
+            _scalar(alpha, dt),
+            i32(bool(relu)),
+        )
+        get_kernel(plan.kernel)(plan.grid, plan.block, args)
         return c
-    plan = plan_matmul(m, n, k, dt, _device_props()["num_sms"], tile)
-    i32 = np.int32
-    args = (
-        a,
-        b,
-        c,
-        bias if has_bias else c,
-        mask if has_mask else a,
-        i32(m),
-        i32(n),
-        i32(k),
-        i32(a.shape[1]),
-        i32(b.shape[1]),
-        i32(n),
-        i32(bool(trans_a)),
-        i32(bool(trans_b)),
-        i32(has_bias),
-        i32(has_mask),
-        _scalar(alpha, dt),
-        i32(bool(relu)),
+
+    if tile is not None:  # a forced tile is a request for the hand kernel
+        return hand()
+    from gpugrad.backend import dispatch
+
+    call = dict(a=a, b=b, trans_a=trans_a, trans_b=trans_b, bias=bias, relu=relu, alpha=alpha)
+    call["mask"] = mask
+    vendor = None
+    if backend.device() == "cuda":
+        vendor = lambda: vendor_matmul(**call)  # noqa: E731
+    shape_class = _matmul_class(m, n, k, trans_a, trans_b, has_bias, relu, has_mask)
+    return dispatch.run("matmul", shape_class, dt, hand, call=call, vendor=vendor)
+
+
+def _matmul_class(m, n, k, trans_a, trans_b, has_bias, relu, has_mask) -> str:
+    from gpugrad.backend.dispatch import bucket
+
+    layout = ("T" if trans_a else "N") + ("T" if trans_b else "N")
+    fused = "".join(
+        f for f, on in (("+bias", has_bias), ("+relu", relu), ("+mask", has_mask)) if on
     )
-    get_kernel(plan.kernel)(plan.grid, plan.block, args)
+    return f"m{bucket(m)} n{bucket(n)} k{bucket(k)} {layout}{fused}"
+
+
+def vendor_matmul(
+    a, b, *, trans_a=False, trans_b=False, bias=None, relu=False, alpha=1.0, mask=None
+):
+    """``matmul``'s result through the array library's own GEMM (cuBLAS on CuPy): the
+    vendor candidate of the dispatcher. Same semantics as the hand kernel (relu keeps
+    NaN, the mask selects ``a`` where ``mask > 0``).
+
+    >>> import numpy as np
+    >>> vendor_matmul(np.ones((2, 3)), np.ones((3, 2)), bias=np.array([-4.0, 0.0]), relu=True)
+    array([[0., 3.],
+           [0., 3.]])
+    """
+    xp = backend.xp() if backend.is_device_array(a) else np
+    if mask is not None:
+        a = xp.where(mask > 0, a, xp.zeros((), dtype=a.dtype))
+    c = xp.matmul(a.T if trans_a else a, b.T if trans_b else b)
+    if alpha != 1.0:
+        c *= c.dtype.type(alpha)
+    if bias is not None:
+        c += bias.reshape(-1)
+    if relu:
+        c = xp.where(c < 0, xp.zeros((), dtype=c.dtype), c)  # NaN stays NaN, like the kernel
     return c
 
 
@@ -765,23 +863,29 @@ def conv2d_fwd(
         bias = _prepare(bias, fn, "bias", dtype=x.dtype)
         if bias.size != geo.cout:
             raise ValueError(f"{fn}: bias must have {geo.cout} entries, got {tuple(bias.shape)}")
-    y = backend.xp().empty((geo.n, geo.ho, geo.wo, geo.cout), dtype=x.dtype)
-    if y.size == 0:
+    y_shape = (geo.n, geo.ho, geo.wo, geo.cout)
+    if 0 in y_shape:
+        return backend.xp().empty(y_shape, dtype=x.dtype)
+
+    def hand():
+        y = backend.xp().empty(y_shape, dtype=x.dtype)
+        plan = plan_conv(
+            f"conv2d_fwd_{dt}", geo.n * geo.ho * geo.wo, geo.cout // geo.groups, geo.groups
+        )
+        args = (
+            x,
+            w,
+            y,
+            bias if has_bias else y,
+            np.int32(has_bias),
+            np.int32(bool(relu)),
+            *geo.kernel_ints(),
+        )
+        get_kernel(plan.kernel)(plan.grid, plan.block, args)
         return y
-    plan = plan_conv(
-        f"conv2d_fwd_{dt}", geo.n * geo.ho * geo.wo, geo.cout // geo.groups, geo.groups
-    )
-    args = (
-        x,
-        w,
-        y,
-        bias if has_bias else y,
-        np.int32(has_bias),
-        np.int32(bool(relu)),
-        *geo.kernel_ints(),
-    )
-    get_kernel(plan.kernel)(plan.grid, plan.block, args)
-    return y
+
+    call = dict(x=x, w=w, bias=bias, relu=relu, geometry=geo)
+    return _dispatch_conv("conv2d_fwd", geo, dt, hand, call)
 
 
 def conv2d_bwd_data(
@@ -796,15 +900,21 @@ def conv2d_bwd_data(
     expected = (geo.n, geo.ho, geo.wo, geo.cout)
     if tuple(dy.shape) != expected:
         raise ValueError(f"{fn}: dy must have shape {expected}, got {tuple(dy.shape)}")
-    dx = backend.xp().empty(tuple(int(v) for v in x_shape), dtype=dy.dtype)
-    if dx.size == 0:
+    dx_shape = tuple(int(v) for v in x_shape)
+    if 0 in dx_shape:
+        return backend.xp().empty(dx_shape, dtype=dy.dtype)
+
+    def hand():
+        dx = backend.xp().empty(dx_shape, dtype=dy.dtype)
+        (sh, sw) = geo.stride
+        # sub-pixel decomposition: one dense GEMM per (row phase, column phase), on grid.z
+        rows = geo.n * _cdiv(geo.h, sh) * _cdiv(geo.w, sw)
+        plan = plan_conv(f"conv2d_bwd_data_{dt}", rows, geo.cin // geo.groups, geo.groups, sh * sw)
+        get_kernel(plan.kernel)(plan.grid, plan.block, (dy, w, dx, *geo.kernel_ints()))
         return dx
-    (sh, sw) = geo.stride
-    # sub-pixel decomposition: one dense GEMM per (row phase, column phase), on grid.z
-    rows = geo.n * _cdiv(geo.h, sh) * _cdiv(geo.w, sw)
-    plan = plan_conv(f"conv2d_bwd_data_{dt}", rows, geo.cin // geo.groups, geo.groups, sh * sw)
-    get_kernel(plan.kernel)(plan.grid, plan.block, (dy, w, dx, *geo.kernel_ints()))
-    return dx
+
+    call = dict(dy=dy, w=w, x_shape=dx_shape, geometry=geo)
+    return _dispatch_conv("conv2d_bwd_data", geo, dt, hand, call)
 
 
 def conv2d_bwd_filter(
@@ -825,22 +935,49 @@ def conv2d_bwd_filter(
     if tuple(dy.shape) != expected:
         raise ValueError(f"{fn}: dy must have shape {expected}, got {tuple(dy.shape)}")
     xp = backend.xp()
-    rows = geo.kh * geo.kw * (geo.cin // geo.groups)
-    pixels = geo.n * geo.ho * geo.wo
-    kernel = f"conv2d_bwd_filter_{dt}"
-    plan, k_chunk = plan_conv_filter(
-        kernel,
-        rows,
-        geo.cout // geo.groups,
-        pixels,
-        geo.groups,
-        geo.cout,
-        _device_props()["num_sms"],
-        blocks_per_sm=_conv_blocks_per_sm(kernel, dt),
+
+    def hand():
+        rows = geo.kh * geo.kw * (geo.cin // geo.groups)
+        pixels = geo.n * geo.ho * geo.wo
+        kernel = f"conv2d_bwd_filter_{dt}"
+        plan, k_chunk = plan_conv_filter(
+            kernel,
+            rows,
+            geo.cout // geo.groups,
+            pixels,
+            geo.groups,
+            geo.cout,
+            _device_props()["num_sms"],
+            blocks_per_sm=_conv_blocks_per_sm(kernel, dt),
+        )
+        splits = plan.grid[2]
+        parts = xp.empty((splits, rows, geo.cout), dtype=x.dtype)
+        args = (dy, x, parts, np.int32(k_chunk), *geo.kernel_ints())
+        get_kernel(plan.kernel)(plan.grid, plan.block, args)
+        dw = parts[0] if splits == 1 else parts.sum(axis=0)
+        return dw.reshape(tuple(int(v) for v in w_shape))
+
+    call = dict(dy=dy, x=x, w_shape=tuple(int(v) for v in w_shape), geometry=geo)
+    return _dispatch_conv("conv2d_bwd_filter", geo, dt, hand, call)
+
+
+def _conv_class(geo: ConvGeometry) -> str:
+    """Shape class of a convolution for the dispatcher: pixel count bucketed, the
+    filter and hyper-parameters exact."""
+    from gpugrad.backend.dispatch import bucket
+
+    (sh, sw), (dh, dw) = geo.stride, geo.dilation
+    cg, ng = geo.cin // geo.groups, geo.cout // geo.groups
+    return (
+        f"p{bucket(geo.n * geo.ho * geo.wo)} k{geo.kh}x{geo.kw} cg{bucket(cg)} ng{bucket(ng)} "
+        f"s{sh}x{sw} d{dh}x{dw} g{geo.groups}"
     )
-    splits = plan.grid[2]
-    parts = xp.empty((splits, rows, geo.cout), dtype=x.dtype)
-    args = (dy, x, parts, np.int32(k_chunk), *geo.kernel_ints())
-    get_kernel(plan.kernel)(plan.grid, plan.block, args)
-    dw = parts[0] if splits == 1 else parts.sum(axis=0)
-    return dw.reshape(tuple(int(v) for v in w_shape))
+
+
+def _dispatch_conv(op: str, geo: ConvGeometry, dt: str, hand, call: dict):
+    """Run a conv op through the dispatcher. No vendor candidate is built in: CuPy 14
+    has no cuDNN binding (``cupy.cudnn``/``cupyx.cudnn`` are gone), so a vendor
+    convolution comes only from ``dispatch.register_variant`` (kind ``"vendor"``)."""
+    from gpugrad.backend import dispatch
+
+    return dispatch.run(op, _conv_class(geo), dt, hand, call=call)
