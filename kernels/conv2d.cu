@@ -39,11 +39,11 @@ template <typename T>
 struct Cfg;
 template <>
 struct Cfg<float> {
-    static constexpr int BM = 128, BN = 64, BK = 8, TM = 8, TN = 8;
+    static constexpr int BM = 128, BN = 64, BK = 8, TM = 8, TN = 8, UNROLL = 2;
 };
 template <>
 struct Cfg<double> {
-    static constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4;
+    static constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4, UNROLL = 1;
 };
 constexpr int PAD = 4;
 constexpr int NT_F32 = 128, NT_F64 = 256;  // threads per block (= __launch_bounds__ below)
@@ -78,7 +78,7 @@ struct Conv {
 template <typename T>
 struct Tile {
     static constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN, BK = Cfg<T>::BK;
-    static constexpr int TM = Cfg<T>::TM, TN = Cfg<T>::TN;
+    static constexpr int TM = Cfg<T>::TM, TN = Cfg<T>::TN, UNROLL = Cfg<T>::UNROLL;
     static constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
     static constexpr int KQ = BK / 4;            // 4-vectors along k in one tile row
     static constexpr int VA = BM * BK / 4 / NT;  // 4-vectors per thread: A tile
@@ -547,6 +547,8 @@ __device__ __forceinline__ void gemm(Smem<T>& sm, LA& la, LB& lb, int ktiles, T*
         lb.store(sm.b[0]);
     }
     __syncthreads();
+    // float32: two k-tiles per trip, so each copy addresses its shared buffer statically
+#pragma unroll(TL::UNROLL)
     for (int t = 0; t < ktiles; ++t) {
         const int cur = t & 1;
         const bool more = t + 1 < ktiles;

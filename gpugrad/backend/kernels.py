@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpugrad import backend
+from gpugrad.backend import dispatch
 
 __all__ = [
     "KernelCompileError",
@@ -149,15 +150,11 @@ def set_policy(policy: str | None) -> None:
     'hand'
     >>> kernels.set_policy(None)
     """
-    from gpugrad.backend import dispatch
-
     dispatch.set_policy(policy)
 
 
 def get_policy() -> str:
     """The active dispatch policy (``"hand"``, ``"vendor"`` or ``"auto"``)."""
-    from gpugrad.backend import dispatch
-
     return dispatch.get_policy()
 
 
@@ -170,15 +167,11 @@ def report():
     >>> kernels.report().policy in ("hand", "vendor", "auto")
     True
     """
-    from gpugrad.backend import dispatch
-
     return dispatch.report()
 
 
 def reset_report() -> None:
     """Zero the counts of ``report()``."""
-    from gpugrad.backend import dispatch
-
     dispatch.reset_report()
 
 
@@ -582,8 +575,6 @@ def matmul(
 
     if tile is not None:  # a forced tile is a request for the hand kernel
         return hand()
-    from gpugrad.backend import dispatch
-
     call = dict(a=a, b=b, trans_a=trans_a, trans_b=trans_b, bias=bias, relu=relu, alpha=alpha)
     call["mask"] = mask
     vendor = None
@@ -594,12 +585,11 @@ def matmul(
 
 
 def _matmul_class(m, n, k, trans_a, trans_b, has_bias, relu, has_mask) -> str:
-    from gpugrad.backend.dispatch import bucket
-
     layout = ("T" if trans_a else "N") + ("T" if trans_b else "N")
     fused = "".join(
         f for f, on in (("+bias", has_bias), ("+relu", relu), ("+mask", has_mask)) if on
     )
+    bucket = dispatch.bucket
     return f"m{bucket(m)} n{bucket(n)} k{bucket(k)} {layout}{fused}"
 
 
@@ -964,10 +954,9 @@ def conv2d_bwd_filter(
 def _conv_class(geo: ConvGeometry) -> str:
     """Shape class of a convolution for the dispatcher: pixel count bucketed, the
     filter and hyper-parameters exact."""
-    from gpugrad.backend.dispatch import bucket
-
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
     cg, ng = geo.cin // geo.groups, geo.cout // geo.groups
+    bucket = dispatch.bucket
     return (
         f"p{bucket(geo.n * geo.ho * geo.wo)} k{geo.kh}x{geo.kw} cg{bucket(cg)} ng{bucket(ng)} "
         f"s{sh}x{sw} d{dh}x{dw} g{geo.groups}"
@@ -978,6 +967,4 @@ def _dispatch_conv(op: str, geo: ConvGeometry, dt: str, hand, call: dict):
     """Run a conv op through the dispatcher. No vendor candidate is built in: CuPy 14
     has no cuDNN binding (``cupy.cudnn``/``cupyx.cudnn`` are gone), so a vendor
     convolution comes only from ``dispatch.register_variant`` (kind ``"vendor"``)."""
-    from gpugrad.backend import dispatch
-
     return dispatch.run(op, _conv_class(geo), dt, hand, call=call)
