@@ -881,7 +881,12 @@ def conv2d_fwd(
 def conv2d_bwd_data(
     dy, w, x_shape, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1
 ):
-    """Gradient of ``conv2d_fwd`` with respect to its input: ``dx`` of shape ``x_shape``."""
+    """Gradient of ``conv2d_fwd`` with respect to its input: ``dx`` of shape ``x_shape``.
+
+    With stride > 1 the input pixels split into stride_h * stride_w phases that each see
+    a fixed subset of the filter taps; every phase is one dense implicit GEMM over only
+    those taps (sub-pixel decomposition), so no multiply lands on a structural zero.
+    """
     fn = "conv2d_bwd_data"
     dy = _prepare(dy, fn, "dy", ndim=4, layout=" [N, H, W, C] (NHWC)")
     dt = _dtype_suffix(dy.dtype, fn, "dy")
