@@ -218,7 +218,7 @@ struct XPatchTile {
             const int ho = rem / c.Wo;
             hb[v] = m < M ? ho * c.sh - c.pt : NO_PIXEL;
             wb[v] = (rem - ho * c.Wo) * c.sw - c.pl;
-            base[v] = ((n * c.H + hb[v]) * c.W + wb[v]) * c.Cin;
+            base[v] = m < M ? ((n * c.H + hb[v]) * c.W + wb[v]) * c.Cin : 0;  // no overflow
         }
         g = TapGeom{c.Cg, c.KW, c.KH, c.dw, c.dw * c.Cin, c.dh, c.dh * c.W * c.Cin};
         kpos = kq_of_thread<T>();
@@ -302,9 +302,10 @@ struct DyTile {
             const int i = rem / max(pw.Hp, 1);
             hb[v] = m < M ? ph.hbase + i : NO_PIXEL;
             wb[v] = pw.hbase + rem - i * pw.Hp;
-            base[v] = ((n * c.Ho + hb[v]) * c.Wo + wb[v]) * c.Cout;
+            base[v] = m < M ? ((n * c.Ho + hb[v]) * c.Wo + wb[v]) * c.Cout : 0;
         }
-        g = TapGeom{c.Ng, pw.KU, ph.KU, -pw.dhu, -pw.dhu * c.Cout, -ph.dhu, -ph.dhu * c.Wo * c.Cout};
+        g = TapGeom{c.Ng,     pw.KU,   ph.KU, -pw.dhu, -pw.dhu * c.Cout,
+                    -ph.dhu, -ph.dhu * c.Wo * c.Cout};
         kpos = kq_of_thread<T>();
         if (VEC) k.init(g, kpos);
     }
@@ -328,7 +329,8 @@ struct DyTile {
 #pragma unroll
                 for (int v = 0; v < VA; ++v) {
                     const int ho = hb[v] + hoff, wo = wb[v] + woff;
-                    const bool in = kin && (unsigned)ho < (unsigned)Ho && (unsigned)wo < (unsigned)Wo;
+                    const bool in =
+                        kin && (unsigned)ho < (unsigned)Ho && (unsigned)wo < (unsigned)Wo;
                     r[v][j] = in ? dy[base[v] + toff + c] : T(0);
                 }
             }
@@ -425,7 +427,7 @@ struct XColTile {
     __device__ __forceinline__ void locate() {
         hb = ho * c.sh - c.pt;
         wb = wo * c.sw - c.pl;
-        pix = ((n * c.H + hb) * c.W + wb) * c.Cin;
+        pix = ((min(n, c.N - 1) * c.H + hb) * c.W + wb) * c.Cin;  // n = N past the end
     }
     // Offset of x for row rw (any row, by division: scalar path only), or -1.
     __device__ __forceinline__ int offset(int rw) const {

@@ -171,7 +171,15 @@ def test_dlconv_gradients_on_emu_to_second_order(rng, stride, padding, dilation,
         return gg.sum(gg.tanh(y) * y)
 
     launches = kernels.launches()
-    err = gg.testing.check_gradient(f, x, w, b, order=2)
+    # why: test_zz_registry runs the core gradient cases itself only when nothing was
+    # checked yet; these emu-only checks must not change that when run in a subset
+    saved = {order: set(names) for order, names in gg.testing.CHECKED.items()}
+    try:
+        err = gg.testing.check_gradient(f, x, w, b, order=2)
+    finally:
+        for order, names in saved.items():
+            gg.testing.CHECKED[order].clear()
+            gg.testing.CHECKED[order].update(names)
     assert err < 1e-5
     after = kernels.launches()
     for name in ("conv2d_fwd_f64", "conv2d_bwd_data_f64", "conv2d_bwd_filter_f64"):
