@@ -11,16 +11,28 @@
 //                  + bias[g*Ng+co], optional relu (same epilogue as matmul.cu)
 //   backward data  dx[q, g*Cg+ci]    = sum_(r,s,co) dy[n, ho, wo, g*Ng+co] w[r, s, ci, g*Ng+co]
 //                  q = (n, hi, wi), ho = (hi+pt-r*dh)/sh when that divides exactly and is in range
+//                  Sub-pixel (phase) decomposition: the sh*sw phases (a, b) =
+//                  ((hi+pt) mod sh, (wi+pl) mod sw) are independent dense GEMMs (blockIdx.z),
+//                  each over only the taps r with r*dh = a (mod sh), s with s*dw = b
+//                  (mod sw); no multiply lands on a structural zero (stride 2: 4x fewer).
 //   backward filt. dw[(r,s,ci), g*Ng+co] = sum_p A[p, (r,s,ci)] dy[p, g*Ng+co]
 //                  split over p into gridDim.z partial sums (written to a workspace
 //                  [splits, KH*KW*Cg, Cout] and summed by the host; deterministic).
 //
-// The GEMM core is the one of matmul.cu (k-major double-buffered shared tiles,
-// 4x4 register tiles, 4-wide loads where the channel count and alignment allow,
-// scalar gathers otherwise), repeated here; the small helpers (aligned 4-wide
-// loads/stores, madd) come from common.cuh. Only the tile loaders differ: they
-// gather the implicit GEMM operands straight from x, dy and w into registers.
-// Tile 64x64x16, 256 threads. Indices are 32-bit (host checks sizes < 2^31).
+// GEMM core: k-major double-buffered shared tiles (one barrier per k-tile), register
+// tiles of TM x TN per thread read as 4-vectors (LDS.128), 4-wide global loads where
+// the channel count and alignment allow and scalar gathers otherwise (two separate
+// instantiations, chosen once per launch, so the hot loop has no path switch).
+//   float32: 128x64x8 block tile, 8x8 per thread, 128 threads (FFMA:LDS.128 = 16:1)
+//   float64:  64x64x16 block tile, 4x4 per thread, 256 threads (registers: 64 doubles)
+// Lane swizzle: lane bit 0 selects the row group and lane bits 1.. the column group,
+// so lanes n and n^1 read the same B fragment and n, n^2 the same A fragment: both
+// LDS.128 of a step pair-pack (2 shared-memory cycles each instead of 4).
+// Index math: no division in the k-loop. Each thread computes the pixel (n, h, w) of
+// its rows once; the reduction index k = (r, s, c) is walked incrementally (TapWalk:
+// add BK to c, wrap into s and r with precomputed offset deltas). Indices are 32-bit
+// (the host checks sizes < 2^31). The small helpers (aligned 4-wide loads/stores,
+// madd) come from common.cuh.
 
 #include "common.cuh"
 
@@ -28,285 +40,483 @@ namespace gg_conv {
 
 using namespace gg_common;  // aligned16, madd, load4, store4
 
-constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4;
-constexpr int NT = (BM / TM) * (BN / TN);  // 256 threads
+template <typename T>
+struct Cfg;
+template <>
+struct Cfg<float> {
+    static constexpr int BM = 128, BN = 64, BK = 8, TM = 8, TN = 8, UNROLL = 2;
+};
+template <>
+struct Cfg<double> {
+    static constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4, UNROLL = 1;
+};
 constexpr int PAD = 4;
-constexpr int VA = BM * BK / 4 / NT;  // 4-vectors per thread per operand tile
-constexpr int VB = BN * BK / 4 / NT;
-static_assert(VA == 1 && VB == 1, "loaders below assume one 4-vector per thread");
+constexpr int NT_F32 = 128, NT_F64 = 256;  // threads per block (= __launch_bounds__ below)
 
 struct Conv {
     int N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt, pl, dh, dw, Cg, Ng;
 };
 
-// Thread -> (mn, k) position of its 4-vector inside a BMN x BK operand tile.
-// k-major: the 4 elements run along k; mn-major: they run along mn.
-template <int BMN>
-struct KMajorSlot {
-    __device__ __forceinline__ static int mn() { return threadIdx.x / (BK / 4); }
-    __device__ __forceinline__ static int k() { return (threadIdx.x % (BK / 4)) * 4; }
-};
-template <int BMN>
-struct MnMajorSlot {
-    __device__ __forceinline__ static int mn() { return (threadIdx.x % (BMN / 4)) * 4; }
-    __device__ __forceinline__ static int k() { return threadIdx.x / (BMN / 4); }
+template <typename T>
+struct Tile {
+    static constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN, BK = Cfg<T>::BK;
+    static constexpr int TM = Cfg<T>::TM, TN = Cfg<T>::TN, UNROLL = Cfg<T>::UNROLL;
+    static constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
+    static constexpr int KQ = BK / 4;            // 4-vectors along k in one tile row
+    static constexpr int VA = BM * BK / 4 / NT;  // 4-vectors per thread: A tile
+    static constexpr int VB = BN * BK / 4 / NT;  // 4-vectors per thread: B tile
+    static_assert(VA >= 1 && VB == 1 && BM * BK / 4 == VA * NT, "tile does not split evenly");
+    static_assert(TX <= 16 && TM % 4 == 0 && TN % 4 == 0, "lane swizzle needs TX <= 16");
+    static_assert(NT == (sizeof(T) == 4 ? NT_F32 : NT_F64), "thread count");
 };
 
-template <typename T, int BMN>
-__device__ __forceinline__ void store_kmajor(T (*xs)[BMN + PAD], const T r[4]) {
-    const int mn = KMajorSlot<BMN>::mn();
-    const int kq = KMajorSlot<BMN>::k();
+// The reduction index k = (u, v, c) of an implicit GEMM (c fastest, c < C, v < KV,
+// u < KU) and the offsets that depend on it: hoff/woff (tap position in the pixel grid)
+// and toff (element offset of the tap); v+1 moves them by dw_v / dt_v, u+1 by dh_u / dt_u.
+struct TapGeom {
+    int C, KV, KU, dw_v, dt_v, dh_u, dt_u;
+    // By division: for the scalar (gather) paths only. False when k is past the end.
+    __device__ __forceinline__ bool locate(int k, int& hoff, int& woff, int& toff,
+                                           int& c) const {
+        const int uv = k / C;
+        const int u = uv / KV;
+        const int v = uv - u * KV;
+        c = k - uv * C;
+        hoff = u * dh_u;
+        woff = v * dw_v;
+        toff = u * dt_u + v * dt_v;
+        return u < KU;
+    }
+};
+
+// Walks k without dividing: advance() adds to c and carries into v and u (the hot loops).
+struct TapWalk {
+    int c, v, u, hoff, woff, toff;
+    __device__ __forceinline__ void init(const TapGeom& g, int k) {
+        c = v = u = hoff = woff = toff = 0;
+        advance(g, k);
+    }
+    __device__ __forceinline__ void advance(const TapGeom& g, int step) {
+        c += step;
+        while (c >= g.C) {  // at most once per tile when C >= BK
+            c -= g.C;
+            ++v;
+            woff += g.dw_v;
+            toff += g.dt_v;
+            if (v == g.KV) {
+                v = 0;
+                ++u;
+                woff -= g.KV * g.dw_v;
+                hoff += g.dh_u;
+                toff += g.dt_u - g.KV * g.dt_v;
+            }
+        }
+    }
+    __device__ __forceinline__ bool valid(const TapGeom& g) const { return u < g.KU; }
+};
+
+// Rows past the end of the GEMM get this pixel coordinate: every bounds test fails.
+constexpr int NO_PIXEL = -(1 << 30);
+
+// Which k-quad (k offset within a tile) and which row of a k-major tile thread t loads.
+template <typename T>
+__device__ __forceinline__ int kq_of_thread() {
+    return (threadIdx.x % Tile<T>::KQ) * 4;
+}
+template <typename T>
+__device__ __forceinline__ int row_of_thread(int v) {  // v-th of the VA rows (k-major A)
+    return threadIdx.x / Tile<T>::KQ + v * (Tile<T>::NT / Tile<T>::KQ);
+}
+
+template <typename T, int ROWS>
+__device__ __forceinline__ void store_kmajor(T (*xs)[ROWS + PAD], int row, const T r[4]) {
+    const int kq = (threadIdx.x % Tile<T>::KQ) * 4;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) xs[kq + j][mn] = r[j];
-}
-template <typename T, int BMN>
-__device__ __forceinline__ void store_mnmajor(T (*xs)[BMN + PAD], const T r[4]) {
-    store4(&xs[MnMajorSlot<BMN>::k()][MnMajorSlot<BMN>::mn()], r);
+    for (int j = 0; j < 4; ++j) xs[kq + j][row] = r[j];
 }
 
-// Plain row-major matrix operand, mn-major: element (mn, k) at x[k*ld + mn].
-template <typename T, int BMN>
+// Plain row-major matrix operand, mn-major: element (mn, k) at x[k*ld + mn]; one
+// 4-vector per thread per tile, advanced by BK rows per tile.
+template <typename T, bool VEC>
 struct RowsTile {
+    static constexpr int BN = Tile<T>::BN, BK = Tile<T>::BK;
     const T* __restrict__ x;
-    int ld, ext_mn, ext_k, mn;
-    bool vec;
+    int ld, ext_mn, ext_k, mn, kr, k, off;
+    bool full;
     T r[4];
-    __device__ __forceinline__ void init(const T* x_, int ld_, int ext_mn_, int ext_k_, int mn0) {
+    __device__ __forceinline__ void init(const T* x_, int ld_, int ext_mn_, int ext_k_, int mn0,
+                                         int k0) {
         x = x_;
         ld = ld_;
         ext_mn = ext_mn_;
         ext_k = ext_k_;
-        mn = mn0 + MnMajorSlot<BMN>::mn();
-        vec = (ld % 4 == 0) && aligned16(x);
+        mn = mn0 + (threadIdx.x % (BN / 4)) * 4;
+        kr = threadIdx.x / (BN / 4);
+        k = k0 + kr;
+        off = k * ld + mn;
+        full = mn + 3 < ext_mn;
     }
-    __device__ __forceinline__ void load(int k0) {
-        const int k = k0 + MnMajorSlot<BMN>::k();
-        if (vec && k < ext_k && mn + 3 < ext_mn) {
-            load4(x + k * ld + mn, r);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-                r[j] = (k < ext_k && mn + j < ext_mn) ? x[k * ld + mn + j] : T(0);
-        }
-    }
-    __device__ __forceinline__ void store(T (*xs)[BMN + PAD]) const { store_mnmajor<T, BMN>(xs, r); }
-};
-
-// Forward A operand: rows p = (n, ho, wo), columns k = (r, s, ci); k-major gather of x.
-template <typename T>
-struct XPatchTile {
-    const T* __restrict__ x;  // already offset by g*Cg channels
-    Conv c;
-    int n, hb, wb, Kg;
-    bool mok, vec;
-    T r[4];
-    __device__ __forceinline__ void init(const T* x_, const Conv& c_, int M, int m0) {
-        x = x_;
-        c = c_;
-        Kg = c.KH * c.KW * c.Cg;
-        const int m = m0 + KMajorSlot<BM>::mn();
-        mok = m < M;
-        const int hw = c.Ho * c.Wo;
-        n = m / hw;
-        const int rem = m - n * hw;
-        const int ho = rem / c.Wo;
-        hb = ho * c.sh - c.pt;
-        wb = (rem - ho * c.Wo) * c.sw - c.pl;
-        vec = (c.Cg % 4 == 0) && (c.Cin % 4 == 0) && aligned16(x);
-    }
-    __device__ __forceinline__ T at(int k) const {
-        if (!mok || k >= Kg) return T(0);
-        const int rs = k / c.Cg;
-        const int ci = k - rs * c.Cg;
-        const int rr = rs / c.KW;
-        const int hi = hb + rr * c.dh;
-        const int wi = wb + (rs - rr * c.KW) * c.dw;
-        if (hi < 0 || hi >= c.H || wi < 0 || wi >= c.W) return T(0);
-        return x[((n * c.H + hi) * c.W + wi) * c.Cin + ci];
-    }
-    __device__ __forceinline__ void load(int k0) {
-        const int k = k0 + KMajorSlot<BM>::k();
-        if (vec) {  // Cg % 4 == 0: the 4 channels lie in one pixel, all in or all out
-            r[0] = r[1] = r[2] = r[3] = T(0);
-            if (!mok || k >= Kg) return;
-            const int rs = k / c.Cg;
-            const int ci = k - rs * c.Cg;
-            const int rr = rs / c.KW;
-            const int hi = hb + rr * c.dh;
-            const int wi = wb + (rs - rr * c.KW) * c.dw;
-            if (hi < 0 || hi >= c.H || wi < 0 || wi >= c.W) return;
-            load4(x + ((n * c.H + hi) * c.W + wi) * c.Cin + ci, r);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) r[j] = at(k + j);
-        }
-    }
-    __device__ __forceinline__ void store(T (*xs)[BM + PAD]) const { store_kmajor<T, BM>(xs, r); }
-};
-
-// Backward-data A operand: rows q = (n, hi, wi), columns k = (r, s, co); k-major gather of dy.
-template <typename T>
-struct DyTile {
-    const T* __restrict__ dy;  // already offset by g*Ng channels
-    Conv c;
-    int n, hp, wp, Kg;
-    bool mok, vec;
-    T r[4];
-    __device__ __forceinline__ void init(const T* dy_, const Conv& c_, int M, int m0) {
-        dy = dy_;
-        c = c_;
-        Kg = c.KH * c.KW * c.Ng;
-        const int m = m0 + KMajorSlot<BM>::mn();
-        mok = m < M;
-        const int hw = c.H * c.W;
-        n = m / hw;
-        const int rem = m - n * hw;
-        const int hi = rem / c.W;
-        hp = hi + c.pt;
-        wp = rem - hi * c.W + c.pl;
-        vec = (c.Ng % 4 == 0) && (c.Cout % 4 == 0) && aligned16(dy);
-    }
-    // Offset of dy[n, ho, wo, co] for tap (r, s), or -1 when no output pixel uses it.
-    __device__ __forceinline__ int offset(int k) const {
-        if (!mok || k >= Kg) return -1;
-        const int rs = k / c.Ng;
-        const int co = k - rs * c.Ng;
-        const int rr = rs / c.KW;
-        const int th = hp - rr * c.dh;
-        const int tw = wp - (rs - rr * c.KW) * c.dw;
-        if (th < 0 || tw < 0) return -1;
-        const int ho = th / c.sh;
-        const int wo = tw / c.sw;
-        if (ho * c.sh != th || wo * c.sw != tw || ho >= c.Ho || wo >= c.Wo) return -1;
-        return ((n * c.Ho + ho) * c.Wo + wo) * c.Cout + co;
-    }
-    __device__ __forceinline__ void load(int k0) {
-        const int k = k0 + KMajorSlot<BM>::k();
-        if (vec) {
-            const int off = offset(k);
-            if (off >= 0) {
-                load4(dy + off, r);
+    __device__ __forceinline__ void load() {
+        if (VEC && full) {
+            if (k < ext_k) {
+                load4(x + off, r);
             } else {
                 r[0] = r[1] = r[2] = r[3] = T(0);
             }
         } else {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int off = offset(k + j);
-                r[j] = off >= 0 ? dy[off] : T(0);
-            }
+            for (int j = 0; j < 4; ++j)
+                r[j] = (k < ext_k && mn + j < ext_mn) ? x[off + j] : T(0);
         }
+        k += BK;
+        off += BK * ld;
     }
-    __device__ __forceinline__ void store(T (*xs)[BM + PAD]) const { store_kmajor<T, BM>(xs, r); }
+    __device__ __forceinline__ void store(T (*xs)[BN + PAD]) const {
+        store4(&xs[kr][(threadIdx.x % (BN / 4)) * 4], r);
+    }
 };
 
-// Backward-data B operand: element (ci, k = (r, s, co)) = w[r, s, ci, g*Ng + co]; k-major.
-template <typename T>
-struct WtTile {
-    const T* __restrict__ w;  // already offset by g*Ng channels
-    Conv c;
-    int ci, Kg;
-    bool vec;
-    T r[4];
-    __device__ __forceinline__ void init(const T* w_, const Conv& c_, int n0) {
-        w = w_;
-        c = c_;
-        Kg = c.KH * c.KW * c.Ng;
-        ci = n0 + KMajorSlot<BN>::mn();
-        vec = (c.Ng % 4 == 0) && (c.Cout % 4 == 0) && aligned16(w);
+// Forward A operand: rows p = (n, ho, wo), columns k = (r, s, ci); k-major gather of x.
+// VEC (Cg % 4 == 0): the 4 channels of a k-quad lie in one pixel, all in or all out.
+template <typename T, bool VEC>
+struct XPatchTile {
+    static constexpr int VA = Tile<T>::VA, BM = Tile<T>::BM, BK = Tile<T>::BK;
+    const T* __restrict__ x;  // already offset by g*Cg channels
+    int H, W, kpos;
+    int base[VA], hb[VA], wb[VA];
+    TapGeom g;
+    TapWalk k;
+    T r[VA][4];
+    __device__ __forceinline__ void init(const T* x_, const Conv& c, int M, int m0) {
+        x = x_;
+        H = c.H;
+        W = c.W;
+        const int hw = c.Ho * c.Wo;
+#pragma unroll
+        for (int v = 0; v < VA; ++v) {
+            const int m = m0 + row_of_thread<T>(v);
+            const int n = m / hw;
+            const int rem = m - n * hw;
+            const int ho = rem / c.Wo;
+            hb[v] = m < M ? ho * c.sh - c.pt : NO_PIXEL;
+            wb[v] = (rem - ho * c.Wo) * c.sw - c.pl;
+            base[v] = m < M ? ((n * c.H + hb[v]) * c.W + wb[v]) * c.Cin : 0;  // no overflow
+        }
+        g = TapGeom{c.Cg, c.KW, c.KH, c.dw, c.dw * c.Cin, c.dh, c.dh * c.W * c.Cin};
+        kpos = kq_of_thread<T>();
+        if (VEC) k.init(g, kpos);
     }
-    __device__ __forceinline__ T at(int k) const {
-        if (ci >= c.Cg || k >= Kg) return T(0);
-        const int rs = k / c.Ng;
-        return w[(rs * c.Cg + ci) * c.Cout + (k - rs * c.Ng)];
-    }
-    __device__ __forceinline__ void load(int k0) {
-        const int k = k0 + KMajorSlot<BN>::k();
-        if (vec && ci < c.Cg && k < Kg) {
-            const int rs = k / c.Ng;
-            load4(w + (rs * c.Cg + ci) * c.Cout + (k - rs * c.Ng), r);
+    __device__ __forceinline__ void load() {
+        if (VEC) {
+#pragma unroll
+            for (int v = 0; v < VA; ++v) {
+                const int hi = hb[v] + k.hoff, wi = wb[v] + k.woff;
+                if (k.valid(g) && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W) {
+                    load4(x + (base[v] + k.toff + k.c), r[v]);
+                } else {
+                    r[v][0] = r[v][1] = r[v][2] = r[v][3] = T(0);
+                }
+            }
+            k.advance(g, BK);
         } else {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) r[j] = at(k + j);
+            for (int j = 0; j < 4; ++j) {
+                int hoff, woff, toff, c;
+                const bool kin = g.locate(kpos + j, hoff, woff, toff, c);
+#pragma unroll
+                for (int v = 0; v < VA; ++v) {
+                    const int hi = hb[v] + hoff, wi = wb[v] + woff;
+                    const bool in = kin && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W;
+                    r[v][j] = in ? x[base[v] + toff + c] : T(0);
+                }
+            }
         }
+        kpos += BK;
     }
-    __device__ __forceinline__ void store(T (*xs)[BN + PAD]) const { store_kmajor<T, BN>(xs, r); }
+    __device__ __forceinline__ void store(T (*xs)[BM + PAD]) const {
+#pragma unroll
+        for (int v = 0; v < VA; ++v) store_kmajor<T, BM>(xs, row_of_thread<T>(v), r[v]);
+    }
 };
 
-// Backward-filter A operand: rows (r, s, ci), columns p = (n, ho, wo); mn-major gather of x.
-template <typename T>
+// The taps and pixels of one backward-data phase (a, b) = ((hi+pt) % sh, (wi+pl) % sw):
+// dx rows hi = hi0 + i*sh (i < Hp), taps r = r0 + u*rstep (u < KU), for which
+// ho = hbase + i - u*dhu exactly; the same along w.
+struct Phase {
+    int hi0, Hp, r0, rstep, KU, hbase, dhu;
+    __device__ __forceinline__ void init(int a, int sh, int pt, int dh, int KH, int H) {
+        hi0 = ((a - pt) % sh + sh) % sh;
+        Hp = hi0 < H ? (H - hi0 + sh - 1) / sh : 0;
+        rstep = 1;
+        while ((rstep * dh) % sh != 0) ++rstep;
+        r0 = -1;
+        for (int r = 0; r < rstep && r < KH; ++r)
+            if ((r * dh) % sh == a && r0 < 0) r0 = r;
+        KU = r0 < 0 ? 0 : (KH - r0 + rstep - 1) / rstep;
+        if (r0 < 0) r0 = 0;
+        hbase = (hi0 + pt - r0 * dh) / sh;  // exact: both sides are = a (mod sh)
+        dhu = rstep * dh / sh;
+    }
+};
+
+// Backward-data A operand: rows q = (n, i, j) of this phase, columns k = (u, v, co);
+// k-major gather of dy.
+template <typename T, bool VEC>
+struct DyTile {
+    static constexpr int VA = Tile<T>::VA, BM = Tile<T>::BM, BK = Tile<T>::BK;
+    const T* __restrict__ dy;  // already offset by g*Ng channels
+    int Ho, Wo, kpos;
+    int base[VA], hb[VA], wb[VA];
+    TapGeom g;
+    TapWalk k;
+    T r[VA][4];
+    __device__ __forceinline__ void init(const T* dy_, const Conv& c, const Phase& ph,
+                                         const Phase& pw, int M, int m0) {
+        dy = dy_;
+        Ho = c.Ho;
+        Wo = c.Wo;
+        const int hw = max(ph.Hp * pw.Hp, 1);
+#pragma unroll
+        for (int v = 0; v < VA; ++v) {
+            const int m = m0 + row_of_thread<T>(v);
+            const int n = m / hw;
+            const int rem = m - n * hw;
+            const int i = rem / max(pw.Hp, 1);
+            hb[v] = m < M ? ph.hbase + i : NO_PIXEL;
+            wb[v] = pw.hbase + rem - i * pw.Hp;
+            base[v] = m < M ? ((n * c.Ho + hb[v]) * c.Wo + wb[v]) * c.Cout : 0;
+        }
+        g = TapGeom{c.Ng,     pw.KU,   ph.KU, -pw.dhu, -pw.dhu * c.Cout,
+                    -ph.dhu, -ph.dhu * c.Wo * c.Cout};
+        kpos = kq_of_thread<T>();
+        if (VEC) k.init(g, kpos);
+    }
+    __device__ __forceinline__ void load() {
+        if (VEC) {
+#pragma unroll
+            for (int v = 0; v < VA; ++v) {
+                const int ho = hb[v] + k.hoff, wo = wb[v] + k.woff;
+                if (k.valid(g) && (unsigned)ho < (unsigned)Ho && (unsigned)wo < (unsigned)Wo) {
+                    load4(dy + (base[v] + k.toff + k.c), r[v]);
+                } else {
+                    r[v][0] = r[v][1] = r[v][2] = r[v][3] = T(0);
+                }
+            }
+            k.advance(g, BK);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                int hoff, woff, toff, c;
+                const bool kin = g.locate(kpos + j, hoff, woff, toff, c);
+#pragma unroll
+                for (int v = 0; v < VA; ++v) {
+                    const int ho = hb[v] + hoff, wo = wb[v] + woff;
+                    const bool in =
+                        kin && (unsigned)ho < (unsigned)Ho && (unsigned)wo < (unsigned)Wo;
+                    r[v][j] = in ? dy[base[v] + toff + c] : T(0);
+                }
+            }
+        }
+        kpos += BK;
+    }
+    __device__ __forceinline__ void store(T (*xs)[BM + PAD]) const {
+#pragma unroll
+        for (int v = 0; v < VA; ++v) store_kmajor<T, BM>(xs, row_of_thread<T>(v), r[v]);
+    }
+};
+
+// Backward-data B operand: element (ci, k = (u, v, co)) = w[r0+u*rstep, s0+v*sstep, ci,
+// g*Ng+co]; k-major, one k-quad of one column ci per thread.
+template <typename T, bool VEC>
+struct WtTile {
+    static constexpr int BN = Tile<T>::BN, BK = Tile<T>::BK;
+    const T* __restrict__ w;  // already offset by g*Ng channels
+    int base, col, kpos;
+    bool ok;
+    TapGeom g;
+    TapWalk k;
+    T r[4];
+    __device__ __forceinline__ void init(const T* w_, const Conv& c, const Phase& ph,
+                                         const Phase& pw, int n0) {
+        w = w_;
+        col = threadIdx.x / Tile<T>::KQ;
+        const int ci = n0 + col;
+        ok = ci < c.Cg;
+        base = ((ph.r0 * c.KW + pw.r0) * c.Cg + ci) * c.Cout;
+        const int tap = c.Cg * c.Cout;  // offset of s+1
+        g = TapGeom{c.Ng, pw.KU, ph.KU, 0, pw.rstep * tap, 0, ph.rstep * c.KW * tap};
+        kpos = kq_of_thread<T>();
+        if (VEC) k.init(g, kpos);
+    }
+    __device__ __forceinline__ void load() {
+        if (VEC) {
+            if (ok && k.valid(g)) {
+                load4(w + (base + k.toff + k.c), r);
+            } else {
+                r[0] = r[1] = r[2] = r[3] = T(0);
+            }
+            k.advance(g, BK);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                int hoff, woff, toff, c;
+                const bool in = ok && g.locate(kpos + j, hoff, woff, toff, c);
+                r[j] = in ? w[base + toff + c] : T(0);
+            }
+        }
+        kpos += BK;
+    }
+    __device__ __forceinline__ void store(T (*xs)[BN + PAD]) const {
+        store_kmajor<T, BN>(xs, col, r);
+    }
+};
+
+// Backward-filter A operand: rows (r, s, ci), columns p = (n, ho, wo); mn-major gather
+// of x. Each thread owns VA fixed row quads and one pixel column, walked by BK pixels
+// per tile (n, ho, wo carried without division).
+template <typename T, bool VEC>
 struct XColTile {
+    static constexpr int VA = Tile<T>::VA, BM = Tile<T>::BM, BK = Tile<T>::BK;
+    static constexpr int QPT = BM / 4 / VA;  // row quads per pixel column
     const T* __restrict__ x;  // already offset by g*Cg channels
     Conv c;
-    int row, Mrows, P;
-    bool vec;
-    T r[4];
-    __device__ __forceinline__ void init(const T* x_, const Conv& c_, int m0) {
+    int Mrows, P, p, n, ho, wo, pix, hb, wb;
+    int row[VA], toff[VA], rdh[VA], sdw[VA];
+    T r[VA][4];
+    __device__ __forceinline__ void init(const T* x_, const Conv& c_, int m0, int k0, int P_) {
         x = x_;
         c = c_;
         Mrows = c.KH * c.KW * c.Cg;
-        P = c.N * c.Ho * c.Wo;
-        row = m0 + MnMajorSlot<BM>::mn();
-        vec = (c.Cg % 4 == 0) && (c.Cin % 4 == 0) && aligned16(x);
+        P = P_;
+#pragma unroll
+        for (int v = 0; v < VA; ++v) {
+            row[v] = m0 + 4 * (threadIdx.x % QPT + v * QPT);
+            const int rs = row[v] / c.Cg;
+            const int ci = row[v] - rs * c.Cg;
+            const int rr = rs / c.KW;
+            rdh[v] = rr * c.dh;
+            sdw[v] = (rs - rr * c.KW) * c.dw;
+            toff[v] = (rdh[v] * c.W + sdw[v]) * c.Cin + ci;
+        }
+        p = k0 + threadIdx.x / QPT;
+        const int hw = c.Ho * c.Wo;
+        n = p / hw;
+        const int rem = p - n * hw;
+        ho = rem / c.Wo;
+        wo = rem - ho * c.Wo;
+        locate();
     }
-    // Offset of x[n, hi, wi, ci] for row (r, s, ci) and pixel (n, ho, wo), or -1.
-    __device__ __forceinline__ int offset(int rw, int n, int ho, int wo) const {
+    __device__ __forceinline__ void locate() {
+        hb = ho * c.sh - c.pt;
+        wb = wo * c.sw - c.pl;
+        pix = ((min(n, c.N - 1) * c.H + hb) * c.W + wb) * c.Cin;  // n = N past the end
+    }
+    // Offset of x for row rw (any row, by division: scalar path only), or -1.
+    __device__ __forceinline__ int offset(int rw) const {
         if (rw >= Mrows) return -1;
         const int rs = rw / c.Cg;
         const int ci = rw - rs * c.Cg;
         const int rr = rs / c.KW;
-        const int hi = ho * c.sh - c.pt + rr * c.dh;
-        const int wi = wo * c.sw - c.pl + (rs - rr * c.KW) * c.dw;
-        if (hi < 0 || hi >= c.H || wi < 0 || wi >= c.W) return -1;
-        return ((n * c.H + hi) * c.W + wi) * c.Cin + ci;
+        const int hi = hb + rr * c.dh;
+        const int wi = wb + (rs - rr * c.KW) * c.dw;
+        if ((unsigned)hi >= (unsigned)c.H || (unsigned)wi >= (unsigned)c.W) return -1;
+        return pix + (rr * c.dh * c.W + (rs - rr * c.KW) * c.dw) * c.Cin + ci;
     }
-    __device__ __forceinline__ void load(int k0) {
-        const int p = k0 + MnMajorSlot<BM>::k();
-        r[0] = r[1] = r[2] = r[3] = T(0);
-        if (p >= P) return;
-        const int hw = c.Ho * c.Wo;
-        const int n = p / hw;
-        const int rem = p - n * hw;
-        const int ho = rem / c.Wo;
-        const int wo = rem - ho * c.Wo;
-        if (vec) {  // Cg % 4 == 0: the 4 rows are 4 channels of one tap
-            const int off = offset(row, n, ho, wo);
-            if (off >= 0) load4(x + off, r);
-        } else {
+    __device__ __forceinline__ void load() {
+        const bool pok = p < P;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int off = offset(row + j, n, ho, wo);
-                if (off >= 0) r[j] = x[off];
+        for (int v = 0; v < VA; ++v) {
+            if (VEC) {  // Cg % 4 == 0: the 4 rows are 4 channels of one tap
+                const int hi = hb + rdh[v], wi = wb + sdw[v];
+                if (pok && row[v] < Mrows && (unsigned)hi < (unsigned)c.H &&
+                    (unsigned)wi < (unsigned)c.W) {
+                    load4(x + (pix + toff[v]), r[v]);
+                } else {
+                    r[v][0] = r[v][1] = r[v][2] = r[v][3] = T(0);
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int off = pok ? offset(row[v] + j) : -1;
+                    r[v][j] = off >= 0 ? x[off] : T(0);
+                }
             }
         }
+        p += BK;
+        wo += BK;
+        while (wo >= c.Wo) {  // once per tile when Wo >= BK
+            wo -= c.Wo;
+            if (++ho == c.Ho) {
+                ho = 0;
+                ++n;
+            }
+        }
+        locate();
     }
-    __device__ __forceinline__ void store(T (*xs)[BM + PAD]) const { store_mnmajor<T, BM>(xs, r); }
+    __device__ __forceinline__ void store(T (*xs)[BM + PAD]) const {
+        const int kr = threadIdx.x / QPT;
+#pragma unroll
+        for (int v = 0; v < VA; ++v) store4(&xs[kr][4 * (threadIdx.x % QPT + v * QPT)], r[v]);
+    }
 };
 
-// Tile coordinates of this block inside a tiles_m x tiles_n grid, grouped for L2 reuse.
-__device__ __forceinline__ void tile_of_block(int M, int N, int& m0, int& n0) {
-    constexpr int GROUP = 8;
+// Tile coordinates of this block inside a tiles_m x tiles_n grid, grouped for L2 reuse;
+// false when the block has no tile (backward-data phases have different row counts).
+template <typename T>
+__device__ __forceinline__ bool tile_of_block(int M, int N, int& m0, int& n0) {
+    constexpr int GROUP = 8, BM = Tile<T>::BM, BN = Tile<T>::BN;
     const int tiles_m = (M + BM - 1) / BM;
     const int tiles_n = (N + BN - 1) / BN;
     const int pid = blockIdx.x;
+    if (pid >= tiles_m * tiles_n) return false;
     const int per_group = GROUP * tiles_n;
     const int first_m = (pid / per_group) * GROUP;
     const int group_rows = min(tiles_m - first_m, GROUP);
     m0 = (first_m + (pid % per_group) % group_rows) * BM;
     n0 = ((pid % per_group) / group_rows) * BN;
+    return true;
 }
 
-// Double-buffered mainloop over k in [kbeg, kend) and the bias/relu epilogue.
-// C points at element (0, 0) of this block's output matrix (row stride ldc).
-template <typename T, class LA, class LB>
-__device__ __forceinline__ void gemm(LA& la, LB& lb, int kbeg, int kend, T* __restrict__ C,
-                                     int ldc, int M, int N, int m0, int n0,
+// Output rows of a plain row-major matrix (row r at r*ld).
+struct DenseRows {
+    int ld;
+    __device__ __forceinline__ int operator()(int row) const { return row * ld; }
+};
+// Output rows of one backward-data phase: row (n, i, j) is dx pixel (n, hi0+i*sh, wi0+j*sw).
+// The phase geometry is recomputed from the kernel parameters (nothing stays live
+// across the mainloop).
+struct PhaseRows {
+    const Conv& c;
+    __device__ __forceinline__ int operator()(int row) const {
+        Phase ph, pw;
+        ph.init(blockIdx.z / c.sw, c.sh, c.pt, c.dh, c.KH, c.H);
+        pw.init(blockIdx.z % c.sw, c.sw, c.pl, c.dw, c.KW, c.W);
+        const int n = row / (ph.Hp * pw.Hp);
+        const int rem = row - n * (ph.Hp * pw.Hp);
+        const int i = rem / pw.Hp;
+        return ((n * c.H + ph.hi0 + i * c.sh) * c.W + pw.hi0 + (rem - i * pw.Hp) * c.sw) * c.Cin;
+    }
+};
+
+template <typename T>
+struct Smem {
+    T a[2][Tile<T>::BK][Tile<T>::BM + PAD];
+    T b[2][Tile<T>::BK][Tile<T>::BN + PAD];
+};
+
+// Double-buffered mainloop over ktiles k-tiles and the bias/relu epilogue. C points at
+// column 0 of this block's output; rows(r) gives the element offset of output row r,
+// cvec says whether every row start is 16-byte aligned.
+template <typename T, class LA, class LB, class Rows>
+__device__ __forceinline__ void gemm(Smem<T>& sm, LA& la, LB& lb, int ktiles, T* __restrict__ C,
+                                     const Rows& rows, bool cvec, int M, int N, int m0, int n0,
                                      const T* __restrict__ bias, int has_bias, int relu) {
-    __shared__ __align__(16) T As[2][BK][BM + PAD];
-    __shared__ __align__(16) T Bs[2][BK][BN + PAD];
-    constexpr int TX = BN / TN;
-    const int tx = threadIdx.x % TX;
-    const int ty = threadIdx.x / TX;
+    using TL = Tile<T>;
+    constexpr int TM = TL::TM, TN = TL::TN, BK = TL::BK;
+    constexpr int AS = TL::BM / (TM / 4), BS = TL::BN / (TN / 4);  // fragment spacing
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int tx = (lane >> 1) & (TL::TX - 1);
+    const int ty = (lane & 1) | (((lane >> 1) / TL::TX) << 1) | (warp * (32 / TL::TX));
 
     T acc[TM][TN];
 #pragma unroll
@@ -314,58 +524,64 @@ __device__ __forceinline__ void gemm(LA& la, LB& lb, int kbeg, int kend, T* __re
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
-    const int ktiles = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0;
     if (ktiles > 0) {
-        la.load(kbeg);
-        lb.load(kbeg);
-        la.store(As[0]);
-        lb.store(Bs[0]);
+        la.load();
+        lb.load();
+        la.store(sm.a[0]);
+        lb.store(sm.b[0]);
     }
     __syncthreads();
+    // float32: two k-tiles per trip, so each copy addresses its shared buffer statically
+#pragma unroll(TL::UNROLL)
     for (int t = 0; t < ktiles; ++t) {
         const int cur = t & 1;
         const bool more = t + 1 < ktiles;
         if (more) {
-            la.load(kbeg + (t + 1) * BK);
-            lb.load(kbeg + (t + 1) * BK);
+            la.load();
+            lb.load();
         }
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
             T a[TM], b[TN];
-            load4(&As[cur][kk][ty * 4], a);
-            load4(&Bs[cur][kk][tx * 4], b);
+#pragma unroll
+            for (int i4 = 0; i4 < TM / 4; ++i4) load4(&sm.a[cur][kk][i4 * AS + ty * 4], a + 4 * i4);
+#pragma unroll
+            for (int j4 = 0; j4 < TN / 4; ++j4) load4(&sm.b[cur][kk][j4 * BS + tx * 4], b + 4 * j4);
 #pragma unroll
             for (int i = 0; i < TM; ++i)
 #pragma unroll
                 for (int j = 0; j < TN; ++j) acc[i][j] = madd(a[i], b[j], acc[i][j]);
         }
         if (more) {
-            la.store(As[cur ^ 1]);
-            lb.store(Bs[cur ^ 1]);
+            la.store(sm.a[cur ^ 1]);
+            lb.store(sm.b[cur ^ 1]);
         }
         __syncthreads();
     }
 
-    const bool cvec = (ldc % 4 == 0) && aligned16(C);
-    const int col = n0 + tx * 4;
 #pragma unroll
-    for (int ii = 0; ii < TM; ++ii) {
-        const int row = m0 + ty * 4 + ii;
+    for (int i = 0; i < TM; ++i) {
+        const int row = m0 + (i / 4) * AS + ty * 4 + i % 4;
         if (row >= M) continue;
-        T out[4];
+        T* out_row = C + rows(row);
 #pragma unroll
-        for (int jj = 0; jj < 4; ++jj) {
-            T v = acc[ii][jj];
-            if (has_bias && col + jj < N) v += bias[col + jj];
-            if (relu) v = v < T(0) ? T(0) : v;
-            out[jj] = v;
-        }
-        if (cvec && col + 3 < N) {
-            store4(C + row * ldc + col, out);
-        } else {
+        for (int j4 = 0; j4 < TN / 4; ++j4) {
+            const int col = n0 + j4 * BS + tx * 4;
+            T out[4];
 #pragma unroll
-            for (int jj = 0; jj < 4; ++jj)
-                if (col + jj < N) C[row * ldc + col + jj] = out[jj];
+            for (int jj = 0; jj < 4; ++jj) {
+                T v = acc[i][j4 * 4 + jj];
+                if (has_bias && col + jj < N) v += bias[col + jj];
+                if (relu) v = v < T(0) ? T(0) : v;
+                out[jj] = v;
+            }
+            if (cvec && col + 3 < N) {
+                store4(out_row + col, out);
+            } else {
+#pragma unroll
+                for (int jj = 0; jj < 4; ++jj)
+                    if (col + jj < N) out_row[col + jj] = out[jj];
+            }
         }
     }
 }
@@ -381,108 +597,165 @@ __device__ __forceinline__ Conv make_conv(int N, int H, int W, int Cin, int Ho, 
     return c;
 }
 
+template <typename T, bool VEC>
+__device__ __forceinline__ void fwd_run(Smem<T>& sm, const T* xg, const T* wg, T* yg,
+                                        const T* bg, int has_bias, int relu, const Conv& c,
+                                        int M, int m0, int n0) {
+    XPatchTile<T, VEC> la;
+    RowsTile<T, VEC> lb;
+    const int Kg = c.KH * c.KW * c.Cg;
+    la.init(xg, c, M, m0);
+    lb.init(wg, c.Cout, c.Ng, Kg, n0, 0);
+    const bool cvec = (c.Cout % 4 == 0) && aligned16(yg);
+    gemm<T>(sm, la, lb, (Kg + Tile<T>::BK - 1) / Tile<T>::BK, yg, DenseRows{c.Cout}, cvec, M,
+            c.Ng, m0, n0, bg, has_bias, relu);
+}
+
 template <typename T>
 __device__ __forceinline__ void fwd(const T* x, const T* w, T* y, const T* bias, int has_bias,
                                     int relu, const Conv& c) {
+    __shared__ __align__(16) Smem<T> sm;
     const int g = blockIdx.y;
     const int M = c.N * c.Ho * c.Wo;
     int m0, n0;
-    tile_of_block(M, c.Ng, m0, n0);
-    XPatchTile<T> la;
-    RowsTile<T, BN> lb;
-    la.init(x + g * c.Cg, c, M, m0);
-    lb.init(w + g * c.Ng, c.Cout, c.Ng, c.KH * c.KW * c.Cg, n0);
-    gemm<T>(la, lb, 0, c.KH * c.KW * c.Cg, y + g * c.Ng, c.Cout, M, c.Ng, m0, n0,
-            bias + g * c.Ng, has_bias, relu);
+    if (!tile_of_block<T>(M, c.Ng, m0, n0)) return;
+    const T* xg = x + g * c.Cg;
+    const T* wg = w + g * c.Ng;
+    const bool vec = (c.Cg % 4 == 0) && (c.Cin % 4 == 0) && aligned16(xg) &&
+                     (c.Cout % 4 == 0) && aligned16(wg);
+    if (vec) {
+        fwd_run<T, true>(sm, xg, wg, y + g * c.Ng, bias + g * c.Ng, has_bias, relu, c, M, m0, n0);
+    } else {
+        fwd_run<T, false>(sm, xg, wg, y + g * c.Ng, bias + g * c.Ng, has_bias, relu, c, M, m0, n0);
+    }
+}
+
+template <typename T, bool VEC>
+__device__ __forceinline__ void bwd_data_run(Smem<T>& sm, const T* dyg, const T* wg, T* dxg,
+                                             const Conv& c, const Phase& ph, const Phase& pw,
+                                             int M, int m0, int n0) {
+    DyTile<T, VEC> la;
+    WtTile<T, VEC> lb;
+    la.init(dyg, c, ph, pw, M, m0);
+    lb.init(wg, c, ph, pw, n0);
+    const int Kg = ph.KU * pw.KU * c.Ng;
+    const PhaseRows rows{c};
+    const bool cvec = (c.Cin % 4 == 0) && aligned16(dxg);
+    gemm<T>(sm, la, lb, (Kg + Tile<T>::BK - 1) / Tile<T>::BK, dxg, rows, cvec, M, c.Cg, m0, n0,
+            dxg, 0, 0);
 }
 
 template <typename T>
 __device__ __forceinline__ void bwd_data(const T* dy, const T* w, T* dx, const Conv& c) {
+    __shared__ __align__(16) Smem<T> sm;
     const int g = blockIdx.y;
-    const int M = c.N * c.H * c.W;
+    Phase ph, pw;
+    ph.init(blockIdx.z / c.sw, c.sh, c.pt, c.dh, c.KH, c.H);
+    pw.init(blockIdx.z % c.sw, c.sw, c.pl, c.dw, c.KW, c.W);
+    const int M = c.N * ph.Hp * pw.Hp;
     int m0, n0;
-    tile_of_block(M, c.Cg, m0, n0);
-    DyTile<T> la;
-    WtTile<T> lb;
-    la.init(dy + g * c.Ng, c, M, m0);
-    lb.init(w + g * c.Ng, c, n0);
-    gemm<T>(la, lb, 0, c.KH * c.KW * c.Ng, dx + g * c.Cg, c.Cin, M, c.Cg, m0, n0, dx, 0, 0);
+    if (!tile_of_block<T>(M, c.Cg, m0, n0)) return;
+    const T* dyg = dy + g * c.Ng;
+    const T* wg = w + g * c.Ng;
+    const bool vec = (c.Ng % 4 == 0) && (c.Cout % 4 == 0) && aligned16(dyg) && aligned16(wg);
+    if (vec) {
+        bwd_data_run<T, true>(sm, dyg, wg, dx + g * c.Cg, c, ph, pw, M, m0, n0);
+    } else {
+        bwd_data_run<T, false>(sm, dyg, wg, dx + g * c.Cg, c, ph, pw, M, m0, n0);
+    }
+}
+
+template <typename T, bool VEC>
+__device__ __forceinline__ void bwd_filter_run(Smem<T>& sm, const T* dyg, const T* xg, T* out,
+                                               const Conv& c, int Mrows, int P, int kbeg,
+                                               int kend, int m0, int n0) {
+    XColTile<T, VEC> la;
+    RowsTile<T, VEC> lb;
+    la.init(xg, c, m0, kbeg, kend);
+    lb.init(dyg, c.Cout, c.Ng, kend, n0, kbeg);
+    const int ktiles = kend > kbeg ? (kend - kbeg + Tile<T>::BK - 1) / Tile<T>::BK : 0;
+    const bool cvec = (c.Cout % 4 == 0) && aligned16(out);
+    gemm<T>(sm, la, lb, ktiles, out, DenseRows{c.Cout}, cvec, Mrows, c.Ng, m0, n0, out, 0, 0);
 }
 
 template <typename T>
 __device__ __forceinline__ void bwd_filter(const T* dy, const T* x, T* dw_parts, int k_chunk,
                                            const Conv& c) {
+    __shared__ __align__(16) Smem<T> sm;
     const int g = blockIdx.y;
     const int split = blockIdx.z;
     const int Mrows = c.KH * c.KW * c.Cg;
     const int P = c.N * c.Ho * c.Wo;
     int m0, n0;
-    tile_of_block(Mrows, c.Ng, m0, n0);
-    XColTile<T> la;
-    RowsTile<T, BN> lb;
-    la.init(x + g * c.Cg, c, m0);
-    lb.init(dy + g * c.Ng, c.Cout, c.Ng, P, n0);
+    if (!tile_of_block<T>(Mrows, c.Ng, m0, n0)) return;
     const int kbeg = split * k_chunk;
     const int kend = min(P, kbeg + k_chunk);
+    const T* xg = x + g * c.Cg;
+    const T* dyg = dy + g * c.Ng;
     T* out = dw_parts + split * (Mrows * c.Cout) + g * c.Ng;
-    gemm<T>(la, lb, kbeg, kend, out, c.Cout, Mrows, c.Ng, m0, n0, out, 0, 0);
+    const bool vec = (c.Cg % 4 == 0) && (c.Cin % 4 == 0) && aligned16(xg) &&
+                     (c.Cout % 4 == 0) && aligned16(dyg);
+    if (vec) {
+        bwd_filter_run<T, true>(sm, dyg, xg, out, c, Mrows, P, kbeg, kend, m0, n0);
+    } else {
+        bwd_filter_run<T, false>(sm, dyg, xg, out, c, Mrows, P, kbeg, kend, m0, n0);
+    }
 }
 
 }  // namespace gg_conv
 
-extern "C" __global__ void conv2d_fwd_f32(const float* x, const float* w, float* y,
-                                          const float* bias, int has_bias, int relu, int N, int H,
-                                          int W, int Cin, int Ho, int Wo, int Cout, int KH,
-                                          int KW, int sh, int sw, int pt, int pl, int dh, int dw,
-                                          int groups) {
+// Entry points. float32 kernels run 128 threads per block, float64 kernels 256.
+extern "C" __global__ void __launch_bounds__(128, 3)
+    conv2d_fwd_f32(const float* x, const float* w, float* y, const float* bias, int has_bias,
+                   int relu, int N, int H, int W, int Cin, int Ho, int Wo, int Cout, int KH,
+                   int KW, int sh, int sw, int pt, int pl, int dh, int dw, int groups) {
     gg_conv::fwd<float>(x, w, y, bias, has_bias, relu,
                         gg_conv::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt, pl, dh,
                                            dw, groups));
 }
 
-extern "C" __global__ void conv2d_fwd_f64(const double* x, const double* w, double* y,
-                                          const double* bias, int has_bias, int relu, int N,
-                                          int H, int W, int Cin, int Ho, int Wo, int Cout, int KH,
-                                          int KW, int sh, int sw, int pt, int pl, int dh, int dw,
-                                          int groups) {
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_fwd_f64(const double* x, const double* w, double* y, const double* bias,
+                   int has_bias, int relu, int N, int H, int W, int Cin, int Ho, int Wo,
+                   int Cout, int KH, int KW, int sh, int sw, int pt, int pl, int dh, int dw,
+                   int groups) {
     gg_conv::fwd<double>(x, w, y, bias, has_bias, relu,
                          gg_conv::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt, pl,
                                             dh, dw, groups));
 }
 
-extern "C" __global__ void conv2d_bwd_data_f32(const float* dy, const float* w, float* dx, int N,
-                                               int H, int W, int Cin, int Ho, int Wo, int Cout,
-                                               int KH, int KW, int sh, int sw, int pt, int pl,
-                                               int dh, int dw, int groups) {
+// grid.z = sh * sw phases (sub-pixel decomposition)
+extern "C" __global__ void __launch_bounds__(128, 3)
+    conv2d_bwd_data_f32(const float* dy, const float* w, float* dx, int N, int H, int W,
+                        int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sh, int sw,
+                        int pt, int pl, int dh, int dw, int groups) {
     gg_conv::bwd_data<float>(dy, w, dx,
                              gg_conv::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt,
                                                 pl, dh, dw, groups));
 }
 
-extern "C" __global__ void conv2d_bwd_data_f64(const double* dy, const double* w, double* dx,
-                                               int N, int H, int W, int Cin, int Ho, int Wo,
-                                               int Cout, int KH, int KW, int sh, int sw, int pt,
-                                               int pl, int dh, int dw, int groups) {
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_bwd_data_f64(const double* dy, const double* w, double* dx, int N, int H, int W,
+                        int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sh, int sw,
+                        int pt, int pl, int dh, int dw, int groups) {
     gg_conv::bwd_data<double>(dy, w, dx,
                               gg_conv::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt,
                                                  pl, dh, dw, groups));
 }
 
-extern "C" __global__ void conv2d_bwd_filter_f32(const float* dy, const float* x, float* dw_parts,
-                                                 int k_chunk, int N, int H, int W, int Cin,
-                                                 int Ho, int Wo, int Cout, int KH, int KW, int sh,
-                                                 int sw, int pt, int pl, int dh, int dw,
-                                                 int groups) {
+extern "C" __global__ void __launch_bounds__(128, 3)
+    conv2d_bwd_filter_f32(const float* dy, const float* x, float* dw_parts, int k_chunk, int N,
+                          int H, int W, int Cin, int Ho, int Wo, int Cout, int KH, int KW,
+                          int sh, int sw, int pt, int pl, int dh, int dw, int groups) {
     gg_conv::bwd_filter<float>(dy, x, dw_parts, k_chunk,
                                gg_conv::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt,
                                                   pl, dh, dw, groups));
 }
 
-extern "C" __global__ void conv2d_bwd_filter_f64(const double* dy, const double* x,
-                                                 double* dw_parts, int k_chunk, int N, int H,
-                                                 int W, int Cin, int Ho, int Wo, int Cout, int KH,
-                                                 int KW, int sh, int sw, int pt, int pl, int dh,
-                                                 int dw, int groups) {
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv2d_bwd_filter_f64(const double* dy, const double* x, double* dw_parts, int k_chunk,
+                          int N, int H, int W, int Cin, int Ho, int Wo, int Cout, int KH, int KW,
+                          int sh, int sw, int pt, int pl, int dh, int dw, int groups) {
     gg_conv::bwd_filter<double>(dy, x, dw_parts, k_chunk,
                                 gg_conv::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt,
                                                    pl, dh, dw, groups));

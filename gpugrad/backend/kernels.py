@@ -35,9 +35,14 @@ from pathlib import Path
 import numpy as np
 
 from gpugrad import backend
+from gpugrad.backend import dispatch
 
 __all__ = [
     "KernelCompileError",
+    "get_policy",
+    "report",
+    "reset_report",
+    "set_policy",
     "conv2d_bwd_data",
     "conv2d_bwd_filter",
     "conv2d_fwd",
@@ -177,6 +182,43 @@ def reset_launches() -> None:
     """Set every launch count back to zero."""
     with _lock:
         _launch_counts.clear()
+
+
+def set_policy(policy: str | None) -> None:
+    """Which implementation runs matmul and conv2d: ``"hand"`` (the hand-written
+    kernels), ``"vendor"`` (cuBLAS/cuDNN where available) or ``"auto"`` (time every
+    candidate on first use of a shape class, keep the fastest; cached on disk). ``None``
+    restores ``$GPUGRAD_KERNEL_POLICY`` or the device default (``auto`` on cuda, ``hand``
+    on emu). See ``gpugrad.backend.dispatch``.
+
+    >>> from gpugrad.backend import kernels
+    >>> kernels.set_policy("hand"); kernels.get_policy()
+    'hand'
+    >>> kernels.set_policy(None)
+    """
+    dispatch.set_policy(policy)
+
+
+def get_policy() -> str:
+    """The active dispatch policy (``"hand"``, ``"vendor"`` or ``"auto"``)."""
+    return dispatch.get_policy()
+
+
+def report():
+    """Which implementation ran for each op, shape class and dtype (counts), and what
+    ``auto`` chose with its timings: a ``dispatch.KernelReport`` (``str()`` prints a
+    table, ``.as_dict()`` gives plain dicts).
+
+    >>> from gpugrad.backend import kernels
+    >>> kernels.report().policy in ("hand", "vendor", "auto")
+    True
+    """
+    return dispatch.report()
+
+
+def reset_report() -> None:
+    """Zero the counts of ``report()``."""
+    dispatch.reset_report()
 
 
 # --------------------------------------------------------------------------- compiling
@@ -368,7 +410,13 @@ MATMUL_TILES = {
 }
 MATMUL_MAX_SPLITS = 64
 MATMUL_MIN_KTILES_PER_SPLIT = 4
-CONV_TILE = (64, 64, 16, 256)  # BM, BN, BK, threads (conv2d.cu)
+# dtype -> (BM, BN, BK, threads) of conv2d.cu's implicit GEMMs (see the .cu header)
+CONV_TILES = {"f32": (128, 64, 8, 128), "f64": (64, 64, 16, 256)}
+CONV_TILE = CONV_TILES["f32"]
+# Resident blocks per SM of the conv kernels on sm_90 (ptxas registers and shared memory,
+# kernels/check_compile.py); used to align backward-filter splits to whole waves when the
+# device cannot be asked (emu). On cuda the compiled function's attributes are used.
+CONV_BLOCKS_PER_SM = {"f32": 3, "f64": 2}
 ELEMENTWISE_THREADS = 256
 
 
@@ -479,27 +527,91 @@ def plan_elementwise(kernel: str, n: int, num_sms: int, per_thread: int = 4) -> 
     return Launch(kernel, (blocks, 1, 1), (ELEMENTWISE_THREADS, 1, 1))
 
 
-def plan_conv(kernel: str, m: int, n: int, groups: int) -> Launch:
-    """Implicit GEMM of m x n per group: one block per 64x64 output tile, groups on grid.y."""
-    bm, bn, _, threads = CONV_TILE
-    return Launch(kernel, (_cdiv(m, bm) * _cdiv(n, bn), groups, 1), (threads, 1, 1))
+def _conv_dt(kernel: str, dt: str | None) -> str:
+    if dt is None:
+        dt = kernel.rsplit("_", 1)[-1] if kernel.endswith(("_f32", "_f64")) else "f32"
+    if dt not in CONV_TILES:
+        raise ValueError(f"conv2d: dt={dt!r} is not one of {sorted(CONV_TILES)}")
+    return dt
+
+
+def plan_conv(kernel: str, m: int, n: int, groups: int, phases: int = 1) -> Launch:
+    """Implicit GEMM of m x n per group: one block per BM x BN output tile (by dtype,
+    ``CONV_TILES``), groups on grid.y, backward-data phases (stride_h * stride_w
+    sub-pixel GEMMs; ``m`` is the largest phase's row count) on grid.z."""
+    bm, bn, _, threads = CONV_TILES[_conv_dt(kernel, None)]
+    if phases > GRID_YZ_MAX:
+        raise ValueError(f"conv2d: stride product {phases} exceeds {GRID_YZ_MAX}")
+    return Launch(kernel, (_cdiv(m, bm) * _cdiv(n, bn), groups, phases), (threads, 1, 1))
 
 
 def plan_conv_filter(
-    kernel: str, rows: int, n: int, p: int, groups: int, cout: int, num_sms: int
+    kernel: str,
+    rows: int,
+    n: int,
+    p: int,
+    groups: int,
+    cout: int,
+    num_sms: int,
+    blocks_per_sm: int | None = None,
+    dt: str | None = None,
 ) -> tuple[Launch, int]:
-    """Backward-filter GEMM (rows x n, reduction over p pixels), split over p so that
-    about two waves of blocks run; returns the launch and the k chunk per split."""
-    bm, bn, bk, threads = CONV_TILE
+    """Backward-filter GEMM (rows x n, reduction over p pixels), split over p into
+    partial sums; returns the launch and the k chunk (pixels) per split.
+
+    The split count minimises the modelled time ``waves(s) * k_tiles_per_split(s)``
+    with ``waves(s) = ceil(tiles * s / (num_sms * blocks_per_sm))``, so the grid fills
+    whole waves of resident blocks (plus a small charge per split for the host-side
+    sum of the partial results); every split keeps at least 4 k-tiles.
+
+    >>> plan, chunk = plan_conv_filter("conv2d_bwd_filter_f32", 576, 64, 64 * 56 * 56,
+    ...                                1, 64, 132, blocks_per_sm=3)
+    >>> blocks = plan.grid[0] * plan.grid[1] * plan.grid[2]
+    >>> blocks, round(blocks / (132 * 3), 3)           # one wave at 99 % of the block slots
+    (395, 0.997)
+    """
+    dt = _conv_dt(kernel, dt)
+    bm, bn, bk, threads = CONV_TILES[dt]
+    if blocks_per_sm is None:
+        blocks_per_sm = CONV_BLOCKS_PER_SM[dt]
+    slots = max(1, num_sms * max(1, blocks_per_sm))
     tiles = _cdiv(rows, bm) * _cdiv(n, bn) * groups
-    max_splits = max(1, _cdiv(p, 4 * bk))  # at least 4 k tiles per split
-    splits = max(1, min(_cdiv(2 * num_sms, tiles), max_splits, GRID_YZ_MAX))
+    ktiles = _cdiv(max(p, 1), bk)
+    max_splits = max(1, min(ktiles // 4, GRID_YZ_MAX))  # at least 4 k tiles per split
     # the workspace [splits, rows, cout] must stay 32-bit indexable
-    splits = max(1, min(splits, INT32_MAX // max(1, rows * cout)))
-    k_chunk = max(bk, _cdiv(_cdiv(max(p, 1), splits), bk) * bk)
+    max_splits = max(1, min(max_splits, INT32_MAX // max(1, rows * cout)))
+    # beyond a few waves more splits only add workspace
+    max_splits = min(max_splits, max(1, _cdiv(4 * slots, tiles)))
+    red = rows * cout / (slots * bm * bn)  # host sum of one split, in k-tile-wave units
+
+    def cost(s: int) -> float:
+        return _cdiv(tiles * s, slots) * _cdiv(ktiles, s) + red * s
+
+    splits = min(range(1, max_splits + 1), key=lambda s: (cost(s), s))
+    # k chunks are whole 16-pixel multiples (a multiple of BK for both dtypes)
+    k_chunk = max(16, _cdiv(_cdiv(max(p, 1), splits), 16) * 16)
     splits = max(1, _cdiv(p, k_chunk))
     grid = (_cdiv(rows, bm) * _cdiv(n, bn), groups, splits)
     return Launch(kernel, grid, (threads, 1, 1)), k_chunk
+
+
+def _conv_blocks_per_sm(kernel: str, dt: str) -> int:
+    """Resident blocks per SM of a conv kernel: from the compiled function on cuda
+    (registers, shared memory), from ``CONV_BLOCKS_PER_SM`` elsewhere."""
+    if backend.device() != "cuda":
+        return CONV_BLOCKS_PER_SM[dt]
+    try:
+        fn = _function(kernel)
+        threads = CONV_TILES[dt][3]
+        regs = max(1, int(fn.num_regs))
+        warps = _cdiv(threads, 32)
+        regs_per_warp = _cdiv(regs * 32, 256) * 256  # allocated per warp in 256-reg units
+        by_regs = 65536 // (regs_per_warp * warps)
+        smem = int(getattr(fn, "shared_size_bytes", 0) or 0) + 1024  # 1 KiB reserved
+        by_smem = (228 * 1024) // smem
+        return max(1, min(by_regs, by_smem, 64 // warps, 32))
+    except Exception:  # attributes unavailable: fall back to the measured table
+        return CONV_BLOCKS_PER_SM[dt]
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -705,32 +817,48 @@ def matmul(
             raise ValueError(
                 f"matmul: mask must have a's shape {tuple(a.shape)}, got {tuple(mask.shape)}"
             )
-    c = xp.empty((m, n), dtype=a.dtype)
     if m == 0 or n == 0:
-        return c
-    num_sms = _device_props()["num_sms"]
+        return xp.empty((m, n), dtype=a.dtype)
+
     prec = _matmul_precision(precision, dt, has_mask, tile)
-    if prec != "fp32":
-        plan = plan_matmul_tf32(
-            m, n, k, prec, num_sms, trans_a=trans_a, trans_b=trans_b, splits=splits
+
+    def hand():
+        c = xp.empty((m, n), dtype=a.dtype)
+        num_sms = _device_props()["num_sms"]
+        if prec != "fp32":
+            plan = plan_matmul_tf32(
+                m, n, k, prec, num_sms, trans_a=trans_a, trans_b=trans_b, splits=splits
+            )
+            _launch_gemm(plan, TF32_SPLIT_K_GRANULE, a, b, c, bias, False, m, n, k, dt, alpha, relu)
+            return c
+        plan = plan_matmul(
+            m,
+            n,
+            k,
+            dt,
+            num_sms,
+            tile,
+            trans_a=trans_a,
+            trans_b=trans_b,
+            mask=has_mask,
+            splits=splits,
         )
-        _launch_gemm(plan, TF32_SPLIT_K_GRANULE, a, b, c, bias, False, m, n, k, dt, alpha, relu)
+        bk = next(t[3] for t in MATMUL_TILES[dt].values() if plan.kernel.startswith(t[0] + "_"))
+        _launch_gemm(plan, bk, a, b, c, bias, mask, m, n, k, dt, alpha, relu)
         return c
-    plan = plan_matmul(
-        m,
-        n,
-        k,
-        dt,
-        num_sms,
-        tile,
-        trans_a=trans_a,
-        trans_b=trans_b,
-        mask=has_mask,
-        splits=splits,
-    )
-    bk = next(t[3] for t in MATMUL_TILES[dt].values() if plan.kernel.startswith(t[0] + "_"))
-    _launch_gemm(plan, bk, a, b, c, bias, mask, m, n, k, dt, alpha, relu)
-    return c
+
+    if tile is not None or splits is not None or precision is not None:
+        # a forced tile, split count or precision is a request for the hand kernel
+        return hand()
+    call = dict(a=a, b=b, trans_a=trans_a, trans_b=trans_b, bias=bias, relu=relu, alpha=alpha)
+    call["mask"] = mask
+    vendor = None
+    if backend.device() == "cuda":
+        vendor = lambda: vendor_matmul(**call)  # noqa: E731
+    shape_class = _matmul_class(m, n, k, trans_a, trans_b, has_bias, relu, has_mask)
+    if prec != "fp32":  # the hand candidate is a tensor-core kernel: its own choice
+        shape_class += f" {prec}"
+    return dispatch.run("matmul", shape_class, dt, hand, call=call, vendor=vendor)
 
 
 def _launch_gemm(plan, granule, a, b, c, bias, mask, m, n, k, dt, alpha, relu):
@@ -774,6 +902,43 @@ def _launch_gemm(plan, granule, a, b, c, bias, mask, m, n, k, dt, alpha, relu):
             i32(bool(relu)),
         )
         get_kernel(red.kernel)(red.grid, red.block, args)
+
+
+# --------------------------------------------------------------------------- relu
+
+
+def _matmul_class(m, n, k, trans_a, trans_b, has_bias, relu, has_mask) -> str:
+    layout = ("T" if trans_a else "N") + ("T" if trans_b else "N")
+    fused = "".join(
+        f for f, on in (("+bias", has_bias), ("+relu", relu), ("+mask", has_mask)) if on
+    )
+    bucket = dispatch.bucket
+    return f"m{bucket(m)} n{bucket(n)} k{bucket(k)} {layout}{fused}"
+
+
+def vendor_matmul(
+    a, b, *, trans_a=False, trans_b=False, bias=None, relu=False, alpha=1.0, mask=None
+):
+    """``matmul``'s result through the array library's own GEMM (cuBLAS on CuPy): the
+    vendor candidate of the dispatcher. Same semantics as the hand kernel (relu keeps
+    NaN, the mask selects ``a`` where ``mask > 0``).
+
+    >>> import numpy as np
+    >>> vendor_matmul(np.ones((2, 3)), np.ones((3, 2)), bias=np.array([-4.0, 0.0]), relu=True)
+    array([[0., 3.],
+           [0., 3.]])
+    """
+    xp = backend.xp() if backend.is_device_array(a) else np
+    if mask is not None:
+        a = xp.where(mask > 0, a, xp.zeros((), dtype=a.dtype))
+    c = xp.matmul(a.T if trans_a else a, b.T if trans_b else b)
+    if alpha != 1.0:
+        c *= c.dtype.type(alpha)
+    if bias is not None:
+        c += bias.reshape(-1)
+    if relu:
+        c = xp.where(c < 0, xp.zeros((), dtype=c.dtype), c)  # NaN stays NaN, like the kernel
+    return c
 
 
 # --------------------------------------------------------------------------- relu
@@ -1011,29 +1176,40 @@ def conv2d_fwd(
         bias = _prepare(bias, fn, "bias", dtype=x.dtype)
         if bias.size != geo.cout:
             raise ValueError(f"{fn}: bias must have {geo.cout} entries, got {tuple(bias.shape)}")
-    y = backend.xp().empty((geo.n, geo.ho, geo.wo, geo.cout), dtype=x.dtype)
-    if y.size == 0:
+    y_shape = (geo.n, geo.ho, geo.wo, geo.cout)
+    if 0 in y_shape:
+        return backend.xp().empty(y_shape, dtype=x.dtype)
+
+    def hand():
+        y = backend.xp().empty(y_shape, dtype=x.dtype)
+        plan = plan_conv(
+            f"conv2d_fwd_{dt}", geo.n * geo.ho * geo.wo, geo.cout // geo.groups, geo.groups
+        )
+        args = (
+            x,
+            w,
+            y,
+            bias if has_bias else y,
+            np.int32(has_bias),
+            np.int32(bool(relu)),
+            *geo.kernel_ints(),
+        )
+        get_kernel(plan.kernel)(plan.grid, plan.block, args)
         return y
-    plan = plan_conv(
-        f"conv2d_fwd_{dt}", geo.n * geo.ho * geo.wo, geo.cout // geo.groups, geo.groups
-    )
-    args = (
-        x,
-        w,
-        y,
-        bias if has_bias else y,
-        np.int32(has_bias),
-        np.int32(bool(relu)),
-        *geo.kernel_ints(),
-    )
-    get_kernel(plan.kernel)(plan.grid, plan.block, args)
-    return y
+
+    call = dict(x=x, w=w, bias=bias, relu=relu, geometry=geo)
+    return _dispatch_conv("conv2d_fwd", geo, dt, hand, call)
 
 
 def conv2d_bwd_data(
     dy, w, x_shape, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1
 ):
-    """Gradient of ``conv2d_fwd`` with respect to its input: ``dx`` of shape ``x_shape``."""
+    """Gradient of ``conv2d_fwd`` with respect to its input: ``dx`` of shape ``x_shape``.
+
+    With stride > 1 the input pixels split into stride_h * stride_w phases that each see
+    a fixed subset of the filter taps; every phase is one dense implicit GEMM over only
+    those taps (sub-pixel decomposition), so no multiply lands on a structural zero.
+    """
     fn = "conv2d_bwd_data"
     dy = _prepare(dy, fn, "dy", ndim=4, layout=" [N, H, W, C] (NHWC)")
     dt = _dtype_suffix(dy.dtype, fn, "dy")
@@ -1042,14 +1218,21 @@ def conv2d_bwd_data(
     expected = (geo.n, geo.ho, geo.wo, geo.cout)
     if tuple(dy.shape) != expected:
         raise ValueError(f"{fn}: dy must have shape {expected}, got {tuple(dy.shape)}")
-    dx = backend.xp().empty(tuple(int(v) for v in x_shape), dtype=dy.dtype)
-    if dx.size == 0:
+    dx_shape = tuple(int(v) for v in x_shape)
+    if 0 in dx_shape:
+        return backend.xp().empty(dx_shape, dtype=dy.dtype)
+
+    def hand():
+        dx = backend.xp().empty(dx_shape, dtype=dy.dtype)
+        (sh, sw) = geo.stride
+        # sub-pixel decomposition: one dense GEMM per (row phase, column phase), on grid.z
+        rows = geo.n * _cdiv(geo.h, sh) * _cdiv(geo.w, sw)
+        plan = plan_conv(f"conv2d_bwd_data_{dt}", rows, geo.cin // geo.groups, geo.groups, sh * sw)
+        get_kernel(plan.kernel)(plan.grid, plan.block, (dy, w, dx, *geo.kernel_ints()))
         return dx
-    plan = plan_conv(
-        f"conv2d_bwd_data_{dt}", geo.n * geo.h * geo.w, geo.cin // geo.groups, geo.groups
-    )
-    get_kernel(plan.kernel)(plan.grid, plan.block, (dy, w, dx, *geo.kernel_ints()))
-    return dx
+
+    call = dict(dy=dy, w=w, x_shape=dx_shape, geometry=geo)
+    return _dispatch_conv("conv2d_bwd_data", geo, dt, hand, call)
 
 
 def conv2d_bwd_filter(
@@ -1070,23 +1253,42 @@ def conv2d_bwd_filter(
     if tuple(dy.shape) != expected:
         raise ValueError(f"{fn}: dy must have shape {expected}, got {tuple(dy.shape)}")
     xp = backend.xp()
-    rows = geo.kh * geo.kw * (geo.cin // geo.groups)
-    pixels = geo.n * geo.ho * geo.wo
-    plan, k_chunk = plan_conv_filter(
-        f"conv2d_bwd_filter_{dt}",
-        rows,
-        geo.cout // geo.groups,
-        pixels,
-        geo.groups,
-        geo.cout,
-        _device_props()["num_sms"],
+
+    def hand():
+        rows = geo.kh * geo.kw * (geo.cin // geo.groups)
+        pixels = geo.n * geo.ho * geo.wo
+        kernel = f"conv2d_bwd_filter_{dt}"
+        plan, k_chunk = plan_conv_filter(
+            kernel,
+            rows,
+            geo.cout // geo.groups,
+            pixels,
+            geo.groups,
+            geo.cout,
+            _device_props()["num_sms"],
+            blocks_per_sm=_conv_blocks_per_sm(kernel, dt),
+        )
+        splits = plan.grid[2]
+        parts = xp.empty((splits, rows, geo.cout), dtype=x.dtype)
+        args = (dy, x, parts, np.int32(k_chunk), *geo.kernel_ints())
+        get_kernel(plan.kernel)(plan.grid, plan.block, args)
+        dw = parts[0] if splits == 1 else parts.sum(axis=0)
+        return dw.reshape(tuple(int(v) for v in w_shape))
+
+    call = dict(dy=dy, x=x, w_shape=tuple(int(v) for v in w_shape), geometry=geo)
+    return _dispatch_conv("conv2d_bwd_filter", geo, dt, hand, call)
+
+
+def _conv_class(geo: ConvGeometry) -> str:
+    """Shape class of a convolution for the dispatcher: pixel count bucketed, the
+    filter and hyper-parameters exact."""
+    (sh, sw), (dh, dw) = geo.stride, geo.dilation
+    cg, ng = geo.cin // geo.groups, geo.cout // geo.groups
+    bucket = dispatch.bucket
+    return (
+        f"p{bucket(geo.n * geo.ho * geo.wo)} k{geo.kh}x{geo.kw} cg{bucket(cg)} ng{bucket(ng)} "
+        f"s{sh}x{sw} d{dh}x{dw} g{geo.groups}"
     )
-    splits = plan.grid[2]
-    parts = xp.empty((splits, rows, geo.cout), dtype=x.dtype)
-    args = (dy, x, parts, np.int32(k_chunk), *geo.kernel_ints())
-    get_kernel(plan.kernel)(plan.grid, plan.block, args)
-    dw = parts[0] if splits == 1 else parts.sum(axis=0)
-    return dw.reshape(tuple(int(v) for v in w_shape))
 
 
 # --------------------------------------------------------------------------- persistent lstm
@@ -1410,3 +1612,10 @@ def lstm_persistent_bwd(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, r):
     )
     _launch_cooperative(plan, args)
     return dpre, dh0, dc0
+
+
+def _dispatch_conv(op: str, geo: ConvGeometry, dt: str, hand, call: dict):
+    """Run a conv op through the dispatcher. No vendor candidate is built in: CuPy 14
+    has no cuDNN binding (``cupy.cudnn``/``cupyx.cudnn`` are gone), so a vendor
+    convolution comes only from ``dispatch.register_variant`` (kind ``"vendor"``)."""
+    return dispatch.run(op, _conv_class(geo), dt, hand, call=call)
