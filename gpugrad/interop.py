@@ -40,7 +40,7 @@ def from_dlpack(obj, fmt=None):
         )
     kind = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else _CPU
     on_gpu = kind in (_CUDA, _CUDA_MANAGED)
-    if backend.device() == "cuda":
+    if backend.is_cuda():  # cuda and cuda-sim
         cp = backend.cupy_module()
         raw = cp.from_dlpack(obj) if on_gpu else cp.asarray(_host_view(obj))
     elif on_gpu:

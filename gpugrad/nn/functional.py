@@ -20,6 +20,7 @@ from .. import random as _random
 from .._alloc import allocate
 from .._checks import fraction, positive
 from ..array import check_format, dlarray
+from .. import backend
 from ..backend import to_host
 from ..ops.core import _STATE, Primitive, host_call, make
 from ..ops.elementwise import abs as gabs
@@ -624,10 +625,8 @@ def gelu(x, approximation="none"):
 def _one_plus_erf_raw(z):
     """``1 + erf(z)`` computed as ``erfc(-z)`` (no cancellation for negative z), exact
     to float64 precision: SciPy on the host, CuPy's on the GPU."""
-    if type(z).__module__.startswith("cupy"):  # pragma: no cover - GPU only
-        from cupyx.scipy.special import erfc  # noqa: PLC0415
-
-        return erfc(-z)
+    if backend.is_device_array(z):  # cuda and cuda-sim (the simulated cupyx)
+        return backend.cupyx_module().scipy.special.erfc(-z)
     try:
         from scipy.special import erfc  # noqa: PLC0415
     except ImportError:  # pragma: no cover - scipy is a dependency

@@ -355,7 +355,7 @@ def _norm_one(i, where):
             i = r
         else:
             raise IndexError(f"{where}: index arrays must be integer or bool, got {i.dtype}")
-        if backend.device() == "cuda" and not backend.is_device_array(i):
+        if backend.is_cuda() and not backend.is_device_array(i):
             i = backend.xp().asanyarray(i)
         return i
     raise IndexError(f"{where}: unsupported index {i!r}")
@@ -368,9 +368,8 @@ def _scatter_add_fwd(g, idx, shape):
     elif _STATE["xp"] is np:
         np.add.at(out, idx, g)
     else:
-        import cupyx  # noqa: PLC0415 - only reached on cuda
-
-        cupyx.scatter_add(out, idx, g)
+        # why: through backend (the real cupyx on cuda, the simulated one on cuda-sim)
+        backend.cupyx_module().scatter_add(out, idx, g)
     return out
 
 
