@@ -235,6 +235,8 @@ def _un(v, where: str = ""):
         )
     if type(v) in (tuple, list):
         return type(v)(_un(x, where) for x in v)
+    if type(v) is dict:
+        return {k: _un(x, where) for k, x in v.items()}
     return v
 
 
@@ -364,6 +366,10 @@ class ndarray:
     @property
     def data(self):
         return _MemoryPointer(self._a)
+
+    @property
+    def flat(self):
+        return _Flat(self)
 
     @property
     def device(self):
@@ -582,6 +588,25 @@ for _name in ("__neg__", "__pos__", "__abs__", "__invert__"):
 
 def _rebuild(host):
     return ndarray._from(host)
+
+
+class _Flat:
+    """``cupy.flatiter``: indexing into the flattened array."""
+
+    def __init__(self, arr):
+        self._arr = arr
+
+    def __getitem__(self, key):
+        k = _index(key)
+        return _wrap(self._arr._a.flat[k[0] if len(k) == 1 else k])
+
+    def __setitem__(self, key, value):
+        if isinstance(value, np.ndarray):
+            _record("h2d", value.nbytes, "flatiter.__setitem__ from host")
+        self._arr._a.flat[key] = _un_host_ok(value)
+
+    def __len__(self):
+        return self._arr._a.size
 
 
 class _MemoryPointer:

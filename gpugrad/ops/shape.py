@@ -482,7 +482,9 @@ def take_along_axis(x, indices, axis):
            [30.]])
     """
     x = _dl(x)
-    ind = indices._data if type(indices) is dlarray else np.asanyarray(indices)
+    ind = indices._data if type(indices) is dlarray else indices
+    if not backend.is_device_array(ind):  # why: np.asanyarray of a CuPy array raises
+        ind = np.asanyarray(ind)
     axis = normalize_axis_index(axis, x.ndim, "take_along_axis")
     if ind.ndim != x.ndim:
         raise ValueError(
