@@ -70,6 +70,7 @@ IMPLICIT_MSG = (
 _lock = threading.Lock()
 _COUNTS = {"h2d": 0, "d2h": 0, "sync": 0, "h2d_bytes": 0, "d2h_bytes": 0, "launches": 0}
 _EVENTS: list = []
+_TRACKERS: list = []
 _MAX_EVENTS = 10000
 _tls = threading.local()
 
@@ -96,6 +97,8 @@ def _record(kind: str, nbytes: int = 0, what: str = "") -> None:
         )
     site = _call_site()
     with _lock:
+        for t in _TRACKERS:
+            t._add(kind, what, nbytes, site)
         _COUNTS[kind] += 1
         if kind == "d2h":
             _COUNTS["sync"] += 1
@@ -124,6 +127,67 @@ def reset() -> None:
         for k in _COUNTS:
             _COUNTS[k] = 0
         _EVENTS.clear()
+
+
+class Transfers:
+    """Counts of one ``with`` block (``gg.debug.transfers()``): ``h2d``, ``d2h``,
+    ``syncs`` (every d2h is one), ``launches`` (kernels through the RawModule loader) and
+    ``events`` (``(kind, what, nbytes, call site)``). ``counted`` is False on a device
+    where nothing can be counted (``cpu``, ``emu``, a real ``cuda``). With
+    ``allow_sync=False`` a synchronisation inside the block raises
+    ``cupyx.DeviceSynchronized`` naming the call site."""
+
+    def __init__(self, allow_sync: bool = True):
+        self.allow_sync = allow_sync
+        self.events: list = []
+        self.h2d = self.d2h = self.syncs = self.launches = 0
+        self.counted = False
+        self._ctx = None
+        self._launch0 = 0
+
+    def _add(self, kind, what, nbytes, site):
+        self.events.append((kind, what, nbytes, site))
+        if kind == "h2d":
+            self.h2d += 1
+        elif kind == "d2h":
+            self.d2h += 1
+            self.syncs += 1
+        else:
+            self.syncs += 1
+
+    def __enter__(self):
+        from gpugrad import backend
+
+        self.counted = backend.device() == "cuda-sim"
+        with _lock:
+            _TRACKERS.append(self)
+            self._launch0 = _COUNTS["launches"]
+        if not self.allow_sync:
+            self._ctx = allow_synchronize(False)
+            self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+        with _lock:
+            _TRACKERS.remove(self)
+            self.launches = _COUNTS["launches"] - self._launch0
+        return False
+
+    def by_site(self) -> dict:
+        """``{(kind, call site): count}``: where the transfers and syncs come from."""
+        out: dict = {}
+        for kind, _, _, site in self.events:
+            out[(kind, site)] = out.get((kind, site), 0) + 1
+        return out
+
+    def __repr__(self):
+        if not self.counted:
+            return "<transfers: not counted on this device (only on cuda-sim)>"
+        return (
+            f"<transfers h2d={self.h2d} d2h={self.d2h} syncs={self.syncs} launches={self.launches}>"
+        )
 
 
 def _sync_allowed() -> bool:
@@ -557,7 +621,11 @@ class ndarray:
         if name.startswith("__") or name not in _NDARRAY_METHODS:
             raise AttributeError(
                 f"'cupy.ndarray' object has no attribute {name!r}"
-                + (" (cuda-sim: only CuPy's ndarray API is simulated)" if hasattr(np.ndarray, name) else "")
+                + (
+                    " (cuda-sim: only CuPy's ndarray API is simulated)"
+                    if hasattr(np.ndarray, name)
+                    else ""
+                )
             )
         meth = getattr(self._a, name)
         check = _METHOD_SIGS.get(name)
@@ -854,8 +922,18 @@ class _SimFunction:
 class RawModule:
     """``cupy.RawModule(code=..., options=...)`` compiled by the CPU emulator."""
 
-    def __init__(self, code=None, *, path=None, options=(), backend="nvrtc", translate_cucomplex=False,
-                 enable_cooperative_groups=False, name_expressions=None, jitify=False):
+    def __init__(
+        self,
+        code=None,
+        *,
+        path=None,
+        options=(),
+        backend="nvrtc",
+        translate_cucomplex=False,
+        enable_cooperative_groups=False,
+        name_expressions=None,
+        jitify=False,
+    ):
         if (code is None) == (path is None):
             raise TypeError("Exactly one of `code` and `path` keyword arguments must be given.")
         if path is not None:
@@ -934,12 +1012,16 @@ def _build_cuda():
         def __init__(self, device=None):
             self.id = int(device or 0)
             if self.id != 0:
-                raise RuntimeError("cudaErrorInvalidDevice: invalid device ordinal (cuda-sim has one)")
+                raise RuntimeError(
+                    "cudaErrorInvalidDevice: invalid device ordinal (cuda-sim has one)"
+                )
 
         attributes = property(lambda self: dict(SIM_ATTRS))
         compute_capability = "90"
         pci_bus_id = "0000:00:00.0"
-        mem_info = property(lambda self: (SIM_PROPS["totalGlobalMem"] - _POOL.used, SIM_PROPS["totalGlobalMem"]))
+        mem_info = property(
+            lambda self: (SIM_PROPS["totalGlobalMem"] - _POOL.used, SIM_PROPS["totalGlobalMem"])
+        )
 
         def use(self):
             pass
@@ -1026,7 +1108,13 @@ def _build_cuda():
     runtime.CUDARuntimeError = RuntimeError
     nvrtc = _Namespace("cupy.cuda.nvrtc")
     nvrtc.getVersion = lambda: (12, 9)
-    cuda.Device, cuda.Stream, cuda.Event, cuda.runtime, cuda.nvrtc = Device, Stream, Event, runtime, nvrtc
+    cuda.Device, cuda.Stream, cuda.Event, cuda.runtime, cuda.nvrtc = (
+        Device,
+        Stream,
+        Event,
+        runtime,
+        nvrtc,
+    )
     cuda.get_elapsed_time = get_elapsed_time
     cuda.get_current_stream = lambda device=None: Stream.null
     cuda.get_device_id = lambda: 0

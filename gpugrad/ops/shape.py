@@ -497,9 +497,16 @@ def take_along_axis(x, indices, axis):
 @host_call  # raw code on index data: a gg.dlaccelerate replay repeats it
 def _along_axis_index(ind, axis):
     ind = ind.astype(np.int64)
-    grids = list(np.indices(ind.shape, sparse=True))
-    grids[axis] = ind
     xp = _xp()
+    if xp is np:
+        grids = list(np.indices(ind.shape, sparse=True))
+    else:  # why: made on the device (np.indices + asanyarray was a host->device copy)
+        ones = [1] * ind.ndim
+        grids = [
+            xp.arange(n, dtype=np.int64).reshape(ones[:d] + [n] + ones[d + 1 :])
+            for d, n in enumerate(ind.shape)
+        ]
+    grids[axis] = ind
     return tuple(xp.asanyarray(gr) for gr in grids)
 
 
