@@ -15,12 +15,12 @@ import math
 
 import numpy as np
 
+from .. import backend
 from .. import phase as _phase
 from .. import random as _random
 from .._alloc import allocate
 from .._checks import fraction, positive
 from ..array import check_format, dlarray
-from .. import backend
 from ..backend import to_host
 from ..ops.core import _STATE, Primitive, host_call, make
 from ..ops.elementwise import abs as gabs

@@ -33,10 +33,26 @@ def _sigmoid(v):
     return 0.5 * (xp.tanh(0.5 * v) + 1)  # why: stable for large |v|
 
 
+def _on_device_dtype(*raws, bias=None):
+    """On the cuda path, operands of mixed float dtypes cast to their common one (the
+    NumPy code is host-only: pooled host buffers, ``out=`` into NumPy arrays).
+    ``bias``: the bias's metadata when only its dtype is known (the backward)."""
+    dtypes = [a.dtype for a in raws] + ([] if bias is None else [bias.dtype])
+    if _xp() is np or (len(set(dtypes)) == 1 and kernels_for(*raws) is not None):
+        return raws
+    dt = np.result_type(*dtypes)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(
+            f"lstm: on the cuda device the operands must be float32 or float64, got {dt}"
+        )
+    return tuple(a.astype(dt, copy=False) for a in raws)
+
+
 def _fwd(xs, h0, c0, w, r, b):
     xp = _xp()
     t, n, c = xs.shape
     hid = r.shape[1]
+    xs, h0, c0, w, r, b = _on_device_dtype(xs, h0, c0, w, r, b)
     k = kernels_for(xs, h0, c0, w, r, b)
     if k is None:
         return _fwd_numpy(_rows(xs), h0, c0, w, r, b, t, n, hid)
@@ -128,7 +144,12 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b, need_x=True):
     hid = r.shape[1]
     # why: the forward fell back to NumPy unless every operand (the bias too) shared
     # one kernel dtype; the backward must take the same path (gates has its dtype)
-    k = kernels_for(xs, h0, c0, w, r, b, gates)
+    xs, h0, c0, w, r, gates = _on_device_dtype(xs, h0, c0, w, r, gates, bias=b)
+    k = (
+        kernels_for(xs, h0, c0, w, r, gates)
+        if _xp() is not np
+        else kernels_for(xs, h0, c0, w, r, b, gates)
+    )
     if k is None:
         dpre_all, dh_next, dc_next = _bwd_recurrence_numpy(
             g_ys, g_h, g_c, g_cs, g_gates, ys, cs, gates, h0, c0, r
