@@ -404,6 +404,41 @@ def test_invalid_device_labels_make_the_loss_nan(on_sim):
 # --------------------------------------------------------------------- the suite on the device
 
 
+def test_gpu_bench_script_runs_on_the_simulator(tmp_path):
+    """bench/gpu.py --simulate runs every group at tiny sizes on cuda-sim, so the
+    script itself is checked before a GPU session spends its minutes on it."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "bench/gpu.py",
+            "--simulate",
+            "--quick",
+            "--max-gemm",
+            "32",
+            "--repeat",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "FAILED" not in r.stdout, r.stdout
+    import json
+
+    (result,) = tmp_path.glob("gpu-*.json")
+    rows = json.loads(result.read_text())["rows"]
+    groups = {row["group"] for row in rows}
+    assert {"sgemm", "lstm", "conv2d_fwd", "relu_fwd", "linear+bias+relu"} <= groups
+    sgemm = next(row for row in rows if row["group"] == "sgemm")
+    assert {"ours_ms", "ours_host_ms", "ours_wall_ms", "vendor_ms", "vendor_tf32_ms"} <= set(sgemm)
+    relu = next(row for row in rows if row["group"] == "relu_fwd")
+    assert relu["l2_flushed"] and not sgemm["l2_flushed"]
+
+
 def test_op_tests_pass_on_the_device():
     env = {**os.environ, "GPUGRAD_DEVICE": TEST_DEVICE}
     r = subprocess.run(

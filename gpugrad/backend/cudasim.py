@@ -722,6 +722,7 @@ def _function(qual: str, name: str, np_fn, cp_fn):
     sig = _signature(cp_fn) if inspect.isfunction(cp_fn) else None
     host_result = name in _HOST_RESULT
     from_host = name in _FROM_HOST
+    random_dtype = qual == "cupy.random." and sig is not None and "dtype" in sig.parameters
 
     @functools.wraps(np_fn)
     def call(*args, **kwargs):
@@ -734,7 +735,12 @@ def _function(qual: str, name: str, np_fn, cp_fn):
             return _transfer_in(name, np_fn, args, kwargs)
         if name in _DATA_SHAPE:
             _record("sync", 0, f"{qual}{name} (data-dependent size)")
+        cast = None
+        if random_dtype and "dtype" in kwargs:  # cupy.random's draws take dtype=
+            cast = kwargs.pop("dtype")
         r = np_fn(*_un(args, qual + name), **_un(kwargs, qual + name))
+        if cast is not None:
+            r = np.asarray(r).astype(cast, copy=False)
         if host_result:
             return r
         if isinstance(r, (bool, int, float, complex)) and not isinstance(r, np.generic):
