@@ -75,13 +75,32 @@ _MAX_EVENTS = 10000
 _tls = threading.local()
 
 
+def _current_op() -> str:
+    """The gpugrad primitive being run (forward: ``bind``; backward: ``run_vjp``), or
+    ``""`` outside any."""
+    f = sys._getframe(3)
+    while f is not None:
+        name = f.f_code.co_name
+        if name in ("bind", "run_vjp") and f.f_code.co_filename.endswith(_CORE):
+            loc = f.f_locals
+            prim = loc.get("prim") if name == "bind" else getattr(loc.get("node"), "prim", None)
+            label = getattr(prim, "name", "")
+            return label if name == "bind" else f"{label} (backward)"
+        f = f.f_back
+    return ""
+
+
+_CORE = os.path.join("gpugrad", "ops", "core.py")
+_HELPERS = (_HERE, os.path.join(os.path.dirname(_HERE), "__init__.py"))  # to_host & co.
+
+
 def _call_site() -> str:
-    """``file:line (function)`` of the first frame outside this module (and outside
-    NumPy), so an event names the gpugrad line that caused it."""
+    """``file:line (function)`` of the first frame outside this module, the backend's
+    helpers (``to_host``) and NumPy, so an event names the line that caused it."""
     f = sys._getframe(2)
     while f is not None:
         fn = f.f_code.co_filename
-        if fn != _HERE and f"{os.sep}numpy{os.sep}" not in fn:
+        if fn not in _HELPERS and f"{os.sep}numpy{os.sep}" not in fn:
             rel = os.path.relpath(fn, os.path.dirname(_PKG)) if fn.startswith(_PKG) else fn
             return f"{rel}:{f.f_lineno} ({f.f_code.co_name})"
         f = f.f_back
@@ -96,9 +115,10 @@ def _record(kind: str, nbytes: int = 0, what: str = "") -> None:
             "synchronisation is disallowed (cupyx.allow_synchronize(False))"
         )
     site = _call_site()
+    op = _current_op() if _TRACKERS else ""
     with _lock:
         for t in _TRACKERS:
-            t._add(kind, what, nbytes, site)
+            t._add(kind, what, nbytes, site, op)
         _COUNTS[kind] += 1
         if kind == "d2h":
             _COUNTS["sync"] += 1
@@ -132,7 +152,7 @@ def reset() -> None:
 class Transfers:
     """Counts of one ``with`` block (``gg.debug.transfers()``): ``h2d``, ``d2h``,
     ``syncs`` (every d2h is one), ``launches`` (kernels through the RawModule loader) and
-    ``events`` (``(kind, what, nbytes, call site)``). ``counted`` is False on a device
+    ``events`` (``(kind, what, nbytes, call site, op)``); ``by_site()``, ``by_op()``. ``counted`` is False on a device
     where nothing can be counted (``cpu``, ``emu``, a real ``cuda``). With
     ``allow_sync=False`` a synchronisation inside the block raises
     ``cupyx.DeviceSynchronized`` naming the call site."""
@@ -145,8 +165,8 @@ class Transfers:
         self._ctx = None
         self._launch0 = 0
 
-    def _add(self, kind, what, nbytes, site):
-        self.events.append((kind, what, nbytes, site))
+    def _add(self, kind, what, nbytes, site, op):
+        self.events.append((kind, what, nbytes, site, op))
         if kind == "h2d":
             self.h2d += 1
         elif kind == "d2h":
@@ -178,8 +198,16 @@ class Transfers:
     def by_site(self) -> dict:
         """``{(kind, call site): count}``: where the transfers and syncs come from."""
         out: dict = {}
-        for kind, _, _, site in self.events:
+        for kind, _, _, site, _ in self.events:
             out[(kind, site)] = out.get((kind, site), 0) + 1
+        return out
+
+    def by_op(self) -> dict:
+        """``{(kind, op): count}`` per gpugrad primitive (``"matmul"``, ``"lstm
+        (backward)"``; ``""`` outside any primitive)."""
+        out: dict = {}
+        for kind, _, _, _, op in self.events:
+            out[(kind, op)] = out.get((kind, op), 0) + 1
         return out
 
     def __repr__(self):
