@@ -142,6 +142,20 @@ def events() -> list:
         return list(_EVENTS)
 
 
+def summary(top: int = 5) -> dict:
+    """For a report (``gg.kernels.report()``): the :func:`counts` since :func:`reset`
+    and the ``top`` call sites by number of transfers/syncs.
+
+    >>> sorted(summary())
+    ['counts', 'top_sites']
+    """
+    by_site: dict = {}
+    for kind, _, _, site in events():
+        by_site[(kind, site)] = by_site.get((kind, site), 0) + 1
+    ranked = sorted(by_site.items(), key=lambda kv: -kv[1])[:top]
+    return {"counts": counts(), "top_sites": [(k, s, n) for (k, s), n in ranked]}
+
+
 def reset() -> None:
     with _lock:
         for k in _COUNTS:
