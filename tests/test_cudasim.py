@@ -139,6 +139,16 @@ def test_kernel_arguments_are_taken_as_cupys_launcher_takes_them(sim):
         k((1,), (32,), (x, y, np.float32(2), 5))
 
 
+def test_the_environment_variable_selects_the_device():
+    code = "import gpugrad as gg; print(gg.device(), gg.backend.is_cuda(), gg.device_reason())"
+    env = {**os.environ, "GPUGRAD_DEVICE": "cuda-sim"}
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("cuda-sim True GPUGRAD_DEVICE=cuda-sim"), r.stdout
+
+
 def test_the_device_takes_the_cuda_branches(on_sim):
     assert gg.device() == "cuda-sim" and backend.is_cuda()
     x = gg.dlarray(np.arange(6.0).reshape(2, 3))
