@@ -147,7 +147,9 @@ class dlarray:  # noqa: N801 - the MATLAB name is the API
 
     @property
     def device(self):
-        return "cuda" if backend.is_device_array(self._data) else backend.device_for_host()
+        if backend.is_device_array(self._data):
+            return backend.array_device(self._data)  # 'cuda', or 'cuda-sim' on the simulation
+        return backend.device_for_host()
 
     @property
     def traced(self) -> bool:
@@ -277,12 +279,12 @@ def as_raw(data):
     """Raw array (NumPy or CuPy, on the active device) for anything array-like."""
     if isinstance(data, dlarray):
         return data._data
-    dev = backend.device()
+    on_cuda = backend.is_cuda()  # cuda and cuda-sim
     if backend.is_device_array(data):
-        if dev == "cuda":
+        if on_cuda:
             return data
         return data.get()
-    if dev == "cuda":
+    if on_cuda:
         return backend.xp().asarray(data)
     if type(data) is np.ndarray:
         return data

@@ -178,12 +178,32 @@ def _checksum(raw):
     if isinstance(raw, np.ndarray):
         data = raw if raw.flags.c_contiguous else np.ascontiguousarray(raw)
         return zlib.adler32(memoryview(data).cast("B")) if data.size else 0
-    if backend.is_device_array(raw):  # pragma: no cover - GPU only
+    if backend.is_device_array(raw):  # cuda and cuda-sim
         xp = backend.xp()
         words = xp.ascontiguousarray(raw).reshape(-1).view(xp.uint8).astype(xp.uint64)
         ramp = xp.arange(words.size, dtype=xp.uint64) % xp.uint64(65521) + xp.uint64(1)
-        return (int(words.sum()), int((words * ramp).sum()))
+        # why: stays on the device (int() here was two host syncs per input and call);
+        # _mutated compares all inputs with one device->host copy
+        return xp.stack([words.sum(), (words * ramp).sum()])
     return None
+
+
+def _mutated(raws, sums):
+    """Positions of the inputs whose checksum changed since ``sums`` was taken (one
+    device->host copy for all device inputs together)."""
+    changed, on_device = [], []
+    for i, (r, before) in enumerate(zip(raws, sums)):
+        if before is None:
+            continue
+        after = _checksum(r)
+        if backend.is_device_array(before):
+            on_device.append((i, (after != before).any()))
+        elif after != before:
+            changed.append(i)
+    if on_device:
+        flags = backend.to_host(backend.xp().stack([d for _, d in on_device]))
+        changed += [i for (i, _), flag in zip(on_device, flags) if flag]
+    return sorted(changed)
 
 
 def _structure(obj):
@@ -288,13 +308,14 @@ class _CheckpointCall:
         # recomputation replays them whatever other threads draw meanwhile
         with tape.scope(recording=False), _random.recording() as rng:
             out = self._call_with([make(r, fm) for r, fm in zip(raws, fmts)])
-        for a, r, before in zip(arg_arrays, raws, sums):
-            if before is not None and _checksum(r) != before:
-                raise CheckpointError(
-                    f"checkpoint: {name} modified its input (shape {a.shape}) in place; a "
-                    "checkpointed function must not mutate its arguments, since they are "
-                    "saved to recompute it in the backward pass; work on a copy instead"
-                )
+        mutated = _mutated(raws, sums)
+        if mutated:
+            a = arg_arrays[mutated[0]]
+            raise CheckpointError(
+                f"checkpoint: {name} modified its input (shape {a.shape}) in place; a "
+                "checkpointed function must not mutate its arguments, since they are "
+                "saved to recompute it in the backward pass; work on a copy instead"
+            )
         out_leaves = leaves(out)
         diff_pos = [i for i, o in enumerate(out_leaves) if _differentiable(o)]
         if not diff_pos:

@@ -185,3 +185,25 @@ def _restore():
 
 
 __all__ = ["detect_anomaly", "set_detect_anomaly", "is_anomaly_enabled", "AnomalyError"]
+
+
+def transfers(allow_sync: bool = True):
+    """Count host<->device transfers and device synchronisations inside a ``with``
+    block. They are counted on the ``cuda-sim`` device (the cuda code path on a
+    simulated CuPy runtime, see ``gpugrad.backend.cudasim``), where every ``.get()``,
+    ``float(x)``, ``bool(x)``, ``x.item()``, host->device copy and data-dependent
+    shape is recorded with the gpugrad line that caused it; elsewhere ``counted`` is
+    False and the counts stay 0. With ``allow_sync=False`` a synchronisation raises
+    ``cupyx.DeviceSynchronized`` (CuPy's own sync detector's error).
+
+    >>> import gpugrad as gg
+    >>> with gg.debug.transfers() as t:
+    ...     y = gg.sum(gg.dlarray([1.0, 2.0]) ** 2)
+    >>> t.counted == (gg.device() == "cuda-sim")
+    True
+    >>> t.syncs if t.counted else 0  # nothing crossed to the host yet
+    0
+    """
+    from .backend.cudasim import Transfers  # noqa: PLC0415 - NumPy only; no CuPy import
+
+    return Transfers(allow_sync)

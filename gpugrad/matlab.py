@@ -458,7 +458,7 @@ def to_device(x):
     True
     """
     if isinstance(x, dlarray):
-        if backend.device() == "cuda" and not backend.is_device_array(x._data):
+        if backend.is_cuda() and not backend.is_device_array(x._data):
             return make(backend.xp().asarray(x._data), x._fmt, x._node, x._idx, x._taint)
         return x
     return dlarray(x)

@@ -77,7 +77,7 @@ class Tracker:
 
     def __enter__(self):
         MEMORY.trackers.append(self)
-        if backend.device() == "cuda":  # pragma: no cover - GPU only
+        if backend.is_cuda():  # cuda and cuda-sim
             pool = backend.cupy_module().get_default_memory_pool()
             self._pool_start = pool.used_bytes()
             self.device_peak_bytes = self._pool_start
@@ -85,7 +85,7 @@ class Tracker:
 
     def __exit__(self, *exc):
         MEMORY.trackers.remove(self)
-        if self._pool_start is not None:  # pragma: no cover - GPU only
+        if self._pool_start is not None:  # cuda and cuda-sim
             pool = backend.cupy_module().get_default_memory_pool()
             self.device_peak_bytes = max(self.device_peak_bytes, pool.total_bytes())
         return False

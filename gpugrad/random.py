@@ -176,7 +176,7 @@ def _cast(raw, dtype, where):
 
 
 def _on_device(raw):
-    return backend.xp().asarray(raw) if backend.device() == "cuda" else raw
+    return backend.xp().asarray(raw) if backend.is_cuda() else raw
 
 
 def _traced(*vals):

@@ -12,7 +12,7 @@ from gpugrad import autograd as ag
 
 
 def num(x):
-    return np.asarray(gg.extractdata(x))
+    return np.asarray(gg.to_host(gg.extractdata(x)))  # a device array on cuda
 
 
 def test_dot_gradient_is_4x():

@@ -14,7 +14,8 @@ from gpugrad.testing import check_gradient
 
 
 def num(x):
-    return np.asarray(gg.extractdata(x)) if isinstance(x, gg.dlarray) else np.asarray(x)
+    x = gg.to_host(gg.extractdata(x)) if isinstance(x, gg.dlarray) else gg.to_host(x)
+    return np.asarray(x)
 
 
 def fd(f, x, eps=1e-6):

@@ -406,8 +406,9 @@ def test_batchnorm_running_statistics_survive_traced_training_steps():
     expected_mean = k * xs.mean(0)
     expected_var = 0.9**3 + k * xs.var(0, ddof=1)
     for layer in (direct, traced, by_gradient):
-        np.testing.assert_allclose(layer.running_mean, expected_mean, rtol=1e-12)
-        np.testing.assert_allclose(layer.running_var, expected_var, rtol=1e-12)
+        # gg.to_host: the statistics are device arrays on cuda
+        np.testing.assert_allclose(gg.to_host(layer.running_mean), expected_mean, rtol=1e-12)
+        np.testing.assert_allclose(gg.to_host(layer.running_var), expected_var, rtol=1e-12)
     # inference uses them
     out = traced(x).numpy()
     np.testing.assert_allclose(out, (xs - expected_mean) / np.sqrt(expected_var + 1e-5))
@@ -428,9 +429,10 @@ def test_batchnorm_statistics_count_once_under_recomputation():
     # the recomputation in the pullback gives the same gradients but no second update
     for a, b in zip(gg.tree.leaves(g_plain), gg.tree.leaves(g_rec)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-10)
-    assert not np.allclose(plain.running_mean, 0)
-    np.testing.assert_allclose(recomputed.running_mean, plain.running_mean, rtol=1e-12)
-    np.testing.assert_allclose(recomputed.running_var, plain.running_var, rtol=1e-12)
+    host = gg.to_host  # the statistics are device arrays on cuda
+    assert not np.allclose(host(plain.running_mean), 0)
+    np.testing.assert_allclose(host(recomputed.running_mean), host(plain.running_mean), rtol=1e-12)
+    np.testing.assert_allclose(host(recomputed.running_var), host(plain.running_var), rtol=1e-12)
 
 
 # ------------------------------------------------------------------ bad input

@@ -9,9 +9,16 @@ Devices:
   ``cuda`` CuPy on a working GPU; heavy ops launch the hand-written kernels.
   ``emu``  NumPy arrays; heavy ops launch the same kernels through the CPU
            emulator of the CUDA execution model (for testing kernels without a GPU).
+  ``cuda-sim``  the ``cuda`` code path without a GPU: ``xp`` is a CuPy-faithful
+           façade (``gpugrad.backend.cudasim``) whose device arrays refuse implicit
+           host conversion; kernels launch through a ``RawModule``-shaped loader with
+           the emulator behind it; transfers and syncs are counted.
 
-``GPUGRAD_DEVICE=cpu|cuda|emu`` forces a device; by default ``cuda`` when CuPy
-finds a GPU, else ``cpu`` with one log line saying why.
+``GPUGRAD_DEVICE=cpu|cuda|emu|cuda-sim`` forces a device; by default ``cuda`` when
+CuPy finds a GPU, else ``cpu`` with one log line saying why.
+
+Internally ``cuda-sim`` *is* ``cuda`` (``is_cuda()`` is true, every cuda branch is
+taken); only ``device()`` names it ``"cuda-sim"``.
 """
 
 from __future__ import annotations
@@ -24,9 +31,9 @@ import numpy
 
 log = logging.getLogger("gpugrad")
 
-DEVICES = ("cpu", "cuda", "emu")
+DEVICES = ("cpu", "cuda", "emu", "cuda-sim")
 
-_state = {"device": None, "xp": numpy, "cupy": None, "why": ""}
+_state = {"device": None, "xp": numpy, "cupy": None, "why": "", "name": None, "cupyx": None}
 
 
 class DeviceError(RuntimeError):
@@ -58,8 +65,28 @@ def _select(requested: str | None) -> None:
             raise DeviceError(
                 f"GPUGRAD_DEVICE={requested!r} is not a device; expected one of {', '.join(DEVICES)}"
             )
+    _state.update(name=None, cupyx=None)
     if requested in ("cpu", "emu"):
         _state.update(device=requested, xp=numpy, cupy=None, why=f"GPUGRAD_DEVICE={requested}")
+        return
+    if requested == "cuda-sim":
+        try:
+            from . import cudasim
+
+            sim = cudasim.namespace()
+        except ImportError as exc:
+            raise DeviceError(
+                "GPUGRAD_DEVICE=cuda-sim needs CuPy installed (its namespace is the "
+                f"reference the simulation checks against): {exc}; pip install cupy-cuda12x"
+            ) from exc
+        _state.update(
+            device="cuda",
+            name="cuda-sim",
+            xp=sim,
+            cupy=sim,
+            cupyx=cudasim.cupyx_namespace(),
+            why="GPUGRAD_DEVICE=cuda-sim (simulated CuPy runtime, kernels on the CPU emulator)",
+        )
         return
     cupy, why = _probe_cupy()
     if requested == "cuda":
@@ -79,20 +106,41 @@ def _select(requested: str | None) -> None:
 
 
 def device() -> str:
-    """The active device: ``"cuda"``, ``"cpu"`` or ``"emu"``.
+    """The active device: ``"cuda"``, ``"cpu"``, ``"emu"`` or ``"cuda-sim"``.
 
     >>> import gpugrad as gg
-    >>> gg.device() in ("cpu", "cuda", "emu")
+    >>> gg.device() in ("cpu", "cuda", "emu", "cuda-sim")
     True
     """
     if _state["device"] is None:
         _select(os.environ.get("GPUGRAD_DEVICE"))
-    return _state["device"]
+    return _state["name"] or _state["device"]
+
+
+def is_cuda() -> bool:
+    """True when the ``cuda`` code path runs: on ``cuda`` and on ``cuda-sim``. Branch
+    on this, not on ``device() == "cuda"``."""
+    if _state["device"] is None:
+        device()
+    return _state["device"] == "cuda"
 
 
 def set_device(name: str) -> None:
-    """Switch the active device (``cpu``, ``emu`` or ``cuda``). Mostly for tests."""
+    """Switch the active device (``cpu``, ``emu``, ``cuda`` or ``cuda-sim``). Mostly for
+    tests."""
     _select(name)
+
+
+def cupyx_module():
+    """The ``cupyx`` module on the cuda path (the simulated one on ``cuda-sim``), else
+    ``None``."""
+    if not is_cuda():
+        return None
+    if _state["cupyx"] is None:
+        import cupyx  # noqa: PLC0415 - only on a real GPU
+
+        _state["cupyx"] = cupyx
+    return _state["cupyx"]
 
 
 def device_reason() -> str:
@@ -115,7 +163,8 @@ def xp():
 
 
 def cupy_module():
-    """The CuPy module when the active device is ``cuda``, else ``None``."""
+    """The CuPy module when the active device is ``cuda`` (the simulated one on
+    ``cuda-sim``), else ``None``."""
     device()
     return _state["cupy"]
 
@@ -125,12 +174,14 @@ def is_device_array(a) -> bool:
     cp = _state["cupy"]
     if cp is not None:
         return isinstance(a, cp.ndarray)
-    return type(a).__module__.startswith("cupy")
+    mod = type(a).__module__
+    return mod.startswith("cupy") or mod == "gpugrad.backend.cudasim"
 
 
 def array_device(a) -> str:
-    """``'cuda'`` for a CuPy array, ``'host'`` for anything else."""
-    return "cuda" if is_device_array(a) else "host"
+    """``'cuda'`` (``'cuda-sim'`` on the simulation) for a CuPy array, ``'host'`` for
+    anything else."""
+    return (_state["name"] or "cuda") if is_device_array(a) else "host"
 
 
 def device_for_host() -> str:

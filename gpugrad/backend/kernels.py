@@ -273,8 +273,8 @@ def _source(file: str) -> str:
 
 def _device_key():
     dev = backend.device()
-    if dev == "cuda":
-        return ("cuda", backend.cupy_module().cuda.runtime.getDevice())
+    if backend.is_cuda():  # cuda-sim: key ("cuda-sim", 0), RawModule of the simulation
+        return (dev, backend.cupy_module().cuda.runtime.getDevice())
     if dev == "emu":
         return ("emu", "trace") if _emu_trace else ("emu",)
     raise backend.DeviceError(
@@ -286,7 +286,7 @@ def _device_key():
 def _compile(file: str, key):
     path = backend.kernel_dir() / file
     text = _source(file)
-    if key[0] == "cuda":
+    if key[0] != "emu":  # cuda and cuda-sim (whose cupy_module() is the simulation)
         cp = backend.cupy_module()
         # #line makes NVRTC report errors as matmul.cu(LINE) instead of a temp name.
         code = f'#line 1 "{path}"\n{text}'
@@ -336,7 +336,7 @@ def _function(name: str):
 
 def _device_props() -> dict:
     """Properties the launch planners use: number of SMs and shared memory per block."""
-    if backend.device() == "cuda":
+    if backend.is_cuda():  # cuda and cuda-sim
         cp = backend.cupy_module()
         attrs = cp.cuda.Device().attributes
         return {

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from .. import backend
 from .. import phase as _phase
 from .. import random as _random
 from .._alloc import allocate
@@ -520,7 +521,8 @@ def _maxpool_index_tiled(raw, pool, ho, wo):
     parts = parts.reshape((nk, ho, wo) + rest)
     top = parts.max(axis=0)  # NaN propagates, as in argmax
     nan_top = xp.isnan(top) if top.dtype.kind == "f" else None
-    if nan_top is not None and not nan_top.any():
+    # why: on a device, .any() is a host sync in every step; the NaN pass runs instead
+    if nan_top is not None and xp is np and not nan_top.any():
         nan_top = None
     # flat offset (into raw) of the first window element that holds the maximum, by a
     # backward scan without branches: off -= hit * (off - offset of k)
@@ -624,10 +626,8 @@ def gelu(x, approximation="none"):
 def _one_plus_erf_raw(z):
     """``1 + erf(z)`` computed as ``erfc(-z)`` (no cancellation for negative z), exact
     to float64 precision: SciPy on the host, CuPy's on the GPU."""
-    if type(z).__module__.startswith("cupy"):  # pragma: no cover - GPU only
-        from cupyx.scipy.special import erfc  # noqa: PLC0415
-
-        return erfc(-z)
+    if backend.is_device_array(z):  # cuda and cuda-sim (the simulated cupyx)
+        return backend.cupyx_module().scipy.special.erfc(-z)
     try:
         from scipy.special import erfc  # noqa: PLC0415
     except ImportError:  # pragma: no cover - scipy is a dependency
@@ -1311,6 +1311,29 @@ def _index_column(lab, where, classes):
     return _xp().asanyarray(_class_indices(lab, where, "labels", classes))[:, None]
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _device_index_column(lab, classes, dtype):
+    """Device labels as a ``[batch, 1]`` index column, and a 0-d penalty that is NaN
+    when a label is not an integer in ``[0, classes)``, else 0.
+
+    why: checking device labels on the host is a device->host copy and a sync in every
+    training step; an invalid label makes the loss NaN instead (PyTorch's CUDA loss
+    stops the process with a device-side assert for the same mistake)."""
+    xp = _xp()
+    if lab.dtype.kind == "f":
+        bad = ~(xp.isfinite(lab) & (lab == xp.floor(xp.nan_to_num(lab))))
+    elif lab.dtype.kind in "biu":
+        bad = xp.zeros(lab.shape, dtype=bool)
+    else:
+        raise ValueError(
+            f"softmax_cross_entropy: labels must be integer class indices, got {lab.dtype}"
+        )
+    codes = xp.nan_to_num(lab).astype(np.int64) if lab.dtype.kind == "f" else lab.astype(np.int64)
+    bad = bad | (codes < 0) | (codes >= classes)
+    penalty = xp.where(bad.any(), np.nan, 0.0).astype(dtype)
+    return xp.clip(codes, 0, classes - 1)[:, None], penalty
+
+
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of ``logits[batch, classes]`` against integer ``labels[batch]``
     (0-based) or one-hot/probability ``labels[batch, classes]`` (Swift's
@@ -1348,10 +1371,15 @@ def softmax_cross_entropy(logits, labels):
             f"{where}: labels must have shape ({z.shape[0]},) (one class index per "
             f"row) or {z.shape} (probabilities), got shape {tuple(lab.shape)}"
         )
-    idx = _index_column(lab, where, z.shape[1])
+    penalty = None
+    if backend.is_device_array(lab) and lab.dtype.kind in "biuf":
+        idx, penalty = _device_index_column(lab, z.shape[1], z.dtype)
+    else:
+        idx = _index_column(lab, where, z.shape[1])
     logp = z - logsumexp(z, axis=1, keepdims=True)
     picked = take_along_axis(logp, idx, axis=1)
-    return -gsum(picked) / z.shape[0]
+    loss = -gsum(picked) / z.shape[0]
+    return loss if penalty is None else loss + make(penalty)
 
 
 __all__ = [

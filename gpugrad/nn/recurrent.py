@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import tape
-from ..ops.core import _STATE, Primitive, bind, host_call, make
+from ..ops.core import _STATE, Primitive, bind, host_call, is_known_zero, make
 from ..ops.elementwise import tanh
 from ..ops.heavy import kernels_for, matmul_t
 from ..ops.reduce import sum as gsum
@@ -36,10 +36,26 @@ def _sigmoid(v):
     return 0.5 * (xp.tanh(0.5 * v) + 1)  # why: stable for large |v|
 
 
+def _on_device_dtype(*raws, bias=None):
+    """On the cuda path, operands of mixed float dtypes cast to their common one (the
+    NumPy code is host-only: pooled host buffers, ``out=`` into NumPy arrays).
+    ``bias``: the bias's metadata when only its dtype is known (the backward)."""
+    dtypes = [a.dtype for a in raws] + ([] if bias is None else [bias.dtype])
+    if _xp() is np or (len(set(dtypes)) == 1 and kernels_for(*raws) is not None):
+        return raws
+    dt = np.result_type(*dtypes)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(
+            f"lstm: on the cuda device the operands must be float32 or float64, got {dt}"
+        )
+    return tuple(a.astype(dt, copy=False) for a in raws)
+
+
 def _fwd(xs, h0, c0, w, r, b):
     xp = _xp()
     t, n, c = xs.shape
     hid = r.shape[1]
+    xs, h0, c0, w, r, b = _on_device_dtype(xs, h0, c0, w, r, b)
     k = kernels_for(xs, h0, c0, w, r, b)
     if k is None:
         return _fwd_numpy(_rows(xs), h0, c0, w, r, b, t, n, hid)
@@ -135,7 +151,12 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b, need_x=True):
     hid = r.shape[1]
     # why: the forward fell back to NumPy unless every operand (the bias too) shared
     # one kernel dtype; the backward must take the same path (gates has its dtype)
-    k = kernels_for(xs, h0, c0, w, r, b, gates)
+    xs, h0, c0, w, r, gates = _on_device_dtype(xs, h0, c0, w, r, gates, bias=b)
+    k = (
+        kernels_for(xs, h0, c0, w, r, gates)
+        if _xp() is not np
+        else kernels_for(xs, h0, c0, w, r, b, gates)
+    )
     if k is None:
         dpre_all, dh_next, dc_next = _bwd_recurrence_numpy(
             g_ys, g_h, g_c, g_cs, g_gates, ys, cs, gates, h0, c0, r
@@ -149,7 +170,9 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b, need_x=True):
             g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, r
         )
     else:
-        extra_gates = bool(xp.any(g_gates))
+        # why: xp.any on the device is a host sync; the gates output is internal, so its
+        # cotangent is nearly always the engine's zeros, known without a look at the data
+        extra_gates = not is_known_zero(g_gates) and bool(xp.any(g_gates))
         dpre_all = xp.empty((t, n, 4 * hid), dtype=ys.dtype)
         dh_next = g_h.copy()
         dc_next = g_c.copy()

@@ -526,7 +526,22 @@ OPS = _Ops()
 def zeros_for(meta, recorded=True):
     shape, dtype = meta
     z = X().zeros(shape, dtype)
+    try:
+        _KNOWN_ZEROS[id(z)] = z
+    except TypeError:  # pragma: no cover - an array type without weak references
+        pass
     return make(z) if recorded else z
+
+
+# why: a VJP that would test a cotangent for "all zero" (a device->host sync on a GPU)
+# asks is_known_zero first: the zeros the engine made for an unused output
+_KNOWN_ZEROS = weakref.WeakValueDictionary()
+
+
+def is_known_zero(raw) -> bool:
+    """True when ``raw`` is a zero cotangent the engine made for an unused output
+    (known without looking at the data, so without a device synchronisation)."""
+    return _KNOWN_ZEROS.get(id(raw)) is raw
 
 
 class _Glue:

@@ -1007,7 +1007,9 @@ def _real_only(x, fn):
 
 def _raw_dtype_kind(v):
     raw = _raw(v)
-    return getattr(raw, "dtype", _np.asanyarray(raw).dtype).kind
+    # why: not getattr's default, which converted every array (a CuPy one raises)
+    dtype = getattr(raw, "dtype", None)
+    return (_np.asanyarray(raw).dtype if dtype is None else dtype).kind
 
 
 def _step(kind, x, **params):

@@ -355,7 +355,7 @@ def _norm_one(i, where):
             i = r
         else:
             raise IndexError(f"{where}: index arrays must be integer or bool, got {i.dtype}")
-        if backend.device() == "cuda" and not backend.is_device_array(i):
+        if backend.is_cuda() and not backend.is_device_array(i):
             i = backend.xp().asanyarray(i)
         return i
     raise IndexError(f"{where}: unsupported index {i!r}")
@@ -368,9 +368,8 @@ def _scatter_add_fwd(g, idx, shape):
     elif _STATE["xp"] is np:
         np.add.at(out, idx, g)
     else:
-        import cupyx  # noqa: PLC0415 - only reached on cuda
-
-        cupyx.scatter_add(out, idx, g)
+        # why: through backend (the real cupyx on cuda, the simulated one on cuda-sim)
+        backend.cupyx_module().scatter_add(out, idx, g)
     return out
 
 
@@ -483,7 +482,9 @@ def take_along_axis(x, indices, axis):
            [30.]])
     """
     x = _dl(x)
-    ind = indices._data if type(indices) is dlarray else np.asanyarray(indices)
+    ind = indices._data if type(indices) is dlarray else indices
+    if not backend.is_device_array(ind):  # why: np.asanyarray of a CuPy array raises
+        ind = np.asanyarray(ind)
     axis = normalize_axis_index(axis, x.ndim, "take_along_axis")
     if ind.ndim != x.ndim:
         raise ValueError(
@@ -496,9 +497,16 @@ def take_along_axis(x, indices, axis):
 @host_call  # raw code on index data: a gg.dlaccelerate replay repeats it
 def _along_axis_index(ind, axis):
     ind = ind.astype(np.int64)
-    grids = list(np.indices(ind.shape, sparse=True))
-    grids[axis] = ind
     xp = _xp()
+    if xp is np:
+        grids = list(np.indices(ind.shape, sparse=True))
+    else:  # why: made on the device (np.indices + asanyarray was a host->device copy)
+        ones = [1] * ind.ndim
+        grids = [
+            xp.arange(n, dtype=np.int64).reshape(ones[:d] + [n] + ones[d + 1 :])
+            for d, n in enumerate(ind.shape)
+        ]
+    grids[axis] = ind
     return tuple(xp.asanyarray(gr) for gr in grids)
 
 
