@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import tape
+from .. import _accel_graph, tape
 from ..ops.core import _STATE, Primitive, bind, host_call, make
 from ..ops.elementwise import tanh
 from ..ops.heavy import kernels_for, matmul_t
@@ -135,7 +135,8 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b, need_x=True):
         )
         grads = _weight_grads(dpre_all, xs, ys, h0, w, dh_next, dc_next, need_x)
         return tuple(None if v is None else make(v) for v in grads)
-    extra_gates = bool(xp.any(g_gates))
+    # no host synchronization inside a graph capture (gg.dlaccelerate on cuda)
+    extra_gates = _accel_graph.CAPTURING or bool(xp.any(g_gates))
     dpre_all = xp.empty((t, n, 4 * hid), dtype=ys.dtype)
     dh_next = g_h.copy()
     dc_next = g_c.copy()
