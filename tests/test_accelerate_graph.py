@@ -3,12 +3,17 @@ graph on cuda runs on emu with the kernel launches recorded and checked, so a ca
 replay must equal eager execution, copy its inputs into static buffers and count one
 graph launch per call (see gpugrad/_accel_graph.py)."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import gpugrad as gg
 from gpugrad import _accel_graph, backend
 from gpugrad.tree import map_arrays
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -173,6 +178,17 @@ def test_the_emulator_check_names_a_launch_that_differs_from_the_capture():
     checker = _accel_graph._LaunchChecker([])
     checker("k", (1,), (32,), (a,), 0)
     assert "not in the captured graph" in checker.problem
+
+
+def test_the_gpu_bench_row_counts_launches_before_and_after_capture(emu):
+    # bench/gpu.py's "accelerate" row, at a small size on the emulator
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    got = module.lstm_step_launches(steps=3, batch=2, features=3, hidden=4, calls=6)
+    assert got["captured"] and got["reason"] is None
+    assert got["before"] == got["kernels_in_graph"] >= 2 * 3 and got["after"] == 0
+    assert got["graph_launches"] == 3
 
 
 def test_no_graph_on_cpu():
