@@ -29,6 +29,7 @@ def test_the_step_blas_policy_gives_the_same_bits(monkeypatch, dtype):
     for policy in (None, 1, 2, "auto", "auto"):
         monkeypatch.setattr(recurrent, "STEP_BLAS_THREADS", policy)
         monkeypatch.setattr(recurrent, "_STEP_CHOICE", {})
+        monkeypatch.setattr(recurrent, "_STEP_CALLS", {})
         results.append(_step(dtype))
     first, rest = results[0], results[1:]
     assert len(first) == 4  # the loss and the three parameters' gradients
@@ -40,7 +41,10 @@ def test_the_step_blas_policy_gives_the_same_bits(monkeypatch, dtype):
 def test_the_auto_policy_remembers_its_choice_per_shape(monkeypatch):
     monkeypatch.setattr(recurrent, "STEP_BLAS_THREADS", "auto")
     monkeypatch.setattr(recurrent, "_STEP_CHOICE", {})
-    _step(np.float32)
+    monkeypatch.setattr(recurrent, "_STEP_CALLS", {})
+    monkeypatch.setattr(recurrent, "RETUNE_CALLS", 2)
+    for _ in range(4):  # measured, kept for two calls, measured again
+        _step(np.float32)
     if recurrent._blas_controllers() and recurrent._blas_threads() > 1:
         assert set(recurrent._STEP_CHOICE) == {
             ("fwd", 32, 64, np.dtype(np.float32)),

@@ -79,8 +79,9 @@ def _rows(xs):
 
 
 # Threads NumPy's BLAS uses for the recurrence's per-step GEMMs ([N, H] x [H, 4H]):
-# "auto" (measured once per shape: a few steps with BLAS's own thread count, a few with
-# one thread, the faster kept), an int, or None (leave BLAS alone). why: those GEMMs are
+# "auto" (measured per shape, and again every RETUNE_CALLS calls as the machine's load
+# changes: steps with BLAS's own thread count and with one thread, interleaved, the
+# faster kept), an int, or None (leave BLAS alone). why: those GEMMs are
 # small (M = batch) and OpenBLAS hands each one to its threads, which spin-wait; on a
 # 2-core machine running other work a [64, 256] x [256, 1024] float32 GEMM measured 2-4
 # GFLOP/s of CPU time with 2 threads and 29-30 with 1, while on an idle machine the
@@ -88,7 +89,9 @@ def _rows(xs):
 # count. OpenBLAS gives bitwise the same products whatever the thread count (checked
 # for these shapes), so the choice never changes a result. Needs threadpoolctl.
 STEP_BLAS_THREADS = "auto"
+RETUNE_CALLS = 16
 _STEP_CHOICE = {}  # (loop, N, H, dtype) -> threads for the steps (None: BLAS's own)
+_STEP_CALLS = {}  # (loop, N, H, dtype) -> calls since it was measured
 
 
 class _BlasLimit:
@@ -145,22 +148,29 @@ def _run_steps(loop, key, t):
     if policy != "auto":
         with _BlasLimit(int(policy)):
             return loop(0, t)
-    if key in _STEP_CHOICE:
+    calls = _STEP_CALLS.get(key, 0)
+    _STEP_CALLS[key] = calls + 1
+    if key in _STEP_CHOICE and calls < RETUNE_CALLS:
         with _BlasLimit(_STEP_CHOICE[key]):
             return loop(0, t)
-    if t < 8 or _blas_threads() <= 1:  # too short to measure, or nothing to choose
+    if t < 9 or _blas_threads() <= 1:  # too short to measure, or nothing to choose
         return loop(0, t)
-    k = min(8, (t - 1) // 3)
-    loop(0, 1)  # warm: the weights in cache, the buffers touched
-    t0 = time.perf_counter()
-    loop(1, 1 + k)
-    t1 = time.perf_counter()
-    with _BlasLimit(1):
-        loop(1 + k, 1 + 2 * k)
-    t2 = time.perf_counter()
-    choice = _STEP_CHOICE[key] = 1 if t2 - t1 < t1 - t0 else None
+    # steps 1.. in four slots, BLAS's own threads and one thread taking turns (so a
+    # change of load in the middle hits both); step 0 warms the caches
+    k = min(4, (t - 1) // 8)
+    loop(0, 1)
+    spent = {None: 0.0, 1: 0.0}
+    lo = 1
+    for threads in (None, 1, None, 1):
+        with _BlasLimit(threads):
+            t0 = time.perf_counter()
+            loop(lo, lo + k)
+            spent[threads] += time.perf_counter() - t0
+        lo += k
+    choice = _STEP_CHOICE[key] = 1 if spent[1] < spent[None] else None
+    _STEP_CALLS[key] = 0
     with _BlasLimit(choice):
-        return loop(1 + 2 * k, t)
+        return loop(lo, t)
 
 
 def _fwd_numpy(flat, h0, c0, w, r, b, t, n, hid):
