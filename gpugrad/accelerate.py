@@ -267,7 +267,9 @@ class _Recorder:
                 return fn(*args, **kwargs)
             self.depth += 1
             try:
+                before = _random.get_state()
                 out = fn(*plain(args), **plain(kwargs))
+                self._drew(before, fn)
             finally:
                 self.depth -= 1
             out = _taint_out(out)
@@ -284,7 +286,9 @@ class _Recorder:
         self.depth += 1
         suspended = _suspend(args, kwargs)
         try:
+            before = _random.get_state()
             out = fn(*plain(args), **plain(kwargs))
+            self._drew(before, fn)
         finally:
             self.depth -= 1
             _resume(suspended)
@@ -293,11 +297,15 @@ class _Recorder:
             self.host_state.append(
                 f"{getattr(fn, '__qualname__', fn)} changes state (mutates=True)"
             )
-        if getattr(fn, "__module__", "") == _random.__name__:
-            self.host_state.append("a random draw (drawn on the host; not staged into graphs)")
         out = _taint_out(out)
         self.emit(fn, args, kwargs, out)
         return out
+
+    def _drew(self, before, fn):
+        """Note a call that advanced gg.random's generator (a graph would freeze it)."""
+        if _random.get_state() != before:
+            name = getattr(fn, "__qualname__", type(fn).__name__)
+            self.host_state.append(f"a random draw in {name} (drawn on the host; not staged)")
 
     def escape(self, raw, how):
         if self._mine() and self.escaped is None and self.is_dynamic(raw):

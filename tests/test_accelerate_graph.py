@@ -158,6 +158,18 @@ def test_random_draws_are_not_captured_and_stay_fresh(emu):
     assert "random draw" in acc.graph_report()[0]["reason"]
 
 
+def test_dropout_masks_are_not_captured(emu):
+    # the mask is drawn inside a host call of gpugrad.nn (a nested gg.random draw)
+    def f(x):
+        return gg.sum(gg.dropout(x, 0.5, training=True))
+
+    acc = gg.dlaccelerate(f)
+    x = gg.dlarray(np.ones(64, np.float32))
+    values = [float(acc(x)) for _ in range(5)]
+    assert len(set(values)) > 1
+    assert "random draw in _dropout_mask" in acc.graph_report()[0]["reason"]
+
+
 def test_use_graphs_false_keeps_plain_replays(emu):
     net = _mlp()
     acc = gg.dlaccelerate(_lossgrad)
