@@ -37,6 +37,7 @@ memory, so a later launch never changes what an earlier call returned.
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 
@@ -286,6 +287,8 @@ class Captured:
         reasons = list(entry.host_state)
         if entry.mutates and not reasons:
             reasons.append("the function writes into its arguments")
+        if re.search(r"\bo\d+\b", entry.source.rstrip().rsplit("\n", 1)[-1]):
+            reasons.append("the function returns one of its arguments")
         if reasons:
             raise GraphUnsupported(
                 "; ".join(dict.fromkeys(reasons)) + " (a graph would not repeat that)"

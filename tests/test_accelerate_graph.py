@@ -170,6 +170,19 @@ def test_dropout_masks_are_not_captured(emu):
     assert "random draw in _dropout_mask" in acc.graph_report()[0]["reason"]
 
 
+def test_a_function_returning_its_argument_is_not_captured(emu):
+    def f(x, w):
+        return x, gg.sum(x * w)
+
+    acc = gg.dlaccelerate(f)
+    w = gg.dlarray(np.ones(3, np.float32))
+    for k in range(4):
+        x = gg.dlarray(np.full(3, k, np.float32))
+        got = acc(x, w)
+        assert got[0] is x and float(got[1]) == 3 * k
+    assert "returns one of its arguments" in acc.graph_report()[0]["reason"]
+
+
 def test_use_graphs_false_keeps_plain_replays(emu):
     net = _mlp()
     acc = gg.dlaccelerate(_lossgrad)
