@@ -80,14 +80,15 @@ def _rows(xs):
 
 # Threads NumPy's BLAS uses for the recurrence's per-step GEMMs ([N, H] x [H, 4H]):
 # "auto" (measured per shape, and again every RETUNE_CALLS calls as the machine's load
-# changes: steps with BLAS's own thread count and with one thread, interleaved, the
-# faster kept), an int, or None (leave BLAS alone). why: those GEMMs are
-# small (M = batch) and OpenBLAS hands each one to its threads, which spin-wait; on a
-# 2-core machine running other work a [64, 256] x [256, 1024] float32 GEMM measured 2-4
-# GFLOP/s of CPU time with 2 threads and 29-30 with 1, while on an idle machine the
-# threads can win. The big GEMMs (input projection, weight gradients) keep BLAS's own
-# count. OpenBLAS gives bitwise the same products whatever the thread count (checked
-# for these shapes), so the choice never changes a result. Needs threadpoolctl.
+# changes: steps with BLAS's own thread count and with one thread, interleaved; BLAS's
+# threads are kept only when clearly, 20%, faster), an int, or None (leave BLAS alone).
+# why: those GEMMs are small (M = batch) and OpenBLAS hands each one to its threads,
+# which spin-wait; on a 2-core machine running other work a [64, 256] x [256, 1024]
+# float32 GEMM measured 2-4 GFLOP/s of CPU time with 2 threads and 29-37 with 1 (and at
+# best 26 with 2 in a quiet moment); on an idle many-core machine the threads may win.
+# The big GEMMs (input projection, weight gradients) keep BLAS's own count. OpenBLAS
+# gives bitwise the same products whatever the thread count (checked for these
+# shapes), so the choice never changes a result. Needs threadpoolctl.
 STEP_BLAS_THREADS = "auto"
 RETUNE_CALLS = 16
 _STEP_CHOICE = {}  # (loop, N, H, dtype) -> threads for the steps (None: BLAS's own)
@@ -167,7 +168,9 @@ def _run_steps(loop, key, t):
             loop(lo, lo + k)
             spent[threads] += time.perf_counter() - t0
         lo += k
-    choice = _STEP_CHOICE[key] = 1 if spent[1] < spent[None] else None
+    # why: BLAS's threads must win clearly: on a shared machine their bad case is ten
+    # times slower, their good case (an idle machine) a fraction faster
+    choice = _STEP_CHOICE[key] = None if spent[None] < 0.8 * spent[1] else 1
     _STEP_CALLS[key] = 0
     with _BlasLimit(choice):
         return loop(lo, t)
