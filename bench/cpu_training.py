@@ -18,12 +18,13 @@ block starts with one untimed step, so every function is timed in steady state.
 The table shows the median step time of each function and the ratios of those
 medians to PyTorch's (targets: eager MLP <= 1.3x, CNN <= 2x, LSTM <= 1.5x;
 accelerated <= 1.0x on each). A note follows the table when the per-round ratios
-disagree (a busy machine). torch keeps its default thread count; NumPy's BLAS is
-limited to the same count when threadpoolctl is installed (the header line shows
-both). Without torch, gpugrad is timed alone and a message says so. Everything is
+disagree (a busy machine). torch keeps its default thread count (``--threads N``
+sets it); NumPy's BLAS is limited to the same count when threadpoolctl is installed
+(the header line shows both). ``--threads 1`` compares the libraries' single-core
+efficiency, which a machine shared with other work measures most steadily. Without torch, gpugrad is timed alone and a message says so. Everything is
 seeded, and the script writes no files.
 
-    GPUGRAD_DEVICE=cpu python bench/cpu_training.py [--repeats 20] [--only LSTM]
+    GPUGRAD_DEVICE=cpu python bench/cpu_training.py [--repeats 20] [--only LSTM] [--threads 1]
 """
 
 from __future__ import annotations
@@ -237,6 +238,12 @@ def main(argv=None):
         default=None,
         help="Time this one workload only (default: all three).",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="Threads for torch and NumPy's BLAS (default: torch's default count).",
+    )
     args = parser.parse_args(argv)
     # why: imported after parsing, so --help answers at once
     import copy
@@ -252,7 +259,9 @@ def main(argv=None):
     except ImportError:
         torch = None
         print("torch is not installed, so gpugrad is timed alone (pip install torch to compare).")
-    blas, _limiter = _blas_threads(torch.get_num_threads() if torch else None)
+    if torch is not None and args.threads:
+        torch.set_num_threads(args.threads)
+    blas, _limiter = _blas_threads(args.threads or (torch.get_num_threads() if torch else None))
     gg.random.seed(0)
     rng = np.random.default_rng(0)
     models = gg_models()

@@ -13,7 +13,10 @@ Compares, on the active CUDA device,
 * conv2d forward / backward-data / backward-filter against cuDNN through PyTorch
   (when a CUDA build of PyTorch is installed);
 * an LSTM layer (input projection hoisted into one GEMM, then per step one GEMM and
-  one fused cell kernel) against PyTorch's cuDNN LSTM (when installed).
+  one fused cell kernel) against PyTorch's cuDNN LSTM (when installed);
+* ``gg.dlaccelerate`` of an LSTM loss-and-gradient step: gpugrad kernel launches per
+  step before graph capture (plain replay) and after (one CUDA graph launch), with
+  both step times (group ``accelerate``; ``lstm_step_launches`` also runs on ``emu``).
 
 Each row gives the time, TFLOP/s or GB/s, the percentage of the vendor path and of
 the card's peak (looked up from the device name; the card is recorded), and the
@@ -635,6 +638,76 @@ def bench_lstm(b: Bench, kernels, torch):
     )
 
 
+def lstm_step_launches(steps=50, batch=64, features=128, hidden=256, calls=6):
+    """An LSTM loss-and-gradient step under ``gg.dlaccelerate`` on the active device
+    (cuda, or emu for a test): gpugrad kernel launches per step made one by one by a
+    plain replay (``before``) and after graph capture (``after``: 0, plus one graph
+    launch), the step time of each, and the capture report. CuPy's own elementwise and
+    reduction kernels are not counted (gpugrad counts only its hand-written kernels)."""
+    import numpy as np
+
+    import gpugrad as gg
+
+    class Model(gg.nn.Layer):
+        def __init__(self):
+            self.lstm = gg.nn.LSTM(features, hidden, dtype=np.float32)
+            self.head = gg.nn.Dense(hidden, 10, dtype=np.float32)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[:, -1, :])
+
+    rng = np.random.default_rng(0)
+    x = gg.dlarray(rng.standard_normal((batch, steps, features)).astype(np.float32))
+    y = rng.integers(0, 10, batch)
+    net = Model()
+
+    def loss_grad(m, xb):
+        loss = gg.nn.softmax_cross_entropy(m(xb), y)
+        return loss, gg.dlgradient(loss, m)
+
+    acc = gg.dlaccelerate(loss_grad)
+
+    def sync():
+        if gg.device() == "cuda":
+            gg.backend.cupy_module().cuda.get_current_stream().synchronize()
+
+    per_call = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        gg.dlfeval(acc, net, x)
+        sync()
+        per_call.append((acc.KernelLaunches, acc.GraphLaunches, time.perf_counter() - t0))
+    (report,) = acc.graph_report()
+    plain = [p for p in per_call[2:] if p[0]]  # after the trace and the checked replay
+    graphed = [p for p in per_call if p[0] == 0 and p[1] > 1]  # after the capture call
+    return dict(
+        before=plain[-1][0] if plain else None,
+        after=0 if graphed else None,
+        graph_launches=acc.GraphLaunches,
+        kernels_in_graph=report["kernels"],
+        captured=report["captured"],
+        reason=report["reason"],
+        before_ms=1e3 * min(p[2] for p in plain) if plain else None,
+        after_ms=1e3 * min(p[2] for p in graphed) if graphed else None,
+    )
+
+
+def bench_accelerate(b: Bench):
+    """Launches per accelerated LSTM step before and after CUDA-graph capture."""
+    got = lstm_step_launches()
+    row = dict(group="accelerate", case="LSTM T50 B64 H256 loss+grad launches", **got)
+    b.rows.append(row)
+    if got["captured"]:
+        print(
+            f"{'accelerate':14s} LSTM step: {got['before']} kernel launches per step before "
+            f"capture ({got['before_ms']:.3f} ms), 1 graph launch after "
+            f"({got['after_ms']:.3f} ms)",
+            flush=True,
+        )
+    else:
+        print(f"{'accelerate':14s} LSTM step not captured: {got['reason']}", flush=True)
+
+
 def plot(rows, peaks, path: Path):
     import numpy as np
 
@@ -713,7 +786,7 @@ def build_parser():
     parser.add_argument(
         "--only",
         action="append",
-        choices=["gemm", "fused", "relu", "conv", "lstm"],
+        choices=["gemm", "fused", "relu", "conv", "lstm", "accelerate"],
         help="Run only this group (repeat the option for several groups).",
     )
     return parser
@@ -753,7 +826,7 @@ def main(argv=None) -> int:
         f"vendor conv/lstm: {'torch ' + torch.__version__ if torch else 'not available'}"
     )
     bench = Bench(cp, peaks, args.repeat or (5 if args.quick else 20), torch, kernels)
-    only = set(args.only or ["gemm", "fused", "relu", "conv", "lstm"])
+    only = set(args.only or ["gemm", "fused", "relu", "conv", "lstm", "accelerate"])
     started = time.time()
     groups = [
         ("gemm", lambda: bench_gemm(bench, kernels, args.max_gemm, args.quick)),
@@ -761,6 +834,7 @@ def main(argv=None) -> int:
         ("conv", lambda: bench_conv(bench, kernels, torch)),
         ("fused", lambda: bench_fused(bench, kernels, args.max_gemm)),
         ("relu", lambda: bench_relu(bench, kernels)),
+        ("accelerate", lambda: bench_accelerate(bench)),
     ]
     skipped = []
     for name, run in groups:

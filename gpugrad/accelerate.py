@@ -61,7 +61,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import backend, tape
+from . import _accel_graph, backend, tape
 from . import random as _random
 from ._taint import Tainted, plain, taint
 from .array import dlarray
@@ -144,6 +144,8 @@ class _Recorder:
         self.mutates = False
         self.calls = 0
         self.primitives = set()  # names of the primitives the trace calls
+        self.host_state = []  # why a graph cannot hold this trace (host-side effects)
+        self.live_used = []  # the dlarrays whose arrays the replay reads live
 
     # names ---------------------------------------------------------------
     def _name(self, obj, prefix="s"):
@@ -184,6 +186,7 @@ class _Recorder:
             return f"_mk({inner}, {v._fmt!r})"
         owner = self.live.get(id(v))
         if owner is not None:
+            self.live_used.append(owner)
             name = self._name(v, "c")
             self.prologue.append(f"{name} = {self.const(owner)}._data")
             self.prologue.append(
@@ -264,7 +267,9 @@ class _Recorder:
                 return fn(*args, **kwargs)
             self.depth += 1
             try:
+                before = _random.get_state()
                 out = fn(*plain(args), **plain(kwargs))
+                self._drew(before, fn)
             finally:
                 self.depth -= 1
             out = _taint_out(out)
@@ -281,15 +286,26 @@ class _Recorder:
         self.depth += 1
         suspended = _suspend(args, kwargs)
         try:
+            before = _random.get_state()
             out = fn(*plain(args), **plain(kwargs))
+            self._drew(before, fn)
         finally:
             self.depth -= 1
             _resume(suspended)
         if mutates:
             self.mutates = True
+            self.host_state.append(
+                f"{getattr(fn, '__qualname__', fn)} changes state (mutates=True)"
+            )
         out = _taint_out(out)
         self.emit(fn, args, kwargs, out)
         return out
+
+    def _drew(self, before, fn):
+        """Note a call that advanced gg.random's generator (a graph would freeze it)."""
+        if _random.get_state() != before:
+            name = getattr(fn, "__qualname__", type(fn).__name__)
+            self.host_state.append(f"a random draw in {name} (drawn on the host; not staged)")
 
     def escape(self, raw, how):
         if self._mine() and self.escaped is None and self.is_dynamic(raw):
@@ -809,7 +825,22 @@ def collective(what):
 class _Entry:
     """One trace: the replay function, its source text, the primitives it calls."""
 
-    __slots__ = ("fn", "mutates", "checked", "keep", "source", "calls", "primitives")
+    __slots__ = (
+        "fn",
+        "mutates",
+        "checked",
+        "keep",
+        "source",
+        "calls",
+        "primitives",
+        # graph capture (gpugrad/_accel_graph.py)
+        "host_state",
+        "live_used",
+        "graph",
+        "replays",
+        "kernels",
+        "stale_graphs",
+    )
 
     def __init__(self, fn, mutates, keep, source, calls, primitives):
         self.fn = fn
@@ -819,6 +850,12 @@ class _Entry:
         self.source = source
         self.calls = calls
         self.primitives = frozenset(primitives)
+        self.host_state = ()
+        self.live_used = ()
+        self.graph = None  # None: not tried yet; else _accel_graph.Captured or NoGraph
+        self.replays = 0  # plain replays made
+        self.kernels = None  # kernel launches of the last plain replay (cuda, emu)
+        self.stale_graphs = 0  # graphs dropped because an in-place input was rebound
 
 
 class AcceleratedFunction:
@@ -835,6 +872,14 @@ class AcceleratedFunction:
     ``CheckFirstReplay`` (True): the first replay of a trace without side effects is
     compared with an eager run of the same call (Python side effects inside the
     function then happen once more); False skips that check.
+
+    Graphs (devices ``cuda`` and ``emu``): from its second replay on, a trace without
+    host-side effects is captured, on ``cuda`` into a CUDA graph launched once per call
+    (on ``emu`` the same capture logic runs, with the emulator's kernel launches recorded
+    and checked); ``UseGraphs`` (True) turns that off, ``GraphLaunches`` counts graph
+    launches, ``KernelLaunches`` is the number of gpugrad kernels the last call launched
+    one by one (0 after a graph launch), and ``graph_report()`` says per trace whether it
+    was captured and why not. See ``gpugrad/_accel_graph.py``.
     """
 
     def __init__(self, fn, *, _mode="call"):
@@ -854,6 +899,11 @@ class AcceleratedFunction:
         self.traces = 0  # traces made (misses that recorded a trace)
         self.evictions = 0
         self.eager_calls = 0  # calls run eagerly (escaped keys, traced inputs, disabled)
+        # graph capture on cuda (a CUDA graph) and emu (its emulator twin): see
+        # gpugrad/_accel_graph.py and graph_report()
+        self.UseGraphs = True
+        self.GraphLaunches = 0  # replays made as one graph launch
+        self.KernelLaunches = None  # kernel launches made one by one by the last replay
         self._warned = set()
         self._device = backend.device()
         srcs = []
@@ -956,6 +1006,7 @@ class AcceleratedFunction:
             bound.__dict__.update(
                 Enabled=self.Enabled,
                 CheckFirstReplay=self.CheckFirstReplay,
+                UseGraphs=self.UseGraphs,
                 _cache_size=self._cache_size,
                 _check_mode=self._check_mode,
                 _check_tolerance=self._check_tolerance,
@@ -982,6 +1033,7 @@ class AcceleratedFunction:
         out = AcceleratedFunction(transform(self._fn, argnums))
         out.Enabled = self.Enabled
         out.CheckFirstReplay = self.CheckFirstReplay
+        out.UseGraphs = self.UseGraphs
         out._cache_size = self._cache_size
         out._check_mode = self._check_mode
         out._check_tolerance = self._check_tolerance
@@ -1039,12 +1091,76 @@ class AcceleratedFunction:
             if self._check_mode == "tolerance" or not (entry.checked or not self.CheckFirstReplay):
                 out = self._checked_replay(entry, run, args, kwargs, objs, key, mode)
             else:
-                out = entry.fn(objs)
+                out = self._replay(entry, objs, args, kwargs)
         except _Stale:
             del self._cache[key]
             return self._trace(run, args, kwargs, key, objs, keep)
         self._hits += 1
         self._cache.move_to_end(key)
+        return out
+
+    # ---------------------------------------------------------------- graphs
+    def _replay(self, entry, objs, args, kwargs):
+        """A replay: through the entry's graph when it has one (cuda, emu), else plain."""
+        graph = entry.graph
+        if graph is None and self.UseGraphs and entry.replays and _BACKEND["device"] != "cpu":
+            if entry.stale_graphs >= 3:
+                graph = _accel_graph.NoGraph("arrays it reads in place are rebound between calls")
+            else:
+                graph = _accel_graph.capture(entry, objs, args, kwargs)
+            entry.graph = graph
+            if type(graph) is _accel_graph.Captured:
+                self.GraphLaunches += 1
+                self.KernelLaunches = 0
+                return graph.first(objs)
+        if type(graph) is _accel_graph.Captured:
+            try:
+                out = graph.launch(objs)
+            except _accel_graph.Stale:  # an in-place input was rebound: capture again
+                entry.graph = None
+                entry.stale_graphs += 1
+            except _accel_graph.GraphUnsupported as exc:  # the emulator's check failed
+                entry.graph = _accel_graph.NoGraph(str(exc))
+                self._warn_once("graph:" + str(exc), f"graph dropped, plain replay: {exc}")
+            else:
+                self.GraphLaunches += 1
+                self.KernelLaunches = 0
+                return out
+        entry.replays += 1
+        if _BACKEND["device"] == "cpu":
+            return entry.fn(objs)
+        with _accel_graph.hooked(_accel_graph.LaunchCounter()) as counter:
+            out = entry.fn(objs)
+        entry.kernels = self.KernelLaunches = counter.count
+        return out
+
+    def graph_report(self):
+        """One dict per cached trace about graph capture (``cuda``; ``emu`` runs the same
+        capture logic): ``captured`` (bool), ``reason`` (why not, else None),
+        ``kernels`` (gpugrad kernel launches a plain replay makes, or the captured graph
+        holds; CuPy's own elementwise kernels are not counted), ``graph_launches``.
+
+        >>> import gpugrad as gg
+        >>> acc = gg.dlaccelerate(lambda x: x * 2.0)
+        >>> for _ in range(3):
+        ...     _ = acc(gg.dlarray([1.0]))
+        >>> acc.graph_report()[0]["captured"]  # on cpu there is nothing to capture
+        False
+        """
+        out = []
+        for entry in self._cache.values():
+            if type(entry) is _Eager:
+                continue
+            graph = entry.graph
+            captured = type(graph) is _accel_graph.Captured
+            out.append(
+                {
+                    "captured": captured,
+                    "reason": None if captured or graph is None else graph.reason,
+                    "kernels": graph.kernels if captured else entry.kernels,
+                    "graph_launches": graph.launches if captured else 0,
+                }
+            )
         return out
 
     def _warn_once(self, tag, message):
@@ -1137,6 +1253,8 @@ class AcceleratedFunction:
             # write-backs into the arguments are side effects too (no in-place check)
             mutates = rec.mutates or bool(lines)
             entry = _Entry(rec.ns["_replay"], mutates, keep, source, rec.calls, rec.primitives)
+            entry.host_state = tuple(rec.host_state)
+            entry.live_used = tuple({id(d): d for d in rec.live_used}.values())
             self._cache[key] = entry
             self._evict()
             return _untaint_state(swapped, objs, result)

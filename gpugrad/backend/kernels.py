@@ -144,6 +144,12 @@ _TABLE: dict[str, KernelInfo] = {
 _COOPERATIVE_FILES = frozenset({"lstm_persistent.cu"})  # kernels with a grid-wide barrier
 _lock = threading.Lock()
 _launch_counts: dict[str, int] = {}
+# --- gg.dlaccelerate graph hook (gpugrad/_accel_graph.py) -----------------------------
+# None, or a callable seeing every launch as (name, grid, block, args, shared_mem) just
+# before it runs: the accelerator counts a replay's launches and, on emu, records and
+# checks the launches of a captured graph. Nothing else sets it.
+LAUNCH_HOOK = None
+# --- end of the graph hook -------------------------------------------------------------
 _modules: dict[tuple, object] = {}
 _functions: dict[tuple, object] = {}
 _sources: dict[str, str] = {}
@@ -364,6 +370,8 @@ class Kernel:
         with _lock:
             _launch_counts[self.name] = _launch_counts.get(self.name, 0) + 1
         args = tuple(args)
+        if LAUNCH_HOOK is not None:  # gg.dlaccelerate graph hook (see LAUNCH_HOOK)
+            LAUNCH_HOOK(self.name, grid, block, args, shared_mem)
         if backend.device() == "emu":
             # np.float64 subclasses Python float, which the emulator's type check rejects as
             # "a Python number"; a 0-d array carries the same 8 bytes and dtype.

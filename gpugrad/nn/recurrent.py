@@ -16,9 +16,11 @@ higher-order passes).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from .. import tape
+from .. import _accel_graph, tape
 from ..ops.core import _STATE, Primitive, bind, host_call, is_known_zero, make
 from ..ops.elementwise import tanh
 from ..ops.heavy import kernels_for, matmul_t
@@ -99,6 +101,104 @@ def _rows(xs):
     return out.reshape(t * n, c)
 
 
+# Threads NumPy's BLAS uses for the recurrence's per-step GEMMs ([N, H] x [H, 4H]):
+# "auto" (measured per shape, and again every RETUNE_CALLS calls as the machine's load
+# changes: steps with BLAS's own thread count and with one thread, interleaved; BLAS's
+# threads are kept only when clearly, 20%, faster), an int, or None (leave BLAS alone).
+# why: those GEMMs are small (M = batch) and OpenBLAS hands each one to its threads,
+# which spin-wait; on a 2-core machine running other work a [64, 256] x [256, 1024]
+# float32 GEMM measured 2-4 GFLOP/s of CPU time with 2 threads and 29-37 with 1 (and at
+# best 26 with 2 in a quiet moment); on an idle many-core machine the threads may win.
+# The big GEMMs (input projection, weight gradients) keep BLAS's own count. OpenBLAS
+# gives bitwise the same products whatever the thread count (checked for these
+# shapes), so the choice never changes a result. Needs threadpoolctl.
+STEP_BLAS_THREADS = "auto"
+RETUNE_CALLS = 16
+_STEP_CHOICE = {}  # (loop, N, H, dtype) -> threads for the steps (None: BLAS's own)
+_STEP_CALLS = {}  # (loop, N, H, dtype) -> calls since it was measured
+
+
+class _BlasLimit:
+    """BLAS limited to ``threads`` for a block (None: unchanged)."""
+
+    controllers = None
+
+    def __init__(self, threads):
+        self.threads = threads
+
+    def __enter__(self):
+        self.restore = []
+        if self.threads is None:
+            return self
+        for ctl in _blas_controllers():
+            current = ctl.get_num_threads()
+            if current is not None and current != self.threads:
+                ctl.set_num_threads(self.threads)
+                self.restore.append((ctl, current))
+        return self
+
+    def __exit__(self, *exc):
+        for ctl, current in self.restore:
+            ctl.set_num_threads(current)
+        return False
+
+
+def _blas_controllers():
+    ctls = _BlasLimit.controllers
+    if ctls is None:
+        ctls = []
+        try:
+            import threadpoolctl  # noqa: PLC0415 - optional, looked up once
+
+            found = threadpoolctl.ThreadpoolController().select(user_api="blas")
+            ctls = list(found.lib_controllers)
+        except Exception:  # noqa: BLE001 - not installed, or an unknown BLAS: leave it
+            ctls = []
+        _BlasLimit.controllers = ctls
+    return ctls
+
+
+def _blas_threads():
+    counts = [c.get_num_threads() for c in _blas_controllers()]
+    return max((c for c in counts if c is not None), default=1)
+
+
+def _run_steps(loop, key, t):
+    """Run ``loop(lo, hi)`` (loop iterations lo..hi-1, in order) over ``t`` iterations
+    with the BLAS thread count of ``STEP_BLAS_THREADS`` (see there)."""
+    policy = STEP_BLAS_THREADS
+    if policy is None or not _blas_controllers():
+        return loop(0, t)
+    if policy != "auto":
+        with _BlasLimit(int(policy)):
+            return loop(0, t)
+    calls = _STEP_CALLS.get(key, 0)
+    _STEP_CALLS[key] = calls + 1
+    if key in _STEP_CHOICE and calls < RETUNE_CALLS:
+        with _BlasLimit(_STEP_CHOICE[key]):
+            return loop(0, t)
+    if t < 9 or _blas_threads() <= 1:  # too short to measure, or nothing to choose
+        return loop(0, t)
+    # steps 1.. in four slots, BLAS's own threads and one thread taking turns (so a
+    # change of load in the middle hits both); step 0 warms the caches
+    k = min(4, (t - 1) // 8)
+    loop(0, 1)
+    spent = {None: 0.0, 1: 0.0}
+    lo = 1
+    for threads in (None, 1, None, 1):
+        with _BlasLimit(threads):
+            t0 = time.perf_counter()
+            loop(lo, lo + k)
+            spent[threads] += time.perf_counter() - t0
+        lo += k
+    # why: BLAS's threads must win clearly: on a shared machine their bad case is ten
+    # times slower, their good case (an idle machine) a fraction faster
+    choice = _STEP_CHOICE[key] = None if spent[None] < 0.8 * spent[1] else 1
+    _STEP_CALLS[key] = 0
+    with _BlasLimit(choice):
+        return loop(lo, t)
+
+
 def _fwd_numpy(flat, h0, c0, w, r, b, t, n, hid):
     # why: the 0.5 pre-scale of the sigmoid blocks is folded into the weights (a
     # power-of-two scale is exact), so each step is one GEMM plus in-place ufuncs on
@@ -113,9 +213,17 @@ def _fwd_numpy(flat, h0, c0, w, r, b, t, n, hid):
     cs = POOL.empty((t, n, hid), dt)
     rec = np.empty((n, 4 * hid), dtype=dt)
     tmp = np.empty((n, hid), dtype=dt)
-    h = h0.astype(dt, copy=False)
-    cell = c0.astype(dt, copy=False)
-    for step in range(t):
+    state = [h0.astype(dt, copy=False), c0.astype(dt, copy=False)]
+
+    def loop(lo, hi):
+        state[:] = _fwd_steps(gates, ys, cs, rec, tmp, r_t, scale, offset, *state, lo, hi, hid)
+
+    _run_steps(loop, ("fwd", n, hid, dt), t)
+    return ys, ys[-1].copy(), cs[-1].copy(), cs, gates
+
+
+def _fwd_steps(gates, ys, cs, rec, tmp, r_t, scale, offset, h, cell, lo, hi, hid):
+    for step in range(lo, hi):
         gt = gates[step]
         np.matmul(h, r_t, out=rec)
         gt += rec
@@ -130,7 +238,7 @@ def _fwd_numpy(flat, h0, c0, w, r, b, t, n, hid):
         h = ys[step]
         np.multiply(gt[:, 3 * hid :], tmp, out=h)
         cell = cell_new
-    return ys, ys[-1].copy(), cs[-1].copy(), cs, gates
+    return h, cell
 
 
 def _act_grad(gates, hid):
@@ -172,7 +280,10 @@ def _vjp_raw(g, ans, xs, h0, c0, w, r, b, need_x=True):
     else:
         # why: xp.any on the device is a host sync; the gates output is internal, so its
         # cotangent is nearly always the engine's zeros, known without a look at the data
-        extra_gates = not is_known_zero(g_gates) and bool(xp.any(g_gates))
+        # and none inside a graph capture (gg.dlaccelerate on cuda)
+        extra_gates = _accel_graph.CAPTURING or (
+            not is_known_zero(g_gates) and bool(xp.any(g_gates))
+        )
         dpre_all = xp.empty((t, n, 4 * hid), dtype=ys.dtype)
         dh_next = g_h.copy()
         dc_next = g_c.copy()
@@ -215,7 +326,22 @@ def _bwd_recurrence_numpy(g_ys, g_h, g_c, g_cs, g_gates, ys, cs, gates, h0, c0, 
     act = np.empty((n, 4, hid), dtype=dt)
     dh_next = g_h.astype(dt, copy=True)
     dc_next = g_c.astype(dt, copy=True)
-    for step in range(t - 1, -1, -1):
+
+    bufs = (dpre_all, r, dh, dc, tc, tmp, act, dh_next, dc_next)
+    seqs = (g_ys, g_cs, g_gates, cs, gates, c0)
+
+    def loop(lo, hi):  # loop iterations lo..hi-1: steps t-1-lo down to t-hi
+        _bwd_steps(range(t - 1 - lo, t - 1 - hi, -1), seqs, bufs, extra_cs, extra_gates)
+
+    _run_steps(loop, ("bwd", n, hid, dt), t)
+    return dpre_all.reshape(t, n, 4 * hid), dh_next, dc_next
+
+
+def _bwd_steps(steps, seqs, bufs, extra_cs, extra_gates):
+    g_ys, g_cs, g_gates, cs, gates, c0 = seqs
+    dpre_all, r, dh, dc, tc, tmp, act, dh_next, dc_next = bufs
+    n, hid = dh.shape
+    for step in steps:
         gt = gates[step].reshape(n, 4, hid)
         i, f, gc, o = gt[:, 0], gt[:, 1], gt[:, 2], gt[:, 3]
         c_prev = cs[step - 1] if step else c0
@@ -245,7 +371,6 @@ def _bwd_recurrence_numpy(g_ys, g_h, g_c, g_cs, g_gates, ys, cs, gates, h0, c0, 
         dp *= act
         np.multiply(dc, f, out=dc_next)
         np.matmul(dp.reshape(n, 4 * hid), r, out=dh_next)
-    return dpre_all.reshape(t, n, 4 * hid), dh_next, dc_next
 
 
 def _weight_grads(dpre_all, xs, ys, h0, w, dh0, dc0, need_x=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools as _functools
 import operator
 
 import numpy as np
@@ -928,6 +929,11 @@ def _sinc_taylor(x):
     return 1 - t / 6 + t * t / 120 - t * t * t / 5040
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _sinc_small(raw):
+    return _xp().abs(raw) < 1e-3
+
+
 def sinc(x):
     """Normalized sinc, ``sin(pi x) / (pi x)`` with ``sinc(0) = 1``, as ``numpy.sinc``.
 
@@ -941,7 +947,7 @@ def sinc(x):
     x = x if type(x) is dlarray else make(_xp().asanyarray(coerce(x)))
     # why: sin(pi x)/(pi x) is 0/0 at 0; below 1e-3 the 7th-order Taylor polynomial
     # is exact to double precision (error < (pi 1e-3)^8 / 9!) and has exact derivatives
-    small = make(_xp().abs(x._data) < 1e-3)
+    small = make(_sinc_small(x._data))
     safe = where(small, 1.0, x)
     return where(small, _sinc_taylor(x), sin(safe * _np.pi) / (safe * _np.pi))
 
@@ -1179,6 +1185,13 @@ def hypot(a, b):
     return _bind2(_HYPOT, a, b)
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _logaddexp_shift(ra, rb):
+    xp = _xp()
+    m = xp.maximum(ra, rb)
+    return xp.where(xp.isfinite(m), m, 0.0), xp.asanyarray(ra >= rb)
+
+
 def logaddexp(a, b):
     """``log(exp(a) + exp(b))`` without overflow or loss of precision, as
     ``numpy.logaddexp``; smooth (first and second derivatives right at ``a == b``).
@@ -1189,12 +1202,9 @@ def logaddexp(a, b):
     """
     _real_only(a, "logaddexp")
     _real_only(b, "logaddexp")
-    xp = _xp()
-    ra, rb = _raw(a), _raw(b)
-    m = xp.maximum(ra, rb)
+    shift, a_is_max = _logaddexp_shift(_raw(a), _raw(b))
     # a constant shift (no gradient: it cancels); non-finite shifts are dropped
-    m = make(xp.where(xp.isfinite(m), m, 0.0))
-    a_is_max = make(xp.asanyarray(ra >= rb))
+    m, a_is_max = make(shift), make(a_is_max)
     # why: log(exp(a-m) + exp(b-m)) = log1p(S - 1), and S - 1 written with expm1 on the
     # larger argument keeps the precision of numpy.logaddexp when one term is tiny
     rest = where(a_is_max, expm1(a - m) + exp(b - m), exp(a - m) + expm1(b - m))
@@ -1219,8 +1229,7 @@ def fmax(a, b):
     >>> gg.fmax(gg.dlarray([1.0, np.nan]), gg.dlarray([np.nan, 2.0])).numpy()
     array([1., 2.])
     """
-    xp = _xp()
-    na, nb = make(xp.isnan(_raw(a))), make(xp.isnan(_raw(b)))
+    na, nb = isnan(a), isnan(b)  # recorded: a gg.dlaccelerate replay recomputes them
     return where(nb, a, where(na, b, maximum(a, b)))
 
 
@@ -1232,8 +1241,7 @@ def fmin(a, b):
     >>> gg.fmin(gg.dlarray([1.0, np.nan]), gg.dlarray([np.nan, 2.0])).numpy()
     array([1., 2.])
     """
-    xp = _xp()
-    na, nb = make(xp.isnan(_raw(a))), make(xp.isnan(_raw(b)))
+    na, nb = isnan(a), isnan(b)  # recorded: a gg.dlaccelerate replay recomputes them
     return where(nb, a, where(na, b, minimum(a, b)))
 
 
@@ -1251,13 +1259,15 @@ def nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
     raw = x._data
     if raw.dtype.kind not in "fc":
         return x
-    fixed = make(xp.nan_to_num(raw, nan=nan, posinf=posinf, neginf=neginf))
+    # recorded calls: a gg.dlaccelerate replay recomputes the replacements and masks
+    fix = _functools.partial(xp.nan_to_num, nan=nan, posinf=posinf, neginf=neginf)
+    fixed = make(_raw_unary(fix, raw))
     if raw.dtype.kind == "c":
         # real and imaginary parts are fixed separately, as NumPy does
         re, im = real(x), imag(x)
-        rr, ri = make(xp.isfinite(re._data)), make(xp.isfinite(im._data))
+        rr, ri = isfinite(re), isfinite(im)
         return where(rr, re, real(fixed)) + where(ri, im, imag(fixed)) * 1j
-    return where(make(xp.isfinite(raw)), x, fixed)
+    return where(isfinite(x), x, fixed)
 
 
 def heaviside(x1, x2):
@@ -1276,9 +1286,10 @@ def heaviside(x1, x2):
     dtype = _np.result_type(r1, _raw(x2))
     one = make(xp.ones((), dtype))
     zero = make(xp.zeros((), dtype))
-    out = where(make(r1 < 0), zero, where(make(r1 > 0), one, x2))
-    if r1.dtype.kind == "f" and bool(xp.isnan(r1).any()):
-        out = where(make(xp.isnan(r1)), make(xp.asanyarray(_np.nan, dtype)), out)
+    # comparisons are recorded calls: a gg.dlaccelerate replay recomputes the masks
+    out = where(less(r1, 0), zero, where(greater(r1, 0), one, x2))
+    if r1.dtype.kind == "f":  # NaN stays NaN (a no-op where there is none)
+        out = where(isnan(r1), make(xp.asanyarray(_np.nan, dtype)), out)
     return out
 
 

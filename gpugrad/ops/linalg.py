@@ -21,7 +21,7 @@ import numpy as np
 
 from ..array import dlarray
 from . import axes as _axes
-from .core import _STATE, Primitive, bind, make
+from .core import _STATE, Primitive, bind, host_call, make
 from .elementwise import conj, real, where
 from .heavy import matmul
 from .reduce import max as _max
@@ -944,6 +944,11 @@ def multi_dot(arrays):
     return out
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _pinv_keep(s, rcond):
+    return s > rcond * _xp().max(s, axis=-1, keepdims=True)
+
+
 def pinv(a, rcond=None, hermitian=False):
     """Moore-Penrose pseudo-inverse through the SVD, as ``numpy.linalg.pinv``
     (singular values below ``rcond * max(s)`` are dropped; differentiable where the
@@ -955,8 +960,7 @@ def pinv(a, rcond=None, hermitian=False):
     if rcond is None:
         rcond = 10 * max(m, n) * np.finfo(a._data.real.dtype).eps
     u, s, vh = svd(a, full_matrices=False)
-    cutoff = rcond * _xp().max(s._data, axis=-1, keepdims=True)
-    keep = make(s._data > cutoff)
+    keep = make(_pinv_keep(s._data, rcond))  # recorded: a replay recomputes the rank
     s_inv = where(keep, 1.0 / where(keep, s, 1.0), 0.0)
     return matmul(_mH(vh) * expand_dims(s_inv, -2), _mH(u))
 

@@ -162,8 +162,14 @@ def _prod_others(x, axis):
 
 def _prod_vjp(g, ans, x, axis, keepdims):
     g = _expand(g, x, axis, keepdims)
-    if core.RECORDER is not None:  # the branch below depends on the data
-        core.RECORDER.escape(x._data, "prod's derivative (it branches on zeros)")
+    if core.RECORDER is not None:
+        # why: the rule below depends on the data (zeros); a gg.dlaccelerate trace
+        # computes both rules and selects with a recorded test, so a replay follows
+        # the data (bitwise what the branch gives: the division sees x where no zeros)
+        nonzero = x != 0
+        a = _expand(ans, x, axis, keepdims)
+        quotient = g * conj(a / where(nonzero, x, 1))
+        return (where(all(nonzero), quotient, g * conj(_prod_others(x, axis))),)
     if bool(_xp().all(x._data != 0)):
         a = _expand(ans, x, axis, keepdims)
         return (g * conj(a / x),)
@@ -400,17 +406,23 @@ def std(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
     return sqrt(var(x, axis, dtype, out, ddof, keepdims))
 
 
-def _argext(fn, x, axis, out, keepdims):
-    _no_out(out, fn)
-    raw = x._data if type(x) is dlarray else _xp().asanyarray(x)
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _raw_index_reduce(fn, raw, axis, keepdims):
     xp = _xp()
     if axis is None:
         idx = getattr(xp, fn)(raw)
         if keepdims:
             idx = xp.reshape(idx, (1,) * raw.ndim)
-        return make(xp.asanyarray(idx))
-    axis = _axes.normalize_axis_index(axis, raw.ndim, fn)
-    return make(getattr(xp, fn)(raw, axis=axis, keepdims=keepdims))
+        return xp.asanyarray(idx)
+    return getattr(xp, fn)(raw, axis=axis, keepdims=keepdims)
+
+
+def _argext(fn, x, axis, out, keepdims):
+    _no_out(out, fn)
+    raw = x._data if type(x) is dlarray else _xp().asanyarray(x)
+    if axis is not None:
+        axis = _axes.normalize_axis_index(axis, raw.ndim, fn)
+    return make(_raw_index_reduce(fn, raw, axis, keepdims))
 
 
 def argmax(x, axis=None, out=None, keepdims=False):
@@ -438,7 +450,7 @@ def _boolreduce(fn, x, axis, out, keepdims):
     _no_out(out, fn)
     raw = x._data if type(x) is dlarray else _xp().asanyarray(x)
     axes = _axes.normalize_axes(axis, raw.ndim, fn)
-    return make(getattr(_xp(), fn)(raw, axis=axes, keepdims=keepdims))
+    return make(_raw_index_reduce(fn, raw, axes, keepdims))
 
 
 def any(x, axis=None, out=None, keepdims=False):  # noqa: A001
@@ -502,10 +514,21 @@ def diff(x, n=1, axis=-1, prepend=None, append=None):
 
 def _cumprod_vjp(g, ans, x, axis):
     # d cumprod_k / d x_j = prod_{i <= k, i != j} x_i for j <= k
+    if core.RECORDER is not None:
+        # why: the rule depends on the data (zeros); a gg.dlaccelerate trace computes
+        # both rules and selects with a recorded test, so a replay follows the data
+        nonzero = x != 0
+        rev = flip(cumsum(flip(g * conj(ans), axis), axis), axis)
+        quotient = rev / conj(where(nonzero, x, 1))
+        return (where(all(nonzero), quotient, _cumprod_vjp_zeros(g, x, axis)),)
     if bool(_xp().all(x._data != 0)):
         # no zeros: sum_{k >= j} g_k cumprod_k / x_j (a reversed cumulative sum)
         rev = flip(cumsum(flip(g * conj(ans), axis), axis), axis)
         return (rev / conj(x),)
+    return (_cumprod_vjp_zeros(g, x, axis),)
+
+
+def _cumprod_vjp_zeros(g, x, axis):
     # why: with zeros the division is 0/0; use the exact recurrence instead:
     # grad_j = L_j S_j, L_j = prod_{i < j} x_i, S_j = g_j + x_{j+1} S_{j+1}
     n = x.shape[axis]
@@ -523,7 +546,7 @@ def _cumprod_vjp(g, ans, x, axis):
     left = [make(_xp().ones(ones_shape, x.dtype))]
     for j in range(1, n):
         left.append(left[-1] * at(xc, j - 1))
-    return (concatenate([left[j] * s[j] for j in range(n)], axis=axis),)
+    return concatenate([left[j] * s[j] for j in range(n)], axis=axis)
 
 
 _CUMPROD = Primitive(
@@ -645,18 +668,25 @@ def median(x, axis=None, out=None, overwrite_input=False, keepdims=False):
     return _quantile_core(x, 0.5, axis, keepdims, "median")
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _not_nan(raw):
+    ok = ~_xp().isnan(raw)
+    return ok, ok * 1.0
+
+
 def nanmean(x, axis=None, keepdims=False):
     """Mean ignoring NaN, as ``numpy.nanmean`` (NaN elements get zero gradient)."""
     x = x if type(x) is dlarray else dlarray(x)
-    ok = make(~_xp().isnan(x._data))
-    count = sum(make(ok._data * 1.0), axis, keepdims)
+    ok, ones = _not_nan(x._data)  # recorded: a gg.dlaccelerate replay recomputes them
+    ok = make(ok)
+    count = sum(make(ones), axis, keepdims)
     return sum(_where(ok, x, 0.0), axis, keepdims) / count
 
 
 def nansum(x, axis=None, keepdims=False):
     """Sum ignoring NaN, as ``numpy.nansum`` (NaN elements get zero gradient)."""
     x = x if type(x) is dlarray else dlarray(x)
-    ok = make(~_xp().isnan(x._data))
+    ok = make(_not_nan(x._data)[0])  # recorded: a gg.dlaccelerate replay recomputes it
     return sum(_where(ok, x, 0.0), axis, keepdims)
 
 

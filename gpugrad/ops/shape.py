@@ -566,7 +566,12 @@ def copy(x):
     array([1., 2.])
     """
     x = _dl(x)
-    return make(x._data.copy(), x._fmt, x._node, x._idx, x._taint)
+    return make(_copy_raw(x._data), x._fmt, x._node, x._idx, x._taint)
+
+
+@host_call  # a gg.dlaccelerate replay copies the new data
+def _copy_raw(raw):
+    return raw.copy()
 
 
 def _take_axis(x, idx, axis):
@@ -951,13 +956,21 @@ def pad(array, pad_width, mode="constant", **kwargs):
     return x
 
 
+@host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
+def _order(fn, raw, *args, **kwargs):
+    """``xp.argsort`` / ``xp.argpartition`` of ``raw`` (flattened when ``axis`` is None)."""
+    if kwargs.get("axis", -1) is None:
+        raw, kwargs = raw.ravel(), {k: v for k, v in kwargs.items() if k != "axis"}
+    return getattr(_xp(), fn)(raw, *args, **kwargs)
+
+
 def argsort(a, axis=-1, kind=None, order=None):
     """Indices that sort ``a`` along ``axis`` (integer dlarray, not differentiable)."""
     x = _dl(a)
     if axis is None:
-        return make(_xp().argsort(x._data.ravel(), kind=kind))
+        return make(_order("argsort", x._data, axis=None, kind=kind))
     axis = _axes.normalize_axis_index(axis, x.ndim, "argsort")
-    return make(_xp().argsort(x._data, axis=axis, kind=kind))
+    return make(_order("argsort", x._data, axis=axis, kind=kind))
 
 
 def sort(a, axis=-1, kind=None, order=None):
@@ -975,7 +988,7 @@ def sort(a, axis=-1, kind=None, order=None):
         x = ravel(x)
         axis = 0
     axis = _axes.normalize_axis_index(axis, x.ndim, "sort")
-    idx = _xp().argsort(x._data, axis=axis, kind="stable")
+    idx = _order("argsort", x._data, axis=axis, kind="stable")
     return take_along_axis(x, idx, axis)
 
 
@@ -983,9 +996,9 @@ def argpartition(a, kth, axis=-1, kind="introselect", order=None):
     """Indices that partition ``a`` (integer dlarray, not differentiable)."""
     x = _dl(a)
     if axis is None:
-        return make(_xp().argpartition(x._data.ravel(), kth))
+        return make(_order("argpartition", x._data, kth, axis=None))
     axis = _axes.normalize_axis_index(axis, x.ndim, "argpartition")
-    return make(_xp().argpartition(x._data, kth, axis=axis))
+    return make(_order("argpartition", x._data, kth, axis=axis))
 
 
 def partition(a, kth, axis=-1, kind="introselect", order=None):
@@ -1001,7 +1014,7 @@ def partition(a, kth, axis=-1, kind="introselect", order=None):
         x = ravel(x)
         axis = 0
     axis = _axes.normalize_axis_index(axis, x.ndim, "partition")
-    idx = _xp().argpartition(x._data, kth, axis=axis)
+    idx = _order("argpartition", x._data, kth, axis=axis)
     return take_along_axis(x, idx, axis)
 
 
