@@ -85,20 +85,14 @@ def test_no_register_spills(arch):
     "arch",
     [
         80,
-        pytest.param(
-            90,
-            marks=_xfail(
-                "matmul_fwd_f32 needs 133 registers under NVRTC 12.9 for sm_90 (1 block of "
-                "256 threads per SM); <= 128 gives 2 (item 3, register diet)"
-            ),
-        ),
+        90,
     ],
 )
 def test_main_matmul_tile_has_two_blocks_per_sm(arch):
     _compiler_or_skip()
     cubin, log, _ = sass.compile_cubin("matmul.cu", arch)
     res = sass.parse_ptxas(log)["matmul_fwd_f32"]
-    threads = kernels.MATMUL_TILES["f32"]["large"][3]
+    threads = kernels.MATMUL_TILES["f32"]["large"][4]  # (base, BM, BN, BK, threads)
     occ = sass.occupancy(res["registers"], threads, res["smem"], arch)
     assert occ["blocks_per_sm"] >= 2, (res, occ)
 
@@ -198,24 +192,10 @@ def test_unaligned_operand_is_measured_as_inefficient():
 @pytest.mark.parametrize(
     "name, floor",
     [
-        pytest.param(
-            "matmul_fwd_f32",
-            0.85,
-            marks=_xfail("runtime trans/mask/vector flags in the k-loop: 82.8 % (item 3)"),
-        ),
-        pytest.param(
-            "conv2d_fwd_f32", 0.75, marks=_xfail("per-k-tile integer divisions: 59.8 % (item 4)")
-        ),
-        pytest.param(
-            "conv2d_bwd_data_f32",
-            0.75,
-            marks=_xfail("per-k-tile integer divisions: 65 % (item 4)"),
-        ),
-        pytest.param(
-            "conv2d_bwd_filter_f32",
-            0.75,
-            marks=_xfail("per-k-tile integer divisions: 61 % (item 4)"),
-        ),
+        ("matmul_fwd_f32", 0.85),
+        ("conv2d_fwd_f32", 0.75),
+        ("conv2d_bwd_data_f32", 0.75),
+        ("conv2d_bwd_filter_f32", 0.75),
     ],
 )
 def test_hot_loop_fma_share(name, floor):
