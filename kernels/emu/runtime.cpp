@@ -53,6 +53,7 @@ __thread gpugrad_emu_ts_t gpugrad_emu_ts;
 namespace {
 
 constexpr size_t kStackSize = 256 * 1024;
+constexpr size_t kMaxPooledStacks = 2048;  // stacks kept for reuse per module
 constexpr unsigned kWarp = 32;
 
 // ---------------------------------------------------------------------------------
@@ -140,8 +141,18 @@ void stack_put(char *s, bool dirty) {
 #else
     (void)dirty;
 #endif
-    std::lock_guard<std::mutex> lk(g_stack_mu);
-    g_stacks.push_back(s);
+    {
+        std::lock_guard<std::mutex> lk(g_stack_mu);
+        if (g_stacks.size() < kMaxPooledStacks) {
+            g_stacks.push_back(s);
+            return;
+        }
+    }
+    // why: every stack is two memory mappings (guard + stack) and a process has about
+    // 65530; a cooperative launch holds one stack per thread of the whole grid, and
+    // every loaded module has its own pool, so keeping them all exhausts the mappings
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    munmap(s - page, kStackSize + page);
 }
 
 // Fork safety: a child forked while a worker thread holds g_stack_mu would inherit it
