@@ -135,7 +135,8 @@ def tool(env: str, name: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    ap.add_argument("-h", "--help", action="help", help="Show this help and exit.")
     ap.add_argument(
         "source", nargs="?", default=str(Path(__file__).parents[1] / "kernels" / "conv2d.cu")
     )
