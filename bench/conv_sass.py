@@ -138,9 +138,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     ap.add_argument("-h", "--help", action="help", help="Show this help and exit.")
     ap.add_argument(
-        "source", nargs="?", default=str(Path(__file__).parents[1] / "kernels" / "conv2d.cu")
+        "source",
+        nargs="?",
+        default=str(Path(__file__).parents[1] / "kernels" / "conv2d.cu"),
+        help="The CUDA source to compile and read (default: kernels/conv2d.cu).",
     )
-    ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--arch", default="sm_90", help="The GPU architecture to compile for.")
     args = ap.parse_args(argv)
     nvcc, cuobjdump = tool("NVCC", "nvcc"), tool("CUOBJDUMP", "cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
