@@ -24,3 +24,47 @@ def float64():
     previous = gg.set_default_dtype(np.float64)
     yield
     gg.set_default_dtype(previous)
+
+
+# ---------------------------------------------------------------- pytest-xdist
+# why: the suite runs on two processes in CI (pytest-xdist, `-n auto`), and the registry
+# meta-test (tests/test_zz_registry.py) needs every process's finite-difference checks.
+# Each worker sends its ``gg.testing.CHECKED`` to the controller, which repeats the
+# meta-test over the union once all workers are done and fails the run if it fails.
+
+
+def _is_worker(config):
+    return hasattr(config, "workerinput")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _is_worker(session.config):
+        from gpugrad.testing import CHECKED
+
+        session.config.workeroutput["gg_checked"] = {k: sorted(v) for k, v in CHECKED.items()}
+    else:
+        _controller_registry_check(session)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    out = getattr(node, "workeroutput", None) or {}
+    union = node.config.__dict__.setdefault("_gg_checked", {1: set(), 2: set()})
+    for k, v in out.get("gg_checked", {}).items():
+        union[int(k)].update(v)
+    if out.get("gg_registry_selected"):
+        node.config._gg_registry_selected = True
+
+
+def _controller_registry_check(session):
+    config = session.config
+    if _is_worker(config) or not getattr(config, "_gg_registry_selected", False):
+        return
+    from tests.test_zz_registry import missing_checks
+
+    missing = missing_checks(config._gg_checked)
+    if missing:
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(f"FAILED registry meta-test (all workers): {missing}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
