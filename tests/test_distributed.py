@@ -65,6 +65,14 @@ def test_nccl_code_path_on_emu_against_the_mpi_double():
     assert out.count("OK emu nccl") == 2, out[-3000:]
 
 
+def test_nccl_code_path_on_cuda_sim_against_the_mpi_double():
+    """On cuda-sim ``auto`` picks NCCL as on cuda (it picked MPI: the check was
+    ``device() == "cuda"``), with the simulated runtime's streams and device arrays."""
+    pytest.importorskip("cupy")  # cuda-sim checks against the installed CuPy
+    out = _spawn("rank_emu_nccl.py", device="cuda-sim")
+    assert out.count("OK cuda-sim nccl") == 2, out[-3000:]
+
+
 def test_a_raising_rank_aborts_the_job_quickly():
     script = os.path.join(SCRIPTS, "rank_raises.py")
     cmd = [sys.executable, "-m", "gpugrad.distributed.run", "-n", "2", "--timeout", "60", script]
