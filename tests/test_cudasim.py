@@ -411,6 +411,24 @@ def test_invalid_device_labels_make_the_loss_nan(on_sim):
         gg.nn.softmax_cross_entropy(z, np.array([0, 3]))
 
 
+def test_the_kernel_report_has_the_transfer_counters(on_sim):
+    gg.kernels.reset_report()
+    x = gg.dlarray(np.arange(3.0))  # host -> device
+    assert float(gg.sum(x * x)) == 5.0  # device -> host: a sync
+    report = gg.kernels.report()
+    section = report.sections[cudasim.REPORT_SECTION]
+    counts = section["counts"]
+    assert (counts["h2d"], counts["d2h"], counts["sync"]) == (1, 1, 1), section
+    assert counts["h2d_bytes"] == counts["d2h_bytes"] * 3 == 24
+    assert sorted(kind for kind, _, _ in section["top_sites"]) == ["d2h", "h2d"]
+    assert f"{cudasim.REPORT_SECTION}: " in str(report)
+    gg.kernels.reset_report()  # resets the counters too
+    counts = gg.kernels.report().sections[cudasim.REPORT_SECTION]["counts"]
+    assert counts["h2d"] == counts["d2h"] == counts["sync"] == 0
+    gg.set_device("cpu")
+    assert "not counted on cpu" in gg.kernels.report().sections[cudasim.REPORT_SECTION]
+
+
 # --------------------------------------------------------------------- the suite on the device
 
 

@@ -143,7 +143,8 @@ def events() -> list:
 
 
 def summary(top: int = 5) -> dict:
-    """For a report (``gg.kernels.report()``): the :func:`counts` since :func:`reset`
+    """For a report (``gg.kernels.report()``, section ``"transfers (cuda-sim)"``): the
+    :func:`counts` since :func:`reset` (``gg.kernels.reset_report()`` resets them too)
     and the ``top`` call sites by number of transfers/syncs.
 
     >>> sorted(summary())
@@ -1276,7 +1277,22 @@ def _make():
     scipy_ns.special = special
     x.scipy = scipy_ns
     _X = x
+    from . import dispatch  # noqa: PLC0415 - the report knows cuda-sim once it is built
+
+    dispatch.register_report_section(REPORT_SECTION, _report_section, reset=reset)
     return ns
+
+
+REPORT_SECTION = "transfers (cuda-sim)"
+
+
+def _report_section():
+    """The :func:`summary` in ``gg.kernels.report()`` (counted only on cuda-sim)."""
+    from gpugrad import backend  # noqa: PLC0415 - backend imports this module lazily
+
+    if backend.device() != "cuda-sim":
+        return f"not counted on {backend.device()} (only on cuda-sim)"
+    return summary()
 
 
 def not_simulated() -> dict:
