@@ -227,9 +227,7 @@ def linspace(start, stop, num=50, dtype=None):
     else:
         stop = _number(stop, "linspace", "stop")
     dt = _dtype(dtype, "linspace")
-    return make(
-        allocate("linspace", (num,), dt, lambda: xp.linspace(start, stop, num)).astype(dt)
-    )
+    return make(allocate("linspace", (num,), dt, lambda: xp.linspace(start, stop, num)).astype(dt))
 
 
 def meshgrid(*xs, indexing="xy"):
