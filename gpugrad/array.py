@@ -285,6 +285,8 @@ def as_raw(data):
             return data
         return data.get()
     if on_cuda:
+        if isinstance(data, np.ndarray) and type(data) is not np.ndarray:
+            data = _plain(data)  # a masked array's hidden values must not reach the device
         try:
             return backend.xp().asarray(data)
         except (TypeError, ValueError) as exc:  # ragged lists and the like, as on the host
