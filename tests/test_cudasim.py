@@ -43,7 +43,21 @@ DEVICE_TESTS = [
     "tests/test_autograd.py",
     "tests/test_optim.py",
     "tests/test_checkpoint.py",
+    # cheap on cuda-sim (under 10 s of tests each; docs/devices.md has the timings)
+    "tests/test_dlarray.py",
+    "tests/test_dtype.py",
+    "tests/test_namespace.py",
+    "tests/test_nn_bad_input.py",
+    "tests/test_interop.py",
+    "tests/test_interop_cuda.py",
+    "tests/test_layers_more.py",
+    "tests/test_value_semantics.py",
+    "tests/test_training_mode.py",
+    "tests/test_save_load.py",
 ]
+# every file that passes on cuda-sim (the whole suite but the device-independent and
+# the too-slow ones): GPUGRAD_DEVICE=cuda-sim python -m pytest $(cat tests/cudasim_files.txt)
+CUDA_SIM_FILES = (ROOT / "tests" / "cudasim_files.txt").read_text().split()
 
 
 @pytest.fixture
@@ -465,6 +479,13 @@ def test_gpu_bench_script_runs_on_the_simulator(tmp_path):
     assert {"ours_ms", "ours_host_ms", "ours_wall_ms", "vendor_ms", "vendor_tf32_ms"} <= set(sgemm)
     relu = next(row for row in rows if row["group"] == "relu_fwd")
     assert relu["l2_flushed"] and not sgemm["l2_flushed"]
+
+
+def test_the_cuda_sim_file_list_names_test_files():
+    assert len(CUDA_SIM_FILES) == len(set(CUDA_SIM_FILES)) > 20
+    for name in CUDA_SIM_FILES:
+        assert (ROOT / name).is_file() and name.startswith("tests/test_"), name
+    assert "tests/test_cudasim.py" not in CUDA_SIM_FILES  # it runs the device tests itself
 
 
 def test_op_tests_pass_on_the_device():
