@@ -25,6 +25,12 @@ def build_parser():
     parser.add_argument("--epochs", type=int, default=15, help="Train for this many epochs.")
     parser.add_argument("--batch", type=int, default=64, help="Use mini-batches of this size.")
     parser.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="Use only this many training samples (0, the default, uses all).",
+    )
+    parser.add_argument(
         "--plot",
         default=str(HERE / "digits_loss.png"),
         help="Write the loss curve (a PNG) to this path; pass '' to write none.",
@@ -96,6 +102,8 @@ def main(argv=None):
 
     gg.random.seed(args.seed)
     x_train, x_test, y_train, y_test = load_data(args.seed)
+    if args.limit:
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
     model = build_model()
     opt = gg.optim.Adam(model, learning_rate=3e-3)
     rng = np.random.default_rng(args.seed)

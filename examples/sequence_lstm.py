@@ -23,6 +23,12 @@ def build_parser():
     parser.add_argument("--epochs", type=int, default=20, help="Train for this many epochs.")
     parser.add_argument("--batch", type=int, default=64, help="Use mini-batches of this size.")
     parser.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="Use only this many training samples (0, the default, uses all).",
+    )
+    parser.add_argument(
         "--plot",
         default=str(HERE / "lstm_loss.png"),
         help="Write the loss curve (a PNG) to this path; pass '' to write none.",
@@ -71,6 +77,8 @@ def main(argv=None):
     x_train, x_test, y_train, y_test = train_test_split(
         x, digits.target, test_size=0.25, random_state=args.seed, stratify=digits.target
     )
+    if args.limit:
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
     gg.random.seed(args.seed)
     model = row_reader()
     opt = gg.optim.Adam(model, learning_rate=5e-3)

@@ -285,7 +285,14 @@ def as_raw(data):
             return data
         return data.get()
     if on_cuda:
-        return backend.xp().asarray(data)
+        if isinstance(data, np.ndarray) and type(data) is not np.ndarray:
+            data = _plain(data)  # a masked array's hidden values must not reach the device
+        try:
+            return backend.xp().asarray(data)
+        except (TypeError, ValueError) as exc:  # ragged lists and the like, as on the host
+            raise TypeError(
+                f"dlarray: cannot make an array from {type(data).__name__}: {exc}"
+            ) from exc
     if type(data) is np.ndarray:
         return data
     if isinstance(data, np.ndarray):

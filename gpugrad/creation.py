@@ -213,18 +213,21 @@ def linspace(start, stop, num=50, dtype=None):
         t = make(t.astype(dt).reshape((num,) + (1,) * nd))
         out = start * (1 - t) + stop * t
         return out if out.shape[0] == num else reshape(out, (num,) + out.shape[1:])
+    xp = backend.xp()
     if isinstance(start, dlarray) and start.size != 1:
         start = start._data  # array end points, as NumPy
-    elif not isinstance(start, np.ndarray):
+    elif isinstance(start, np.ndarray):
+        start = xp.asarray(start)  # host end points onto the device (cuda)
+    else:
         start = _number(start, "linspace", "start")
     if isinstance(stop, dlarray) and stop.size != 1:
         stop = stop._data
-    elif not isinstance(stop, np.ndarray):
+    elif isinstance(stop, np.ndarray):
+        stop = xp.asarray(stop)
+    else:
         stop = _number(stop, "linspace", "stop")
     dt = _dtype(dtype, "linspace")
-    return make(
-        allocate("linspace", (num,), dt, lambda: backend.xp().linspace(start, stop, num)).astype(dt)
-    )
+    return make(allocate("linspace", (num,), dt, lambda: xp.linspace(start, stop, num)).astype(dt))
 
 
 def meshgrid(*xs, indexing="xy"):

@@ -25,7 +25,7 @@ def fd(f, x, eps=1e-6):
 
 
 def close(a, b, tol=1e-6):
-    np.testing.assert_allclose(np.asarray(gg.extractdata(a)), b, rtol=tol, atol=tol)
+    np.testing.assert_allclose(gg.backend.to_host(gg.extractdata(a)), b, rtol=tol, atol=tol)
 
 
 # ------------------------------------------------------------------ 1. containers

@@ -43,7 +43,21 @@ DEVICE_TESTS = [
     "tests/test_autograd.py",
     "tests/test_optim.py",
     "tests/test_checkpoint.py",
+    # cheap on cuda-sim (under 10 s of tests each; docs/devices.md has the timings)
+    "tests/test_dlarray.py",
+    "tests/test_dtype.py",
+    "tests/test_namespace.py",
+    "tests/test_nn_bad_input.py",
+    "tests/test_interop.py",
+    "tests/test_interop_cuda.py",
+    "tests/test_layers_more.py",
+    "tests/test_value_semantics.py",
+    "tests/test_training_mode.py",
+    "tests/test_save_load.py",
 ]
+# every file that passes on cuda-sim (the whole suite but the device-independent and
+# the too-slow ones): GPUGRAD_DEVICE=cuda-sim python -m pytest $(cat tests/cudasim_files.txt)
+CUDA_SIM_FILES = (ROOT / "tests" / "cudasim_files.txt").read_text().split()
 
 
 @pytest.fixture
@@ -411,6 +425,24 @@ def test_invalid_device_labels_make_the_loss_nan(on_sim):
         gg.nn.softmax_cross_entropy(z, np.array([0, 3]))
 
 
+def test_the_kernel_report_has_the_transfer_counters(on_sim):
+    gg.kernels.reset_report()
+    x = gg.dlarray(np.arange(3.0))  # host -> device
+    assert float(gg.sum(x * x)) == 5.0  # device -> host: a sync
+    report = gg.kernels.report()
+    section = report.sections[cudasim.REPORT_SECTION]
+    counts = section["counts"]
+    assert (counts["h2d"], counts["d2h"], counts["sync"]) == (1, 1, 1), section
+    assert counts["h2d_bytes"] == counts["d2h_bytes"] * 3 == 24
+    assert sorted(kind for kind, _, _ in section["top_sites"]) == ["d2h", "h2d"]
+    assert f"{cudasim.REPORT_SECTION}: " in str(report)
+    gg.kernels.reset_report()  # resets the counters too
+    counts = gg.kernels.report().sections[cudasim.REPORT_SECTION]["counts"]
+    assert counts["h2d"] == counts["d2h"] == counts["sync"] == 0
+    gg.set_device("cpu")
+    assert "not counted on cpu" in gg.kernels.report().sections[cudasim.REPORT_SECTION]
+
+
 # --------------------------------------------------------------------- the suite on the device
 
 
@@ -447,6 +479,13 @@ def test_gpu_bench_script_runs_on_the_simulator(tmp_path):
     assert {"ours_ms", "ours_host_ms", "ours_wall_ms", "vendor_ms", "vendor_tf32_ms"} <= set(sgemm)
     relu = next(row for row in rows if row["group"] == "relu_fwd")
     assert relu["l2_flushed"] and not sgemm["l2_flushed"]
+
+
+def test_the_cuda_sim_file_list_names_test_files():
+    assert len(CUDA_SIM_FILES) == len(set(CUDA_SIM_FILES)) > 20
+    for name in CUDA_SIM_FILES:
+        assert (ROOT / name).is_file() and name.startswith("tests/test_"), name
+    assert "tests/test_cudasim.py" not in CUDA_SIM_FILES  # it runs the device tests itself
 
 
 def test_op_tests_pass_on_the_device():

@@ -13,7 +13,7 @@ import pytest
 import gpugrad as gg
 import gpugrad.distributed as dist
 from gpugrad import tape
-from gpugrad.distributed import _world, data, run
+from gpugrad.distributed import _comm, _world, data, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "tests", "distributed")
@@ -60,9 +60,44 @@ def test_two_ranks_train_like_one_process():
         assert out.count(f"OK {name}") == 2, (name, out[-3000:])
 
 
-def test_nccl_code_path_on_emu_against_the_mpi_double():
-    out = _spawn("rank_emu_nccl.py", device="emu")
-    assert out.count("OK emu nccl") == 2, out[-3000:]
+def test_nccl_code_path_against_the_mpi_double():
+    """emu; cuda-sim when the suite runs there (GPUGRAD_DEVICE=cuda-sim: device arrays
+    that refuse implicit host copies, the simulated runtime's streams and events)."""
+    device = "cuda-sim" if gg.device() == "cuda-sim" else "emu"
+    out = _spawn("rank_emu_nccl.py", device=device)
+    assert out.count(f"OK {device} nccl") == 2, out[-3000:]
+
+
+def test_auto_backend_is_nccl_on_the_cuda_path(monkeypatch):
+    """``init("auto")`` when launched: NCCL on cuda, cuda-sim and emu (cuda-sim took MPI:
+    the rule read ``device() == "cuda"``), MPI on cpu. One process with a stand-in
+    for MPI's world communicator."""
+    pytest.importorskip("cupy")  # cuda-sim checks against the installed CuPy
+
+    class World:
+        def Get_rank(self):
+            return 0
+
+        def Get_size(self):
+            return 2
+
+    monkeypatch.setattr(_comm, "_mpi", lambda: type("MPI", (), {"COMM_WORLD": World()}))
+    monkeypatch.setattr(_world, "launched", lambda env=None: True)
+    monkeypatch.setenv("GPUGRAD_LOCAL_RANK", "0")
+    old = gg.device()
+    try:
+        for device, want in (("cuda-sim", "nccl"), ("emu", "nccl"), ("cpu", "mpi")):
+            gg.set_device(device)
+            _world._reset_for_tests()
+            assert dist.init() == 0 and dist.backend_name() == want, device
+            c = _world.comm()
+            if want == "nccl":  # NCCL itself is the MPI double off a real GPU
+                assert isinstance(c, _comm.NcclComm) and isinstance(c.nccl, _comm.MpiNcclDouble)
+            else:
+                assert isinstance(c, _comm.MpiComm)
+    finally:
+        gg.set_device(old)
+        _world._reset_for_tests()
 
 
 def test_a_raising_rank_aborts_the_job_quickly():
@@ -219,7 +254,7 @@ class _Sink:
         self.events.append("begin")
 
     def ready(self, node, g):
-        self.events.append((node, None if g is None else np.array(g)))
+        self.events.append((node, None if g is None else gg.backend.to_host(g).copy()))
 
     def done(self):
         self.events.append("done")

@@ -27,9 +27,14 @@ def _running_normalized(x, mean, var, eps=1e-5):
     return (x - mean) / np.sqrt(var + eps)
 
 
+def _h(a):
+    """A raw array (BatchNorm's running statistics) on the host, whatever the device."""
+    return gg.backend.to_host(a)
+
+
 def _trained(bn):
     """Whether bn's last run trained: it moved the running statistics."""
-    return not np.allclose(bn.running_mean, 0)
+    return not np.allclose(_h(bn.running_mean), 0)
 
 
 def _drops(fn):
@@ -74,7 +79,7 @@ def test_default_under_a_gradient_trains_in_every_face(face):
         out.backward()
         g = bn.grad
     assert _trained(bn)
-    np.testing.assert_allclose(bn.running_mean, 0.1 * X.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(_h(bn.running_mean), 0.1 * X.mean(0), rtol=1e-12)
     # reference: the functional batchnorm with batch statistics, explicitly
     ref = gg.gradient(
         lambda off, sc: gg.sum(
@@ -101,19 +106,20 @@ def test_matlab_forward_trains_and_predict_infers():
     bn = _bn()
     x = gg.dlarray(X)
     np.testing.assert_allclose(bn.forward(x).numpy(), _batch_normalized(X), atol=1e-12)
-    np.testing.assert_allclose(bn.running_mean, 0.1 * X.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(bn.running_var, 0.9 + 0.1 * X.var(0, ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(_h(bn.running_mean), 0.1 * X.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(_h(bn.running_var), 0.9 + 0.1 * X.var(0, ddof=1), rtol=1e-12)
     before = bn.running_mean.copy()
     y = bn.predict(x).numpy()
-    np.testing.assert_allclose(y, _running_normalized(X, bn.running_mean, bn.running_var))
-    np.testing.assert_array_equal(bn.running_mean, before)
+    np.testing.assert_allclose(y, _running_normalized(X, _h(bn.running_mean), _h(bn.running_var)))
+    np.testing.assert_array_equal(_h(bn.running_mean), _h(before))
     drop = gg.nn.Dropout(RATE)
     assert _drops(drop.forward) and not _drops(drop.predict)
     # the functions of the same name
     bn2 = _bn()
     np.testing.assert_allclose(gg.forward(bn2, x).numpy(), _batch_normalized(X), atol=1e-12)
     np.testing.assert_allclose(
-        gg.predict(bn2, x).numpy(), _running_normalized(X, bn2.running_mean, bn2.running_var)
+        gg.predict(bn2, x).numpy(),
+        _running_normalized(X, _h(bn2.running_mean), _h(bn2.running_var)),
     )
     assert _drops(lambda v: gg.forward(drop, v)) and not _drops(lambda v: gg.predict(drop, v))
     # a plain function of layers works too
@@ -272,11 +278,11 @@ def test_functional_batchnorm_agrees_with_the_layer(training):
         out = gg.batchnorm(x, bn.offset, bn.scale, gg.dlarray(rm), gg.dlarray(rv), data_format="BC")
     if training:
         y_fn, new_mean, new_var = out
-        np.testing.assert_allclose(new_mean.numpy(), bn.running_mean, rtol=1e-12)
-        np.testing.assert_allclose(new_var.numpy(), bn.running_var, rtol=1e-12)
+        np.testing.assert_allclose(new_mean.numpy(), _h(bn.running_mean), rtol=1e-12)
+        np.testing.assert_allclose(new_var.numpy(), _h(bn.running_var), rtol=1e-12)
     else:
         y_fn = out
-        np.testing.assert_array_equal(bn.running_mean, rm)
+        np.testing.assert_array_equal(_h(bn.running_mean), _h(rm))
     np.testing.assert_allclose(y_fn.numpy(), y_layer, rtol=1e-12)
 
 

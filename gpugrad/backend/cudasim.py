@@ -143,7 +143,8 @@ def events() -> list:
 
 
 def summary(top: int = 5) -> dict:
-    """For a report (``gg.kernels.report()``): the :func:`counts` since :func:`reset`
+    """For a report (``gg.kernels.report()``, section ``"transfers (cuda-sim)"``): the
+    :func:`counts` since :func:`reset` (``gg.kernels.reset_report()`` resets them too)
     and the ``top`` call sites by number of transfers/syncs.
 
     >>> sorted(summary())
@@ -306,6 +307,7 @@ class _Pool:
 
 _POOL = _Pool()
 _PINNED = _Pool()
+_OWNERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id(buffer) -> its array
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -419,7 +421,7 @@ def _unop(name):
 class ndarray:
     """A device array of the simulated CuPy (a NumPy buffer standing for GPU memory)."""
 
-    __slots__ = ("_a", "__weakref__")
+    __slots__ = ("_a", "_base", "__weakref__")
     __array_priority__ = 100
     __hash__ = None
 
@@ -427,14 +429,39 @@ class ndarray:
         a = np.empty(shape, dtype=dtype, order=order)
         _POOL._alloc(a)
         self._a = a
+        self._base = None
+        _OWNERS[id(a)] = self
 
     @classmethod
     def _from(cls, a: np.ndarray):
         obj = object.__new__(cls)
         if a.base is None and a.flags.owndata:
             _POOL._alloc(a)
+            _OWNERS[id(a)] = obj
         obj._a = a
+        obj._base = None
         return obj
+
+    @property
+    def base(self):
+        """The device array owning the memory of a view (as in CuPy: the same object
+        every time, kept alive by the view), else None. It was a new wrapper on every
+        access, counted as a new allocation, so id(x.base) -- gpugrad's in-place version
+        key -- changed between accesses."""
+        b = self._a.base
+        if not isinstance(b, np.ndarray):
+            return None
+        w = self._base
+        if w is None:
+            while isinstance(b.base, np.ndarray):
+                b = b.base
+            w = _OWNERS.get(id(b))  # alive, so it still holds b: the id is b's
+            if w is None:
+                w = object.__new__(ndarray)  # its bytes were counted when it was made
+                w._a, w._base = b, None
+                _OWNERS[id(b)] = w
+            self._base = w
+        return w
 
     # -- attributes
     shape = property(lambda self: self._a.shape)
@@ -447,7 +474,6 @@ class ndarray:
     flags = property(lambda self: self._a.flags)
     T = property(lambda self: ndarray._from(self._a.T))
     mT = property(lambda self: ndarray._from(np.swapaxes(self._a, -1, -2)))
-    base = property(lambda self: None if self._a.base is None else ndarray._from(self._a.base))
 
     @shape.setter
     def shape(self, value):
@@ -1276,7 +1302,22 @@ def _make():
     scipy_ns.special = special
     x.scipy = scipy_ns
     _X = x
+    from . import dispatch  # noqa: PLC0415 - the report knows cuda-sim once it is built
+
+    dispatch.register_report_section(REPORT_SECTION, _report_section, reset=reset)
     return ns
+
+
+REPORT_SECTION = "transfers (cuda-sim)"
+
+
+def _report_section():
+    """The :func:`summary` in ``gg.kernels.report()`` (counted only on cuda-sim)."""
+    from gpugrad import backend  # noqa: PLC0415 - backend imports this module lazily
+
+    if backend.device() != "cuda-sim":
+        return f"not counted on {backend.device()} (only on cuda-sim)"
+    return summary()
 
 
 def not_simulated() -> dict:

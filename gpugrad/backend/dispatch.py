@@ -256,12 +256,18 @@ class KernelReport:
 
 
 _report_sections: dict[str, Callable[[], Any]] = {}
+_report_resets: dict[str, Callable[[], None]] = {}
 
 
-def register_report_section(name: str, fn: Callable[[], Any]) -> None:
+def register_report_section(
+    name: str, fn: Callable[[], Any], reset: Callable[[], None] | None = None
+) -> None:
     """Add a section to every ``report()``: ``fn()`` is called when the report is made
-    (e.g. counters of host-device transfers)."""
+    (e.g. counters of host-device transfers); ``reset()``, when given, is called by
+    ``reset_report()`` (the counters start again from zero)."""
     _report_sections[name] = fn
+    if reset is not None:
+        _report_resets[name] = reset
 
 
 # --------------------------------------------------------------------------- dispatcher
@@ -562,5 +568,8 @@ def report() -> KernelReport:
 
 
 def reset_report() -> None:
-    """Zero the counts of ``report()`` (the cached choices stay)."""
+    """Zero the counts of ``report()`` (the cached choices stay), and those of the
+    sections registered with a ``reset``."""
     default_dispatcher().reset_report()
+    for reset in list(_report_resets.values()):
+        reset()

@@ -142,6 +142,8 @@ def _raw_of(x):
 def _rewrap(like, raw):
     if type(like) is dlarray:
         return make(raw, like._fmt)
+    if isinstance(like, np.ndarray):
+        return backend.to_host(raw)  # a host array in, a host array out (on cuda too)
     if _is_raw(like):
         return raw
     value = raw.item() if hasattr(raw, "item") else raw
@@ -207,7 +209,7 @@ def all_reduce(x, op="sum"):
             )
         return prim(x, op=op)
     if _is_raw(x):
-        return _raw_reduce(x, op)
+        return _rewrap(x, _raw_reduce(x, op))
     if isinstance(x, (numbers.Number, np.generic)) and not isinstance(x, bool):
         return _rewrap(x, _raw_reduce(np.asarray(x), op))
     leaves = _leaf_list(x)
@@ -329,7 +331,7 @@ def all_gather(x):
     for v in leaves:
         raw = _raw_of(v)
         gathered = c.allgather(xp.ascontiguousarray(xp.asarray(raw)))
-        out[id(v)] = make(gathered) if type(v) is dlarray else gathered
+        out[id(v)] = make(gathered) if type(v) is dlarray else _rewrap(v, gathered)
     return _map_leaves(lambda v: out[id(v)], x)
 
 

@@ -8,7 +8,8 @@
                 the NCCL unique id is broadcast over MPI. On ``emu`` the same code runs
                 against ``MpiNcclDouble``, an MPI-backed stand-in for
                 ``cupy.cuda.nccl.NcclCommunicator`` (same methods, raw pointers), with
-                host stand-ins for the stream and the events.
+                host stand-ins for the stream and the events; on ``cuda-sim`` against
+                the same double, with the simulated runtime's streams and events.
 
 Every communicator works on contiguous raw arrays of the active device, in place.
 Collectives are blocking unless named ``i...``, which return a handle with
@@ -326,7 +327,8 @@ class NcclComm:
         self.size = mpi.size
         cupy = backend._state["cupy"]
         if nccl_comm is None:
-            if cupy is None:
+            # cuda-sim: its streams and events, the MPI double for NCCL (not simulated)
+            if cupy is None or backend.device() == "cuda-sim":
                 nccl_comm = MpiNcclDouble(mpi.comm)
             else:
                 from cupy.cuda import nccl

@@ -63,10 +63,11 @@ def init(backend="auto"):
     Open MPI's ``OMPI_COMM_WORLD_*``), ``srun`` (``PMIX_RANK``, ``SLURM_*``). Not
     launched, the same script runs as one process (rank 0 of 1) without loading MPI.
 
-    ``backend``: ``"auto"`` (NCCL on ``cuda`` and on ``emu``, where an MPI-backed test
-    double stands in for NCCL; MPI on ``cpu``), ``"mpi"`` (host buffers), ``"nccl"``,
-    or ``"single"`` (one process even when launched, e.g. to debug one rank). On
-    ``cuda`` each process uses GPU ``local_rank() % device_count``.
+    ``backend``: ``"auto"`` (NCCL on ``cuda``, ``cuda-sim`` and ``emu``; on the last
+    two an MPI-backed test double stands in for NCCL; MPI on ``cpu``), ``"mpi"`` (host
+    buffers), ``"nccl"``, or ``"single"`` (one process even when launched, e.g. to debug
+    one rank). On ``cuda`` (and ``cuda-sim``) each process uses GPU
+    ``local_rank() % device_count``.
 
     >>> import gpugrad.distributed as dist
     >>> dist.init(), dist.size()
@@ -102,13 +103,14 @@ def init(backend="auto"):
     world = MPI.COMM_WORLD
     local = _local_rank_from(env, world)
     dev = backend_device()
-    if dev == "cuda":
+    cuda_path = backend_is_cuda()  # cuda and cuda-sim: the same choices
+    if cuda_path:
         cupy = backend_cupy()
         cupy.cuda.Device(local % cupy.cuda.runtime.getDeviceCount()).use()
     mpi = _comm.MpiComm(world)
     name = backend
     if name == "auto":
-        name = "nccl" if dev in ("cuda", "emu") else "mpi"
+        name = "nccl" if cuda_path or dev == "emu" else "mpi"
     comm = _comm.NcclComm(mpi) if name == "nccl" else mpi
     st.update(comm=comm, local_rank=local, backend=name)
     return comm.rank
@@ -116,6 +118,10 @@ def init(backend="auto"):
 
 def backend_device():
     return backend.device()
+
+
+def backend_is_cuda():
+    return backend.is_cuda()
 
 
 def backend_cupy():

@@ -1,5 +1,6 @@
-"""Run on 2 ranks with GPUGRAD_DEVICE=emu: the NCCL code path (device buckets, NCCL
-dtype/op enums, raw pointers, comm stream and events) against the MPI-backed double."""
+"""Run on 2 ranks with GPUGRAD_DEVICE=emu or cuda-sim: the NCCL code path (device
+buckets, NCCL dtype/op enums, raw pointers, comm stream and events) against the
+MPI-backed double; on cuda-sim with device arrays that refuse implicit host copies."""
 
 import copy
 
@@ -11,7 +12,7 @@ from gpugrad.distributed import _comm, _world
 
 
 def main():
-    assert gg.device() == "emu", gg.device()
+    assert gg.device() in ("emu", "cuda-sim"), gg.device()
     dist.init()
     c = _world.comm()
     assert dist.backend_name() == "nccl" and isinstance(c, _comm.NcclComm), dist.backend_name()
@@ -27,6 +28,12 @@ def main():
     assert np.array_equal(dist.broadcast(np.full(3, float(r)), root=1), [1.0, 1.0, 1.0])
     g = dist.all_gather(np.array([r, 2 * r], np.int32))
     assert np.array_equal(g, [[0, 0], [1, 2]])
+    # a host array in, a host array out; device arrays stay on the device
+    assert type(dist.all_reduce(a)) is np.ndarray and type(g) is np.ndarray
+    xp = gg.backend.xp()
+    on_dev = dist.all_reduce(xp.asarray(a))
+    assert gg.backend.is_device_array(on_dev) == gg.backend.is_cuda()
+    assert np.array_equal(gg.backend.to_host(on_dev), a / (r + 1) * 3)
     before = dict(c.nccl.calls)
     assert before["allReduce"] >= 4 and before["bcast"] >= 1 and before["allGather"] >= 1
 
@@ -74,11 +81,15 @@ def main():
         net, vel = gg.sgdmupdate(net, ge, vel, learn_rate=0.05)
         ga = gg.dlfeval(acc, net_a, gg.dlarray(x[half]), gg.dlarray(t[half]))
         net_a, vel_a = gg.sgdmupdate(net_a, ga, vel_a, learn_rate=0.05)
-    assert (acc.hits, acc.eager_calls) == (2, 0), (acc.hits, acc.eager_calls)
+    # on cuda-sim dlaccelerate may still run the step eagerly (the cuda replay is issue
+    # #13's); the results and the NCCL calls below must hold either way
+    if gg.device() == "emu":
+        assert (acc.hits, acc.eager_calls) == (2, 0), (acc.hits, acc.eager_calls)
+    assert acc.hits + acc.eager_calls == 2, (acc.hits, acc.eager_calls)
     for p, q in zip(gg.tree.leaves(net.parameters()), gg.tree.leaves(net_a.parameters())):
         assert np.array_equal(p.numpy(), q.numpy())
     assert c.nccl.calls["allReduce"] >= calls + 6 * len(net_a.bucket_plan)
-    print(f"OK emu nccl maxdiff={d:.1e} calls={c.nccl.calls} rank={r}", flush=True)
+    print(f"OK {gg.device()} nccl maxdiff={d:.1e} calls={c.nccl.calls} rank={r}", flush=True)
     dist.barrier()
     print(f"DONE rank={r}", flush=True)
 
