@@ -240,6 +240,10 @@ def graph_backend():
         return _CudaGraphs()
     if dev == "emu":
         return _EmuGraphs()
+    if dev == "cuda-sim":  # no stream capture simulated: the emulator's twin, on the cuda path
+        twin = _EmuGraphs()
+        twin.device = "cuda-sim"
+        return twin
     return None
 
 
