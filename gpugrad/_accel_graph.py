@@ -314,7 +314,8 @@ class Captured:
                 if o._grad is not None:
                     raise GraphUnsupported("an input carries an MXNet gradient buffer (.grad)")
             elif isinstance(o, np.ndarray) or backend.is_device_array(o):
-                buf = xp.empty_like(o)
+                # a host array (e.g. labels) keeps a host buffer: CuPy refuses a host operand
+                buf = (np if isinstance(o, np.ndarray) else xp).empty_like(o)
                 buf[...] = o
                 static_objs[i] = buf
                 self.copies.append((i, buf))

@@ -201,9 +201,7 @@ class _Recorder:
             # baking it in as a constant would replay the first call's values forever
             self.escape_data("an array computed from traced data")
         elif (
-            backend.is_device_array(v)
-            and not isinstance(v, np.ndarray)
-            and id(v) not in self.clean
+            backend.is_device_array(v) and not isinstance(v, np.ndarray) and id(v) not in self.clean
         ):
             # why: device arrays carry no taint; one of unknown provenance may hold
             # traced data (see gpugrad/_provenance.py), so only clean ones are constants
