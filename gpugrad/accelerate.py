@@ -25,6 +25,10 @@ Guards (never silently wrong):
   ``x.numpy()``, ``np.asarray(x)``, ``gg.extractdata(x)``) while tracing makes that
   key run eagerly from then on, with one warning naming the line;
 * random draws are replayed as draws (fresh numbers, the same ones eager would draw);
+* on ``cuda``/``cuda-sim`` device arrays carry no taint: a device array the recorder
+  meets must be an input, a recorded result, closure data read live, or *clean* (made
+  by a ``gg.backend.xp()`` call on shapes and host values only); any other makes the
+  key run eagerly with a warning (see ``gpugrad/_provenance.py`` for the rule);
 * dlarrays the function reaches without taking them as arguments (closures, object
   attributes) are read live, with their shape and dtype checked on every replay;
 * the first replay of a key whose trace has no side effects is checked against an
@@ -207,7 +211,8 @@ class _Recorder:
             # traced data (see gpugrad/_provenance.py), so only clean ones are constants
             self.escape_data(
                 "a device array of unknown provenance (made outside the recorded calls, "
-                "not by an xp call on shapes and host values only)"
+                "and not by a gg.backend.xp() call on shapes and host values only; "
+                "on cuda, raw CuPy code on x._data is not replayed)"
             )
         if hasattr(v, "__gg_flatten__") and not isinstance(v, type):
             vals = []
