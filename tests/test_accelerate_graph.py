@@ -225,6 +225,15 @@ def test_the_gpu_bench_row_counts_launches_before_and_after_capture(emu):
 
 
 def test_no_graph_on_cpu():
+    before = backend.device()
+    backend.set_device("cpu")  # also when the suite runs on another device
+    try:
+        _no_graph_on_cpu()
+    finally:
+        backend.set_device(before)
+
+
+def _no_graph_on_cpu():
     acc = gg.dlaccelerate(lambda x: x * 2.0)
     for _ in range(4):
         acc(gg.dlarray([1.0, 2.0]))

@@ -43,6 +43,7 @@ DEVICE_TESTS = [
     "tests/test_autograd.py",
     "tests/test_optim.py",
     "tests/test_checkpoint.py",
+    "tests/test_accelerate.py",
 ]
 
 
