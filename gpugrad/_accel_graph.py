@@ -240,6 +240,10 @@ def graph_backend():
         return _CudaGraphs()
     if dev == "emu":
         return _EmuGraphs()
+    if dev == "cuda-sim":  # no stream capture simulated: the emulator's twin, on the cuda path
+        twin = _EmuGraphs()
+        twin.device = "cuda-sim"
+        return twin
     return None
 
 
@@ -310,7 +314,8 @@ class Captured:
                 if o._grad is not None:
                     raise GraphUnsupported("an input carries an MXNet gradient buffer (.grad)")
             elif isinstance(o, np.ndarray) or backend.is_device_array(o):
-                buf = xp.empty_like(o)
+                # a host array (e.g. labels) keeps a host buffer: CuPy refuses a host operand
+                buf = (np if isinstance(o, np.ndarray) else xp).empty_like(o)
                 buf[...] = o
                 static_objs[i] = buf
                 self.copies.append((i, buf))

@@ -25,6 +25,10 @@ Guards (never silently wrong):
   ``x.numpy()``, ``np.asarray(x)``, ``gg.extractdata(x)``) while tracing makes that
   key run eagerly from then on, with one warning naming the line;
 * random draws are replayed as draws (fresh numbers, the same ones eager would draw);
+* on ``cuda``/``cuda-sim`` device arrays carry no taint: a device array the recorder
+  meets must be an input, a recorded result, closure data read live, or *clean* (made
+  by a ``gg.backend.xp()`` call on shapes and host values only); any other makes the
+  key run eagerly with a warning (see ``gpugrad/_provenance.py`` for the rule);
 * dlarrays the function reaches without taking them as arguments (closures, object
   attributes) are read live, with their shape and dtype checked on every replay;
 * the first replay of a key whose trace has no side effects is checked against an
@@ -61,7 +65,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _accel_graph, backend, tape
+from . import _accel_graph, _provenance, backend, tape
 from . import random as _random
 from ._taint import Tainted, plain, taint
 from .array import dlarray
@@ -146,6 +150,8 @@ class _Recorder:
         self.primitives = set()  # names of the primitives the trace calls
         self.host_state = []  # why a graph cannot hold this trace (host-side effects)
         self.live_used = []  # the dlarrays whose arrays the replay reads live
+        self.clean = {}  # id -> device array made from shapes and host values (cuda path)
+        self.device_path = False  # set by _provenance.Tracking on cuda and cuda-sim
 
     # names ---------------------------------------------------------------
     def _name(self, obj, prefix="s"):
@@ -198,9 +204,16 @@ class _Recorder:
             # why: an array computed from traced data by code the recorder did not see;
             # baking it in as a constant would replay the first call's values forever
             self.escape_data("an array computed from traced data")
-        elif backend.is_device_array(v) and not isinstance(v, np.ndarray):
-            # no taint tracking for device arrays: an unknown one may hold traced data
-            self.escape_data("an array the trace did not produce (device arrays are not tracked)")
+        elif (
+            backend.is_device_array(v) and not isinstance(v, np.ndarray) and id(v) not in self.clean
+        ):
+            # why: device arrays carry no taint; one of unknown provenance may hold
+            # traced data (see gpugrad/_provenance.py), so only clean ones are constants
+            self.escape_data(
+                "a device array of unknown provenance (made outside the recorded calls, "
+                "and not by a gg.backend.xp() call on shapes and host values only; "
+                "on cuda, raw CuPy code on x._data is not replayed)"
+            )
         if hasattr(v, "__gg_flatten__") and not isinstance(v, type):
             vals = []
             map_arrays(lambda d: vals.append(self.expr(d)), v)
@@ -270,10 +283,13 @@ class _Recorder:
                 before = _random.get_state()
                 out = fn(*plain(args), **plain(kwargs))
                 self._drew(before, fn)
+                pure = _random.get_state() == before  # (read at depth 1: not recorded)
             finally:
                 self.depth -= 1
             out = _taint_out(out)
             self.emit(fn, args, kwargs, out)
+            if self.device_path and pure:
+                _provenance.note_recorded(self, args, kwargs, out)
             if name is not None:
                 self.primitives.add(name)
             return out
@@ -289,6 +305,7 @@ class _Recorder:
             before = _random.get_state()
             out = fn(*plain(args), **plain(kwargs))
             self._drew(before, fn)
+            pure = not mutates and _random.get_state() == before
         finally:
             self.depth -= 1
             _resume(suspended)
@@ -299,6 +316,8 @@ class _Recorder:
             )
         out = _taint_out(out)
         self.emit(fn, args, kwargs, out)
+        if self.device_path and pure:
+            _provenance.note_recorded(self, args, kwargs, out)
         return out
 
     def _drew(self, before, fn):
@@ -573,9 +592,11 @@ class _Installed:
             setattr(dlarray, n, _escape_method(n, self.methods[n]))
         dlarray.__array__ = _array_escape(self.methods["__array__"])
         core.RECORDER = rec
+        self.tracking = _provenance.Tracking(rec).__enter__()  # device arrays (cuda path)
         return rec
 
     def __exit__(self, *exc):
+        self.tracking.__exit__(*exc)
         core.RECORDER = None
         for prim, fwd, fast in self.prims:
             prim.fwd = fwd

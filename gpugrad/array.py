@@ -336,6 +336,17 @@ def _shares_memory(raw, source):
         return True
 
 
+def _astype(raw, dtype):
+    """``raw.astype(dtype)``; on the cuda path a copy of a device array that a
+    ``gg.dlaccelerate`` trace knows as a constant is one too (gpugrad/_provenance.py)."""
+    out = raw.astype(dtype)
+    if type(raw) is not np.ndarray and backend.is_device_array(raw):
+        from ._provenance import derived
+
+        out = derived(out, raw)
+    return out
+
+
 def _normalize_dtype(raw, dtype, where):
     if dtype is not None:
         dt = np.dtype(dtype)
@@ -345,13 +356,13 @@ def _normalize_dtype(raw, dtype, where):
                 "(integer data is stored as float64, as MATLAB double)"
             )
         if raw.dtype != dt:
-            raw = raw.astype(dt)
+            raw = _astype(raw, dt)
         return raw
     kind = raw.dtype.kind
     if kind in "fcb":
         return raw
     if kind in "iu":
-        return raw.astype(np.float64)
+        return _astype(raw, np.float64)
     raise TypeError(
         f"{where}: data of dtype {raw.dtype} is not numeric; expected numbers (float, complex, "
         "integer or bool)"

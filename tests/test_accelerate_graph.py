@@ -17,12 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def emu(monkeypatch):
-    # the per-step LSTM kernels: the emu graph twin records launches made through
-    # Kernel.__call__, and the persistent LSTM's cooperative launch does not pass there yet
-    from gpugrad.backend import kernels
-
-    monkeypatch.setattr(kernels, "lstm_persistent_enabled", False)
+def emu():
     before = backend.device()
     backend.set_device("emu")
     try:
@@ -79,8 +74,12 @@ def _run_steps(net, shape, steps=6):
     return acc, counts
 
 
-@pytest.mark.parametrize("model", ["mlp", "lstm"])
-def test_a_captured_replay_equals_eager_and_is_one_graph_launch(emu, model):
+@pytest.mark.parametrize("model", ["mlp", "lstm", "lstm_per_step"])
+def test_a_captured_replay_equals_eager_and_is_one_graph_launch(emu, model, monkeypatch):
+    from gpugrad.backend import kernels as _kernels
+
+    if model == "lstm_per_step":  # one cell kernel per time step instead
+        monkeypatch.setattr(_kernels, "lstm_persistent_enabled", False)
     net, shape = (_mlp(), (4, 6)) if model == "mlp" else (_Lstm(), (4, 7, 5))
     acc, counts = _run_steps(net, shape)
     (report,) = acc.graph_report()
@@ -91,8 +90,11 @@ def test_a_captured_replay_equals_eager_and_is_one_graph_launch(emu, model):
     assert counts[2] == (kernels, 0)
     assert counts[3:] == [(0, 1), (0, 2), (0, 3)]
     assert report["graph_launches"] == 3
-    if model == "lstm":  # the per-step cell kernels, forward and backward
-        assert kernels >= 2 * 7
+    launched = [sig[0] for sig in next(iter(acc._cache.values())).graph.graph.launches]
+    if model == "lstm":  # the persistent LSTM's cooperative launches are in the graph
+        assert "lstm_fwd_persistent_f32" in launched and "lstm_bwd_persistent_f32" in launched
+    elif model == "lstm_per_step":  # the per-step cell kernels, forward and backward
+        assert kernels >= 2 * 7 and not any("persistent" in name for name in launched)
     else:
         assert kernels >= 3
 
@@ -217,11 +219,21 @@ def test_the_gpu_bench_row_counts_launches_before_and_after_capture(emu):
     spec.loader.exec_module(module)
     got = module.lstm_step_launches(steps=3, batch=2, features=3, hidden=4, calls=6)
     assert got["captured"] and got["reason"] is None
-    assert got["before"] == got["kernels_in_graph"] >= 2 * 3 and got["after"] == 0
+    # the persistent LSTM: one cooperative launch each way, plus the head's matmuls
+    assert got["before"] == got["kernels_in_graph"] == got["eager"] >= 2 and got["after"] == 0
     assert got["graph_launches"] == 3
 
 
 def test_no_graph_on_cpu():
+    before = backend.device()
+    backend.set_device("cpu")  # also when the suite runs on another device
+    try:
+        _no_graph_on_cpu()
+    finally:
+        backend.set_device(before)
+
+
+def _no_graph_on_cpu():
     acc = gg.dlaccelerate(lambda x: x * 2.0)
     for _ in range(4):
         acc(gg.dlarray([1.0, 2.0]))

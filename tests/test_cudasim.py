@@ -54,6 +54,7 @@ DEVICE_TESTS = [
     "tests/test_value_semantics.py",
     "tests/test_training_mode.py",
     "tests/test_save_load.py",
+    "tests/test_accelerate.py",
 ]
 # every file that passes on cuda-sim (the whole suite but the device-independent and
 # the too-slow ones): GPUGRAD_DEVICE=cuda-sim python -m pytest $(cat tests/cudasim_files.txt)

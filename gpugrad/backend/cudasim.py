@@ -67,7 +67,9 @@ IMPLICIT_MSG = (
 
 # ----------------------------------------------------------------------------- counting
 
-_lock = threading.Lock()
+# why: reentrant: a device array's finalizer (_Pool._free) takes it, and a garbage
+# collection may run that finalizer while this thread holds it (in _record, say)
+_lock = threading.RLock()
 _COUNTS = {"h2d": 0, "d2h": 0, "sync": 0, "h2d_bytes": 0, "d2h_bytes": 0, "launches": 0}
 _EVENTS: list = []
 _TRACKERS: list = []

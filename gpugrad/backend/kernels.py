@@ -1486,7 +1486,10 @@ def _launch_cooperative(plan: LstmPlan, args) -> None:
     fn.max_dynamic_shared_size_bytes = max(plan.shared_mem, 48 * 1024)
     with _lock:
         _launch_counts[plan.kernel] = _launch_counts.get(plan.kernel, 0) + 1
-    fn(plan.grid, plan.block, tuple(args), shared_mem=plan.shared_mem)
+    args = tuple(args)
+    if LAUNCH_HOOK is not None:  # gg.dlaccelerate graph hook: a cooperative launch too
+        LAUNCH_HOOK(plan.kernel, plan.grid, plan.block, args, plan.shared_mem)
+    fn(plan.grid, plan.block, args, shared_mem=plan.shared_mem)
 
 
 def _lstm_shapes(fn, arrays: dict, shapes: dict, dtype):

@@ -1175,7 +1175,7 @@ def crossentropy(y, targets, *, normalization="batch-size", data_format=None):
     f.require("C", where, "CB")
     n = _observations(f, normalization, where)
     if ts.size and ts.dtype.kind in "biuf":
-        low, high = float(ts._data.min()), float(ts._data.max())
+        low, high = float(_xp().min(ts._data)), float(_xp().max(ts._data))
         if low < 0 or high > 1:
             raise ValueError(
                 f"{where}: targets must be probabilities in [0, 1] (e.g. one-hot), got values "
@@ -1358,7 +1358,7 @@ def softmax_cross_entropy(logits, labels):
         if lab.dtype.kind not in "biuf":
             raise ValueError(f"{where}: probability labels must be numbers, got dtype {lab.dtype}")
         probs = _probability_labels(lab, z.dtype)
-        low, high = float(probs.min()), float(probs.max())
+        low, high = float(_xp().min(probs)), float(_xp().max(probs))
         if low < 0 or high > 1:
             raise ValueError(
                 f"{where}: probability labels [batch, classes] must lie in [0, 1], got values "
