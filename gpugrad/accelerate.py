@@ -145,6 +145,8 @@ class _Recorder:
         self.calls = 0
         self.primitives = set()  # names of the primitives the trace calls
         self.host_state = []  # why a graph cannot hold this trace (host-side effects)
+        # host calls a graph stages (random draws, in-place updates): see _accel_graph
+        self.staged = []
         self.live_used = []  # the dlarrays whose arrays the replay reads live
 
     # names ---------------------------------------------------------------
@@ -288,17 +290,19 @@ class _Recorder:
         try:
             before = _random.get_state()
             out = fn(*plain(args), **plain(kwargs))
-            self._drew(before, fn)
+            drew = _random.get_state() != before
         finally:
             self.depth -= 1
             _resume(suspended)
         if mutates:
             self.mutates = True
-            self.host_state.append(
-                f"{getattr(fn, '__qualname__', fn)} changes state (mutates=True)"
-            )
         out = _taint_out(out)
+        line = len(self.lines)
         self.emit(fn, args, kwargs, out)
+        if mutates or drew:  # a graph stages it (gpugrad/_accel_graph.py) or says why not
+            self.staged.append(
+                _accel_graph.StagedCall(line, self.const(fn), fn, mutates, drew, out)
+            )
         return out
 
     def _drew(self, before, fn):
@@ -815,6 +819,7 @@ def collective(what):
         return
     if rec.depth:
         rec.mutates = True
+        rec.host_state.append(f"a collective ({what})")
     else:
         rec.refuse(f"a collective outside a recorded call ({what})")
 
@@ -840,6 +845,7 @@ class _Entry:
         "replays",
         "kernels",
         "stale_graphs",
+        "staged",
     )
 
     def __init__(self, fn, mutates, keep, source, calls, primitives):
@@ -856,6 +862,7 @@ class _Entry:
         self.replays = 0  # plain replays made
         self.kernels = None  # kernel launches of the last plain replay (cuda, emu)
         self.stale_graphs = 0  # graphs dropped because an in-place input was rebound
+        self.staged = ()  # _accel_graph.StagedCall of each staged host call
 
 
 class AcceleratedFunction:
@@ -1113,6 +1120,9 @@ class AcceleratedFunction:
                 self.GraphLaunches += 1
                 self.KernelLaunches = 0
                 return graph.first(objs)
+            if graph.ran:  # emu: the failed capture ran this call as a plain replay
+                entry.replays += 1
+                return graph.result
         if type(graph) is _accel_graph.Captured:
             try:
                 out = graph.launch(objs)
@@ -1120,8 +1130,13 @@ class AcceleratedFunction:
                 entry.graph = None
                 entry.stale_graphs += 1
             except _accel_graph.GraphUnsupported as exc:  # the emulator's check failed
-                entry.graph = _accel_graph.NoGraph(str(exc))
-                self._warn_once("graph:" + str(exc), f"graph dropped, plain replay: {exc}")
+                entry.graph = _accel_graph.NoGraph(exc.args[0])
+                self._warn_once(
+                    "graph:" + exc.args[0], f"graph dropped, plain replay: {exc.args[0]}"
+                )
+                if hasattr(exc, "result"):  # that run's results stand (no second update)
+                    entry.replays += 1
+                    return exc.result
             else:
                 self.GraphLaunches += 1
                 self.KernelLaunches = 0
@@ -1254,6 +1269,7 @@ class AcceleratedFunction:
             mutates = rec.mutates or bool(lines)
             entry = _Entry(rec.ns["_replay"], mutates, keep, source, rec.calls, rec.primitives)
             entry.host_state = tuple(rec.host_state)
+            entry.staged = tuple(c.at(1 + len(rec.prologue)) for c in rec.staged)
             entry.live_used = tuple({id(d): d for d in rec.live_used}.values())
             self._cache[key] = entry
             self._evict()
