@@ -21,17 +21,41 @@ only the small backend classes below differ:
   the reason). So the capture logic, the static input buffers and the launch
   accounting are exercised without a GPU.
 
-What is captured, the same on both devices (else the entry keeps plain replay and
-``graph_report()`` says why): a trace with no side effects on the host. Mutating host
-calls (an optimizer's ``update`` keeps its step count and step size on the host),
-write-backs into the arguments, and random draws (gpugrad draws on the host; they are
-not staged into graphs) are refused. Capture the loss and gradient, and update outside.
+What is captured, the same on both devices: the whole trace, a training step included.
+Host calls with effects a graph could not repeat are *staged* (``StagedCall``; each is
+replaced in the graph's program by a ``_Slot``):
+
+* an in-place update (``host_call(mutates=True)``: an optimizer's ``update``,
+  ``sgdmupdate``/``adamupdate``, BatchNorm's running statistics) is split by its
+  function's ``__gg_graph__`` into host work run before each launch (step counts,
+  schedules, bias corrections: the numbers the update needs, written into a small
+  static float64 buffer) and the in-place device work, captured in the graph, which
+  reads every number from that buffer, so no launch replays a number the host computed
+  for an earlier one; parameters and optimizer state are static buffers updated in
+  place (a rebound one, or a changed setting that picks another code path, captures
+  anew);
+* a random draw (gpugrad draws on the host) runs before each launch, in program order,
+  so the generator advances exactly as in eager execution (same seed, same numbers),
+  and its values are copied into a static buffer the graph reads.
+
+Not captured (the entry keeps plain replay and ``graph_report()`` says why): an
+in-place update without a ``__gg_graph__`` split (e.g. ``RMSProp``, a user's
+``host_call(mutates=True)``), a draw whose parameters are computed in the call, a
+draw inside a primitive, collectives, and write-backs that rebind an argument's array.
 
 Inputs: dlarrays passed as arguments (or in plain tuples, lists and dicts) are copied
 into static buffers owned by the graph before each launch; arrays the function reaches
 otherwise (Layer parameters, closures) are used in place, and a graph whose such array
-was rebound to a new buffer is captured again. Outputs are copied out of the graph's
-memory, so a later launch never changes what an earlier call returned.
+was rebound to a new buffer is captured again. An argument an update writes in place
+(``sgdmupdate``'s velocity) is copied back into the caller's array after each launch.
+Outputs are copied out of the graph's memory, so a later launch never changes what an
+earlier call returned; an argument the function returns is the caller's object.
+
+On ``emu`` the staged updates' device work is NumPy code, which runs on the host at
+every launch like all code between the kernels: the twin tests the staging (order of
+the host work, static buffers, copies back, bitwise equality with eager execution), and
+the rule that the device work reads its numbers only from the staged buffer is kept by
+the graph steps' structure (``gpugrad/optim.py``, "graph steps").
 """
 
 from __future__ import annotations

@@ -880,10 +880,10 @@ class AcceleratedFunction:
     compared with an eager run of the same call (Python side effects inside the
     function then happen once more); False skips that check.
 
-    Graphs (devices ``cuda`` and ``emu``): from its second replay on, a trace without
-    host-side effects is captured, on ``cuda`` into a CUDA graph launched once per call
-    (on ``emu`` the same capture logic runs, with the emulator's kernel launches recorded
-    and checked); ``UseGraphs`` (True) turns that off, ``GraphLaunches`` counts graph
+    Graphs (devices ``cuda`` and ``emu``): from its second replay on, a trace is
+    captured (optimizer updates, running statistics and random draws staged), on
+    ``cuda`` into a CUDA graph launched once per call (on ``emu`` the same capture logic
+    runs, with the emulator's kernel launches recorded and checked); ``UseGraphs`` (True) turns that off, ``GraphLaunches`` counts graph
     launches, ``KernelLaunches`` is the number of gpugrad kernels the last call launched
     one by one (0 after a graph launch), and ``graph_report()`` says per trace whether it
     was captured and why not. See ``gpugrad/_accel_graph.py``.
