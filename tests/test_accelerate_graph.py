@@ -144,10 +144,10 @@ def _copy_params(dst, src):
 
 def _cnn_bn():
     return gg.nn.Sequential(
-        gg.nn.Conv2D((3, 3, 1, 4), padding="same", dtype=np.float32),
-        gg.nn.BatchNorm(4, dtype=np.float32),
+        gg.nn.Conv2D((2, 2, 1, 3), padding="same", dtype=np.float32),
+        gg.nn.BatchNorm(3, dtype=np.float32),
         gg.nn.Flatten(),
-        gg.nn.Dense(4 * 5 * 5, 3, dtype=np.float32),
+        gg.nn.Dense(3 * 4 * 4, 3, dtype=np.float32),
     )
 
 
@@ -193,7 +193,7 @@ def _train(kind, accelerated, init=None, steps=6):
             a._data[...] = b
     init = [p.numpy().copy() for p in gg.tree.leaves(net)]
     if kind == "cnn_bn_sgdm":
-        fn, xs = _sgdm_step(net), _batches((4, 5, 5, 1), steps)
+        fn, xs = _sgdm_step(net), _batches((4, 4, 4, 1), steps)
     else:
         if kind == "mlp_adam":
             opt = gg.optim.Adam(net, learning_rate=0.01)
