@@ -39,8 +39,8 @@ replaced in the graph's program by a ``_Slot``):
   and its values are copied into a static buffer the graph reads.
 
 Not captured (the entry keeps plain replay and ``graph_report()`` says why): an
-in-place update without a ``__gg_graph__`` split (e.g. ``RMSProp``, a user's
-``host_call(mutates=True)``), a draw whose parameters are computed in the call, a
+in-place update without a ``__gg_graph__`` split (e.g. ``DataParallel``'s reducer, a
+``host_call(mutates=True)`` of one's own), a draw whose parameters are computed in the call, a
 draw inside a primitive, collectives, and write-backs that rebind an argument's array.
 
 Inputs: dlarrays passed as arguments (or in plain tuples, lists and dicts) are copied

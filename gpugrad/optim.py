@@ -1214,7 +1214,72 @@ class _AdamUpdateGraph(_GraphStep):
         return net, average_grad, average_sq_grad
 
 
+class _RmsPropGraph(_GraphStep):
+    scalars = 6  # learning rate, rho, 1 - rho, epsilon, momentum, weight decay
+
+    def __init__(self, opt, model, grads):
+        self.opt = opt
+        self.where = where = "RMSProp.update"
+        pairs = _graph_pairs(where, model, grads)
+        tables = [opt.square_average]
+        if opt.centered:
+            tables.append(opt.gradient_average)
+        if opt.momentum:
+            tables.append(opt.momentum_buffer)
+        states = []
+        for path, p, _ in pairs:
+            for table in tables:
+                st = table.get(path)
+                if st is None or st.size != p._data.size * (2 if p.dtype.kind == "c" else 1):
+                    raise _missing_state(where)
+                states.append((table, path, st))
+        super().__init__([p for _, p, _ in pairs], self._flags(), states)
+
+    def _flags(self):
+        o = self.opt
+        return (o.centered, bool(o.momentum), bool(o.weight_decay))
+
+    def host(self):
+        o = self.opt
+        lr = o._current_rate(o.step)
+        o.step += 1
+        self._bump()
+        return (lr, o.rho, 1 - o.rho, o.epsilon, o.momentum, o.weight_decay)
+
+    def device(self, staged, opt, model, grads):
+        s = Scalars(staged)
+        centered, mu, decay = self.flags
+        xp = _xp()
+        states = iter(st for _, _, st in self.states)
+        for _, p, g in _graph_pairs(self.where, model, grads):
+            data = p._data
+            if decay:
+                g = g + s(5, data.dtype) * data
+            if data.dtype.kind == "c":
+                data, g = _real_views(data, g, self.where)
+            g = xp.asarray(g, dtype=data.dtype)
+            t = data.dtype
+            sq = next(states)
+            sq *= s(1, t)
+            sq += s(2, t) * (g * g)
+            if centered:
+                avg = next(states)
+                avg *= s(1, t)
+                avg += s(2, t) * g
+                denom = xp.sqrt(sq - avg * avg) + s(3, t)
+            else:
+                denom = xp.sqrt(sq) + s(3, t)
+            if mu:
+                buf = next(states)
+                buf *= s(4, t)
+                buf += g / denom
+                data -= s(0, t) * buf
+            else:
+                data -= s(0, t) * (g / denom)
+
+
 SGD.update.__wrapped__.__gg_graph__ = _SgdGraph
+RMSProp.update.__wrapped__.__gg_graph__ = _RmsPropGraph
 Adam.update.__wrapped__.__gg_graph__ = _AdamGraph  # AdamW inherits it
 sgdmupdate.__wrapped__.__gg_graph__ = _SgdmGraph
 adamupdate.__wrapped__.__gg_graph__ = _AdamUpdateGraph
