@@ -412,7 +412,9 @@ class _Slot:
                 return call.fn(*args, **kwargs)
             self.step = step
             n = getattr(step, "scalars", 0)
-            self.staged = backend.xp().zeros(n, np.float64) if n else None
+            # why empty, not zeros: on cuda a memset made during capture would be a node of
+            # the graph and wipe the numbers staged before each launch
+            self.staged = backend.xp().empty(n, np.float64) if n else None
             if self.executes:  # emu: the capture run computes this call's results
                 self.stage()
         return self.step.device(self.staged, *args, **kwargs)
