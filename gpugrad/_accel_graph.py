@@ -273,8 +273,11 @@ def graph_backend():
 
 def _spec(out):
     """What a staged draw returns, without its values: ``("dl", shape, dtype, fmt)``,
-    ``("raw", shape, dtype)``, a tuple of specs, or None (not stageable)."""
+    ``("raw", shape, dtype)``, ``("none",)`` (``gg.random.seed``), a tuple of specs, or
+    None (not stageable)."""
     t = type(out)
+    if out is None:
+        return ("none",)
     if t is dlarray:
         return ("dl", tuple(out._data.shape), out._data.dtype, out._fmt)
     if isinstance(out, np.ndarray) or backend.is_device_array(out):
@@ -343,6 +346,8 @@ class _Draw:
         self.buffers = []
 
         def build(spec):
+            if spec[0] == "none":
+                return None
             if spec[0] == "tuple":
                 return tuple(build(x) for x in spec[1])
             buf = xp.empty(spec[1], spec[2])
@@ -358,7 +363,7 @@ class _Draw:
             if type(v) is tuple:
                 for x in v:
                     visit(x)
-            else:
+            elif v is not None:
                 raws.append(v._data if type(v) is dlarray else v)
 
         visit(self.fn(*self.args, **self.kwargs))

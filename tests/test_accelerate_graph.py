@@ -321,6 +321,23 @@ def test_random_draws_are_staged_and_stay_fresh(emu):
     assert acc.graph_report()[0]["captured"] and acc.GraphLaunches == 2
 
 
+def test_a_seed_inside_the_step_is_staged_with_the_draws(emu):
+    def f(x):
+        gg.random.seed(11)  # runs before each launch, then the draw: the same numbers
+        return gg.sum(x * gg.random.uniform(shape=x.shape, dtype=np.float32))
+
+    acc = gg.dlaccelerate(f)
+    x = gg.dlarray(np.arange(3, dtype=np.float32))
+    values = [float(acc(x)) for _ in range(4)]
+    assert values == [float(f(x))] * 4
+    assert acc.graph_report()[0]["captured"] and acc.GraphLaunches == 1
+    gg.random.seed(11)
+    gg.random.uniform(shape=(3,), dtype=np.float32)
+    want = gg.random.uniform(shape=(3,), dtype=np.float32).numpy()
+    acc(x)  # a launch: it reseeded and drew once, as an eager call does
+    np.testing.assert_array_equal(gg.random.uniform(shape=(3,), dtype=np.float32).numpy(), want)
+
+
 def test_a_draw_with_a_computed_parameter_is_not_captured(emu):
     def f(x):
         # the scale is computed in the call: the draw cannot run before the graph
