@@ -584,7 +584,8 @@ class Captured:
 
     def _finish(self, out, objs):
         for i, buf in self.copy_back:
-            objs[i]._data[...] = buf
+            o = objs[i]
+            (o._data if type(o) is dlarray else o)[...] = buf
         return _copy_out(out, self.back, objs)
 
     def launch(self, objs):
