@@ -149,6 +149,8 @@ class _Recorder:
         self.calls = 0
         self.primitives = set()  # names of the primitives the trace calls
         self.host_state = []  # why a graph cannot hold this trace (host-side effects)
+        # host calls a graph stages (random draws, in-place updates): see _accel_graph
+        self.staged = []
         self.live_used = []  # the dlarrays whose arrays the replay reads live
         self.clean = {}  # id -> device array made from shapes and host values (cuda path)
         self.device_path = False  # set by _provenance.Tracking on cuda and cuda-sim
@@ -304,20 +306,22 @@ class _Recorder:
         try:
             before = _random.get_state()
             out = fn(*plain(args), **plain(kwargs))
-            self._drew(before, fn)
-            pure = not mutates and _random.get_state() == before
+            drew = _random.get_state() != before
+            pure = not mutates and not drew
         finally:
             self.depth -= 1
             _resume(suspended)
         if mutates:
             self.mutates = True
-            self.host_state.append(
-                f"{getattr(fn, '__qualname__', fn)} changes state (mutates=True)"
-            )
         out = _taint_out(out)
+        line = len(self.lines)
         self.emit(fn, args, kwargs, out)
         if self.device_path and pure:
             _provenance.note_recorded(self, args, kwargs, out)
+        if mutates or drew:  # a graph stages it (gpugrad/_accel_graph.py) or says why not
+            self.staged.append(
+                _accel_graph.StagedCall(line, self.const(fn), fn, mutates, drew, out)
+            )
         return out
 
     def _drew(self, before, fn):
@@ -836,6 +840,7 @@ def collective(what):
         return
     if rec.depth:
         rec.mutates = True
+        rec.host_state.append(f"a collective ({what})")
     else:
         rec.refuse(f"a collective outside a recorded call ({what})")
 
@@ -861,6 +866,7 @@ class _Entry:
         "replays",
         "kernels",
         "stale_graphs",
+        "staged",
     )
 
     def __init__(self, fn, mutates, keep, source, calls, primitives):
@@ -877,6 +883,7 @@ class _Entry:
         self.replays = 0  # plain replays made
         self.kernels = None  # kernel launches of the last plain replay (cuda, emu)
         self.stale_graphs = 0  # graphs dropped because an in-place input was rebound
+        self.staged = ()  # _accel_graph.StagedCall of each staged host call
 
 
 class AcceleratedFunction:
@@ -894,10 +901,10 @@ class AcceleratedFunction:
     compared with an eager run of the same call (Python side effects inside the
     function then happen once more); False skips that check.
 
-    Graphs (devices ``cuda`` and ``emu``): from its second replay on, a trace without
-    host-side effects is captured, on ``cuda`` into a CUDA graph launched once per call
-    (on ``emu`` the same capture logic runs, with the emulator's kernel launches recorded
-    and checked); ``UseGraphs`` (True) turns that off, ``GraphLaunches`` counts graph
+    Graphs (devices ``cuda`` and ``emu``): from its second replay on, a trace is
+    captured (optimizer updates, running statistics and random draws staged), on
+    ``cuda`` into a CUDA graph launched once per call (on ``emu`` the same capture logic
+    runs, with the emulator's kernel launches recorded and checked); ``UseGraphs`` (True) turns that off, ``GraphLaunches`` counts graph
     launches, ``KernelLaunches`` is the number of gpugrad kernels the last call launched
     one by one (0 after a graph launch), and ``graph_report()`` says per trace whether it
     was captured and why not. See ``gpugrad/_accel_graph.py``.
@@ -1134,6 +1141,9 @@ class AcceleratedFunction:
                 self.GraphLaunches += 1
                 self.KernelLaunches = 0
                 return graph.first(objs)
+            if graph.ran:  # emu: the failed capture ran this call as a plain replay
+                entry.replays += 1
+                return graph.result
         if type(graph) is _accel_graph.Captured:
             try:
                 out = graph.launch(objs)
@@ -1141,8 +1151,13 @@ class AcceleratedFunction:
                 entry.graph = None
                 entry.stale_graphs += 1
             except _accel_graph.GraphUnsupported as exc:  # the emulator's check failed
-                entry.graph = _accel_graph.NoGraph(str(exc))
-                self._warn_once("graph:" + str(exc), f"graph dropped, plain replay: {exc}")
+                entry.graph = _accel_graph.NoGraph(exc.args[0])
+                self._warn_once(
+                    "graph:" + exc.args[0], f"graph dropped, plain replay: {exc.args[0]}"
+                )
+                if hasattr(exc, "result"):  # that run's results stand (no second update)
+                    entry.replays += 1
+                    return exc.result
             else:
                 self.GraphLaunches += 1
                 self.KernelLaunches = 0
@@ -1275,6 +1290,7 @@ class AcceleratedFunction:
             mutates = rec.mutates or bool(lines)
             entry = _Entry(rec.ns["_replay"], mutates, keep, source, rec.calls, rec.primitives)
             entry.host_state = tuple(rec.host_state)
+            entry.staged = tuple(c.at(1 + len(rec.prologue)) for c in rec.staged)
             entry.live_used = tuple({id(d): d for d in rec.live_used}.values())
             self._cache[key] = entry
             self._evict()

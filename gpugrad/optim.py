@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+from ._accel_graph import GraphUnsupported, Scalars
 from ._checks import fraction as _fraction
 from ._checks import nonnegative as _nonnegative
 from ._checks import positive as _positive
@@ -187,17 +188,19 @@ def _real_views(data, g, where):
     )
 
 
-def _adam_step(xp, data, g, m, v, tmp, scale, beta1, beta2, epsilon):
+def _adam_step(xp, data, g, m, v, tmp, scale, beta1, beta2, epsilon, c1=None, c2=None):
     """One in-place Adam step (S4TF's, MATLAB's and Keras' form: ``epsilon`` is added
-    to ``sqrt(v)`` before the bias correction, which is folded into ``scale``)."""
+    to ``sqrt(v)`` before the bias correction, which is folded into ``scale``).
+    ``c1``/``c2``: ``1 - beta1``/``1 - beta2`` when the numbers are staged device
+    scalars (a graph step), else computed here."""
     # why: in-place ufuncs through one scratch buffer; the update allocates nothing
     # per step (temporaries were a quarter of a small MLP's training step)
     m *= beta1
-    xp.multiply(g, 1 - beta1, out=tmp, casting="unsafe")
+    xp.multiply(g, 1 - beta1 if c1 is None else c1, out=tmp, casting="unsafe")
     m += tmp
     v *= beta2
     xp.multiply(g, g, out=tmp, casting="unsafe")
-    tmp *= 1 - beta2
+    tmp *= 1 - beta2 if c2 is None else c2
     v += tmp
     xp.sqrt(v, out=tmp)
     tmp += epsilon
@@ -988,6 +991,298 @@ def thresholdGlobalL2Norm(gradients, gradientThreshold):  # noqa: N802, N803 - M
     threshold = _positive(gradientThreshold, "gradientThreshold", "thresholdGlobalL2Norm")
     scale = _threshold_scale(global_norm(gradients, _where="thresholdGlobalL2Norm"), threshold)
     return map_arrays(lambda g: g * scale, gradients)
+
+
+# ------------------------------------------------------------------ graph steps
+# gg.dlaccelerate captures a whole training step as one graph (gpugrad/_accel_graph.py).
+# Each update below has a *graph step*: ``host()`` does the host work of one update
+# (the step count, a schedule's rate, the bias correction) before each graph launch and
+# returns the numbers the update uses; ``device(staged, ...)`` is the update itself,
+# reading every number from ``staged`` (so a graph never freezes one), cast to the
+# dtype of the array it meets, as a Python float would be: bitwise the eager update.
+
+
+def _graph_pairs(where, model, grads):
+    return _checked(_parameters_of(model, where), grads, where)
+
+
+class _GraphStep:
+    def __init__(self, params, flags, states):
+        self.params = params
+        self.datas = [p._data for p in params]
+        self.flags = flags
+        self.states = states  # (table, path, buffer or tuple of buffers) per parameter
+        self.writes = list(self.datas)
+        for _, _, st in states:
+            self.writes.extend(st if type(st) is tuple else (st,))
+
+    def check(self):
+        """False when a setting that picks the code path, a parameter or a state buffer
+        changed since capture (the graph is captured again)."""
+        return (
+            self._flags() == self.flags
+            and all(p._data is d for p, d in zip(self.params, self.datas))
+            and all(table.get(path) is st for table, path, st in self.states)
+        )
+
+    def _bump(self):
+        for d in self.datas:
+            bump_version(d)  # in place: a trace that saved it must not use it
+
+
+def _missing_state(where):
+    return GraphUnsupported(f"{where}: its state buffers are not made yet")
+
+
+class _SgdGraph(_GraphStep):
+    scalars = 3  # learning rate, momentum, weight decay
+
+    def __init__(self, opt, model, grads):
+        self.opt = opt
+        self.where = where = f"{type(opt).__name__}.update"
+        pairs = _graph_pairs(where, model, grads)
+        states = []
+        if opt.momentum:
+            for path, p, _ in pairs:
+                v = opt.velocity.get(path)
+                if v is None or v.shape != p.shape:
+                    raise _missing_state(where)
+                states.append((opt.velocity, path, v))
+        super().__init__([p for _, p, _ in pairs], self._flags(), states)
+
+    def _flags(self):
+        o = self.opt
+        return (bool(o.momentum), o.nesterov, bool(o.weight_decay))
+
+    def host(self):
+        o = self.opt
+        lr = o._current_rate(o.step)
+        o.step += 1
+        self._bump()
+        return (lr, o.momentum, o.weight_decay)
+
+    def device(self, staged, opt, model, grads):
+        s = Scalars(staged)
+        mu, nesterov, decay = self.flags
+        pairs = _graph_pairs(self.where, model, grads)
+        vs = [st for _, _, st in self.states] if mu else [None] * len(pairs)
+        for (_, p, g), v in zip(pairs, vs):
+            data = p._data
+            if decay:
+                g = g + s(2, data.dtype) * data
+            if not mu:
+                data -= s(0, g.dtype) * g
+                continue
+            v *= s(1, v.dtype)
+            v -= s(0, g.dtype) * g
+            if nesterov:
+                data += s(1, v.dtype) * v - s(0, g.dtype) * g
+            else:
+                data += v
+
+
+class _AdamGraph(_GraphStep):
+    scalars = 8  # scale, beta1, beta2, epsilon, 1 - beta1, 1 - beta2, decay, 1 - lr*decay
+
+    def __init__(self, opt, model, grads):
+        self.opt = opt
+        self.where = where = f"{type(opt).__name__}.update"
+        pairs = _graph_pairs(where, model, grads)
+        states = []
+        for path, p, _ in pairs:
+            st = opt.moments.get(path)
+            if st is None or st[0].shape != p._data.shape:
+                raise _missing_state(where)
+            states.append((opt.moments, path, st))
+        super().__init__([p for _, p, _ in pairs], self._flags(), states)
+
+    def _flags(self):
+        o = self.opt
+        return (bool(o.weight_decay), o._decoupled_decay)
+
+    def host(self):
+        o = self.opt
+        lr = o._current_rate(o.step)
+        o.step += 1
+        b1, b2, eps, decay = o.beta1, o.beta2, o.epsilon, o.weight_decay
+        scale = lr * (1 - b2**o.step) ** 0.5 / (1 - b1**o.step)
+        self._bump()
+        return (scale, b1, b2, eps, 1 - b1, 1 - b2, decay, 1 - lr * decay)
+
+    def device(self, staged, opt, model, grads):
+        s = Scalars(staged)
+        decay, decoupled = self.flags
+        xp = _xp()
+        pairs = _graph_pairs(self.where, model, grads)
+        for (_, p, g), (_, _, st) in zip(pairs, self.states):
+            data = p._data
+            if decay and decoupled:
+                data *= s(7, data.dtype)
+            elif decay:
+                g = g + s(6, data.dtype) * data
+            if data.dtype.kind == "c":
+                data, g = _real_views(data, g, self.where)
+            t = data.dtype
+            _adam_step(xp, data, g, *st, s(0, t), s(1, t), s(2, t), s(3, t), s(4, g.dtype), s(5, t))
+
+
+class _SgdmGraph(_GraphStep):
+    scalars = 2  # momentum, learning rate
+
+    def __init__(self, net, grad, vel=None, learn_rate=0.01, momentum=0.9):
+        self.where = "sgdmupdate"
+        self.numbers = (
+            _fraction(momentum, "momentum", self.where),
+            _positive(learn_rate, "learn_rate", self.where),
+        )
+        pairs = _checked(_parameters_of(net, self.where, "net"), grad, self.where, "grad")
+        super().__init__([p for _, p, _ in pairs], (), [])
+
+    def _flags(self):
+        return ()
+
+    def host(self):
+        self._bump()
+        return self.numbers
+
+    def device(self, staged, net, grad, vel=None, learn_rate=0.01, momentum=0.9):
+        s = Scalars(staged)
+        where = self.where
+        params = _parameters_of(net, where, "net")
+        pairs = _checked(params, grad, where, "grad")
+        vel, buffers = _state_tree(vel, params, where, "vel")
+        self.writes = list(self.datas) + buffers
+        for (_, p, g), v in zip(pairs, buffers):
+            v *= s(0, v.dtype)
+            v -= s(1, g.dtype) * g
+            p._data += v
+        return net, vel
+
+
+class _AdamUpdateGraph(_GraphStep):
+    scalars = 6  # scale, beta1, beta2, epsilon, 1 - beta1, 1 - beta2
+
+    def __init__(
+        self,
+        net,
+        grad,
+        average_grad=None,
+        average_sq_grad=None,
+        iteration=1,
+        learn_rate=0.001,
+        grad_decay=0.9,
+        sq_grad_decay=0.999,
+        epsilon=1e-8,
+    ):
+        where = self.where = "adamupdate"
+        lr = _positive(learn_rate, "learn_rate", where)
+        b1 = _fraction(grad_decay, "grad_decay", where)
+        b2 = _fraction(sq_grad_decay, "sq_grad_decay", where)
+        eps = _positive(epsilon, "epsilon", where)
+        t = int(iteration)
+        scale = lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
+        self.numbers = (scale, b1, b2, eps, 1 - b1, 1 - b2)
+        pairs = _checked(_parameters_of(net, where, "net"), grad, where, "grad")
+        super().__init__([p for _, p, _ in pairs], (), [])
+
+    def _flags(self):
+        return ()
+
+    def host(self):
+        self._bump()
+        return self.numbers
+
+    def device(self, staged, net, grad, average_grad=None, average_sq_grad=None, *rest, **kw):
+        s = Scalars(staged)
+        where = self.where
+        params = _parameters_of(net, where, "net")
+        pairs = _checked(params, grad, where, "grad")
+        average_grad, firsts = _state_tree(average_grad, params, where, "average_grad")
+        average_sq_grad, seconds = _state_tree(average_sq_grad, params, where, "average_sq_grad")
+        self.writes = list(self.datas) + firsts + seconds
+        xp = _xp()
+        for (_, p, g), m, v in zip(pairs, firsts, seconds):
+            data = p._data
+            if data.dtype.kind == "c":
+                data, g = _real_views(data, g, where)
+                m, v = _real_view(m, where), _real_view(v, where)
+            t = data.dtype
+            tmp = xp.empty_like(data)
+            _adam_step(
+                xp, data, g, m, v, tmp, s(0, t), s(1, t), s(2, t), s(3, t), s(4, g.dtype), s(5, t)
+            )
+        return net, average_grad, average_sq_grad
+
+
+class _RmsPropGraph(_GraphStep):
+    scalars = 6  # learning rate, rho, 1 - rho, epsilon, momentum, weight decay
+
+    def __init__(self, opt, model, grads):
+        self.opt = opt
+        self.where = where = "RMSProp.update"
+        pairs = _graph_pairs(where, model, grads)
+        tables = [opt.square_average]
+        if opt.centered:
+            tables.append(opt.gradient_average)
+        if opt.momentum:
+            tables.append(opt.momentum_buffer)
+        states = []
+        for path, p, _ in pairs:
+            for table in tables:
+                st = table.get(path)
+                if st is None or st.size != p._data.size * (2 if p.dtype.kind == "c" else 1):
+                    raise _missing_state(where)
+                states.append((table, path, st))
+        super().__init__([p for _, p, _ in pairs], self._flags(), states)
+
+    def _flags(self):
+        o = self.opt
+        return (o.centered, bool(o.momentum), bool(o.weight_decay))
+
+    def host(self):
+        o = self.opt
+        lr = o._current_rate(o.step)
+        o.step += 1
+        self._bump()
+        return (lr, o.rho, 1 - o.rho, o.epsilon, o.momentum, o.weight_decay)
+
+    def device(self, staged, opt, model, grads):
+        s = Scalars(staged)
+        centered, mu, decay = self.flags
+        xp = _xp()
+        states = iter(st for _, _, st in self.states)
+        for _, p, g in _graph_pairs(self.where, model, grads):
+            data = p._data
+            if decay:
+                g = g + s(5, data.dtype) * data
+            if data.dtype.kind == "c":
+                data, g = _real_views(data, g, self.where)
+            g = xp.asarray(g, dtype=data.dtype)
+            t = data.dtype
+            sq = next(states)
+            sq *= s(1, t)
+            sq += s(2, t) * (g * g)
+            if centered:
+                avg = next(states)
+                avg *= s(1, t)
+                avg += s(2, t) * g
+                denom = xp.sqrt(sq - avg * avg) + s(3, t)
+            else:
+                denom = xp.sqrt(sq) + s(3, t)
+            if mu:
+                buf = next(states)
+                buf *= s(4, t)
+                buf += g / denom
+                data -= s(0, t) * buf
+            else:
+                data -= s(0, t) * (g / denom)
+
+
+SGD.update.__wrapped__.__gg_graph__ = _SgdGraph
+RMSProp.update.__wrapped__.__gg_graph__ = _RmsPropGraph
+Adam.update.__wrapped__.__gg_graph__ = _AdamGraph  # AdamW inherits it
+sgdmupdate.__wrapped__.__gg_graph__ = _SgdmGraph
+adamupdate.__wrapped__.__gg_graph__ = _AdamUpdateGraph
 
 
 __all__ = [

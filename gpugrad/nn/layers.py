@@ -15,6 +15,7 @@ import numpy as np
 from .. import _defaults, matlab
 from .. import phase as _phase
 from .. import random as _random
+from .._accel_graph import Scalars
 from .._checks import fraction, positive
 from ..array import dlarray
 from ..ops.core import _STATE, host_call, make
@@ -784,6 +785,37 @@ class BatchNorm(Layer):
         self.running_mean += k * mu._data.reshape(-1)
         self.running_var *= 1 - k
         self.running_var += (k * m / max(m - 1, 1)) * var._data.reshape(-1)
+
+
+class _RunningStatisticsGraph:
+    """BatchNorm's running-statistics update in a gg.dlaccelerate graph: the momentum's
+    numbers are staged before each launch (see gpugrad/optim.py, "graph steps")."""
+
+    scalars = 3
+
+    def __init__(self, layer, mu, var, m):
+        self.layer, self.m = layer, m
+        self.writes = (layer.running_mean, layer.running_var)
+
+    def check(self):
+        layer = self.layer
+        return layer.running_mean is self.writes[0] and layer.running_var is self.writes[1]
+
+    def host(self):
+        k, m = self.layer.momentum, self.m
+        return (1 - k, k, k * m / max(m - 1, 1))
+
+    def device(self, staged, layer, mu, var, m):
+        s = Scalars(staged)
+        rm, rv = layer.running_mean, layer.running_var
+        mu, var = mu._data.reshape(-1), var._data.reshape(-1)
+        rm *= s(0, rm.dtype)
+        rm += s(1, mu.dtype) * mu
+        rv *= s(0, rv.dtype)
+        rv += s(2, var.dtype) * var
+
+
+BatchNorm._update_running_statistics.__wrapped__.__gg_graph__ = _RunningStatisticsGraph
 
 
 class LayerNorm(Layer):

@@ -315,8 +315,10 @@ def _bwd_recurrence_numpy(g_ys, g_h, g_c, g_cs, g_gates, ys, cs, gates, h0, c0, 
     the weight gradients are left to one GEMM each over all steps."""
     t, n, hid = cs.shape
     dt = gates.dtype
-    extra_cs = bool(g_cs.any())
-    extra_gates = bool(g_gates.any())
+    # why: the cotangents of the internal outputs are nearly always the engine's zeros
+    # (known without a scan of 16 MB per call for a 256-unit, 50-step, batch-64 LSTM)
+    extra_cs = not is_known_zero(g_cs) and bool(g_cs.any())
+    extra_gates = not is_known_zero(g_gates) and bool(g_gates.any())
     dpre_all = POOL.empty((t, n, 4, hid), dt)
     r = r.astype(dt, copy=False)
     dh = np.empty((n, hid), dtype=dt)
@@ -383,10 +385,17 @@ def _weight_grads(dpre_all, xs, ys, h0, w, dh0, dc0, need_x=True):
     if need_x:
         gx = POOL.empty((t, n, c), np.result_type(flat, w))
         np.matmul(flat, w, out=gx.reshape(t * n, c))
-    gw = flat.T @ _rows(xs)
-    gr = flat[:n].T @ h0
-    if t > 1:
-        gr += flat[n:].T @ ys[:-1].reshape((t - 1) * n, hid)
+    # why: one GEMM for both weight gradients over [x_t | h_{t-1}] rows: the 4H-wide
+    # gate cotangents (the big operand) are read and packed once, not three times
+    gw_dt, gr_dt = np.result_type(flat, xs), np.result_type(flat, h0, ys)
+    rows = POOL.empty((t, n, c + hid), np.result_type(gw_dt, gr_dt))
+    rows[:, :, :c] = xs
+    rows[0, :, c:] = h0
+    rows[1:, :, c:] = ys[:-1]
+    both = POOL.empty((4 * hid, c + hid), np.result_type(flat, rows))
+    np.matmul(flat.T, rows.reshape(t * n, c + hid), out=both)
+    gw = np.array(both[:, :c], dtype=gw_dt)
+    gr = np.array(both[:, c:], dtype=gr_dt)
     gb = flat.sum(axis=0)
     return gx, dh0, dc0, gw, gr, gb
 
