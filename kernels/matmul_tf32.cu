@@ -227,7 +227,7 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
         const float* sa = smem + read * STAGE;
         const float* sb = sa + TileA::SIZE;
         read = read + 1 == stages ? 0 : read + 1;
-#pragma unroll 1
+#pragma unroll
         for (int s = 0; s < BK / 8; ++s) {  // k step s: lane t's k = t, t + 4 are 8s + 2t + 0, 1
             // braw[j][e] = op(B)[8s + 2t + e][col j of the warp tile], rounded (split)
             // below, once per use in the j loop (fewer live registers than both parts)

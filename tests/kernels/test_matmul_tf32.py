@@ -181,6 +181,28 @@ def test_tensor_core_gemm_every_schedule_epilogue_and_split_k(rng, schedule, pre
         run(rng, 33, 70, 200, False, True, precision, bias=True, relu=True, splits=3)
 
 
+@pytest.mark.parametrize(
+    "trans_a,trans_b,precision,stages,k",
+    [(False, False, "tf32", 4, 160), (True, True, "3xtf32", 2, 96)],
+)
+def test_tensor_core_gemm_whole_tiles_wrap_the_ring(
+    rng, monkeypatch, trans_a, trans_b, precision, stages, k
+):
+    """One whole 128x256 block tile (the branch-free copy path) over more k tiles than
+    the ring has stages, at two ring depths."""
+    monkeypatch.setattr(kernels, "TF32_MAX_STAGES", stages)
+    assert kernels.tf32_stages(trans_a, trans_b, 227 * 1024)[0] == stages
+    run(rng, 128, 256, k, trans_a, trans_b, precision, bias=True, alpha=0.75)
+
+
+def test_tensor_core_stages_fit_the_shared_memory():
+    per = kernels.tf32_stage_bytes(False, True)
+    assert kernels.tf32_stages(False, True, 4 * per) == (4, 4 * per)
+    assert kernels.tf32_stages(False, True, 4 * per - 1) == (3, 3 * per)
+    with pytest.raises(ValueError, match="needs .* bytes of shared memory"):
+        kernels.tf32_stages(False, True, 2 * per - 1)
+
+
 def test_tensor_core_plan_splits_skinny_problems():
     lstm_step = kernels.plan_matmul_tf32(64, 2048, 512, "tf32", 132, trans_b=True)
     assert lstm_step.kernel == "matmul_tf32_nt_f32"
