@@ -50,8 +50,8 @@ __device__ __forceinline__ bool aligned16(const void* p) {
 // A BMN x BK tile of op(X) in shared memory, rows of 16-byte chunks (no padding),
 // the chunks of each row XOR-swizzled so that the fragment loads and the fills are
 // conflict-free. KMAJOR (element (mn, k) at X[mn*ld + k]): row mn holds its 32 k,
-// chunk c at c ^ 2 (mn % 4). Else row k holds BMN values of mn, chunk c at
-// c ^ swz(k) with swz(k) = (k/2 % 2) | (k/4 % 2) << 2.
+// chunk c at c ^ (mn % 8). Else row k holds BMN values of mn, chunk c at
+// c ^ 2 (k % 4).
 template <int BMN, int NT, bool KMAJOR>
 struct Tile {
     static constexpr int LD = KMAJOR ? BK : BMN;
@@ -62,18 +62,16 @@ struct Tile {
     static_assert(ROWS * CHUNKS % NT == 0 && PER_THREAD >= 1, "tile must split into chunks");
 
     static __device__ __forceinline__ int swz(int row) {
-        return KMAJOR ? (row & 3) << 1 : ((row >> 1) & 1) | (((row >> 2) & 1) << 2);
+        return KMAJOR ? (row & 7) : ((row & 3) << 1);
     }
     // shared offset of the chunk holding (row, 4 * chunk .. 4 * chunk + 3)
     static __device__ __forceinline__ int at(int row, int chunk) {
         return row * LD + 4 * (chunk ^ swz(row));
     }
-    // 2 (4) consecutive floats of a row from column col (col even; a multiple of 4)
-    static __device__ __forceinline__ float2 lds64(const float* s, int row, int col) {
-        return *reinterpret_cast<const float2*>(s + at(row, col >> 2) + (col & 3));
-    }
-    static __device__ __forceinline__ float4 lds128(const float* s, int row, int col) {
-        return *reinterpret_cast<const float4*>(s + at(row, col >> 2));
+    // the raw bits of op(X)[mn][k]
+    static __device__ __forceinline__ unsigned get(const float* s, int mn, int k) {
+        const int row = KMAJOR ? mn : k, col = KMAJOR ? k : mn;
+        return __float_as_uint(s[at(row, col >> 2) + (col & 3)]);
     }
 
     // Queue the copies of the tile whose corner is (mn0, k0); elements outside
@@ -120,26 +118,19 @@ struct Tile {
     }
 };
 
-template <bool SPLIT3>
-__device__ __forceinline__ void round2(const float2 v, unsigned hi[2], unsigned lo[2]) {
-    if (SPLIT3) {
-        gg_mma::split_tf32(v.x, hi[0], lo[0]);
-        gg_mma::split_tf32(v.y, hi[1], lo[1]);
-    } else {
-        hi[0] = gg_mma::to_tf32(v.x);
-        hi[1] = gg_mma::to_tf32(v.y);
-    }
-}
-
-template <bool SPLIT3>
-__device__ __forceinline__ void round4(const float4 v, unsigned hi[4], unsigned lo[4]) {
-    const float f[4] = {v.x, v.y, v.z, v.w};
+// raw FP32 bits -> TF32 (cvt.rna) in place, or hi (in place) + lo for 3xTF32
+template <int N, bool SPLIT3>
+__device__ __forceinline__ void round_frag(unsigned* x, unsigned* lo) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        if (SPLIT3)
-            gg_mma::split_tf32(f[i], hi[i], lo[i]);
-        else
-            hi[i] = gg_mma::to_tf32(f[i]);
+    for (int i = 0; i < N; ++i) {
+        if (SPLIT3) {
+            unsigned h, l;
+            gg_mma::split_tf32(__uint_as_float(x[i]), h, l);
+            x[i] = h;
+            lo[i] = l;
+        } else {
+            x[i] = gg_mma::to_tf32(__uint_as_float(x[i]));
+        }
     }
 }
 
@@ -228,88 +219,54 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
         const float* sb = sa + TileA::SIZE;
         read = read + 1 == stages ? 0 : read + 1;
 #pragma unroll
-        for (int s = 0; s < BK / 8; ++s) {  // k step s: lane t's k = t, t + 4 are 8s + 2t + 0, 1
-            // braw[j][e] = op(B)[8s + 2t + e][col j of the warp tile], rounded (split)
-            // below, once per use in the j loop (fewer live registers than both parts)
-            float braw[NL][2];
-            if (TB) {  // k-contiguous rows: col j = wn0 + 8j + g
+        for (int ks = 0; ks < BK; ks += 8) {
+            // fragments straight into the mma's operand registers (one conflict-free
+            // LDS.32 each), rounded (split) in place
+            unsigned ah[MT][4], al[MT][4], bh[NL][2], bl[NL][2];
 #pragma unroll
-                for (int j = 0; j < NL; ++j) {
-                    const float2 v = TileB::lds64(sb, wn0 + 8 * j + g, 8 * s + 2 * t);
-                    braw[j][0] = v.x;
-                    braw[j][1] = v.y;
-                }
-            } else {  // rows of k: col j = wn0 + 8g + j (relabelled): 8 floats per lane
-#pragma unroll
-                for (int e = 0; e < 2; ++e)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        const float4 v = TileB::lds128(sb, 8 * s + 2 * t + e, wn0 + 8 * g + 4 * h);
-                        braw[4 * h + 0][e] = v.x;
-                        braw[4 * h + 1][e] = v.y;
-                        braw[4 * h + 2][e] = v.z;
-                        braw[4 * h + 3][e] = v.w;
-                    }
-            }
-            // ah[i][hh][e] = op(A)[row (i, hh) of the warp tile][8s + 2t + e]
-            unsigned ah[MT][2][2], al[MT][2][2];
-            if (!TA) {  // k-contiguous rows: row (i, hh) = wm0 + 16i + 8hh + g
-#pragma unroll
-                for (int i = 0; i < MT; ++i)
-#pragma unroll
-                    for (int hh = 0; hh < 2; ++hh)
-                        round2<SPLIT3>(
-                            TileA::lds64(sa, wm0 + 16 * i + 8 * hh + g, 8 * s + 2 * t),
-                            ah[i][hh], al[i][hh]);
-            } else {  // rows of k: row (i, hh) = wm0 + 8g + 2i + hh (relabelled)
-#pragma unroll
-                for (int e = 0; e < 2; ++e)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        unsigned hi[4], lo[4];
-                        round4<SPLIT3>(TileA::lds128(sa, 8 * s + 2 * t + e, wm0 + 8 * g + 4 * h),
-                                       hi, lo);
-#pragma unroll
-                        for (int v = 0; v < 4; ++v) {
-                            ah[2 * h + v / 2][v % 2][e] = hi[v];
-                            if (SPLIT3) al[2 * h + v / 2][v % 2][e] = lo[v];
-                        }
-                    }
+            for (int i = 0; i < MT; ++i) {
+                const int r = wm0 + 16 * i + g;
+                ah[i][0] = TileA::get(sa, r, ks + t);
+                ah[i][1] = TileA::get(sa, r + 8, ks + t);
+                ah[i][2] = TileA::get(sa, r, ks + t + 4);
+                ah[i][3] = TileA::get(sa, r + 8, ks + t + 4);
             }
 #pragma unroll
             for (int j = 0; j < NL; ++j) {
-                unsigned b_h[2], b_l[2];
-                round2<SPLIT3>(make_float2(braw[j][0], braw[j][1]), b_h, b_l);
-#pragma unroll
-                for (int i = 0; i < MT; ++i) {
-                    const unsigned a_h[4] = {ah[i][0][0], ah[i][1][0], ah[i][0][1], ah[i][1][1]};
-                    if (SPLIT3) {  // small terms first, then the big one
-                        const unsigned a_l[4] = {al[i][0][0], al[i][1][0], al[i][0][1],
-                                                 al[i][1][1]};
-                        gg_mma::mma_tf32(acc[i][j], a_l, b_h);
-                        gg_mma::mma_tf32(acc[i][j], a_h, b_l);
-                    }
-                    gg_mma::mma_tf32(acc[i][j], a_h, b_h);
-                }
+                const int c = wn0 + 8 * j + g;
+                bh[j][0] = TileB::get(sb, c, ks + t);
+                bh[j][1] = TileB::get(sb, c, ks + t + 4);
             }
+            round_frag<MT * 4, SPLIT3>(&ah[0][0], &al[0][0]);
+            round_frag<NL * 2, SPLIT3>(&bh[0][0], &bl[0][0]);
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NL; ++j) {
+                    if (SPLIT3) {  // small terms first, then the big one
+                        gg_mma::mma_tf32(acc[i][j], al[i], bh[j]);
+                        gg_mma::mma_tf32(acc[i][j], ah[i], bl[j]);
+                    }
+                    gg_mma::mma_tf32(acc[i][j], ah[i], bh[j]);
+                }
         }
     }
     gg_mma::cp_async_wait<0>();  // nothing may stay in flight past the block's end
 
-    // Epilogue: alpha, bias, relu. acc[i][j][2hh + e] is row (i, hh), column (j, 2t + e)
-    // of the warp tile, mapped back through the relabellings.
+    // Epilogue: alpha, bias, relu; acc[i][j][2hh + e] is row 16i + 8hh + g, column
+    // 8j + 2t + e of the warp tile.
     float* __restrict__ out = C + blockIdx.z * (M * ldc);
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
-            const int row = m0 + wm0 + (TA ? 8 * g + 2 * i + hh : 16 * i + 8 * hh + g);
+            const int row = m0 + wm0 + 16 * i + 8 * hh + g;
             if (row >= M) continue;
 #pragma unroll
             for (int j = 0; j < NL; ++j) {
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const int col = n0 + wn0 + (TB ? 8 * j + 2 * t + e : 16 * t + 8 * e + j);
+                    const int col = n0 + wn0 + 8 * j + 2 * t + e;
                     if (col >= N) continue;
                     float v = alpha * acc[i][j][2 * hh + e];
                     if (has_bias) v += bias[col];

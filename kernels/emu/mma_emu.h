@@ -26,7 +26,6 @@
 
 #include <cstring>
 #include <deque>
-#include <memory>
 #include <vector>
 
 #ifdef __SANITIZE_THREAD__
@@ -113,8 +112,10 @@ struct CpAsyncState {
 GG_MMA_EMU_UNTRACED inline CpAsyncState& cp_state() {
     // on the heap, not in thread-local storage: the (instrumented) container code then
     // touches no memory the profiler takes for __shared__
-    static thread_local std::unique_ptr<CpAsyncState[]> states;
-    if (!states) states.reset(new CpAsyncState[1024]);
+    // (one array per emulator worker thread, kept for the thread's life; <memory> cannot
+    // follow the CUDA headers, whose __noinline__ macro breaks it)
+    static thread_local CpAsyncState* states = nullptr;
+    if (!states) states = new CpAsyncState[1024];
     CpAsyncState& st = states[linear_tid() & 1023];
     const uint3 b = blockIdx;
     if (st.block.x != b.x || st.block.y != b.y || st.block.z != b.z) {
