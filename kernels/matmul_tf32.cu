@@ -13,26 +13,19 @@
 //
 // Design (CUTLASS sm80 multistage, 64x64 warp tiles):
 //  * block tile 128x256x32, 8 warps (2 x 4) of 64x64, each warp 4 x 8 mma.m16n8k8
-//    tiles per k step of 8 (128 mma per k tile of 32: 1.4 shared-memory wavefronts per
-//    mma with the tile fills, under the 1.5 an H100 has per mma.sync at its rate);
+//    tiles per k step of 8 (128 mma per k tile of 32);
 //  * operand tiles go global -> shared with cp.async (no register staging) into a ring
 //    of `stages` stages in dynamic shared memory (the host opts in past 48 KiB and
 //    picks 4 stages on sm_90, 3 on sm_80: kernels.tf32_stages); one __syncthreads per
 //    k tile;
-//  * fragment-ordered k: the mma's reduction index is relabelled so that in k step s
-//    (0..3) of a tile, lane t's k = t holds the tile's k = 8t + 2s and k = t + 4 holds
-//    8t + 2s + 1 (the same relabelling for A and B, so the sum is unchanged). One
-//    16-byte shared load then gives a lane its A or B values for two k steps
-//    (LDS.128, the ldmatrix equivalent for 32-bit operands), 4x fewer load
-//    instructions than one LDS.32 per fragment register;
-//  * conflict-free shared layouts, both 16-byte aligned for cp.async:
-//    k-contiguous operands (A in NN/NT, B in NT/TT) are stored as rows of 32 k padded to
-//    36 floats; mn-contiguous ones (A in TN/TT, B in NN/TN) as rows of k with the 16-byte
-//    chunks XOR-swizzled by sw(k) = (k/8 % 2) | (k/16 % 2) << 2, and their m (n) index
-//    relabelled within the warp so that lane g reads 8 consecutive floats: both make
-//    the 8 lanes of every quarter warp hit 8 different 4-bank groups, for the fills
-//    too;
-//  * rounding (or the hi/lo split) happens in registers on the loaded fragments;
+//  * fragments in the mma's own order, one LDS.32 per operand register straight into
+//    the register the mma reads (no moves), rounded (split) there in place; the 16-byte
+//    chunks of each shared row are XOR-swizzled (k-contiguous tiles: chunk ^ mn % 8;
+//    mn-contiguous ones: chunk ^ 2 (k % 4)) so that every fragment load (8 rows x 4
+//    columns of a warp) and every cp.async fill hits 32 different banks, with no
+//    padding. Per k tile and warp: 128 LDS.32 (1 wavefront each) + 12 cp.async
+//    (16-byte, 4 wavefronts per warp request) for 128 mma: 176 shared wavefronts
+//    against the tensor pipe's 192 clocks at the mma.sync rate on sm_90;
 //  * compile-time layouts (entry point suffix _nt/_tn/_tt, none = NN); split-K over
 //    gridDim.z as in matmul.cu (partial products to C + z*M*ldc, epilogue in
 //    matmul_splitk_reduce_f32). No relu-mask prologue: the host takes the FP32 kernel
@@ -74,10 +67,12 @@ struct Tile {
         return __float_as_uint(s[at(row, col >> 2) + (col & 3)]);
     }
 
-    // Queue the copies of the tile whose corner is (mn0, k0); elements outside
-    // (ext_mn, ext_k) are zero-filled with ordinary shared stores. A thread copies
-    // chunk q of rows r0, r0 + RSTEP, ...; a tile wholly inside takes the branch-free
-    // path (one source pointer, compile-time strides: few live registers).
+    // Queue the copies of the tile whose corner is (mn0, k0). Elements past ext_k are
+    // zero-filled with ordinary shared stores; elements past ext_mn are not written at
+    // all: the block zeroed its whole ring once (gemm, when its tile crosses the mn
+    // edge) and no tile ever copies there. A thread copies chunk q of rows r0,
+    // r0 + RSTEP, ...; a tile whose k range is whole takes the unrolled path (one
+    // source pointer, compile-time strides, a predicate per chunk).
     static __device__ __forceinline__ void load(float* s, const float* __restrict__ x, int ld,
                                                 int ext_mn, int ext_k, int mn0, int k0, bool vec) {
         constexpr int RSTEP = NT / CHUNKS;
@@ -86,32 +81,43 @@ struct Tile {
         const int q = threadIdx.x % CHUNKS;
         const int gr0 = (KMAJOR ? mn0 : k0) + r0;
         const int gc = (KMAJOR ? k0 : mn0) + 4 * q;
-        const int ext_r = KMAJOR ? ext_mn : ext_k;
-        const int ext_c = KMAJOR ? ext_k : ext_mn;
         const float* src = x + gr0 * ld + gc;
-        const bool inside = vec && (KMAJOR ? mn0 : k0) + ROWS <= ext_r &&
-                            (KMAJOR ? k0 : mn0) + 4 * CHUNKS <= ext_c;
-        if (inside) {
+        if (vec && k0 + BK <= ext_k) {
+            if (KMAJOR) {  // rows are mn: a row past the edge is skipped
 #pragma unroll
-            for (int c = 0; c < PER_THREAD; ++c)
-                gg_mma::cp_async16(s + at(r0 + c * RSTEP, q), src + c * RSTEP * ld);
-            return;
+                for (int c = 0; c < PER_THREAD; ++c)
+                    if (gr0 + c * RSTEP < ext_mn)
+                        gg_mma::cp_async16(s + at(r0 + c * RSTEP, q), src + c * RSTEP * ld);
+                return;
+            }
+            if (gc + 3 < ext_mn) {  // rows are k (all inside): this thread's column is whole
+#pragma unroll
+                for (int c = 0; c < PER_THREAD; ++c)
+                    gg_mma::cp_async16(s + at(r0 + c * RSTEP, q), src + c * RSTEP * ld);
+                return;
+            }
         }
 #pragma unroll 1
         for (int c = 0; c < PER_THREAD; ++c) {
             const int r = r0 + c * RSTEP;
             const int gr = gr0 + c * RSTEP;
+            const int mn = KMAJOR ? gr : gc;  // first mn and k of the chunk
+            const int kk = KMAJOR ? gc : gr;
+            if (mn >= ext_mn) continue;  // past the mn edge: zero since the start
             float* dst = s + at(r, q);
             const float* sp = src + c * RSTEP * ld;
-            if (gr < ext_r && vec && gc + 3 < ext_c) {
+            if (kk >= ext_k) {
+                *reinterpret_cast<float4*>(dst) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            } else if (vec && (KMAJOR ? kk + 3 < ext_k : mn + 3 < ext_mn)) {
                 gg_mma::cp_async16(dst, sp);
             } else {
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    if (gr < ext_r && gc + j < ext_c)
+                for (int j = 0; j < 4; ++j) {  // j runs along k (KMAJOR) or along mn
+                    const bool in = KMAJOR ? kk + j < ext_k : mn + j < ext_mn;
+                    if (in)
                         gg_mma::cp_async4(dst + j, sp + j);
-                    else
-                        dst[j] = 0.0f;
+                    else if (KMAJOR)
+                        dst[j] = 0.0f;  // past the k edge (past the mn edge: left zero)
                 }
             }
         }
@@ -182,6 +188,14 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
     const int t = lane & 3;
     const int wm0 = (warp / WARPS_N) * WM;
     const int wn0 = (warp % WARPS_N) * WN;
+
+    // a tile crossing the m or n edge: zero the ring once; copies never write there
+    if (m0 + BM > M || n0 + BN > N) {
+        float4* z = reinterpret_cast<float4*>(smem);
+        for (int i = threadIdx.x; i < stages * STAGE / 4; i += NT)
+            z[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        __syncthreads();  // before any thread's cp.async can land on a zeroed slot
+    }
 
     // prologue: stages - 1 tiles in flight
     for (int s = 0; s < stages - 1; ++s) {
@@ -256,6 +270,7 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
     // Epilogue: alpha, bias, relu; acc[i][j][2hh + e] is row 16i + 8hh + g, column
     // 8j + 2t + e of the warp tile.
     float* __restrict__ out = C + blockIdx.z * (M * ldc);
+    const bool vec_c = (ldc % 2 == 0) && (reinterpret_cast<unsigned long long>(out) & 7ull) == 0;
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
 #pragma unroll
@@ -264,14 +279,20 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
             if (row >= M) continue;
 #pragma unroll
             for (int j = 0; j < NL; ++j) {
+                const int col = n0 + wn0 + 8 * j + 2 * t;
+                float v[2];
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const int col = n0 + wn0 + 8 * j + 2 * t + e;
-                    if (col >= N) continue;
-                    float v = alpha * acc[i][j][2 * hh + e];
-                    if (has_bias) v += bias[col];
-                    if (relu) v = v < 0.0f ? 0.0f : v;  // NaN propagates, as in NumPy
-                    out[row * ldc + col] = v;
+                    v[e] = alpha * acc[i][j][2 * hh + e];
+                    if (has_bias && col + e < N) v[e] += bias[col + e];
+                    if (relu) v[e] = v[e] < 0.0f ? 0.0f : v[e];  // NaN propagates, as in NumPy
+                }
+                float* dst = out + row * ldc + col;
+                if (vec_c && col + 1 < N) {  // the pair of columns in one 8-byte store
+                    *reinterpret_cast<float2*>(dst) = make_float2(v[0], v[1]);
+                } else {
+                    if (col < N) dst[0] = v[0];
+                    if (col + 1 < N) dst[1] = v[1];
                 }
             }
         }

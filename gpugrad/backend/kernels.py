@@ -517,6 +517,10 @@ def plan_matmul(
 TF32_TILE = (128, 256, 32, 256)  # BM, BN, BK, threads (matmul_tf32.cu)
 TF32_SPLIT_K_GRANULE = 32  # k per split is a multiple of this (one k tile)
 TF32_MAX_STAGES = 4  # cp.async ring depth when shared memory allows (sm_90: 4, sm_80: 3)
+# split-K planning units (H100 SXM, perfmodel): one block's k tile (1024 mma.sync of
+# 2048 FLOP at 2/3 of 2048 FLOP per SM and clock) and 90 % of HBM per (1.83 GHz) clock
+TF32_KTILE_CLOCKS = 1536
+TF32_BYTES_PER_CLOCK = 1650
 
 
 def tf32_stage_bytes(trans_a: bool = False, trans_b: bool = False) -> int:
@@ -564,15 +568,35 @@ def plan_matmul_tf32(
     trans_b: bool = False,
     splits: int | None = None,
 ) -> Launch:
-    """The tensor-core GEMM launch (``mode`` "tf32" or "3xtf32"): 128x256 tiles, split-K
-    as in ``plan_matmul`` when the tiles alone do not fill the SMs."""
+    """The tensor-core GEMM launch (``mode`` "tf32" or "3xtf32"): 128x256 tiles (one
+    block per SM), split-K when the tiles alone do not fill the SMs, with the split
+    count that minimises the modelled time ``max(compute, memory)``: compute is waves x
+    k tiles per split (``TF32_KTILE_CLOCKS`` each, x3 for 3xTF32), memory the operands
+    plus the split-K workspace, written and read back (``TF32_BYTES_PER_CLOCK``).
+
+    >>> plan_matmul_tf32(64, 2048, 512, "tf32", 132, trans_b=True).grid
+    (8, 1, 4)
+    >>> plan_matmul_tf32(64, 4096, 4096, "tf32", 132).grid   # memory-bound: few splits
+    (16, 1, 5)
+    """
     if mode not in TF32_MODES:
         raise ValueError(f"matmul: tf32 mode must be one of {TF32_MODES}, got {mode!r}")
-    bm, bn, _, threads = TF32_TILE
+    bm, bn, bk, threads = TF32_TILE
     blocks = _cdiv(m, bm) * _cdiv(n, bn)
     if splits is None:
-        granule = TF32_SPLIT_K_GRANULE // MATMUL_MIN_KTILES_PER_SPLIT
-        splits = matmul_splits(blocks, m, n, k, granule, num_sms)
+        ktiles = _cdiv(max(k, 1), bk)
+        cap = min(MATMUL_MAX_SPLITS, ktiles, INT32_MAX // max(1, m * n))
+        cap = 1 if blocks >= num_sms else max(1, cap)
+        per_ktile = TF32_KTILE_CLOCKS * (3 if mode == "3xtf32" else 1)
+        operands = 4 * (m * k + k * n + m * n)
+
+        def cost(sp):
+            chunk, sp = matmul_k_chunk(k, sp, TF32_SPLIT_K_GRANULE)
+            compute = _cdiv(blocks * sp, num_sms) * _cdiv(chunk, bk) * per_ktile
+            work = 2 * 4 * sp * m * n if sp > 1 else 0
+            return max(compute, (operands + work) / TF32_BYTES_PER_CLOCK)
+
+        splits = min(range(1, cap + 1), key=lambda sp: (cost(sp), sp))
     _, splits = matmul_k_chunk(k, int(splits), TF32_SPLIT_K_GRANULE)
     layout = MATMUL_LAYOUTS[(bool(trans_a), bool(trans_b))]
     return Launch(f"matmul_{mode}{layout}_f32", (blocks, 1, splits), (threads, 1, 1))

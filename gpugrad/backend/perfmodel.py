@@ -197,6 +197,7 @@ class KernelFacts:
     shared_wavefronts_per_iteration: float | None = None  # per warp (emulator trace)
     tensor_cores: bool = False  # the FMA-class instructions are TF32 HMMA (mma.sync)
     mma_flops_ratio: float = 1.0  # mma FLOPs per useful FLOP (3xTF32: 3)
+    extra_dram_bytes: float = 0.0  # traffic of this kernel only (split-K workspace)
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,7 @@ def predict(facts: KernelFacts, gpu: GPU, vendor: str | None = None) -> Predicti
     else:
         eff, bound = 1.0, "no FMA loop"
     compute = facts.flops / (peak * eff) if facts.flops else 0.0
-    memory = facts.dram_bytes / (0.9 * gpu.bandwidth_tbs * 1e12)
+    memory = (facts.dram_bytes + facts.extra_dram_bytes) / (0.9 * gpu.bandwidth_tbs * 1e12)
     if memory > compute:
         bound = "DRAM bandwidth"
     elif facts.fma_share is not None or tensor:

@@ -310,6 +310,8 @@ class Case:
     precision: str = "fp32"  # matmul: "tf32"/"3xtf32" for the tensor-core kernel
     dynamic_smem: int = 0  # bytes per block, beside ptxas's static figure (sm_90)
     smem_for: object = None  # callable: opt-in limit -> dynamic bytes on that GPU
+    padding: float = 1.0  # tensor-core GEMM: mma work on whole tiles / useful work
+    extra_bytes: float = 0.0  # DRAM traffic beyond the compulsory (split-K workspace)
 
 
 def _es(dtype):
@@ -393,13 +395,19 @@ def _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision):
         plan.grid,
         plan.block,
         2.0 * m * n * k,
-        (m * k + k * n + m * n) * 4 + workspace,
+        (m * k + k * n + m * n) * 4,
         -(-k_chunk // bk),
         -(-kt // bk),
         "sgemm_tf32" if precision == "tf32" else "sgemm",
         run,
     )
     case.precision = precision
+    case.extra_bytes = workspace
+    bm, bn = kernels.TF32_TILE[:2]
+    # the mma run on whole tiles: an M = 64 problem fills half of each 128-row tile
+    last = k - (splits - 1) * k_chunk
+    k_run = (splits - 1) * k_chunk + -(-last // bk) * bk
+    case.padding = (-(-m // bm) * bm) * (-(-n // bn) * bn) * k_run / max(1, m * n * k)
     case.smem_for = lambda limit: kernels.tf32_stages(trans_a, trans_b, limit)[1]
     case.dynamic_smem = case.smem_for(kernels.EMU_MAX_SHARED_OPTIN)
     return case
@@ -668,7 +676,8 @@ def profile(op: str, shape, dtype: str = "float32", gpus=("H100 SXM",), arch=90,
             instructions_per_iteration=loop.path_instructions if loop else None,
             shared_wavefronts_per_iteration=wf_iter if loop else None,
             tensor_cores=case.precision != "fp32",
-            mma_flops_ratio=3.0 if case.precision == "3xtf32" else 1.0,
+            mma_flops_ratio=(3.0 if case.precision == "3xtf32" else 1.0) * case.padding,
+            extra_dram_bytes=case.extra_bytes,
         )
         predictions.append(perfmodel.predict(facts, g, case.vendor))
     return Profile(case, stats, ks, occ, facts, predictions)
@@ -691,7 +700,11 @@ def report(p: Profile) -> str:
     lines = [
         f"{c.op} {'x'.join(map(str, c.shape))} {c.dtype}: kernel {c.kernel}, grid {c.grid}, "
         f"block {c.block}",
-        f"  work: {_si(c.flops, 'FLOP')}, compulsory DRAM traffic {_si(c.dram_bytes, 'B')}, "
+        f"  work: {_si(c.flops, 'FLOP')}"
+        + (f" (x{c.padding:.2f} run on whole tiles)" if c.padding > 1.0 + 1e-9 else "")
+        + f", compulsory DRAM traffic {_si(c.dram_bytes, 'B')}"
+        + (f" (+ {_si(c.extra_bytes, 'B')} split-K workspace)" if c.extra_bytes else "")
+        + ", "
         f"{c.iterations} hot-loop iterations per block (traced: {c.trace_iterations})",
         f"  compiled ({k.compiler}, sm_{k.arch}): {k.registers} registers, {k.spills} B spilled, "
         f"{k.smem} B static shared"
