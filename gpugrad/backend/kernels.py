@@ -911,10 +911,8 @@ def matmul(
                 m, n, k, prec, num_sms, trans_a=trans_a, trans_b=trans_b, splits=splits
             )
             stages, smem = tf32_stages(trans_a, trans_b, _device_props()["max_shared_optin"])
-            _launch_gemm(
-                plan, TF32_SPLIT_K_GRANULE, a, b, c, bias, False, m, n, k, dt, alpha, relu,
-                extra=(np.int32(stages),), shared_mem=smem,
-            )
+            gemm = (plan, TF32_SPLIT_K_GRANULE, a, b, c, bias, False, m, n, k, dt, alpha, relu)
+            _launch_gemm(*gemm, extra=(np.int32(stages),), shared_mem=smem)
             return c
         plan = plan_matmul(
             m,
@@ -946,8 +944,9 @@ def matmul(
     return dispatch.run("matmul", shape_class, dt, hand, call=call, vendor=vendor)
 
 
-def _launch_gemm(plan, granule, a, b, c, bias, mask, m, n, k, dt, alpha, relu, extra=(),
-                 shared_mem=0):
+def _launch_gemm(
+    plan, granule, a, b, c, bias, mask, m, n, k, dt, alpha, relu, extra=(), shared_mem=0
+):
     """Launch one GEMM plan (k per split a multiple of ``granule``); with split-K (grid
     z > 1) through a workspace and the reduction kernel, which applies alpha, bias and
     relu. ``mask is False``: the entry point has no mask parameter (tensor-core GEMM),

@@ -292,7 +292,9 @@ def predict(facts: KernelFacts, gpu: GPU, vendor: str | None = None) -> Predicti
         if v.tflops is not None:
             vs = facts.flops / (v.tflops * 1e12 * scale)
             if v.fraction_of_bandwidth is not None:  # a roofline: the bandwidth floor
-                vs = max(vs, facts.dram_bytes / (v.fraction_of_bandwidth * gpu.bandwidth_tbs * 1e12))
+                vs = max(
+                    vs, facts.dram_bytes / (v.fraction_of_bandwidth * gpu.bandwidth_tbs * 1e12)
+                )
         elif v.seconds is not None:
             vs = v.seconds / scale
         elif v.fraction_of_bandwidth is not None:

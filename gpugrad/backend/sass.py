@@ -362,9 +362,7 @@ def hot_loop(
     # LDGSTS (cp.async) is a global load and a shared store in one instruction
     def vec_loads(s):
         a, b = blocks[s]
-        return sum(
-            1 for i in instrs[a:b] if i.base in ("LDG", "LD", "LDGSTS") and ".128" in i.op
-        )
+        return sum(1 for i in instrs[a:b] if i.base in ("LDG", "LD", "LDGSTS") and ".128" in i.op)
 
     def stores(s):
         a, b = blocks[s]
