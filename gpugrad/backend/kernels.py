@@ -906,11 +906,15 @@ def matmul(
     def hand():
         c = xp.empty((m, n), dtype=a.dtype)
         num_sms = _device_props()["num_sms"]
-        if prec != "fp32":
+        limit = _device_props()["max_shared_optin"]
+        fits = 2 * tf32_stage_bytes(trans_a, trans_b) <= limit
+        # allow_tf32 only allows: a GPU with too little shared memory keeps FP32 (an
+        # explicit precision= raises in tf32_stages, naming the limit)
+        if prec != "fp32" and (fits or precision is not None):
             plan = plan_matmul_tf32(
                 m, n, k, prec, num_sms, trans_a=trans_a, trans_b=trans_b, splits=splits
             )
-            stages, smem = tf32_stages(trans_a, trans_b, _device_props()["max_shared_optin"])
+            stages, smem = tf32_stages(trans_a, trans_b, limit)
             gemm = (plan, TF32_SPLIT_K_GRANULE, a, b, c, bias, False, m, n, k, dt, alpha, relu)
             _launch_gemm(*gemm, extra=(np.int32(stages),), shared_mem=smem)
             return c

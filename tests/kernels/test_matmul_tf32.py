@@ -195,12 +195,23 @@ def test_tensor_core_gemm_whole_tiles_wrap_the_ring(
     run(rng, 128, 256, k, trans_a, trans_b, precision, bias=True, alpha=0.75)
 
 
-def test_tensor_core_stages_fit_the_shared_memory():
+def test_tensor_core_stages_fit_the_shared_memory(monkeypatch):
     per = kernels.tf32_stage_bytes(False, True)
     assert kernels.tf32_stages(False, True, 4 * per) == (4, 4 * per)
     assert kernels.tf32_stages(False, True, 4 * per - 1) == (3, 3 * per)
     with pytest.raises(ValueError, match="needs .* bytes of shared memory"):
         kernels.tf32_stages(False, True, 2 * per - 1)
+    # a GPU without room for two stages (an RTX 4090's 99 KiB): allow_tf32 keeps FP32,
+    # an explicit precision raises
+    small = dict(kernels._device_props(), max_shared_optin=99 * 1024)
+    monkeypatch.setattr(kernels, "_device_props", lambda: small)
+    a = np.ones((8, 8), np.float32)
+    with kernels.tf32():
+        kernels.reset_launches()
+        np.testing.assert_array_equal(kernels.matmul(a, a, trans_b=True), a @ a.T)
+        assert not any("tf32" in n for n in kernels.launches())
+    with pytest.raises(ValueError, match="needs .* bytes of shared memory"):
+        kernels.matmul(a, a, trans_b=True, precision="tf32")
 
 
 def test_tensor_core_plan_splits_skinny_problems():
