@@ -83,6 +83,12 @@ struct Tile {
         const int gc = (KMAJOR ? k0 : mn0) + 4 * q;
         const float* src = x + gr0 * ld + gc;
         if (vec && k0 + BK <= ext_k) {
+            if (mn0 + BMN <= ext_mn) {  // the whole tile: unconditional copies
+#pragma unroll
+                for (int c = 0; c < PER_THREAD; ++c)
+                    gg_mma::cp_async16(s + at(r0 + c * RSTEP, q), src + c * RSTEP * ld);
+                return;
+            }
             if (KMAJOR) {  // rows are mn: a row past the edge is skipped
 #pragma unroll
                 for (int c = 0; c < PER_THREAD; ++c)
