@@ -142,6 +142,12 @@ def main(argv=None):
     prof.add_argument("--tile", choices=("large", "mid", "small"), help="matmul tile")
     prof.add_argument("--trans-a", action="store_true", help="matmul: op(a) = a.T")
     prof.add_argument("--trans-b", action="store_true", help="matmul: op(b) = b.T")
+    prof.add_argument(
+        "--precision",
+        choices=("fp32", "tf32", "3xtf32"),
+        default="fp32",
+        help="matmul: fp32 (FMA kernels) or the tensor-core kernel in tf32 or 3xtf32",
+    )
     prof.add_argument("--stride", type=int, default=1, help="conv2d stride")
     prof.add_argument("--pad", type=int, help="conv2d padding (default KH // 2)")
     opts = parser.parse_args(argv)

@@ -11,115 +11,168 @@
 //    lo = tf32(x - hi); a.b ~= a_lo.b_hi + a_hi.b_lo + a_hi.b_hi (the a_lo.b_lo term,
 //    ~2^-22 relative, is dropped): FP32-level accuracy at three mma per product.
 //
-// Design (CUTLASS sm80 multistage): 128x128 block tile, 8 warps of 64x32, each warp
-// 4x4 mma.sync.m16n8k8 tiles; operand tiles are copied global -> shared with cp.async
-// (no register staging) in a STAGES-deep ring (4 for TF32; 2 for 3xTF32, whose stages
-// hold hi and lo parts), one __syncthreads per k tile. Once its copies land, each
-// thread rounds (or splits) the 16-byte chunks it copied in place, so an element is
-// converted once instead of once per warp that reads it (2-4x); shared
-// rows padded so that every fragment load is bank-conflict-free (rows of k: stride
-// BK+4; rows of m/n: stride BM+8). Layouts are compile-time (entry point suffix
-// _nt/_tn/_tt, none = NN); split-K over gridDim.z as in matmul.cu (partial products to
-// C + z*M*ldc, epilogue in matmul_splitk_reduce_f32). No relu-mask prologue: the host
-// takes the FP32 kernel for masked products.
+// Design (CUTLASS sm80 multistage, 64x64 warp tiles):
+//  * block tile 128x256x32, 8 warps (2 x 4) of 64x64, each warp 4 x 8 mma.m16n8k8
+//    tiles per k step of 8 (128 mma per k tile of 32);
+//  * operand tiles go global -> shared with cp.async (no register staging) into a ring
+//    of `stages` stages in dynamic shared memory (the host opts in past 48 KiB and
+//    picks 4 stages on sm_90, 3 on sm_80: kernels.tf32_stages); one __syncthreads per
+//    k tile;
+//  * fragments in the mma's own order, one LDS.32 per operand register straight into
+//    the register the mma reads (no moves), rounded (split) there in place; the 16-byte
+//    chunks of each shared row are XOR-swizzled (k-contiguous tiles: chunk ^ mn % 8;
+//    mn-contiguous ones: chunk ^ 2 (k % 4)) so that every fragment load (8 rows x 4
+//    columns of a warp) and every cp.async fill hits 32 different banks, with no
+//    padding. Per k tile and warp: 128 LDS.32 (1 wavefront each) + 12 cp.async
+//    (16-byte, 4 wavefronts per warp request) for 128 mma: 176 shared wavefronts
+//    against the tensor pipe's 192 clocks at the mma.sync rate on sm_90;
+//  * compile-time layouts (entry point suffix _nt/_tn/_tt, none = NN); split-K over
+//    gridDim.z as in matmul.cu (partial products to C + z*M*ldc, epilogue in
+//    matmul_splitk_reduce_f32). No relu-mask prologue: the host takes the FP32 kernel
+//    for masked products.
 #include "mma.cuh"
 
 namespace gg_tf32 {
+
+constexpr int BK = 32;  // k per tile (4 mma k steps)
 
 __device__ __forceinline__ bool aligned16(const void* p) {
     return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0ull;
 }
 
-// A BMN x BK tile of op(X) in shared memory. KMAJOR (element (mn, k) at X[mn*ld + k]):
-// stored as rows of k (row mn, stride BK + 4); else as rows of mn (row k, stride
-// BMN + 8). Both paddings keep rows 16-byte aligned for cp.async and make the
-// fragment reads of a warp (8 rows x 4 columns) hit 32 different banks.
-template <int BMN, int BK, int NT, bool KMAJOR>
-struct SmemTile {
-    static constexpr int ROWS = KMAJOR ? BMN : BK;  // rows in memory order
-    static constexpr int COLS = KMAJOR ? BK : BMN;  // contiguous extent
-    static constexpr int LD = KMAJOR ? BK + 4 : BMN + 8;
+// A BMN x BK tile of op(X) in shared memory, rows of 16-byte chunks (no padding),
+// the chunks of each row XOR-swizzled so that the fragment loads and the fills are
+// conflict-free. KMAJOR (element (mn, k) at X[mn*ld + k]): row mn holds its 32 k,
+// chunk c at c ^ (mn % 8). Else row k holds BMN values of mn, chunk c at
+// c ^ 2 (k % 4).
+template <int BMN, int NT, bool KMAJOR>
+struct Tile {
+    static constexpr int LD = KMAJOR ? BK : BMN;
+    static constexpr int ROWS = KMAJOR ? BMN : BK;
+    static constexpr int CHUNKS = LD / 4;  // 16-byte chunks per row
     static constexpr int SIZE = ROWS * LD;  // floats per stage
-    static constexpr int PER_THREAD = ROWS * COLS / 4 / NT;
-    static_assert(ROWS * COLS % (4 * NT) == 0 && PER_THREAD >= 1, "tile must split into 16-B chunks");
+    static constexpr int PER_THREAD = ROWS * CHUNKS / NT;
+    static_assert(ROWS * CHUNKS % NT == 0 && PER_THREAD >= 1, "tile must split into chunks");
 
-    // Queue the copies of the tile whose corner is (mn0, k0); elements outside
-    // (ext_mn, ext_k) are zero-filled with ordinary shared stores.
+    static __device__ __forceinline__ int swz(int row) {
+        return KMAJOR ? (row & 7) : ((row & 3) << 1);
+    }
+    // shared offset of the chunk holding (row, 4 * chunk .. 4 * chunk + 3)
+    static __device__ __forceinline__ int at(int row, int chunk) {
+        return row * LD + 4 * (chunk ^ swz(row));
+    }
+    // the raw bits of op(X)[mn][k]
+    static __device__ __forceinline__ unsigned get(const float* s, int mn, int k) {
+        const int row = KMAJOR ? mn : k, col = KMAJOR ? k : mn;
+        return __float_as_uint(s[at(row, col >> 2) + (col & 3)]);
+    }
+
+    // Queue the copies of the tile whose corner is (mn0, k0). Elements past ext_k are
+    // zero-filled with ordinary shared stores; elements past ext_mn are not written at
+    // all: the block zeroed its whole ring once (gemm, when its tile crosses the mn
+    // edge) and no tile ever copies there. A thread copies chunk q of rows r0,
+    // r0 + RSTEP, ...; a tile whose k range is whole takes the unrolled path (one
+    // source pointer, compile-time strides, a predicate per chunk).
     static __device__ __forceinline__ void load(float* s, const float* __restrict__ x, int ld,
                                                 int ext_mn, int ext_k, int mn0, int k0, bool vec) {
+        constexpr int RSTEP = NT / CHUNKS;
+        static_assert(NT % CHUNKS == 0, "a thread keeps one chunk column");
+        const int r0 = threadIdx.x / CHUNKS;
+        const int q = threadIdx.x % CHUNKS;
+        const int gr0 = (KMAJOR ? mn0 : k0) + r0;
+        const int gc = (KMAJOR ? k0 : mn0) + 4 * q;
+        const float* src = x + gr0 * ld + gc;
+        if (vec && k0 + BK <= ext_k) {
+            if (mn0 + BMN <= ext_mn) {  // the whole tile: unconditional copies
 #pragma unroll
+                for (int c = 0; c < PER_THREAD; ++c)
+                    gg_mma::cp_async16(s + at(r0 + c * RSTEP, q), src + c * RSTEP * ld);
+                return;
+            }
+            if (KMAJOR) {  // rows are mn: a row past the edge is skipped
+#pragma unroll
+                for (int c = 0; c < PER_THREAD; ++c)
+                    if (gr0 + c * RSTEP < ext_mn)
+                        gg_mma::cp_async16(s + at(r0 + c * RSTEP, q), src + c * RSTEP * ld);
+                return;
+            }
+            if (gc + 3 < ext_mn) {  // rows are k (all inside): this thread's column is whole
+#pragma unroll
+                for (int c = 0; c < PER_THREAD; ++c)
+                    gg_mma::cp_async16(s + at(r0 + c * RSTEP, q), src + c * RSTEP * ld);
+                return;
+            }
+        }
+#pragma unroll 1
         for (int c = 0; c < PER_THREAD; ++c) {
-            const int id = threadIdx.x + c * NT;
-            const int r = id / (COLS / 4);
-            const int q = (id % (COLS / 4)) * 4;
-            const int gr = (KMAJOR ? mn0 : k0) + r;
-            const int gc = (KMAJOR ? k0 : mn0) + q;
-            const int ext_r = KMAJOR ? ext_mn : ext_k;
-            const int ext_c = KMAJOR ? ext_k : ext_mn;
-            float* dst = s + r * LD + q;
-            if (gr < ext_r && vec && gc + 3 < ext_c) {
-                gg_mma::cp_async16(dst, x + gr * ld + gc);
+            const int r = r0 + c * RSTEP;
+            const int gr = gr0 + c * RSTEP;
+            const int mn = KMAJOR ? gr : gc;  // first mn and k of the chunk
+            const int kk = KMAJOR ? gc : gr;
+            if (mn >= ext_mn) continue;  // past the mn edge: zero since the start
+            float* dst = s + at(r, q);
+            const float* sp = src + c * RSTEP * ld;
+            if (kk >= ext_k) {
+                *reinterpret_cast<float4*>(dst) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            } else if (vec && (KMAJOR ? kk + 3 < ext_k : mn + 3 < ext_mn)) {
+                gg_mma::cp_async16(dst, sp);
             } else {
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    if (gr < ext_r && gc + j < ext_c)
-                        gg_mma::cp_async4(dst + j, x + gr * ld + gc + j);
-                    else
-                        dst[j] = 0.0f;
+                for (int j = 0; j < 4; ++j) {  // j runs along k (KMAJOR) or along mn
+                    const bool in = KMAJOR ? kk + j < ext_k : mn + j < ext_mn;
+                    if (in)
+                        gg_mma::cp_async4(dst + j, sp + j);
+                    else if (KMAJOR)
+                        dst[j] = 0.0f;  // past the k edge (past the mn edge: left zero)
                 }
             }
         }
     }
-
-    // Round the chunks this thread copied (landed: after its cp.async.wait_group) to
-    // TF32 in place, or split them into hi (in place) and lo (at s + lo_offset).
-    template <bool SPLIT3>
-    static __device__ __forceinline__ void convert(float* s, int lo_offset) {
-#pragma unroll
-        for (int c = 0; c < PER_THREAD; ++c) {
-            const int id = threadIdx.x + c * NT;
-            float* p = s + (id / (COLS / 4)) * LD + (id % (COLS / 4)) * 4;
-            float4 v = *reinterpret_cast<float4*>(p);
-            if (SPLIT3) {
-                unsigned h[4], l[4];
-                gg_mma::split_tf32(v.x, h[0], l[0]);
-                gg_mma::split_tf32(v.y, h[1], l[1]);
-                gg_mma::split_tf32(v.z, h[2], l[2]);
-                gg_mma::split_tf32(v.w, h[3], l[3]);
-                *reinterpret_cast<uint4*>(p) = make_uint4(h[0], h[1], h[2], h[3]);
-                *reinterpret_cast<uint4*>(p + lo_offset) = make_uint4(l[0], l[1], l[2], l[3]);
-            } else {
-                *reinterpret_cast<uint4*>(p) =
-                    make_uint4(gg_mma::to_tf32(v.x), gg_mma::to_tf32(v.y), gg_mma::to_tf32(v.z),
-                               gg_mma::to_tf32(v.w));
-            }
-        }
-    }
-
-    // TF32 bits of op(X)[mn][k] (already converted in shared memory)
-    static __device__ __forceinline__ unsigned get(const float* s, int mn, int k) {
-        return __float_as_uint(KMAJOR ? s[mn * LD + k] : s[k * LD + mn]);
-    }
 };
 
-template <int BM, int BN, int BK, int STAGES, int WARPS_M, int WARPS_N, bool TA, bool TB,
-          bool SPLIT3>
+// raw FP32 bits -> TF32 (cvt.rna) in place, or hi (in place) + lo for 3xTF32
+template <int N, bool SPLIT3>
+__device__ __forceinline__ void round_frag(unsigned* x, unsigned* lo) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        if (SPLIT3) {
+            unsigned h, l;
+            gg_mma::split_tf32(__uint_as_float(x[i]), h, l);
+            x[i] = h;
+            lo[i] = l;
+        } else {
+            x[i] = gg_mma::to_tf32(__uint_as_float(x[i]));
+        }
+    }
+}
+
+__device__ __forceinline__ void wait_stage(int stages) {
+    // cp.async.wait_group takes an immediate: stages - 2 groups may stay in flight
+    if (stages >= 4)
+        gg_mma::cp_async_wait<2>();
+    else if (stages == 3)
+        gg_mma::cp_async_wait<1>();
+    else
+        gg_mma::cp_async_wait<0>();
+}
+
+template <int BM, int BN, int WARPS_M, int WARPS_N, bool TA, bool TB, bool SPLIT3>
 __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* __restrict__ B,
                                      float* __restrict__ C, const float* __restrict__ bias,
                                      int M, int N, int K, int lda, int ldb, int ldc,
-                                     int k_chunk, int has_bias, float alpha, int relu) {
+                                     int k_chunk, int has_bias, float alpha, int relu,
+                                     int stages) {
     constexpr int NT = WARPS_M * WARPS_N * 32;
     constexpr int WM = BM / WARPS_M;
     constexpr int WN = BN / WARPS_N;
     constexpr int MT = WM / 16;  // mma tiles per warp along m
     constexpr int NL = WN / 8;   // along n
     constexpr int GROUP = 8;
-    static_assert(WM % 16 == 0 && WN % 8 == 0 && BK % 8 == 0 && STAGES >= 2, "bad tiling");
-    using TileA = SmemTile<BM, BK, NT, !TA>;
-    using TileB = SmemTile<BN, BK, NT, TB>;
-    constexpr int HI = TileA::SIZE + TileB::SIZE;  // TF32 (hi) parts of A and B
-    constexpr int STAGE = SPLIT3 ? 2 * HI : HI;     // + the lo parts for 3xTF32
-    __shared__ __align__(16) float smem[STAGES * STAGE];
+    static_assert(WM == 64 && WN == 64, "the fragment relabelling assumes 64x64 warp tiles");
+    using TileA = Tile<BM, NT, !TA>;
+    using TileB = Tile<BN, NT, TB>;
+    constexpr int STAGE = TileA::SIZE + TileB::SIZE;  // floats
+    extern __shared__ __align__(16) float smem[];
 
     const int tiles_m = (M + BM - 1) / BM;
     const int tiles_n = (N + BN - 1) / BN;
@@ -142,9 +195,16 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
     const int wm0 = (warp / WARPS_N) * WM;
     const int wn0 = (warp % WARPS_N) * WN;
 
-    // prologue: STAGES - 1 tiles in flight
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
+    // a tile crossing the m or n edge: zero the ring once; copies never write there
+    if (m0 + BM > M || n0 + BN > N) {
+        float4* z = reinterpret_cast<float4*>(smem);
+        for (int i = threadIdx.x; i < stages * STAGE / 4; i += NT)
+            z[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        __syncthreads();  // before any thread's cp.async can land on a zeroed slot
+    }
+
+    // prologue: stages - 1 tiles in flight
+    for (int s = 0; s < stages - 1; ++s) {
         if (s < ktiles) {
             float* sa = smem + s * STAGE;
             TileA::load(sa, A, lda, M, k_end, m0, k_begin + s * BK, vec_a);
@@ -161,49 +221,44 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
+    int read = 0;              // stage of tile kt
+    int write = stages - 1;    // stage of tile kt + stages - 1
     for (int kt = 0; kt < ktiles; ++kt) {
-        gg_mma::cp_async_wait<STAGES - 2>();  // this thread's copies of tile kt landed:
-        float* sc = smem + (kt % STAGES) * STAGE;  // convert them once, here, not per
-        TileA::template convert<SPLIT3>(sc, HI);  // fragment read (each element is read
-        TileB::template convert<SPLIT3>(sc + TileA::SIZE, HI);  // by 2-4 warps)
-        __syncthreads();  // tile kt converted by everyone; stage kt-1 no longer read
-        const int next = kt + STAGES - 1;
+        wait_stage(stages);      // this thread's copies of tile kt landed
+        __syncthreads();        // everyone's; and stage `write` (tile kt-1) is no longer read
+        const int next = kt + stages - 1;
         if (next < ktiles) {
-            float* sn = smem + (next % STAGES) * STAGE;
+            float* sn = smem + write * STAGE;
             TileA::load(sn, A, lda, M, k_end, m0, k_begin + next * BK, vec_a);
             TileB::load(sn + TileA::SIZE, B, ldb, N, k_end, n0, k_begin + next * BK, vec_b);
         }
         gg_mma::cp_async_commit();
+        write = write + 1 == stages ? 0 : write + 1;
 
-        const float* sa = smem + (kt % STAGES) * STAGE;
+        const float* sa = smem + read * STAGE;
         const float* sb = sa + TileA::SIZE;
+        read = read + 1 == stages ? 0 : read + 1;
 #pragma unroll
         for (int ks = 0; ks < BK; ks += 8) {
+            // fragments straight into the mma's operand registers (one conflict-free
+            // LDS.32 each), rounded (split) in place
             unsigned ah[MT][4], al[MT][4], bh[NL][2], bl[NL][2];
 #pragma unroll
             for (int i = 0; i < MT; ++i) {
-                const int r = wm0 + i * 16 + g;
+                const int r = wm0 + 16 * i + g;
                 ah[i][0] = TileA::get(sa, r, ks + t);
                 ah[i][1] = TileA::get(sa, r + 8, ks + t);
                 ah[i][2] = TileA::get(sa, r, ks + t + 4);
                 ah[i][3] = TileA::get(sa, r + 8, ks + t + 4);
-                if (SPLIT3) {
-                    al[i][0] = TileA::get(sa + HI, r, ks + t);
-                    al[i][1] = TileA::get(sa + HI, r + 8, ks + t);
-                    al[i][2] = TileA::get(sa + HI, r, ks + t + 4);
-                    al[i][3] = TileA::get(sa + HI, r + 8, ks + t + 4);
-                }
             }
 #pragma unroll
             for (int j = 0; j < NL; ++j) {
-                const int c = wn0 + j * 8 + g;
+                const int c = wn0 + 8 * j + g;
                 bh[j][0] = TileB::get(sb, c, ks + t);
                 bh[j][1] = TileB::get(sb, c, ks + t + 4);
-                if (SPLIT3) {
-                    bl[j][0] = TileB::get(sb + HI, c, ks + t);
-                    bl[j][1] = TileB::get(sb + HI, c, ks + t + 4);
-                }
             }
+            round_frag<MT * 4, SPLIT3>(&ah[0][0], &al[0][0]);
+            round_frag<NL * 2, SPLIT3>(&bh[0][0], &bl[0][0]);
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -218,24 +273,32 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
     }
     gg_mma::cp_async_wait<0>();  // nothing may stay in flight past the block's end
 
-    // Epilogue: alpha, bias, relu; each lane owns pairs of adjacent columns.
+    // Epilogue: alpha, bias, relu; acc[i][j][2hh + e] is row 16i + 8hh + g, column
+    // 8j + 2t + e of the warp tile.
     float* __restrict__ out = C + blockIdx.z * (M * ldc);
+    const bool vec_c = (ldc % 2 == 0) && (reinterpret_cast<unsigned long long>(out) & 7ull) == 0;
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int row = m0 + wm0 + i * 16 + g + h * 8;
+        for (int hh = 0; hh < 2; ++hh) {
+            const int row = m0 + wm0 + 16 * i + 8 * hh + g;
             if (row >= M) continue;
 #pragma unroll
             for (int j = 0; j < NL; ++j) {
-                const int col = n0 + wn0 + j * 8 + 2 * t;
+                const int col = n0 + wn0 + 8 * j + 2 * t;
+                float v[2];
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    if (col + e >= N) continue;
-                    float v = alpha * acc[i][j][2 * h + e];
-                    if (has_bias) v += bias[col + e];
-                    if (relu) v = v < 0.0f ? 0.0f : v;  // NaN propagates, as in NumPy
-                    out[row * ldc + col + e] = v;
+                    v[e] = alpha * acc[i][j][2 * hh + e];
+                    if (has_bias && col + e < N) v[e] += bias[col + e];
+                    if (relu) v[e] = v[e] < 0.0f ? 0.0f : v[e];  // NaN propagates, as in NumPy
+                }
+                float* dst = out + row * ldc + col;
+                if (vec_c && col + 1 < N) {  // the pair of columns in one 8-byte store
+                    *reinterpret_cast<float2*>(dst) = make_float2(v[0], v[1]);
+                } else {
+                    if (col < N) dst[0] = v[0];
+                    if (col + 1 < N) dst[1] = v[1];
                 }
             }
         }
@@ -244,39 +307,39 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
 
 }  // namespace gg_tf32
 
-// matmul_tf32_*: 128x128x8 block tile, 4-stage cp.async ring, 2x4 warps of 64x32 (256 threads)
-extern "C" __global__ void __launch_bounds__(256, 2)
-matmul_tf32_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_tf32::gemm<128, 128, 8, 4, 2, 4, false, false, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+
+// matmul_tf32_*: 128x256x32 block tile, 2x4 warps of 64x64 (256 threads), `stages`-deep cp.async ring in dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256, 1)
+matmul_tf32_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
+    gg_tf32::gemm<128, 256, 2, 4, false, false, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
 }
-extern "C" __global__ void __launch_bounds__(256, 2)
-matmul_tf32_nt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_tf32::gemm<128, 128, 8, 4, 2, 4, false, true, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+extern "C" __global__ void __launch_bounds__(256, 1)
+matmul_tf32_nt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
+    gg_tf32::gemm<128, 256, 2, 4, false, true, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
 }
-extern "C" __global__ void __launch_bounds__(256, 2)
-matmul_tf32_tn_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_tf32::gemm<128, 128, 8, 4, 2, 4, true, false, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+extern "C" __global__ void __launch_bounds__(256, 1)
+matmul_tf32_tn_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
+    gg_tf32::gemm<128, 256, 2, 4, true, false, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
 }
-extern "C" __global__ void __launch_bounds__(256, 2)
-matmul_tf32_tt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_tf32::gemm<128, 128, 8, 4, 2, 4, true, true, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+extern "C" __global__ void __launch_bounds__(256, 1)
+matmul_tf32_tt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
+    gg_tf32::gemm<128, 256, 2, 4, true, true, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
 }
 
-// matmul_3xtf32_*: 128x128x8 block tile, 2-stage cp.async ring (hi + lo parts), 2x4 warps of 64x32 (256 threads)
+// matmul_3xtf32_*: 128x256x32 block tile, 2x4 warps of 64x64 (256 threads), `stages`-deep cp.async ring in dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256, 1)
-matmul_3xtf32_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_tf32::gemm<128, 128, 8, 2, 2, 4, false, false, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+matmul_3xtf32_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
+    gg_tf32::gemm<128, 256, 2, 4, false, false, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
 }
 extern "C" __global__ void __launch_bounds__(256, 1)
-matmul_3xtf32_nt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_tf32::gemm<128, 128, 8, 2, 2, 4, false, true, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+matmul_3xtf32_nt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
+    gg_tf32::gemm<128, 256, 2, 4, false, true, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
 }
 extern "C" __global__ void __launch_bounds__(256, 1)
-matmul_3xtf32_tn_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_tf32::gemm<128, 128, 8, 2, 2, 4, true, false, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+matmul_3xtf32_tn_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
+    gg_tf32::gemm<128, 256, 2, 4, true, false, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
 }
 extern "C" __global__ void __launch_bounds__(256, 1)
-matmul_3xtf32_tt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_tf32::gemm<128, 128, 8, 2, 2, 4, true, true, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
+matmul_3xtf32_tt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
+    gg_tf32::gemm<128, 256, 2, 4, true, true, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
 }
-

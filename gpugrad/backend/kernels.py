@@ -66,6 +66,7 @@ INT32_MAX = 2**31 - 1
 GRID_YZ_MAX = 65535
 EMU_NUM_SMS = 132  # the emulator plans launches as for an H100 SXM
 EMU_MAX_SHARED = 48 * 1024  # default dynamic + static shared memory per block
+EMU_MAX_SHARED_OPTIN = 227 * 1024  # with the opt-in attribute (an H100's limit)
 
 
 class KernelCompileError(RuntimeError):
@@ -348,8 +349,15 @@ def _device_props() -> dict:
         return {
             "num_sms": int(attrs["MultiProcessorCount"]),
             "max_shared": int(attrs["MaxSharedMemoryPerBlock"]),
+            "max_shared_optin": int(
+                attrs.get("MaxSharedMemoryPerBlockOptin", attrs["MaxSharedMemoryPerBlock"])
+            ),
         }
-    return {"num_sms": EMU_NUM_SMS, "max_shared": EMU_MAX_SHARED}
+    return {
+        "num_sms": EMU_NUM_SMS,
+        "max_shared": EMU_MAX_SHARED,
+        "max_shared_optin": EMU_MAX_SHARED_OPTIN,
+    }
 
 
 class Kernel:
@@ -360,13 +368,19 @@ class Kernel:
 
     def __call__(self, grid, block, args, shared_mem: int = 0):
         fn = _function(self.name)
-        limit = _device_props()["max_shared"]
+        props = _device_props()
+        limit = max(props["max_shared"], props.get("max_shared_optin", 0))
         static = int(getattr(fn, "shared_size_bytes", 0) or 0)
         if shared_mem < 0 or shared_mem + static > limit:
             raise ValueError(
                 f"kernel {self.name}: {shared_mem} bytes of dynamic shared memory (+{static} "
                 f"static) exceed the device limit of {limit} bytes per block"
             )
+        if shared_mem + static > props["max_shared"]:
+            # past the default 48 KiB: opt in (cudaFuncSetAttribute(...,
+            # MaxDynamicSharedMemorySize); CuPy, cuda-sim and emu expose it alike)
+            if int(getattr(fn, "max_dynamic_shared_size_bytes", 0) or 0) < shared_mem:
+                fn.max_dynamic_shared_size_bytes = shared_mem
         with _lock:
             _launch_counts[self.name] = _launch_counts.get(self.name, 0) + 1
         args = tuple(args)
@@ -500,8 +514,47 @@ def plan_matmul(
     return Launch(name, (blocks(tile), 1, splits), (threads, 1, 1))
 
 
-TF32_TILE = (128, 128, 8, 256)  # BM, BN, BK, threads (matmul_tf32.cu)
-TF32_SPLIT_K_GRANULE = 32  # k per split is a multiple of this (4 k tiles of 8)
+TF32_TILE = (128, 256, 32, 256)  # BM, BN, BK, threads (matmul_tf32.cu)
+TF32_SPLIT_K_GRANULE = 32  # k per split is a multiple of this (one k tile)
+TF32_MAX_STAGES = 4  # cp.async ring depth when shared memory allows (sm_90: 4, sm_80: 3)
+# split-K planning units (H100 SXM, perfmodel): one block's k tile (1024 mma.sync of
+# 2048 FLOP at 2/3 of 2048 FLOP per SM and clock) and 90 % of HBM per (1.83 GHz) clock
+TF32_KTILE_CLOCKS = 1536
+TF32_BYTES_PER_CLOCK = 1650
+
+
+def tf32_stage_bytes(trans_a: bool = False, trans_b: bool = False) -> int:
+    """Shared memory of one pipeline stage of the tensor-core GEMM: a BM x 32 tile of
+    op(a) and a BN x 32 tile of op(b); k-contiguous tiles are stored as rows of 32 k
+    padded to 36 floats, mn-contiguous ones unpadded (see kernels/matmul_tf32.cu).
+
+    >>> tf32_stage_bytes(), tf32_stage_bytes(False, True)
+    (51200, 55296)
+    """
+    bm, bn, bk, _ = TF32_TILE
+
+    def tile(rows, k_major):
+        return rows * (bk + 4) if k_major else bk * rows
+
+    return 4 * (tile(bm, not trans_a) + tile(bn, bool(trans_b)))
+
+
+def tf32_stages(trans_a: bool, trans_b: bool, shared_limit: int) -> tuple[int, int]:
+    """(stages, dynamic shared bytes) of the tensor-core GEMM's cp.async ring: as many
+    stages as fit ``shared_limit`` (the opt-in limit per block: 227 KiB on an H100,
+    163 KiB on an A100), at most ``TF32_MAX_STAGES``; at least 2 are needed.
+
+    >>> tf32_stages(False, False, 227 * 1024), tf32_stages(False, True, 163 * 1024)
+    ((4, 204800), (3, 165888))
+    """
+    per = tf32_stage_bytes(trans_a, trans_b)
+    stages = min(TF32_MAX_STAGES, int(shared_limit) // per)
+    if stages < 2:
+        raise ValueError(
+            f"matmul: the TF32 tensor-core GEMM needs {2 * per} bytes of shared memory per "
+            f"block (two {per}-byte pipeline stages); this device allows {shared_limit}"
+        )
+    return stages, stages * per
 
 
 def plan_matmul_tf32(
@@ -515,15 +568,35 @@ def plan_matmul_tf32(
     trans_b: bool = False,
     splits: int | None = None,
 ) -> Launch:
-    """The tensor-core GEMM launch (``mode`` "tf32" or "3xtf32"): 128x128 tiles, split-K
-    as in ``plan_matmul`` when the tiles alone do not fill the SMs."""
+    """The tensor-core GEMM launch (``mode`` "tf32" or "3xtf32"): 128x256 tiles (one
+    block per SM), split-K when the tiles alone do not fill the SMs, with the split
+    count that minimises the modelled time ``max(compute, memory)``: compute is waves x
+    k tiles per split (``TF32_KTILE_CLOCKS`` each, x3 for 3xTF32), memory the operands
+    plus the split-K workspace, written and read back (``TF32_BYTES_PER_CLOCK``).
+
+    >>> plan_matmul_tf32(64, 2048, 512, "tf32", 132, trans_b=True).grid
+    (8, 1, 4)
+    >>> plan_matmul_tf32(64, 4096, 4096, "tf32", 132).grid   # memory-bound: few splits
+    (16, 1, 5)
+    """
     if mode not in TF32_MODES:
         raise ValueError(f"matmul: tf32 mode must be one of {TF32_MODES}, got {mode!r}")
-    bm, bn, _, threads = TF32_TILE
+    bm, bn, bk, threads = TF32_TILE
     blocks = _cdiv(m, bm) * _cdiv(n, bn)
     if splits is None:
-        granule = TF32_SPLIT_K_GRANULE // MATMUL_MIN_KTILES_PER_SPLIT
-        splits = matmul_splits(blocks, m, n, k, granule, num_sms)
+        ktiles = _cdiv(max(k, 1), bk)
+        cap = min(MATMUL_MAX_SPLITS, ktiles, INT32_MAX // max(1, m * n))
+        cap = 1 if blocks >= num_sms else max(1, cap)
+        per_ktile = TF32_KTILE_CLOCKS * (3 if mode == "3xtf32" else 1)
+        operands = 4 * (m * k + k * n + m * n)
+
+        def cost(sp):
+            chunk, sp = matmul_k_chunk(k, sp, TF32_SPLIT_K_GRANULE)
+            compute = _cdiv(blocks * sp, num_sms) * _cdiv(chunk, bk) * per_ktile
+            work = 2 * 4 * sp * m * n if sp > 1 else 0
+            return max(compute, (operands + work) / TF32_BYTES_PER_CLOCK)
+
+        splits = min(range(1, cap + 1), key=lambda sp: (cost(sp), sp))
     _, splits = matmul_k_chunk(k, int(splits), TF32_SPLIT_K_GRANULE)
     layout = MATMUL_LAYOUTS[(bool(trans_a), bool(trans_b))]
     return Launch(f"matmul_{mode}{layout}_f32", (blocks, 1, splits), (threads, 1, 1))
@@ -833,11 +906,17 @@ def matmul(
     def hand():
         c = xp.empty((m, n), dtype=a.dtype)
         num_sms = _device_props()["num_sms"]
-        if prec != "fp32":
+        limit = _device_props()["max_shared_optin"]
+        fits = 2 * tf32_stage_bytes(trans_a, trans_b) <= limit
+        # allow_tf32 only allows: a GPU with too little shared memory keeps FP32 (an
+        # explicit precision= raises in tf32_stages, naming the limit)
+        if prec != "fp32" and (fits or precision is not None):
             plan = plan_matmul_tf32(
                 m, n, k, prec, num_sms, trans_a=trans_a, trans_b=trans_b, splits=splits
             )
-            _launch_gemm(plan, TF32_SPLIT_K_GRANULE, a, b, c, bias, False, m, n, k, dt, alpha, relu)
+            stages, smem = tf32_stages(trans_a, trans_b, limit)
+            gemm = (plan, TF32_SPLIT_K_GRANULE, a, b, c, bias, False, m, n, k, dt, alpha, relu)
+            _launch_gemm(*gemm, extra=(np.int32(stages),), shared_mem=smem)
             return c
         plan = plan_matmul(
             m,
@@ -869,10 +948,13 @@ def matmul(
     return dispatch.run("matmul", shape_class, dt, hand, call=call, vendor=vendor)
 
 
-def _launch_gemm(plan, granule, a, b, c, bias, mask, m, n, k, dt, alpha, relu):
+def _launch_gemm(
+    plan, granule, a, b, c, bias, mask, m, n, k, dt, alpha, relu, extra=(), shared_mem=0
+):
     """Launch one GEMM plan (k per split a multiple of ``granule``); with split-K (grid
     z > 1) through a workspace and the reduction kernel, which applies alpha, bias and
-    relu. ``mask is False``: the entry point has no mask parameter (tensor-core GEMM)."""
+    relu. ``mask is False``: the entry point has no mask parameter (tensor-core GEMM),
+    whose last argument (``extra``) is its pipeline depth and ``shared_mem`` its ring."""
     xp = backend.xp()
     i32 = np.int32
     has_bias = bias is not None
@@ -894,8 +976,9 @@ def _launch_gemm(plan, granule, a, b, c, bias, mask, m, n, k, dt, alpha, relu):
         i32(has_bias and splits == 1),
         _scalar(alpha if splits == 1 else 1.0, dt),
         i32(bool(relu) and splits == 1),
+        *extra,
     )
-    get_kernel(plan.kernel)(plan.grid, plan.block, args)
+    get_kernel(plan.kernel)(plan.grid, plan.block, args, shared_mem=shared_mem)
     if splits > 1:
         red = plan_elementwise(f"matmul_splitk_reduce_{dt}", m * n, _device_props()["num_sms"], 1)
         args = (

@@ -15,6 +15,19 @@ into a predicted time and a fraction of the GPU's peak:
   50 TF/s read as ~90 % of the sustained peak; 1.0 for the others: not known here);
 * time = max(FLOPs / (peak × efficiency), compulsory bytes / (0.9 × bandwidth)).
 
+Tensor-core kernels (``KernelFacts.tensor_cores``; the hot loop's FMA-class
+instructions are HMMA, one ``mma.sync.m16n8k8`` TF32 = 2048 FLOP each) are measured
+against the dense TF32 peak, with three pipes per hot-loop iteration and warp, in SM
+clocks: the tensor pipe (HMMA x 2048 / (TF32 FLOP per SM and clock x the fraction of it
+``mma.sync`` reaches: 2/3 on Hopper, whose full rate needs ``wgmma``; 1 on sm_80/89),
+issue (instructions / 4) and the shared-memory pipe (wavefronts). The busiest one sets
+the rate: efficiency = mma.sync fraction x tensor / max(tensor, issue, shared), then
+the latency, wave and clock factors as above, and / ``mma_flops_ratio`` (3 for 3xTF32:
+three mma per useful product). Counting an HMMA as one FMA against the FP32 peak, as
+the FMA model would, is wrong by the ~2048/64 FLOP ratio of the two instructions and
+ignores the shared-memory pipe, which is what limits mma.sync kernels with small warp
+tiles (see :data:`TENSOR_CORES`).
+
 It is a model: no caches beyond the compulsory traffic, no instruction latencies, no
 launch overhead. The vendor figures it is compared with are the ones the kernel review
 (`kernel-review.md`, §0 and §4) assumed for an H100 SXM: for other GPUs they are scaled
@@ -27,6 +40,12 @@ by the ratio of the peaks and marked so.
 ...     blocks=1024, threads=256, blocks_per_sm=1, fma_share=0.83), gpu)
 >>> 0.6 < p.fraction_of_peak < 0.75
 True
+>>> tc = predict(KernelFacts(flops=2 * 4096**3, dram_bytes=3 * 4096**2 * 4, dtype="float32",
+...     blocks=512, threads=256, blocks_per_sm=1, fma_share=0.25, fma_per_iteration=128,
+...     instructions_per_iteration=512, shared_wavefronts_per_iteration=176,
+...     tensor_cores=True), gpu, "sgemm_tf32")
+>>> tc.bound, round(tc.efficiency, 2)
+('tensor pipe (mma.sync at 67% of the TF32 peak)', 0.5)
 """
 
 from __future__ import annotations
@@ -34,7 +53,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["GPU", "GPUS", "KernelFacts", "Prediction", "VENDOR", "gpu", "predict"]
+__all__ = [
+    "GPU",
+    "GPUS",
+    "TENSOR_CORES",
+    "KernelFacts",
+    "Prediction",
+    "VENDOR",
+    "gpu",
+    "predict",
+]
 
 
 @dataclass(frozen=True)
@@ -70,6 +98,38 @@ GPUS = {
 }
 
 
+@dataclass(frozen=True)
+class TensorCores:
+    """Dense TF32 tensor-core rate of one SM and the fraction of it ``mma.sync`` gets."""
+
+    tf32_flop_per_clk_sm: int  # dense; = tf32_tflops / (SMs x the clock of that figure)
+    mma_sync_fraction: float
+    source: str
+
+
+_HOPPER_TC = TensorCores(
+    2048,
+    2 / 3,
+    "H100 whitepaper (1024 dense TF32 FMA per SM and clock: 494.7 TF/s at 1.83 GHz); "
+    "mma.sync reaches about 2/3 of it, the full rate needs wgmma (FlashAttention-3 paper, "
+    "Shah et al. 2024, §2; the performance anchors: hand-written mma.sync TF32 reached "
+    "30 % of cuBLAS, wgmma + TMA 94 %)",
+)
+#: per GPU name: what the tensor-core model assumes (see the module docstring)
+TENSOR_CORES = {
+    "H100 SXM": _HOPPER_TC,
+    "H200": _HOPPER_TC,
+    "GH200": _HOPPER_TC,
+    "A100 SXM": TensorCores(
+        1024, 1.0, "A100 whitepaper (512 dense TF32 FMA per SM and clock); mma.sync is native"
+    ),
+    "L40S": TensorCores(
+        512, 1.0, "L40S datasheet (183 TF/s dense TF32 at 2.52 GHz); mma.sync is native"
+    ),
+}
+MMA_TF32_FLOP = 2 * 16 * 8 * 8  # one mma.sync.m16n8k8 .tf32 (SASS HMMA.1688.F32.TF32)
+
+
 def gpu(name: str) -> GPU:
     """The GPU called ``name`` (case and spaces ignored: ``"h100"`` is the H100 SXM)."""
     key = name.lower().replace(" ", "").replace("-", "")
@@ -96,6 +156,15 @@ class Vendor:
 VENDOR = {
     "sgemm": Vendor("cuBLAS FP32 SGEMM", tflops=50.0, cite="kernel-review.md §0/§4 (4096³)"),
     "sgemm_mid": Vendor("cuBLAS FP32 SGEMM", tflops=40.0, cite="kernel-review.md §4: 35–45 TF/s"),
+    # TF32: cuBLAS runs wgmma kernels on sm_90; a roofline with the bandwidth floor, so
+    # skinny (memory-bound) shapes are compared with what the vendor could at best do
+    "sgemm_tf32": Vendor(
+        "cuBLAS TF32 (CUBLAS_COMPUTE_32F_FAST_TF32, wgmma)",
+        tflops=350.0,
+        fraction_of_bandwidth=0.9,
+        cite="kernel-review.md §0: ~300–400 TF/s on 4096³, midpoint; ≥ 90 % of HBM when "
+        "memory-bound",
+    ),
     "dgemm": Vendor("cuBLAS DGEMM (DMMA)", tflops=57.5, cite="kernel-review.md §4: 55–60 TF/s"),
     "lstm_gemm": Vendor("cuBLAS", seconds=5e-6, cite="kernel-review.md §4: ~4–6 µs"),
     "conv_fwd": Vendor("cuDNN FP32 implicit GEMM", seconds=0.315e-3, cite="§4: 0.30–0.33 ms"),
@@ -126,6 +195,9 @@ class KernelFacts:
     fma_per_iteration: float | None = None  # per warp, on that path
     instructions_per_iteration: float | None = None
     shared_wavefronts_per_iteration: float | None = None  # per warp (emulator trace)
+    tensor_cores: bool = False  # the FMA-class instructions are TF32 HMMA (mma.sync)
+    mma_flops_ratio: float = 1.0  # mma FLOPs per useful FLOP (3xTF32: 3)
+    extra_dram_bytes: float = 0.0  # traffic of this kernel only (split-K workspace)
 
 
 @dataclass(frozen=True)
@@ -162,7 +234,8 @@ def _latency_factor(warps_per_sm: int) -> float:
 def predict(facts: KernelFacts, gpu: GPU, vendor: str | None = None) -> Prediction:
     """Predicted time of one launch on ``gpu`` and, with ``vendor`` (a key of
     :data:`VENDOR`), the vendor library's time for the same work."""
-    peak = gpu.peak(facts.dtype)
+    tensor = facts.tensor_cores and facts.dtype == "float32"
+    peak = gpu.peak(facts.dtype, tensor_cores=tensor)
     warps = -(-facts.threads // 32)
     # blocks resident per SM: the occupancy limit, or fewer when the grid is small
     resident = max(1, min(facts.blocks_per_sm, math.ceil(facts.blocks / gpu.sms)))
@@ -170,7 +243,22 @@ def predict(facts: KernelFacts, gpu: GPU, vendor: str | None = None) -> Predicti
     waves = facts.blocks / slots
     wave_eff = waves / math.ceil(waves) if facts.blocks else 1.0
     lat = _latency_factor(resident * warps)
-    if facts.fma_share is not None:
+    if tensor and facts.fma_per_iteration:
+        tc = TENSOR_CORES[gpu.name]
+        # SM clocks per hot-loop iteration of one warp, per pipe
+        pipes = {
+            "tensor pipe": facts.fma_per_iteration
+            * MMA_TF32_FLOP
+            / (tc.tf32_flop_per_clk_sm * tc.mma_sync_fraction),
+            "issue": (facts.instructions_per_iteration or 0) / 4,
+            "shared-memory pipe": facts.shared_wavefronts_per_iteration or 0.0,
+        }
+        bound = max(pipes, key=lambda k: pipes[k])
+        issue = tc.mma_sync_fraction * pipes["tensor pipe"] / pipes[bound]
+        if bound == "tensor pipe" and tc.mma_sync_fraction < 1:
+            bound += f" (mma.sync at {tc.mma_sync_fraction:.0%} of the TF32 peak)"
+        eff = issue * lat * wave_eff * gpu.sustained_clock / facts.mma_flops_ratio
+    elif facts.fma_share is not None:
         issue = facts.fma_share
         bound = "issue (FMA share)"
         if facts.shared_wavefronts_per_iteration and facts.fma_per_iteration:
@@ -183,10 +271,10 @@ def predict(facts: KernelFacts, gpu: GPU, vendor: str | None = None) -> Predicti
     else:
         eff, bound = 1.0, "no FMA loop"
     compute = facts.flops / (peak * eff) if facts.flops else 0.0
-    memory = facts.dram_bytes / (0.9 * gpu.bandwidth_tbs * 1e12)
+    memory = (facts.dram_bytes + facts.extra_dram_bytes) / (0.9 * gpu.bandwidth_tbs * 1e12)
     if memory > compute:
         bound = "DRAM bandwidth"
-    elif facts.fma_share is not None:
+    elif facts.fma_share is not None or tensor:
         if resident * warps < 8:
             bound += f" + latency ({resident * warps} warps/SM)"
         if wave_eff < 0.8:
@@ -197,18 +285,24 @@ def predict(facts: KernelFacts, gpu: GPU, vendor: str | None = None) -> Predicti
         v = VENDOR[vendor]
         ref = GPUS[H100]
         # other GPUs: the vendor keeps its H100 fraction of the sustained peak
-        scale = (gpu.peak(facts.dtype) * gpu.sustained_clock) / (
-            ref.peak(facts.dtype) * ref.sustained_clock
+        vtc = vendor == "sgemm_tf32"
+        scale = (gpu.peak(facts.dtype, vtc) * gpu.sustained_clock) / (
+            ref.peak(facts.dtype, vtc) * ref.sustained_clock
         )
         if v.tflops is not None:
             vs = facts.flops / (v.tflops * 1e12 * scale)
+            if v.fraction_of_bandwidth is not None:  # a roofline: the bandwidth floor
+                vs = max(
+                    vs, facts.dram_bytes / (v.fraction_of_bandwidth * gpu.bandwidth_tbs * 1e12)
+                )
         elif v.seconds is not None:
             vs = v.seconds / scale
         elif v.fraction_of_bandwidth is not None:
             vs = facts.dram_bytes / (v.fraction_of_bandwidth * gpu.bandwidth_tbs * 1e12)
         note = f"{v.library} ({v.cite})"
-        if gpu.name != H100 and v.fraction_of_bandwidth is None:
-            note += f", scaled from the H100 figure by the sustained {facts.dtype} peak ratio"
+        if gpu.name != H100 and (v.fraction_of_bandwidth is None or v.tflops is not None):
+            what = "TF32 tensor-core" if vtc else facts.dtype
+            note += f", scaled from the H100 figure by the sustained {what} peak ratio"
     return Prediction(
         gpu=gpu.name,
         seconds=t,

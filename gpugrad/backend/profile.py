@@ -307,6 +307,11 @@ class Case:
     trace_iterations: int  # same, in the traced run
     vendor: str | None
     run: object  # callable launching the traced run
+    precision: str = "fp32"  # matmul: "tf32"/"3xtf32" for the tensor-core kernel
+    dynamic_smem: int = 0  # bytes per block, beside ptxas's static figure (sm_90)
+    smem_for: object = None  # callable: opt-in limit -> dynamic bytes on that GPU
+    padding: float = 1.0  # tensor-core GEMM: mma work on whole tiles / useful work
+    extra_bytes: float = 0.0  # DRAM traffic beyond the compulsory (split-K workspace)
 
 
 def _es(dtype):
@@ -317,11 +322,13 @@ def _rand(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
-def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False):
+def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False, precision="fp32"):
     from gpugrad.backend import kernels
 
     m, n, k = (int(v) for v in shape)
     dt = "f32" if dtype == "float32" else "f64"
+    if precision != "fp32":
+        return _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision)
     # split-K off: one launch of the tile under study (the layout picks the entry point)
     plan = kernels.plan_matmul(
         m, n, k, dt, kernels.EMU_NUM_SMS, tile, trans_a=trans_a, trans_b=trans_b, splits=1
@@ -356,6 +363,54 @@ def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False):
         vendor,
         run,
     )
+
+
+def _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision):
+    """The tensor-core GEMM with the plan the GPU gets (split-K included: its workspace
+    is written and read back, which the DRAM bytes count); traced on whole k tiles with
+    one split."""
+    from gpugrad.backend import kernels
+
+    if dtype != "float32":
+        raise ValueError(f"profile: precision={precision!r} needs float32, got {dtype}")
+    plan = kernels.plan_matmul_tf32(
+        m, n, k, precision, kernels.EMU_NUM_SMS, trans_a=trans_a, trans_b=trans_b
+    )
+    bk = kernels.TF32_TILE[2]
+    k_chunk, splits = kernels.matmul_k_chunk(k, plan.grid[2], kernels.TF32_SPLIT_K_GRANULE)
+    kt = min(k, 4 * bk)
+    rng = np.random.default_rng(0)
+
+    def run():
+        a = _rand(rng, (kt, m) if trans_a else (m, kt), dtype)
+        b = _rand(rng, (n, kt) if trans_b else (kt, n), dtype)
+        kernels.matmul(a, b, trans_a=trans_a, trans_b=trans_b, precision=precision, splits=1)
+
+    workspace = 2 * splits * m * n * 4 if splits > 1 else 0
+    case = Case(
+        "matmul",
+        (m, n, k),
+        dtype,
+        plan.kernel,
+        plan.grid,
+        plan.block,
+        2.0 * m * n * k,
+        (m * k + k * n + m * n) * 4,
+        -(-k_chunk // bk),
+        -(-kt // bk),
+        "sgemm_tf32" if precision == "tf32" else "sgemm",
+        run,
+    )
+    case.precision = precision
+    case.extra_bytes = workspace
+    bm, bn = kernels.TF32_TILE[:2]
+    # the mma run on whole tiles: an M = 64 problem fills half of each 128-row tile
+    last = k - (splits - 1) * k_chunk
+    k_run = (splits - 1) * k_chunk + -(-last // bk) * bk
+    case.padding = (-(-m // bm) * bm) * (-(-n // bn) * bn) * k_run / max(1, m * n * k)
+    case.smem_for = lambda limit: kernels.tf32_stages(trans_a, trans_b, limit)[1]
+    case.dynamic_smem = case.smem_for(kernels.EMU_MAX_SHARED_OPTIN)
+    return case
 
 
 def _conv_case(op, shape, dtype, stride=1, pad=None):
@@ -597,13 +652,18 @@ def profile(op: str, shape, dtype: str = "float32", gpus=("H100 SXM",), arch=90,
         shared_stores=round(sts) if sts else None,
     )
     threads = int(np.prod(case.block))
-    occ = sass.occupancy(ks.registers, threads, ks.smem, arch)
+    smem = ks.smem + case.dynamic_smem
+    occ = sass.occupancy(ks.registers, threads, smem, arch)
     loop = ks.loop
     wf_iter = stats.shared_wavefronts_per_warp() / max(1, case.trace_iterations)
     predictions = []
     for name in gpus:
         g = perfmodel.gpu(name)
-        occ_g = sass.occupancy(ks.registers, threads, ks.smem, g.arch)
+        smem_g = smem
+        if case.smem_for is not None:  # the ring depth the GPU's opt-in limit allows
+            lim = sass.ARCH_LIMITS[g.arch]
+            smem_g = ks.smem + case.smem_for(lim["smem"] - lim["reserved"])
+        occ_g = sass.occupancy(ks.registers, threads, smem_g, g.arch)
         facts = perfmodel.KernelFacts(
             flops=case.flops,
             dram_bytes=case.dram_bytes,
@@ -615,6 +675,9 @@ def profile(op: str, shape, dtype: str = "float32", gpus=("H100 SXM",), arch=90,
             fma_per_iteration=loop.path_fma if loop else None,
             instructions_per_iteration=loop.path_instructions if loop else None,
             shared_wavefronts_per_iteration=wf_iter if loop else None,
+            tensor_cores=case.precision != "fp32",
+            mma_flops_ratio=(3.0 if case.precision == "3xtf32" else 1.0) * case.padding,
+            extra_dram_bytes=case.extra_bytes,
         )
         predictions.append(perfmodel.predict(facts, g, case.vendor))
     return Profile(case, stats, ks, occ, facts, predictions)
@@ -637,10 +700,16 @@ def report(p: Profile) -> str:
     lines = [
         f"{c.op} {'x'.join(map(str, c.shape))} {c.dtype}: kernel {c.kernel}, grid {c.grid}, "
         f"block {c.block}",
-        f"  work: {_si(c.flops, 'FLOP')}, compulsory DRAM traffic {_si(c.dram_bytes, 'B')}, "
+        f"  work: {_si(c.flops, 'FLOP')}"
+        + (f" (x{c.padding:.2f} run on whole tiles)" if c.padding > 1.0 + 1e-9 else "")
+        + f", compulsory DRAM traffic {_si(c.dram_bytes, 'B')}"
+        + (f" (+ {_si(c.extra_bytes, 'B')} split-K workspace)" if c.extra_bytes else "")
+        + ", "
         f"{c.iterations} hot-loop iterations per block (traced: {c.trace_iterations})",
         f"  compiled ({k.compiler}, sm_{k.arch}): {k.registers} registers, {k.spills} B spilled, "
-        f"{k.smem} B static shared; {p.occupancy['blocks_per_sm']} blocks "
+        f"{k.smem} B static shared"
+        + (f" + {c.dynamic_smem} B dynamic" if c.dynamic_smem else "")
+        + f"; {p.occupancy['blocks_per_sm']} blocks "
         f"({p.occupancy['warps_per_sm']} warps) per SM, occupancy "
         f"{p.occupancy['occupancy']:.0%} (limited by {p.occupancy['limiter']})",
     ]
@@ -648,7 +717,8 @@ def report(p: Profile) -> str:
         L = k.loop
         lines.append(
             f"  hot loop ({k.sass_compiler} SASS): {L.path_instructions} instructions per "
-            f"iteration on the path [{L.rule}], {L.path_fma} FMA → FMA share {L.path_share:.1%} "
+            f"iteration on the path [{L.rule}], {L.path_fma} "
+            f"{'HMMA' if c.precision != 'fp32' else 'FMA'} → share {L.path_share:.1%} "
             f"(static loop: {L.static_instructions} instr, {L.static_share:.1%})"
         )
     else:
@@ -701,6 +771,8 @@ def main(args) -> int:
         opts = {}
         if args.op == "matmul":
             opts = dict(tile=args.tile, trans_a=args.trans_a, trans_b=args.trans_b)
+            if getattr(args, "precision", "fp32") != "fp32":
+                opts["precision"] = args.precision
         elif args.op.startswith("conv2d"):
             opts = dict(stride=args.stride, pad=args.pad)
         jobs = [(args.op, tuple(args.shape), args.dtype, opts)]

@@ -359,20 +359,21 @@ def hot_loop(
     # the fallbacks are longer.
     hot = max(blocks, key=lambda s: sum(map(_is_fma, instrs[blocks[s][0] : blocks[s][1]])))
 
+    # LDGSTS (cp.async) is a global load and a shared store in one instruction
     def vec_loads(s):
         a, b = blocks[s]
-        return sum(1 for i in instrs[a:b] if i.base in ("LDG", "LD") and ".128" in i.op)
+        return sum(1 for i in instrs[a:b] if i.base in ("LDG", "LD", "LDGSTS") and ".128" in i.op)
 
     def stores(s):
         a, b = blocks[s]
-        return sum(1 for i in instrs[a:b] if i.base == "STS")
+        return sum(1 for i in instrs[a:b] if i.base in ("STS", "LDGSTS"))
 
     def feats(s):
         a, b = blocks[s]
         ops = {ins.base for ins in instrs[a:b]}
         f = 1 if s == hot else 0
-        f |= 2 if ops & {"LDG", "LD"} else 0
-        f |= 4 if ops & {"STS", "ST"} else 0
+        f |= 2 if ops & {"LDG", "LD", "LDGSTS"} else 0
+        f |= 4 if ops & {"STS", "ST", "LDGSTS"} else 0
         return f
 
     def search(vector_loads, shared_stores):

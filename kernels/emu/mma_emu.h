@@ -15,12 +15,28 @@
 //    commit_group closes a group, and wait_group<N> performs all but the N most
 //    recent groups. A pipeline that reads a stage before waiting for it therefore
 //    reads stale data here, as it could on a GPU.
+//  * Profiling build (EmuModule(trace=True), g++ -fsanitize=thread instrumentation,
+//    kernels/emu/trace.cpp): the emulator's own bookkeeping (the mma staging area and
+//    the cp.async queues, thread-local like __shared__) is not instrumented, so it is
+//    not mistaken for shared-memory traffic; a cp.async is recorded where it is issued
+//    as what it is on the GPU, one global read and one shared write of its size (the
+//    deferred memcpy itself is not instrumented).
 #ifndef GPUGRAD_MMA_EMU_H
 #define GPUGRAD_MMA_EMU_H
 
 #include <cstring>
 #include <deque>
 #include <vector>
+
+#ifdef __SANITIZE_THREAD__
+#define GG_MMA_EMU_UNTRACED __attribute__((no_sanitize_thread, noinline))
+extern "C" void __tsan_read4(void*);
+extern "C" void __tsan_write4(void*);
+extern "C" void __tsan_read16(void*);
+extern "C" void __tsan_write16(void*);
+#else
+#define GG_MMA_EMU_UNTRACED
+#endif
 
 namespace gg_mma {
 
@@ -52,13 +68,13 @@ struct MmaStage {
 inline int linear_tid() {
     return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
 }
-inline MmaStage& mma_stage(int warp) {
+GG_MMA_EMU_UNTRACED inline MmaStage& mma_stage(int warp) {
     static thread_local MmaStage stages[32];
     return stages[warp];
 }
 }  // namespace detail
 
-inline void mma_tf32(float d[4], const unsigned a[4], const unsigned b[2]) {
+GG_MMA_EMU_UNTRACED inline void mma_tf32(float d[4], const unsigned a[4], const unsigned b[2]) {
     const int tid = detail::linear_tid();
     const int lane = tid & 31;
     detail::MmaStage& st = detail::mma_stage(tid >> 5);
@@ -93,8 +109,13 @@ struct CpAsyncState {
     std::vector<CpAsyncCopy> open;
     std::deque<std::vector<CpAsyncCopy>> groups;
 };
-inline CpAsyncState& cp_state() {
-    static thread_local CpAsyncState states[1024];
+GG_MMA_EMU_UNTRACED inline CpAsyncState& cp_state() {
+    // on the heap, not in thread-local storage: the (instrumented) container code then
+    // touches no memory the profiler takes for __shared__
+    // (one array per emulator worker thread, kept for the thread's life; <memory> cannot
+    // follow the CUDA headers, whose __noinline__ macro breaks it)
+    static thread_local CpAsyncState* states = nullptr;
+    if (!states) states = new CpAsyncState[1024];
     CpAsyncState& st = states[linear_tid() & 1023];
     const uint3 b = blockIdx;
     if (st.block.x != b.x || st.block.y != b.y || st.block.z != b.z) {
@@ -106,22 +127,34 @@ inline CpAsyncState& cp_state() {
     }
     return st;
 }
-inline void cp_async(void* dst, const void* src, int bytes) {
+GG_MMA_EMU_UNTRACED inline void cp_async(void* dst, const void* src, int bytes) {
     cp_state().open.push_back({dst, src, bytes});
 }
 }  // namespace detail
 
-inline void cp_async16(void* smem, const void* gmem) { detail::cp_async(smem, gmem, 16); }
-inline void cp_async4(void* smem, const void* gmem) { detail::cp_async(smem, gmem, 4); }
+inline void cp_async16(void* smem, const void* gmem) {
+#ifdef __SANITIZE_THREAD__
+    __tsan_read16(const_cast<void*>(gmem));
+    __tsan_write16(smem);
+#endif
+    detail::cp_async(smem, gmem, 16);
+}
+inline void cp_async4(void* smem, const void* gmem) {
+#ifdef __SANITIZE_THREAD__
+    __tsan_read4(const_cast<void*>(gmem));
+    __tsan_write4(smem);
+#endif
+    detail::cp_async(smem, gmem, 4);
+}
 
-inline void cp_async_commit() {
+GG_MMA_EMU_UNTRACED inline void cp_async_commit() {
     detail::CpAsyncState& st = detail::cp_state();
     st.groups.push_back(std::move(st.open));
     st.open.clear();
 }
 
 template <int N>
-inline void cp_async_wait() {
+GG_MMA_EMU_UNTRACED inline void cp_async_wait() {
     detail::CpAsyncState& st = detail::cp_state();
     while ((int)st.groups.size() > N) {
         for (const detail::CpAsyncCopy& c : st.groups.front()) std::memcpy(c.dst, c.src, c.bytes);

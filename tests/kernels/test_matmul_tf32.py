@@ -181,13 +181,49 @@ def test_tensor_core_gemm_every_schedule_epilogue_and_split_k(rng, schedule, pre
         run(rng, 33, 70, 200, False, True, precision, bias=True, relu=True, splits=3)
 
 
+@pytest.mark.parametrize(
+    "trans_a,trans_b,precision,stages,k",
+    [(False, False, "tf32", 4, 160), (True, True, "3xtf32", 2, 96)],
+)
+def test_tensor_core_gemm_whole_tiles_wrap_the_ring(
+    rng, monkeypatch, trans_a, trans_b, precision, stages, k
+):
+    """One whole 128x256 block tile (the branch-free copy path) over more k tiles than
+    the ring has stages, at two ring depths."""
+    monkeypatch.setattr(kernels, "TF32_MAX_STAGES", stages)
+    assert kernels.tf32_stages(trans_a, trans_b, 227 * 1024)[0] == stages
+    run(rng, 128, 256, k, trans_a, trans_b, precision, bias=True, alpha=0.75)
+
+
+def test_tensor_core_stages_fit_the_shared_memory(monkeypatch):
+    per = kernels.tf32_stage_bytes(False, True)
+    assert kernels.tf32_stages(False, True, 4 * per) == (4, 4 * per)
+    assert kernels.tf32_stages(False, True, 4 * per - 1) == (3, 3 * per)
+    with pytest.raises(ValueError, match="needs .* bytes of shared memory"):
+        kernels.tf32_stages(False, True, 2 * per - 1)
+    # a GPU without room for two stages (an RTX 4090's 99 KiB): allow_tf32 keeps FP32,
+    # an explicit precision raises
+    small = dict(kernels._device_props(), max_shared_optin=99 * 1024)
+    monkeypatch.setattr(kernels, "_device_props", lambda: small)
+    a = np.ones((8, 8), np.float32)
+    with kernels.tf32():
+        kernels.reset_launches()
+        np.testing.assert_array_equal(kernels.matmul(a, a, trans_b=True), a @ a.T)
+        assert not any("tf32" in n for n in kernels.launches())
+    with pytest.raises(ValueError, match="needs .* bytes of shared memory"):
+        kernels.matmul(a, a, trans_b=True, precision="tf32")
+
+
 def test_tensor_core_plan_splits_skinny_problems():
     lstm_step = kernels.plan_matmul_tf32(64, 2048, 512, "tf32", 132, trans_b=True)
     assert lstm_step.kernel == "matmul_tf32_nt_f32"
-    assert lstm_step.grid[0] == 16 and lstm_step.grid[2] > 1
-    assert lstm_step.grid[0] * lstm_step.grid[2] >= 132
+    # 8 tiles of 128x256, K split 4 ways: 16 ways would fill more SMs, but each split
+    # adds a 64x2048 partial product written and read back (the model's optimum)
+    assert lstm_step.grid == (8, 1, 4) and lstm_step.block == (256, 1, 1)
+    wide = kernels.plan_matmul_tf32(64, 512, 2048, "tf32", 132)
+    assert wide.grid == (2, 1, 16)  # compute-bound: as many splits as fill the SMs
     big = kernels.plan_matmul_tf32(4096, 4096, 4096, "3xtf32", 132)
-    assert big.kernel == "matmul_3xtf32_f32" and big.grid == (32 * 32, 1, 1)
+    assert big.kernel == "matmul_3xtf32_f32" and big.grid == (32 * 16, 1, 1)
 
 
 def test_accuracy_against_float64(rng):
@@ -227,9 +263,11 @@ def test_nvrtc_compiles_the_inlined_source_without_include_paths():
     text = kernels.expand_includes(path)
     assert not any(line.startswith('#include "mma.cuh"') for line in text.splitlines())
     assert f'#line 1 "{(backend.kernel_dir() / "mma.cuh").resolve()}"' in text
+    # to PTX only (compute_80): the front end is what the inlining concerns; ptxas runs
+    # on the same text in test_kernel_compile.py and the profiler
     prog = check.createProgram(text, "inlined.cu", [], [])
     try:
-        check.compileProgram(prog, ["-arch=sm_80", "-std=c++17", "-ftz=true"])
+        check.compileProgram(prog, ["-arch=compute_80", "-std=c++17", "-ftz=true"])
     finally:
         check.destroyProgram(prog)
 
