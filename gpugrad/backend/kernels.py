@@ -419,7 +419,7 @@ MATMUL_TILES = {
 MATMUL_MAX_SPLITS = 64
 MATMUL_MIN_KTILES_PER_SPLIT = 4
 # dtype -> (BM, BN, BK, threads) of conv2d.cu's implicit GEMMs (see the .cu header)
-CONV_TILES = {"f32": (128, 64, 8, 128), "f64": (64, 64, 16, 256)}
+CONV_TILES = {"f32": (128, 64, 8, 128), "f64": (64, 64, 8, 256)}
 CONV_TILE = CONV_TILES["f32"]
 # Resident blocks per SM of the conv kernels on sm_90 (ptxas registers and shared memory,
 # kernels/check_compile.py); used to align backward-filter splits to whole waves when the

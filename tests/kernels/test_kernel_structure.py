@@ -9,9 +9,8 @@
   operands, measured on emulator traces;
 * FMA share of the hot loop (SASS): >= 85 % for the main matmul, >= 75 % for conv.
 
-Properties the kernels on this branch do not meet yet are ``xfail(strict=True)``
-with the measured figure, so they turn into failures when a kernel change makes
-them pass (then remove the mark). Cubins are cached by source hash
+Every property is asserted for float32 and float64 (the float64 paths move 16-byte
+double2 vectors, so they are checked like the float4 ones). Cubins are cached by source hash
 (``gpugrad.backend.sass``), emulator builds by source hash (``gpugrad.backend.emu``).
 """
 
@@ -36,8 +35,6 @@ def _sass_or_skip():
         pytest.skip("cuobjdump is not installed (pip install nvidia-cuda-cuobjdump)")
 
 
-ISSUE = "issue #15"
-
 # (op, shape, dtype, options): shapes are whole tiles, operands aligned (vector paths)
 TRACED = {
     "matmul_fwd_f32": ("matmul", (256, 256, 64), "float32", {"tile": "large"}),
@@ -45,9 +42,13 @@ TRACED = {
     "matmul_small_f32": ("matmul", (64, 64, 64), "float32", {"tile": "small"}),
     "matmul_small_f32 NT": ("matmul", (64, 64, 64), "float32", {"tile": "small", "trans_b": True}),
     "matmul_fwd_f64": ("matmul", (128, 128, 64), "float64", {"tile": "large"}),
+    "matmul_small_f64 NT": ("matmul", (64, 64, 64), "float64", {"tile": "small", "trans_b": True}),
     "conv2d_fwd_f32": ("conv2d_fwd", (2, 8, 8, 16, 64, 3, 3), "float32", {}),
     "conv2d_bwd_data_f32": ("conv2d_bwd_data", (2, 8, 8, 16, 64, 3, 3), "float32", {}),
     "conv2d_bwd_filter_f32": ("conv2d_bwd_filter", (2, 8, 8, 16, 64, 3, 3), "float32", {}),
+    "conv2d_fwd_f64": ("conv2d_fwd", (2, 8, 8, 16, 64, 3, 3), "float64", {}),
+    "conv2d_bwd_data_f64": ("conv2d_bwd_data", (2, 8, 8, 16, 64, 3, 3), "float64", {}),
+    "conv2d_bwd_filter_f64": ("conv2d_bwd_filter", (2, 8, 8, 16, 64, 3, 3), "float64", {}),
     "relu_fwd_f32": ("relu_fwd", (1 << 14,), "float32", {}),
     "relu_bwd_f64": ("relu_bwd", (1 << 14,), "float64", {}),
 }
@@ -59,10 +60,6 @@ def traced(name):
         op, shape, dtype, opts = TRACED[name]
         _stats_cache[name] = profile.trace_stats(op, shape, dtype, **opts)[1]
     return _stats_cache[name]
-
-
-def _xfail(reason):
-    return pytest.mark.xfail(strict=True, reason=f"{ISSUE}: {reason}")
 
 
 # --------------------------------------------------------------------------- compiled
@@ -107,13 +104,14 @@ def test_main_matmul_tile_has_two_blocks_per_sm(arch):
         "matmul_mid_f32",
         "matmul_small_f32",
         "matmul_small_f32 NT",
-        pytest.param(
-            "matmul_fwd_f64",
-            marks=_xfail("the f64 B-fragment LDS.128 reads are 2-way bank conflicted"),
-        ),
+        "matmul_fwd_f64",
+        "matmul_small_f64 NT",
         "conv2d_fwd_f32",
         "conv2d_bwd_data_f32",
         "conv2d_bwd_filter_f32",
+        "conv2d_fwd_f64",
+        "conv2d_bwd_data_f64",
+        "conv2d_bwd_filter_f64",
     ],
 )
 def test_no_bank_conflicts_in_the_compute_loop(name):
@@ -134,21 +132,16 @@ def test_no_bank_conflicts_in_the_compute_loop(name):
         "matmul_mid_f32",
         "matmul_small_f32",
         "matmul_small_f32 NT",
-        pytest.param(
-            "matmul_fwd_f64",
-            marks=_xfail(
-                "f64 load4 is two LDG.128 per lane 32 bytes apart: each warp request "
-                "touches 32 sectors for 16 sectors of data (50 %)"
-            ),
-        ),
+        "matmul_fwd_f64",
+        "matmul_small_f64 NT",
         "conv2d_fwd_f32",
         "conv2d_bwd_data_f32",
         "conv2d_bwd_filter_f32",
+        "conv2d_fwd_f64",
+        "conv2d_bwd_data_f64",
+        "conv2d_bwd_filter_f64",
         "relu_fwd_f32",
-        pytest.param(
-            "relu_bwd_f64",
-            marks=_xfail("f64 load4/store4 are two 16-byte accesses 16 bytes apart (50 %)"),
-        ),
+        "relu_bwd_f64",
     ],
 )
 def test_vector_paths_use_every_sector(name):
