@@ -179,6 +179,28 @@ def compile_nvcc(nvcc: str, path: Path, arch: int) -> tuple[bool, str]:
         return proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _sass():
+    """``gpugrad.backend.sass`` and the kernel folder it compiles from, when gpugrad is
+    importable; else None (this script also runs on its own)."""
+    try:
+        from gpugrad.backend import kernel_dir, sass
+
+        return sass, Path(kernel_dir()).resolve()
+    except Exception:  # noqa: BLE001 - gpugrad absent or broken: compile here
+        return None
+
+
+def compile_shared(sass, tool: str, path: Path, arch: int) -> tuple[bool, str]:
+    """Compile through ``sass.compile_cubin`` (same compiler, options and sources), so the
+    cubin and log land in gpugrad's cache and the SASS/structure tests and the profiler
+    reuse this compile instead of repeating it; returns (success, log)."""
+    try:
+        _, log, _ = sass.compile_cubin(path.name, arch, tool=tool)
+    except RuntimeError as exc:
+        return False, str(exc)
+    return True, log
+
+
 def cache_dir() -> Path:
     """Where successful compile logs are kept (``$GPUGRAD_CACHE_DIR/check_compile``)."""
     root = os.environ.get("GPUGRAD_CACHE_DIR") or os.path.join(
@@ -211,8 +233,11 @@ def _cached(run, tool_id: str, path: Path, arch: int):
 def check(files=None, archs=ARCHS, tools=TOOLS, cache=True) -> Report:
     """Compile ``files`` (default: every ``*.cu`` beside this script) with each tool and
     architecture; a tool that is absent is listed in ``Report.missing``. With ``cache``
-    a successful compile of unchanged sources is not repeated (logs are kept in
-    :func:`cache_dir`, keyed by a hash of the sources, tool version and options)."""
+    a successful compile of unchanged sources is not repeated: files of gpugrad's kernel
+    folder go through ``gpugrad.backend.sass.compile_cubin`` when gpugrad is importable
+    (its cubin cache, shared with the SASS tests and the profiler), other files keep
+    their logs in :func:`cache_dir`, keyed by a hash of the sources, tool version and
+    options."""
     paths = [Path(f) for f in files] if files else sorted(KERNEL_DIR.glob("*.cu"))
     report = Report()
     compilers = {}
@@ -232,10 +257,15 @@ def check(files=None, archs=ARCHS, tools=TOOLS, cache=True) -> Report:
             compilers["nvcc"] = lambda p, a, n=nvcc: compile_nvcc(n, p, a)
             version = subprocess.run([nvcc, "--version"], capture_output=True, text=True)
             tool_ids["nvcc"] = nvcc + version.stdout
+    shared = _sass() if cache else None
     for path in paths:
         for tool, run in compilers.items():
             for arch in archs:
-                if cache:
+                if shared is not None and path.resolve().parent == shared[1]:
+                    # why: one compile per (file, arch, compiler) per test run, shared
+                    # with gpugrad.backend.sass (test_kernel_structure, the profiler)
+                    ok, log = compile_shared(shared[0], tool, path, arch)
+                elif cache:
                     ok, log = _cached(run, tool_ids[tool], path, arch)
                 else:
                     ok, log = run(path, arch)
