@@ -690,6 +690,10 @@ __device__ __forceinline__ void bwd_filter(const T* dy, const T* x, T* dw_parts,
 }  // namespace gg_conv
 
 // Entry points. float32 kernels run 128 threads per block, float64 kernels 256.
+// why no min-blocks bound on the float64 ones: with (256, 2) ptxas takes the full 128
+// registers it is allowed and spills (NVRTC 12.9 sm_90 bwd_data 12-16 B, nvcc 13 sm_90
+// fwd 4-8 B); unbounded they take 100-112 (sm_80/sm_90, both compilers), which still
+// fits 2 blocks per SM.
 extern "C" __global__ void __launch_bounds__(128, 3)
     conv2d_fwd_f32(const float* x, const float* w, float* y, const float* bias, int has_bias,
                    int relu, int N, int H, int W, int Cin, int Ho, int Wo, int Cout, int KH,
@@ -699,7 +703,7 @@ extern "C" __global__ void __launch_bounds__(128, 3)
                                            dw, groups));
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(256)
     conv2d_fwd_f64(const double* x, const double* w, double* y, const double* bias,
                    int has_bias, int relu, int N, int H, int W, int Cin, int Ho, int Wo,
                    int Cout, int KH, int KW, int sh, int sw, int pt, int pl, int dh, int dw,
@@ -719,8 +723,6 @@ extern "C" __global__ void __launch_bounds__(128, 3)
                                                 pl, dh, dw, groups));
 }
 
-// why no min-blocks bound: with (256, 2) NVRTC 12.9 for sm_90 caps it at 128 registers
-// and spills 12-16 B; unbounded it takes 108, which still fits 2 blocks per SM.
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_bwd_data_f64(const double* dy, const double* w, double* dx, int N, int H, int W,
                         int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sh, int sw,
@@ -739,7 +741,7 @@ extern "C" __global__ void __launch_bounds__(128, 3)
                                                   pl, dh, dw, groups));
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(256)
     conv2d_bwd_filter_f64(const double* dy, const double* x, double* dw_parts, int k_chunk,
                           int N, int H, int W, int Cin, int Ho, int Wo, int Cout, int KH, int KW,
                           int sh, int sw, int pt, int pl, int dh, int dw, int groups) {

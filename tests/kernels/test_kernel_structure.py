@@ -99,6 +99,19 @@ def test_main_matmul_tile_has_two_blocks_per_sm(arch):
     assert occ["blocks_per_sm"] >= 2, (res, occ)
 
 
+@pytest.mark.parametrize("dt", ["f32", "f64"])
+def test_conv_kernels_have_the_blocks_per_sm_the_planner_assumes(dt):
+    """plan_conv_filter sizes its splits to CONV_BLOCKS_PER_SM resident blocks (sm_90)."""
+    _compiler_or_skip()
+    cubin, log, _ = sass.compile_cubin("conv2d.cu", 90)
+    res = sass.parse_ptxas(log)
+    threads = kernels.CONV_TILES[dt][3]
+    for op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_filter"):
+        r = res[f"{op}_{dt}"]
+        occ = sass.occupancy(r["registers"], threads, r["smem"], 90)
+        assert occ["blocks_per_sm"] >= kernels.CONV_BLOCKS_PER_SM[dt], (op, r, occ)
+
+
 # --------------------------------------------------------------------------- traced
 
 
