@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,6 +231,19 @@ def _cached(run, tool_id: str, path: Path, arch: int):
     return ok, log
 
 
+def _workers() -> int:
+    """Concurrent compiles: the usable cores, at most 4 (each compile of matmul.cu holds
+    its own compiler's memory); ``$GPUGRAD_COMPILE_JOBS`` overrides."""
+    env = os.environ.get("GPUGRAD_COMPILE_JOBS")
+    if env:
+        return max(1, int(env))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
 def check(files=None, archs=ARCHS, tools=TOOLS, cache=True) -> Report:
     """Compile ``files`` (default: every ``*.cu`` beside this script) with each tool and
     architecture; a tool that is absent is listed in ``Report.missing``. With ``cache``
@@ -258,24 +272,31 @@ def check(files=None, archs=ARCHS, tools=TOOLS, cache=True) -> Report:
             version = subprocess.run([nvcc, "--version"], capture_output=True, text=True)
             tool_ids["nvcc"] = nvcc + version.stdout
     shared = _sass() if cache else None
-    for path in paths:
-        for tool, run in compilers.items():
-            for arch in archs:
-                if shared is not None and path.resolve().parent == shared[1]:
-                    # why: one compile per (file, arch, compiler) per test run, shared
-                    # with gpugrad.backend.sass (test_kernel_structure, the profiler)
-                    ok, log = compile_shared(shared[0], tool, path, arch)
-                elif cache:
-                    ok, log = _cached(run, tool_ids[tool], path, arch)
-                else:
-                    ok, log = run(path, arch)
-                if not ok:
-                    report.errors.append(f"{tool} sm_{arch} {path.name}:\n{log.strip()}")
-                    continue
-                rows = parse_ptxas(log, path.name, tool)
-                if not rows and "__global__" in path.read_text():
-                    report.errors.append(f"{tool} sm_{arch} {path.name}: no ptxas report in log")
-                report.rows.extend(rows)
+
+    def one(job):
+        path, tool, arch = job
+        run = compilers[tool]
+        if shared is not None and path.resolve().parent == shared[1]:
+            # why: one compile per (file, arch, compiler) per test run, shared
+            # with gpugrad.backend.sass (test_kernel_structure, the profiler)
+            return compile_shared(shared[0], tool, path, arch)
+        if cache:
+            return _cached(run, tool_ids[tool], path, arch)
+        return run(path, arch)
+
+    jobs = [(p, t, a) for p in paths for t in compilers for a in archs]
+    # why threads: nvcc runs as a subprocess, so the compiles of a cold run use every
+    # core (NVRTC programs are independent and NVRTC is thread-safe)
+    with ThreadPoolExecutor(max(1, min(len(jobs), _workers()))) as pool:
+        results = list(pool.map(one, jobs))
+    for (path, tool, arch), (ok, log) in zip(jobs, results):
+        if not ok:
+            report.errors.append(f"{tool} sm_{arch} {path.name}:\n{log.strip()}")
+            continue
+        rows = parse_ptxas(log, path.name, tool)
+        if not rows and "__global__" in path.read_text():
+            report.errors.append(f"{tool} sm_{arch} {path.name}: no ptxas report in log")
+        report.rows.extend(rows)
     return report
 
 
