@@ -52,6 +52,8 @@ TRACED = {
     "relu_fwd_f32": ("relu_fwd", (1 << 14,), "float32", {}),
     "relu_bwd_f64": ("relu_bwd", (1 << 14,), "float64", {}),
 }
+# the traced kernels with a shared-memory compute loop
+GEMM_LIKE = [name for name in TRACED if not name.startswith("relu")]
 _traced_cache: dict = {}
 
 
@@ -115,23 +117,7 @@ def test_conv_kernels_have_the_blocks_per_sm_the_planner_assumes(dt):
 # --------------------------------------------------------------------------- traced
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "matmul_fwd_f32",
-        "matmul_mid_f32",
-        "matmul_small_f32",
-        "matmul_small_f32 NT",
-        "matmul_fwd_f64",
-        "matmul_small_f64 NT",
-        "conv2d_fwd_f32",
-        "conv2d_bwd_data_f32",
-        "conv2d_bwd_filter_f32",
-        "conv2d_fwd_f64",
-        "conv2d_bwd_data_f64",
-        "conv2d_bwd_filter_f64",
-    ],
-)
+@pytest.mark.parametrize("name", GEMM_LIKE)
 def test_no_bank_conflicts_in_the_compute_loop(name):
     st = traced(name)
     loads = [s for s in st.sites if s.space == "shared" and not s.write]
@@ -143,25 +129,7 @@ def test_no_bank_conflicts_in_the_compute_loop(name):
     )
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "matmul_fwd_f32",
-        "matmul_mid_f32",
-        "matmul_small_f32",
-        "matmul_small_f32 NT",
-        "matmul_fwd_f64",
-        "matmul_small_f64 NT",
-        "conv2d_fwd_f32",
-        "conv2d_bwd_data_f32",
-        "conv2d_bwd_filter_f32",
-        "conv2d_fwd_f64",
-        "conv2d_bwd_data_f64",
-        "conv2d_bwd_filter_f64",
-        "relu_fwd_f32",
-        "relu_bwd_f64",
-    ],
-)
+@pytest.mark.parametrize("name", [*GEMM_LIKE, "relu_fwd_f32", "relu_bwd_f64"])
 def test_vector_paths_use_every_sector(name):
     st = traced(name)
     vec = [s for s in st.sites if s.space == "global" and s.size == 16]
