@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,6 +180,28 @@ def compile_nvcc(nvcc: str, path: Path, arch: int) -> tuple[bool, str]:
         return proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _sass():
+    """``gpugrad.backend.sass`` and the kernel folder it compiles from, when gpugrad is
+    importable; else None (this script also runs on its own)."""
+    try:
+        from gpugrad.backend import kernel_dir, sass
+
+        return sass, Path(kernel_dir()).resolve()
+    except Exception:  # noqa: BLE001 - gpugrad absent or broken: compile here
+        return None
+
+
+def compile_shared(sass, tool: str, path: Path, arch: int) -> tuple[bool, str]:
+    """Compile through ``sass.compile_cubin`` (same compiler, options and sources), so the
+    cubin and log land in gpugrad's cache and the SASS/structure tests and the profiler
+    reuse this compile instead of repeating it; returns (success, log)."""
+    try:
+        _, log, _ = sass.compile_cubin(path.name, arch, tool=tool)
+    except RuntimeError as exc:
+        return False, str(exc)
+    return True, log
+
+
 def cache_dir() -> Path:
     """Where successful compile logs are kept (``$GPUGRAD_CACHE_DIR/check_compile``)."""
     root = os.environ.get("GPUGRAD_CACHE_DIR") or os.path.join(
@@ -208,11 +231,27 @@ def _cached(run, tool_id: str, path: Path, arch: int):
     return ok, log
 
 
+def _workers() -> int:
+    """Concurrent compiles: the usable cores, at most 4 (each compile of matmul.cu holds
+    its own compiler's memory); ``$GPUGRAD_COMPILE_JOBS`` overrides."""
+    env = os.environ.get("GPUGRAD_COMPILE_JOBS")
+    if env:
+        return max(1, int(env))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
 def check(files=None, archs=ARCHS, tools=TOOLS, cache=True) -> Report:
     """Compile ``files`` (default: every ``*.cu`` beside this script) with each tool and
     architecture; a tool that is absent is listed in ``Report.missing``. With ``cache``
-    a successful compile of unchanged sources is not repeated (logs are kept in
-    :func:`cache_dir`, keyed by a hash of the sources, tool version and options)."""
+    a successful compile of unchanged sources is not repeated: files of gpugrad's kernel
+    folder go through ``gpugrad.backend.sass.compile_cubin`` when gpugrad is importable
+    (its cubin cache, shared with the SASS tests and the profiler), other files keep
+    their logs in :func:`cache_dir`, keyed by a hash of the sources, tool version and
+    options."""
     paths = [Path(f) for f in files] if files else sorted(KERNEL_DIR.glob("*.cu"))
     report = Report()
     compilers = {}
@@ -232,20 +271,32 @@ def check(files=None, archs=ARCHS, tools=TOOLS, cache=True) -> Report:
             compilers["nvcc"] = lambda p, a, n=nvcc: compile_nvcc(n, p, a)
             version = subprocess.run([nvcc, "--version"], capture_output=True, text=True)
             tool_ids["nvcc"] = nvcc + version.stdout
-    for path in paths:
-        for tool, run in compilers.items():
-            for arch in archs:
-                if cache:
-                    ok, log = _cached(run, tool_ids[tool], path, arch)
-                else:
-                    ok, log = run(path, arch)
-                if not ok:
-                    report.errors.append(f"{tool} sm_{arch} {path.name}:\n{log.strip()}")
-                    continue
-                rows = parse_ptxas(log, path.name, tool)
-                if not rows and "__global__" in path.read_text():
-                    report.errors.append(f"{tool} sm_{arch} {path.name}: no ptxas report in log")
-                report.rows.extend(rows)
+    shared = _sass() if cache else None
+
+    def one(job):
+        path, tool, arch = job
+        run = compilers[tool]
+        if shared is not None and path.resolve().parent == shared[1]:
+            # why: one compile per (file, arch, compiler) per test run, shared
+            # with gpugrad.backend.sass (test_kernel_structure, the profiler)
+            return compile_shared(shared[0], tool, path, arch)
+        if cache:
+            return _cached(run, tool_ids[tool], path, arch)
+        return run(path, arch)
+
+    jobs = [(p, t, a) for p in paths for t in compilers for a in archs]
+    # why threads: nvcc runs as a subprocess, so the compiles of a cold run use every
+    # core (NVRTC programs are independent and NVRTC is thread-safe)
+    with ThreadPoolExecutor(max(1, min(len(jobs), _workers()))) as pool:
+        results = list(pool.map(one, jobs))
+    for (path, tool, arch), (ok, log) in zip(jobs, results):
+        if not ok:
+            report.errors.append(f"{tool} sm_{arch} {path.name}:\n{log.strip()}")
+            continue
+        rows = parse_ptxas(log, path.name, tool)
+        if not rows and "__global__" in path.read_text():
+            report.errors.append(f"{tool} sm_{arch} {path.name}: no ptxas report in log")
+        report.rows.extend(rows)
     return report
 
 

@@ -17,7 +17,7 @@
 
 namespace gg_common {
 
-// 16-byte alignment of a pointer: the condition for the 4-wide (float4 / 2 x double2)
+// 16-byte alignment of a pointer: the condition for the vector (float4 / double2)
 // paths; every vector path is guarded by it at run time.
 __device__ __forceinline__ bool aligned16(const void* p) {
     return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0ull;
@@ -26,8 +26,36 @@ __device__ __forceinline__ bool aligned16(const void* p) {
 __device__ __forceinline__ float madd(float a, float b, float c) { return fmaf(a, b, c); }
 __device__ __forceinline__ double madd(double a, double b, double c) { return fma(a, b, c); }
 
+// Elements in one 16-byte vector: 4 floats, 2 doubles. The kernels' vector paths move
+// VW<T> consecutive elements per lane and access (one LDG/STG/LDS/STS.128), so that the
+// lanes of a warp request cover consecutive 16-byte words: all bytes of every 32-byte
+// sector are used, and LDS.128 fragments of consecutive lanes fall in distinct banks.
+template <typename T>
+struct VecWidth {
+    static constexpr int value = 16 / int(sizeof(T));
+};
+template <typename T>
+constexpr int VW = VecWidth<T>::value;
+
+// VW<T> consecutive elements at a 16-byte-aligned address: one 128-bit access.
+__device__ __forceinline__ void loadv(const float* p, float r[4]) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+}
+__device__ __forceinline__ void loadv(const double* p, double r[2]) {
+    const double2 v = *reinterpret_cast<const double2*>(p);
+    r[0] = v.x; r[1] = v.y;
+}
+__device__ __forceinline__ void storev(float* p, const float r[4]) {
+    *reinterpret_cast<float4*>(p) = make_float4(r[0], r[1], r[2], r[3]);
+}
+__device__ __forceinline__ void storev(double* p, const double r[2]) {
+    *reinterpret_cast<double2*>(p) = make_double2(r[0], r[1]);
+}
+
 // 4 consecutive elements at a 16-byte-aligned address: one 128-bit access for float,
-// two for double.
+// two for double (lanes 32 bytes apart then use half of each sector per request: the
+// kernels' vector paths use loadv/storev instead).
 __device__ __forceinline__ void load4(const float* p, float r[4]) {
     const float4 v = *reinterpret_cast<const float4*>(p);
     r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;

@@ -20,25 +20,27 @@
 //                  [splits, KH*KW*Cg, Cout] and summed by the host; deterministic).
 //
 // GEMM core: k-major double-buffered shared tiles (one barrier per k-tile), register
-// tiles of TM x TN per thread read as 4-vectors (LDS.128), 4-wide global loads where
-// the channel count and alignment allow and scalar gathers otherwise (two separate
-// instantiations, chosen once per launch, so the hot loop has no path switch).
+// tiles of TM x TN per thread read as 16-byte vectors of VE = 4 floats / 2 doubles
+// (LDS.128), 16-byte global loads where the channel count (a multiple of VE) and
+// alignment allow, scalar gathers otherwise (two separate instantiations, chosen once
+// per launch, so the hot loop has no path switch). Consecutive lanes load consecutive
+// 16-byte words, so every 32-byte sector of a request is fully used, for double too.
 //   float32: 128x64x8 block tile, 8x8 per thread, 128 threads (FFMA:LDS.128 = 16:1)
-//   float64:  64x64x16 block tile, 4x4 per thread, 256 threads (registers: 64 doubles)
+//   float64:  64x64x8 block tile, 4x4 per thread, 256 threads (registers: 64 doubles)
 // Lane swizzle: lane bit 0 selects the row group and lane bits 1.. the column group,
 // so lanes n and n^1 read the same B fragment and n, n^2 the same A fragment: both
 // LDS.128 of a step pair-pack (2 shared-memory cycles each instead of 4).
 // Index math: no division in the k-loop. Each thread computes the pixel (n, h, w) of
 // its rows once; the reduction index k = (r, s, c) is walked incrementally (TapWalk:
 // add BK to c, wrap into s and r with precomputed offset deltas). Indices are 32-bit
-// (the host checks sizes < 2^31). The small helpers (aligned 4-wide loads/stores,
+// (the host checks sizes < 2^31). The small helpers (aligned 16-byte loads/stores,
 // madd) come from common.cuh.
 
 #include "common.cuh"
 
 namespace gg_conv {
 
-using namespace gg_common;  // aligned16, madd, load4, store4
+using namespace gg_common;  // aligned16, madd, VW, loadv, storev
 
 template <typename T>
 struct Cfg;
@@ -48,7 +50,7 @@ struct Cfg<float> {
 };
 template <>
 struct Cfg<double> {
-    static constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4, UNROLL = 1;
+    static constexpr int BM = 64, BN = 64, BK = 8, TM = 4, TN = 4, UNROLL = 1;
 };
 constexpr int PAD = 4;
 constexpr int NT_F32 = 128, NT_F64 = 256;  // threads per block (= __launch_bounds__ below)
@@ -62,11 +64,12 @@ struct Tile {
     static constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN, BK = Cfg<T>::BK;
     static constexpr int TM = Cfg<T>::TM, TN = Cfg<T>::TN, UNROLL = Cfg<T>::UNROLL;
     static constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
-    static constexpr int KQ = BK / 4;            // 4-vectors along k in one tile row
-    static constexpr int VA = BM * BK / 4 / NT;  // 4-vectors per thread: A tile
-    static constexpr int VB = BN * BK / 4 / NT;  // 4-vectors per thread: B tile
-    static_assert(VA >= 1 && VB == 1 && BM * BK / 4 == VA * NT, "tile does not split evenly");
-    static_assert(TX <= 16 && TM % 4 == 0 && TN % 4 == 0, "lane swizzle needs TX <= 16");
+    static constexpr int VE = VW<T>;              // elements per 16-byte vector (4 or 2)
+    static constexpr int KQ = BK / VE;            // vectors along k in one tile row
+    static constexpr int VA = BM * BK / VE / NT;  // vectors per thread: A tile
+    static constexpr int VB = BN * BK / VE / NT;  // vectors per thread: B tile
+    static_assert(VA >= 1 && VB == 1 && BM * BK / VE == VA * NT, "tile does not split evenly");
+    static_assert(TX <= 16 && TM % VE == 0 && TN % VE == 0, "lane swizzle needs TX <= 16");
     static_assert(NT == (sizeof(T) == 4 ? NT_F32 : NT_F64), "thread count");
 };
 
@@ -121,7 +124,7 @@ constexpr int NO_PIXEL = -(1 << 30);
 // Which k-quad (k offset within a tile) and which row of a k-major tile thread t loads.
 template <typename T>
 __device__ __forceinline__ int kq_of_thread() {
-    return (threadIdx.x % Tile<T>::KQ) * 4;
+    return (threadIdx.x % Tile<T>::KQ) * Tile<T>::VE;
 }
 template <typename T>
 __device__ __forceinline__ int row_of_thread(int v) {  // v-th of the VA rows (k-major A)
@@ -129,80 +132,73 @@ __device__ __forceinline__ int row_of_thread(int v) {  // v-th of the VA rows (k
 }
 
 template <typename T, int ROWS>
-__device__ __forceinline__ void store_kmajor(T (*xs)[ROWS + PAD], int row, const T r[4]) {
-    const int kq = (threadIdx.x % Tile<T>::KQ) * 4;
+__device__ __forceinline__ void store_kmajor(T (*xs)[ROWS + PAD], int row, const T* r) {
+    const int kq = kq_of_thread<T>();
 #pragma unroll
-    for (int j = 0; j < 4; ++j) xs[kq + j][row] = r[j];
+    for (int j = 0; j < Tile<T>::VE; ++j) xs[kq + j][row] = r[j];
 }
 
 // Plain row-major matrix operand, mn-major: element (mn, k) at x[k*ld + mn]; one
 // 4-vector per thread per tile, advanced by BK rows per tile.
 template <typename T, bool VEC>
 struct RowsTile {
-    static constexpr int BN = Tile<T>::BN, BK = Tile<T>::BK;
+    static constexpr int BN = Tile<T>::BN, BK = Tile<T>::BK, VE = Tile<T>::VE;
     const T* __restrict__ x;
     int ld, ext_mn, ext_k, mn, kr, k, off;
     bool full;
-    T r[4];
+    T r[VE];
     __device__ __forceinline__ void init(const T* x_, int ld_, int ext_mn_, int ext_k_, int mn0,
                                          int k0) {
         x = x_;
         ld = ld_;
         ext_mn = ext_mn_;
         ext_k = ext_k_;
-        mn = mn0 + (threadIdx.x % (BN / 4)) * 4;
-        kr = threadIdx.x / (BN / 4);
+        mn = mn0 + (threadIdx.x % (BN / VE)) * VE;
+        kr = threadIdx.x / (BN / VE);
         k = k0 + kr;
         off = k * ld + mn;
-        full = mn + 3 < ext_mn;
+        full = mn + VE - 1 < ext_mn;
     }
     __device__ __forceinline__ void load() {
         if (VEC && full) {
             if (k < ext_k) {
-                load4(x + off, r);
+                loadv(x + off, r);
             } else {
-                r[0] = r[1] = r[2] = r[3] = T(0);
+#pragma unroll
+                for (int j = 0; j < VE; ++j) r[j] = T(0);
             }
         } else {
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
+            for (int j = 0; j < VE; ++j)
                 r[j] = (k < ext_k && mn + j < ext_mn) ? x[off + j] : T(0);
         }
         k += BK;
         off += BK * ld;
     }
     __device__ __forceinline__ void store(T (*xs)[BN + PAD]) const {
-        store4(&xs[kr][(threadIdx.x % (BN / 4)) * 4], r);
+        storev(&xs[kr][(threadIdx.x % (BN / VE)) * VE], r);
     }
 };
 
-// Forward A operand: rows p = (n, ho, wo), columns k = (r, s, ci); k-major gather of x.
-// VEC (Cg % 4 == 0): the 4 channels of a k-quad lie in one pixel, all in or all out.
+// k-major gather of an image-shaped operand (x for the forward pass, dy for backward
+// data): the thread's VA rows are pixels (hb[v], wb[v]) of a Hs x Ws grid, element
+// offset base[v]; the columns k = (u, v, c) are taps walked by k (VEC: by TapWalk, the
+// VE channels of a vector lie in one pixel, all in or all out; else located per element).
 template <typename T, bool VEC>
-struct XPatchTile {
+struct PixelGather {
     static constexpr int VA = Tile<T>::VA, BM = Tile<T>::BM, BK = Tile<T>::BK;
-    const T* __restrict__ x;  // already offset by g*Cg channels
-    int H, W, kpos;
+    static constexpr int VE = Tile<T>::VE;
+    const T* __restrict__ src;  // already offset by the group's channels
+    int Hs, Ws, kpos;
     int base[VA], hb[VA], wb[VA];
     TapGeom g;
     TapWalk k;
-    T r[VA][4];
-    __device__ __forceinline__ void init(const T* x_, const Conv& c, int M, int m0) {
-        x = x_;
-        H = c.H;
-        W = c.W;
-        const int hw = c.Ho * c.Wo;
-#pragma unroll
-        for (int v = 0; v < VA; ++v) {
-            const int m = m0 + row_of_thread<T>(v);
-            const int n = m / hw;
-            const int rem = m - n * hw;
-            const int ho = rem / c.Wo;
-            hb[v] = m < M ? ho * c.sh - c.pt : NO_PIXEL;
-            wb[v] = (rem - ho * c.Wo) * c.sw - c.pl;
-            base[v] = m < M ? ((n * c.H + hb[v]) * c.W + wb[v]) * c.Cin : 0;  // no overflow
-        }
-        g = TapGeom{c.Cg, c.KW, c.KH, c.dw, c.dw * c.Cin, c.dh, c.dh * c.W * c.Cin};
+    T r[VA][VE];
+    __device__ __forceinline__ void start(const T* src_, int Hs_, int Ws_, const TapGeom& g_) {
+        src = src_;
+        Hs = Hs_;
+        Ws = Ws_;
+        g = g_;
         kpos = kq_of_thread<T>();
         if (VEC) k.init(g, kpos);
     }
@@ -210,24 +206,26 @@ struct XPatchTile {
         if (VEC) {
 #pragma unroll
             for (int v = 0; v < VA; ++v) {
-                const int hi = hb[v] + k.hoff, wi = wb[v] + k.woff;
-                if (k.valid(g) && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W) {
-                    load4(x + (base[v] + k.toff + k.c), r[v]);
+                const int h = hb[v] + k.hoff, w = wb[v] + k.woff;
+                if (k.valid(g) && (unsigned)h < (unsigned)Hs && (unsigned)w < (unsigned)Ws) {
+                    loadv(src + (base[v] + k.toff + k.c), r[v]);
                 } else {
-                    r[v][0] = r[v][1] = r[v][2] = r[v][3] = T(0);
+#pragma unroll
+                    for (int j = 0; j < VE; ++j) r[v][j] = T(0);
                 }
             }
             k.advance(g, BK);
         } else {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < VE; ++j) {
                 int hoff, woff, toff, c;
                 const bool kin = g.locate(kpos + j, hoff, woff, toff, c);
 #pragma unroll
                 for (int v = 0; v < VA; ++v) {
-                    const int hi = hb[v] + hoff, wi = wb[v] + woff;
-                    const bool in = kin && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W;
-                    r[v][j] = in ? x[base[v] + toff + c] : T(0);
+                    const int h = hb[v] + hoff, w = wb[v] + woff;
+                    const bool in =
+                        kin && (unsigned)h < (unsigned)Hs && (unsigned)w < (unsigned)Ws;
+                    r[v][j] = in ? src[base[v] + toff + c] : T(0);
                 }
             }
         }
@@ -236,6 +234,27 @@ struct XPatchTile {
     __device__ __forceinline__ void store(T (*xs)[BM + PAD]) const {
 #pragma unroll
         for (int v = 0; v < VA; ++v) store_kmajor<T, BM>(xs, row_of_thread<T>(v), r[v]);
+    }
+};
+
+// Forward A operand: rows p = (n, ho, wo), columns k = (r, s, ci); k-major gather of x.
+template <typename T, bool VEC>
+struct XPatchTile : PixelGather<T, VEC> {
+    __device__ __forceinline__ void init(const T* x_, const Conv& c, int M, int m0) {
+        const int hw = c.Ho * c.Wo;
+#pragma unroll
+        for (int v = 0; v < Tile<T>::VA; ++v) {
+            const int m = m0 + row_of_thread<T>(v);
+            const int n = m / hw;
+            const int rem = m - n * hw;
+            const int ho = rem / c.Wo;
+            this->hb[v] = m < M ? ho * c.sh - c.pt : NO_PIXEL;
+            this->wb[v] = (rem - ho * c.Wo) * c.sw - c.pl;
+            // no overflow
+            this->base[v] = m < M ? ((n * c.H + this->hb[v]) * c.W + this->wb[v]) * c.Cin : 0;
+        }
+        this->start(x_, c.H, c.W,
+                    TapGeom{c.Cg, c.KW, c.KH, c.dw, c.dw * c.Cin, c.dh, c.dh * c.W * c.Cin});
     }
 };
 
@@ -262,66 +281,24 @@ struct Phase {
 // Backward-data A operand: rows q = (n, i, j) of this phase, columns k = (u, v, co);
 // k-major gather of dy.
 template <typename T, bool VEC>
-struct DyTile {
-    static constexpr int VA = Tile<T>::VA, BM = Tile<T>::BM, BK = Tile<T>::BK;
-    const T* __restrict__ dy;  // already offset by g*Ng channels
-    int Ho, Wo, kpos;
-    int base[VA], hb[VA], wb[VA];
-    TapGeom g;
-    TapWalk k;
-    T r[VA][4];
+struct DyTile : PixelGather<T, VEC> {
     __device__ __forceinline__ void init(const T* dy_, const Conv& c, const Phase& ph,
                                          const Phase& pw, int M, int m0) {
-        dy = dy_;
-        Ho = c.Ho;
-        Wo = c.Wo;
         const int hw = max(ph.Hp * pw.Hp, 1);
 #pragma unroll
-        for (int v = 0; v < VA; ++v) {
+        for (int v = 0; v < Tile<T>::VA; ++v) {
             const int m = m0 + row_of_thread<T>(v);
             const int n = m / hw;
             const int rem = m - n * hw;
             const int i = rem / max(pw.Hp, 1);
-            hb[v] = m < M ? ph.hbase + i : NO_PIXEL;
-            wb[v] = pw.hbase + rem - i * pw.Hp;
-            base[v] = m < M ? ((n * c.Ho + hb[v]) * c.Wo + wb[v]) * c.Cout : 0;
+            this->hb[v] = m < M ? ph.hbase + i : NO_PIXEL;
+            this->wb[v] = pw.hbase + rem - i * pw.Hp;
+            this->base[v] =
+                m < M ? ((n * c.Ho + this->hb[v]) * c.Wo + this->wb[v]) * c.Cout : 0;
         }
-        g = TapGeom{c.Ng,     pw.KU,   ph.KU, -pw.dhu, -pw.dhu * c.Cout,
-                    -ph.dhu, -ph.dhu * c.Wo * c.Cout};
-        kpos = kq_of_thread<T>();
-        if (VEC) k.init(g, kpos);
-    }
-    __device__ __forceinline__ void load() {
-        if (VEC) {
-#pragma unroll
-            for (int v = 0; v < VA; ++v) {
-                const int ho = hb[v] + k.hoff, wo = wb[v] + k.woff;
-                if (k.valid(g) && (unsigned)ho < (unsigned)Ho && (unsigned)wo < (unsigned)Wo) {
-                    load4(dy + (base[v] + k.toff + k.c), r[v]);
-                } else {
-                    r[v][0] = r[v][1] = r[v][2] = r[v][3] = T(0);
-                }
-            }
-            k.advance(g, BK);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                int hoff, woff, toff, c;
-                const bool kin = g.locate(kpos + j, hoff, woff, toff, c);
-#pragma unroll
-                for (int v = 0; v < VA; ++v) {
-                    const int ho = hb[v] + hoff, wo = wb[v] + woff;
-                    const bool in =
-                        kin && (unsigned)ho < (unsigned)Ho && (unsigned)wo < (unsigned)Wo;
-                    r[v][j] = in ? dy[base[v] + toff + c] : T(0);
-                }
-            }
-        }
-        kpos += BK;
-    }
-    __device__ __forceinline__ void store(T (*xs)[BM + PAD]) const {
-#pragma unroll
-        for (int v = 0; v < VA; ++v) store_kmajor<T, BM>(xs, row_of_thread<T>(v), r[v]);
+        this->start(dy_, c.Ho, c.Wo,
+                    TapGeom{c.Ng, pw.KU, ph.KU, -pw.dhu, -pw.dhu * c.Cout, -ph.dhu,
+                            -ph.dhu * c.Wo * c.Cout});
     }
 };
 
@@ -329,13 +306,13 @@ struct DyTile {
 // g*Ng+co]; k-major, one k-quad of one column ci per thread.
 template <typename T, bool VEC>
 struct WtTile {
-    static constexpr int BN = Tile<T>::BN, BK = Tile<T>::BK;
+    static constexpr int BN = Tile<T>::BN, BK = Tile<T>::BK, VE = Tile<T>::VE;
     const T* __restrict__ w;  // already offset by g*Ng channels
     int base, col, kpos;
     bool ok;
     TapGeom g;
     TapWalk k;
-    T r[4];
+    T r[VE];
     __device__ __forceinline__ void init(const T* w_, const Conv& c, const Phase& ph,
                                          const Phase& pw, int n0) {
         w = w_;
@@ -351,14 +328,15 @@ struct WtTile {
     __device__ __forceinline__ void load() {
         if (VEC) {
             if (ok && k.valid(g)) {
-                load4(w + (base + k.toff + k.c), r);
+                loadv(w + (base + k.toff + k.c), r);
             } else {
-                r[0] = r[1] = r[2] = r[3] = T(0);
+#pragma unroll
+                for (int j = 0; j < VE; ++j) r[j] = T(0);
             }
             k.advance(g, BK);
         } else {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < VE; ++j) {
                 int hoff, woff, toff, c;
                 const bool in = ok && g.locate(kpos + j, hoff, woff, toff, c);
                 r[j] = in ? w[base + toff + c] : T(0);
@@ -377,12 +355,13 @@ struct WtTile {
 template <typename T, bool VEC>
 struct XColTile {
     static constexpr int VA = Tile<T>::VA, BM = Tile<T>::BM, BK = Tile<T>::BK;
-    static constexpr int QPT = BM / 4 / VA;  // row quads per pixel column
+    static constexpr int VE = Tile<T>::VE;
+    static constexpr int QPT = BM / VE / VA;  // row vectors per pixel column
     const T* __restrict__ x;  // already offset by g*Cg channels
     Conv c;
     int Mrows, P, p, n, ho, wo, pix, hb, wb;
     int row[VA], toff[VA], rdh[VA], sdw[VA];
-    T r[VA][4];
+    T r[VA][VE];
     __device__ __forceinline__ void init(const T* x_, const Conv& c_, int m0, int k0, int P_) {
         x = x_;
         c = c_;
@@ -390,7 +369,7 @@ struct XColTile {
         P = P_;
 #pragma unroll
         for (int v = 0; v < VA; ++v) {
-            row[v] = m0 + 4 * (threadIdx.x % QPT + v * QPT);
+            row[v] = m0 + VE * (threadIdx.x % QPT + v * QPT);
             const int rs = row[v] / c.Cg;
             const int ci = row[v] - rs * c.Cg;
             const int rr = rs / c.KW;
@@ -426,17 +405,18 @@ struct XColTile {
         const bool pok = p < P;
 #pragma unroll
         for (int v = 0; v < VA; ++v) {
-            if (VEC) {  // Cg % 4 == 0: the 4 rows are 4 channels of one tap
+            if (VEC) {  // Cg % VE == 0: the VE rows are VE channels of one tap
                 const int hi = hb + rdh[v], wi = wb + sdw[v];
                 if (pok && row[v] < Mrows && (unsigned)hi < (unsigned)c.H &&
                     (unsigned)wi < (unsigned)c.W) {
-                    load4(x + (pix + toff[v]), r[v]);
+                    loadv(x + (pix + toff[v]), r[v]);
                 } else {
-                    r[v][0] = r[v][1] = r[v][2] = r[v][3] = T(0);
+#pragma unroll
+                    for (int j = 0; j < VE; ++j) r[v][j] = T(0);
                 }
             } else {
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
+                for (int j = 0; j < VE; ++j) {
                     const int off = pok ? offset(row[v] + j) : -1;
                     r[v][j] = off >= 0 ? x[off] : T(0);
                 }
@@ -456,7 +436,7 @@ struct XColTile {
     __device__ __forceinline__ void store(T (*xs)[BM + PAD]) const {
         const int kr = threadIdx.x / QPT;
 #pragma unroll
-        for (int v = 0; v < VA; ++v) store4(&xs[kr][4 * (threadIdx.x % QPT + v * QPT)], r[v]);
+        for (int v = 0; v < VA; ++v) storev(&xs[kr][VE * (threadIdx.x % QPT + v * QPT)], r[v]);
     }
 };
 
@@ -512,8 +492,8 @@ __device__ __forceinline__ void gemm(Smem<T>& sm, LA& la, LB& lb, int ktiles, T*
                                      const Rows& rows, bool cvec, int M, int N, int m0, int n0,
                                      const T* __restrict__ bias, int has_bias, int relu) {
     using TL = Tile<T>;
-    constexpr int TM = TL::TM, TN = TL::TN, BK = TL::BK;
-    constexpr int AS = TL::BM / (TM / 4), BS = TL::BN / (TN / 4);  // fragment spacing
+    constexpr int TM = TL::TM, TN = TL::TN, BK = TL::BK, VE = TL::VE;
+    constexpr int AS = TL::BM / (TM / VE), BS = TL::BN / (TN / VE);  // fragment spacing
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int tx = (lane >> 1) & (TL::TX - 1);
     const int ty = (lane & 1) | (((lane >> 1) / TL::TX) << 1) | (warp * (32 / TL::TX));
@@ -544,9 +524,11 @@ __device__ __forceinline__ void gemm(Smem<T>& sm, LA& la, LB& lb, int ktiles, T*
         for (int kk = 0; kk < BK; ++kk) {
             T a[TM], b[TN];
 #pragma unroll
-            for (int i4 = 0; i4 < TM / 4; ++i4) load4(&sm.a[cur][kk][i4 * AS + ty * 4], a + 4 * i4);
+            for (int iv = 0; iv < TM / VE; ++iv)
+                loadv(&sm.a[cur][kk][iv * AS + ty * VE], a + VE * iv);
 #pragma unroll
-            for (int j4 = 0; j4 < TN / 4; ++j4) load4(&sm.b[cur][kk][j4 * BS + tx * 4], b + 4 * j4);
+            for (int jv = 0; jv < TN / VE; ++jv)
+                loadv(&sm.b[cur][kk][jv * BS + tx * VE], b + VE * jv);
 #pragma unroll
             for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -561,25 +543,25 @@ __device__ __forceinline__ void gemm(Smem<T>& sm, LA& la, LB& lb, int ktiles, T*
 
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const int row = m0 + (i / 4) * AS + ty * 4 + i % 4;
+        const int row = m0 + (i / VE) * AS + ty * VE + i % VE;
         if (row >= M) continue;
         T* out_row = C + rows(row);
 #pragma unroll
-        for (int j4 = 0; j4 < TN / 4; ++j4) {
-            const int col = n0 + j4 * BS + tx * 4;
-            T out[4];
+        for (int jv = 0; jv < TN / VE; ++jv) {
+            const int col = n0 + jv * BS + tx * VE;
+            T out[VE];
 #pragma unroll
-            for (int jj = 0; jj < 4; ++jj) {
-                T v = acc[i][j4 * 4 + jj];
+            for (int jj = 0; jj < VE; ++jj) {
+                T v = acc[i][jv * VE + jj];
                 if (has_bias && col + jj < N) v += bias[col + jj];
                 if (relu) v = v < T(0) ? T(0) : v;
                 out[jj] = v;
             }
-            if (cvec && col + 3 < N) {
-                store4(out_row + col, out);
+            if (cvec && col + VE - 1 < N) {
+                storev(out_row + col, out);
             } else {
 #pragma unroll
-                for (int jj = 0; jj < 4; ++jj)
+                for (int jj = 0; jj < VE; ++jj)
                     if (col + jj < N) out_row[col + jj] = out[jj];
             }
         }
@@ -606,7 +588,7 @@ __device__ __forceinline__ void fwd_run(Smem<T>& sm, const T* xg, const T* wg, T
     const int Kg = c.KH * c.KW * c.Cg;
     la.init(xg, c, M, m0);
     lb.init(wg, c.Cout, c.Ng, Kg, n0, 0);
-    const bool cvec = (c.Cout % 4 == 0) && aligned16(yg);
+    const bool cvec = (c.Cout % VW<T> == 0) && aligned16(yg);
     gemm<T>(sm, la, lb, (Kg + Tile<T>::BK - 1) / Tile<T>::BK, yg, DenseRows{c.Cout}, cvec, M,
             c.Ng, m0, n0, bg, has_bias, relu);
 }
@@ -621,8 +603,9 @@ __device__ __forceinline__ void fwd(const T* x, const T* w, T* y, const T* bias,
     if (!tile_of_block<T>(M, c.Ng, m0, n0)) return;
     const T* xg = x + g * c.Cg;
     const T* wg = w + g * c.Ng;
-    const bool vec = (c.Cg % 4 == 0) && (c.Cin % 4 == 0) && aligned16(xg) &&
-                     (c.Cout % 4 == 0) && aligned16(wg);
+    constexpr int E = VW<T>;
+    const bool vec = (c.Cg % E == 0) && (c.Cin % E == 0) && aligned16(xg) &&
+                     (c.Cout % E == 0) && aligned16(wg);
     if (vec) {
         fwd_run<T, true>(sm, xg, wg, y + g * c.Ng, bias + g * c.Ng, has_bias, relu, c, M, m0, n0);
     } else {
@@ -640,7 +623,7 @@ __device__ __forceinline__ void bwd_data_run(Smem<T>& sm, const T* dyg, const T*
     lb.init(wg, c, ph, pw, n0);
     const int Kg = ph.KU * pw.KU * c.Ng;
     const PhaseRows rows{c};
-    const bool cvec = (c.Cin % 4 == 0) && aligned16(dxg);
+    const bool cvec = (c.Cin % VW<T> == 0) && aligned16(dxg);
     gemm<T>(sm, la, lb, (Kg + Tile<T>::BK - 1) / Tile<T>::BK, dxg, rows, cvec, M, c.Cg, m0, n0,
             dxg, 0, 0);
 }
@@ -657,7 +640,8 @@ __device__ __forceinline__ void bwd_data(const T* dy, const T* w, T* dx, const C
     if (!tile_of_block<T>(M, c.Cg, m0, n0)) return;
     const T* dyg = dy + g * c.Ng;
     const T* wg = w + g * c.Ng;
-    const bool vec = (c.Ng % 4 == 0) && (c.Cout % 4 == 0) && aligned16(dyg) && aligned16(wg);
+    constexpr int E = VW<T>;
+    const bool vec = (c.Ng % E == 0) && (c.Cout % E == 0) && aligned16(dyg) && aligned16(wg);
     if (vec) {
         bwd_data_run<T, true>(sm, dyg, wg, dx + g * c.Cg, c, ph, pw, M, m0, n0);
     } else {
@@ -674,7 +658,7 @@ __device__ __forceinline__ void bwd_filter_run(Smem<T>& sm, const T* dyg, const 
     la.init(xg, c, m0, kbeg, kend);
     lb.init(dyg, c.Cout, c.Ng, kend, n0, kbeg);
     const int ktiles = kend > kbeg ? (kend - kbeg + Tile<T>::BK - 1) / Tile<T>::BK : 0;
-    const bool cvec = (c.Cout % 4 == 0) && aligned16(out);
+    const bool cvec = (c.Cout % VW<T> == 0) && aligned16(out);
     gemm<T>(sm, la, lb, ktiles, out, DenseRows{c.Cout}, cvec, Mrows, c.Ng, m0, n0, out, 0, 0);
 }
 
@@ -693,8 +677,9 @@ __device__ __forceinline__ void bwd_filter(const T* dy, const T* x, T* dw_parts,
     const T* xg = x + g * c.Cg;
     const T* dyg = dy + g * c.Ng;
     T* out = dw_parts + split * (Mrows * c.Cout) + g * c.Ng;
-    const bool vec = (c.Cg % 4 == 0) && (c.Cin % 4 == 0) && aligned16(xg) &&
-                     (c.Cout % 4 == 0) && aligned16(dyg);
+    constexpr int E = VW<T>;
+    const bool vec = (c.Cg % E == 0) && (c.Cin % E == 0) && aligned16(xg) &&
+                     (c.Cout % E == 0) && aligned16(dyg);
     if (vec) {
         bwd_filter_run<T, true>(sm, dyg, xg, out, c, Mrows, P, kbeg, kend, m0, n0);
     } else {
@@ -705,6 +690,10 @@ __device__ __forceinline__ void bwd_filter(const T* dy, const T* x, T* dw_parts,
 }  // namespace gg_conv
 
 // Entry points. float32 kernels run 128 threads per block, float64 kernels 256.
+// why no min-blocks bound on the float64 ones: with (256, 2) ptxas takes the full 128
+// registers it is allowed and spills (NVRTC 12.9 sm_90 bwd_data 12-16 B, nvcc 13 sm_90
+// fwd 4-8 B); unbounded they take 100-112 (sm_80/sm_90, both compilers), which still
+// fits 2 blocks per SM.
 extern "C" __global__ void __launch_bounds__(128, 3)
     conv2d_fwd_f32(const float* x, const float* w, float* y, const float* bias, int has_bias,
                    int relu, int N, int H, int W, int Cin, int Ho, int Wo, int Cout, int KH,
@@ -714,7 +703,7 @@ extern "C" __global__ void __launch_bounds__(128, 3)
                                            dw, groups));
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(256)
     conv2d_fwd_f64(const double* x, const double* w, double* y, const double* bias,
                    int has_bias, int relu, int N, int H, int W, int Cin, int Ho, int Wo,
                    int Cout, int KH, int KW, int sh, int sw, int pt, int pl, int dh, int dw,
@@ -734,7 +723,7 @@ extern "C" __global__ void __launch_bounds__(128, 3)
                                                 pl, dh, dw, groups));
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(256)
     conv2d_bwd_data_f64(const double* dy, const double* w, double* dx, int N, int H, int W,
                         int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sh, int sw,
                         int pt, int pl, int dh, int dw, int groups) {
@@ -752,7 +741,7 @@ extern "C" __global__ void __launch_bounds__(128, 3)
                                                   pl, dh, dw, groups));
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2)
+extern "C" __global__ void __launch_bounds__(256)
     conv2d_bwd_filter_f64(const double* dy, const double* x, double* dw_parts, int k_chunk,
                           int N, int H, int W, int Cin, int Ho, int Wo, int Cout, int KH, int KW,
                           int sh, int sw, int pt, int pl, int dh, int dw, int groups) {

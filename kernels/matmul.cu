@@ -12,14 +12,17 @@
 //
 // Design (S. Boehm's SGEMM worklog, kernels 5-10):
 //  * a block computes a BM x BN tile of C; its warps each a WM x WN warp tile; each
-//    lane a TM x TN register tile held as groups of 4 rows / 4 columns strided by the
-//    warp's lane grid; lanes are Z-ordered so the LDS.128 fragment loads of lanes n,
-//    n^1 (B) and n, n^2 (A) hit the same address and pair-pack;
+//    lane a TM x TN register tile held as groups of VW rows / VW columns (VW = one
+//    16-byte vector: 4 floats, 2 doubles) strided by the warp's lane grid, so the
+//    LDS.128 fragment loads of a warp read consecutive 16-byte words (no bank
+//    conflicts for float or double); lanes are Z-ordered so the LDS.128 fragment
+//    loads of lanes n, n^1 (B) and n, n^2 (A) hit the same address and pair-pack;
 //  * shared tiles are stored k-major (As[k][m], Bs[k][n]) and double buffered:
 //    the next global tile is fetched into registers while the current one is
 //    multiplied, one __syncthreads per k step;
-//  * global loads are 4-wide (float4 / 2 x double2) whenever the address is
-//    16-byte aligned and the 4 elements are in bounds; a scalar path handles
+//  * global loads are 16-byte vectors (float4 / double2: consecutive lanes read
+//    consecutive 16-byte words, 100 % sector use) whenever the address is
+//    16-byte aligned and the vector is in bounds; a scalar path handles
 //    edges, odd leading dimensions and unaligned bases;
 //  * 1-D grid with grouped ("swizzled") tile order so consecutive blocks reuse
 //    the same A rows / B columns from L2;
@@ -43,7 +46,7 @@
 
 namespace gg_matmul {
 
-using namespace gg_common;  // aligned16, madd, load4, store4
+using namespace gg_common;  // aligned16, madd, VW, loadv, storev
 
 constexpr int PAD = 4;  // keeps rows 16-byte aligned and spreads k-major stores over banks
 
@@ -54,15 +57,16 @@ constexpr int PAD = 4;  // keeps rows 16-byte aligned and spreads k-major stores
 // exactly one load path (plus the scalar fallback for edges/unaligned views).
 template <typename T, int BMN, int BK, int NT, bool KMAJOR, bool MASK>
 struct MatTile {
-    static constexpr int V = BMN * BK / 4 / NT;  // 4-vectors per thread per tile
-    static_assert(BMN * BK % (4 * NT) == 0, "tile must split evenly into 4-vectors");
+    static constexpr int W = VW<T>;              // elements per 16-byte vector
+    static constexpr int V = BMN * BK / W / NT;  // vectors per thread per tile
+    static_assert(BMN * BK % (W * NT) == 0, "tile must split evenly into vectors");
     static_assert(V >= 1, "too many threads for the tile");
 
     const T* __restrict__ x;
     const T* __restrict__ mask;
     int ld, ext_mn, ext_k, mn0;
     bool vec;
-    T r[V][4];
+    T r[V][W];
 
     __device__ __forceinline__ void init(const T* x_, const T* mask_, int ld_, int ext_mn_,
                                          int ext_k_, int mn0_) {
@@ -72,7 +76,7 @@ struct MatTile {
         ext_mn = ext_mn_;
         ext_k = ext_k_;
         mn0 = mn0_;
-        vec = (ld % 4 == 0) && aligned16(x) && (!MASK || aligned16(mask));
+        vec = (ld % W == 0) && aligned16(x) && (!MASK || aligned16(mask));
     }
 
     __device__ __forceinline__ T fetch(int offset) const {
@@ -85,23 +89,23 @@ struct MatTile {
 #pragma unroll
         for (int v = 0; v < V; ++v) {
             const int id = threadIdx.x + v * NT;
-            // (row, col) of the 4-vector in memory order: KMAJOR rows are mn, else k
-            const int gm = KMAJOR ? mn0 + id / (BK / 4) : mn0 + (id % (BMN / 4)) * 4;
-            const int gk = KMAJOR ? k0 + (id % (BK / 4)) * 4 : k0 + id / (BMN / 4);
+            // (row, col) of the vector in memory order: KMAJOR rows are mn, else k
+            const int gm = KMAJOR ? mn0 + id / (BK / W) : mn0 + (id % (BMN / W)) * W;
+            const int gk = KMAJOR ? k0 + (id % (BK / W)) * W : k0 + id / (BMN / W);
             const int off = KMAJOR ? gm * ld + gk : gk * ld + gm;
-            const bool full = KMAJOR ? (gm < ext_mn && gk + 3 < ext_k)
-                                     : (gk < ext_k && gm + 3 < ext_mn);
+            const bool full = KMAJOR ? (gm < ext_mn && gk + W - 1 < ext_k)
+                                     : (gk < ext_k && gm + W - 1 < ext_mn);
             if (vec && full) {
-                load4(x + off, r[v]);
+                loadv(x + off, r[v]);
                 if (MASK) {
-                    T mk[4];
-                    load4(mask + off, mk);
+                    T mk[W];
+                    loadv(mask + off, mk);
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) r[v][j] = mk[j] > T(0) ? r[v][j] : T(0);
+                    for (int j = 0; j < W; ++j) r[v][j] = mk[j] > T(0) ? r[v][j] : T(0);
                 }
             } else {
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
+                for (int j = 0; j < W; ++j) {
                     const bool in = KMAJOR ? (gm < ext_mn && gk + j < ext_k)
                                            : (gk < ext_k && gm + j < ext_mn);
                     r[v][j] = in ? fetch(off + j) : T(0);
@@ -115,12 +119,12 @@ struct MatTile {
         for (int v = 0; v < V; ++v) {
             const int id = threadIdx.x + v * NT;
             if (KMAJOR) {
-                const int mn = id / (BK / 4);
-                const int kq = (id % (BK / 4)) * 4;
+                const int mn = id / (BK / W);
+                const int kq = (id % (BK / W)) * W;
 #pragma unroll
-                for (int j = 0; j < 4; ++j) xs[kq + j][mn] = r[v][j];
+                for (int j = 0; j < W; ++j) xs[kq + j][mn] = r[v][j];
             } else {
-                store4(&xs[id / (BMN / 4)][(id % (BMN / 4)) * 4], r[v]);
+                storev(&xs[id / (BMN / W)][(id % (BMN / W)) * W], r[v]);
             }
         }
     }
@@ -152,8 +156,9 @@ __device__ __forceinline__ void lane_grid(int lane, int& lm, int& ln) {
 // The whole GEMM for one tile configuration and operand layout.
 //
 // Warp tiling: the block's WARPS_M x WARPS_N warps each own a WM x WN sub-tile; a
-// lane owns TM x TN outputs as (TM/4) x (TN/4) groups of 4x4, the groups strided by
-// the lane grid so a warp's fragment loads hit 8 (A) / 4 (B) distinct 16-byte words.
+// lane owns TM x TN outputs as (TM/VW) x (TN/VW) groups of VW x VW, the groups strided
+// by the lane grid so a warp's fragment loads hit LM (A) / LN (B) consecutive 16-byte
+// words.
 // Split-K: block z reduces k in [z*k_chunk, min(K, (z+1)*k_chunk)) and writes its
 // partial product to C + z*M*ldc (the host then runs matmul_splitk_reduce with the
 // epilogue); with gridDim.z == 1 this is the plain GEMM.
@@ -167,14 +172,15 @@ __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restric
     constexpr int NT = WARPS_M * WARPS_N * 32;  // threads per block
     constexpr int WM = BM / WARPS_M;            // warp tile
     constexpr int WN = BN / WARPS_N;
-    constexpr int GM = TM / 4;                  // 4-row groups per lane
-    constexpr int GN = TN / 4;                  // 4-column groups per lane
+    constexpr int W = VW<T>;                    // elements per 16-byte vector
+    constexpr int GM = TM / W;                  // W-row groups per lane
+    constexpr int GN = TN / W;                  // W-column groups per lane
     constexpr int LM = WM / TM;                 // lane grid
     constexpr int LN = WN / TN;
-    constexpr int SM = LM * 4;                  // stride between a lane's row groups
-    constexpr int SN = LN * 4;                  // stride between a lane's column groups
+    constexpr int SM = LM * W;                  // stride between a lane's row groups
+    constexpr int SN = LN * W;                  // stride between a lane's column groups
     constexpr int GROUP = 8;                    // tile rows per swizzle group
-    static_assert(TM % 4 == 0 && TN % 4 == 0, "register tile must be made of 4-vectors");
+    static_assert(TM % W == 0 && TN % W == 0, "register tile must be made of vectors");
     static_assert(LM * LN == 32 && WM * WARPS_M == BM && WN * WARPS_N == BN, "bad warp tiling");
 
     __shared__ __align__(16) T As[2][BK][BM + PAD];
@@ -198,8 +204,8 @@ __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restric
     const int warp = tid / 32;
     int lm, ln;
     lane_grid<LM, LN>(tid % 32, lm, ln);
-    const int am = (warp / WARPS_N) * WM + lm * 4;  // first row of this lane in the tile
-    const int bn = (warp % WARPS_N) * WN + ln * 4;  // first column
+    const int am = (warp / WARPS_N) * WM + lm * W;  // first row of this lane in the tile
+    const int bn = (warp % WARPS_N) * WN + ln * W;  // first column
 
     MatTile<T, BM, BK, NT, !TA, MASK> ta;
     MatTile<T, BN, BK, NT, TB, false> tb;
@@ -241,9 +247,9 @@ __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restric
         for (int kk = 0; kk < BK; ++kk) {
             T a[TM], b[TN];
 #pragma unroll
-            for (int g = 0; g < GM; ++g) load4(&As[cur][kk][am + g * SM], &a[g * 4]);
+            for (int g = 0; g < GM; ++g) loadv(&As[cur][kk][am + g * SM], &a[g * W]);
 #pragma unroll
-            for (int g = 0; g < GN; ++g) load4(&Bs[cur][kk][bn + g * SN], &b[g * 4]);
+            for (int g = 0; g < GN; ++g) loadv(&Bs[cur][kk][bn + g * SN], &b[g * W]);
 #pragma unroll
             for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -256,31 +262,31 @@ __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restric
         __syncthreads();
     }
 
-    // Epilogue: alpha, bias, relu; 4-wide stores where aligned and in bounds.
+    // Epilogue: alpha, bias, relu; vector stores where aligned and in bounds.
     T* __restrict__ out_base = C + blockIdx.z * (M * ldc);
-    const bool cvec = (ldc % 4 == 0) && aligned16(out_base);
+    const bool cvec = (ldc % W == 0) && aligned16(out_base);
 #pragma unroll
     for (int gi = 0; gi < GM; ++gi) {
 #pragma unroll
-        for (int ii = 0; ii < 4; ++ii) {
+        for (int ii = 0; ii < W; ++ii) {
             const int row = m0 + am + gi * SM + ii;
             if (row >= M) continue;
 #pragma unroll
             for (int gj = 0; gj < GN; ++gj) {
                 const int col = n0 + bn + gj * SN;
-                T out[4];
+                T out[W];
 #pragma unroll
-                for (int jj = 0; jj < 4; ++jj) {
-                    T v = alpha * acc[gi * 4 + ii][gj * 4 + jj];
+                for (int jj = 0; jj < W; ++jj) {
+                    T v = alpha * acc[gi * W + ii][gj * W + jj];
                     if (has_bias && col + jj < N) v += bias[col + jj];
                     if (relu) v = v < T(0) ? T(0) : v;  // NaN propagates, as in NumPy
                     out[jj] = v;
                 }
-                if (cvec && col + 3 < N) {
-                    store4(out_base + row * ldc + col, out);
+                if (cvec && col + W - 1 < N) {
+                    storev(out_base + row * ldc + col, out);
                 } else {
 #pragma unroll
-                    for (int jj = 0; jj < 4; ++jj)
+                    for (int jj = 0; jj < W; ++jj)
                         if (col + jj < N) out_base[row * ldc + col + jj] = out[jj];
                 }
             }

@@ -4,16 +4,17 @@
 //   relu_bwd: dx = x > 0 ? dy : 0        (derivative 0 at 0; a select, not dy * mask,
 //                                         so an inf/NaN dy where x <= 0 gives 0)
 //
-// Memory-bound: 4-wide loads and stores (float4 / 2 x double2) when every
-// pointer is 16-byte aligned, a grid-stride loop over the 4-vectors, and a
-// scalar loop for the n % 4 tail (or everything, when a pointer is unaligned).
+// Memory-bound: 16-byte loads and stores (float4 / double2, VW = 4 / 2 elements) when
+// every pointer is 16-byte aligned, a grid-stride loop over the vectors (consecutive
+// lanes, consecutive 16-byte words: every sector fully used), and a scalar loop for
+// the n % VW tail (or everything, when a pointer is unaligned).
 // Indices are 64-bit: n may exceed 2^31 (the host does not cap relu's size).
 
 #include "common.cuh"
 
 namespace gg_relu {
 
-using namespace gg_common;  // aligned16, madd, load4, store4
+using namespace gg_common;  // aligned16, VW, loadv, storev
 
 template <typename T>
 __device__ __forceinline__ T relu1(T x) {
@@ -40,15 +41,16 @@ template <typename T>
 __device__ __forceinline__ void fwd(const T* __restrict__ x, T* __restrict__ y, long long n) {
     long long done = 0;
     if (aligned16(x) && aligned16(y)) {
-        const long long nvec = n / 4;
+        constexpr int W = VW<T>;
+        const long long nvec = n / W;
         grid_stride(0, nvec, [&](long long v) {
-            T r[4];
-            load4(x + 4 * v, r);
+            T r[W];
+            loadv(x + W * v, r);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) r[j] = relu1(r[j]);
-            store4(y + 4 * v, r);
+            for (int j = 0; j < W; ++j) r[j] = relu1(r[j]);
+            storev(y + W * v, r);
         });
-        done = nvec * 4;
+        done = nvec * W;
     }
     grid_stride(done, n, [&](long long i) { y[i] = relu1(x[i]); });
 }
@@ -58,16 +60,17 @@ __device__ __forceinline__ void bwd(const T* __restrict__ dy, const T* __restric
                                     T* __restrict__ dx, long long n) {
     long long done = 0;
     if (aligned16(dy) && aligned16(x) && aligned16(dx)) {
-        const long long nvec = n / 4;
+        constexpr int W = VW<T>;
+        const long long nvec = n / W;
         grid_stride(0, nvec, [&](long long v) {
-            T g[4], r[4];
-            load4(dy + 4 * v, g);
-            load4(x + 4 * v, r);
+            T g[W], r[W];
+            loadv(dy + W * v, g);
+            loadv(x + W * v, r);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) r[j] = relu_grad1(g[j], r[j]);
-            store4(dx + 4 * v, r);
+            for (int j = 0; j < W; ++j) r[j] = relu_grad1(g[j], r[j]);
+            storev(dx + W * v, r);
         });
-        done = nvec * 4;
+        done = nvec * W;
     }
     grid_stride(done, n, [&](long long i) { dx[i] = relu_grad1(dy[i], x[i]); });
 }

@@ -433,7 +433,7 @@ MATMUL_TILES = {
 MATMUL_MAX_SPLITS = 64
 MATMUL_MIN_KTILES_PER_SPLIT = 4
 # dtype -> (BM, BN, BK, threads) of conv2d.cu's implicit GEMMs (see the .cu header)
-CONV_TILES = {"f32": (128, 64, 8, 128), "f64": (64, 64, 16, 256)}
+CONV_TILES = {"f32": (128, 64, 8, 128), "f64": (64, 64, 8, 256)}
 CONV_TILE = CONV_TILES["f32"]
 # Resident blocks per SM of the conv kernels on sm_90 (ptxas registers and shared memory,
 # kernels/check_compile.py); used to align backward-filter splits to whole waves when the
@@ -1585,6 +1585,31 @@ def _lstm_shapes(fn, arrays: dict, shapes: dict, dtype):
     return out
 
 
+def _lstm_sequence(fn, name, arr):
+    """A ``[T, B, 4H]`` operand of the persistent LSTM: ``(arr, dt, T, B, H)``."""
+    arr = _prepare(arr, fn, name, ndim=3, layout=" [T, B, 4H]")
+    dt = _dtype_suffix(arr.dtype, fn, name)
+    steps, bsz, four_h = arr.shape
+    if four_h % 4:
+        raise ValueError(f"{fn}: {name} must be [T, B, 4H], got shape {tuple(arr.shape)}")
+    return arr, dt, steps, bsz, four_h // 4
+
+
+def _lstm_run_persistent(fn, direction, dt, dtype, steps, bsz, hid, arrays, flags=()):
+    """Plan and launch one persistent LSTM kernel: ``arrays``, then the grid barrier's
+    counter, T, B, H, the plan's integers and ``flags`` (as int32)."""
+    plan = lstm_persistent_plan(direction, bsz, hid, dtype)
+    if plan is None:
+        raise ValueError(
+            f"{fn}: no persistent launch for B={bsz}, H={hid} ({dt}) on this device (the "
+            "recurrent weights do not fit in shared memory); use the per-step kernels"
+        )
+    sync = backend.xp().zeros(1, dtype=np.uint32)  # the grid barrier's arrival counter
+    i32 = np.int32
+    ints = (i32(steps), i32(bsz), i32(hid), *plan.int_args(), *(i32(f) for f in flags))
+    _launch_cooperative(plan, (*arrays, sync, *ints))
+
+
 def lstm_persistent_fwd(proj, r, h0, c0):
     """The LSTM recurrence of all steps in one cooperative launch.
 
@@ -1598,12 +1623,8 @@ def lstm_persistent_fwd(proj, r, h0, c0):
     >>> ys, cs, gates = lstm_persistent_fwd(proj, r, h0, c0)   # doctest: +SKIP
     """
     fn = "lstm_persistent_fwd"
-    proj = _prepare(proj, fn, "proj", ndim=3, layout=" [T, B, 4H]")
-    dt = _dtype_suffix(proj.dtype, fn, "proj")
-    steps, bsz, four_h = proj.shape
-    if four_h % 4:
-        raise ValueError(f"{fn}: proj must be [T, B, 4H], got shape {tuple(proj.shape)}")
-    hid = four_h // 4
+    proj, dt, steps, bsz, hid = _lstm_sequence(fn, "proj", proj)
+    four_h = 4 * hid
     a = _lstm_shapes(
         fn,
         {"r": r, "h0": h0, "c0": c0},
@@ -1616,29 +1637,8 @@ def lstm_persistent_fwd(proj, r, h0, c0):
     gates = xp.empty((steps, bsz, four_h), dtype=proj.dtype)
     if steps == 0 or bsz == 0 or hid == 0:
         return ys, cs, gates
-    plan = lstm_persistent_plan("fwd", bsz, hid, proj.dtype)
-    if plan is None:
-        raise ValueError(
-            f"{fn}: no persistent launch for B={bsz}, H={hid} ({dt}) on this device (the "
-            "recurrent weights do not fit in shared memory); use the per-step kernels"
-        )
-    sync = xp.zeros(1, dtype=np.uint32)  # the grid barrier's arrival counter
-    i32 = np.int32
-    args = (
-        proj,
-        a["r"],
-        a["h0"],
-        a["c0"],
-        ys,
-        cs,
-        gates,
-        sync,
-        i32(steps),
-        i32(bsz),
-        i32(hid),
-        *plan.int_args(),
-    )
-    _launch_cooperative(plan, args)
+    arrays = (proj, a["r"], a["h0"], a["c0"], ys, cs, gates)
+    _lstm_run_persistent(fn, "fwd", dt, proj.dtype, steps, bsz, hid, arrays)
     return ys, cs, gates
 
 
@@ -1656,12 +1656,8 @@ def lstm_persistent_bwd(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, r):
     >>> dpre, dh0, dc0 = lstm_persistent_bwd(*args)             # doctest: +SKIP
     """
     fn = "lstm_persistent_bwd"
-    gates = _prepare(gates, fn, "gates", ndim=3, layout=" [T, B, 4H]")
-    dt = _dtype_suffix(gates.dtype, fn, "gates")
-    steps, bsz, four_h = gates.shape
-    if four_h % 4:
-        raise ValueError(f"{fn}: gates must be [T, B, 4H], got shape {tuple(gates.shape)}")
-    hid = four_h // 4
+    gates, dt, steps, bsz, hid = _lstm_sequence(fn, "gates", gates)
+    four_h = 4 * hid
     seq, state = (steps, bsz, hid), (bsz, hid)
     arrays = {"g_ys": g_ys, "g_h": g_h, "g_c": g_c, "cs": cs, "c0": c0, "r": r}
     shapes = {"g_ys": seq, "g_h": state, "g_c": state, "cs": seq, "c0": state}
@@ -1679,15 +1675,7 @@ def lstm_persistent_bwd(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, r):
         dh0[...] = a["g_h"]
         dc0[...] = a["g_c"]
         return dpre, dh0, dc0
-    plan = lstm_persistent_plan("bwd", bsz, hid, gates.dtype)
-    if plan is None:
-        raise ValueError(
-            f"{fn}: no persistent launch for B={bsz}, H={hid} ({dt}) on this device (the "
-            "recurrent weights do not fit in shared memory); use the per-step kernels"
-        )
-    sync = xp.zeros(1, dtype=np.uint32)
-    i32 = np.int32
-    args = (
+    arrays = (
         a["g_ys"],
         a["g_h"],
         a["g_c"],
@@ -1700,15 +1688,9 @@ def lstm_persistent_bwd(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, r):
         dpre,
         dh0,
         dc0,
-        sync,
-        i32(steps),
-        i32(bsz),
-        i32(hid),
-        *plan.int_args(),
-        i32("g_cs" in a),
-        i32("g_gates" in a),
     )
-    _launch_cooperative(plan, args)
+    flags = ("g_cs" in a, "g_gates" in a)
+    _lstm_run_persistent(fn, "bwd", dt, gates.dtype, steps, bsz, hid, arrays, flags)
     return dpre, dh0, dc0
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "TraceStats",
     "analyze",
     "profile",
+    "profile_traced",
     "report",
     "trace_stats",
 ]
@@ -636,9 +637,16 @@ def trace_stats(op: str, shape, dtype: str = "float32", blocks=None, **options):
 def profile(op: str, shape, dtype: str = "float32", gpus=("H100 SXM",), arch=90, **options):
     """Profile one launch (see the module docstring); ``gpus`` are names of
     :data:`gpugrad.backend.perfmodel.GPUS` to predict for."""
+    case, stats = trace_stats(op, shape, dtype, **options)
+    return profile_traced(case, stats, gpus, arch)
+
+
+def profile_traced(case: Case, stats: TraceStats, gpus=("H100 SXM",), arch=90) -> Profile:
+    """:func:`profile` from a traced run already made (``trace_stats``'s result): the
+    SASS, occupancy and model parts only, without tracing the launch again."""
     from gpugrad.backend import sass
 
-    case, stats = trace_stats(op, shape, dtype, **options)
+    dtype = case.dtype
     # per hot-loop iteration, per thread: what the SASS path must contain
     per_it = {k: v / max(1, case.trace_iterations) for k, v in stats.per_thread.items()}
     vec = sum(

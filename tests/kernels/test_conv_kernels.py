@@ -17,30 +17,20 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
-from gpugrad import backend
 
 emu = pytest.importorskip("gpugrad.backend.emu", reason="the CUDA emulator is not built yet")
 kernels = pytest.importorskip("gpugrad.backend.kernels")
 
-from test_kernels_emu import assert_close, conv_refs  # noqa: E402 - same directory
-
-
-@pytest.fixture(scope="module", autouse=True)
-def on_emu():
-    previous = backend.device()
-    backend.set_device("emu")
-    yield
-    backend.set_device(previous)
+from _common import (  # noqa: E402 - tests/kernels/_common.py
+    assert_close,
+    conv_inputs,
+    conv_refs,
+    on_emu,  # noqa: F401 - module-scoped autouse fixture: this module runs on emu
+)
 
 
 def run_case(rng, case, dtype, schedule="forward", view=False):
-    n, h, w_, cin, kh, kw, cout, stride, padding, dilation, groups = case
-    hyper = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    x = rng.standard_normal((n, h, w_, cin)).astype(dtype)
-    w = rng.standard_normal((kh, kw, cin // groups, cout)).astype(dtype)
-    bias = rng.standard_normal(cout).astype(dtype)
-    geo = kernels.conv_geometry("test", x.shape, w.shape, stride, padding, dilation, groups)
-    dy = rng.standard_normal((n, geo.ho, geo.wo, cout)).astype(dtype)
+    x, w, bias, dy, geo, hyper = conv_inputs(rng, case, dtype)
     if view:  # 4-byte (8-byte) offset views: every vector path must fall back
         x = np.concatenate([[0], x.ravel()]).astype(dtype)[1:].reshape(x.shape)
         dy = np.concatenate([[0], dy.ravel()]).astype(dtype)[1:].reshape(dy.shape)

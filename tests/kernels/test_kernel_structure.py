@@ -9,9 +9,8 @@
   operands, measured on emulator traces;
 * FMA share of the hot loop (SASS): >= 85 % for the main matmul, >= 75 % for conv.
 
-Properties the kernels on this branch do not meet yet are ``xfail(strict=True)``
-with the measured figure, so they turn into failures when a kernel change makes
-them pass (then remove the mark). Cubins are cached by source hash
+Every property is asserted for float32 and float64 (the float64 paths move 16-byte
+double2 vectors, so they are checked like the float4 ones). Cubins are cached by source hash
 (``gpugrad.backend.sass``), emulator builds by source hash (``gpugrad.backend.emu``).
 """
 
@@ -36,8 +35,6 @@ def _sass_or_skip():
         pytest.skip("cuobjdump is not installed (pip install nvidia-cuda-cuobjdump)")
 
 
-ISSUE = "issue #15"
-
 # (op, shape, dtype, options): shapes are whole tiles, operands aligned (vector paths)
 TRACED = {
     "matmul_fwd_f32": ("matmul", (256, 256, 64), "float32", {"tile": "large"}),
@@ -45,24 +42,31 @@ TRACED = {
     "matmul_small_f32": ("matmul", (64, 64, 64), "float32", {"tile": "small"}),
     "matmul_small_f32 NT": ("matmul", (64, 64, 64), "float32", {"tile": "small", "trans_b": True}),
     "matmul_fwd_f64": ("matmul", (128, 128, 64), "float64", {"tile": "large"}),
+    "matmul_small_f64 NT": ("matmul", (64, 64, 64), "float64", {"tile": "small", "trans_b": True}),
     "conv2d_fwd_f32": ("conv2d_fwd", (2, 8, 8, 16, 64, 3, 3), "float32", {}),
     "conv2d_bwd_data_f32": ("conv2d_bwd_data", (2, 8, 8, 16, 64, 3, 3), "float32", {}),
     "conv2d_bwd_filter_f32": ("conv2d_bwd_filter", (2, 8, 8, 16, 64, 3, 3), "float32", {}),
+    "conv2d_fwd_f64": ("conv2d_fwd", (2, 8, 8, 16, 64, 3, 3), "float64", {}),
+    "conv2d_bwd_data_f64": ("conv2d_bwd_data", (2, 8, 8, 16, 64, 3, 3), "float64", {}),
+    "conv2d_bwd_filter_f64": ("conv2d_bwd_filter", (2, 8, 8, 16, 64, 3, 3), "float64", {}),
     "relu_fwd_f32": ("relu_fwd", (1 << 14,), "float32", {}),
     "relu_bwd_f64": ("relu_bwd", (1 << 14,), "float64", {}),
 }
-_stats_cache: dict = {}
+# the traced kernels with a shared-memory compute loop
+GEMM_LIKE = [name for name in TRACED if not name.startswith("relu")]
+_traced_cache: dict = {}
+
+
+def traced_case(name):
+    """(case, TraceStats) of one traced launch, run once per test session."""
+    if name not in _traced_cache:
+        op, shape, dtype, opts = TRACED[name]
+        _traced_cache[name] = profile.trace_stats(op, shape, dtype, **opts)
+    return _traced_cache[name]
 
 
 def traced(name):
-    if name not in _stats_cache:
-        op, shape, dtype, opts = TRACED[name]
-        _stats_cache[name] = profile.trace_stats(op, shape, dtype, **opts)[1]
-    return _stats_cache[name]
-
-
-def _xfail(reason):
-    return pytest.mark.xfail(strict=True, reason=f"{ISSUE}: {reason}")
+    return traced_case(name)[1]
 
 
 # --------------------------------------------------------------------------- compiled
@@ -97,25 +101,23 @@ def test_main_matmul_tile_has_two_blocks_per_sm(arch):
     assert occ["blocks_per_sm"] >= 2, (res, occ)
 
 
+@pytest.mark.parametrize("dt", ["f32", "f64"])
+def test_conv_kernels_have_the_blocks_per_sm_the_planner_assumes(dt):
+    """plan_conv_filter sizes its splits to CONV_BLOCKS_PER_SM resident blocks (sm_90)."""
+    _compiler_or_skip()
+    cubin, log, _ = sass.compile_cubin("conv2d.cu", 90)
+    res = sass.parse_ptxas(log)
+    threads = kernels.CONV_TILES[dt][3]
+    for op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_filter"):
+        r = res[f"{op}_{dt}"]
+        occ = sass.occupancy(r["registers"], threads, r["smem"], 90)
+        assert occ["blocks_per_sm"] >= kernels.CONV_BLOCKS_PER_SM[dt], (op, r, occ)
+
+
 # --------------------------------------------------------------------------- traced
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "matmul_fwd_f32",
-        "matmul_mid_f32",
-        "matmul_small_f32",
-        "matmul_small_f32 NT",
-        pytest.param(
-            "matmul_fwd_f64",
-            marks=_xfail("the f64 B-fragment LDS.128 reads are 2-way bank conflicted"),
-        ),
-        "conv2d_fwd_f32",
-        "conv2d_bwd_data_f32",
-        "conv2d_bwd_filter_f32",
-    ],
-)
+@pytest.mark.parametrize("name", GEMM_LIKE)
 def test_no_bank_conflicts_in_the_compute_loop(name):
     st = traced(name)
     loads = [s for s in st.sites if s.space == "shared" and not s.write]
@@ -127,30 +129,7 @@ def test_no_bank_conflicts_in_the_compute_loop(name):
     )
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "matmul_fwd_f32",
-        "matmul_mid_f32",
-        "matmul_small_f32",
-        "matmul_small_f32 NT",
-        pytest.param(
-            "matmul_fwd_f64",
-            marks=_xfail(
-                "f64 load4 is two LDG.128 per lane 32 bytes apart: each warp request "
-                "touches 32 sectors for 16 sectors of data (50 %)"
-            ),
-        ),
-        "conv2d_fwd_f32",
-        "conv2d_bwd_data_f32",
-        "conv2d_bwd_filter_f32",
-        "relu_fwd_f32",
-        pytest.param(
-            "relu_bwd_f64",
-            marks=_xfail("f64 load4/store4 are two 16-byte accesses 16 bytes apart (50 %)"),
-        ),
-    ],
-)
+@pytest.mark.parametrize("name", [*GEMM_LIKE, "relu_fwd_f32", "relu_bwd_f64"])
 def test_vector_paths_use_every_sector(name):
     st = traced(name)
     vec = [s for s in st.sites if s.space == "global" and s.size == 16]
@@ -200,8 +179,7 @@ def test_unaligned_operand_is_measured_as_inefficient():
 )
 def test_hot_loop_fma_share(name, floor):
     _sass_or_skip()
-    op, shape, dtype, opts = TRACED[name]
-    p = profile.profile(op, shape, dtype, **opts)
+    p = profile.profile_traced(*traced_case(name))  # the trace the other tests made
     loop = p.sass.loop
     assert loop is not None and loop.path_fma > 0
     assert loop.path_share >= floor, (

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _common import SCHEDULES  # noqa: E402 - tests/kernels/_common.py
 
 import gpugrad as gg
 from gpugrad import backend
 from gpugrad.backend import emu, kernels
 
-SCHEDULES = ("forward", "reverse", "random")
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 

@@ -7,21 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpugrad import backend
-
 emu = pytest.importorskip("gpugrad.backend.emu", reason="the CUDA emulator is not built yet")
 kernels = pytest.importorskip("gpugrad.backend.kernels")
 
-SCHEDULES = ("forward", "reverse", "random")
-RTOL = {np.float32: 1e-5, np.float64: 1e-12}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def on_emu():
-    previous = backend.device()
-    backend.set_device("emu")
-    yield
-    backend.set_device(previous)
+from _common import (  # noqa: E402 - tests/kernels/_common.py
+    SCHEDULES,
+    assert_close,
+    on_emu,  # noqa: F401 - module-scoped autouse fixture: this module runs on emu
+)
 
 
 @pytest.fixture
@@ -43,8 +36,8 @@ def run(rng, m, n, k, dtype, trans_a=False, trans_b=False, mask=False, **kw):
     opb = (b.T if trans_b else b).astype(np.float64)
     ref = np.maximum(-0.75 * (opa @ opb) + bias, 0.0)
     scale = 0.75 * (np.abs(opa) @ np.abs(opb)) + np.abs(bias)
-    err = np.abs(got - ref) / np.maximum(scale, 1e-30)
-    assert got.dtype == dtype and err.max() <= RTOL[dtype], err.max()
+    assert got.dtype == dtype
+    assert_close(got, ref, scale, dtype)
     return kernels.launches()
 
 
