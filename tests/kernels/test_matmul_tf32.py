@@ -20,17 +20,13 @@ from gpugrad import backend
 emu = pytest.importorskip("gpugrad.backend.emu", reason="the CUDA emulator is not built yet")
 kernels = pytest.importorskip("gpugrad.backend.kernels")
 
+from _common import (  # noqa: E402 - tests/kernels/_common.py
+    SCHEDULES,
+    on_emu,  # noqa: F401 - module-scoped autouse fixture: this module runs on emu
+)
+
 PROBE = Path(__file__).parent / "cu" / "mma_probe.cu"
-SCHEDULES = ("forward", "reverse", "random")
 LAYOUTS = [(False, False), (True, False), (False, True), (True, True)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def on_emu():
-    previous = backend.device()
-    backend.set_device("emu")
-    yield
-    backend.set_device(previous)
 
 
 @pytest.fixture(autouse=True)
