@@ -8,7 +8,7 @@
 #      imports work anyway). A CUDA build of PyTorch (for the cuBLAS-TF32 / cuDNN
 #      rows) is installed in the background into .cache/device-check/torch when the
 #      one importable has no CUDA; the benchmark runs without those rows otherwise.
-#   2. the test files that run on cuda-sim in CI (tests/test_cudasim.py DEVICE_TESTS:
+#   2. a quick part of what CI runs on cuda-sim (tests/test_cudasim.py DEVICE_TESTS:
 #      ops and gradients, nn, layers, the faces, optimizers, checkpointing) on the
 #      real `cuda` device (GPUGRAD_DEVICE=cuda), every failure listed.
 #   3. python bench/gpu.py --quick: results in bench/results/gpu-<device>.json + .png
