@@ -8,7 +8,8 @@
 #      imports work anyway). A CUDA build of PyTorch (for the cuBLAS-TF32 / cuDNN
 #      rows) is installed in the background into .cache/device-check/torch when the
 #      one importable has no CUDA; the benchmark runs without those rows otherwise.
-#   2. a quick part of what CI runs on cuda-sim (tests/test_cudasim.py DEVICE_TESTS:
+#   2. what CI runs on cuda-sim (tests/cudasim_files.txt, spread over up to 8 cores
+#      with pytest-xdist; without it the quicker DEVICE_TESTS of tests/test_cudasim.py:
 #      ops and gradients, nn, layers, the faces, optimizers, checkpointing) on the
 #      real `cuda` device (GPUGRAD_DEVICE=cuda), every failure listed.
 #   3. python bench/gpu.py --quick: results in bench/results/gpu-<device>.json + .png
@@ -58,10 +59,10 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 # ---------------------------------------------------------------- 1. dependencies
 if ! "$PY" -c "import numpy, pytest, cupy" >/dev/null 2>&1; then
     say "installing gpugrad's cuda12 extra and the test tools"
-    timeout 150 "$PY" -m pip install -q -e ".[cuda12]" pytest hypothesis scipy ||
+    timeout 150 "$PY" -m pip install -q -e ".[cuda12]" pytest pytest-xdist hypothesis scipy ||
         say "pip install failed or timed out (no package index?); going on with what imports"
 fi
-for mod in hypothesis scipy; do
+for mod in hypothesis scipy xdist; do
     "$PY" -c "import $mod" >/dev/null 2>&1 ||
         timeout 60 "$PY" -m pip install -q "$mod" >/dev/null 2>&1 ||
         say "$mod is not installed (some tests skip or fail without it)"
@@ -87,12 +88,21 @@ if [ "$DEVICE" = cuda ] &&
 fi
 
 # ---------------------------------------------------------------- 2. tests on cuda
-TESTS=${GPUGRAD_CHECK_TESTS:-$("$PY" -c "import sys; sys.path.insert(0, 'tests'); import test_cudasim as t; print(' '.join(t.DEVICE_TESTS))")}
+# the whole list CI runs on cuda-sim when pytest-xdist can spread it over the cores;
+# else the quicker DEVICE_TESTS set in one process
+PARALLEL=()
+if "$PY" -c "import xdist" >/dev/null 2>&1; then
+    PARALLEL=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))" --dist loadfile)
+    DEFAULT_TESTS=$(grep -v emu_device tests/cudasim_files.txt | tr '\n' ' ')
+else
+    DEFAULT_TESTS=$("$PY" -c "import sys; sys.path.insert(0, 'tests'); import test_cudasim as t; print(' '.join(t.DEVICE_TESTS))")
+fi
+TESTS=${GPUGRAD_CHECK_TESTS:-$DEFAULT_TESTS}
 T_TESTS=$(($(left) - 150))
 [ "$T_TESTS" -gt 200 ] && T_TESTS=200
 say "device tests on $DEVICE (${T_TESTS}s at most): $TESTS"
 GPUGRAD_DEVICE=$DEVICE timeout "$T_TESTS" "$PY" -m pytest -o addopts= -q -p no:cacheprovider \
-    -rfE --maxfail=100 $TESTS | tee .cache/device-check/tests.txt
+    "${PARALLEL[@]}" -rfE --maxfail=100 $TESTS | tee .cache/device-check/tests.txt
 TESTS_RC=${PIPESTATUS[0]}
 SUMMARY=$(grep -E "passed|failed|error" .cache/device-check/tests.txt | tail -1)
 [ "$TESTS_RC" = 124 ] && SUMMARY="timed out after ${T_TESTS}s: $SUMMARY"

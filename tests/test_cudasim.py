@@ -9,7 +9,7 @@ Four parts:
   transfer and no synchronisation (only reading the loss does);
 - the whole suite runs on the device in tests/test_cudasim_suite.py (child
   processes over tests/cudasim_files.txt); ``DEVICE_TESTS`` below is the quicker set
-  that bench/device_check.sh runs on a real GPU.
+  that bench/device_check.sh runs on a real GPU without pytest-xdist.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ cupy = pytest.importorskip("cupy")  # cuda-sim checks against the installed CuPy
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# the test files bench/device_check.sh runs on a real GPU (its time is short): ops and
+# the test files bench/device_check.sh runs on a GPU without pytest-xdist: ops and
 # their gradients, nn, layers, the MATLAB / Swift / MXNet faces, optimizers
 DEVICE_TESTS = [
     "tests/test_gradients.py",
