@@ -33,6 +33,24 @@ def float64():
 # meta-test over the union once all workers are done and fails the run if it fails.
 
 
+# the files with the longest tests, started first (in this order) so that the workers
+# finish together: pytest-xdist hands out files in collection order (with
+# --no-loadscope-reorder), and a long file handed out last would run alone at the end
+LONG_FILES = (
+    "tests/test_cudasim_suite.py",  # the suite on cuda-sim, ~4 min of work
+    "tests/kernels/test_kernel_structure.py",  # cold nvcc/NVRTC compiles, SASS
+    "tests/kernels/test_kernels_emu.py",  # AddressSanitizer build of every kernel
+    "tests/kernels/test_kernel_compile.py",
+    "tests/test_emu_device.py",
+    "tests/test_examples.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 def _is_worker(config):
     return hasattr(config, "workerinput")
 

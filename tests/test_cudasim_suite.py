@@ -2,8 +2,9 @@
 runs in a child process with ``GPUGRAD_DEVICE=cuda-sim``, so CI exercises gpugrad's
 cuda code path (CuPy's rules, RawModule launches, no implicit host transfers) on CPU.
 
-The files are split in two halves, one per class: pytest-xdist's ``--dist loadscope``
-hands each class to a worker as one unit, so the halves run side by side. With
+The child spreads the files over two processes itself (pytest-xdist; about 4 minutes
+of work in all on 2 cores): its share of the machine then stays busy whichever worker
+of the parent runs it, and tests/conftest.py starts it first. With
 ``GPUGRAD_TEST_DEVICE=cuda`` (on a GPU) the same files run on the real device.
 """
 
@@ -25,15 +26,13 @@ FILES = (ROOT / "tests" / "cudasim_files.txt").read_text().split()
 # the default (cpu) run of the suite already does: on cuda-sim it would repeat that run
 DEVICE_INDEPENDENT = {"tests/test_emu_device.py"}
 RUN = [f for f in FILES if f not in DEVICE_INDEPENDENT]
-# split at a name, about half of the run's time on each side (4 min in all on 2 cores)
-SPLIT = "tests/test_l"
 
 
 def _run_on_the_device(files):
     env = {**os.environ, "GPUGRAD_DEVICE": TEST_DEVICE}
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider"]
-        + ["-rfE", "--maxfail=20", *files],
+        + ["-n", "2", "--dist", "loadfile", "-rfE", "--maxfail=20", *files],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -46,21 +45,12 @@ def _run_on_the_device(files):
     assert " passed" in last and "failed" not in last and "error" not in last, tail
 
 
-def test_the_halves_cover_the_file_list():
+def test_the_file_list_names_test_files():
     assert len(FILES) == len(set(FILES)) > 30
     for name in FILES:
         assert (ROOT / name).is_file() and name.startswith("tests/test_"), name
     assert "tests/test_cudasim_suite.py" not in FILES  # it runs them
-    first = [f for f in RUN if f < SPLIT]
-    second = [f for f in RUN if f >= SPLIT]
-    assert first and second and sorted(first + second) == sorted(RUN)
 
 
-class TestFirstHalf:
-    def test_files_pass_on_the_device(self):
-        _run_on_the_device([f for f in RUN if f < SPLIT])
-
-
-class TestSecondHalf:
-    def test_files_pass_on_the_device(self):
-        _run_on_the_device([f for f in RUN if f >= SPLIT])
+def test_the_suite_passes_on_the_device():
+    _run_on_the_device(RUN)
