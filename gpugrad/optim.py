@@ -547,6 +547,28 @@ def sgdmupdate(net, grad, vel=None, learn_rate=0.01, momentum=0.9):
     return net, vel
 
 
+def _adamupdate_numbers(iteration, learn_rate, grad_decay, sq_grad_decay, epsilon):
+    """adamupdate's checked arguments: (bias-corrected step scale, beta1, beta2, epsilon)."""
+    where = "adamupdate"
+    if (
+        isinstance(iteration, bool)
+        or not isinstance(iteration, Real)
+        or not math.isfinite(iteration)
+        or iteration < 1
+        or iteration != int(iteration)
+    ):
+        raise ValueError(
+            f"{where}: iteration must be a positive integer (1 on the first call), "
+            f"got {iteration!r}"
+        )
+    lr = _positive(learn_rate, "learn_rate", where)
+    b1 = _fraction(grad_decay, "grad_decay", where)
+    b2 = _fraction(sq_grad_decay, "sq_grad_decay", where)
+    eps = _positive(epsilon, "epsilon", where)
+    t = int(iteration)
+    return lr * (1 - b2**t) ** 0.5 / (1 - b1**t), b1, b2, eps
+
+
 @host_call(mutates=True)
 def adamupdate(
     net,
@@ -576,27 +598,13 @@ def adamupdate(
     (array([0.999, 2.001]), array([ 0.3, -0.3]))
     """
     where = "adamupdate"
-    if (
-        isinstance(iteration, bool)
-        or not isinstance(iteration, Real)
-        or not math.isfinite(iteration)
-        or iteration < 1
-        or iteration != int(iteration)
-    ):
-        raise ValueError(
-            f"{where}: iteration must be a positive integer (1 on the first call), "
-            f"got {iteration!r}"
-        )
-    lr = _positive(learn_rate, "learn_rate", where)
-    b1 = _fraction(grad_decay, "grad_decay", where)
-    b2 = _fraction(sq_grad_decay, "sq_grad_decay", where)
-    eps = _positive(epsilon, "epsilon", where)
+    scale, b1, b2, eps = _adamupdate_numbers(
+        iteration, learn_rate, grad_decay, sq_grad_decay, epsilon
+    )
     params = _parameters_of(net, where, "net")
     pairs = _checked(params, grad, where, "grad")
     average_grad, firsts = _state_tree(average_grad, params, where, "average_grad")
     average_sq_grad, seconds = _state_tree(average_sq_grad, params, where, "average_sq_grad")
-    t = int(iteration)
-    scale = lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
     xp = _xp()
     for (_, p, g), m, v in zip(pairs, firsts, seconds):
         data = p._data
@@ -1175,12 +1183,9 @@ class _AdamUpdateGraph(_GraphStep):
         epsilon=1e-8,
     ):
         where = self.where = "adamupdate"
-        lr = _positive(learn_rate, "learn_rate", where)
-        b1 = _fraction(grad_decay, "grad_decay", where)
-        b2 = _fraction(sq_grad_decay, "sq_grad_decay", where)
-        eps = _positive(epsilon, "epsilon", where)
-        t = int(iteration)
-        scale = lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
+        scale, b1, b2, eps = _adamupdate_numbers(
+            iteration, learn_rate, grad_decay, sq_grad_decay, epsilon
+        )
         self.numbers = (scale, b1, b2, eps, 1 - b1, 1 - b2)
         pairs = _checked(_parameters_of(net, where, "net"), grad, where, "grad")
         super().__init__([p for _, p, _ in pairs], (), [])
