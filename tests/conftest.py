@@ -26,13 +26,6 @@ def float64():
     gg.set_default_dtype(previous)
 
 
-# ---------------------------------------------------------------- pytest-xdist
-# why: the suite runs on two processes in CI (pytest-xdist, `-n auto`), and the registry
-# meta-test (tests/test_zz_registry.py) needs every process's finite-difference checks.
-# Each worker sends its ``gg.testing.CHECKED`` to the controller, which repeats the
-# meta-test over the union once all workers are done and fails the run if it fails.
-
-
 # the files with the longest tests, started first (in this order) so that the workers
 # finish together: pytest-xdist hands out files in collection order (with
 # --no-loadscope-reorder), and a long file handed out last would run alone at the end
@@ -51,6 +44,17 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
+# ---------------------------------------------------------------- pytest-xdist
+# why: the suite runs on two processes in CI (pytest-xdist, `-n auto`), and the registry
+# meta-test (tests/test_zz_registry.py) needs every process's finite-difference checks.
+# Each worker sends its ``gg.testing.CHECKED`` to the controller, which repeats the
+# meta-test over the union once all workers are done and fails the run if it fails.
+
+
+# the controller's union of the workers' checks, and whether the meta-test was selected
+_REGISTRY = pytest.StashKey[dict]()
+
+
 def _is_worker(config):
     return hasattr(config, "workerinput")
 
@@ -67,20 +71,20 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
     out = getattr(node, "workeroutput", None) or {}
-    union = node.config.__dict__.setdefault("_gg_checked", {1: set(), 2: set()})
+    state = node.config.stash.setdefault(_REGISTRY, {"checked": {1: set(), 2: set()}})
     for k, v in out.get("gg_checked", {}).items():
-        union[int(k)].update(v)
-    if out.get("gg_registry_selected"):
-        node.config._gg_registry_selected = True
+        state["checked"][int(k)].update(v)
+    state["selected"] = state.get("selected", False) or bool(out.get("gg_registry_selected"))
 
 
 def _controller_registry_check(session):
     config = session.config
-    if _is_worker(config) or not getattr(config, "_gg_registry_selected", False):
+    state = config.stash.get(_REGISTRY, {})
+    if not state.get("selected"):
         return
     from tests.test_zz_registry import missing_checks
 
-    missing = missing_checks(config._gg_checked)
+    missing = missing_checks(state["checked"])
     if missing:
         tr = config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
