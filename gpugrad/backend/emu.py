@@ -73,6 +73,7 @@ from pathlib import Path
 import numpy as np
 
 from gpugrad import backend
+from gpugrad._filelock import build_once
 
 __all__ = [
     "EmuError",
@@ -825,17 +826,26 @@ def _run_compiler(cmd: list[str], what: str) -> None:
         raise EmuCompileError(f"{what} failed:\n{log}{hint}")
 
 
-def _atomic_build(target: Path, build) -> None:
+def _atomic_build(target: Path, build) -> bool:
     """Build into a temporary file next to ``target`` and rename it into place, so that
-    concurrent builders (threads or processes) never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        build(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    concurrent builders (threads or processes) never see a half-written file; a process
+    that finds another one building ``target`` waits and uses its result. Returns
+    whether this call built it."""
+    built = []
+
+    def run(target):
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            build(tmp)
+            os.replace(tmp, target)
+            built.append(True)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    build_once(target, run)
+    return bool(built)
 
 
 def _common_flags(sanitize: bool) -> list[str]:
@@ -1084,8 +1094,10 @@ class EmuModule:
                     finally:
                         os.unlink(src_file)
 
-                _atomic_build(self.so_path, build)
-                _count(compiles=1)
+                if _atomic_build(self.so_path, build):
+                    _count(compiles=1)
+                else:  # another process built it meanwhile
+                    _count(cache_hits=1)
             lib = _libs.get(str(self.so_path))
             if lib is None:
                 lib = ctypes.CDLL(str(self.so_path), mode=os.RTLD_LOCAL | os.RTLD_NOW)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpugrad import backend
+from gpugrad._filelock import build_once
 
 __all__ = [
     "ARCH_LIMITS",
@@ -150,8 +151,21 @@ def compile_cubin(file: str, arch: int = 90, tool: str = "nvrtc") -> tuple[Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     cubin = out_dir / f"{Path(file).stem}-sm{arch}-{h}.cubin"
     log_file = cubin.with_suffix(".log")
-    if cubin.exists() and log_file.exists():
-        return cubin, log_file.read_text(), tool.split(":")[0]
+
+    def ready():
+        return cubin.exists() and log_file.exists()
+
+    if not ready():
+        # why the lock: pytest-xdist workers and child runs share this cache, and a
+        # cold matmul.cu is about a minute of one core; the later caller waits
+        build_once(
+            cubin, lambda _: _compile(file, arch, source, options, nvrtc, cubin), ready=ready
+        )
+    return cubin, log_file.read_text(), tool.split(":")[0]
+
+
+def _compile(file: str, arch: int, source: str, options: list, nvrtc, cubin: Path) -> None:
+    """Compile ``source`` with NVRTC (when given) or nvcc; write ``cubin`` and its log."""
     if nvrtc is not None:
         prog = nvrtc.createProgram(source, file, [], [])
         try:
@@ -177,11 +191,13 @@ def compile_cubin(file: str, arch: int = 90, tool: str = "nvrtc") -> tuple[Path,
             if r.returncode:
                 raise RuntimeError(f"nvcc failed on {file}:\n{r.stderr}")
             log, data = r.stdout + r.stderr, out.read_bytes()
+    # the log first: ready() tests both, and the cubin's rename completes the entry
+    tmp_log = cubin.with_suffix(f".{os.getpid()}.logtmp")
+    tmp_log.write_text(log)
+    os.replace(tmp_log, cubin.with_suffix(".log"))
     tmp_cubin = cubin.with_suffix(f".{os.getpid()}.tmp")
     tmp_cubin.write_bytes(data)
     os.replace(tmp_cubin, cubin)
-    log_file.write_text(log)
-    return cubin, log, tool.split(":")[0]
 
 
 _ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
