@@ -377,7 +377,8 @@ def _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision):
     plan = kernels.plan_matmul_tf32(
         m, n, k, precision, kernels.EMU_NUM_SMS, trans_a=trans_a, trans_b=trans_b
     )
-    bk = kernels.TF32_TILE[2]
+    tile = kernels.tf32_plan_tile(plan)
+    bm, bn, bk, _ = kernels.TF32_TILES[tile]
     k_chunk, splits = kernels.matmul_k_chunk(k, plan.grid[2], kernels.TF32_SPLIT_K_GRANULE)
     kt = min(k, 4 * bk)
     rng = np.random.default_rng(0)
@@ -404,12 +405,11 @@ def _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision):
     )
     case.precision = precision
     case.extra_bytes = workspace
-    bm, bn = kernels.TF32_TILE[:2]
     # the mma run on whole tiles: an M = 64 problem fills half of each 128-row tile
     last = k - (splits - 1) * k_chunk
     k_run = (splits - 1) * k_chunk + -(-last // bk) * bk
     case.padding = (-(-m // bm) * bm) * (-(-n // bn) * bn) * k_run / max(1, m * n * k)
-    case.smem_for = lambda limit: kernels.tf32_stages(trans_a, trans_b, limit)[1]
+    case.smem_for = lambda limit: kernels.tf32_stages(trans_a, trans_b, limit, tile)[1]
     case.dynamic_smem = case.smem_for(kernels.EMU_MAX_SHARED_OPTIN)
     return case
 

@@ -178,17 +178,27 @@ def test_tensor_core_gemm_every_schedule_epilogue_and_split_k(rng, schedule, pre
 
 
 @pytest.mark.parametrize(
-    "trans_a,trans_b,precision,stages,k",
-    [(False, False, "tf32", 4, 160), (True, True, "3xtf32", 2, 96)],
+    "m,trans_a,trans_b,precision,stages,k",
+    [
+        (128, False, False, "tf32", 4, 160),
+        (128, True, True, "3xtf32", 2, 96),
+        (64, False, True, "tf32", 3, 160),  # the m64 tile: two warps per 64x64, k sliced
+        (64, False, False, "3xtf32", 2, 96),
+    ],
 )
 def test_tensor_core_gemm_whole_tiles_wrap_the_ring(
-    rng, monkeypatch, trans_a, trans_b, precision, stages, k
+    rng, monkeypatch, m, trans_a, trans_b, precision, stages, k
 ):
-    """One whole 128x256 block tile (the branch-free copy path) over more k tiles than
-    the ring has stages, at two ring depths."""
+    """One whole 128x256 (M = 128) or 64x256 (M = 64, the m64 tile) block tile (the
+    branch-free copy path) over more k tiles than the ring has stages, at two ring
+    depths."""
     monkeypatch.setattr(kernels, "TF32_MAX_STAGES", stages)
-    assert kernels.tf32_stages(trans_a, trans_b, 227 * 1024)[0] == stages
-    run(rng, 128, 256, k, trans_a, trans_b, precision, bias=True, alpha=0.75)
+    tile = kernels.tf32_tile_for(m, trans_a)
+    assert tile == ("m64" if m == 64 else "large")
+    assert kernels.tf32_stages(trans_a, trans_b, 227 * 1024, tile)[0] == stages
+    kernels.reset_launches()
+    run(rng, m, 256, k, trans_a, trans_b, precision, bias=True, alpha=0.75)
+    assert any(("_m64" in n) == (m == 64) for n in kernels.launches() if precision in n)
 
 
 def test_tensor_core_stages_fit_the_shared_memory(monkeypatch):
@@ -197,9 +207,10 @@ def test_tensor_core_stages_fit_the_shared_memory(monkeypatch):
     assert kernels.tf32_stages(False, True, 4 * per - 1) == (3, 3 * per)
     with pytest.raises(ValueError, match="needs .* bytes of shared memory"):
         kernels.tf32_stages(False, True, 2 * per - 1)
-    # a GPU without room for two stages (an RTX 4090's 99 KiB): allow_tf32 keeps FP32,
-    # an explicit precision raises
-    small = dict(kernels._device_props(), max_shared_optin=99 * 1024)
+    # a GPU without room for two stages (64 KiB per block; both tiles need more):
+    # allow_tf32 keeps FP32, an explicit precision raises
+    assert 2 * kernels.tf32_stage_bytes(False, True, "m64") > 64 * 1024
+    small = dict(kernels._device_props(), max_shared_optin=64 * 1024)
     monkeypatch.setattr(kernels, "_device_props", lambda: small)
     a = np.ones((8, 8), np.float32)
     with kernels.tf32():
@@ -212,12 +223,21 @@ def test_tensor_core_stages_fit_the_shared_memory(monkeypatch):
 
 def test_tensor_core_plan_splits_skinny_problems():
     lstm_step = kernels.plan_matmul_tf32(64, 2048, 512, "tf32", 132, trans_b=True)
-    assert lstm_step.kernel == "matmul_tf32_nt_f32"
-    # 8 tiles of 128x256, K split 4 ways: 16 ways would fill more SMs, but each split
+    assert lstm_step.kernel == "matmul_tf32_m64_nt_f32"  # M <= 64: the 64x256 tile
+    # 8 tiles of 64x256, K split 3 ways: more ways would fill more SMs, but each split
     # adds a 64x2048 partial product written and read back (the model's optimum)
-    assert lstm_step.grid == (8, 1, 4) and lstm_step.block == (256, 1, 1)
-    wide = kernels.plan_matmul_tf32(64, 512, 2048, "tf32", 132)
+    assert lstm_step.grid == (8, 1, 3) and lstm_step.block == (256, 1, 1)
+    large = kernels.plan_matmul_tf32(64, 2048, 512, "tf32", 132, trans_b=True, tile="large")
+    assert large.kernel == "matmul_tf32_nt_f32" and large.grid == (8, 1, 4)
+    wide = kernels.plan_matmul_tf32(64, 512, 2048, "tf32", 132, tile="large")
     assert wide.grid == (2, 1, 16)  # compute-bound: as many splits as fill the SMs
+    # trans_a products and M > 64 take the 128x256 tile; the m64 tile refuses them
+    assert kernels.plan_matmul_tf32(64, 512, 2048, "tf32", 132, trans_a=True).kernel == (
+        "matmul_tf32_tn_f32"
+    )
+    assert kernels.plan_matmul_tf32(65, 512, 2048, "3xtf32", 132).kernel == "matmul_3xtf32_f32"
+    with pytest.raises(ValueError, match="m64"):
+        kernels.plan_matmul_tf32(65, 512, 64, "tf32", 132, tile="m64")
     big = kernels.plan_matmul_tf32(4096, 4096, 4096, "3xtf32", 132)
     assert big.kernel == "matmul_3xtf32_f32" and big.grid == (32 * 16, 1, 1)
 
@@ -290,8 +310,13 @@ def test_allow_tf32_switches_matmul_and_its_gradients(rng):
 
     with kernels.tf32():
         y, gx, gw, names = forward_backward()
-    assert {n for n in names if n.startswith("matmul_tf32")} >= {"matmul_tf32_f32"}
-    assert any(n.startswith("matmul_tf32_") and n != "matmul_tf32_f32" for n in names)
+    # 40 rows: the forward and dx = dy @ w.T on the m64 tile, dw = x.T @ dy (300 rows,
+    # trans_a) on the 128x256 one
+    assert {n for n in names if n.startswith("matmul_tf32")} == {
+        "matmul_tf32_m64_f32",
+        "matmul_tf32_m64_nt_f32",
+        "matmul_tf32_tn_f32",
+    }
     assert 1e-5 < rel_error(y, a, b) <= 2.0**-10
     # gradients: TF32 too (~1e-3), not FP32-exact
     assert 1e-5 < np.max(np.abs(gw - gw32)) / np.max(np.abs(gw32)) < 1e-2
