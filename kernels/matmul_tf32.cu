@@ -61,10 +61,13 @@ struct Tile {
     static __device__ __forceinline__ int at(int row, int chunk) {
         return row * LD + 4 * (chunk ^ swz(row));
     }
-    // the raw bits of op(X)[mn][k]
-    static __device__ __forceinline__ unsigned get(const float* s, int mn, int k) {
-        const int row = KMAJOR ? mn : k, col = KMAJOR ? k : mn;
-        return __float_as_uint(s[at(row, col >> 2) + (col & 3)]);
+    // the raw bits of op(X)[mn][kx + k], with the first k of the warp's k slice kx a
+    // multiple of a power of two P > k (0 without slices). key: for a k-major tile
+    // kx / 4 ^ mn % 8 (the caller knows mn % 8; (kx + k) / 4 = kx / 4 ^ k / 4, so the
+    // slice folds into the thread's chunk XOR and the k offsets stay immediates), else kx
+    static __device__ __forceinline__ unsigned get(const float* s, int mn, int k, int key) {
+        if (KMAJOR) return __float_as_uint(s[mn * LD + 4 * ((k >> 2) ^ key) + (k & 3)]);
+        return __float_as_uint(s[at(key + k, mn >> 2) + (mn & 3)]);
     }
 
     // Queue the copies of the tile whose corner is (mn0, k0). Elements past ext_k are
@@ -164,7 +167,8 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
                                      int stages) {
     constexpr int NT = WARPS_M * WARPS_N * KSLICES * 32;
     constexpr int KS_WARP = BK / KSLICES;  // k of a tile that one warp multiplies
-    static_assert(KS_WARP % 8 == 0, "k slices are whole mma k steps");
+    static_assert(KS_WARP % 8 == 0 && (KS_WARP & (KS_WARP - 1)) == 0,
+                  "k slices: whole mma k steps, a power of two (see Tile::get)");
     constexpr int WM = BM / WARPS_M;
     constexpr int WN = BN / WARPS_N;
     constexpr int MT = WM / 16;  // mma tiles per warp along m
@@ -199,6 +203,9 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
     const int wm0 = (wtile / WARPS_N) * WM;
     const int wn0 = (wtile % WARPS_N) * WN;
     const int kbase = kslice * KS_WARP;
+    // Tile::get keys: fragment rows are = g (mod 8) (wm0, wn0, 16 i, 8 j, 8: multiples of 8)
+    const int key_a = TA ? kbase : (kbase >> 2) ^ g;
+    const int key_b = TB ? (kbase >> 2) ^ g : kbase;
 
     // a tile crossing the m or n edge: zero the ring once; copies never write there
     if (m0 + BM > M || n0 + BN > N) {
@@ -244,24 +251,23 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
         const float* sb = sa + TileA::SIZE;
         read = read + 1 == stages ? 0 : read + 1;
 #pragma unroll
-        for (int kk = 0; kk < KS_WARP; kk += 8) {
-            const int ks = kbase + kk;
+        for (int ks = 0; ks < KS_WARP; ks += 8) {
             // fragments straight into the mma's operand registers (one conflict-free
             // LDS.32 each), rounded (split) in place
             unsigned ah[MT][4], al[MT][4], bh[NL][2], bl[NL][2];
 #pragma unroll
             for (int i = 0; i < MT; ++i) {
                 const int r = wm0 + 16 * i + g;
-                ah[i][0] = TileA::get(sa, r, ks + t);
-                ah[i][1] = TileA::get(sa, r + 8, ks + t);
-                ah[i][2] = TileA::get(sa, r, ks + t + 4);
-                ah[i][3] = TileA::get(sa, r + 8, ks + t + 4);
+                ah[i][0] = TileA::get(sa, r, ks + t, key_a);
+                ah[i][1] = TileA::get(sa, r + 8, ks + t, key_a);
+                ah[i][2] = TileA::get(sa, r, ks + t + 4, key_a);
+                ah[i][3] = TileA::get(sa, r + 8, ks + t + 4, key_a);
             }
 #pragma unroll
             for (int j = 0; j < NL; ++j) {
                 const int c = wn0 + 8 * j + g;
-                bh[j][0] = TileB::get(sb, c, ks + t);
-                bh[j][1] = TileB::get(sb, c, ks + t + 4);
+                bh[j][0] = TileB::get(sb, c, ks + t, key_b);
+                bh[j][1] = TileB::get(sb, c, ks + t + 4, key_b);
             }
             round_frag<MT * 4, SPLIT3>(&ah[0][0], &al[0][0]);
             round_frag<NL * 2, SPLIT3>(&bh[0][0], &bl[0][0]);

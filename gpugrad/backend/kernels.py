@@ -523,10 +523,13 @@ TF32_TILES = {"large": (128, 256, 32, 256), "m64": (64, 256, 32, 256)}
 TF32_TILE = TF32_TILES["large"]
 TF32_SPLIT_K_GRANULE = 32  # k per split is a multiple of this (one k tile)
 TF32_MAX_STAGES = 4  # cp.async ring depth when shared memory allows (sm_90: 4, sm_80: 3)
-# split-K planning units (H100 SXM, perfmodel): one 128x256 block's k tile (1024
-# mma.sync of 2048 FLOP at 2/3 of 2048 FLOP per SM and clock; other tiles in proportion
-# to their area) and 90 % of HBM per (1.83 GHz) clock
-TF32_KTILE_CLOCKS = 1536
+# split-K planning units (H100 SXM, perfmodel), SM clocks per block and k tile: "large"
+# 1024 mma.sync of 2048 FLOP at 2/3 of 2048 FLOP per SM and clock (tensor-bound);
+# "m64" issue-bound: 8 warps x 635 instructions per k tile (nvcc 13 SASS, profile) / 4
+# per clock; at the 0.93 latency factor (8 warps) and the 0.83 sustained clock of the
+# model, against 90 % of HBM per (1.83 GHz) clock
+TF32_KTILE_CLOCKS = {"large": 1536, "m64": 1270}
+TF32_PLAN_EFFICIENCY = 0.93 * 0.83
 TF32_BYTES_PER_CLOCK = 1650
 
 
@@ -595,14 +598,14 @@ def plan_matmul_tf32(
     """The tensor-core GEMM launch (``mode`` "tf32" or "3xtf32"): the block tile of
     :func:`tf32_tile_for` (``tile`` forces one), split-K when the tiles alone do not
     fill the SMs, with the split count that minimises the modelled time ``max(compute,
-    memory)``: compute is waves x k tiles per split (``TF32_KTILE_CLOCKS`` per 128x256
-    tile, in proportion for others; x3 for 3xTF32), memory the operands plus the
-    split-K workspace, written and read back (``TF32_BYTES_PER_CLOCK``).
+    memory)``: compute is waves x k tiles per split (``TF32_KTILE_CLOCKS`` of the tile
+    over ``TF32_PLAN_EFFICIENCY``; x3 for 3xTF32), memory the operands plus the split-K
+    workspace, written and read back (``TF32_BYTES_PER_CLOCK``).
 
     >>> plan_matmul_tf32(64, 2048, 512, "tf32", 132, trans_b=True)
-    Launch(kernel='matmul_tf32_m64_nt_f32', grid=(8, 1, 3), block=(256, 1, 1))
+    Launch(kernel='matmul_tf32_m64_nt_f32', grid=(8, 1, 4), block=(256, 1, 1))
     >>> plan_matmul_tf32(64, 4096, 4096, "tf32", 132).grid   # memory-bound: few splits
-    (16, 1, 3)
+    (16, 1, 5)
     >>> plan_matmul_tf32(64, 4096, 4096, "tf32", 132, tile="large").kernel
     'matmul_tf32_f32'
     """
@@ -618,8 +621,8 @@ def plan_matmul_tf32(
         ktiles = _cdiv(max(k, 1), bk)
         cap = min(MATMUL_MAX_SPLITS, ktiles, INT32_MAX // max(1, m * n))
         cap = 1 if blocks >= num_sms else max(1, cap)
-        area = bm * bn / (TF32_TILES["large"][0] * TF32_TILES["large"][1])
-        per_ktile = TF32_KTILE_CLOCKS * area * (3 if mode == "3xtf32" else 1)
+        per_ktile = TF32_KTILE_CLOCKS[tile] / TF32_PLAN_EFFICIENCY
+        per_ktile *= 3 if mode == "3xtf32" else 1
         operands = 4 * (m * k + k * n + m * n)
 
         def cost(sp):

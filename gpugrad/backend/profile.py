@@ -652,7 +652,13 @@ def profile_traced(case: Case, stats: TraceStats, gpus=("H100 SXM",), arch=90) -
     vec = sum(
         v for (sp, rw, sz), v in per_it.items() if sp == "global" and rw == "read" and sz == 16
     )
-    sts = sum(v for (sp, rw, _), v in per_it.items() if sp == "shared" and rw == "write")
+    # tensor-core GEMM: its loop stores to shared memory only by cp.async (16 bytes); the
+    # 4-byte stores are the sliced-k hand-off after the loop, not per iteration
+    sts = sum(
+        v
+        for (sp, rw, sz), v in per_it.items()
+        if sp == "shared" and rw == "write" and (case.precision == "fp32" or sz == 16)
+    )
     ks = sass.kernel_sass(
         case.kernel,
         arch,
