@@ -670,6 +670,16 @@ def profile_traced(case: Case, stats: TraceStats, gpus=("H100 SXM",), arch=90) -
     occ = sass.occupancy(ks.registers, threads, smem, arch)
     loop = ks.loop
     wf_iter = stats.shared_wavefronts_per_warp() / max(1, case.trace_iterations)
+    if case.precision != "fp32":
+        # the sliced-k hand-off after the loop (4-byte shared stores, as many 4-byte
+        # loads): once per block, so amortised over the full problem's iterations
+        warps = len(stats.blocks) * -(-stats.threads // 32)
+        handoff = 2 * stats._sum("shared", True, "wavefronts") / max(1, warps)
+        handoff -= 2 * sum(
+            s.wavefronts * s.requests for s in stats.sites if s.space == "shared" and s.write
+            and s.size == 16
+        ) / max(1, warps)
+        wf_iter += handoff * (1 / max(1, case.iterations) - 1 / max(1, case.trace_iterations))
     predictions = []
     for name in gpus:
         g = perfmodel.gpu(name)
