@@ -615,7 +615,9 @@ def plan_matmul_tf32(
         tile = tf32_tile_for(m, trans_a)
     bm, bn, bk, threads = _tf32_tile(tile)
     if tile == "m64" and (m > bm or trans_a):
-        raise ValueError(f"matmul: the m64 tensor-core tile takes M <= 64 and no trans_a, got M={m}")
+        raise ValueError(
+            f"matmul: the m64 tensor-core tile takes M <= 64 and no trans_a, got M={m}"
+        )
     blocks = _cdiv(m, bm) * _cdiv(n, bn)
     if splits is None:
         ktiles = _cdiv(max(k, 1), bk)

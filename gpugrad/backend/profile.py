@@ -323,6 +323,15 @@ def _rand(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
+def _gemm_operands(rng, m, n, kt, dtype, trans_a, trans_b):
+    """Random operands of an m x n product over kt (the traced reduction length), in
+    the stored layout the transposes ask for: a is (kt, m) with trans_a, b (n, kt)
+    with trans_b."""
+    a = _rand(rng, (kt, m) if trans_a else (m, kt), dtype)
+    b = _rand(rng, (n, kt) if trans_b else (kt, n), dtype)
+    return a, b
+
+
 def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False, precision="fp32"):
     from gpugrad.backend import kernels
 
@@ -342,12 +351,11 @@ def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False, precisio
     rng = np.random.default_rng(0)
 
     def run():
-        a = _rand(rng, (kt, m) if trans_a else (m, kt), dtype)
-        b = _rand(rng, (n, kt) if trans_b else (kt, n), dtype)
+        a, b = _gemm_operands(rng, m, n, kt, dtype, trans_a, trans_b)
         kernels.matmul(a, b, trans_a=trans_a, trans_b=trans_b, tile=tile, splits=1)
 
     es = _es(dtype)
-    vendor = "dgemm" if dtype == "float64" else "lstm_gemm" if min(m, n) <= 64 else "sgemm"
+    vendor = "dgemm" if dtype == "float64" else "sgemm_skinny" if min(m, n) <= 64 else "sgemm"
     if vendor == "sgemm" and max(m, n, k) < 2048:
         vendor = "sgemm_mid"
     return Case(
@@ -384,8 +392,7 @@ def _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision):
     rng = np.random.default_rng(0)
 
     def run():
-        a = _rand(rng, (kt, m) if trans_a else (m, kt), dtype)
-        b = _rand(rng, (n, kt) if trans_b else (kt, n), dtype)
+        a, b = _gemm_operands(rng, m, n, kt, dtype, trans_a, trans_b)
         kernels.matmul(a, b, trans_a=trans_a, trans_b=trans_b, precision=precision, splits=1)
 
     workspace = 2 * splits * m * n * 4 if splits > 1 else 0
@@ -675,10 +682,15 @@ def profile_traced(case: Case, stats: TraceStats, gpus=("H100 SXM",), arch=90) -
         # loads): once per block, so amortised over the full problem's iterations
         warps = len(stats.blocks) * -(-stats.threads // 32)
         handoff = 2 * stats._sum("shared", True, "wavefronts") / max(1, warps)
-        handoff -= 2 * sum(
-            s.wavefronts * s.requests for s in stats.sites if s.space == "shared" and s.write
-            and s.size == 16
-        ) / max(1, warps)
+        handoff -= (
+            2
+            * sum(
+                s.wavefronts * s.requests
+                for s in stats.sites
+                if s.space == "shared" and s.write and s.size == 16
+            )
+            / max(1, warps)
+        )
         wf_iter += handoff * (1 / max(1, case.iterations) - 1 / max(1, case.trace_iterations))
     predictions = []
     for name in gpus:
