@@ -52,6 +52,7 @@ __all__ = [
     "SiteStats",
     "TraceStats",
     "analyze",
+    "lstm_step",
     "profile",
     "profile_traced",
     "report",
@@ -795,9 +796,153 @@ def report(p: Profile) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- LSTM step
+
+#: cuDNN's recurrent part, per time step and direction, H100 SXM, FP32, H = 512, B = 64
+#: (PyTorch picks CUDNN_RNN_ALGO_STANDARD there): kernel-review.md §4, 5–8 µs per
+#: step, the midpoint; other GPUs are scaled by the sustained FP32 peak ratio.
+CUDNN_STEP_SECONDS = 6.5e-6
+#: one grid-wide barrier of the persistent LSTM (an atomic arrival and a spin on a
+#: counter in L2 by 128 blocks: about two L2 round trips plus the slowest block's
+#: arrival skew); an assumption, not measured
+GRID_BARRIER_SECONDS = 1.5e-6
+
+
+@dataclass
+class LstmStep:
+    """One LSTM training step (forward and backward over T steps) on one GPU: the
+    modelled time of each part, gpugrad's and the vendor's."""
+
+    gpu: str
+    precision: str
+    parts: list  # (name, gpugrad seconds, vendor seconds, how)
+
+    @property
+    def seconds(self) -> float:
+        return sum(p[1] for p in self.parts)
+
+    @property
+    def vendor_seconds(self) -> float:
+        return sum(p[2] for p in self.parts)
+
+    @property
+    def ratio(self) -> float:
+        """gpugrad's time over the vendor's (the target: <= 1.5)."""
+        return self.seconds / self.vendor_seconds
+
+
+def lstm_step(
+    steps=100, batch=64, hidden=512, inputs=512, gpus=("H100 SXM",), precision="fp32", gemm=None
+) -> list[LstmStep]:
+    """Model one training step of an LSTM layer as ``bench/gpu.py`` times it (T = 100,
+    B = 64, H = 512, 512 inputs: forward, then the input gradient and every weight
+    gradient) on each of ``gpus``, against cuDNN:
+
+    * the recurrence, forward and backward, on the persistent kernels
+      (``plan_lstm_persistent``; its per-step cycle model on one SM, at the GPU's
+      sustained clock, plus one grid barrier, ``GRID_BARRIER_SECONDS``, per step); cuDNN:
+      ``CUDNN_STEP_SECONDS`` per step and direction;
+    * the GEMMs over all steps: the input projection ``x @ W.T`` (+ bias), ``dx = dpre @
+      W``, ``dW = dpre.T @ x``, ``dR = dpre.T @ h``: the emulator profile and model of
+      each (:func:`profile`, in ``precision``), against the vendor figure the model
+      prints beside it (cuBLAS FP32 or TF32);
+    * ``db``: the column sums of dpre, memory-bound on both sides (90 % of HBM).
+
+    ``gemm(m, n, k, trans_a, trans_b) -> [Prediction per GPU]`` replaces the profiled
+    GEMMs (tests). Launch overheads are left out on both sides.
+
+    >>> from gpugrad.backend import perfmodel                       # doctest: +SKIP
+    >>> r = lstm_step(gpus=("H100 SXM",))[0]                        # doctest: +SKIP
+    >>> r.ratio < 1.5                                               # doctest: +SKIP
+    True
+    """
+    from gpugrad.backend import kernels, sass
+
+    rows = steps * batch
+    if gemm is None:
+
+        def gemm(m, n, k, trans_a, trans_b):
+            opts = dict(trans_a=trans_a, trans_b=trans_b)
+            if precision != "fp32":
+                opts["precision"] = precision
+            return profile("matmul", (m, n, k), "float32", gpus=gpus, **opts).predictions
+
+    products = [
+        ("input projection x @ W.T", (rows, 4 * hidden, inputs, False, True)),
+        ("dx = dpre @ W", (rows, inputs, 4 * hidden, False, False)),
+        ("dW = dpre.T @ x", (4 * hidden, inputs, rows, True, False)),
+        ("dR = dpre.T @ h", (4 * hidden, hidden, rows, True, False)),
+    ]
+    cache: dict = {}
+    for _, shape in products:
+        if shape not in cache:
+            cache[shape] = gemm(*shape)
+    out = []
+    for gi, name in enumerate(gpus):
+        g = perfmodel.gpu(name)
+        tc = perfmodel.TENSOR_CORES[g.name]
+        clock = g.tf32_tflops * 1e12 / (g.sms * tc.tf32_flop_per_clk_sm) * g.sustained_clock
+        lim = sass.ARCH_LIMITS[g.arch]
+        ref = perfmodel.GPUS[perfmodel.H100]
+        fp32_scale = (g.peak("float32") * g.sustained_clock) / (
+            ref.peak("float32") * ref.sustained_clock
+        )
+        parts = []
+        for direction in ("fwd", "bwd"):
+            plan = kernels.plan_lstm_persistent(
+                direction, batch, hidden, "f32", g.sms, lim["smem"] - lim["reserved"]
+            )
+            if plan is None:
+                raise ValueError(
+                    f"lstm-step: the recurrent weights of H={hidden} do not fit the "
+                    f"persistent kernel on {g.name}"
+                )
+            per_step = plan.cycles / clock + GRID_BARRIER_SECONDS
+            parts.append(
+                (
+                    f"recurrence {direction} ({plan.kernel}, grid {plan.grid[0]})",
+                    steps * per_step,
+                    steps * CUDNN_STEP_SECONDS / fp32_scale,
+                    f"{plan.cycles} cycles/step at {clock / 1e9:.2f} GHz + barrier",
+                )
+            )
+        for label, shape in products:
+            pr = cache[shape][gi]
+            parts.append((label, pr.seconds, pr.vendor_seconds, f"{'x'.join(map(str, shape[:3]))}"))
+        db = rows * 4 * hidden * 4 / (0.9 * g.bandwidth_tbs * 1e12)
+        parts.append(("db = sum(dpre)", db, db, "memory-bound"))
+        out.append(LstmStep(g.name, precision, parts))
+    return out
+
+
+def lstm_step_report(results: list[LstmStep], shape) -> str:
+    t, b, h, i = shape
+    lines = [
+        f"LSTM training step T{t} B{b} H{h} inputs {i} (forward + backward: dx, dW, dR, db), "
+        f"GEMMs in {results[0].precision}; vendor: cuDNN (recurrence "
+        f"{CUDNN_STEP_SECONDS * 1e6:.1f} µs/step/direction, kernel-review.md §4) + the "
+        "vendor GEMM figures of the model; launch overheads left out"
+    ]
+    for r in results:
+        lines.append(
+            f"  {r.gpu}: gpugrad {_t(r.seconds)}, vendor {_t(r.vendor_seconds)}: "
+            f"{r.ratio:.2f}x the vendor's time (target <= 1.5x)"
+        )
+        for name, ours, theirs, how in r.parts:
+            lines.append(f"    {name:44s} {_t(ours):>9s} vs {_t(theirs):>9s}  [{how}]")
+    return "\n".join(lines)
+
+
 def main(args) -> int:
     """``python -m gpugrad profile`` (argparse namespace from gpugrad.__main__)."""
     gpus = args.gpu or ["H100 SXM"]
+    if args.op == "lstm-step":
+        shape = tuple(args.shape or (100, 64, 512, 512))
+        if len(shape) != 4:
+            raise SystemExit(f"profile lstm-step: --shape T B H inputs, got {shape}")
+        prec = getattr(args, "precision", "fp32")
+        print(lstm_step_report(lstm_step(*shape, gpus=tuple(gpus), precision=prec), shape))
+        return 0
     if args.op == "all":
         jobs = [(op, shape, dt, opts) for op, shape, dt, opts in STANDARD]
     else:
