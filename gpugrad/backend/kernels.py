@@ -115,8 +115,11 @@ def _matmul_entries():
         variants = tuple(f"matmul_{mode}{lay}" for lay in MATMUL_LAYOUTS.values())
         op = f"matmul/fullyconnect, float32 on tensor cores ({mode}; gg.kernels.allow_tf32)"
         rows += _entries("matmul_tf32.cu", op, variants, ("f32",))
-        variants = tuple(f"matmul_{mode}_m64{MATMUL_LAYOUTS[(False, tb)]}" for tb in (False, True))
-        rows += _entries("matmul_tf32.cu", op + ", M <= 64", variants, ("f32",))
+        if mode == "tf32":  # the 64-row tile: TF32 only
+            variants = tuple(
+                f"matmul_tf32_m64{MATMUL_LAYOUTS[(False, tb)]}" for tb in (False, True)
+            )
+            rows += _entries("matmul_tf32.cu", op + ", M <= 64", variants, ("f32",))
     return rows
 
 
@@ -539,14 +542,17 @@ def _tf32_tile(tile: str) -> tuple:
     return TF32_TILES[tile]
 
 
-def tf32_tile_for(m: int, trans_a: bool = False) -> str:
-    """The tensor-core block tile for an M-row product: ``"m64"`` when M <= 64 and
-    op(a) = a (an LSTM step ``h @ R.T``, a batch-64 layer), else ``"large"``.
+def tf32_tile_for(m: int, trans_a: bool = False, mode: str = "tf32") -> str:
+    """The tensor-core block tile for an M-row product: ``"m64"`` when M <= 64, op(a) =
+    a and ``mode`` is "tf32" (a batch-64 layer, an LSTM step ``h @ R.T``), else
+    ``"large"`` (3xTF32 has no 64-row entry points: compile time).
 
     >>> tf32_tile_for(64), tf32_tile_for(65), tf32_tile_for(64, trans_a=True)
     ('m64', 'large', 'large')
+    >>> tf32_tile_for(64, mode="3xtf32")
+    'large'
     """
-    return "m64" if m <= 64 and not trans_a else "large"
+    return "m64" if m <= 64 and not trans_a and mode == "tf32" else "large"
 
 
 def tf32_stage_bytes(trans_a: bool = False, trans_b: bool = False, tile: str = "large") -> int:
@@ -612,11 +618,12 @@ def plan_matmul_tf32(
     if mode not in TF32_MODES:
         raise ValueError(f"matmul: tf32 mode must be one of {TF32_MODES}, got {mode!r}")
     if tile is None:
-        tile = tf32_tile_for(m, trans_a)
+        tile = tf32_tile_for(m, trans_a, mode)
     bm, bn, bk, threads = _tf32_tile(tile)
-    if tile == "m64" and (m > bm or trans_a):
+    if tile == "m64" and (m > bm or trans_a or mode != "tf32"):
         raise ValueError(
-            f"matmul: the m64 tensor-core tile takes M <= 64 and no trans_a, got M={m}"
+            f"matmul: the m64 tensor-core tile takes TF32 with M <= 64 and no trans_a, got "
+            f"M={m}, trans_a={bool(trans_a)}, mode={mode!r}"
         )
     blocks = _cdiv(m, bm) * _cdiv(n, bn)
     if splits is None:
@@ -950,7 +957,7 @@ def matmul(
         c = xp.empty((m, n), dtype=a.dtype)
         num_sms = _device_props()["num_sms"]
         limit = _device_props()["max_shared_optin"]
-        tc_tile = tf32_tile_for(m, trans_a)
+        tc_tile = tf32_tile_for(m, trans_a, prec)
         fits = 2 * tf32_stage_bytes(trans_a, trans_b, tc_tile) <= limit
         # allow_tf32 only allows: a GPU with too little shared memory keeps FP32 (an
         # explicit precision= raises in tf32_stages, naming the limit)

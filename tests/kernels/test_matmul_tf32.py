@@ -183,7 +183,7 @@ def test_tensor_core_gemm_every_schedule_epilogue_and_split_k(rng, schedule, pre
         (128, False, False, "tf32", 4, 160),
         (128, True, True, "3xtf32", 2, 96),
         (64, False, True, "tf32", 3, 160),  # the m64 tile: two warps per 64x64, k sliced
-        (64, False, False, "3xtf32", 2, 96),
+        (64, False, False, "tf32", 2, 96),
     ],
 )
 def test_tensor_core_gemm_whole_tiles_wrap_the_ring(
@@ -193,7 +193,7 @@ def test_tensor_core_gemm_whole_tiles_wrap_the_ring(
     branch-free copy path) over more k tiles than the ring has stages, at two ring
     depths."""
     monkeypatch.setattr(kernels, "TF32_MAX_STAGES", stages)
-    tile = kernels.tf32_tile_for(m, trans_a)
+    tile = kernels.tf32_tile_for(m, trans_a, precision)
     assert tile == ("m64" if m == 64 else "large")
     assert kernels.tf32_stages(trans_a, trans_b, 227 * 1024, tile)[0] == stages
     kernels.reset_launches()
@@ -235,9 +235,13 @@ def test_tensor_core_plan_splits_skinny_problems():
     assert kernels.plan_matmul_tf32(64, 512, 2048, "tf32", 132, trans_a=True).kernel == (
         "matmul_tf32_tn_f32"
     )
-    assert kernels.plan_matmul_tf32(65, 512, 2048, "3xtf32", 132).kernel == "matmul_3xtf32_f32"
+    assert kernels.plan_matmul_tf32(65, 512, 2048, "tf32", 132).kernel == "matmul_tf32_f32"
+    # 3xTF32 has no 64-row entry points (compile time): the 128x256 tile
+    assert kernels.plan_matmul_tf32(64, 512, 2048, "3xtf32", 132).kernel == "matmul_3xtf32_f32"
     with pytest.raises(ValueError, match="m64"):
         kernels.plan_matmul_tf32(65, 512, 64, "tf32", 132, tile="m64")
+    with pytest.raises(ValueError, match="m64"):
+        kernels.plan_matmul_tf32(64, 512, 64, "3xtf32", 132, tile="m64")
     big = kernels.plan_matmul_tf32(4096, 4096, 4096, "3xtf32", 132)
     assert big.kernel == "matmul_3xtf32_f32" and big.grid == (32 * 16, 1, 1)
 
