@@ -12,6 +12,8 @@
 //    ~2^-22 relative, is dropped): FP32-level accuracy at three mma per product.
 //
 // Design (CUTLASS sm80 multistage, 64x64 warp tiles):
+//  * M <= 64 (TF32, op(A) = A): block tile 64x256x32, 4 warps of 64x64 along n, each
+//    k tile sliced between two warps (8 warps), summed in shared memory (GG_TF32_M64);
 //  * block tile 128x256x32, 8 warps (2 x 4) of 64x64, each warp 4 x 8 mma.m16n8k8
 //    tiles per k step of 8 (128 mma per k tile of 32);
 //  * operand tiles go global -> shared with cp.async (no register staging) into a ring
