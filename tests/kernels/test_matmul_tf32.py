@@ -348,3 +348,22 @@ def test_tf32_context_manager_restores_on_error():
             assert gg.kernels.allow_tf32 and gg.kernels.tf32_mode == "3xtf32"
             raise RuntimeError("boom")
     assert gg.kernels.allow_tf32 is False and gg.kernels.tf32_mode == "tf32"
+
+
+def test_macro_made_entry_points_match_the_kernel_table():
+    """matmul_tf32.cu defines its extern "C" entry points with a macro: the emulator's
+    scan (which expands the file's own macros) finds exactly the names kernels.py
+    launches, with the 15 parameters and the 256-thread launch bound."""
+    source = kernels.expand_includes(backend.kernel_dir() / "matmul_tf32.cu")
+    assert emu._defines_kernels(source)
+    decls, _ = emu._find_kernels(emu._mask(emu._kernel_scan_source(source)))
+    found = {d.name: d for d in decls}
+    table = {n for n, info in kernels._TABLE.items() if info.file == "matmul_tf32.cu"}
+    assert set(found) == table and len(table) == 10
+    assert {"matmul_tf32_m64_f32", "matmul_tf32_m64_nt_f32", "matmul_3xtf32_tt_f32"} <= table
+    for d in found.values():
+        assert len(d.params) == 15
+        assert emu._int_value(d.launch_bounds, source, ()) == 256
+    # a file without such a macro is scanned as written
+    plain = 'extern "C" __global__ void k(float* x) { x[0] = 1.0f; }\n'
+    assert emu._kernel_scan_source(plain) is plain
