@@ -124,13 +124,15 @@ def main(argv=None):
     prof.add_argument(
         "op",
         help="matmul, conv2d_fwd, conv2d_bwd_data, conv2d_bwd_filter, relu_fwd, relu_bwd, "
-        "lstm_fwd, lstm_bwd, or all",
+        "lstm_fwd, lstm_bwd, all, or lstm-step (one LSTM training step: persistent "
+        "recurrence + GEMMs vs cuDNN; --shape T B H inputs, default 100 64 512 512)",
     )
     prof.add_argument(
         "--shape",
         type=int,
         nargs="+",
-        help="matmul: M N K; conv2d_*: N H W Cin Cout KH KW; relu_*: n; lstm_*: B H",
+        help="matmul: M N K; conv2d_*: N H W Cin Cout KH KW; relu_*: n; lstm_*: B H; "
+        "lstm-step: T B H inputs",
     )
     prof.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     prof.add_argument(

@@ -48,7 +48,13 @@ namespace gg_matmul {
 
 using namespace gg_common;  // aligned16, madd, VW, loadv, storev
 
-constexpr int PAD = 4;  // keeps rows 16-byte aligned and spreads k-major stores over banks
+// Row padding of the shared tiles, one 16-byte vector (4 floats, 2 doubles): rows stay
+// 16-byte aligned and the k-major (transposed) stores of a warp spread over the banks:
+// float with BK = 8, and double with BK = 16, where a padding of 4 doubles (136 words per
+// row, = 8 mod 32) put the 8 k offsets of a warp's stores on 2 bank groups (2-way
+// conflicts) and 2 doubles (132 words, = 4 mod 32) puts them on 4, all 32 banks in use.
+template <typename T>
+constexpr int PAD = VW<T>;
 
 // One operand tile of op(X): BMN rows (the m or n extent) by BK columns (k),
 // loaded from global memory into registers, then stored k-major into shared
@@ -114,7 +120,7 @@ struct MatTile {
         }
     }
 
-    __device__ __forceinline__ void store(T (*xs)[BMN + PAD]) const {
+    __device__ __forceinline__ void store(T (*xs)[BMN + PAD<T>]) const {
 #pragma unroll
         for (int v = 0; v < V; ++v) {
             const int id = threadIdx.x + v * NT;
@@ -183,8 +189,8 @@ __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restric
     static_assert(TM % W == 0 && TN % W == 0, "register tile must be made of vectors");
     static_assert(LM * LN == 32 && WM * WARPS_M == BM && WN * WARPS_N == BN, "bad warp tiling");
 
-    __shared__ __align__(16) T As[2][BK][BM + PAD];
-    __shared__ __align__(16) T Bs[2][BK][BN + PAD];
+    __shared__ __align__(16) T As[2][BK][BM + PAD<T>];
+    __shared__ __align__(16) T Bs[2][BK][BN + PAD<T>];
 
     // Grouped tile order: GROUP tile rows are swept column by column.
     const int tiles_m = (M + BM - 1) / BM;

@@ -12,6 +12,8 @@
 //    ~2^-22 relative, is dropped): FP32-level accuracy at three mma per product.
 //
 // Design (CUTLASS sm80 multistage, 64x64 warp tiles):
+//  * M <= 64 (TF32, op(A) = A): block tile 64x256x32, 4 warps of 64x64 along n, each
+//    k tile sliced between two warps (8 warps), summed in shared memory (GG_TF32_M64);
 //  * block tile 128x256x32, 8 warps (2 x 4) of 64x64, each warp 4 x 8 mma.m16n8k8
 //    tiles per k step of 8 (128 mma per k tile of 32);
 //  * operand tiles go global -> shared with cp.async (no register staging) into a ring
@@ -61,10 +63,13 @@ struct Tile {
     static __device__ __forceinline__ int at(int row, int chunk) {
         return row * LD + 4 * (chunk ^ swz(row));
     }
-    // the raw bits of op(X)[mn][k]
-    static __device__ __forceinline__ unsigned get(const float* s, int mn, int k) {
-        const int row = KMAJOR ? mn : k, col = KMAJOR ? k : mn;
-        return __float_as_uint(s[at(row, col >> 2) + (col & 3)]);
+    // the raw bits of op(X)[mn][kx + k], with the first k of the warp's k slice kx a
+    // multiple of a power of two P > k (0 without slices). key: for a k-major tile
+    // kx / 4 ^ mn % 8 (the caller knows mn % 8; (kx + k) / 4 = kx / 4 ^ k / 4, so the
+    // slice folds into the thread's chunk XOR and the k offsets stay immediates), else kx
+    static __device__ __forceinline__ unsigned get(const float* s, int mn, int k, int key) {
+        if (KMAJOR) return __float_as_uint(s[mn * LD + 4 * ((k >> 2) ^ key) + (k & 3)]);
+        return __float_as_uint(s[at(key + k, mn >> 2) + (mn & 3)]);
     }
 
     // Queue the copies of the tile whose corner is (mn0, k0). Elements past ext_k are
@@ -156,13 +161,16 @@ __device__ __forceinline__ void wait_stage(int stages) {
         gg_mma::cp_async_wait<0>();
 }
 
-template <int BM, int BN, int WARPS_M, int WARPS_N, bool TA, bool TB, bool SPLIT3>
+template <int BM, int BN, int WARPS_M, int WARPS_N, int KSLICES, bool TA, bool TB, bool SPLIT3>
 __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* __restrict__ B,
                                      float* __restrict__ C, const float* __restrict__ bias,
                                      int M, int N, int K, int lda, int ldb, int ldc,
                                      int k_chunk, int has_bias, float alpha, int relu,
                                      int stages) {
-    constexpr int NT = WARPS_M * WARPS_N * 32;
+    constexpr int NT = WARPS_M * WARPS_N * KSLICES * 32;
+    constexpr int KS_WARP = BK / KSLICES;  // k of a tile that one warp multiplies
+    static_assert(KS_WARP % 8 == 0 && (KS_WARP & (KS_WARP - 1)) == 0,
+                  "k slices: whole mma k steps, a power of two (see Tile::get)");
     constexpr int WM = BM / WARPS_M;
     constexpr int WN = BN / WARPS_N;
     constexpr int MT = WM / 16;  // mma tiles per warp along m
@@ -192,8 +200,14 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
     const int lane = threadIdx.x % 32;
     const int g = lane >> 2;
     const int t = lane & 3;
-    const int wm0 = (warp / WARPS_N) * WM;
-    const int wn0 = (warp % WARPS_N) * WN;
+    const int wtile = KSLICES > 1 ? warp % (WARPS_M * WARPS_N) : warp;  // the warp's 64x64
+    const int kslice = KSLICES > 1 ? warp / (WARPS_M * WARPS_N) : 0;    // and its k slice
+    const int wm0 = (wtile / WARPS_N) * WM;
+    const int wn0 = (wtile % WARPS_N) * WN;
+    const int kbase = kslice * KS_WARP;
+    // Tile::get keys: fragment rows are = g (mod 8) (wm0, wn0, 16 i, 8 j, 8: multiples of 8)
+    const int key_a = TA ? kbase : (kbase >> 2) ^ g;
+    const int key_b = TB ? (kbase >> 2) ^ g : kbase;
 
     // a tile crossing the m or n edge: zero the ring once; copies never write there
     if (m0 + BM > M || n0 + BN > N) {
@@ -239,23 +253,23 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
         const float* sb = sa + TileA::SIZE;
         read = read + 1 == stages ? 0 : read + 1;
 #pragma unroll
-        for (int ks = 0; ks < BK; ks += 8) {
+        for (int ks = 0; ks < KS_WARP; ks += 8) {
             // fragments straight into the mma's operand registers (one conflict-free
             // LDS.32 each), rounded (split) in place
             unsigned ah[MT][4], al[MT][4], bh[NL][2], bl[NL][2];
 #pragma unroll
             for (int i = 0; i < MT; ++i) {
                 const int r = wm0 + 16 * i + g;
-                ah[i][0] = TileA::get(sa, r, ks + t);
-                ah[i][1] = TileA::get(sa, r + 8, ks + t);
-                ah[i][2] = TileA::get(sa, r, ks + t + 4);
-                ah[i][3] = TileA::get(sa, r + 8, ks + t + 4);
+                ah[i][0] = TileA::get(sa, r, ks + t, key_a);
+                ah[i][1] = TileA::get(sa, r + 8, ks + t, key_a);
+                ah[i][2] = TileA::get(sa, r, ks + t + 4, key_a);
+                ah[i][3] = TileA::get(sa, r + 8, ks + t + 4, key_a);
             }
 #pragma unroll
             for (int j = 0; j < NL; ++j) {
                 const int c = wn0 + 8 * j + g;
-                bh[j][0] = TileB::get(sb, c, ks + t);
-                bh[j][1] = TileB::get(sb, c, ks + t + 4);
+                bh[j][0] = TileB::get(sb, c, ks + t, key_b);
+                bh[j][1] = TileB::get(sb, c, ks + t + 4, key_b);
             }
             round_frag<MT * 4, SPLIT3>(&ah[0][0], &al[0][0]);
             round_frag<NL * 2, SPLIT3>(&bh[0][0], &bl[0][0]);
@@ -272,6 +286,39 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
         }
     }
     gg_mma::cp_async_wait<0>();  // nothing may stay in flight past the block's end
+
+    if (KSLICES > 1) {
+        // sliced k: the warps of slices 1.. hand their sums to the slice-0 warp of the
+        // same 64x64 tile through the (now idle) ring, lane-contiguous (conflict-free),
+        // added in slice order (deterministic); only slice 0 runs the epilogue
+        static_assert((KSLICES - 1) * WARPS_M * WARPS_N * MT * NL * 4 * 32 <= 2 * STAGE,
+                      "the partial sums fit two ring stages");
+        float* red = smem;
+        __syncthreads();  // every warp is done reading the ring
+        if (kslice > 0) {
+            float* dst = red + ((kslice - 1) * WARPS_M * WARPS_N + wtile) * (MT * NL * 4 * 32);
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NL; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r)
+                        dst[((i * NL + j) * 4 + r) * 32 + lane] = acc[i][j][r];
+        }
+        __syncthreads();
+        if (kslice > 0) return;
+#pragma unroll 1
+        for (int s = 1; s < KSLICES; ++s) {
+            const float* src = red + ((s - 1) * WARPS_M * WARPS_N + wtile) * (MT * NL * 4 * 32);
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NL; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r)
+                        acc[i][j][r] += src[((i * NL + j) * 4 + r) * 32 + lane];
+        }
+    }
 
     // Epilogue: alpha, bias, relu; acc[i][j][2hh + e] is row 16i + 8hh + g, column
     // 8j + 2t + e of the warp tile.
@@ -307,39 +354,39 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
 
 }  // namespace gg_tf32
 
+// Entry points: NVRTC and the emulator launch them by name (extern "C"); the names are
+// what gpugrad/backend/kernels.py asks for. GG_TF32_GEMM(name, BM, BN, WARPS_M, WARPS_N,
+// KSLICES, TA, TB, SPLIT3) defines one; the emulator finds macro-made kernels by
+// preprocessing the source (gpugrad.backend.emu).
+#define GG_TF32_GEMM(NAME, BM, BN, WM, WN, KSL, TA, TB, SPLIT3)                              \
+    extern "C" __global__ void __launch_bounds__(WM * WN * KSL * 32, 1)                      \
+    NAME(const float* A, const float* B, float* C, const float* bias, int M, int N, int K,    \
+         int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu,         \
+         int stages) {                                                                        \
+        gg_tf32::gemm<BM, BN, WM, WN, KSL, TA, TB, SPLIT3>(                                 \
+            A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);  \
+    }
 
-// matmul_tf32_*: 128x256x32 block tile, 2x4 warps of 64x64 (256 threads), `stages`-deep cp.async ring in dynamic shared memory
-extern "C" __global__ void __launch_bounds__(256, 1)
-matmul_tf32_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
-    gg_tf32::gemm<128, 256, 2, 4, false, false, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
-}
-extern "C" __global__ void __launch_bounds__(256, 1)
-matmul_tf32_nt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
-    gg_tf32::gemm<128, 256, 2, 4, false, true, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
-}
-extern "C" __global__ void __launch_bounds__(256, 1)
-matmul_tf32_tn_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
-    gg_tf32::gemm<128, 256, 2, 4, true, false, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
-}
-extern "C" __global__ void __launch_bounds__(256, 1)
-matmul_tf32_tt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
-    gg_tf32::gemm<128, 256, 2, 4, true, true, false>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
-}
+// matmul_{tf32,3xtf32}{,_nt,_tn,_tt}_f32: 128x256x32 block tile, 2x4 warps of 64x64
+// (256 threads), one block per SM
+#define GG_TF32_LARGE(MODE, LAYOUT, TA, TB, SPLIT3) \
+    GG_TF32_GEMM(matmul_##MODE##LAYOUT##_f32, 128, 256, 2, 4, 1, TA, TB, SPLIT3)
+// matmul_tf32_m64{,_nt}_f32, for M <= 64 (a batch of 64, an LSTM step): a 64x256x32
+// block tile, 4 warps of 64x64 along n, each tile's k split between two warps (8
+// warps, 256 threads: sliced k, summed in shared memory before the epilogue); only
+// TF32 and the layouts with op(A) = A (the forward x @ W^T, the backward dy @ W):
+// 3xTF32 and trans_a products take the 128x256 tile (compile time: each entry point
+// adds ~10 % to this file's)
+#define GG_TF32_M64(MODE, LAYOUT, TA, TB, SPLIT3) \
+    GG_TF32_GEMM(matmul_##MODE##_m64##LAYOUT##_f32, 64, 256, 1, 4, 2, TA, TB, SPLIT3)
 
-// matmul_3xtf32_*: 128x256x32 block tile, 2x4 warps of 64x64 (256 threads), `stages`-deep cp.async ring in dynamic shared memory
-extern "C" __global__ void __launch_bounds__(256, 1)
-matmul_3xtf32_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
-    gg_tf32::gemm<128, 256, 2, 4, false, false, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
-}
-extern "C" __global__ void __launch_bounds__(256, 1)
-matmul_3xtf32_nt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
-    gg_tf32::gemm<128, 256, 2, 4, false, true, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
-}
-extern "C" __global__ void __launch_bounds__(256, 1)
-matmul_3xtf32_tn_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
-    gg_tf32::gemm<128, 256, 2, 4, true, false, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
-}
-extern "C" __global__ void __launch_bounds__(256, 1)
-matmul_3xtf32_tt_f32(const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu, int stages) {
-    gg_tf32::gemm<128, 256, 2, 4, true, true, true>(A, B, C, bias, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu, stages);
-}
+GG_TF32_LARGE(tf32, , false, false, false)
+GG_TF32_LARGE(tf32, _nt, false, true, false)
+GG_TF32_LARGE(tf32, _tn, true, false, false)
+GG_TF32_LARGE(tf32, _tt, true, true, false)
+GG_TF32_LARGE(3xtf32, , false, false, true)
+GG_TF32_LARGE(3xtf32, _nt, false, true, true)
+GG_TF32_LARGE(3xtf32, _tn, true, false, true)
+GG_TF32_LARGE(3xtf32, _tt, true, true, true)
+GG_TF32_M64(tf32, , false, false, false)
+GG_TF32_M64(tf32, _nt, false, true, false)

@@ -465,6 +465,37 @@ def _parse_param(text: str, index: int) -> tuple[str, str]:
     return ctype, name
 
 
+def _defines_kernels(src: str) -> bool:
+    """Whether a ``#define`` of ``src`` (with its continuation lines) contains
+    ``__global__``: kernels made by a macro."""
+    for m in re.finditer(r"^[ \t]*#[ \t]*define\b(?:[^\n]*\\\n)*[^\n]*", src, re.M):
+        if re.search(r"\b__global__\b", m.group()):
+            return True
+    return False
+
+
+def _kernel_scan_source(code: str) -> str:
+    """The text the kernel scan reads: ``code`` itself or, when a function-like macro
+    defines the ``__global__`` entry points (kernels/matmul_tf32.cu), ``code`` with its
+    own macros expanded by the C preprocessor (``#include`` lines dropped: only the
+    file's macros matter; ``__global__`` and the other CUDA words are not macros there
+    and stay). The build itself compiles ``code`` unchanged."""
+    if not _defines_kernels(code):
+        return code
+    text = re.sub(r"^[ \t]*#[ \t]*include\b[^\n]*", "", code, flags=re.M)
+    try:
+        r = subprocess.run(
+            [_cxx(), "-E", "-P", "-x", "c++", "-std=c++17", "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return code
+    return r.stdout if r.returncode == 0 else code
+
+
 def _find_kernels(masked: str) -> tuple[list[_KernelDecl], list[str]]:
     """Non-template ``__global__`` function definitions, and the names of template ones."""
     scopes = _Scopes(masked)
@@ -995,7 +1026,7 @@ class EmuModule:
         self.enable_cooperative_groups = bool(enable_cooperative_groups)
         self.options = tuple(options)
         user_flags = _check_options(self.options)
-        masked = _mask(code)
+        masked = _mask(_kernel_scan_source(code))
         decls, self._templates = _find_kernels(masked)
         self._decls = {d.name: d for d in decls}
         source = _rewrite_extern_shared(code, _mask(code, directives=False), name)

@@ -115,6 +115,11 @@ def _matmul_entries():
         variants = tuple(f"matmul_{mode}{lay}" for lay in MATMUL_LAYOUTS.values())
         op = f"matmul/fullyconnect, float32 on tensor cores ({mode}; gg.kernels.allow_tf32)"
         rows += _entries("matmul_tf32.cu", op, variants, ("f32",))
+        if mode == "tf32":  # the 64-row tile: TF32 only
+            variants = tuple(
+                f"matmul_tf32_m64{MATMUL_LAYOUTS[(False, tb)]}" for tb in (False, True)
+            )
+            rows += _entries("matmul_tf32.cu", op + ", M <= 64", variants, ("f32",))
     return rows
 
 
@@ -514,40 +519,67 @@ def plan_matmul(
     return Launch(name, (blocks(tile), 1, splits), (threads, 1, 1))
 
 
-TF32_TILE = (128, 256, 32, 256)  # BM, BN, BK, threads (matmul_tf32.cu)
+# tile -> (BM, BN, BK, threads) of kernels/matmul_tf32.cu's block tiles: "large"
+# (128x256, 2x4 warps of 64x64, every layout) and "m64" (64x256, 4 warps of 64x64 along n
+# with each k tile split between two warps; M <= 64, op(a) = a only)
+TF32_TILES = {"large": (128, 256, 32, 256), "m64": (64, 256, 32, 256)}
+TF32_TILE = TF32_TILES["large"]
 TF32_SPLIT_K_GRANULE = 32  # k per split is a multiple of this (one k tile)
 TF32_MAX_STAGES = 4  # cp.async ring depth when shared memory allows (sm_90: 4, sm_80: 3)
-# split-K planning units (H100 SXM, perfmodel): one block's k tile (1024 mma.sync of
-# 2048 FLOP at 2/3 of 2048 FLOP per SM and clock) and 90 % of HBM per (1.83 GHz) clock
-TF32_KTILE_CLOCKS = 1536
+# split-K planning units (H100 SXM, perfmodel), SM clocks per block and k tile: "large"
+# 1024 mma.sync of 2048 FLOP at 2/3 of 2048 FLOP per SM and clock (tensor-bound);
+# "m64" issue-bound: 8 warps x 635 instructions per k tile (nvcc 13 SASS, profile) / 4
+# per clock; at the 0.93 latency factor (8 warps) and the 0.83 sustained clock of the
+# model, against 90 % of HBM per (1.83 GHz) clock
+TF32_KTILE_CLOCKS = {"large": 1536, "m64": 1270}
+TF32_PLAN_EFFICIENCY = 0.93 * 0.83
 TF32_BYTES_PER_CLOCK = 1650
 
 
-def tf32_stage_bytes(trans_a: bool = False, trans_b: bool = False) -> int:
-    """Shared memory of one pipeline stage of the tensor-core GEMM: a BM x 32 tile of
-    op(a) and a BN x 32 tile of op(b); k-contiguous tiles are stored as rows of 32 k
-    padded to 36 floats, mn-contiguous ones unpadded (see kernels/matmul_tf32.cu).
+def _tf32_tile(tile: str) -> tuple:
+    if tile not in TF32_TILES:
+        raise ValueError(f"matmul: tf32 tile must be one of {sorted(TF32_TILES)}, got {tile!r}")
+    return TF32_TILES[tile]
 
-    >>> tf32_stage_bytes(), tf32_stage_bytes(False, True)
-    (51200, 55296)
+
+def tf32_tile_for(m: int, trans_a: bool = False, mode: str = "tf32") -> str:
+    """The tensor-core block tile for an M-row product: ``"m64"`` when M <= 64, op(a) =
+    a and ``mode`` is "tf32" (a batch-64 layer, an LSTM step ``h @ R.T``), else
+    ``"large"`` (3xTF32 has no 64-row entry points: compile time).
+
+    >>> tf32_tile_for(64), tf32_tile_for(65), tf32_tile_for(64, trans_a=True)
+    ('m64', 'large', 'large')
+    >>> tf32_tile_for(64, mode="3xtf32")
+    'large'
     """
-    bm, bn, bk, _ = TF32_TILE
-
-    def tile(rows, k_major):
-        return rows * (bk + 4) if k_major else bk * rows
-
-    return 4 * (tile(bm, not trans_a) + tile(bn, bool(trans_b)))
+    return "m64" if m <= 64 and not trans_a and mode == "tf32" else "large"
 
 
-def tf32_stages(trans_a: bool, trans_b: bool, shared_limit: int) -> tuple[int, int]:
+def tf32_stage_bytes(trans_a: bool = False, trans_b: bool = False, tile: str = "large") -> int:
+    """Shared memory of one pipeline stage of the tensor-core GEMM: a BM x 32 tile of
+    op(a) and a BN x 32 tile of op(b), unpadded (the 16-byte chunks of each row are
+    XOR-swizzled instead; see kernels/matmul_tf32.cu), whatever the layout.
+
+    >>> tf32_stage_bytes(), tf32_stage_bytes(False, True, "m64")
+    (49152, 40960)
+    """
+    bm, bn, bk, _ = _tf32_tile(tile)
+    return 4 * bk * (bm + bn)
+
+
+def tf32_stages(
+    trans_a: bool, trans_b: bool, shared_limit: int, tile: str = "large"
+) -> tuple[int, int]:
     """(stages, dynamic shared bytes) of the tensor-core GEMM's cp.async ring: as many
     stages as fit ``shared_limit`` (the opt-in limit per block: 227 KiB on an H100,
     163 KiB on an A100), at most ``TF32_MAX_STAGES``; at least 2 are needed.
 
     >>> tf32_stages(False, False, 227 * 1024), tf32_stages(False, True, 163 * 1024)
-    ((4, 204800), (3, 165888))
+    ((4, 196608), (3, 147456))
+    >>> tf32_stages(False, True, 163 * 1024, "m64")
+    (4, 163840)
     """
-    per = tf32_stage_bytes(trans_a, trans_b)
+    per = tf32_stage_bytes(trans_a, trans_b, tile)
     stages = min(TF32_MAX_STAGES, int(shared_limit) // per)
     if stages < 2:
         raise ValueError(
@@ -567,27 +599,39 @@ def plan_matmul_tf32(
     trans_a: bool = False,
     trans_b: bool = False,
     splits: int | None = None,
+    tile: str | None = None,
 ) -> Launch:
-    """The tensor-core GEMM launch (``mode`` "tf32" or "3xtf32"): 128x256 tiles (one
-    block per SM), split-K when the tiles alone do not fill the SMs, with the split
-    count that minimises the modelled time ``max(compute, memory)``: compute is waves x
-    k tiles per split (``TF32_KTILE_CLOCKS`` each, x3 for 3xTF32), memory the operands
-    plus the split-K workspace, written and read back (``TF32_BYTES_PER_CLOCK``).
+    """The tensor-core GEMM launch (``mode`` "tf32" or "3xtf32"): the block tile of
+    :func:`tf32_tile_for` (``tile`` forces one), split-K when the tiles alone do not
+    fill the SMs, with the split count that minimises the modelled time ``max(compute,
+    memory)``: compute is waves x k tiles per split (``TF32_KTILE_CLOCKS`` of the tile
+    over ``TF32_PLAN_EFFICIENCY``; x3 for 3xTF32), memory the operands plus the split-K
+    workspace, written and read back (``TF32_BYTES_PER_CLOCK``).
 
-    >>> plan_matmul_tf32(64, 2048, 512, "tf32", 132, trans_b=True).grid
-    (8, 1, 4)
+    >>> plan_matmul_tf32(64, 2048, 512, "tf32", 132, trans_b=True)
+    Launch(kernel='matmul_tf32_m64_nt_f32', grid=(8, 1, 4), block=(256, 1, 1))
     >>> plan_matmul_tf32(64, 4096, 4096, "tf32", 132).grid   # memory-bound: few splits
     (16, 1, 5)
+    >>> plan_matmul_tf32(64, 4096, 4096, "tf32", 132, tile="large").kernel
+    'matmul_tf32_f32'
     """
     if mode not in TF32_MODES:
         raise ValueError(f"matmul: tf32 mode must be one of {TF32_MODES}, got {mode!r}")
-    bm, bn, bk, threads = TF32_TILE
+    if tile is None:
+        tile = tf32_tile_for(m, trans_a, mode)
+    bm, bn, bk, threads = _tf32_tile(tile)
+    if tile == "m64" and (m > bm or trans_a or mode != "tf32"):
+        raise ValueError(
+            f"matmul: the m64 tensor-core tile takes TF32 with M <= 64 and no trans_a, got "
+            f"M={m}, trans_a={bool(trans_a)}, mode={mode!r}"
+        )
     blocks = _cdiv(m, bm) * _cdiv(n, bn)
     if splits is None:
         ktiles = _cdiv(max(k, 1), bk)
         cap = min(MATMUL_MAX_SPLITS, ktiles, INT32_MAX // max(1, m * n))
         cap = 1 if blocks >= num_sms else max(1, cap)
-        per_ktile = TF32_KTILE_CLOCKS * (3 if mode == "3xtf32" else 1)
+        per_ktile = TF32_KTILE_CLOCKS[tile] / TF32_PLAN_EFFICIENCY
+        per_ktile *= 3 if mode == "3xtf32" else 1
         operands = 4 * (m * k + k * n + m * n)
 
         def cost(sp):
@@ -599,7 +643,13 @@ def plan_matmul_tf32(
         splits = min(range(1, cap + 1), key=lambda sp: (cost(sp), sp))
     _, splits = matmul_k_chunk(k, int(splits), TF32_SPLIT_K_GRANULE)
     layout = MATMUL_LAYOUTS[(bool(trans_a), bool(trans_b))]
-    return Launch(f"matmul_{mode}{layout}_f32", (blocks, 1, splits), (threads, 1, 1))
+    base = f"matmul_{mode}" + ("_m64" if tile == "m64" else "")
+    return Launch(f"{base}{layout}_f32", (blocks, 1, splits), (threads, 1, 1))
+
+
+def tf32_plan_tile(plan: Launch) -> str:
+    """The block tile of a :func:`plan_matmul_tf32` launch."""
+    return "m64" if "_m64" in plan.kernel else "large"
 
 
 def plan_elementwise(kernel: str, n: int, num_sms: int, per_thread: int = 4) -> Launch:
@@ -907,14 +957,15 @@ def matmul(
         c = xp.empty((m, n), dtype=a.dtype)
         num_sms = _device_props()["num_sms"]
         limit = _device_props()["max_shared_optin"]
-        fits = 2 * tf32_stage_bytes(trans_a, trans_b) <= limit
+        tc_tile = tf32_tile_for(m, trans_a, prec)
+        fits = 2 * tf32_stage_bytes(trans_a, trans_b, tc_tile) <= limit
         # allow_tf32 only allows: a GPU with too little shared memory keeps FP32 (an
         # explicit precision= raises in tf32_stages, naming the limit)
         if prec != "fp32" and (fits or precision is not None):
             plan = plan_matmul_tf32(
                 m, n, k, prec, num_sms, trans_a=trans_a, trans_b=trans_b, splits=splits
             )
-            stages, smem = tf32_stages(trans_a, trans_b, limit)
+            stages, smem = tf32_stages(trans_a, trans_b, limit, tf32_plan_tile(plan))
             gemm = (plan, TF32_SPLIT_K_GRANULE, a, b, c, bias, False, m, n, k, dt, alpha, relu)
             _launch_gemm(*gemm, extra=(np.int32(stages),), shared_mem=smem)
             return c

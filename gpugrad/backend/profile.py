@@ -52,6 +52,7 @@ __all__ = [
     "SiteStats",
     "TraceStats",
     "analyze",
+    "lstm_step",
     "profile",
     "profile_traced",
     "report",
@@ -323,6 +324,15 @@ def _rand(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
+def _gemm_operands(rng, m, n, kt, dtype, trans_a, trans_b):
+    """Random operands of an m x n product over kt (the traced reduction length), in
+    the stored layout the transposes ask for: a is (kt, m) with trans_a, b (n, kt)
+    with trans_b."""
+    a = _rand(rng, (kt, m) if trans_a else (m, kt), dtype)
+    b = _rand(rng, (n, kt) if trans_b else (kt, n), dtype)
+    return a, b
+
+
 def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False, precision="fp32"):
     from gpugrad.backend import kernels
 
@@ -342,12 +352,11 @@ def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False, precisio
     rng = np.random.default_rng(0)
 
     def run():
-        a = _rand(rng, (kt, m) if trans_a else (m, kt), dtype)
-        b = _rand(rng, (n, kt) if trans_b else (kt, n), dtype)
+        a, b = _gemm_operands(rng, m, n, kt, dtype, trans_a, trans_b)
         kernels.matmul(a, b, trans_a=trans_a, trans_b=trans_b, tile=tile, splits=1)
 
     es = _es(dtype)
-    vendor = "dgemm" if dtype == "float64" else "lstm_gemm" if min(m, n) <= 64 else "sgemm"
+    vendor = "dgemm" if dtype == "float64" else "sgemm_skinny" if min(m, n) <= 64 else "sgemm"
     if vendor == "sgemm" and max(m, n, k) < 2048:
         vendor = "sgemm_mid"
     return Case(
@@ -377,14 +386,14 @@ def _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision):
     plan = kernels.plan_matmul_tf32(
         m, n, k, precision, kernels.EMU_NUM_SMS, trans_a=trans_a, trans_b=trans_b
     )
-    bk = kernels.TF32_TILE[2]
+    tile = kernels.tf32_plan_tile(plan)
+    bm, bn, bk, _ = kernels.TF32_TILES[tile]
     k_chunk, splits = kernels.matmul_k_chunk(k, plan.grid[2], kernels.TF32_SPLIT_K_GRANULE)
     kt = min(k, 4 * bk)
     rng = np.random.default_rng(0)
 
     def run():
-        a = _rand(rng, (kt, m) if trans_a else (m, kt), dtype)
-        b = _rand(rng, (n, kt) if trans_b else (kt, n), dtype)
+        a, b = _gemm_operands(rng, m, n, kt, dtype, trans_a, trans_b)
         kernels.matmul(a, b, trans_a=trans_a, trans_b=trans_b, precision=precision, splits=1)
 
     workspace = 2 * splits * m * n * 4 if splits > 1 else 0
@@ -404,12 +413,11 @@ def _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision):
     )
     case.precision = precision
     case.extra_bytes = workspace
-    bm, bn = kernels.TF32_TILE[:2]
     # the mma run on whole tiles: an M = 64 problem fills half of each 128-row tile
     last = k - (splits - 1) * k_chunk
     k_run = (splits - 1) * k_chunk + -(-last // bk) * bk
     case.padding = (-(-m // bm) * bm) * (-(-n // bn) * bn) * k_run / max(1, m * n * k)
-    case.smem_for = lambda limit: kernels.tf32_stages(trans_a, trans_b, limit)[1]
+    case.smem_for = lambda limit: kernels.tf32_stages(trans_a, trans_b, limit, tile)[1]
     case.dynamic_smem = case.smem_for(kernels.EMU_MAX_SHARED_OPTIN)
     return case
 
@@ -652,7 +660,13 @@ def profile_traced(case: Case, stats: TraceStats, gpus=("H100 SXM",), arch=90) -
     vec = sum(
         v for (sp, rw, sz), v in per_it.items() if sp == "global" and rw == "read" and sz == 16
     )
-    sts = sum(v for (sp, rw, _), v in per_it.items() if sp == "shared" and rw == "write")
+    # tensor-core GEMM: its loop stores to shared memory only by cp.async (16 bytes); the
+    # 4-byte stores are the sliced-k hand-off after the loop, not per iteration
+    sts = sum(
+        v
+        for (sp, rw, sz), v in per_it.items()
+        if sp == "shared" and rw == "write" and (case.precision == "fp32" or sz == 16)
+    )
     ks = sass.kernel_sass(
         case.kernel,
         arch,
@@ -664,6 +678,21 @@ def profile_traced(case: Case, stats: TraceStats, gpus=("H100 SXM",), arch=90) -
     occ = sass.occupancy(ks.registers, threads, smem, arch)
     loop = ks.loop
     wf_iter = stats.shared_wavefronts_per_warp() / max(1, case.trace_iterations)
+    if case.precision != "fp32":
+        # the sliced-k hand-off after the loop (4-byte shared stores, as many 4-byte
+        # loads): once per block, so amortised over the full problem's iterations
+        warps = len(stats.blocks) * -(-stats.threads // 32)
+        handoff = 2 * stats._sum("shared", True, "wavefronts") / max(1, warps)
+        handoff -= (
+            2
+            * sum(
+                s.wavefronts * s.requests
+                for s in stats.sites
+                if s.space == "shared" and s.write and s.size == 16
+            )
+            / max(1, warps)
+        )
+        wf_iter += handoff * (1 / max(1, case.iterations) - 1 / max(1, case.trace_iterations))
     predictions = []
     for name in gpus:
         g = perfmodel.gpu(name)
@@ -767,9 +796,153 @@ def report(p: Profile) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- LSTM step
+
+#: cuDNN's recurrent part, per time step and direction, H100 SXM, FP32, H = 512, B = 64
+#: (PyTorch picks CUDNN_RNN_ALGO_STANDARD there): kernel-review.md §4, 5–8 µs per
+#: step, the midpoint; other GPUs are scaled by the sustained FP32 peak ratio.
+CUDNN_STEP_SECONDS = 6.5e-6
+#: one grid-wide barrier of the persistent LSTM (an atomic arrival and a spin on a
+#: counter in L2 by 128 blocks: about two L2 round trips plus the slowest block's
+#: arrival skew); an assumption, not measured
+GRID_BARRIER_SECONDS = 1.5e-6
+
+
+@dataclass
+class LstmStep:
+    """One LSTM training step (forward and backward over T steps) on one GPU: the
+    modelled time of each part, gpugrad's and the vendor's."""
+
+    gpu: str
+    precision: str
+    parts: list  # (name, gpugrad seconds, vendor seconds, how)
+
+    @property
+    def seconds(self) -> float:
+        return sum(p[1] for p in self.parts)
+
+    @property
+    def vendor_seconds(self) -> float:
+        return sum(p[2] for p in self.parts)
+
+    @property
+    def ratio(self) -> float:
+        """gpugrad's time over the vendor's (the target: <= 1.5)."""
+        return self.seconds / self.vendor_seconds
+
+
+def lstm_step(
+    steps=100, batch=64, hidden=512, inputs=512, gpus=("H100 SXM",), precision="fp32", gemm=None
+) -> list[LstmStep]:
+    """Model one training step of an LSTM layer as ``bench/gpu.py`` times it (T = 100,
+    B = 64, H = 512, 512 inputs: forward, then the input gradient and every weight
+    gradient) on each of ``gpus``, against cuDNN:
+
+    * the recurrence, forward and backward, on the persistent kernels
+      (``plan_lstm_persistent``; its per-step cycle model on one SM, at the GPU's
+      sustained clock, plus one grid barrier, ``GRID_BARRIER_SECONDS``, per step); cuDNN:
+      ``CUDNN_STEP_SECONDS`` per step and direction;
+    * the GEMMs over all steps: the input projection ``x @ W.T`` (+ bias), ``dx = dpre @
+      W``, ``dW = dpre.T @ x``, ``dR = dpre.T @ h``: the emulator profile and model of
+      each (:func:`profile`, in ``precision``), against the vendor figure the model
+      prints beside it (cuBLAS FP32 or TF32);
+    * ``db``: the column sums of dpre, memory-bound on both sides (90 % of HBM).
+
+    ``gemm(m, n, k, trans_a, trans_b) -> [Prediction per GPU]`` replaces the profiled
+    GEMMs (tests). Launch overheads are left out on both sides.
+
+    >>> from gpugrad.backend import perfmodel                       # doctest: +SKIP
+    >>> r = lstm_step(gpus=("H100 SXM",))[0]                        # doctest: +SKIP
+    >>> r.ratio < 1.5                                               # doctest: +SKIP
+    True
+    """
+    from gpugrad.backend import kernels, sass
+
+    rows = steps * batch
+    if gemm is None:
+
+        def gemm(m, n, k, trans_a, trans_b):
+            opts = dict(trans_a=trans_a, trans_b=trans_b)
+            if precision != "fp32":
+                opts["precision"] = precision
+            return profile("matmul", (m, n, k), "float32", gpus=gpus, **opts).predictions
+
+    products = [
+        ("input projection x @ W.T", (rows, 4 * hidden, inputs, False, True)),
+        ("dx = dpre @ W", (rows, inputs, 4 * hidden, False, False)),
+        ("dW = dpre.T @ x", (4 * hidden, inputs, rows, True, False)),
+        ("dR = dpre.T @ h", (4 * hidden, hidden, rows, True, False)),
+    ]
+    cache: dict = {}
+    for _, shape in products:
+        if shape not in cache:
+            cache[shape] = gemm(*shape)
+    out = []
+    for gi, name in enumerate(gpus):
+        g = perfmodel.gpu(name)
+        tc = perfmodel.TENSOR_CORES[g.name]
+        clock = g.tf32_tflops * 1e12 / (g.sms * tc.tf32_flop_per_clk_sm) * g.sustained_clock
+        lim = sass.ARCH_LIMITS[g.arch]
+        ref = perfmodel.GPUS[perfmodel.H100]
+        fp32_scale = (g.peak("float32") * g.sustained_clock) / (
+            ref.peak("float32") * ref.sustained_clock
+        )
+        parts = []
+        for direction in ("fwd", "bwd"):
+            plan = kernels.plan_lstm_persistent(
+                direction, batch, hidden, "f32", g.sms, lim["smem"] - lim["reserved"]
+            )
+            if plan is None:
+                raise ValueError(
+                    f"lstm-step: the recurrent weights of H={hidden} do not fit the "
+                    f"persistent kernel on {g.name}"
+                )
+            per_step = plan.cycles / clock + GRID_BARRIER_SECONDS
+            parts.append(
+                (
+                    f"recurrence {direction} ({plan.kernel}, grid {plan.grid[0]})",
+                    steps * per_step,
+                    steps * CUDNN_STEP_SECONDS / fp32_scale,
+                    f"{plan.cycles} cycles/step at {clock / 1e9:.2f} GHz + barrier",
+                )
+            )
+        for label, shape in products:
+            pr = cache[shape][gi]
+            parts.append((label, pr.seconds, pr.vendor_seconds, f"{'x'.join(map(str, shape[:3]))}"))
+        db = rows * 4 * hidden * 4 / (0.9 * g.bandwidth_tbs * 1e12)
+        parts.append(("db = sum(dpre)", db, db, "memory-bound"))
+        out.append(LstmStep(g.name, precision, parts))
+    return out
+
+
+def lstm_step_report(results: list[LstmStep], shape) -> str:
+    t, b, h, i = shape
+    lines = [
+        f"LSTM training step T{t} B{b} H{h} inputs {i} (forward + backward: dx, dW, dR, db), "
+        f"GEMMs in {results[0].precision}; vendor: cuDNN (recurrence "
+        f"{CUDNN_STEP_SECONDS * 1e6:.1f} µs/step/direction, kernel-review.md §4) + the "
+        "vendor GEMM figures of the model; launch overheads left out"
+    ]
+    for r in results:
+        lines.append(
+            f"  {r.gpu}: gpugrad {_t(r.seconds)}, vendor {_t(r.vendor_seconds)}: "
+            f"{r.ratio:.2f}x the vendor's time (target <= 1.5x)"
+        )
+        for name, ours, theirs, how in r.parts:
+            lines.append(f"    {name:44s} {_t(ours):>9s} vs {_t(theirs):>9s}  [{how}]")
+    return "\n".join(lines)
+
+
 def main(args) -> int:
     """``python -m gpugrad profile`` (argparse namespace from gpugrad.__main__)."""
     gpus = args.gpu or ["H100 SXM"]
+    if args.op == "lstm-step":
+        shape = tuple(args.shape or (100, 64, 512, 512))
+        if len(shape) != 4:
+            raise SystemExit(f"profile lstm-step: --shape T B H inputs, got {shape}")
+        prec = getattr(args, "precision", "fp32")
+        print(lstm_step_report(lstm_step(*shape, gpus=tuple(gpus), precision=prec), shape))
+        return 0
     if args.op == "all":
         jobs = [(op, shape, dt, opts) for op, shape, dt, opts in STANDARD]
     else:

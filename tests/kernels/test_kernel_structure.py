@@ -129,6 +129,21 @@ def test_no_bank_conflicts_in_the_compute_loop(name):
     )
 
 
+@pytest.mark.parametrize("name", ["matmul_fwd_f64", "matmul_small_f64 NT"])
+def test_f64_transposed_tile_stores_are_conflict_free(name):
+    """The k-major (transposed) 8-byte shared stores of the float64 matmul tiles (BK =
+    16): a row padding of one double2 (PAD<double> = 2) spreads a warp's stores over all
+    32 banks; with 4 doubles they were 2-way conflicted."""
+    st = traced(name)
+    stores = [s for s in st.sites if s.space == "shared" and s.write and s.size == 8]
+    assert stores, "no transposed (8-byte) shared stores were traced"
+    bad = [s for s in stores if s.wavefronts > s.ideal_wavefronts + 1e-9]
+    assert not bad, "\n".join(
+        f"{s.where}: {s.wavefronts:.2f} wavefronts per request, ideal {s.ideal_wavefronts:.2f}"
+        for s in bad
+    )
+
+
 @pytest.mark.parametrize("name", [*GEMM_LIKE, "relu_fwd_f32", "relu_bwd_f64"])
 def test_vector_paths_use_every_sector(name):
     st = traced(name)

@@ -178,17 +178,27 @@ def test_tensor_core_gemm_every_schedule_epilogue_and_split_k(rng, schedule, pre
 
 
 @pytest.mark.parametrize(
-    "trans_a,trans_b,precision,stages,k",
-    [(False, False, "tf32", 4, 160), (True, True, "3xtf32", 2, 96)],
+    "m,trans_a,trans_b,precision,stages,k",
+    [
+        (128, False, False, "tf32", 4, 160),
+        (128, True, True, "3xtf32", 2, 96),
+        (64, False, True, "tf32", 3, 160),  # the m64 tile: two warps per 64x64, k sliced
+        (64, False, False, "tf32", 2, 96),
+    ],
 )
 def test_tensor_core_gemm_whole_tiles_wrap_the_ring(
-    rng, monkeypatch, trans_a, trans_b, precision, stages, k
+    rng, monkeypatch, m, trans_a, trans_b, precision, stages, k
 ):
-    """One whole 128x256 block tile (the branch-free copy path) over more k tiles than
-    the ring has stages, at two ring depths."""
+    """One whole 128x256 (M = 128) or 64x256 (M = 64, the m64 tile) block tile (the
+    branch-free copy path) over more k tiles than the ring has stages, at two ring
+    depths."""
     monkeypatch.setattr(kernels, "TF32_MAX_STAGES", stages)
-    assert kernels.tf32_stages(trans_a, trans_b, 227 * 1024)[0] == stages
-    run(rng, 128, 256, k, trans_a, trans_b, precision, bias=True, alpha=0.75)
+    tile = kernels.tf32_tile_for(m, trans_a, precision)
+    assert tile == ("m64" if m == 64 else "large")
+    assert kernels.tf32_stages(trans_a, trans_b, 227 * 1024, tile)[0] == stages
+    kernels.reset_launches()
+    run(rng, m, 256, k, trans_a, trans_b, precision, bias=True, alpha=0.75)
+    assert any(("_m64" in n) == (m == 64) for n in kernels.launches() if precision in n)
 
 
 def test_tensor_core_stages_fit_the_shared_memory(monkeypatch):
@@ -197,9 +207,10 @@ def test_tensor_core_stages_fit_the_shared_memory(monkeypatch):
     assert kernels.tf32_stages(False, True, 4 * per - 1) == (3, 3 * per)
     with pytest.raises(ValueError, match="needs .* bytes of shared memory"):
         kernels.tf32_stages(False, True, 2 * per - 1)
-    # a GPU without room for two stages (an RTX 4090's 99 KiB): allow_tf32 keeps FP32,
-    # an explicit precision raises
-    small = dict(kernels._device_props(), max_shared_optin=99 * 1024)
+    # a GPU without room for two stages (64 KiB per block; both tiles need more):
+    # allow_tf32 keeps FP32, an explicit precision raises
+    assert 2 * kernels.tf32_stage_bytes(False, True, "m64") > 64 * 1024
+    small = dict(kernels._device_props(), max_shared_optin=64 * 1024)
     monkeypatch.setattr(kernels, "_device_props", lambda: small)
     a = np.ones((8, 8), np.float32)
     with kernels.tf32():
@@ -212,12 +223,25 @@ def test_tensor_core_stages_fit_the_shared_memory(monkeypatch):
 
 def test_tensor_core_plan_splits_skinny_problems():
     lstm_step = kernels.plan_matmul_tf32(64, 2048, 512, "tf32", 132, trans_b=True)
-    assert lstm_step.kernel == "matmul_tf32_nt_f32"
-    # 8 tiles of 128x256, K split 4 ways: 16 ways would fill more SMs, but each split
+    assert lstm_step.kernel == "matmul_tf32_m64_nt_f32"  # M <= 64: the 64x256 tile
+    # 8 tiles of 64x256, K split 4 ways: more ways would fill more SMs, but each split
     # adds a 64x2048 partial product written and read back (the model's optimum)
     assert lstm_step.grid == (8, 1, 4) and lstm_step.block == (256, 1, 1)
-    wide = kernels.plan_matmul_tf32(64, 512, 2048, "tf32", 132)
-    assert wide.grid == (2, 1, 16)  # compute-bound: as many splits as fill the SMs
+    large = kernels.plan_matmul_tf32(64, 2048, 512, "tf32", 132, trans_b=True, tile="large")
+    assert large.kernel == "matmul_tf32_nt_f32" and large.grid == (8, 1, 6)
+    wide = kernels.plan_matmul_tf32(64, 512, 2048, "tf32", 132, tile="large")
+    assert wide.grid == (2, 1, 22)  # compute-bound: many splits (the workspace is small)
+    # trans_a products and M > 64 take the 128x256 tile; the m64 tile refuses them
+    assert kernels.plan_matmul_tf32(64, 512, 2048, "tf32", 132, trans_a=True).kernel == (
+        "matmul_tf32_tn_f32"
+    )
+    assert kernels.plan_matmul_tf32(65, 512, 2048, "tf32", 132).kernel == "matmul_tf32_f32"
+    # 3xTF32 has no 64-row entry points (compile time): the 128x256 tile
+    assert kernels.plan_matmul_tf32(64, 512, 2048, "3xtf32", 132).kernel == "matmul_3xtf32_f32"
+    with pytest.raises(ValueError, match="m64"):
+        kernels.plan_matmul_tf32(65, 512, 64, "tf32", 132, tile="m64")
+    with pytest.raises(ValueError, match="m64"):
+        kernels.plan_matmul_tf32(64, 512, 64, "3xtf32", 132, tile="m64")
     big = kernels.plan_matmul_tf32(4096, 4096, 4096, "3xtf32", 132)
     assert big.kernel == "matmul_3xtf32_f32" and big.grid == (32 * 16, 1, 1)
 
@@ -290,8 +314,13 @@ def test_allow_tf32_switches_matmul_and_its_gradients(rng):
 
     with kernels.tf32():
         y, gx, gw, names = forward_backward()
-    assert {n for n in names if n.startswith("matmul_tf32")} >= {"matmul_tf32_f32"}
-    assert any(n.startswith("matmul_tf32_") and n != "matmul_tf32_f32" for n in names)
+    # 40 rows: the forward and dx = dy @ w.T on the m64 tile, dw = x.T @ dy (300 rows,
+    # trans_a) on the 128x256 one
+    assert {n for n in names if n.startswith("matmul_tf32")} == {
+        "matmul_tf32_m64_f32",
+        "matmul_tf32_m64_nt_f32",
+        "matmul_tf32_tn_f32",
+    }
     assert 1e-5 < rel_error(y, a, b) <= 2.0**-10
     # gradients: TF32 too (~1e-3), not FP32-exact
     assert 1e-5 < np.max(np.abs(gw - gw32)) / np.max(np.abs(gw32)) < 1e-2
@@ -319,3 +348,22 @@ def test_tf32_context_manager_restores_on_error():
             assert gg.kernels.allow_tf32 and gg.kernels.tf32_mode == "3xtf32"
             raise RuntimeError("boom")
     assert gg.kernels.allow_tf32 is False and gg.kernels.tf32_mode == "tf32"
+
+
+def test_macro_made_entry_points_match_the_kernel_table():
+    """matmul_tf32.cu defines its extern "C" entry points with a macro: the emulator's
+    scan (which expands the file's own macros) finds exactly the names kernels.py
+    launches, with the 15 parameters and the 256-thread launch bound."""
+    source = kernels.expand_includes(backend.kernel_dir() / "matmul_tf32.cu")
+    assert emu._defines_kernels(source)
+    decls, _ = emu._find_kernels(emu._mask(emu._kernel_scan_source(source)))
+    found = {d.name: d for d in decls}
+    table = {n for n, info in kernels._TABLE.items() if info.file == "matmul_tf32.cu"}
+    assert set(found) == table and len(table) == 10
+    assert {"matmul_tf32_m64_f32", "matmul_tf32_m64_nt_f32", "matmul_3xtf32_tt_f32"} <= table
+    for d in found.values():
+        assert len(d.params) == 15
+        assert emu._int_value(d.launch_bounds, source, ()) == 256
+    # a file without such a macro is scanned as written
+    plain = 'extern "C" __global__ void k(float* x) { x[0] = 1.0f; }\n'
+    assert emu._kernel_scan_source(plain) is plain

@@ -176,3 +176,60 @@ def test_model_bounds_and_vendor_comparison():
         assert e.fraction_of_vendor == pytest.approx(1.0)
     with pytest.raises(KeyError, match="unknown GPU"):
         perfmodel.gpu("Z80")
+
+
+def test_skinny_fp32_vendor_figure_follows_the_shape():
+    """sgemm_skinny: max(FLOPs at 50 TF/s, bytes at 90 % of HBM) + 2 µs, per GPU."""
+
+    def vendor(m, n, k, gpu):
+        f = perfmodel.KernelFacts(
+            2.0 * m * n * k, 4.0 * (m * k + k * n + m * n), "float32", 128, 256, 2, 0.7
+        )
+        return perfmodel.predict(f, perfmodel.gpu(gpu), "sgemm_skinny").vendor_seconds
+
+    assert vendor(64, 2048, 512, "H100") == pytest.approx(2 * 64 * 2048 * 512 / 50e12 + 2e-6)
+    assert vendor(64, 4096, 4096, "H100") == pytest.approx(2 * 64 * 4096**2 / 50e12 + 2e-6)
+    # a GEMV streams a 64 MB operand: the bandwidth term, faster on the H200
+    h100, h200 = vendor(1, 4096, 4096, "H100"), vendor(1, 4096, 4096, "H200")
+    assert h100 == pytest.approx(4 * (4096 * 2 + 4096**2) / (0.9 * 3.35e12) + 2e-6)
+    assert h200 < h100
+    assert vendor(1, 64, 64, "H100") == pytest.approx(2e-6, rel=0.01)  # latency only
+
+
+def test_lstm_step_adds_recurrence_gemms_and_db():
+    """profile lstm-step: each part's model, summed, against cuDNN's (GEMMs injected)."""
+    shapes = []
+
+    def gemm(m, n, k, trans_a, trans_b):
+        shapes.append((m, n, k, trans_a, trans_b))
+        f = perfmodel.KernelFacts(
+            2.0 * m * n * k, 4.0 * (m * k + k * n + m * n), "float32", 1000, 256, 2, 0.89
+        )
+        return [perfmodel.predict(f, perfmodel.gpu(g), "sgemm") for g in ("H100", "H200")]
+
+    h100, h200 = profile.lstm_step(100, 64, 512, 512, gpus=("H100 SXM", "H200"), gemm=gemm)
+    # 4 products, dW and dR of one shape (inputs = hidden): profiled once
+    assert sorted(shapes) == sorted(
+        [
+            (6400, 2048, 512, False, True),
+            (6400, 512, 2048, False, False),
+            (2048, 512, 6400, True, False),
+        ]
+    )
+    names = [p[0] for p in h100.parts]
+    assert names[0].startswith("recurrence fwd (lstm_fwd_persistent_f32")
+    assert names[1].startswith("recurrence bwd (lstm_bwd_persistent_f32")
+    assert len(names) == 7 and names[-1].startswith("db")
+    assert h100.seconds == pytest.approx(sum(p[1] for p in h100.parts))
+    assert h100.ratio == pytest.approx(h100.seconds / h100.vendor_seconds)
+    # cuDNN's recurrence: 6.5 µs per step and direction; gpugrad's: the planner's
+    # cycles at the sustained clock (1.83 GHz x 0.83) plus one grid barrier per step
+    from gpugrad.backend import kernels
+
+    plan = kernels.plan_lstm_persistent("fwd", 64, 512, "f32", 132, 227 * 1024)
+    assert h100.parts[0][2] == pytest.approx(100 * 6.5e-6)
+    clock = 494.7e12 / (132 * 2048) * 0.83
+    assert h100.parts[0][1] == pytest.approx(100 * (plan.cycles / clock + 1.5e-6))
+    # the H200's extra bandwidth only shortens the memory-bound parts
+    assert h200.parts[-1][1] < h100.parts[-1][1]
+    assert "1.5x" in profile.lstm_step_report([h100, h200], (100, 64, 512, 512))
