@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+import numpy as np
+
 from ._accel_graph import GraphUnsupported, Scalars
 from ._checks import fraction as _fraction
 from ._checks import nonnegative as _nonnegative
@@ -195,6 +197,31 @@ def _adam_step(xp, data, g, m, v, tmp, scale, beta1, beta2, epsilon, c1=None, c2
     scalars (a graph step), else computed here."""
     # why: in-place ufuncs through one scratch buffer; the update allocates nothing
     # per step (temporaries were a quarter of a small MLP's training step)
+    if xp is np and data.size > _ADAM_CHUNK_BYTES // data.itemsize:
+        if data.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
+            # why: the twelve passes below run chunk by chunk, so each chunk's arrays
+            # stay in the L2 cache between passes instead of streaming through memory
+            # twelve times (the update of a 784-512-512-10 MLP: 3.3 -> 2.4 ms of CPU);
+            # elementwise, so every value is the same as unchunked
+            data, m, v, g = data.reshape(-1), m.reshape(-1), v.reshape(-1), g.reshape(-1)
+            scratch = tmp.reshape(-1)
+            n = data.size
+            step = _ADAM_CHUNK_BYTES // data.itemsize
+            for lo in range(0, n, step):
+                hi = min(lo + step, n)
+                part = slice(lo, hi)
+                sub = (data[part], g[part], m[part], v[part], scratch[: hi - lo])
+                _adam_pass(xp, *sub, scale, beta1, beta2, epsilon, c1, c2)
+            return
+    _adam_pass(xp, data, g, m, v, tmp, scale, beta1, beta2, epsilon, c1, c2)
+
+
+# Bytes of each array one chunk of a NumPy Adam step covers (five arrays of this size
+# fit the L2 cache of common x86 cores).
+_ADAM_CHUNK_BYTES = 128 * 1024
+
+
+def _adam_pass(xp, data, g, m, v, tmp, scale, beta1, beta2, epsilon, c1, c2):
     m *= beta1
     xp.multiply(g, 1 - beta1 if c1 is None else c1, out=tmp, casting="unsafe")
     m += tmp
