@@ -1239,11 +1239,12 @@ class _AdamUpdateGraph(_GraphStep):
         epsilon=1e-8,
     ):
         where = self.where = "adamupdate"
-        # why: checked now (a bad value refuses the capture); host() reads the iteration
-        # again before every launch: an array iteration (not part of the cache key) is
-        # a static input the launch has just refilled
+        # why: host() reads the iteration before every launch: an array iteration (not
+        # part of the cache key) is a static input the launch has just refilled. A
+        # device array is not read here: a read during stream capture is a host sync
         self.numbers = (iteration, learn_rate, grad_decay, sq_grad_decay, epsilon)
-        _adamupdate_numbers(*self.numbers)
+        if not backend.is_device_array(getattr(iteration, "_data", iteration)):
+            _adamupdate_numbers(*self.numbers)  # checked now: a bad value refuses the capture
         pairs = _checked(_parameters_of(net, where, "net"), grad, where, "grad")
         super().__init__([p for _, p, _ in pairs], (), [])
 
