@@ -20,6 +20,9 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+import numpy as np
+
+from . import backend
 from ._accel_graph import GraphUnsupported, Scalars
 from ._checks import fraction as _fraction
 from ._checks import nonnegative as _nonnegative
@@ -195,6 +198,31 @@ def _adam_step(xp, data, g, m, v, tmp, scale, beta1, beta2, epsilon, c1=None, c2
     scalars (a graph step), else computed here."""
     # why: in-place ufuncs through one scratch buffer; the update allocates nothing
     # per step (temporaries were a quarter of a small MLP's training step)
+    if xp is np and data.size > _ADAM_CHUNK_BYTES // data.itemsize:
+        if data.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
+            # why: the twelve passes below run chunk by chunk, so each chunk's arrays
+            # stay in the L2 cache between passes instead of streaming through memory
+            # twelve times (the update of a 784-512-512-10 MLP: 3.3 -> 2.4 ms of CPU);
+            # elementwise, so every value is the same as unchunked
+            data, m, v, g = data.reshape(-1), m.reshape(-1), v.reshape(-1), g.reshape(-1)
+            scratch = tmp.reshape(-1)
+            n = data.size
+            step = _ADAM_CHUNK_BYTES // data.itemsize
+            for lo in range(0, n, step):
+                hi = min(lo + step, n)
+                part = slice(lo, hi)
+                sub = (data[part], g[part], m[part], v[part], scratch[: hi - lo])
+                _adam_pass(xp, *sub, scale, beta1, beta2, epsilon, c1, c2)
+            return
+    _adam_pass(xp, data, g, m, v, tmp, scale, beta1, beta2, epsilon, c1, c2)
+
+
+# Bytes of each array one chunk of a NumPy Adam step covers (five arrays of this size
+# fit the L2 cache of common x86 cores).
+_ADAM_CHUNK_BYTES = 128 * 1024
+
+
+def _adam_pass(xp, data, g, m, v, tmp, scale, beta1, beta2, epsilon, c1, c2):
     m *= beta1
     xp.multiply(g, 1 - beta1 if c1 is None else c1, out=tmp, casting="unsafe")
     m += tmp
@@ -548,8 +576,21 @@ def sgdmupdate(net, grad, vel=None, learn_rate=0.01, momentum=0.9):
 
 
 def _adamupdate_numbers(iteration, learn_rate, grad_decay, sq_grad_decay, epsilon):
-    """adamupdate's checked arguments: (bias-corrected step scale, beta1, beta2, epsilon)."""
+    """adamupdate's checked arguments: (bias-corrected step scale, beta1, beta2, epsilon).
+    ``iteration`` may be a one-element array (a dlarray, NumPy or device array), read
+    here, when the update runs."""
     where = "adamupdate"
+    if type(iteration) is dlarray:
+        iteration = iteration._data
+    if isinstance(iteration, np.ndarray) or backend.is_device_array(iteration):
+        if iteration.size != 1:
+            raise ValueError(
+                f"{where}: iteration must be a positive integer (or a one-element array "
+                f"holding one), got an array of shape {tuple(iteration.shape)}"
+            )
+        iteration = backend.to_host(iteration).reshape(()).item()
+    elif isinstance(iteration, np.generic):
+        iteration = iteration.item()
     if (
         isinstance(iteration, bool)
         or not isinstance(iteration, Real)
@@ -591,11 +632,26 @@ def adamupdate(
     ``net`` and ``grad`` as for :func:`sgdmupdate`; the averages are None (or ``[]``)
     on the first call. The parameters and averages are updated in place and returned.
 
+    ``iteration`` is a positive integer, or a one-element array holding one (a NumPy
+    array, or a dlarray of an integer dtype or of exactly representable whole
+    numbers), read when the update runs. Inside a ``gg.dlaccelerate`` function, pass it
+    as an array: a Python int argument is part of the cache key (MATLAB's rule for
+    non-dlarray inputs), so every new iteration would trace again; an array is keyed
+    by its shape and dtype only, and each replay reads its current value.
+
     >>> import gpugrad as gg
     >>> w = gg.dlarray([1.0, 2.0])
     >>> w, m, v = gg.adamupdate(w, gg.dlarray([3.0, -3.0]), None, None, 1)
     >>> w.numpy().round(6), m.numpy().round(6)
     (array([0.999, 2.001]), array([ 0.3, -0.3]))
+    >>> import numpy as np
+    >>> @gg.accelerate
+    ... def step(w, g, m, v, iteration):
+    ...     return gg.adamupdate(w, g, m, v, iteration)
+    >>> for it in range(2, 6):
+    ...     w, m, v = step(w, gg.dlarray([3.0, -3.0]), m, v, np.array(it))
+    >>> step.hits  # the first call traced, the other three replayed
+    3
     """
     where = "adamupdate"
     scale, b1, b2, eps = _adamupdate_numbers(
@@ -1183,10 +1239,12 @@ class _AdamUpdateGraph(_GraphStep):
         epsilon=1e-8,
     ):
         where = self.where = "adamupdate"
-        scale, b1, b2, eps = _adamupdate_numbers(
-            iteration, learn_rate, grad_decay, sq_grad_decay, epsilon
-        )
-        self.numbers = (scale, b1, b2, eps, 1 - b1, 1 - b2)
+        # why: host() reads the iteration before every launch: an array iteration (not
+        # part of the cache key) is a static input the launch has just refilled. A
+        # device array is not read here: a read during stream capture is a host sync
+        self.numbers = (iteration, learn_rate, grad_decay, sq_grad_decay, epsilon)
+        if not backend.is_device_array(getattr(iteration, "_data", iteration)):
+            _adamupdate_numbers(*self.numbers)  # checked now: a bad value refuses the capture
         pairs = _checked(_parameters_of(net, where, "net"), grad, where, "grad")
         super().__init__([p for _, p, _ in pairs], (), [])
 
@@ -1195,7 +1253,8 @@ class _AdamUpdateGraph(_GraphStep):
 
     def host(self):
         self._bump()
-        return self.numbers
+        scale, b1, b2, eps = _adamupdate_numbers(*self.numbers)
+        return (scale, b1, b2, eps, 1 - b1, 1 - b2)
 
     def device(self, staged, net, grad, average_grad=None, average_sq_grad=None, *rest, **kw):
         s = Scalars(staged)

@@ -438,3 +438,54 @@ def _no_graph_on_cpu():
         {"captured": False, "reason": None, "kernels": None, "graph_launches": 0}
     ]
     assert acc.GraphLaunches == 0
+
+
+@pytest.mark.parametrize("device", ["cpu", "emu"])
+@pytest.mark.parametrize("as_array", [np.array, gg.dlarray])
+def test_adamupdate_reads_an_array_iteration_at_every_replay(device, as_array):
+    # the iteration given as an array is keyed by shape and dtype only: every call after
+    # the two traces (m, v None, then arrays) replays (on emu: as a graph whose staged
+    # host work reads the new iteration), bit for bit equal to eager adamupdate
+    before = backend.device()
+    backend.set_device(device)
+    try:
+        nets = [_mlp(), _mlp()]
+        _copy_params(nets[1], nets[0])
+        xs = _batches((4, 6), 7)
+
+        def step(net, m, v, x, it):
+            loss, grads = gg.dlfeval(_lossgrad, net, x, _Y)
+            net, m, v = gg.adamupdate(net, grads, m, v, it, 0.01)
+            return loss, m, v
+
+        acc = gg.dlaccelerate(step)
+        state = [[None, None], [None, None]]
+        for it, x in enumerate(xs, start=1):
+            got = acc(nets[0], *state[0], x, as_array(it))
+            want = step(nets[1], *state[1], x, it)
+            state = [list(got[1:]), list(want[1:])]
+            _same(got, want)
+            _same(nets[0], nets[1])
+        assert acc.traces == 2 and acc.hits == 5, acc
+        if device == "emu":
+            (_, report) = acc.graph_report()
+            assert report["captured"] and report["graph_launches"] >= 2, report
+    finally:
+        backend.set_device(before)
+
+
+def test_adamupdate_with_an_int_iteration_traces_each_new_value():
+    # a Python int is part of the cache key (MATLAB's rule): correct, but no replay
+    net = _mlp()
+
+    def step(m, v, it):
+        loss, grads = gg.dlfeval(_lossgrad, net, _batches((4, 6), 1)[0], _Y)
+        return gg.adamupdate(net, grads, m, v, it, 0.01)[1:]
+
+    acc = gg.dlaccelerate(step)
+    m = v = None
+    for it in range(1, 4):
+        m, v = acc(m, v, it)
+    assert acc.hits == 0 and acc.traces == 3
+    with pytest.raises(ValueError, match="adamupdate: iteration must be a positive integer"):
+        gg.adamupdate(net, gg.tree.map_arrays(gg.zeros_like, net.parameters()), m, v, np.ones(2))

@@ -448,6 +448,34 @@ def test_maxpool_tiled_path_matches_general(shape, pool):
 
 
 @pytest.mark.parametrize("order", [1, 2])
+def test_maxpool_of_nhwc_memory_matches_the_sscb_path(order):
+    # an 'SSCB' view of NHWC memory (a convolution's output) is pooled in memory order;
+    # values and first/second-order gradients equal the contiguous-'SSCB' path bit for bit
+    from gpugrad.nn import functional as F
+
+    nhwc = np.round(rnd(3, 6, 4, 5) * 1.5)  # ties: the first maximum of each window wins
+    nhwc[0, 1, 1, 2], nhwc[1, 2, 2, 1] = np.nan, -np.inf
+    w = rnd(3, 2, 5, 3)
+
+    def pooled(x, view):
+        x = gg.transpose(x, (1, 2, 3, 0)) if view else x
+        assert F._nhwc_contiguous(gg.extractdata(x)) == view
+        y = gg.maxpool(x, 2, stride=2, data_format="SSCB")
+        return gg.sum(y * w) ** order, y
+
+    got, want = (
+        gg.value_and_grad(pooled, has_aux=True)(gg.dlarray(a), view)
+        for a, view in ((nhwc, True), (np.transpose(nhwc, (1, 2, 3, 0)), False))
+    )
+    np.testing.assert_array_equal(got[0][1].numpy(), want[0][1].numpy())
+    np.testing.assert_array_equal(got[1].numpy(), np.transpose(want[1].numpy(), (3, 0, 1, 2)))
+    nhwc_pool = lambda x: gg.maxpool(  # noqa: E731
+        gg.transpose(x, (1, 2, 3, 0)), 2, stride=2, data_format="SSCB"
+    )
+    check_gradient(nhwc_pool, rnd(2, 4, 6, 3), order=order)
+
+
+@pytest.mark.parametrize("order", [1, 2])
 def test_maxpool_tiled_gradients(order):
     x = rnd(4, 6, 2, 2)
     check_gradient(lambda x: gg.maxpool(x, 2, stride=2, data_format="SSCB"), x, order=order)

@@ -464,13 +464,26 @@ def maxpool(x, pool_size, stride=1, padding=0, *, data_format=None):
     where = "maxpool"
     f, pool, stride, pad, ho, wo = _pool_setup(x, pool_size, stride, padding, data_format, where)
     raw = f.x._data
+    unique = stride[0] >= pool[0] and stride[1] >= pool[1]
     if stride == pool and not any(pad) and raw.dtype.kind != "c":
+        if raw.ndim == 4 and not raw.flags.c_contiguous and _nhwc_contiguous(raw):
+            # why: an 'SSCB' view of NHWC memory (a convolution's output): pooled in
+            # memory order, so the gather reads the array in place (no copy), and the
+            # backward's scatter and the relu mask before it run on contiguous arrays
+            x = transpose(_strip(f.x), (3, 0, 1, 2))
+            idx = _maxpool_index_tiled(x._data, pool, ho, wo, lead=1)
+            y = transpose(_prims.gather_flat(x, idx, unique), (1, 2, 3, 0))
+            return f.back(y, f.fmt)
         idx = _maxpool_index_tiled(raw, pool, ho, wo)
     else:
         idx = _maxpool_index(raw, pool, stride, pad, ho, wo)
-    unique = stride[0] >= pool[0] and stride[1] >= pool[1]
     y = _prims.gather_flat(_strip(f.x), idx, unique)
     return f.back(y, f.fmt)
+
+
+def _nhwc_contiguous(raw):
+    """Whether an ``(H, W, C, N)`` array is a view of C-contiguous ``(N, H, W, C)`` memory."""
+    return raw.transpose(3, 0, 1, 2).flags.c_contiguous
 
 
 @host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
@@ -501,8 +514,9 @@ def _maxpool_index(raw, pool, stride, pad, ho, wo):
 
 
 @host_call  # raw code on the data: a gg.dlaccelerate replay repeats it
-def _maxpool_index_tiled(raw, pool, ho, wo):
-    """``_maxpool_index`` for non-overlapping windows without padding (stride == pool).
+def _maxpool_index_tiled(raw, pool, ho, wo, lead=0):
+    """``_maxpool_index`` for non-overlapping windows without padding (stride == pool);
+    ``lead``: axes of ``raw`` before the two spatial ones (the result keeps them).
 
     why: the windows are a reshaped view of ``raw``, so no gather and no argmax over
     a short axis: one copy, one max reduction, then one comparison pass per window
@@ -510,15 +524,18 @@ def _maxpool_index_tiled(raw, pool, ho, wo):
     maximum, as in argmax)."""
     xp = _xp()
     ph, pw = pool
-    wd = raw.shape[1]
-    rest = raw.shape[2:]
+    heads = raw.shape[:lead]
+    h, wd = raw.shape[lead : lead + 2]
+    rest = raw.shape[lead + 2 :]
     inner = int(np.prod(rest, dtype=np.int64))
     ones = (1,) * len(rest)
-    win = raw[: ho * ph, : wo * pw].reshape((ho, ph, wo, pw) + rest)  # a view: axes only split
+    crop = (slice(None),) * lead + (slice(0, ho * ph), slice(0, wo * pw))
+    win = raw[crop].reshape(heads + (ho, ph, wo, pw) + rest)  # a view: axes only split
     # one copy with the window offset first: every later pass runs on contiguous arrays
     nk = ph * pw
-    parts = xp.ascontiguousarray(win.transpose((1, 3, 0, 2) + tuple(range(4, win.ndim))))
-    parts = parts.reshape((nk, ho, wo) + rest)
+    axes = (lead + 1, lead + 3) + tuple(range(lead)) + (lead, lead + 2)
+    parts = xp.ascontiguousarray(win.transpose(axes + tuple(range(lead + 4, win.ndim))))
+    parts = parts.reshape((nk,) + heads + (ho, wo) + rest)
     top = parts.max(axis=0)  # NaN propagates, as in argmax
     nan_top = xp.isnan(top) if top.dtype.kind == "f" else None
     # why: on a device, .any() is a host sync in every step; the NaN pass runs instead
@@ -539,6 +556,11 @@ def _maxpool_index_tiled(raw, pool, ho, wo):
     rows = xp.arange(ho).reshape((ho, 1) + ones) * (ph * wd)
     cols = xp.arange(wo).reshape((1, wo) + ones) * pw
     off += (rows + cols) * inner + xp.arange(inner).reshape(rest)
+    if lead:  # each leading index starts a new (H, W, ...) block
+        step = h * wd * inner
+        off += (xp.arange(int(np.prod(heads, dtype=np.int64))) * step).reshape(
+            heads + (1, 1) + ones
+        )
     return off
 
 

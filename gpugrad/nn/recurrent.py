@@ -396,7 +396,8 @@ def _weight_grads(dpre_all, xs, ys, h0, w, dh0, dc0, need_x=True):
     np.matmul(flat.T, rows.reshape(t * n, c + hid), out=both)
     gw = np.array(both[:, :c], dtype=gw_dt)
     gr = np.array(both[:, c:], dtype=gr_dt)
-    gb = flat.sum(axis=0)
+    # why: the column sum as a matrix-vector product (BLAS), 2x faster than NumPy's sum
+    gb = np.ones(t * n, flat.dtype) @ flat if flat.dtype.kind == "f" else flat.sum(axis=0)
     return gx, dh0, dc0, gw, gr, gb
 
 

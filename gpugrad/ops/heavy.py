@@ -143,8 +143,19 @@ def _relu_bwd_fwd(g, y):
     k = kernels_for(g, y)
     if k is not None and g.shape == y.shape:
         return k.relu_bwd(g, y)
+    xp = _xp()
+    bits = _SAME_SIZE_INT.get(g.dtype) if xp is np and g.shape == y.shape and g.ndim else None
+    if bits is not None:
+        # why: the same select as np.where, bit for bit (g's bits, or +0.0), as an AND
+        # with an all-ones/all-zeros mask: NumPy's where is a branchy loop, 5-8x slower
+        # than these three vectorized passes on a random sign pattern
+        mask = np.negative(np.greater(y, 0), dtype=bits)
+        return np.bitwise_and(g.view(bits), mask, out=mask).view(g.dtype)
     # why: select (as the kernel does), so an infinite g (sqrt(relu(x)) at 0) gives 0
-    return _xp().where(y > 0, g, 0)
+    return xp.where(y > 0, g, 0)
+
+
+_SAME_SIZE_INT = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 
 
 _RELU_BWD = Primitive(

@@ -56,7 +56,22 @@ def _expand(g, x, axes, keepdims):
 
 
 def _sum_fwd(x, axis, keepdims):
-    return _xp().sum(x, axis=axis, keepdims=keepdims)
+    xp = _xp()
+    if (
+        axis == (0,)
+        and xp is _np
+        and x.ndim == 2
+        and x.shape[0] >= 64
+        and x.dtype.kind == "f"
+        and x.dtype.itemsize in (4, 8)
+        and x.flags.c_contiguous
+    ):
+        # why: a column sum of a tall matrix (a bias gradient) as a BLAS matrix-vector
+        # product: NumPy adds the rows one by one, 2x (512 columns) to 15x (16 columns)
+        # slower on one core
+        out = _np.ones(x.shape[0], x.dtype) @ x
+        return out[None] if keepdims else out
+    return xp.sum(x, axis=axis, keepdims=keepdims)
 
 
 def _sum_vjp(g, ans, x, axis, keepdims):
