@@ -67,10 +67,27 @@ struct Lay {
     static __device__ __forceinline__ int at(int row, int chunk) {
         return row * LD + 4 * (chunk ^ (KMAJOR ? ((row >> 1) & 3) : ((row & 3) << 1)));
     }
-    static __device__ __forceinline__ unsigned get(const float* s, int mn, int k) {
-        const int row = KMAJOR ? mn : k, col = KMAJOR ? k : mn;
-        return __float_as_uint(s[at(row, col >> 2) + (col & 3)]);
-    }
+    // The fragment loads of one thread: element (mn, k) with mn = base + 8 q + g and
+    // k = 4 x + t (x < 4 over the two k steps of a tile; g = lane / 4, t = lane % 4,
+    // base a multiple of 8) sits at T[x] + 128 q (KMAJOR: the swizzle is (g / 2) % 4
+    // for every q) or at T[q % 4] + 32 (q / 4) + 4 x LD (else: chunk 2q + g / 4 with
+    // bits 1-2 XOR 2t). Four offsets per thread, computed once; with q and x known at
+    // compile time every load is one LDS with an immediate offset.
+    struct Frag {
+        int T[4];
+        __device__ __forceinline__ void init(int base, int g, int t) {
+#pragma unroll
+            for (int x = 0; x < 4; ++x)
+                T[x] = KMAJOR ? (base + g) * BK + 4 * (x ^ ((g >> 1) & 3)) + t
+                              : t * LD + base + g + 8 * (x ^ t);
+        }
+        __device__ __forceinline__ unsigned get(const float* s, int q, int x) const {
+            // (a select chain, not T[x]: x is a variable in the 3xTF32 loop, and a
+            // variable index would put T in local memory)
+            const int tx = x == 0 ? T[0] : x == 1 ? T[1] : x == 2 ? T[2] : T[3];
+            return __float_as_uint(s[KMAJOR ? tx + 128 * q : T[q & 3] + 32 * (q >> 2) + 4 * x * LD]);
+        }
+    };
 };
 using LayAK = Lay<BM, true>;   // A, k-contiguous (forward, backward data)
 using LayAN = Lay<BM, false>;  // A, m-contiguous (backward filter)
@@ -441,7 +458,10 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
     const int lane = threadIdx.x % 32;
     const int g = lane >> 2;
     const int t = lane & 3;
-    const int wm0 = warp * WM;
+    typename LA::Frag fa;
+    typename LB::Frag fb;
+    fa.init(warp * WM, g, t);
+    fb.init(0, g, t);
 
 #pragma unroll
     for (int i = 0; i < MT; ++i)
@@ -471,6 +491,7 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
         const float* sa = smem + read * STAGE;
         const float* sb = sa + A_SIZE;
         read = read + 1 == stages ? 0 : read + 1;
+        // 3xTF32: k steps not unrolled (registers: the unrolled loop spills)
 #pragma unroll(SPLIT3 ? 1 : 2)
         for (int ks = 0; ks < BK; ks += 8) {
             if (!SPLIT3) {
@@ -479,18 +500,17 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
                 unsigned a[MT][4];
 #pragma unroll
                 for (int i = 0; i < MT; ++i) {
-                    const int r = wm0 + 16 * i + g;
-                    a[i][0] = LA::get(sa, r, ks + t);
-                    a[i][1] = LA::get(sa, r + 8, ks + t);
-                    a[i][2] = LA::get(sa, r, ks + t + 4);
-                    a[i][3] = LA::get(sa, r + 8, ks + t + 4);
+                    a[i][0] = fa.get(sa, 2 * i, ks / 4);
+                    a[i][1] = fa.get(sa, 2 * i + 1, ks / 4);
+                    a[i][2] = fa.get(sa, 2 * i, ks / 4 + 1);
+                    a[i][3] = fa.get(sa, 2 * i + 1, ks / 4 + 1);
                 }
                 round_frag<MT * 4, false>(&a[0][0], nullptr);
 #pragma unroll
                 for (int j = 0; j < NL; ++j) {
                     unsigned b[2];
-                    b[0] = LB::get(sb, 8 * j + g, ks + t);
-                    b[1] = LB::get(sb, 8 * j + g, ks + t + 4);
+                    b[0] = fb.get(sb, j, ks / 4);
+                    b[1] = fb.get(sb, j, ks / 4 + 1);
                     round_frag<2, false>(b, nullptr);
 #pragma unroll
                     for (int i = 0; i < MT; ++i) gg_mma::mma_tf32(acc[i][j], a[i], b);
@@ -501,18 +521,17 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
                 // accumulators (the tensor pipe, 3 mma per product, still dominates)
 #pragma unroll
                 for (int i = 0; i < MT; ++i) {
-                    const int r = wm0 + 16 * i + g;
                     unsigned ah[4], al[4];
-                    ah[0] = LA::get(sa, r, ks + t);
-                    ah[1] = LA::get(sa, r + 8, ks + t);
-                    ah[2] = LA::get(sa, r, ks + t + 4);
-                    ah[3] = LA::get(sa, r + 8, ks + t + 4);
+                    ah[0] = fa.get(sa, 2 * i, ks / 4);
+                    ah[1] = fa.get(sa, 2 * i + 1, ks / 4);
+                    ah[2] = fa.get(sa, 2 * i, ks / 4 + 1);
+                    ah[3] = fa.get(sa, 2 * i + 1, ks / 4 + 1);
                     round_frag<4, true>(ah, al);
 #pragma unroll
                     for (int j = 0; j < NL; ++j) {
                         unsigned bh[2], bl[2];
-                        bh[0] = LB::get(sb, 8 * j + g, ks + t);
-                        bh[1] = LB::get(sb, 8 * j + g, ks + t + 4);
+                        bh[0] = fb.get(sb, j, ks / 4);
+                        bh[1] = fb.get(sb, j, ks / 4 + 1);
                         round_frag<2, true>(bh, bl);
                         gg_mma::mma_tf32(acc[i][j], al, bh);  // small terms first
                         gg_mma::mma_tf32(acc[i][j], ah, bl);
