@@ -452,7 +452,7 @@ __device__ __forceinline__ void wait_stage(int stages) {
 // layout LA) and lb (B, layout LB) through a `stages`-deep cp.async ring.
 template <bool SPLIT3, class LA, class LB, class LoadA, class LoadB>
 __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, LoadB& lb,
-                                         int ktiles, int stages) {
+                                         int ktiles, int stages, bool active) {
     extern __shared__ __align__(16) float smem[];
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
@@ -491,6 +491,10 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
         const float* sa = smem + read * STAGE;
         const float* sb = sa + A_SIZE;
         read = read + 1 == stages ? 0 : read + 1;
+        // a warp whose 64 rows all lie past the GEMM's end (the last m tile) copies
+        // its share of the tiles but runs no mma: the SM's tensor pipe goes to the
+        // other resident warps (warp-uniform branch)
+        if (!active) continue;
         // 3xTF32: k steps not unrolled (registers: the unrolled loop spills)
 #pragma unroll(SPLIT3 ? 1 : 2)
         for (int ks = 0; ks < BK; ks += 8) {
@@ -629,7 +633,8 @@ __device__ __forceinline__ void fwd(const float* x, const float* w, float* y, co
     DenseB lb;
     lb.init(wg, c.Cout, c.Ng, Kg, n0, 0, c.Cout % 4 == 0 && aligned16(wg));
     float acc[MT][NL][4];
-    mainloop<SPLIT3, LayAK, LayBN>(acc, la, lb, (Kg + BK - 1) / BK, stages);
+    mainloop<SPLIT3, LayAK, LayBN>(acc, la, lb, (Kg + BK - 1) / BK, stages,
+                                   m0 + (int)(threadIdx.x / 32) * WM < M);
     float* yg = y + grp * c.Ng;
     epilogue(acc, yg, DenseRows{c.Cout}, c.Cout % 2 == 0 && aligned8(yg), M, c.Ng, m0, n0,
              bias + grp * c.Ng, has_bias, relu);
@@ -670,7 +675,8 @@ __device__ __forceinline__ void bwd_data(const float* dy, const float* w, float*
     lb.init(wg, c, ph, pw, n0);
     const int Kg = ph.KU * pw.KU * c.Ng;
     float acc[MT][NL][4];
-    mainloop<SPLIT3, LayAK, LayBK>(acc, la, lb, (Kg + BK - 1) / BK, stages);
+    mainloop<SPLIT3, LayAK, LayBK>(acc, la, lb, (Kg + BK - 1) / BK, stages,
+                                   m0 + (int)(threadIdx.x / 32) * WM < M);
     // the phase again (nothing of it stays live across the mainloop)
     ph.init(blockIdx.z / c.sw, c.sh, c.pt, c.dh, c.KH, c.H);
     pw.init(blockIdx.z % c.sw, c.sw, c.pl, c.dw, c.KW, c.W);
@@ -697,7 +703,8 @@ __device__ __forceinline__ void bwd_filter(const float* dy, const float* x, floa
     lb.init(dyg, c.Cout, c.Ng, kend, n0, kbeg, c.Cout % 4 == 0 && aligned16(dyg));
     const int ktiles = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0;
     float acc[MT][NL][4];
-    mainloop<SPLIT3, LayAN, LayBN>(acc, la, lb, ktiles, stages);
+    mainloop<SPLIT3, LayAN, LayBN>(acc, la, lb, ktiles, stages,
+                                   m0 + (int)(threadIdx.x / 32) * WM < Mrows);
     float* out = dw_parts + blockIdx.z * (Mrows * c.Cout) + grp * c.Ng;
     epilogue(acc, out, DenseRows{c.Cout}, c.Cout % 2 == 0 && aligned8(out), Mrows, c.Ng, m0, n0,
              out, 0, 0);

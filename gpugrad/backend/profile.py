@@ -558,6 +558,10 @@ def _conv_tf32_case(op, shape, dtype, stride, pad, precision):
     pad = (kh // 2) if pad is None else int(pad)
     geo = kernels.conv_geometry(op, (n, h, w, cin), (kh, kw, cin, cout), stride, pad, 1, 1)
     bm, bn, bk, _ = kernels.CONV_TF32_TILE
+    # m padding at block granularity: a warp whose rows all lie past the end skips its
+    # mma (conv2d_tf32.cu), but the SM it runs on gains from that only when other
+    # blocks are waiting for it (several waves); counted as run, the conservative side
+    wm = bm
     pixels = n * geo.ho * geo.wo
     flops = 2.0 * pixels * cout * kh * kw * cin
     x_b, y_b, w_b = n * h * w * cin * 4, pixels * cout * 4, kh * kw * cin * cout * 4
@@ -568,7 +572,7 @@ def _conv_tf32_case(op, shape, dtype, stride, pad, precision):
     if op == "conv2d_fwd":
         m, nn, k = pixels, cout, kh * kw * cin
         plan = kernels.plan_conv_tf32(f"{op}_{precision}_f32", m, nn, 1)
-        m_run, k_run = -(-m // bm) * bm, -(-k // bk) * bk
+        m_run, k_run = -(-m // wm) * wm, -(-k // bk) * bk
         iters = k_run // bk
         run = lambda: kernels.conv2d_fwd(  # noqa: E731
             _rand(rng, (n, h, w, cin), dtype), _rand(rng, (kh, kw, cin, cout), dtype), **kw_
@@ -579,7 +583,7 @@ def _conv_tf32_case(op, shape, dtype, stride, pad, precision):
         plan = kernels.plan_conv_tf32(f"{op}_{precision}_f32", rows, nn, 1, sh * sw)
         # per phase (the largest): its rows and about 1/(sh sw) of the taps
         k_run = -(-(kh * kw * cout) // (sh * sw * bk)) * bk
-        m_run = sh * sw * -(-rows // bm) * bm
+        m_run = sh * sw * -(-rows // wm) * wm
         iters = k_run // bk
         k = max(1, k // (sh * sw))  # the useful k of a phase (exact at stride 1)
         run = lambda: kernels.conv2d_bwd_data(  # noqa: E731
@@ -603,7 +607,7 @@ def _conv_tf32_case(op, shape, dtype, stride, pad, precision):
             kernels.CONV_TF32_TILE,
         )
         k_run = plan.grid[2] * -(-k_chunk // bk) * bk
-        m_run = -(-m // bm) * bm
+        m_run = -(-m // wm) * wm
         iters = -(-k_chunk // bk)
         extra = 2.0 * plan.grid[2] * w_b if plan.grid[2] > 1 else 0.0  # partial sums
         run = lambda: kernels.conv2d_bwd_filter(  # noqa: E731
@@ -629,7 +633,8 @@ def _conv_tf32_case(op, shape, dtype, stride, pad, precision):
     )
     case.precision = precision
     case.extra_bytes = extra
-    # the mma run on whole tiles: m and n rounded up to the block tile, k to BK
+    # the mma run on whole tiles: m rounded up to the block's rows, n to its 64 columns,
+    # k to BK
     case.padding = m_run * (-(-nn // bn) * bn) * k_run / max(1, m * nn * k)
     case.smem_for = lambda limit: kernels.conv_tf32_stages(limit)[1]
     case.dynamic_smem = case.smem_for(kernels.EMU_MAX_SHARED_OPTIN)
