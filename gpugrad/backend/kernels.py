@@ -815,6 +815,8 @@ def tf32(enabled: bool = True, mode: str | None = None):
     With ``allow_tf32`` set, float32 products of ``matmul``/``fullyconnect`` (and the
     LSTM's GEMMs) on ``cuda`` and ``emu`` run on the tensor cores; float64 products and
     the relu-masked backward GEMM stay FP32.
+    float32 convolutions (``dlconv``: forward, input and filter gradients) likewise
+    (``kernels/conv2d_tf32.cu``); float64 convolutions never.
 
     >>> import gpugrad as gg
     >>> with gg.kernels.tf32(mode="3xtf32"):
