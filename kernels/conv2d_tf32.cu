@@ -23,7 +23,10 @@
 // Design (matmul_tf32.cu's, on gathered operands):
 //  * block tile 256x64x16, 4 warps stacked along m, each a 64x64 warp tile of 4 x 8
 //    mma.m16n8k8 (64 mma per k tile and warp); conv output-channel counts are mostly
-//    64..512, so BN = 64 wastes nothing on the common layers;
+//    64..512, so BN = 64 wastes nothing on the common layers; backward filter also
+//    runs in 96-thread blocks (3 warps, 192 rows: blockDim.x sets the tile, no extra
+//    instantiation), chosen by the host when its Cg*KH*KW rows fill 192-row tiles
+//    better (64 channels x 3 x 3 = 576 = 3 x 192 rather than 3 x 256, 25 % padding);
 //  * operands go global -> shared with cp.async (16-byte chunks where the channel
 //    count is a multiple of 4 and the pointer is aligned, 4-byte copies otherwise; the
 //    path is a runtime flag of each loader, uniform per launch) into a ring of `stages`
@@ -36,7 +39,8 @@
 //  * shared layouts without padding, 16-byte chunks XOR-swizzled so that every
 //    fragment load (LDS.32 of 8 rows x 4 columns of a warp) and every cp.async fill
 //    hits 32 distinct banks: k-contiguous rows of 16 k (4 chunks): chunk ^ ((row/2)%4);
-//    mn-contiguous rows (one row per k): chunk ^ 2 (k % 4).
+//    mn-contiguous rows (one row per k): chunk ^ 2 (k % 4); backward filter's A tile
+//    instead pads its rows to 280 floats (LayAP: 6 or 8 fill threads per row).
 #include "mma.cuh"
 
 namespace gg_ctf32 {
@@ -90,9 +94,28 @@ struct Lay {
     };
 };
 using LayAK = Lay<BM, true>;   // A, k-contiguous (forward, backward data)
-using LayAN = Lay<BM, false>;  // A, m-contiguous (backward filter)
 using LayBK = Lay<BN, true>;   // B, k-contiguous (backward data)
 using LayBN = Lay<BN, false>;  // B, n-contiguous (forward, backward filter)
+
+// A, m-contiguous, for backward filter: row k holds up to BM values of m, unswizzled,
+// rows LD = 280 floats apart (280 = 24 mod 32 banks, 70 = 6 mod 8 chunks). Fragment
+// loads (m = base + 8 q + g, k = 4 x + t) hit bank 24 t + g + const: 32 distinct; a fill
+// in which consecutive threads take consecutive chunks of one row and wrap into the
+// next after 6 (96 threads) or 8 (128 threads) chunks puts any 8 consecutive threads in
+// 8 distinct 16-byte bank groups (chunk c of row r at group 6 r + c mod 8). One offset
+// per thread; q and x known at compile time make every load one LDS with an immediate.
+struct LayAP {
+    static constexpr int LD = 280;
+    static __device__ __forceinline__ int at(int row, int chunk) { return row * LD + 4 * chunk; }
+    struct Frag {
+        int T;
+        __device__ __forceinline__ void init(int base, int g, int t) { T = t * LD + base + g; }
+        __device__ __forceinline__ unsigned get(const float* s, int q, int x) const {
+            return __float_as_uint(s[T + 8 * q + 4 * x * LD]);
+        }
+    };
+};
+constexpr int A_SIZE_P = BK * LayAP::LD;  // floats of the backward-filter A tile
 
 // The reduction index k = (u, v, c) (c fastest, c < C, v < KV, u < KU) and the offsets
 // that depend on it (as in conv2d.cu): hoff/woff in the pixel grid, toff in elements.
@@ -231,10 +254,12 @@ struct Phase {
 
 // Dense B operand, n-contiguous: element (n, k) at x[k*ld + n] (w viewed as
 // [KH*KW*Cg, Cout] in the forward pass, dy as [P, Cout] in backward filter); thread t
-// fills chunk t % 16 of rows t / 16 and t / 16 + 8.
+// fills chunk t % 16 of rows t / 16 and t / 16 + 8 (128 threads), or with ANY_NT (the
+// backward filter's 96 or 128) rows t / 16 + i * blockDim.x / 16 below BK (i < 3).
+template <bool ANY_NT>
 struct DenseB {
     const float* __restrict__ x;
-    int ld, ext_n, kend, k, n;
+    int ld, ext_n, kend, k, n, rstep;
     bool vec;
     __device__ __forceinline__ void init(const float* x_, int ld_, int ext_n_, int kend_, int n0,
                                          int k0, bool v) {
@@ -244,15 +269,19 @@ struct DenseB {
         kend = kend_;
         n = n0 + 4 * (threadIdx.x & 15);
         k = k0 + (threadIdx.x >> 4);
+        rstep = ANY_NT ? (int)(blockDim.x >> 4) : 8;
         vec = v && n + 3 < ext_n;
     }
     template <class A>
     __device__ __forceinline__ void load(float* s, const A&) {
         const int q = threadIdx.x & 15;
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int kk = k + 8 * i;
-            float* dst = s + LayBN::at((threadIdx.x >> 4) + 8 * i, q);
+        for (int i = 0; i < (ANY_NT ? 3 : 2); ++i) {
+            const int step = ANY_NT ? rstep : 8;
+            const int row = (threadIdx.x >> 4) + step * i;
+            if (ANY_NT && row >= BK) break;
+            const int kk = k + step * i;
+            float* dst = s + LayBN::at(row, q);
             const float* sp = x + (kk * ld + n);
             if (kk >= kend) {
                 zero4(dst);
@@ -327,13 +356,15 @@ struct WtB {
 };
 
 // Backward-filter A operand, m-contiguous: element (m = (r, s, ci), k = p) =
-// x[pixel p shifted by tap (r, s), ci]; thread t fills pixel row t / 8 of the tile and
-// chunks t % 8 + 8 i (i < 8), whose taps it locates once; the pixel walks by BK.
+// x[pixel p shifted by tap (r, s), ci]; the block's 2 x blockDim.x rows of m (64 per
+// warp: 256 or 192) are 16 x blockDim.x / 32 chunks, so with tpr = blockDim.x / 16
+// threads per pixel row thread t fills pixel row t / tpr of the tile and chunks
+// t % tpr + tpr i (i < 8), whose taps it locates once; the pixel walks by BK.
 struct ColA {
-    static constexpr int R = BM / 4 / 8;  // chunks per thread
+    static constexpr int R = 8;  // chunks per thread
     const float* __restrict__ x;
     int H, W, Cin, sh, sw, pt, pl, Ho, Wo, N;
-    int p, kend, n, ho, wo, m0, Mrows, Cg, KW, dh, dw;
+    int p, kend, n, ho, wo, m0, Mrows, Cg, KW, dh, dw, row, tpr, cq;
     bool vec;
     int rdh[R], sdw[R], toff[R];
     __device__ __forceinline__ void init(const float* xg, const Conv& c, int m0_, int k0,
@@ -345,9 +376,12 @@ struct ColA {
         Mrows = c.KH * c.KW * c.Cg;
         kend = kend_;
         vec = v;
+        tpr = blockDim.x >> 4;
+        row = threadIdx.x / tpr;
+        cq = threadIdx.x - row * tpr;
 #pragma unroll
         for (int i = 0; i < R; ++i) {
-            const int m = m0 + 4 * ((threadIdx.x & 7) + 8 * i);
+            const int m = m0 + 4 * (cq + tpr * i);
             const int rs = m / c.Cg;
             const int ci = m - rs * c.Cg;
             const int rr = rs / c.KW;
@@ -355,7 +389,7 @@ struct ColA {
             sdw[i] = (rs - rr * c.KW) * c.dw;
             toff[i] = (rdh[i] * c.W + sdw[i]) * c.Cin + ci;
         }
-        p = k0 + (threadIdx.x >> 3);
+        p = k0 + row;
         const int hw = c.Ho * c.Wo;
         n = p / hw;
         const int rem = p - n * hw;
@@ -366,12 +400,12 @@ struct ColA {
         const int hb = ho * sh - pt, wb = wo * sw - pl;
         const int pix = ((n * H + hb) * W + wb) * Cin;
         const bool pok = p < kend;
-        const int row = threadIdx.x >> 3;
+        float* const d0 = s + LayAP::at(row, cq);
         if (vec) {
 #pragma unroll
             for (int i = 0; i < R; ++i) {
                 const int hi = hb + rdh[i], wi = wb + sdw[i];
-                float* dst = s + LayAN::at(row, (threadIdx.x & 7) + 8 * i);
+                float* dst = d0 + 4 * tpr * i;
                 if (pok && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W)
                     gg_mma::cp_async16(dst, x + (pix + toff[i]));
                 else
@@ -380,10 +414,10 @@ struct ColA {
         } else {
 #pragma unroll 1
             for (int i = 0; i < R; ++i) {
-                float* dst = s + LayAN::at(row, (threadIdx.x & 7) + 8 * i);
+                float* dst = d0 + 4 * tpr * i;
 #pragma unroll 1
                 for (int j = 0; j < 4; ++j) {
-                    const int m = m0 + 4 * ((threadIdx.x & 7) + 8 * i) + j;
+                    const int m = m0 + 4 * (cq + tpr * i) + j;
                     const int rs = m / Cg;
                     const int rr = rs / KW;
                     const int hi = hb + rr * dh, wi = wb + (rs - rr * KW) * dw;
@@ -409,16 +443,16 @@ struct ColA {
 
 // Tile coordinates of this block in the tiles_m x tiles_n grid (grouped by 8 along m
 // for L2 reuse); false when the block has none (backward-data phases differ in size).
-__device__ __forceinline__ bool tile_of_block(int M, int N, int& m0, int& n0) {
+__device__ __forceinline__ bool tile_of_block(int M, int N, int& m0, int& n0, int bm = BM) {
     constexpr int GROUP = 8;
-    const int tiles_m = (M + BM - 1) / BM;
+    const int tiles_m = (M + bm - 1) / bm;
     const int tiles_n = (N + BN - 1) / BN;
     const int pid = blockIdx.x;
     if (pid >= tiles_m * tiles_n) return false;
     const int per_group = GROUP * tiles_n;
     const int first_m = (pid / per_group) * GROUP;
     const int group_rows = min(tiles_m - first_m, GROUP);
-    m0 = (first_m + (pid % per_group) % group_rows) * BM;
+    m0 = (first_m + (pid % per_group) % group_rows) * bm;
     n0 = ((pid % per_group) / group_rows) * BN;
     return true;
 }
@@ -450,7 +484,7 @@ __device__ __forceinline__ void wait_stage(int stages) {
 
 // The multistage mainloop (matmul_tf32.cu's): ktiles k tiles of the loaders la (A,
 // layout LA) and lb (B, layout LB) through a `stages`-deep cp.async ring.
-template <bool SPLIT3, class LA, class LB, class LoadA, class LoadB>
+template <bool SPLIT3, class LA, class LB, int ASZ, class LoadA, class LoadB>
 __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, LoadB& lb,
                                          int ktiles, int stages, bool active) {
     extern __shared__ __align__(16) float smem[];
@@ -458,6 +492,7 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
     const int lane = threadIdx.x % 32;
     const int g = lane >> 2;
     const int t = lane & 3;
+    constexpr int STG = ASZ + B_SIZE;  // floats per stage
     typename LA::Frag fa;
     typename LB::Frag fb;
     fa.init(warp * WM, g, t);
@@ -472,8 +507,8 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
 
     for (int s = 0; s < stages - 1; ++s) {
         if (s < ktiles) {  // B first: the backward-data B loader reads A's k walk
-            lb.load(smem + s * STAGE + A_SIZE, la);
-            la.load(smem + s * STAGE);
+            lb.load(smem + s * STG + ASZ, la);
+            la.load(smem + s * STG);
         }
         gg_mma::cp_async_commit();
     }
@@ -483,13 +518,13 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
         wait_stage(stages);  // this thread's copies of tile kt landed
         __syncthreads();     // everyone's; and stage `write` (tile kt-1) is no longer read
         if (kt + stages - 1 < ktiles) {
-            lb.load(smem + write * STAGE + A_SIZE, la);
-            la.load(smem + write * STAGE);
+            lb.load(smem + write * STG + ASZ, la);
+            la.load(smem + write * STG);
         }
         gg_mma::cp_async_commit();
         write = write + 1 == stages ? 0 : write + 1;
-        const float* sa = smem + read * STAGE;
-        const float* sb = sa + A_SIZE;
+        const float* sa = smem + read * STG;
+        const float* sb = sa + ASZ;
         read = read + 1 == stages ? 0 : read + 1;
         // a warp whose 64 rows all lie past the GEMM's end (the last m tile) copies
         // its share of the tiles but runs no mma: the SM's tensor pipe goes to the
@@ -630,10 +665,10 @@ __device__ __forceinline__ void fwd(const float* x, const float* w, float* y, co
     const int Kg = c.KH * c.KW * c.Cg;
     PixelA la;
     la.init_fwd(xg, c, M, m0, c.Cg % 4 == 0 && c.Cin % 4 == 0 && aligned16(xg));
-    DenseB lb;
+    DenseB<false> lb;
     lb.init(wg, c.Cout, c.Ng, Kg, n0, 0, c.Cout % 4 == 0 && aligned16(wg));
     float acc[MT][NL][4];
-    mainloop<SPLIT3, LayAK, LayBN>(acc, la, lb, (Kg + BK - 1) / BK, stages,
+    mainloop<SPLIT3, LayAK, LayBN, A_SIZE>(acc, la, lb, (Kg + BK - 1) / BK, stages,
                                    m0 + (int)(threadIdx.x / 32) * WM < M);
     float* yg = y + grp * c.Ng;
     epilogue(acc, yg, DenseRows{c.Cout}, c.Cout % 2 == 0 && aligned8(yg), M, c.Ng, m0, n0,
@@ -675,7 +710,7 @@ __device__ __forceinline__ void bwd_data(const float* dy, const float* w, float*
     lb.init(wg, c, ph, pw, n0);
     const int Kg = ph.KU * pw.KU * c.Ng;
     float acc[MT][NL][4];
-    mainloop<SPLIT3, LayAK, LayBK>(acc, la, lb, (Kg + BK - 1) / BK, stages,
+    mainloop<SPLIT3, LayAK, LayBK, A_SIZE>(acc, la, lb, (Kg + BK - 1) / BK, stages,
                                    m0 + (int)(threadIdx.x / 32) * WM < M);
     // the phase again (nothing of it stays live across the mainloop)
     ph.init(blockIdx.z / c.sw, c.sh, c.pt, c.dh, c.KH, c.H);
@@ -691,19 +726,19 @@ __device__ __forceinline__ void bwd_filter(const float* dy, const float* x, floa
     const int grp = blockIdx.y;
     const int Mrows = c.KH * c.KW * c.Cg;
     const int P = c.N * c.Ho * c.Wo;
-    int m0, n0;
-    if (!tile_of_block(Mrows, c.Ng, m0, n0)) return;
+    int m0, n0;  // 96 or 128 threads: 192 or 256 rows of m per block
+    if (!tile_of_block(Mrows, c.Ng, m0, n0, 2 * (int)blockDim.x)) return;
     const int kbeg = blockIdx.z * k_chunk;
     const int kend = min(P, kbeg + k_chunk);
     const float* xg = x + grp * c.Cg;
     const float* dyg = dy + grp * c.Ng;
     ColA la;
     la.init(xg, c, m0, kbeg, kend, c.Cg % 4 == 0 && c.Cin % 4 == 0 && aligned16(xg));
-    DenseB lb;
+    DenseB<true> lb;
     lb.init(dyg, c.Cout, c.Ng, kend, n0, kbeg, c.Cout % 4 == 0 && aligned16(dyg));
     const int ktiles = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0;
     float acc[MT][NL][4];
-    mainloop<SPLIT3, LayAN, LayBN>(acc, la, lb, ktiles, stages,
+    mainloop<SPLIT3, LayAP, LayBN, A_SIZE_P>(acc, la, lb, ktiles, stages,
                                    m0 + (int)(threadIdx.x / 32) * WM < Mrows);
     float* out = dw_parts + blockIdx.z * (Mrows * c.Cout) + grp * c.Ng;
     epilogue(acc, out, DenseRows{c.Cout}, c.Cout % 2 == 0 && aligned8(out), Mrows, c.Ng, m0, n0,
@@ -713,7 +748,8 @@ __device__ __forceinline__ void bwd_filter(const float* dy, const float* x, floa
 }  // namespace gg_ctf32
 
 // Entry points: 128 threads (4 warps of 64x64), a `stages`-deep ring of 20 KiB stages in
-// dynamic shared memory; conv2d.cu's parameters plus `stages` last.
+// dynamic shared memory; conv2d.cu's parameters plus `stages` last. Backward filter:
+// 96 or 128 threads (192 or 256 rows of m), stages of 22016 bytes.
 
 extern "C" __global__ void __launch_bounds__(128, 2)
     conv2d_fwd_tf32_f32(const float* x, const float* w, float* y, const float* bias,

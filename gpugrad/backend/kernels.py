@@ -1394,7 +1394,7 @@ def conv2d_bwd_filter(
     prec = _conv_precision(precision, dt, fn)
 
     def hand():
-        if _conv_tf32_ok(prec, precision):
+        if _conv_tf32_ok(prec, precision, filter=True):
             return _conv_tf32_bwd_filter(prec, dy, x, w_shape, geo)
         rows = geo.kh * geo.kw * (geo.cin // geo.groups)
         pixels = geo.n * geo.ho * geo.wo
@@ -1429,27 +1429,36 @@ CONV_TF32_MAX_STAGES = 4  # cp.async ring depth (2 blocks of 4 x 20 KiB fit an H
 # resident blocks per SM: 229-255 registers x 128 threads (2 x 32 K of the 64 K), and
 # 2 rings of up to 4 stages in the 228 KiB (ptxas, kernels/check_compile.py)
 CONV_TF32_BLOCKS_PER_SM = 2
+# Backward filter: blocks of 4 warps (256 rows of m) or 3 (192 rows), chosen per launch
+# (``plan_conv_tf32_filter``); its A tile's rows are padded to 280 floats (conflict-free
+# fills with 6 or 8 threads per row). Resident blocks per SM by (mode, warps), from the
+# registers (kernels/check_compile.py: tf32 222-224, 3xtf32 245-247 per thread; 65536 per
+# SM, a warp's in 256-register units): 3 blocks of 3 warps need <= 224.
+CONV_TF32_FILTER_LD = 280
+CONV_TF32_FILTER_BLOCKS = {("tf32", 4): 2, ("tf32", 3): 3, ("3xtf32", 4): 2, ("3xtf32", 3): 2}
+_SM_SHARED_RESERVED = 1024  # per resident block (CUDA's reservation)
 
 
-def conv_tf32_stage_bytes() -> int:
+def conv_tf32_stage_bytes(filter: bool = False) -> int:
     """Shared memory of one pipeline stage of the tensor-core conv: a 256 x 16 tile of
-    the (gathered) A operand and a 64 x 16 tile of B, unpadded (XOR-swizzled).
+    the (gathered) A operand and a 64 x 16 tile of B, unpadded (XOR-swizzled); with
+    ``filter`` (backward filter) the A tile's 16 rows are ``CONV_TF32_FILTER_LD`` floats.
 
-    >>> conv_tf32_stage_bytes()
-    20480
+    >>> conv_tf32_stage_bytes(), conv_tf32_stage_bytes(filter=True)
+    (20480, 22016)
     """
     bm, bn, bk, _ = CONV_TF32_TILE
-    return 4 * (bm + bn) * bk
+    return 4 * ((CONV_TF32_FILTER_LD if filter else bm) + bn) * bk
 
 
-def conv_tf32_stages(shared_limit: int) -> tuple[int, int]:
+def conv_tf32_stages(shared_limit: int, filter: bool = False) -> tuple[int, int]:
     """(stages, dynamic shared bytes) of the tensor-core conv's cp.async ring: as many
     stages as fit ``shared_limit``, at most ``CONV_TF32_MAX_STAGES``; at least 2.
 
     >>> conv_tf32_stages(227 * 1024), conv_tf32_stages(48 * 1024)
     ((4, 81920), (2, 40960))
     """
-    per = conv_tf32_stage_bytes()
+    per = conv_tf32_stage_bytes(filter)
     stages = min(CONV_TF32_MAX_STAGES, int(shared_limit) // per)
     if stages < 2:
         raise ValueError(
@@ -1478,12 +1487,12 @@ def _conv_precision(precision, dt: str, fn: str) -> str:
     return precision
 
 
-def _conv_tf32_ok(prec: str, precision) -> bool:
+def _conv_tf32_ok(prec: str, precision, filter: bool = False) -> bool:
     """Run the tensor-core kernel? ``allow_tf32`` only allows: a GPU without room for two
     stages keeps FP32; an explicit ``precision=`` raises there (``conv_tf32_stages``)."""
     if prec == "fp32":
         return False
-    return precision is not None or 2 * conv_tf32_stage_bytes() <= _shared_optin()
+    return precision is not None or 2 * conv_tf32_stage_bytes(filter) <= _shared_optin()
 
 
 def _shared_optin() -> int:
@@ -1535,10 +1544,78 @@ def _conv_tf32_bwd_data(prec, dy, w, dx, geo: ConvGeometry):
     return dx
 
 
+#: Backward filter on the tensor cores: None lets the planner pick 3- or 4-warp blocks
+#: per launch (``plan_conv_tf32_filter``); 3 or 4 forces one (tests, profiling).
+conv_tf32_filter_warps = None
+
+
+def _tf32_latency(warps: int) -> float:
+    """perfmodel's latency factor of ``warps`` resident warps per SM."""
+    if warps >= 16:
+        return 0.97
+    if warps >= 8:
+        return 0.93 + 0.04 * (warps - 8) / 8
+    return 0.93 * max(warps, 1) / 8
+
+
+def plan_conv_tf32_filter(
+    kernel: str,
+    rows: int,
+    n: int,
+    p: int,
+    groups: int,
+    cout: int,
+    num_sms: int,
+    shared_optin: int,
+    warps: int | None = None,
+) -> tuple[Launch, int, int, int]:
+    """The tensor-core backward-filter launch: (launch, k chunk, stages, dynamic shared
+    bytes). Blocks of 4 warps (256 rows of the ``rows`` x ``n`` GEMM) or 3 (192 rows,
+    96 threads: same kernel, ``blockDim.x`` sets the tile): for each, the resident blocks
+    per SM (``CONV_TF32_FILTER_BLOCKS``, fewer when their rings do not fit the SM's
+    shared memory), the split count of :func:`plan_conv_filter` and the modelled time
+    ``waves x k tiles per split x warps per SM / latency factor`` (issue-bound warps
+    share an SM); the cheaper wins (ties: 4 warps). ``warps`` forces one.
+
+    576 rows (64 channels x 3 x 3) fill three 192-row tiles exactly, 3 blocks per SM:
+
+    >>> plan, chunk, stages, smem = plan_conv_tf32_filter(
+    ...     "conv2d_bwd_filter_tf32_f32", 576, 64, 64 * 56 * 56, 1, 64, 132, 227 * 1024)
+    >>> plan.block, plan.grid, chunk, stages
+    ((96, 1, 1), (3, 1, 131), 1536, 3)
+    >>> plan_conv_tf32_filter("conv2d_bwd_filter_tf32_f32", 512, 64, 64 * 56 * 56, 1, 64,
+    ...                       132, 227 * 1024)[0].block                # 2 x 256 rows
+    (128, 1, 1)
+    """
+    mode = "3xtf32" if "_3xtf32_" in kernel else "tf32"
+    per = conv_tf32_stage_bytes(filter=True)
+    sm_shared = int(shared_optin) + _SM_SHARED_RESERVED  # per SM (H100 228 KiB, A100 164)
+    _, bn, bk, _ = CONV_TF32_TILE
+    best = None
+    for w in (4, 3) if warps is None else (int(warps),):
+        if w not in (3, 4):
+            raise ValueError(f"conv2d_bwd_filter: warps must be 3 or 4, got {warps!r}")
+        bps = CONV_TF32_FILTER_BLOCKS[(mode, w)]
+        while bps > 1 and (sm_shared // bps - _SM_SHARED_RESERVED) < 2 * per:
+            bps -= 1
+        stages, smem = conv_tf32_stages(
+            min(shared_optin, sm_shared // bps - _SM_SHARED_RESERVED), True
+        )
+        plan, chunk = plan_conv_filter(
+            kernel, rows, n, p, groups, cout, num_sms, bps, "f32", (64 * w, bn, bk, 32 * w)
+        )
+        blocks = plan.grid[0] * plan.grid[1] * plan.grid[2]
+        resident = max(1, min(bps, _cdiv(blocks, num_sms)))
+        waves = _cdiv(blocks, resident * num_sms)
+        cost = waves * _cdiv(chunk, bk) * resident * w / _tf32_latency(resident * w)
+        if best is None or cost < best[0] - 1e-9:
+            best = (cost, plan, chunk, stages, smem)
+    return best[1:]
+
+
 def _conv_tf32_bwd_filter(prec, dy, x, w_shape, geo: ConvGeometry):
-    stages, smem = conv_tf32_stages(_shared_optin())
     rows = geo.kh * geo.kw * (geo.cin // geo.groups)
-    plan, k_chunk = plan_conv_filter(
+    plan, k_chunk, stages, smem = plan_conv_tf32_filter(
         f"conv2d_bwd_filter_{prec}_f32",
         rows,
         geo.cout // geo.groups,
@@ -1546,9 +1623,8 @@ def _conv_tf32_bwd_filter(prec, dy, x, w_shape, geo: ConvGeometry):
         geo.groups,
         geo.cout,
         _device_props()["num_sms"],
-        blocks_per_sm=CONV_TF32_BLOCKS_PER_SM,
-        dt="f32",
-        tile=CONV_TF32_TILE,
+        _shared_optin(),
+        conv_tf32_filter_warps,
     )
     splits = plan.grid[2]
     parts = backend.xp().empty((splits, rows, geo.cout), dtype=x.dtype)

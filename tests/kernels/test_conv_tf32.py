@@ -79,6 +79,9 @@ CASES = {
     "cin3-scalar-first-layer": (1, 15, 14, 3, 7, 7, 8, 2, 3, 1, 1),
     "depthwise-cg1": (2, 7, 6, 4, 3, 3, 4, 2, 1, 1, 4),
     "cout65-and-1x1": (1, 6, 7, 8, 1, 1, 65, 1, 0, 1, 1),
+    # backward filter: 216 rows = one 256-row tile or two 192-row ones (the second with
+    # 24 rows: its warps 1-2 skip the mma), 72 pixels = 5 k tiles
+    "cg24-filter-rows-216": (1, 9, 8, 24, 3, 3, 8, 1, 1, 1, 1),
 }
 
 
@@ -112,6 +115,21 @@ def test_conv_tf32_misaligned_views_take_the_scalar_paths(rng, name, precision):
     run_case(rng, CASES[name], precision, "random", view=True)
 
 
+@pytest.mark.parametrize(
+    "warps, precision, schedule, view",
+    [(3, "tf32", "random", False), (3, "3xtf32", "reverse", True), (4, "tf32", "random", False)],
+)
+def test_conv_tf32_filter_block_shapes(rng, monkeypatch, warps, precision, schedule, view):
+    """Backward filter in 3-warp blocks (96 threads, 192 rows: the same kernel, its
+    loaders walk 6 threads per pixel row; the scalar paths with ``view``) and 4-warp ones."""
+    monkeypatch.setattr(kernels, "conv_tf32_filter_warps", warps)
+    plan = kernels.plan_conv_tf32_filter(
+        f"conv2d_bwd_filter_{precision}_f32", 216, 8, 72, 1, 8, 132, 227 * 1024, warps
+    )[0]
+    assert plan.block == (32 * warps, 1, 1) and plan.grid[0] == (2 if warps == 3 else 1)
+    run_case(rng, CASES["cg24-filter-rows-216"], precision, schedule, view=view)
+
+
 def test_conv_tf32_two_stage_ring(rng, monkeypatch):
     """The shallowest ring (GPUs with ~100 KiB of shared memory per block): 2 stages,
     cp.async.wait_group 0; the 3-stage ring (A100) is what thread_orders[random] covers
@@ -131,6 +149,18 @@ def test_conv_tf32_plans():
         "conv2d_bwd_filter_tf32_f32", 72, 72, 272, 1, 72, 132, 2, "f32", kernels.CONV_TF32_TILE
     )
     assert plan.grid[2] > 1 and chunk % 16 == 0 and plan.block == (128, 1, 1)
+    # the bench layer's 576 filter rows: three 192-row tiles (96 threads), 3 blocks per SM
+    # in a 3-stage ring each, one wave of 393 blocks on 132 SMs; 3xTF32 (247 registers:
+    # 2 blocks of 3 warps per SM) stays on 256-row tiles
+    plan, chunk, stages, smem = kernels.plan_conv_tf32_filter(
+        "conv2d_bwd_filter_tf32_f32", 576, 64, 200704, 1, 64, 132, 227 * 1024
+    )
+    assert plan.block == (96, 1, 1) and plan.grid == (3, 1, 131) and stages == 3
+    assert 3 * (smem + 1024) <= 228 * 1024
+    plan = kernels.plan_conv_tf32_filter(
+        "conv2d_bwd_filter_3xtf32_f32", 576, 64, 200704, 1, 64, 132, 227 * 1024
+    )[0]
+    assert plan.block == (128, 1, 1) and plan.grid == (3, 1, 88)
 
 
 def test_conv_tf32_stages_fit_the_shared_memory(monkeypatch, rng):
