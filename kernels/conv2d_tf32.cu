@@ -405,11 +405,10 @@ struct ColA {
 #pragma unroll
             for (int i = 0; i < R; ++i) {
                 const int hi = hb + rdh[i], wi = wb + sdw[i];
-                float* dst = d0 + 4 * tpr * i;
-                if (pok && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W)
-                    gg_mma::cp_async16(dst, x + (pix + toff[i]));
-                else
-                    zero4(dst);
+                // every lane issues the copy (zero-filled outside the image): the
+                // fill stays one conflict-free instruction per chunk
+                const bool ok = pok & ((unsigned)hi < (unsigned)H) & ((unsigned)wi < (unsigned)W);
+                gg_mma::cp_async16_zfill(d0 + 4 * tpr * i, x + (ok ? pix + toff[i] : 0), ok);
             }
         } else {
 #pragma unroll 1

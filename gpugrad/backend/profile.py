@@ -561,6 +561,7 @@ def _conv_tf32_case(op, shape, dtype, stride, pad, precision):
     # m padding at block granularity: a warp whose rows all lie past the end skips its
     # mma (conv2d_tf32.cu), but the SM it runs on gains from that only when other
     # blocks are waiting for it (several waves); counted as run, the conservative side
+    # (backward filter: the planner's 192- or 256-row blocks)
     wm = bm
     pixels = n * geo.ho * geo.wo
     flops = 2.0 * pixels * cout * kh * kw * cin
@@ -594,18 +595,11 @@ def _conv_tf32_case(op, shape, dtype, stride, pad, precision):
         )
     else:
         m, nn, k = kh * kw * cin, cout, pixels
-        plan, k_chunk = kernels.plan_conv_filter(
-            f"{op}_{precision}_f32",
-            m,
-            nn,
-            k,
-            1,
-            cout,
-            kernels.EMU_NUM_SMS,
-            kernels.CONV_TF32_BLOCKS_PER_SM,
-            "f32",
-            kernels.CONV_TF32_TILE,
-        )
+        fargs = (f"{op}_{precision}_f32", m, nn, k, 1, cout, kernels.EMU_NUM_SMS)
+        plan, k_chunk, _, _ = kernels.plan_conv_tf32_filter(*fargs, kernels.EMU_MAX_SHARED_OPTIN)
+        warps = plan.block[0] // 32  # 3 or 4: 192 or 256 rows per block
+        wm = 64 * warps
+        filter_smem = lambda limit: kernels.plan_conv_tf32_filter(*fargs, limit, warps)[3]  # noqa: E731
         k_run = plan.grid[2] * -(-k_chunk // bk) * bk
         m_run = -(-m // wm) * wm
         iters = -(-k_chunk // bk)
@@ -637,6 +631,8 @@ def _conv_tf32_case(op, shape, dtype, stride, pad, precision):
     # k to BK
     case.padding = m_run * (-(-nn // bn) * bn) * k_run / max(1, m * nn * k)
     case.smem_for = lambda limit: kernels.conv_tf32_stages(limit)[1]
+    if op == "conv2d_bwd_filter":  # its ring: as deep as its resident blocks allow
+        case.smem_for = filter_smem
     case.dynamic_smem = case.smem_for(kernels.EMU_MAX_SHARED_OPTIN)
     return case
 
