@@ -148,7 +148,7 @@ def main(argv=None):
         "--precision",
         choices=("fp32", "tf32", "3xtf32"),
         default="fp32",
-        help="matmul: fp32 (FMA kernels) or the tensor-core kernel in tf32 or 3xtf32",
+        help="matmul, conv2d_*: fp32 (FMA kernels) or the tensor-core kernel in tf32 or 3xtf32",
     )
     prof.add_argument("--stride", type=int, default=1, help="conv2d stride")
     prof.add_argument("--pad", type=int, help="conv2d padding (default KH // 2)")

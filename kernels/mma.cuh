@@ -75,3 +75,45 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 
 #endif  // GPUGRAD_MMA_CUH
+
+// cp_async16_zfill(s, g, ok)  cp.async.cg 16 bytes with src-size ok ? 16 : 0: when !ok
+//                             the 16 shared bytes are zero-filled and g is not read
+//                             (one instruction for a guarded gather: no divergent
+//                             zero-store path)
+#ifndef GPUGRAD_MMA_CUH_ZFILL
+#define GPUGRAD_MMA_CUH_ZFILL
+#ifdef __CUDA_ARCH__
+namespace gg_mma {
+__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, bool ok) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(ok ? 16 : 0)
+                 : "memory");
+}
+}  // namespace gg_mma
+#else
+namespace gg_mma {
+namespace detail {
+#ifdef __SANITIZE_THREAD__
+// not inlined: one program counter for every zero-filling copy, so the profiler sees
+// every lane's shared write as one instruction, as on the GPU (inlined, g++ may
+// duplicate the call along the paths of ok)
+GG_MMA_EMU_UNTRACED inline void trace_write16(void* smem) {
+    __tsan_write16(smem);
+    asm volatile("" ::: "memory");  // no tail call: the recorded pc stays in here
+}
+#endif
+}  // namespace detail
+// traced as on the GPU: one shared write of 16 bytes by every lane, a global read by
+// the lanes with ok only; the deferred copy reads a static zero chunk otherwise
+inline void cp_async16_zfill(void* smem, const void* gmem, bool ok) {
+    static const float zeros[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#ifdef __SANITIZE_THREAD__
+    if (ok) __tsan_read16(const_cast<void*>(gmem));
+    detail::trace_write16(smem);
+#endif
+    detail::cp_async(smem, ok ? gmem : static_cast<const void*>(zeros), 16);
+}
+}  // namespace gg_mma
+#endif
+#endif  // GPUGRAD_MMA_CUH_ZFILL

@@ -123,6 +123,19 @@ def _matmul_entries():
     return rows
 
 
+def _conv_tf32_entries():
+    rows = []
+    for mode in TF32_MODES:
+        for base, what in (
+            ("conv2d_fwd", "forward (+bias, relu)"),
+            ("conv2d_bwd_data", "backward (input gradient)"),
+            ("conv2d_bwd_filter", "backward (filter gradient)"),
+        ):
+            op = f"dlconv {what}, float32 on tensor cores ({mode}; gg.kernels.allow_tf32)"
+            rows += _entries("conv2d_tf32.cu", op, (f"{base}_{mode}",), ("f32",))
+    return rows
+
+
 _TABLE: dict[str, KernelInfo] = {
     info.name: info
     for info in [
@@ -130,6 +143,7 @@ _TABLE: dict[str, KernelInfo] = {
         *_entries("conv2d.cu", "dlconv forward (+bias, relu)", ("conv2d_fwd",)),
         *_entries("conv2d.cu", "dlconv backward (input gradient)", ("conv2d_bwd_data",)),
         *_entries("conv2d.cu", "dlconv backward (filter gradient)", ("conv2d_bwd_filter",)),
+        *_conv_tf32_entries(),
         *_entries("relu.cu", "relu forward", ("relu_fwd",)),
         *_entries("relu.cu", "relu backward", ("relu_bwd",)),
         *_entries("lstm.cu", "lstm cell forward (one launch per time step)", ("lstm_fwd",)),
@@ -686,6 +700,7 @@ def plan_conv_filter(
     num_sms: int,
     blocks_per_sm: int | None = None,
     dt: str | None = None,
+    tile: tuple | None = None,
 ) -> tuple[Launch, int]:
     """Backward-filter GEMM (rows x n, reduction over p pixels), split over p into
     partial sums; returns the launch and the k chunk (pixels) per split.
@@ -702,7 +717,7 @@ def plan_conv_filter(
     (395, 0.997)
     """
     dt = _conv_dt(kernel, dt)
-    bm, bn, bk, threads = CONV_TILES[dt]
+    bm, bn, bk, threads = CONV_TILES[dt] if tile is None else tile  # tile: (BM, BN, BK, threads)
     if blocks_per_sm is None:
         blocks_per_sm = CONV_BLOCKS_PER_SM[dt]
     slots = max(1, num_sms * max(1, blocks_per_sm))
@@ -850,6 +865,8 @@ def tf32(enabled: bool = True, mode: str | None = None):
     With ``allow_tf32`` set, float32 products of ``matmul``/``fullyconnect`` (and the
     LSTM's GEMMs) on ``cuda`` and ``emu`` run on the tensor cores; float64 products and
     the relu-masked backward GEMM stay FP32.
+    float32 convolutions (``dlconv``: forward, input and filter gradients) likewise
+    (``kernels/conv2d_tf32.cu``); float64 convolutions never.
 
     >>> import gpugrad as gg
     >>> with gg.kernels.tf32(mode="3xtf32"):
@@ -1298,11 +1315,14 @@ def conv2d_fwd(
     dilation=(1, 1),
     groups=1,
     relu=False,
+    precision=None,
 ):
     """2-D convolution (cross-correlation) ``y[N, Ho, Wo, Cout]`` of NHWC ``x`` with
     weights ``w[KH, KW, Cin/groups, Cout]``, plus ``bias[Cout]`` and optional relu, as
     one implicit-GEMM launch. ``padding`` is an int, ``(ph, pw)`` or
-    ``((top, bottom), (left, right))``.
+    ``((top, bottom), (left, right))``. ``precision``: ``"fp32"``, ``"tf32"`` or
+    ``"3xtf32"`` (float32 only, tensor cores: ``kernels/conv2d_tf32.cu``); default:
+    ``"fp32"``, or ``tf32_mode`` for float32 while ``allow_tf32`` is set (as matmul).
 
     >>> y = conv2d_fwd(np.ones((1, 5, 5, 3)), np.ones((3, 3, 3, 4)), padding=1)  # doctest: +SKIP
     >>> y.shape                                                                   # doctest: +SKIP
@@ -1321,9 +1341,12 @@ def conv2d_fwd(
     y_shape = (geo.n, geo.ho, geo.wo, geo.cout)
     if 0 in y_shape:
         return backend.xp().empty(y_shape, dtype=x.dtype)
+    prec = _conv_precision(precision, dt, fn)
 
     def hand():
         y = backend.xp().empty(y_shape, dtype=x.dtype)
+        if _conv_tf32_ok(prec, precision):
+            return _conv_tf32_fwd(prec, x, w, y, bias, relu, geo)
         plan = plan_conv(
             f"conv2d_fwd_{dt}", geo.n * geo.ho * geo.wo, geo.cout // geo.groups, geo.groups
         )
@@ -1339,18 +1362,29 @@ def conv2d_fwd(
         get_kernel(plan.kernel)(plan.grid, plan.block, args)
         return y
 
+    if precision is not None:  # a forced precision is a request for the hand kernel
+        return hand()
     call = dict(x=x, w=w, bias=bias, relu=relu, geometry=geo)
-    return _dispatch_conv("conv2d_fwd", geo, dt, hand, call)
+    return _dispatch_conv("conv2d_fwd", geo, dt, hand, call, prec)
 
 
 def conv2d_bwd_data(
-    dy, w, x_shape, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1
+    dy,
+    w,
+    x_shape,
+    *,
+    stride=(1, 1),
+    padding=((0, 0), (0, 0)),
+    dilation=(1, 1),
+    groups=1,
+    precision=None,
 ):
     """Gradient of ``conv2d_fwd`` with respect to its input: ``dx`` of shape ``x_shape``.
 
     With stride > 1 the input pixels split into stride_h * stride_w phases that each see
     a fixed subset of the filter taps; every phase is one dense implicit GEMM over only
     those taps (sub-pixel decomposition), so no multiply lands on a structural zero.
+    ``precision`` as in ``conv2d_fwd``.
     """
     fn = "conv2d_bwd_data"
     dy = _prepare(dy, fn, "dy", ndim=4, layout=" [N, H, W, C] (NHWC)")
@@ -1363,9 +1397,12 @@ def conv2d_bwd_data(
     dx_shape = tuple(int(v) for v in x_shape)
     if 0 in dx_shape:
         return backend.xp().empty(dx_shape, dtype=dy.dtype)
+    prec = _conv_precision(precision, dt, fn)
 
     def hand():
         dx = backend.xp().empty(dx_shape, dtype=dy.dtype)
+        if _conv_tf32_ok(prec, precision):
+            return _conv_tf32_bwd_data(prec, dy, w, dx, geo)
         (sh, sw) = geo.stride
         # sub-pixel decomposition: one dense GEMM per (row phase, column phase), on grid.z
         rows = geo.n * _cdiv(geo.h, sh) * _cdiv(geo.w, sw)
@@ -1373,18 +1410,28 @@ def conv2d_bwd_data(
         get_kernel(plan.kernel)(plan.grid, plan.block, (dy, w, dx, *geo.kernel_ints()))
         return dx
 
+    if precision is not None:
+        return hand()
     call = dict(dy=dy, w=w, x_shape=dx_shape, geometry=geo)
-    return _dispatch_conv("conv2d_bwd_data", geo, dt, hand, call)
+    return _dispatch_conv("conv2d_bwd_data", geo, dt, hand, call, prec)
 
 
 def conv2d_bwd_filter(
-    dy, x, w_shape, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1
+    dy,
+    x,
+    w_shape,
+    *,
+    stride=(1, 1),
+    padding=((0, 0), (0, 0)),
+    dilation=(1, 1),
+    groups=1,
+    precision=None,
 ):
     """Gradient of ``conv2d_fwd`` with respect to its weights: ``dw`` of shape ``w_shape``.
 
     The reduction over the N*Ho*Wo output pixels is split across blocks
     (``plan_conv_filter``); the partial sums are added in a fixed order, so the
-    result is deterministic.
+    result is deterministic. ``precision`` as in ``conv2d_fwd``.
     """
     fn = "conv2d_bwd_filter"
     x = _prepare(x, fn, "x", ndim=4, layout=" [N, H, W, C] (NHWC)")
@@ -1395,8 +1442,11 @@ def conv2d_bwd_filter(
     if tuple(dy.shape) != expected:
         raise ValueError(f"{fn}: dy must have shape {expected}, got {tuple(dy.shape)}")
     xp = backend.xp()
+    prec = _conv_precision(precision, dt, fn)
 
     def hand():
+        if _conv_tf32_ok(prec, precision, filter=True):
+            return _conv_tf32_bwd_filter(prec, dy, x, w_shape, geo)
         rows = geo.kh * geo.kw * (geo.cin // geo.groups)
         pixels = geo.n * geo.ho * geo.wo
         kernel = f"conv2d_bwd_filter_{dt}"
@@ -1417,8 +1467,222 @@ def conv2d_bwd_filter(
         dw = parts[0] if splits == 1 else parts.sum(axis=0)
         return dw.reshape(tuple(int(v) for v in w_shape))
 
+    if precision is not None:
+        return hand()
     call = dict(dy=dy, x=x, w_shape=tuple(int(v) for v in w_shape), geometry=geo)
-    return _dispatch_conv("conv2d_bwd_filter", geo, dt, hand, call)
+    return _dispatch_conv("conv2d_bwd_filter", geo, dt, hand, call, prec)
+
+
+# --------------------------------------------------------------------------- conv2d, TF32
+
+CONV_TF32_TILE = (256, 64, 16, 128)  # BM, BN, BK, threads (kernels/conv2d_tf32.cu)
+CONV_TF32_MAX_STAGES = 4  # cp.async ring depth (2 blocks of 4 x 20 KiB fit an H100's SM)
+# resident blocks per SM: 229-255 registers x 128 threads (2 x 32 K of the 64 K), and
+# 2 rings of up to 4 stages in the 228 KiB (ptxas, kernels/check_compile.py)
+CONV_TF32_BLOCKS_PER_SM = 2
+# Backward filter: blocks of 4 warps (256 rows of m) or 3 (192 rows), chosen per launch
+# (``plan_conv_tf32_filter``); its A tile's rows are padded to 280 floats (conflict-free
+# fills with 6 or 8 threads per row). Resident blocks per SM by (mode, warps), from the
+# registers (kernels/check_compile.py: tf32 222-224, 3xtf32 245-247 per thread; 65536 per
+# SM, a warp's in 256-register units): 3 blocks of 3 warps need <= 224.
+CONV_TF32_FILTER_LD = 280
+CONV_TF32_FILTER_BLOCKS = {("tf32", 4): 2, ("tf32", 3): 3, ("3xtf32", 4): 2, ("3xtf32", 3): 2}
+_SM_SHARED_RESERVED = 1024  # per resident block (CUDA's reservation)
+
+
+def conv_tf32_stage_bytes(filter: bool = False) -> int:
+    """Shared memory of one pipeline stage of the tensor-core conv: a 256 x 16 tile of
+    the (gathered) A operand and a 64 x 16 tile of B, unpadded (XOR-swizzled); with
+    ``filter`` (backward filter) the A tile's 16 rows are ``CONV_TF32_FILTER_LD`` floats.
+
+    >>> conv_tf32_stage_bytes(), conv_tf32_stage_bytes(filter=True)
+    (20480, 22016)
+    """
+    bm, bn, bk, _ = CONV_TF32_TILE
+    return 4 * ((CONV_TF32_FILTER_LD if filter else bm) + bn) * bk
+
+
+def conv_tf32_stages(shared_limit: int, filter: bool = False) -> tuple[int, int]:
+    """(stages, dynamic shared bytes) of the tensor-core conv's cp.async ring: as many
+    stages as fit ``shared_limit``, at most ``CONV_TF32_MAX_STAGES``; at least 2.
+
+    >>> conv_tf32_stages(227 * 1024), conv_tf32_stages(48 * 1024)
+    ((4, 81920), (2, 40960))
+    """
+    per = conv_tf32_stage_bytes(filter)
+    stages = min(CONV_TF32_MAX_STAGES, int(shared_limit) // per)
+    if stages < 2:
+        raise ValueError(
+            f"conv2d: the TF32 tensor-core convolution needs {2 * per} bytes of shared memory "
+            f"per block (two {per}-byte pipeline stages); this device allows {shared_limit}"
+        )
+    return stages, stages * per
+
+
+def _conv_precision(precision, dt: str, fn: str) -> str:
+    """'fp32' (conv2d.cu, float64 included), 'tf32' or '3xtf32' (conv2d_tf32.cu)."""
+    if precision is None:
+        if not allow_tf32 or dt != "f32":
+            return "fp32"
+        if tf32_mode not in TF32_MODES:
+            raise ValueError(
+                f"{fn}: gg.kernels.tf32_mode must be one of {TF32_MODES}, got {tf32_mode!r}"
+            )
+        return tf32_mode
+    if precision == "fp32":
+        return precision
+    if precision not in TF32_MODES:
+        raise ValueError(f"{fn}: precision must be 'fp32', 'tf32' or '3xtf32', got {precision!r}")
+    if dt != "f32":
+        raise TypeError(f"{fn}: precision={precision!r} needs float32 operands, got float64")
+    return precision
+
+
+def _conv_tf32_ok(prec: str, precision, filter: bool = False) -> bool:
+    """Run the tensor-core kernel? ``allow_tf32`` only allows: a GPU without room for two
+    stages keeps FP32; an explicit ``precision=`` raises there (``conv_tf32_stages``)."""
+    if prec == "fp32":
+        return False
+    return precision is not None or 2 * conv_tf32_stage_bytes(filter) <= _shared_optin()
+
+
+def _shared_optin() -> int:
+    return int(_device_props()["max_shared_optin"])
+
+
+def plan_conv_tf32(kernel: str, m: int, n: int, groups: int, phases: int = 1) -> Launch:
+    """The tensor-core conv launch: one 128-thread block per 256 x 64 output tile of the
+    m x n implicit GEMM of each group (grid.y), backward-data phases on grid.z.
+
+    >>> plan_conv_tf32("conv2d_fwd_tf32_f32", 64 * 56 * 56, 64, 1).grid
+    (784, 1, 1)
+    """
+    bm, bn, _, threads = CONV_TF32_TILE
+    if phases > GRID_YZ_MAX:
+        raise ValueError(f"conv2d: stride product {phases} exceeds {GRID_YZ_MAX}")
+    return Launch(kernel, (_cdiv(m, bm) * _cdiv(n, bn), groups, phases), (threads, 1, 1))
+
+
+def _conv_tf32_fwd(prec, x, w, y, bias, relu, geo: ConvGeometry):
+    stages, smem = conv_tf32_stages(_shared_optin())
+    plan = plan_conv_tf32(
+        f"conv2d_fwd_{prec}_f32", geo.n * geo.ho * geo.wo, geo.cout // geo.groups, geo.groups
+    )
+    has_bias = bias is not None
+    args = (
+        x,
+        w,
+        y,
+        bias if has_bias else y,
+        np.int32(has_bias),
+        np.int32(bool(relu)),
+        *geo.kernel_ints(),
+        np.int32(stages),
+    )
+    get_kernel(plan.kernel)(plan.grid, plan.block, args, shared_mem=smem)
+    return y
+
+
+def _conv_tf32_bwd_data(prec, dy, w, dx, geo: ConvGeometry):
+    stages, smem = conv_tf32_stages(_shared_optin())
+    (sh, sw) = geo.stride
+    rows = geo.n * _cdiv(geo.h, sh) * _cdiv(geo.w, sw)  # the largest phase
+    plan = plan_conv_tf32(
+        f"conv2d_bwd_data_{prec}_f32", rows, geo.cin // geo.groups, geo.groups, sh * sw
+    )
+    args = (dy, w, dx, *geo.kernel_ints(), np.int32(stages))
+    get_kernel(plan.kernel)(plan.grid, plan.block, args, shared_mem=smem)
+    return dx
+
+
+#: Backward filter on the tensor cores: None lets the planner pick 3- or 4-warp blocks
+#: per launch (``plan_conv_tf32_filter``); 3 or 4 forces one (tests, profiling).
+conv_tf32_filter_warps = None
+
+
+def _tf32_latency(warps: int) -> float:
+    """perfmodel's latency factor of ``warps`` resident warps per SM."""
+    if warps >= 16:
+        return 0.97
+    if warps >= 8:
+        return 0.93 + 0.04 * (warps - 8) / 8
+    return 0.93 * max(warps, 1) / 8
+
+
+def plan_conv_tf32_filter(
+    kernel: str,
+    rows: int,
+    n: int,
+    p: int,
+    groups: int,
+    cout: int,
+    num_sms: int,
+    shared_optin: int,
+    warps: int | None = None,
+) -> tuple[Launch, int, int, int]:
+    """The tensor-core backward-filter launch: (launch, k chunk, stages, dynamic shared
+    bytes). Blocks of 4 warps (256 rows of the ``rows`` x ``n`` GEMM) or 3 (192 rows,
+    96 threads: same kernel, ``blockDim.x`` sets the tile): for each, the resident blocks
+    per SM (``CONV_TF32_FILTER_BLOCKS``, fewer when their rings do not fit the SM's
+    shared memory), the split count of :func:`plan_conv_filter` and the modelled time
+    ``waves x k tiles per split x warps per SM / latency factor`` (issue-bound warps
+    share an SM); the cheaper wins (ties: 4 warps). ``warps`` forces one.
+
+    576 rows (64 channels x 3 x 3) fill three 192-row tiles exactly, 3 blocks per SM:
+
+    >>> plan, chunk, stages, smem = plan_conv_tf32_filter(
+    ...     "conv2d_bwd_filter_tf32_f32", 576, 64, 64 * 56 * 56, 1, 64, 132, 227 * 1024)
+    >>> plan.block, plan.grid, chunk, stages
+    ((96, 1, 1), (3, 1, 131), 1536, 3)
+    >>> plan_conv_tf32_filter("conv2d_bwd_filter_tf32_f32", 512, 64, 64 * 56 * 56, 1, 64,
+    ...                       132, 227 * 1024)[0].block                # 2 x 256 rows
+    (128, 1, 1)
+    """
+    mode = "3xtf32" if "_3xtf32_" in kernel else "tf32"
+    per = conv_tf32_stage_bytes(filter=True)
+    sm_shared = int(shared_optin) + _SM_SHARED_RESERVED  # per SM (H100 228 KiB, A100 164)
+    _, bn, bk, _ = CONV_TF32_TILE
+    best = None
+    for w in (4, 3) if warps is None else (int(warps),):
+        if w not in (3, 4):
+            raise ValueError(f"conv2d_bwd_filter: warps must be 3 or 4, got {warps!r}")
+        bps = CONV_TF32_FILTER_BLOCKS[(mode, w)]
+        while bps > 1 and (sm_shared // bps - _SM_SHARED_RESERVED) < 2 * per:
+            bps -= 1
+        stages, smem = conv_tf32_stages(
+            min(shared_optin, sm_shared // bps - _SM_SHARED_RESERVED), True
+        )
+        plan, chunk = plan_conv_filter(
+            kernel, rows, n, p, groups, cout, num_sms, bps, "f32", (64 * w, bn, bk, 32 * w)
+        )
+        blocks = plan.grid[0] * plan.grid[1] * plan.grid[2]
+        resident = max(1, min(bps, _cdiv(blocks, num_sms)))
+        waves = _cdiv(blocks, resident * num_sms)
+        cost = waves * _cdiv(chunk, bk) * resident * w / _tf32_latency(resident * w)
+        if best is None or cost < best[0] - 1e-9:
+            best = (cost, plan, chunk, stages, smem)
+    return best[1:]
+
+
+def _conv_tf32_bwd_filter(prec, dy, x, w_shape, geo: ConvGeometry):
+    rows = geo.kh * geo.kw * (geo.cin // geo.groups)
+    plan, k_chunk, stages, smem = plan_conv_tf32_filter(
+        f"conv2d_bwd_filter_{prec}_f32",
+        rows,
+        geo.cout // geo.groups,
+        geo.n * geo.ho * geo.wo,
+        geo.groups,
+        geo.cout,
+        _device_props()["num_sms"],
+        _shared_optin(),
+        conv_tf32_filter_warps,
+    )
+    splits = plan.grid[2]
+    parts = backend.xp().empty((splits, rows, geo.cout), dtype=x.dtype)
+    args = (dy, x, parts, np.int32(k_chunk), *geo.kernel_ints(), np.int32(stages))
+    get_kernel(plan.kernel)(plan.grid, plan.block, args, shared_mem=smem)
+    dw = parts[0] if splits == 1 else parts.sum(axis=0)
+    return dw.reshape(tuple(int(v) for v in w_shape))
 
 
 def _conv_class(geo: ConvGeometry) -> str:
@@ -1745,8 +2009,11 @@ def lstm_persistent_bwd(g_ys, g_h, g_c, g_cs, g_gates, gates, cs, c0, r):
     return dpre, dh0, dc0
 
 
-def _dispatch_conv(op: str, geo: ConvGeometry, dt: str, hand, call: dict):
+def _dispatch_conv(op: str, geo: ConvGeometry, dt: str, hand, call: dict, prec: str = "fp32"):
     """Run a conv op through the dispatcher. No vendor candidate is built in: CuPy 14
     has no cuDNN binding (``cupy.cudnn``/``cupyx.cudnn`` are gone), so a vendor
-    convolution comes only from ``dispatch.register_variant`` (kind ``"vendor"``)."""
-    return dispatch.run(op, _conv_class(geo), dt, hand, call=call)
+    convolution comes only from ``dispatch.register_variant`` (kind ``"vendor"``).
+    A tensor-core hand kernel (``prec`` "tf32"/"3xtf32") is its own shape class, so
+    ``report()`` shows which precision ran."""
+    shape_class = _conv_class(geo) + ("" if prec == "fp32" else f" {prec}")
+    return dispatch.run(op, shape_class, dt, hand, call=call)

@@ -190,6 +190,29 @@ VENDOR = {
     "conv_fwd": Vendor("cuDNN FP32 implicit GEMM", seconds=0.315e-3, cite="§4: 0.30–0.33 ms"),
     "conv_bwd_data": Vendor("cuDNN FP32", seconds=0.325e-3, cite="kernel-review.md §4"),
     "conv_bwd_filter": Vendor("cuDNN FP32", seconds=0.325e-3, cite="kernel-review.md §4"),
+    # TF32 (PyTorch's default cudnn.allow_tf32): the review's forward figure for its layer
+    # (N64 56x56 64->64 3x3, 14.8 GFLOP in ~65-80 µs: midpoint 72.5 µs = 204 TF/s), as a
+    # rate so other shapes scale; backward data and filter are assumed to run at the same
+    # rate (same GEMM size; the review gives no TF32 figure for them), with the
+    # bandwidth floor for memory-bound shapes
+    "conv_fwd_tf32": Vendor(
+        "cuDNN TF32 implicit GEMM",
+        tflops=204.0,
+        fraction_of_bandwidth=0.9,
+        cite="kernel-review.md §0: ~65–80 µs for the N64 56² 64→64 3x3 forward",
+    ),
+    "conv_bwd_data_tf32": Vendor(
+        "cuDNN TF32 (dgrad)",
+        tflops=204.0,
+        fraction_of_bandwidth=0.9,
+        cite="assumed: the forward's rate (kernel-review.md §0 gives forward only)",
+    ),
+    "conv_bwd_filter_tf32": Vendor(
+        "cuDNN TF32 (wgrad)",
+        tflops=204.0,
+        fraction_of_bandwidth=0.9,
+        cite="assumed: the forward's rate (kernel-review.md §0 gives forward only)",
+    ),
     "elementwise": Vendor("cupy.maximum", fraction_of_bandwidth=0.9, cite="§4: ~90 % of HBM"),
     "lstm_cell": Vendor(
         "a memory-bound cell at 90 % of HBM (cuDNN fuses the cell into its GEMM; at this "
@@ -305,7 +328,7 @@ def predict(facts: KernelFacts, gpu: GPU, vendor: str | None = None) -> Predicti
         v = VENDOR[vendor]
         ref = GPUS[H100]
         # other GPUs: the vendor keeps its H100 fraction of the sustained peak
-        vtc = vendor == "sgemm_tf32"
+        vtc = vendor.endswith("_tf32")  # sgemm_tf32, conv_*_tf32: tensor-core vendors
         scale = (gpu.peak(facts.dtype, vtc) * gpu.sustained_clock) / (
             ref.peak(facts.dtype, vtc) * ref.sustained_clock
         )

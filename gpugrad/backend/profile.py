@@ -422,8 +422,11 @@ def _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision):
     return case
 
 
-def _conv_case(op, shape, dtype, stride=1, pad=None):
+def _conv_case(op, shape, dtype, stride=1, pad=None, precision="fp32"):
     from gpugrad.backend import kernels
+
+    if precision != "fp32":
+        return _conv_tf32_case(op, shape, dtype, stride, pad, precision)
 
     n, h, w, cin, cout, kh, kw = (int(v) for v in shape)
     pad = (kh // 2) if pad is None else int(pad)
@@ -546,6 +549,100 @@ def _lstm_case(op, shape, dtype):
         "lstm_cell",
         run,
     )
+
+
+def _conv_tf32_case(op, shape, dtype, stride, pad, precision):
+    """The tensor-core conv (kernels/conv2d_tf32.cu) with the plan the GPU gets; the
+    traced run is the full problem, of which ``trace_stats`` runs a few blocks. The
+    vendor is cuDNN at the same precision: TF32 for "tf32", FP32 for "3xtf32"
+    (FP32-level accuracy; cuDNN has no 3xTF32 convolution)."""
+    from gpugrad.backend import kernels
+
+    if dtype != "float32":
+        raise ValueError(f"profile: precision={precision!r} needs float32, got {dtype}")
+    if precision not in kernels.TF32_MODES:
+        raise ValueError(f"profile: precision must be one of {kernels.TF32_MODES}")
+    n, h, w, cin, cout, kh, kw = (int(v) for v in shape)
+    pad = (kh // 2) if pad is None else int(pad)
+    geo = kernels.conv_geometry(op, (n, h, w, cin), (kh, kw, cin, cout), stride, pad, 1, 1)
+    bm, bn, bk, _ = kernels.CONV_TF32_TILE
+    # m padding at block granularity: a warp whose rows all lie past the end skips its
+    # mma (conv2d_tf32.cu), but the SM it runs on gains from that only when other
+    # blocks are waiting for it (several waves); counted as run, the conservative side
+    # (backward filter: the planner's 192- or 256-row blocks)
+    wm = bm
+    pixels = n * geo.ho * geo.wo
+    flops = 2.0 * pixels * cout * kh * kw * cin
+    x_b, y_b, w_b = n * h * w * cin * 4, pixels * cout * 4, kh * kw * cin * cout * 4
+    rng = np.random.default_rng(0)
+    kw_ = dict(stride=stride, padding=pad, precision=precision)
+    sh, sw = geo.stride
+    extra = 0.0
+    if op == "conv2d_fwd":
+        m, nn, k = pixels, cout, kh * kw * cin
+        plan = kernels.plan_conv_tf32(f"{op}_{precision}_f32", m, nn, 1)
+        m_run, k_run = -(-m // wm) * wm, -(-k // bk) * bk
+        iters = k_run // bk
+        run = lambda: kernels.conv2d_fwd(  # noqa: E731
+            _rand(rng, (n, h, w, cin), dtype), _rand(rng, (kh, kw, cin, cout), dtype), **kw_
+        )
+    elif op == "conv2d_bwd_data":
+        m, nn, k = n * h * w, cin, kh * kw * cout  # all phases together (stride 1: one)
+        rows = n * -(-h // sh) * -(-w // sw)
+        plan = kernels.plan_conv_tf32(f"{op}_{precision}_f32", rows, nn, 1, sh * sw)
+        # per phase (the largest): its rows and about 1/(sh sw) of the taps
+        k_run = -(-(kh * kw * cout) // (sh * sw * bk)) * bk
+        m_run = sh * sw * -(-rows // wm) * wm
+        iters = k_run // bk
+        k = max(1, k // (sh * sw))  # the useful k of a phase (exact at stride 1)
+        run = lambda: kernels.conv2d_bwd_data(  # noqa: E731
+            _rand(rng, (n, geo.ho, geo.wo, cout), dtype),
+            _rand(rng, (kh, kw, cin, cout), dtype),
+            (n, h, w, cin),
+            **kw_,
+        )
+    else:
+        m, nn, k = kh * kw * cin, cout, pixels
+        fargs = (f"{op}_{precision}_f32", m, nn, k, 1, cout, kernels.EMU_NUM_SMS)
+        plan, k_chunk, _, _ = kernels.plan_conv_tf32_filter(*fargs, kernels.EMU_MAX_SHARED_OPTIN)
+        warps = plan.block[0] // 32  # 3 or 4: 192 or 256 rows per block
+        wm = 64 * warps
+        filter_smem = lambda limit: kernels.plan_conv_tf32_filter(*fargs, limit, warps)[3]  # noqa: E731
+        k_run = plan.grid[2] * -(-k_chunk // bk) * bk
+        m_run = -(-m // wm) * wm
+        iters = -(-k_chunk // bk)
+        extra = 2.0 * plan.grid[2] * w_b if plan.grid[2] > 1 else 0.0  # partial sums
+        run = lambda: kernels.conv2d_bwd_filter(  # noqa: E731
+            _rand(rng, (n, geo.ho, geo.wo, cout), dtype),
+            _rand(rng, (n, h, w, cin), dtype),
+            (kh, kw, cin, cout),
+            **kw_,
+        )
+    direction = op.replace("conv2d_", "conv_")
+    case = Case(
+        op,
+        tuple(shape),
+        dtype,
+        plan.kernel,
+        plan.grid,
+        plan.block,
+        flops,
+        x_b + y_b + w_b,
+        iters,
+        iters,
+        f"{direction}_tf32" if precision == "tf32" else direction,
+        run,
+    )
+    case.precision = precision
+    case.extra_bytes = extra
+    # the mma run on whole tiles: m rounded up to the block's rows, n to its 64 columns,
+    # k to BK
+    case.padding = m_run * (-(-nn // bn) * bn) * k_run / max(1, m * nn * k)
+    case.smem_for = lambda limit: kernels.conv_tf32_stages(limit)[1]
+    if op == "conv2d_bwd_filter":  # its ring: as deep as its resident blocks allow
+        case.smem_for = filter_smem
+    case.dynamic_smem = case.smem_for(kernels.EMU_MAX_SHARED_OPTIN)
+    return case
 
 
 CASES = {
@@ -956,6 +1053,8 @@ def main(args) -> int:
                 opts["precision"] = args.precision
         elif args.op.startswith("conv2d"):
             opts = dict(stride=args.stride, pad=args.pad)
+            if getattr(args, "precision", "fp32") != "fp32":
+                opts["precision"] = args.precision
         jobs = [(args.op, tuple(args.shape), args.dtype, opts)]
     for op, shape, dt, opts in jobs:
         print(report(profile(op, shape, dt, gpus=gpus, arch=args.arch, **opts)))
