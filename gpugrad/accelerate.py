@@ -654,22 +654,23 @@ def _flatten(v, key, objs, keep):
     elif isinstance(v, np.ndarray) or backend.is_device_array(v):
         objs.append(v)
         key.append(("array", v.shape, v.dtype))
-    elif hasattr(v, "__gg_flatten__") and not isinstance(v, type):
+    elif isinstance(v, (types.ModuleType, type)):
+        # before the hasattr below: a module's __getattr__ (gpugrad's own) runs on a miss
+        key.append(id(v))
+        keep.append(v)
+    elif hasattr(v, "__gg_flatten__"):
         objs.append(v)
         keep.append(v)
         children, aux = v.__gg_flatten__()
         key.append((t, id(v), tuple(aux) if isinstance(aux, list) else aux, _hyper(v)))
         for x in children:
             _flatten(x, key, objs, keep)
-    elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+    elif dataclasses.is_dataclass(v):
         objs.append(v)
         fields = [f.name for f in dataclasses.fields(v)]
         key.append((t, tuple(fields)))
         for f in fields:
             _flatten(getattr(v, f), key, objs, keep)
-    elif isinstance(v, (types.ModuleType, type)):
-        key.append(id(v))
-        keep.append(v)
     else:
         objs.append(v)
         keep.append(v)

@@ -398,9 +398,11 @@ def _powc_fast(g, ans, a, p):
     scalar = type(p) is int or type(p) is float
     if scalar and p == 0:
         return (None,)
-    two = scalar and p == 2
+    if scalar and p == 2:  # the common square: nothing to mask, no error state to set
+        d = a * 2
+        return (g * d.conj() if d.dtype.kind == "c" else g * d,)
     with _np.errstate(divide="ignore", invalid="ignore"):
-        d = a * 2 if two else a ** (p - 1) * p
+        d = a ** (p - 1) * p
         if not scalar:
             d = _xp().where(p == 0, 0, d)
         r = g * d.conj() if d.dtype.kind == "c" else g * d
