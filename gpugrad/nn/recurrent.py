@@ -24,6 +24,7 @@ from .. import _accel_graph, tape
 from ..ops.core import _STATE, Primitive, bind, host_call, is_known_zero, make
 from ..ops.elementwise import tanh
 from ..ops.heavy import kernels_for, matmul_t
+from ..ops.reduce import column_sum
 from ..ops.reduce import sum as gsum
 from ..ops.shape import concatenate, reshape, stack
 from ._prims import POOL
@@ -396,8 +397,7 @@ def _weight_grads(dpre_all, xs, ys, h0, w, dh0, dc0, need_x=True):
     np.matmul(flat.T, rows.reshape(t * n, c + hid), out=both)
     gw = np.array(both[:, :c], dtype=gw_dt)
     gr = np.array(both[:, c:], dtype=gr_dt)
-    # why: the column sum as a matrix-vector product (BLAS), 2x faster than NumPy's sum
-    gb = np.ones(t * n, flat.dtype) @ flat if flat.dtype.kind == "f" else flat.sum(axis=0)
+    gb = column_sum(flat) if flat.dtype.kind == "f" else flat.sum(axis=0)
     return gx, dh0, dc0, gw, gr, gb
 
 
