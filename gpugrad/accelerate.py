@@ -651,13 +651,14 @@ def _flatten(v, key, objs, keep):
         key.append((t, tuple(v)))
         for x in v.values():
             _flatten(x, key, objs, keep)
+    elif isinstance(v, (types.ModuleType, type)):
+        # before the probes below: a closure's module (``gg``) is read on every call,
+        # and a module's __getattr__ (gpugrad's own) runs on a hasattr miss
+        key.append(id(v))
+        keep.append(v)
     elif isinstance(v, np.ndarray) or backend.is_device_array(v):
         objs.append(v)
         key.append(("array", v.shape, v.dtype))
-    elif isinstance(v, (types.ModuleType, type)):
-        # before the hasattr below: a module's __getattr__ (gpugrad's own) runs on a miss
-        key.append(id(v))
-        keep.append(v)
     elif hasattr(v, "__gg_flatten__"):
         objs.append(v)
         keep.append(v)
@@ -1099,10 +1100,11 @@ class AcceleratedFunction:
             if any(type(o) is dlarray and o._node is not None for o in objs):
                 # the caller may differentiate the outputs; a replay records no nodes
                 return self._eager(run, args, kwargs)
-        raws = [o._data for o in objs if type(o) is dlarray]
-        if len(raws) > 1 and len({id(r) for r in raws}) != len(raws):
-            first = {}
-            key.append(tuple(first.setdefault(id(r), i) for i, r in enumerate(raws)))
+        if len(objs) > 1:
+            raws = [o._data for o in objs if type(o) is dlarray]
+            if len(raws) > 1 and len({id(r) for r in raws}) != len(raws):
+                first = {}
+                key.append(tuple(first.setdefault(id(r), i) for i, r in enumerate(raws)))
         key = tuple(key)
         self._calls += 1
         try:

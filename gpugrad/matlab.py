@@ -254,8 +254,16 @@ def gradients_of(y, flat, *, create_graph, retain, taint=False, seed=None):
     xp = backend.xp()
     if seed is None:
         yd = y._data
-        # why: np.ones(()) costs a microsecond; a NumPy scalar seed is just as good
-        seed = yd.dtype.type(1) if isinstance(yd, np.generic) else xp.ones(y.shape, y.dtype)
+        # why: np.ones(()) costs a microsecond, and so does every rule's arithmetic on a
+        # 0-d array; a NumPy scalar seed is just as good. 0-d NumPy arrays count too:
+        # under a dlaccelerate trace a scalar result is a 0-d (Tainted) array, and an
+        # array seed there made the replayed rules 0-d array arithmetic (Rosenbrock:
+        # 3.5 of its 7 us)
+        seed = (
+            yd.dtype.type(1)
+            if isinstance(yd, (np.generic, np.ndarray)) and yd.ndim == 0
+            else xp.ones(y.shape, y.dtype)
+        )
     elif type(seed) is dlarray:
         seed = seed._data
     targets = [(x._node, x._idx) for x in flat]
