@@ -4,7 +4,7 @@
 * no register spills, every kernel, sm_80 and sm_90 (NVRTC, CuPy's compiler);
 * at least 2 resident blocks per SM for the main matmul tile;
 * no shared-memory bank conflicts in the compute loops (the fragment loads), measured
-  on emulator traces;
+  on emulator traces, for the FP32/FP64 kernels and the TF32 tensor-core ones;
 * 100 % sector efficiency of the 16-byte (vector) global load/store paths on aligned
   operands, measured on emulator traces;
 * FMA share of the hot loop (SASS): >= 85 % for the main matmul, >= 75 % for conv.
@@ -35,20 +35,27 @@ def _sass_or_skip():
         pytest.skip("cuobjdump is not installed (pip install nvidia-cuda-cuobjdump)")
 
 
+TF32 = {"precision": "tf32"}
 # (op, shape, dtype, options): shapes are whole tiles, operands aligned (vector paths)
 TRACED = {
     "matmul_fwd_f32": ("matmul", (256, 256, 64), "float32", {"tile": "large"}),
     "matmul_mid_f32": ("matmul", (128, 128, 64), "float32", {"tile": "mid"}),
     "matmul_small_f32": ("matmul", (64, 64, 64), "float32", {"tile": "small"}),
-    "matmul_small_f32 NT": ("matmul", (64, 64, 64), "float32", {"tile": "small", "trans_b": True}),
+    "matmul_small_nt_f32": ("matmul", (64, 64, 64), "float32", {"tile": "small", "trans_b": True}),
     "matmul_fwd_f64": ("matmul", (128, 128, 64), "float64", {"tile": "large"}),
-    "matmul_small_f64 NT": ("matmul", (64, 64, 64), "float64", {"tile": "small", "trans_b": True}),
+    "matmul_small_nt_f64": ("matmul", (64, 64, 64), "float64", {"tile": "small", "trans_b": True}),
     "conv2d_fwd_f32": ("conv2d_fwd", (2, 8, 8, 16, 64, 3, 3), "float32", {}),
     "conv2d_bwd_data_f32": ("conv2d_bwd_data", (2, 8, 8, 16, 64, 3, 3), "float32", {}),
     "conv2d_bwd_filter_f32": ("conv2d_bwd_filter", (2, 8, 8, 16, 64, 3, 3), "float32", {}),
     "conv2d_fwd_f64": ("conv2d_fwd", (2, 8, 8, 16, 64, 3, 3), "float64", {}),
     "conv2d_bwd_data_f64": ("conv2d_bwd_data", (2, 8, 8, 16, 64, 3, 3), "float64", {}),
     "conv2d_bwd_filter_f64": ("conv2d_bwd_filter", (2, 8, 8, 16, 64, 3, 3), "float64", {}),
+    # the TF32 tensor-core kernels: cp.async 16-byte tile copies, swizzled fragment loads
+    "matmul_tf32_f32": ("matmul", (256, 256, 64), "float32", TF32),
+    "matmul_tf32_m64_f32": ("matmul", (64, 256, 64), "float32", TF32),
+    "conv2d_fwd_tf32_f32": ("conv2d_fwd", (2, 8, 8, 16, 64, 3, 3), "float32", TF32),
+    "conv2d_bwd_data_tf32_f32": ("conv2d_bwd_data", (2, 8, 8, 16, 64, 3, 3), "float32", TF32),
+    "conv2d_bwd_filter_tf32_f32": ("conv2d_bwd_filter", (2, 8, 8, 16, 64, 3, 3), "float32", TF32),
     "relu_fwd_f32": ("relu_fwd", (1 << 14,), "float32", {}),
     "relu_bwd_f64": ("relu_bwd", (1 << 14,), "float64", {}),
 }
@@ -62,6 +69,8 @@ def traced_case(name):
     if name not in _traced_cache:
         op, shape, dtype, opts = TRACED[name]
         _traced_cache[name] = profile.trace_stats(op, shape, dtype, **opts)
+        kernel = _traced_cache[name][0].kernel
+        assert kernel == name, f"{name}: the case launched {kernel}"
     return _traced_cache[name]
 
 
@@ -129,7 +138,7 @@ def test_no_bank_conflicts_in_the_compute_loop(name):
     )
 
 
-@pytest.mark.parametrize("name", ["matmul_fwd_f64", "matmul_small_f64 NT"])
+@pytest.mark.parametrize("name", ["matmul_fwd_f64", "matmul_small_nt_f64"])
 def test_f64_transposed_tile_stores_are_conflict_free(name):
     """The k-major (transposed) 8-byte shared stores of the float64 matmul tiles (BK =
     16): a row padding of one double2 (PAD<double> = 2) spreads a warp's stores over all
