@@ -340,14 +340,18 @@ def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False, precisio
     dt = "f32" if dtype == "float32" else "f64"
     if precision != "fp32":
         return _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision)
-    # split-K off: one launch of the tile under study (the layout picks the entry point)
+    # the plan the GPU gets (tile and split-K as dispatch picks them, or the forced tile
+    # with its own split count): a skinny product (an LSTM step, batch 1) splits K over
+    # grid[2], each split writing its partial products to a workspace that the reduction
+    # reads back (counted as DRAM traffic); traced on whole k tiles with one split
     plan = kernels.plan_matmul(
-        m, n, k, dt, kernels.EMU_NUM_SMS, tile, trans_a=trans_a, trans_b=trans_b, splits=1
+        m, n, k, dt, kernels.EMU_NUM_SMS, tile, trans_a=trans_a, trans_b=trans_b
     )
     tile = tile or next(
         t for t, v in kernels.MATMUL_TILES[dt].items() if plan.kernel.startswith(v[0] + "_")
     )
     bk = kernels.MATMUL_TILES[dt][tile][3]
+    k_chunk, splits = kernels.matmul_k_chunk(k, plan.grid[2], bk)
     kt = min(k, 8 * bk)
     rng = np.random.default_rng(0)
 
@@ -359,7 +363,7 @@ def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False, precisio
     vendor = "dgemm" if dtype == "float64" else "sgemm_skinny" if min(m, n) <= 64 else "sgemm"
     if vendor == "sgemm" and max(m, n, k) < 2048:
         vendor = "sgemm_mid"
-    return Case(
+    case = Case(
         "matmul",
         (m, n, k),
         dtype,
@@ -368,11 +372,13 @@ def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False, precisio
         plan.block,
         2.0 * m * n * k,
         (m * k + k * n + m * n) * es,
-        -(-k // bk),
+        -(-k_chunk // bk),
         -(-kt // bk),
         vendor,
         run,
     )
+    case.extra_bytes = 2 * splits * m * n * es if splits > 1 else 0
+    return case
 
 
 def _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpugrad.backend import perfmodel, profile, sass
+from gpugrad.backend import kernels, perfmodel, profile, sass
 
 emu = pytest.importorskip("gpugrad.backend.emu")
 
@@ -194,6 +194,26 @@ def test_skinny_fp32_vendor_figure_follows_the_shape():
     assert h100 == pytest.approx(4 * (4096 * 2 + 4096**2) / (0.9 * 3.35e12) + 2e-6)
     assert h200 < h100
     assert vendor(1, 64, 64, "H100") == pytest.approx(2e-6, rel=0.01)  # latency only
+
+
+def test_skinny_fp32_case_models_the_split_k_plan_dispatch_runs():
+    """The FP32 matmul profile of an LSTM-shaped product models what dispatch launches:
+    K split over grid[2] (the partial products' workspace written and read back as
+    extra DRAM traffic, the hot loop over one split's k range), and our predicted time
+    carries the same 2 µs of launch latency as the skinny vendor roofline."""
+    case = profile.make_case("matmul", (64, 2048, 512), "float32")
+    plan = kernels.plan_matmul(64, 2048, 512, "f32", kernels.EMU_NUM_SMS)
+    assert case.grid == plan.grid and plan.grid[2] > 1
+    bk = kernels.MATMUL_TILES["f32"]["mid"][3]
+    k_chunk, splits = kernels.matmul_k_chunk(512, plan.grid[2], bk)
+    assert case.iterations == -(-k_chunk // bk) < 512 // bk
+    assert case.extra_bytes == 2 * splits * 64 * 2048 * 4
+    big = profile.make_case("matmul", (4096, 4096, 4096), "float32")
+    assert big.grid[2] == 1 and big.extra_bytes == 0
+    facts = perfmodel.KernelFacts(2.0 * 64 * 2048 * 512, 4.0e6, "float32", 256, 256, 2, 0.7)
+    h100 = perfmodel.gpu("H100")
+    with_vendor = perfmodel.predict(facts, h100, "sgemm_skinny")
+    assert with_vendor.seconds == pytest.approx(perfmodel.predict(facts, h100).seconds + 2e-6)
 
 
 def test_lstm_step_adds_recurrence_gemms_and_db():
