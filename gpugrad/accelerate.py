@@ -730,7 +730,9 @@ def _sources(fn, out, seen, depth=0):
             inner = cell.cell_contents
         except ValueError:
             continue
-        if callable(inner):
+        if isinstance(inner, (types.FunctionType, types.MethodType, functools.partial)):
+            # (a callable object, e.g. a Layer, is read through the cell already: a
+            # second source would flatten the whole model twice per call)
             _sources(inner, out, seen, depth + 1)
     if fn.__defaults__:
         out.append(lambda f=fn: f.__defaults__)
