@@ -154,12 +154,13 @@ def _groups_and_chunks(plan, direction, hid):
         (2, 53, 40, None, {"fwd": dict(batch_rows=28, groups=2)}),
         # 15 units per block: the backward pads its columns to 16
         (2, 9, 30, None, {"bwd": dict(units=15)}),
-        # one block owning every unit: 5 row groups forward, 2 groups x 5 chunks backward
-        (1, 60, 70, None, {"fwd": dict(groups=5), "bwd": dict(groups=2, chunks=5)}),
-        # less shared memory: the forward stages the vector in 3 chunks (the backward
-        # does not fit), or the backward in 9
-        (1, 60, 70, 190000, {"fwd": dict(chunks=3), "bwd": None}),
-        (1, 60, 70, 210000, {"bwd": dict(chunks=9)}),
+        # one block owning every unit: 5 row groups forward, 2 groups x 9 chunks backward
+        # in two stages (each chunk copied while the one before is multiplied)
+        (1, 60, 70, None, {"fwd": dict(groups=5), "bwd": dict(groups=2, chunks=9, stages=2)}),
+        # less shared memory: the forward stages the vector in 3 chunks, one stage (the
+        # backward does not fit), or the backward in 9, one stage
+        (1, 60, 70, 193000, {"fwd": dict(chunks=3, stages=1), "bwd": None}),
+        (1, 60, 70, 210000, {"bwd": dict(chunks=9, stages=1)}),
     ],
 )
 def test_kernels_with_many_units_per_block(rng, monkeypatch, num_sms, bsz, hid, limit, expect):
@@ -173,10 +174,25 @@ def test_kernels_with_many_units_per_block(rng, monkeypatch, num_sms, bsz, hid, 
             continue
         groups, chunks = _groups_and_chunks(plan, direction, hid)
         got = dict(units=plan.units, batch_rows=plan.batch_rows, groups=groups, chunks=chunks)
+        got["stages"] = plan.stages
         assert {key: got[key] for key in want} == want, plan
         blocks = -(-hid // plan.units) * -(-bsz // plan.batch_rows)
         assert plan.grid == (blocks, 1, 1) and blocks <= num_sms
     _run_both(rng, 2, bsz, hid, np.float64, backward=expect.get("bwd", {}) is not None)
+
+
+def test_float32_vector_staged_in_two_stages_of_16_byte_copies(rng, monkeypatch):
+    # H = 100 (a multiple of 4: whole 16-byte copies forward too), 13 batch rows in a
+    # 16-row group (3 zero rows written beside the copies), 2 chunks forward and 4
+    # backward, each copied while the previous one is multiplied
+    monkeypatch.setattr(kernels, "EMU_NUM_SMS", 2)
+    for direction, chunks in (("fwd", 2), ("bwd", 4)):
+        plan = kernels.lstm_persistent_plan(direction, 13, 100, np.float32)
+        assert plan.stages == 2 and plan.quads == 4, plan
+        assert _groups_and_chunks(plan, direction, 100) == (1, chunks), plan
+    for order in ("forward", "reverse"):
+        with emu.schedule(order):
+            _run_both(rng, 3, 13, 100, np.float32)
 
 
 def test_the_gpu_atomic_barrier_runs_under_the_emulator(rng):
