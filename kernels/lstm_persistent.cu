@@ -139,7 +139,7 @@ __device__ __forceinline__ void copy_wait() {
 //                            different 16-byte bank groups); 2 stages when the vector
 //                            takes more than one chunk: chunk c+1 is in flight while
 //                            chunk c is multiplied
-//   red  [KS][tiles][16]     partial 4x4 sums, tiles = (NC/4) * QG
+//   red  [16][KS*tiles]      partial 4x4 sums, tiles = (NC/4) * QG (see red_at)
 struct Geometry {
     int K, KC, NC, nq, QG, RB, tiles, KS, ld, chunks, stages;
 };
@@ -200,7 +200,17 @@ __device__ __forceinline__ void stage(const T* V, int B, int b0, int kc, int kn,
     copy_commit();
 }
 
-// red[s][tile][m*4+c] = sum over this thread's share of k of V[b0+bq+QG*m][k] * Ws[k][cq*4+c]
+// Where partial sum `off` (= m*4 + c) of thread i (= s*tiles + tile) lives in `red`:
+// red[off][i], i XOR-swizzled by (off & 3) * 8 inside every whole 32-element block (a
+// bijection on 0 .. KS*tiles-1, the partial last block unswizzled). The stores (one off,
+// 32 consecutive i) hit 32 banks; the epilogue's loads (4 columns n & 3 x 8 tiles of a
+// warp) do too, where the old [i][16] layout stored with a 16-way conflict.
+__device__ __forceinline__ int red_at(const Geometry& g, int off, int i) {
+    const int n = g.KS * g.tiles;
+    return off * n + ((i | 31) < n ? i ^ ((off & 3) << 3) : i);
+}
+
+// red[m*4+c][s*tiles+tile] (see red_at) = sum over this thread's share of k of V[b0+bq+QG*m][k] * Ws[k][cq*4+c]
 // for the rows b0 .. b0+RB-1 of V[B][K] (rows >= B count as zero). A thread's 4 rows are
 // QG apart (bq + QG*m), so the rows a warp reads at once are consecutive.
 template <typename T>
@@ -260,11 +270,10 @@ __device__ __forceinline__ void block_gemm(const T* V, int B, int b0, const T* W
         if (ci + (two ? 2 : 1) < g.chunks) __syncthreads();  // its buffer is refilled next
     }
     if (active) {
-        T* out = red + ((size_t)s * g.tiles + tile) * 16;
 #pragma unroll
         for (int m = 0; m < 4; ++m)
 #pragma unroll
-            for (int c = 0; c < 4; ++c) out[m * 4 + c] = acc[m][c];
+            for (int c = 0; c < 4; ++c) red[red_at(g, m * 4 + c, tid)] = acc[m][c];
     }
     __syncthreads();  // partial sums visible to the epilogue
 }
@@ -276,7 +285,7 @@ __device__ __forceinline__ T reduced(const T* red, const Geometry& g, int bl, in
     const int tile = (n >> 2) + g.nq * bq;
     const int off = m * 4 + (n & 3);
     T v = T(0);
-    for (int s = 0; s < g.KS; ++s) v += red[((size_t)s * g.tiles + tile) * 16 + off];
+    for (int s = 0; s < g.KS; ++s) v += red[red_at(g, off, s * g.tiles + tile)];
     return v;
 }
 
