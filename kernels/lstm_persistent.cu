@@ -244,22 +244,29 @@ __device__ __forceinline__ void block_gemm(const T* V, int B, int b0, const T* W
             copy_wait<0>();
         __syncthreads();  // everyone's copies of chunk ci have landed
         if (active) {
-            const T* hrow = ((ci & 1) ? buf1 : Hs) + (size_t)bq * g.ld;
-            const size_t hstep = (size_t)g.QG * g.ld;  // row m of the thread: bq + QG*m
             // KV columns per 16-byte load: thread s takes k-slices s, s + KS, ... of the
-            // chunk, so the two slices a warp reads at once are adjacent
+            // chunk, so the two slices a warp reads at once are adjacent. Pointers advance
+            // by a slice stride (no per-iteration address products).
             constexpr int KV = 16 / sizeof(T);
+            const int kstep = KV * g.KS;
+            const int hstep = g.QG * g.ld;  // row m of the thread: bq + QG*m
+            const T* hp = ((ci & 1) ? buf1 : Hs) + bq * g.ld + KV * s;
+            const T* wp = Ws + (kc + KV * s) * g.NC + cq * 4;
+            const int wstep = kstep * g.NC;
 #pragma unroll 1
-            for (int k = KV * s; k < kn; k += KV * g.KS) {
+            for (int k = KV * s; k < kn; k += kstep, hp += kstep, wp += wstep) {
                 T hv[4][KV];  // hv[m][j] = V[row m][kc + k + j]
 #pragma unroll
-                for (int m = 0; m < 4; ++m) load_vec(hrow + m * hstep + k, hv[m]);
-                const int flip = ((kc + k) >> 2) & 1;  // wrow() of the rows kc+k+j
-                const T* wbase = Ws + (size_t)(kc + k) * g.NC + cq * 4;
+                for (int m = 0; m < 4; ++m) load_vec(hp + m * hstep, hv[m]);
+                // weight rows kc+k+j sit at wrow() = kc+k + (j ^ flip): the even j at
+                // `we`, the odd at `wo`
+                const int flip = ((kc + k) >> 2) & 1;
+                const T* we = wp + (flip ? g.NC : 0);
+                const T* wo = wp + (flip ? 0 : g.NC);
 #pragma unroll
                 for (int j = 0; j < KV; ++j) {
                     T wv[4];
-                    load4(wbase + (size_t)(j ^ flip) * g.NC, wv);
+                    load4(((j & 1) ? wo : we) + (j & ~1) * g.NC, wv);
 #pragma unroll
                     for (int m = 0; m < 4; ++m)
 #pragma unroll

@@ -181,6 +181,22 @@ def test_kernels_with_many_units_per_block(rng, monkeypatch, num_sms, bsz, hid, 
     _run_both(rng, 2, bsz, hid, np.float64, backward=expect.get("bwd", {}) is not None)
 
 
+def test_planner_overlaps_each_chunk_copy_with_the_previous_chunks_fmas():
+    # bench shape (B64 H512, 132 SMs, 227 KiB): the backward's dpre rows (16 x 4H = 2048
+    # columns) do not fit beside the 16 units' weights (2048 x 16): 4 chunks, 2 stages
+    plan = kernels.plan_lstm_persistent("bwd", 64, 512, "f32", 132, 227 * 1024)
+    assert (plan.units, plan.batch_rows, plan.chunk, plan.stages) == (16, 16, 512, 2)
+    copy = 800 + 16 * 512 * 4 / 24  # one L2 round trip + 32 KiB at 24 B/cycle
+    fma = 16 * 16 * 512 / 64
+    # chunk 0's copy exposed, then max(FMAs of chunk c, copy of chunk c + 1), the last
+    # chunk's FMAs, and 60 cycles of barriers per extra chunk
+    assert plan.cycles == int(copy + 3 * max(fma, copy) + fma + 3 * 60)
+    one = kernels._lstm_step_cycles(16, 16, 2048, 16, 512, 1, 4, "f32")
+    assert one == pytest.approx(4 * (copy + fma) + 3 * 60)  # one stage: no overlap
+    assert plan.shared_mem == 4 * (2048 * 16 + 2 * 16 * (512 + 8) + 16 * 256)
+    assert plan.shared_mem <= 227 * 1024
+
+
 def test_float32_vector_staged_in_two_stages_of_16_byte_copies(rng, monkeypatch):
     # H = 100 (a multiple of 4: whole 16-byte copies forward too), 13 batch rows in a
     # 16-row group (3 zero rows written beside the copies), 2 chunks forward and 4
