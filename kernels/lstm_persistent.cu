@@ -12,9 +12,11 @@
 //     forward  Ws[k][u*4+q] = R[q*H + j0+u][k]  (all 4 gates of its units: H x 4U),
 //     backward Ws[r][u]     = R[r][j0+u]        (its columns of R: 4H x U);
 //   * per step it multiplies the broadcast vector of the previous step (h_{t-1}[B, H]
-//     forward, dpre_{t+1}[B, 4H] backward, read from global memory / L2 in chunks of
-//     KC columns staged in shared memory: one chunk = the whole vector when it
-//     fits, so one L2 round trip per step) by Ws, and the gate nonlinearities and cell
+//     forward, dpre_{t+1}[B, 4H] backward: 4x the bytes for the same FMAs, the reason
+//     the backward step is the longer one) by Ws. The vector comes from L2 in chunks
+//     of KC columns, copied to shared memory by 16-byte cp.async; with NS = 2 stages
+//     chunk c+1 is in flight while chunk c is multiplied, so only the first chunk's
+//     L2 round trip is exposed. The gate nonlinearities and cell
 //     update (or their derivatives) run in the epilogue of that product, on the
 //     block's own units only: the cell update is block local;
 //   * the block's slice of h_t (dpre_t) goes to global memory, and one grid-wide
@@ -210,9 +212,10 @@ __device__ __forceinline__ int red_at(const Geometry& g, int off, int i) {
     return off * n + ((i | 31) < n ? i ^ ((off & 3) << 3) : i);
 }
 
-// red[m*4+c][s*tiles+tile] (see red_at) = sum over this thread's share of k of V[b0+bq+QG*m][k] * Ws[k][cq*4+c]
-// for the rows b0 .. b0+RB-1 of V[B][K] (rows >= B count as zero). A thread's 4 rows are
-// QG apart (bq + QG*m), so the rows a warp reads at once are consecutive.
+// red[m*4+c][s*tiles+tile] (see red_at) = sum over this thread's share of k of
+// V[b0+bq+QG*m][k] * Ws[k][cq*4+c] for the rows b0 .. b0+RB-1 of V[B][K] (rows >= B
+// count as zero). A thread's 4 rows are QG apart (bq + QG*m), so the rows a warp reads
+// at once are consecutive.
 template <typename T>
 __device__ __forceinline__ void block_gemm(const T* V, int B, int b0, const T* Ws, T* Hs,
                                            T* red, const Geometry& g) {
