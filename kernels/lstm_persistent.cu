@@ -350,12 +350,17 @@ __device__ void persistent_fwd(const T* __restrict__ proj, const T* __restrict__
     const int j0 = (blockIdx.x % nub) * U;
     const int row_lo = (blockIdx.x / nub) * BB;  // this block's batch rows
     const int row_hi = min(B, row_lo + BB);
-    // resident weights: Ws[wrow(k)][u*4+q] = R[q*H + j0+u][k]; reads run along k
-    // (coalesced); rows k >= K (up to a multiple of 4) are zero
+    // resident weights: Ws[wrow(k)][u*4+q] = R[q*H + j0+u][k]; rows k >= K (up to a
+    // multiple of 4) are zero. A warp copies 8 consecutive k (one 32-byte sector of an R
+    // row) of 4 columns: whole sectors, and 4 banks of shared memory per store where
+    // 32 consecutive k of one column hit one bank (NC a multiple of 32: 32-way conflicts)
     const int Kp = (g.K + 3) & ~3;
-    for (int e = threadIdx.x; e < Kp * g.NC; e += blockDim.x) {
-        const int col = e / Kp;
-        const int k = e - col * Kp;
+    for (int e = threadIdx.x; e < ((Kp + 7) & ~7) * g.NC; e += blockDim.x) {
+        const int rest = e >> 3;
+        const int kb = rest / g.NC;
+        const int col = rest - kb * g.NC;
+        const int k = kb * 8 + (e & 7);
+        if (k >= Kp) continue;
         const int u = col >> 2, q = col & 3;
         const int j = j0 + u;
         Ws[(size_t)wrow(k) * g.NC + col] =
