@@ -1708,6 +1708,9 @@ lstm_persistent_enabled = True
 _L2_BYTES_PER_CYCLE = 24
 _FMA_PER_CYCLE = {"f32": 64, "f64": 32}
 _L2_LATENCY = 800
+# per staged chunk: the block barrier after its copy and the one before its buffer is
+# refilled (8 warps), and the cp.async wait; an assumption, not measured
+_CHUNK_SYNC_CYCLES = 60
 
 
 @dataclass(frozen=True)
@@ -1715,7 +1718,8 @@ class LstmPlan:
     """Launch of a persistent LSTM kernel. Each block owns ``units`` hidden units and
     ``batch_rows`` batch rows (``grid = ceil(H / units) * ceil(B / batch_rows)`` blocks,
     at most one per SM); it works on row groups of ``4 * quads`` rows, stages the
-    broadcast vector ``chunk`` columns at a time, and ``ksplit`` threads share a chunk.
+    broadcast vector ``chunk`` columns at a time in ``stages`` shared buffers (2: the
+    next chunk is copied while one is multiplied), and ``ksplit`` threads share a chunk.
     ``cycles`` is the planner's model of one step on one SM."""
 
     kernel: str
@@ -1726,13 +1730,34 @@ class LstmPlan:
     quads: int
     ksplit: int
     chunk: int
+    stages: int
     shared_mem: int
     cycles: int
 
     def int_args(self) -> tuple:
-        """The kernel's tiling arguments ``U, BB, QG, KS, KC``."""
-        vals = (self.units, self.batch_rows, self.quads, self.ksplit, self.chunk)
+        """The kernel's tiling arguments ``U, BB, QG, KS, KC, NS``."""
+        vals = (self.units, self.batch_rows, self.quads, self.ksplit, self.chunk, self.stages)
         return tuple(np.int32(v) for v in vals)
+
+
+def _lstm_step_cycles(rows, rb, k, nc, chunk, stages, isz, dt):
+    """The planner's model of one step on one SM: per group of ``rb`` rows, each chunk
+    of the vector costs one L2 round trip plus its bytes (the copy) and its FMAs. With
+    two stages the copy of chunk c + 1 runs while chunk c is multiplied (cp.async into
+    the other buffer), so only chunk 0's copy is exposed; with one, copies and products
+    alternate."""
+    cycles = 0.0
+    for b0 in range(0, rows, rb):
+        g_rows = min(rb, rows - b0)
+        widths = [min(chunk, k - kc) for kc in range(0, k, chunk)]
+        copy = [_L2_LATENCY + g_rows * w * isz / _L2_BYTES_PER_CYCLE for w in widths]
+        fma = [g_rows * nc * w / _FMA_PER_CYCLE[dt] for w in widths]
+        if stages == 2:
+            cycles += copy[0] + sum(max(f, c) for f, c in zip(fma, copy[1:])) + fma[-1]
+        else:
+            cycles += sum(copy) + sum(fma)
+        cycles += (len(widths) - 1) * _CHUNK_SYNC_CYCLES
+    return cycles
 
 
 def _lstm_candidate(direction, batch, hidden, dt, num_sms, max_shared, rows):
@@ -1752,23 +1777,30 @@ def _lstm_candidate(direction, batch, hidden, dt, num_sms, max_shared, rows):
         return None
     quads = max(1, min(_cdiv(rows, 4), LSTM_THREADS // col_quads))
     tiles = col_quads * quads
+    rb = 4 * quads
+    best = None
     chunk = _cdiv(k, 32) * 32  # the whole vector in one chunk if it fits
     while True:
         ksplit = 1
         while ksplit * 2 * tiles <= LSTM_THREADS and ksplit * 2 <= chunk:
             ksplit *= 2
-        elems = k * nc + chunk * (4 * quads + 4) + ksplit * tiles * 16
-        if elems * isz <= max_shared or chunk <= 32:
+        # a vector of several chunks: two stages (chunk c + 1 copied while chunk c is
+        # multiplied) or, when only one fits, one (copy, then multiply)
+        for stages in (1,) if chunk >= k else (1, 2):
+            # lstm_persistent.cu's carve(): weights (rows padded to 4), the staged chunks
+            # (rows padded by 32 bytes), the partial sums
+            elems = _cdiv(k, 4) * 4 * nc + stages * rb * (chunk + 32 // isz) + ksplit * tiles * 16
+            if elems * isz > max_shared:
+                continue
+            cycles = _lstm_step_cycles(rows, rb, k, nc, chunk, stages, isz, dt)
+            if best is None or cycles < best[0]:
+                best = (cycles, chunk, stages, ksplit, elems)
+        if chunk <= 32:
             break
         chunk = _cdiv(chunk // 2, 32) * 32
-    if elems * isz > max_shared:
+    if best is None:
         return None
-    groups = _cdiv(rows, 4 * quads)
-    cycles = (
-        rows * k * isz / _L2_BYTES_PER_CYCLE
-        + rows * nc * k / _FMA_PER_CYCLE[dt]
-        + groups * _cdiv(k, chunk) * _L2_LATENCY
-    )
+    cycles, chunk, stages, ksplit, elems = best
     return LstmPlan(
         f"lstm_{direction}_persistent_{dt}",
         (_cdiv(hidden, units) * bblocks, 1, 1),
@@ -1778,6 +1810,7 @@ def _lstm_candidate(direction, batch, hidden, dt, num_sms, max_shared, rows):
         quads,
         ksplit,
         chunk,
+        stages,
         elems * isz,
         int(cycles),
     )

@@ -154,12 +154,13 @@ def _groups_and_chunks(plan, direction, hid):
         (2, 53, 40, None, {"fwd": dict(batch_rows=28, groups=2)}),
         # 15 units per block: the backward pads its columns to 16
         (2, 9, 30, None, {"bwd": dict(units=15)}),
-        # one block owning every unit: 5 row groups forward, 2 groups x 5 chunks backward
-        (1, 60, 70, None, {"fwd": dict(groups=5), "bwd": dict(groups=2, chunks=5)}),
-        # less shared memory: the forward stages the vector in 3 chunks (the backward
-        # does not fit), or the backward in 9
-        (1, 60, 70, 190000, {"fwd": dict(chunks=3), "bwd": None}),
-        (1, 60, 70, 210000, {"bwd": dict(chunks=9)}),
+        # one block owning every unit: 5 row groups forward, 2 groups x 9 chunks backward
+        # in two stages (each chunk copied while the one before is multiplied)
+        (1, 60, 70, None, {"fwd": dict(groups=5), "bwd": dict(groups=2, chunks=9, stages=2)}),
+        # less shared memory: the forward stages the vector in 3 chunks, one stage (the
+        # backward does not fit), or the backward in 9, one stage
+        (1, 60, 70, 193000, {"fwd": dict(chunks=3, stages=1), "bwd": None}),
+        (1, 60, 70, 210000, {"bwd": dict(chunks=9, stages=1)}),
     ],
 )
 def test_kernels_with_many_units_per_block(rng, monkeypatch, num_sms, bsz, hid, limit, expect):
@@ -173,10 +174,41 @@ def test_kernels_with_many_units_per_block(rng, monkeypatch, num_sms, bsz, hid, 
             continue
         groups, chunks = _groups_and_chunks(plan, direction, hid)
         got = dict(units=plan.units, batch_rows=plan.batch_rows, groups=groups, chunks=chunks)
+        got["stages"] = plan.stages
         assert {key: got[key] for key in want} == want, plan
         blocks = -(-hid // plan.units) * -(-bsz // plan.batch_rows)
         assert plan.grid == (blocks, 1, 1) and blocks <= num_sms
     _run_both(rng, 2, bsz, hid, np.float64, backward=expect.get("bwd", {}) is not None)
+
+
+def test_planner_overlaps_each_chunk_copy_with_the_previous_chunks_fmas():
+    # bench shape (B64 H512, 132 SMs, 227 KiB): the backward's dpre rows (16 x 4H = 2048
+    # columns) do not fit beside the 16 units' weights (2048 x 16): 4 chunks, 2 stages
+    plan = kernels.plan_lstm_persistent("bwd", 64, 512, "f32", 132, 227 * 1024)
+    assert (plan.units, plan.batch_rows, plan.chunk, plan.stages) == (16, 16, 512, 2)
+    copy = 800 + 16 * 512 * 4 / 24  # one L2 round trip + 32 KiB at 24 B/cycle
+    fma = 16 * 16 * 512 / 64
+    # chunk 0's copy exposed, then max(FMAs of chunk c, copy of chunk c + 1), the last
+    # chunk's FMAs, and 60 cycles of barriers per extra chunk
+    assert plan.cycles == int(copy + 3 * max(fma, copy) + fma + 3 * 60)
+    one = kernels._lstm_step_cycles(16, 16, 2048, 16, 512, 1, 4, "f32")
+    assert one == pytest.approx(4 * (copy + fma) + 3 * 60)  # one stage: no overlap
+    assert plan.shared_mem == 4 * (2048 * 16 + 2 * 16 * (512 + 8) + 16 * 256)
+    assert plan.shared_mem <= 227 * 1024
+
+
+def test_float32_vector_staged_in_two_stages_of_16_byte_copies(rng, monkeypatch):
+    # H = 100 (a multiple of 4: whole 16-byte copies forward too), 13 batch rows in a
+    # 16-row group (3 zero rows written beside the copies), 2 chunks forward and 4
+    # backward, each copied while the previous one is multiplied
+    monkeypatch.setattr(kernels, "EMU_NUM_SMS", 2)
+    for direction, chunks in (("fwd", 2), ("bwd", 4)):
+        plan = kernels.lstm_persistent_plan(direction, 13, 100, np.float32)
+        assert plan.stages == 2 and plan.quads == 4, plan
+        assert _groups_and_chunks(plan, direction, 100) == (1, chunks), plan
+    for order in ("forward", "reverse"):
+        with emu.schedule(order):
+            _run_both(rng, 3, 13, 100, np.float32)
 
 
 def test_the_gpu_atomic_barrier_runs_under_the_emulator(rng):
