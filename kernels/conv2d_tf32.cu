@@ -42,7 +42,8 @@
 //    mn-contiguous rows (one row per k): chunk ^ 2 (k % 4); backward filter's A tile
 //    instead pads its rows to 280 floats (LayAP: 6 or 8 fill threads per row).
 // The geometry (Conv, TapGeom/TapWalk, Phase, the pixel or tap of a GEMM row, the
-// block's tile) is conv2d.cu's, from conv_common.cuh.
+// block's tile) is conv2d.cu's, from conv_common.cuh; the cp.async ring helpers and
+// the TF32 rounding are matmul_tf32.cu's, from mma.cuh.
 #include "common.cuh"
 #include "conv_common.cuh"
 #include "mma.cuh"
@@ -358,31 +359,6 @@ struct ColA {
     }
 };
 
-// raw FP32 bits -> TF32 in place, or hi (in place) + lo for 3xTF32
-template <int N, bool SPLIT3>
-__device__ __forceinline__ void round_frag(unsigned* x, unsigned* lo) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-        if (SPLIT3) {
-            unsigned h, l;
-            gg_mma::split_tf32(__uint_as_float(x[i]), h, l);
-            x[i] = h;
-            lo[i] = l;
-        } else {
-            x[i] = gg_mma::to_tf32(__uint_as_float(x[i]));
-        }
-    }
-}
-
-__device__ __forceinline__ void wait_stage(int stages) {
-    if (stages >= 4)
-        gg_mma::cp_async_wait<2>();
-    else if (stages == 3)
-        gg_mma::cp_async_wait<1>();
-    else
-        gg_mma::cp_async_wait<0>();
-}
-
 // The multistage mainloop (matmul_tf32.cu's): ktiles k tiles of the loaders la (A,
 // layout LA) and lb (B, layout LB) through a `stages`-deep cp.async ring.
 template <bool SPLIT3, class LA, class LB, int ASZ, class LoadA, class LoadB>
@@ -399,12 +375,7 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
     fa.init(warp * WM, g, t);
     fb.init(0, g, t);
 
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NL; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+    gg_mma::zero_acc(acc);
 
     for (int s = 0; s < stages - 1; ++s) {
         if (s < ktiles) {  // B first: the backward-data B loader reads A's k walk
@@ -416,8 +387,8 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
     int read = 0;
     int write = stages - 1;
     for (int kt = 0; kt < ktiles; ++kt) {
-        wait_stage(stages);  // this thread's copies of tile kt landed
-        __syncthreads();     // everyone's; and stage `write` (tile kt-1) is no longer read
+        gg_mma::cp_async_wait_ring(stages);  // this thread's copies of tile kt landed
+        __syncthreads();  // everyone's; and stage `write` (tile kt-1) is no longer read
         if (kt + stages - 1 < ktiles) {
             lb.load(smem + write * STG + ASZ, la);
             la.load(smem + write * STG);
@@ -445,13 +416,13 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
                     a[i][2] = fa.get(sa, 2 * i, ks / 4 + 1);
                     a[i][3] = fa.get(sa, 2 * i + 1, ks / 4 + 1);
                 }
-                round_frag<MT * 4, false>(&a[0][0], nullptr);
+                gg_mma::round_tf32<MT * 4, false>(&a[0][0], nullptr);
 #pragma unroll
                 for (int j = 0; j < NL; ++j) {
                     unsigned b[2];
                     b[0] = fb.get(sb, j, ks / 4);
                     b[1] = fb.get(sb, j, ks / 4 + 1);
-                    round_frag<2, false>(b, nullptr);
+                    gg_mma::round_tf32<2, false>(b, nullptr);
 #pragma unroll
                     for (int i = 0; i < MT; ++i) gg_mma::mma_tf32(acc[i][j], a[i], b);
                 }
@@ -466,13 +437,13 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
                     ah[1] = fa.get(sa, 2 * i + 1, ks / 4);
                     ah[2] = fa.get(sa, 2 * i, ks / 4 + 1);
                     ah[3] = fa.get(sa, 2 * i + 1, ks / 4 + 1);
-                    round_frag<4, true>(ah, al);
+                    gg_mma::round_tf32<4, true>(ah, al);
 #pragma unroll
                     for (int j = 0; j < NL; ++j) {
                         unsigned bh[2], bl[2];
                         bh[0] = fb.get(sb, j, ks / 4);
                         bh[1] = fb.get(sb, j, ks / 4 + 1);
-                        round_frag<2, true>(bh, bl);
+                        gg_mma::round_tf32<2, true>(bh, bl);
                         gg_mma::mma_tf32(acc[i][j], al, bh);  // small terms first
                         gg_mma::mma_tf32(acc[i][j], ah, bl);
                         gg_mma::mma_tf32(acc[i][j], ah, bh);
