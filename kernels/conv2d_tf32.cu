@@ -587,68 +587,32 @@ __device__ __forceinline__ void bwd_filter(const float* dy, const float* x, floa
 
 // Entry points: 128 threads (4 warps of 64x64), a `stages`-deep ring of 20 KiB stages in
 // dynamic shared memory; conv2d.cu's parameters plus `stages` last. Backward filter:
-// 96 or 128 threads (192 or 256 rows of m), stages of 22016 bytes.
+// 96 or 128 threads (192 or 256 rows of m), stages of 22016 bytes. NVRTC and the
+// emulator launch them by name (extern "C"), the names gpugrad/backend/kernels.py asks
+// for; GG_CONV_TF32(MODE, SPLIT3) defines the three of one precision,
+// conv2d_{fwd,bwd_data,bwd_filter}_MODE_f32 (the emulator finds macro-made kernels by
+// preprocessing the source, as for matmul_tf32.cu).
+#define GG_CONV_GEOMETRY                                                                   \
+    int N, int H, int W, int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sh, int sw, \
+        int pt, int pl, int dh, int dw, int groups
+#define GG_CONV_MAKE                                                                        \
+    gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt, pl, dh, dw, groups)
+#define GG_CONV_TF32(MODE, SPLIT3)                                                           \
+    extern "C" __global__ void __launch_bounds__(128, 2)                                     \
+        conv2d_fwd_##MODE##_f32(const float* x, const float* w, float* y, const float* bias,  \
+                                int has_bias, int relu, GG_CONV_GEOMETRY, int stages) {       \
+        gg_ctf32::fwd<SPLIT3>(x, w, y, bias, has_bias, relu, GG_CONV_MAKE, stages);          \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(128, 2)                                     \
+        conv2d_bwd_data_##MODE##_f32(const float* dy, const float* w, float* dx,              \
+                                     GG_CONV_GEOMETRY, int stages) {                          \
+        gg_ctf32::bwd_data<SPLIT3>(dy, w, dx, GG_CONV_MAKE, stages);                         \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(128, 2)                                     \
+        conv2d_bwd_filter_##MODE##_f32(const float* dy, const float* x, float* dw_parts,      \
+                                       int k_chunk, GG_CONV_GEOMETRY, int stages) {           \
+        gg_ctf32::bwd_filter<SPLIT3>(dy, x, dw_parts, k_chunk, GG_CONV_MAKE, stages);        \
+    }
 
-extern "C" __global__ void __launch_bounds__(128, 2)
-    conv2d_fwd_tf32_f32(const float* x, const float* w, float* y, const float* bias,
-                   int has_bias, int relu, int N, int H, int W, int Cin, int Ho, int Wo,
-                   int Cout, int KH, int KW, int sh, int sw, int pt, int pl, int dh, int dw,
-                   int groups, int stages) {
-    gg_ctf32::fwd<false>(x, w, y, bias, has_bias, relu,
-                          gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt,
-                                              pl, dh, dw, groups),
-                          stages);
-}
-
-extern "C" __global__ void __launch_bounds__(128, 2)
-    conv2d_bwd_data_tf32_f32(const float* dy, const float* w, float* dx, int N, int H,
-                   int W, int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sh, int sw,
-                   int pt, int pl, int dh, int dw, int groups, int stages) {
-    gg_ctf32::bwd_data<false>(dy, w, dx,
-                               gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw,
-                                                   pt, pl, dh, dw, groups),
-                               stages);
-}
-
-extern "C" __global__ void __launch_bounds__(128, 2)
-    conv2d_bwd_filter_tf32_f32(const float* dy, const float* x, float* dw_parts,
-                   int k_chunk, int N, int H, int W, int Cin, int Ho, int Wo, int Cout,
-                   int KH, int KW, int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                   int stages) {
-    gg_ctf32::bwd_filter<false>(dy, x, dw_parts, k_chunk,
-                                 gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh,
-                                                     sw, pt, pl, dh, dw, groups),
-                                 stages);
-}
-
-extern "C" __global__ void __launch_bounds__(128, 2)
-    conv2d_fwd_3xtf32_f32(const float* x, const float* w, float* y, const float* bias,
-                   int has_bias, int relu, int N, int H, int W, int Cin, int Ho, int Wo,
-                   int Cout, int KH, int KW, int sh, int sw, int pt, int pl, int dh, int dw,
-                   int groups, int stages) {
-    gg_ctf32::fwd<true>(x, w, y, bias, has_bias, relu,
-                          gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt,
-                                              pl, dh, dw, groups),
-                          stages);
-}
-
-extern "C" __global__ void __launch_bounds__(128, 2)
-    conv2d_bwd_data_3xtf32_f32(const float* dy, const float* w, float* dx, int N, int H,
-                   int W, int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sh, int sw,
-                   int pt, int pl, int dh, int dw, int groups, int stages) {
-    gg_ctf32::bwd_data<true>(dy, w, dx,
-                               gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw,
-                                                   pt, pl, dh, dw, groups),
-                               stages);
-}
-
-extern "C" __global__ void __launch_bounds__(128, 2)
-    conv2d_bwd_filter_3xtf32_f32(const float* dy, const float* x, float* dw_parts,
-                   int k_chunk, int N, int H, int W, int Cin, int Ho, int Wo, int Cout,
-                   int KH, int KW, int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                   int stages) {
-    gg_ctf32::bwd_filter<true>(dy, x, dw_parts, k_chunk,
-                                 gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh,
-                                                     sw, pt, pl, dh, dw, groups),
-                                 stages);
-}
+GG_CONV_TF32(tf32, false)
+GG_CONV_TF32(3xtf32, true)

@@ -163,6 +163,26 @@ def test_conv_tf32_plans():
     assert plan.block == (128, 1, 1) and plan.grid == (3, 1, 88)
 
 
+def test_macro_made_entry_points_match_the_kernel_table():
+    """conv2d_tf32.cu defines its six extern "C" entry points with one macro per
+    precision: the emulator's scan (which expands the file's own macros) finds exactly
+    the names kernels.py launches, with conv2d.cu's parameters plus ``stages`` and the
+    128-thread launch bound."""
+    from gpugrad import backend
+
+    source = kernels.expand_includes(backend.kernel_dir() / "conv2d_tf32.cu")
+    assert emu._defines_kernels(source)
+    decls, _ = emu._find_kernels(emu._mask(emu._kernel_scan_source(source)))
+    found = {d.name: d for d in decls}
+    table = {n for n, info in kernels._TABLE.items() if info.file == "conv2d_tf32.cu"}
+    assert set(found) == table and len(table) == 6
+    params = {"fwd": 23, "bwd_data": 20, "bwd_filter": 21}  # 16 geometry + stages + ...
+    for name, d in found.items():
+        op = name.removeprefix("conv2d_").rsplit("_", 2)[0]
+        assert len(d.params) == params[op], (name, d.params)
+        assert emu._int_value(d.launch_bounds, source, ()) == 128
+
+
 def test_conv_tf32_stages_fit_the_shared_memory(monkeypatch, rng):
     per = kernels.conv_tf32_stage_bytes()
     assert kernels.conv_tf32_stages(4 * per) == (4, 4 * per)
