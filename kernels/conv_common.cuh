@@ -77,8 +77,8 @@ struct TapWalk {
     __device__ __forceinline__ bool valid(const TapGeom& g) const { return u < g.KU; }
 };
 
-// The taps of the forward pass (and of the backward-data pass's dy, by phase below):
-// k = (r, s, ci) over x, one step of s moves by dw pixels / dw*Cin elements.
+// The taps of the forward pass: k = (r, s, ci) over x; s+1 moves by dw pixels (dw*Cin
+// elements), r+1 by dh rows (dh*W*Cin elements).
 __device__ __forceinline__ TapGeom fwd_taps(const Conv& c) {
     return TapGeom{c.Cg, c.KW, c.KH, c.dw, c.dw * c.Cin, c.dh, c.dh * c.W * c.Cin};
 }
@@ -122,8 +122,8 @@ __device__ __forceinline__ void block_phases(const Conv& c, Phase& ph, Phase& pw
     pw.init(blockIdx.z % c.sw, c.sw, c.pl, c.dw, c.KW, c.W);
 }
 
-// The taps of backward data's dy operand in phase (ph, pw): k = (u, v, co), one step
-// of v moves by -dhu pixels.
+// The taps of backward data's dy operand in phase (ph, pw): k = (u, v, co); v+1 moves
+// by -pw.dhu pixels, u+1 by -ph.dhu rows.
 __device__ __forceinline__ TapGeom phase_taps(const Conv& c, const Phase& ph, const Phase& pw) {
     return TapGeom{c.Ng, pw.KU, ph.KU, -pw.dhu, -pw.dhu * c.Cout, -ph.dhu,
                    -ph.dhu * c.Wo * c.Cout};
