@@ -41,6 +41,19 @@ def assert_close(got, ref, scale, dtype):
     )
 
 
+def macro_entry_points(file):
+    """(source, {name: declaration}, table names) of a kernel file whose extern "C" entry
+    points a macro defines: the emulator's scan (which expands the file's own macros)
+    and the names gpugrad/backend/kernels.py launches from ``file``."""
+    from gpugrad.backend import emu, kernels
+
+    source = kernels.expand_includes(backend.kernel_dir() / file)
+    assert emu._defines_kernels(source)
+    decls, _ = emu._find_kernels(emu._mask(emu._kernel_scan_source(source)))
+    table = {n for n, info in kernels._TABLE.items() if info.file == file}
+    return source, {d.name: d for d in decls}, table
+
+
 # --------------------------------------------------------------------------- conv2d
 
 

@@ -25,6 +25,7 @@ from _common import (  # noqa: E402 - tests/kernels/_common.py
     assert_close,
     conv_inputs,
     conv_refs,
+    macro_entry_points,
     offset_view,
     on_emu,  # noqa: F401 - module-scoped autouse fixture: this module runs on emu
 )
@@ -162,13 +163,7 @@ def test_macro_made_entry_points_match_the_kernel_table():
     precision: the emulator's scan (which expands the file's own macros) finds exactly
     the names kernels.py launches, with conv2d.cu's parameters plus ``stages`` and the
     128-thread launch bound."""
-    from gpugrad import backend
-
-    source = kernels.expand_includes(backend.kernel_dir() / "conv2d_tf32.cu")
-    assert emu._defines_kernels(source)
-    decls, _ = emu._find_kernels(emu._mask(emu._kernel_scan_source(source)))
-    found = {d.name: d for d in decls}
-    table = {n for n, info in kernels._TABLE.items() if info.file == "conv2d_tf32.cu"}
+    source, found, table = macro_entry_points("conv2d_tf32.cu")
     assert set(found) == table and len(table) == 6
     params = {"fwd": 23, "bwd_data": 20, "bwd_filter": 21}  # 16 geometry + stages + ...
     for name, d in found.items():
