@@ -34,13 +34,16 @@
 // its rows once; the reduction index k = (r, s, c) is walked incrementally (TapWalk:
 // add BK to c, wrap into s and r with precomputed offset deltas). Indices are 32-bit
 // (the host checks sizes < 2^31). The small helpers (aligned 16-byte loads/stores,
-// madd) come from common.cuh.
+// madd) come from common.cuh, the geometry (Conv, TapGeom/TapWalk, Phase, the pixel of
+// a GEMM row, the block's tile) from conv_common.cuh, shared with conv2d_tf32.cu.
 
 #include "common.cuh"
+#include "conv_common.cuh"
 
 namespace gg_conv {
 
-using namespace gg_common;  // aligned16, madd, VW, loadv, storev
+using namespace gg_common;       // aligned16, madd, VW, loadv, storev
+using namespace gg_conv_common;  // Conv, TapGeom, TapWalk, Phase, tile_of_block, ...
 
 template <typename T>
 struct Cfg;
@@ -55,10 +58,6 @@ struct Cfg<double> {
 constexpr int PAD = 4;
 constexpr int NT_F32 = 128, NT_F64 = 256;  // threads per block (= __launch_bounds__ below)
 
-struct Conv {
-    int N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt, pl, dh, dw, Cg, Ng;
-};
-
 template <typename T>
 struct Tile {
     static constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN, BK = Cfg<T>::BK;
@@ -72,54 +71,6 @@ struct Tile {
     static_assert(TX <= 16 && TM % VE == 0 && TN % VE == 0, "lane swizzle needs TX <= 16");
     static_assert(NT == (sizeof(T) == 4 ? NT_F32 : NT_F64), "thread count");
 };
-
-// The reduction index k = (u, v, c) of an implicit GEMM (c fastest, c < C, v < KV,
-// u < KU) and the offsets that depend on it: hoff/woff (tap position in the pixel grid)
-// and toff (element offset of the tap); v+1 moves them by dw_v / dt_v, u+1 by dh_u / dt_u.
-struct TapGeom {
-    int C, KV, KU, dw_v, dt_v, dh_u, dt_u;
-    // By division: for the scalar (gather) paths only. False when k is past the end.
-    __device__ __forceinline__ bool locate(int k, int& hoff, int& woff, int& toff,
-                                           int& c) const {
-        const int uv = k / C;
-        const int u = uv / KV;
-        const int v = uv - u * KV;
-        c = k - uv * C;
-        hoff = u * dh_u;
-        woff = v * dw_v;
-        toff = u * dt_u + v * dt_v;
-        return u < KU;
-    }
-};
-
-// Walks k without dividing: advance() adds to c and carries into v and u (the hot loops).
-struct TapWalk {
-    int c, v, u, hoff, woff, toff;
-    __device__ __forceinline__ void init(const TapGeom& g, int k) {
-        c = v = u = hoff = woff = toff = 0;
-        advance(g, k);
-    }
-    __device__ __forceinline__ void advance(const TapGeom& g, int step) {
-        c += step;
-        while (c >= g.C) {  // at most once per tile when C >= BK
-            c -= g.C;
-            ++v;
-            woff += g.dw_v;
-            toff += g.dt_v;
-            if (v == g.KV) {
-                v = 0;
-                ++u;
-                woff -= g.KV * g.dw_v;
-                hoff += g.dh_u;
-                toff += g.dt_u - g.KV * g.dt_v;
-            }
-        }
-    }
-    __device__ __forceinline__ bool valid(const TapGeom& g) const { return u < g.KU; }
-};
-
-// Rows past the end of the GEMM get this pixel coordinate: every bounds test fails.
-constexpr int NO_PIXEL = -(1 << 30);
 
 // Which k-quad (k offset within a tile) and which row of a k-major tile thread t loads.
 template <typename T>
@@ -241,40 +192,10 @@ struct PixelGather {
 template <typename T, bool VEC>
 struct XPatchTile : PixelGather<T, VEC> {
     __device__ __forceinline__ void init(const T* x_, const Conv& c, int M, int m0) {
-        const int hw = c.Ho * c.Wo;
 #pragma unroll
-        for (int v = 0; v < Tile<T>::VA; ++v) {
-            const int m = m0 + row_of_thread<T>(v);
-            const int n = m / hw;
-            const int rem = m - n * hw;
-            const int ho = rem / c.Wo;
-            this->hb[v] = m < M ? ho * c.sh - c.pt : NO_PIXEL;
-            this->wb[v] = (rem - ho * c.Wo) * c.sw - c.pl;
-            // no overflow
-            this->base[v] = m < M ? ((n * c.H + this->hb[v]) * c.W + this->wb[v]) * c.Cin : 0;
-        }
-        this->start(x_, c.H, c.W,
-                    TapGeom{c.Cg, c.KW, c.KH, c.dw, c.dw * c.Cin, c.dh, c.dh * c.W * c.Cin});
-    }
-};
-
-// The taps and pixels of one backward-data phase (a, b) = ((hi+pt) % sh, (wi+pl) % sw):
-// dx rows hi = hi0 + i*sh (i < Hp), taps r = r0 + u*rstep (u < KU), for which
-// ho = hbase + i - u*dhu exactly; the same along w.
-struct Phase {
-    int hi0, Hp, r0, rstep, KU, hbase, dhu;
-    __device__ __forceinline__ void init(int a, int sh, int pt, int dh, int KH, int H) {
-        hi0 = ((a - pt) % sh + sh) % sh;
-        Hp = hi0 < H ? (H - hi0 + sh - 1) / sh : 0;
-        rstep = 1;
-        while ((rstep * dh) % sh != 0) ++rstep;
-        r0 = -1;
-        for (int r = 0; r < rstep && r < KH; ++r)
-            if ((r * dh) % sh == a && r0 < 0) r0 = r;
-        KU = r0 < 0 ? 0 : (KH - r0 + rstep - 1) / rstep;
-        if (r0 < 0) r0 = 0;
-        hbase = (hi0 + pt - r0 * dh) / sh;  // exact: both sides are = a (mod sh)
-        dhu = rstep * dh / sh;
+        for (int v = 0; v < Tile<T>::VA; ++v)
+            fwd_pixel(c, m0 + row_of_thread<T>(v), M, this->hb[v], this->wb[v], this->base[v]);
+        this->start(x_, c.H, c.W, fwd_taps(c));
     }
 };
 
@@ -284,21 +205,11 @@ template <typename T, bool VEC>
 struct DyTile : PixelGather<T, VEC> {
     __device__ __forceinline__ void init(const T* dy_, const Conv& c, const Phase& ph,
                                          const Phase& pw, int M, int m0) {
-        const int hw = max(ph.Hp * pw.Hp, 1);
 #pragma unroll
-        for (int v = 0; v < Tile<T>::VA; ++v) {
-            const int m = m0 + row_of_thread<T>(v);
-            const int n = m / hw;
-            const int rem = m - n * hw;
-            const int i = rem / max(pw.Hp, 1);
-            this->hb[v] = m < M ? ph.hbase + i : NO_PIXEL;
-            this->wb[v] = pw.hbase + rem - i * pw.Hp;
-            this->base[v] =
-                m < M ? ((n * c.Ho + this->hb[v]) * c.Wo + this->wb[v]) * c.Cout : 0;
-        }
-        this->start(dy_, c.Ho, c.Wo,
-                    TapGeom{c.Ng, pw.KU, ph.KU, -pw.dhu, -pw.dhu * c.Cout, -ph.dhu,
-                            -ph.dhu * c.Wo * c.Cout});
+        for (int v = 0; v < Tile<T>::VA; ++v)
+            phase_pixel(c, ph, pw, m0 + row_of_thread<T>(v), M, this->hb[v], this->wb[v],
+                        this->base[v]);
+        this->start(dy_, c.Ho, c.Wo, phase_taps(c, ph, pw));
     }
 };
 
@@ -370,19 +281,10 @@ struct XColTile {
 #pragma unroll
         for (int v = 0; v < VA; ++v) {
             row[v] = m0 + VE * (threadIdx.x % QPT + v * QPT);
-            const int rs = row[v] / c.Cg;
-            const int ci = row[v] - rs * c.Cg;
-            const int rr = rs / c.KW;
-            rdh[v] = rr * c.dh;
-            sdw[v] = (rs - rr * c.KW) * c.dw;
-            toff[v] = (rdh[v] * c.W + sdw[v]) * c.Cin + ci;
+            filter_tap(c, row[v], rdh[v], sdw[v], toff[v]);
         }
         p = k0 + threadIdx.x / QPT;
-        const int hw = c.Ho * c.Wo;
-        n = p / hw;
-        const int rem = p - n * hw;
-        ho = rem / c.Wo;
-        wo = rem - ho * c.Wo;
+        locate_pixel(p, c.Ho, c.Wo, n, ho, wo);
         locate();
     }
     __device__ __forceinline__ void locate() {
@@ -423,14 +325,7 @@ struct XColTile {
             }
         }
         p += BK;
-        wo += BK;
-        while (wo >= c.Wo) {  // once per tile when Wo >= BK
-            wo -= c.Wo;
-            if (++ho == c.Ho) {
-                ho = 0;
-                ++n;
-            }
-        }
+        advance_pixel(BK, c.Ho, c.Wo, n, ho, wo);
         locate();
     }
     __device__ __forceinline__ void store(T (*xs)[BM + PAD]) const {
@@ -440,28 +335,6 @@ struct XColTile {
     }
 };
 
-// Tile coordinates of this block inside a tiles_m x tiles_n grid, grouped for L2 reuse;
-// false when the block has no tile (backward-data phases have different row counts).
-template <typename T>
-__device__ __forceinline__ bool tile_of_block(int M, int N, int& m0, int& n0) {
-    constexpr int GROUP = 8, BM = Tile<T>::BM, BN = Tile<T>::BN;
-    const int tiles_m = (M + BM - 1) / BM;
-    const int tiles_n = (N + BN - 1) / BN;
-    const int pid = blockIdx.x;
-    if (pid >= tiles_m * tiles_n) return false;
-    const int per_group = GROUP * tiles_n;
-    const int first_m = (pid / per_group) * GROUP;
-    const int group_rows = min(tiles_m - first_m, GROUP);
-    m0 = (first_m + (pid % per_group) % group_rows) * BM;
-    n0 = ((pid % per_group) / group_rows) * BN;
-    return true;
-}
-
-// Output rows of a plain row-major matrix (row r at r*ld).
-struct DenseRows {
-    int ld;
-    __device__ __forceinline__ int operator()(int row) const { return row * ld; }
-};
 // Output rows of one backward-data phase: row (n, i, j) is dx pixel (n, hi0+i*sh, wi0+j*sw).
 // The phase geometry is recomputed from the kernel parameters (nothing stays live
 // across the mainloop).
@@ -469,8 +342,7 @@ struct PhaseRows {
     const Conv& c;
     __device__ __forceinline__ int operator()(int row) const {
         Phase ph, pw;
-        ph.init(blockIdx.z / c.sw, c.sh, c.pt, c.dh, c.KH, c.H);
-        pw.init(blockIdx.z % c.sw, c.sw, c.pl, c.dw, c.KW, c.W);
+        block_phases(c, ph, pw);
         const int n = row / (ph.Hp * pw.Hp);
         const int rem = row - n * (ph.Hp * pw.Hp);
         const int i = rem / pw.Hp;
@@ -568,17 +440,6 @@ __device__ __forceinline__ void gemm(Smem<T>& sm, LA& la, LB& lb, int ktiles, T*
     }
 }
 
-__device__ __forceinline__ Conv make_conv(int N, int H, int W, int Cin, int Ho, int Wo, int Cout,
-                                          int KH, int KW, int sh, int sw, int pt, int pl, int dh,
-                                          int dw, int groups) {
-    Conv c;
-    c.N = N; c.H = H; c.W = W; c.Cin = Cin; c.Ho = Ho; c.Wo = Wo; c.Cout = Cout;
-    c.KH = KH; c.KW = KW; c.sh = sh; c.sw = sw; c.pt = pt; c.pl = pl; c.dh = dh; c.dw = dw;
-    c.Cg = Cin / groups;
-    c.Ng = Cout / groups;
-    return c;
-}
-
 template <typename T, bool VEC>
 __device__ __forceinline__ void fwd_run(Smem<T>& sm, const T* xg, const T* wg, T* yg,
                                         const T* bg, int has_bias, int relu, const Conv& c,
@@ -600,7 +461,7 @@ __device__ __forceinline__ void fwd(const T* x, const T* w, T* y, const T* bias,
     const int g = blockIdx.y;
     const int M = c.N * c.Ho * c.Wo;
     int m0, n0;
-    if (!tile_of_block<T>(M, c.Ng, m0, n0)) return;
+    if (!tile_of_block(M, c.Ng, m0, n0, Tile<T>::BM, Tile<T>::BN)) return;
     const T* xg = x + g * c.Cg;
     const T* wg = w + g * c.Ng;
     constexpr int E = VW<T>;
@@ -633,11 +494,10 @@ __device__ __forceinline__ void bwd_data(const T* dy, const T* w, T* dx, const C
     __shared__ __align__(16) Smem<T> sm;
     const int g = blockIdx.y;
     Phase ph, pw;
-    ph.init(blockIdx.z / c.sw, c.sh, c.pt, c.dh, c.KH, c.H);
-    pw.init(blockIdx.z % c.sw, c.sw, c.pl, c.dw, c.KW, c.W);
+    block_phases(c, ph, pw);
     const int M = c.N * ph.Hp * pw.Hp;
     int m0, n0;
-    if (!tile_of_block<T>(M, c.Cg, m0, n0)) return;
+    if (!tile_of_block(M, c.Cg, m0, n0, Tile<T>::BM, Tile<T>::BN)) return;
     const T* dyg = dy + g * c.Ng;
     const T* wg = w + g * c.Ng;
     constexpr int E = VW<T>;
@@ -671,7 +531,7 @@ __device__ __forceinline__ void bwd_filter(const T* dy, const T* x, T* dw_parts,
     const int Mrows = c.KH * c.KW * c.Cg;
     const int P = c.N * c.Ho * c.Wo;
     int m0, n0;
-    if (!tile_of_block<T>(Mrows, c.Ng, m0, n0)) return;
+    if (!tile_of_block(Mrows, c.Ng, m0, n0, Tile<T>::BM, Tile<T>::BN)) return;
     const int kbeg = split * k_chunk;
     const int kend = min(P, kbeg + k_chunk);
     const T* xg = x + g * c.Cg;

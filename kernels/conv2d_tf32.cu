@@ -41,26 +41,25 @@
 //    hits 32 distinct banks: k-contiguous rows of 16 k (4 chunks): chunk ^ ((row/2)%4);
 //    mn-contiguous rows (one row per k): chunk ^ 2 (k % 4); backward filter's A tile
 //    instead pads its rows to 280 floats (LayAP: 6 or 8 fill threads per row).
+// The geometry (Conv, TapGeom/TapWalk, Phase, the pixel or tap of a GEMM row, the
+// block's tile) is conv2d.cu's, from conv_common.cuh; the cp.async ring helpers and
+// the TF32 rounding are matmul_tf32.cu's, from mma.cuh.
+#include "common.cuh"
+#include "conv_common.cuh"
 #include "mma.cuh"
 
 namespace gg_ctf32 {
 
+using gg_common::aligned16;
+using namespace gg_conv_common;  // Conv, TapGeom, TapWalk, Phase, tile_of_block, ...
+
 constexpr int BM = 256, BN = 64, BK = 16, NT = 128;  // block tile, threads
 constexpr int WM = 64, WN = 64, MT = WM / 16, NL = WN / 8;  // warp tile: 4 x 8 mma tiles
 constexpr int A_SIZE = BM * BK, B_SIZE = BN * BK, STAGE = A_SIZE + B_SIZE;  // floats
-constexpr int NO_PIXEL = -(1 << 30);  // a row past the GEMM's end: every bounds test fails
-
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0ull;
-}
 
 __device__ __forceinline__ void zero4(float* dst) {
     *reinterpret_cast<float4*>(dst) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 }
-
-struct Conv {
-    int N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt, pl, dh, dw, Cg, Ng;
-};
 
 // A BMN x BK operand tile in shared memory (see the header). KMAJOR: row mn holds its
 // BK = 16 k (4 chunks), chunk c at c ^ ((mn / 2) % 4); else row k holds BMN values of
@@ -116,49 +115,6 @@ struct LayAP {
     };
 };
 constexpr int A_SIZE_P = BK * LayAP::LD;  // floats of the backward-filter A tile
-
-// The reduction index k = (u, v, c) (c fastest, c < C, v < KV, u < KU) and the offsets
-// that depend on it (as in conv2d.cu): hoff/woff in the pixel grid, toff in elements.
-struct TapGeom {
-    int C, KV, KU, dw_v, dt_v, dh_u, dt_u;
-    // by division: the scalar paths only. False when k is past the end.
-    __device__ __forceinline__ bool locate(int k, int& hoff, int& woff, int& toff,
-                                           int& c) const {
-        const int uv = k / C;
-        const int u = uv / KV;
-        const int v = uv - u * KV;
-        c = k - uv * C;
-        hoff = u * dh_u;
-        woff = v * dw_v;
-        toff = u * dt_u + v * dt_v;
-        return u < KU;
-    }
-};
-
-struct TapWalk {
-    int c, v, u, hoff, woff, toff;
-    __device__ __forceinline__ void init(const TapGeom& g, int k) {
-        c = v = u = hoff = woff = toff = 0;
-        advance(g, k);
-    }
-    __device__ __forceinline__ void advance(const TapGeom& g, int step) {
-        c += step;
-        while (c >= g.C) {  // once per tile when C >= BK
-            c -= g.C;
-            ++v;
-            woff += g.dw_v;
-            toff += g.dt_v;
-            if (v == g.KV) {
-                v = 0;
-                ++u;
-                woff -= g.KV * g.dw_v;
-                hoff += g.dh_u;
-                toff += g.dt_u - g.KV * g.dt_v;
-            }
-        }
-    }
-    __device__ __forceinline__ bool valid(const TapGeom& g) const { return u < g.KU; }
-};
 
 // Image-shaped A operand, k-contiguous (x in the forward pass, dy in backward data):
 // thread t fills chunk t % 4 of rows t / 4 + 32 i (i < 8), pixels (hb, wb) of an
@@ -217,38 +173,16 @@ struct PixelA {
     // forward: rows p = (n, ho, wo), taps (r, s, ci) of x
     __device__ __forceinline__ void init_fwd(const float* xg, const Conv& c, int M, int m0,
                                              bool v) {
-        const int hw = c.Ho * c.Wo;
 #pragma unroll
-        for (int i = 0; i < R; ++i) {
-            const int m = m0 + row(i);
-            const int n = m / hw;
-            const int rem = m - n * hw;
-            const int ho = rem / c.Wo;
-            hb[i] = m < M ? ho * c.sh - c.pt : NO_PIXEL;
-            wb[i] = (rem - ho * c.Wo) * c.sw - c.pl;
-            base[i] = m < M ? ((n * c.H + hb[i]) * c.W + wb[i]) * c.Cin : 0;
-        }
-        start(xg, c.H, c.W, TapGeom{c.Cg, c.KW, c.KH, c.dw, c.dw * c.Cin, c.dh, c.dh * c.W * c.Cin},
-              v);
+        for (int i = 0; i < R; ++i) fwd_pixel(c, m0 + row(i), M, hb[i], wb[i], base[i]);
+        start(xg, c.H, c.W, fwd_taps(c), v);
     }
-};
-
-// One backward-data phase (a, b) = ((hi+pt) % sh, (wi+pl) % sw), as in conv2d.cu: dx
-// rows hi = hi0 + i*sh (i < Hp), taps r = r0 + u*rstep (u < KU), ho = hbase + i - u*dhu.
-struct Phase {
-    int hi0, Hp, r0, rstep, KU, hbase, dhu;
-    __device__ __forceinline__ void init(int a, int sh, int pt, int dh, int KH, int H) {
-        hi0 = ((a - pt) % sh + sh) % sh;
-        Hp = hi0 < H ? (H - hi0 + sh - 1) / sh : 0;
-        rstep = 1;
-        while ((rstep * dh) % sh != 0) ++rstep;
-        r0 = -1;
-        for (int r = 0; r < rstep && r < KH; ++r)
-            if ((r * dh) % sh == a && r0 < 0) r0 = r;
-        KU = r0 < 0 ? 0 : (KH - r0 + rstep - 1) / rstep;
-        if (r0 < 0) r0 = 0;
-        hbase = (hi0 + pt - r0 * dh) / sh;
-        dhu = rstep * dh / sh;
+    // backward data: rows (n, i, j) of phase (ph, pw), taps (u, v, co) of dy
+    __device__ __forceinline__ void init_phase(const float* dyg, const Conv& c, const Phase& ph,
+                                               const Phase& pw, int M, int m0, bool v) {
+#pragma unroll
+        for (int i = 0; i < R; ++i) phase_pixel(c, ph, pw, m0 + row(i), M, hb[i], wb[i], base[i]);
+        start(dyg, c.Ho, c.Wo, phase_taps(c, ph, pw), v);
     }
 };
 
@@ -382,19 +316,11 @@ struct ColA {
 #pragma unroll
         for (int i = 0; i < R; ++i) {
             const int m = m0 + 4 * (cq + tpr * i);
-            const int rs = m / c.Cg;
-            const int ci = m - rs * c.Cg;
-            const int rr = rs / c.KW;
-            rdh[i] = m < Mrows ? rr * c.dh : NO_PIXEL;
-            sdw[i] = (rs - rr * c.KW) * c.dw;
-            toff[i] = (rdh[i] * c.W + sdw[i]) * c.Cin + ci;
+            filter_tap(c, m, rdh[i], sdw[i], toff[i]);
+            if (m >= Mrows) rdh[i] = NO_PIXEL;
         }
         p = k0 + row;
-        const int hw = c.Ho * c.Wo;
-        n = p / hw;
-        const int rem = p - n * hw;
-        ho = rem / c.Wo;
-        wo = rem - ho * c.Wo;
+        locate_pixel(p, c.Ho, c.Wo, n, ho, wo);
     }
     __device__ __forceinline__ void load(float* s) {
         const int hb = ho * sh - pt, wb = wo * sw - pl;
@@ -429,57 +355,9 @@ struct ColA {
             }
         }
         p += BK;
-        wo += BK;
-        while (wo >= Wo) {  // once per tile when Wo >= BK
-            wo -= Wo;
-            if (++ho == Ho) {
-                ho = 0;
-                ++n;
-            }
-        }
+        advance_pixel(BK, Ho, Wo, n, ho, wo);
     }
 };
-
-// Tile coordinates of this block in the tiles_m x tiles_n grid (grouped by 8 along m
-// for L2 reuse); false when the block has none (backward-data phases differ in size).
-__device__ __forceinline__ bool tile_of_block(int M, int N, int& m0, int& n0, int bm = BM) {
-    constexpr int GROUP = 8;
-    const int tiles_m = (M + bm - 1) / bm;
-    const int tiles_n = (N + BN - 1) / BN;
-    const int pid = blockIdx.x;
-    if (pid >= tiles_m * tiles_n) return false;
-    const int per_group = GROUP * tiles_n;
-    const int first_m = (pid / per_group) * GROUP;
-    const int group_rows = min(tiles_m - first_m, GROUP);
-    m0 = (first_m + (pid % per_group) % group_rows) * bm;
-    n0 = ((pid % per_group) / group_rows) * BN;
-    return true;
-}
-
-// raw FP32 bits -> TF32 in place, or hi (in place) + lo for 3xTF32
-template <int N, bool SPLIT3>
-__device__ __forceinline__ void round_frag(unsigned* x, unsigned* lo) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-        if (SPLIT3) {
-            unsigned h, l;
-            gg_mma::split_tf32(__uint_as_float(x[i]), h, l);
-            x[i] = h;
-            lo[i] = l;
-        } else {
-            x[i] = gg_mma::to_tf32(__uint_as_float(x[i]));
-        }
-    }
-}
-
-__device__ __forceinline__ void wait_stage(int stages) {
-    if (stages >= 4)
-        gg_mma::cp_async_wait<2>();
-    else if (stages == 3)
-        gg_mma::cp_async_wait<1>();
-    else
-        gg_mma::cp_async_wait<0>();
-}
 
 // The multistage mainloop (matmul_tf32.cu's): ktiles k tiles of the loaders la (A,
 // layout LA) and lb (B, layout LB) through a `stages`-deep cp.async ring.
@@ -497,12 +375,7 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
     fa.init(warp * WM, g, t);
     fb.init(0, g, t);
 
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NL; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+    gg_mma::zero_acc(acc);
 
     for (int s = 0; s < stages - 1; ++s) {
         if (s < ktiles) {  // B first: the backward-data B loader reads A's k walk
@@ -514,8 +387,8 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
     int read = 0;
     int write = stages - 1;
     for (int kt = 0; kt < ktiles; ++kt) {
-        wait_stage(stages);  // this thread's copies of tile kt landed
-        __syncthreads();     // everyone's; and stage `write` (tile kt-1) is no longer read
+        gg_mma::cp_async_wait_ring(stages);  // this thread's copies of tile kt landed
+        __syncthreads();  // everyone's; and stage `write` (tile kt-1) is no longer read
         if (kt + stages - 1 < ktiles) {
             lb.load(smem + write * STG + ASZ, la);
             la.load(smem + write * STG);
@@ -543,13 +416,13 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
                     a[i][2] = fa.get(sa, 2 * i, ks / 4 + 1);
                     a[i][3] = fa.get(sa, 2 * i + 1, ks / 4 + 1);
                 }
-                round_frag<MT * 4, false>(&a[0][0], nullptr);
+                gg_mma::round_tf32<MT * 4, false>(&a[0][0], nullptr);
 #pragma unroll
                 for (int j = 0; j < NL; ++j) {
                     unsigned b[2];
                     b[0] = fb.get(sb, j, ks / 4);
                     b[1] = fb.get(sb, j, ks / 4 + 1);
-                    round_frag<2, false>(b, nullptr);
+                    gg_mma::round_tf32<2, false>(b, nullptr);
 #pragma unroll
                     for (int i = 0; i < MT; ++i) gg_mma::mma_tf32(acc[i][j], a[i], b);
                 }
@@ -564,13 +437,13 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
                     ah[1] = fa.get(sa, 2 * i + 1, ks / 4);
                     ah[2] = fa.get(sa, 2 * i, ks / 4 + 1);
                     ah[3] = fa.get(sa, 2 * i + 1, ks / 4 + 1);
-                    round_frag<4, true>(ah, al);
+                    gg_mma::round_tf32<4, true>(ah, al);
 #pragma unroll
                     for (int j = 0; j < NL; ++j) {
                         unsigned bh[2], bl[2];
                         bh[0] = fb.get(sb, j, ks / 4);
                         bh[1] = fb.get(sb, j, ks / 4 + 1);
-                        round_frag<2, true>(bh, bl);
+                        gg_mma::round_tf32<2, true>(bh, bl);
                         gg_mma::mma_tf32(acc[i][j], al, bh);  // small terms first
                         gg_mma::mma_tf32(acc[i][j], ah, bl);
                         gg_mma::mma_tf32(acc[i][j], ah, bh);
@@ -582,11 +455,6 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NL][4], LoadA& la, Loa
     gg_mma::cp_async_wait<0>();  // nothing may stay in flight past the block's end
 }
 
-// Output rows of a plain row-major matrix (row r at r*ld).
-struct DenseRows {
-    int ld;
-    __device__ __forceinline__ int operator()(int row) const { return row * ld; }
-};
 // Output rows of one backward-data phase: row (n, i, j) is dx pixel (n, hi0+i*sh, wi0+j*sw).
 struct PhaseRows {
     int H, W, Cin, sh, sw, hi0, wi0, Hp, Wp;
@@ -641,24 +509,13 @@ __device__ __forceinline__ bool aligned8(const void* p) {
     return (reinterpret_cast<unsigned long long>(p) & 7ull) == 0ull;
 }
 
-__device__ __forceinline__ Conv make_conv(int N, int H, int W, int Cin, int Ho, int Wo, int Cout,
-                                          int KH, int KW, int sh, int sw, int pt, int pl, int dh,
-                                          int dw, int groups) {
-    Conv c;
-    c.N = N; c.H = H; c.W = W; c.Cin = Cin; c.Ho = Ho; c.Wo = Wo; c.Cout = Cout;
-    c.KH = KH; c.KW = KW; c.sh = sh; c.sw = sw; c.pt = pt; c.pl = pl; c.dh = dh; c.dw = dw;
-    c.Cg = Cin / groups;
-    c.Ng = Cout / groups;
-    return c;
-}
-
 template <bool SPLIT3>
 __device__ __forceinline__ void fwd(const float* x, const float* w, float* y, const float* bias,
                                     int has_bias, int relu, const Conv& c, int stages) {
     const int grp = blockIdx.y;
     const int M = c.N * c.Ho * c.Wo;
     int m0, n0;
-    if (!tile_of_block(M, c.Ng, m0, n0)) return;
+    if (!tile_of_block(M, c.Ng, m0, n0, BM, BN)) return;
     const float* xg = x + grp * c.Cg;
     const float* wg = w + grp * c.Ng;
     const int Kg = c.KH * c.KW * c.Cg;
@@ -679,32 +536,15 @@ __device__ __forceinline__ void bwd_data(const float* dy, const float* w, float*
                                          const Conv& c, int stages) {
     const int grp = blockIdx.y;
     Phase ph, pw;
-    ph.init(blockIdx.z / c.sw, c.sh, c.pt, c.dh, c.KH, c.H);
-    pw.init(blockIdx.z % c.sw, c.sw, c.pl, c.dw, c.KW, c.W);
+    block_phases(c, ph, pw);
     const int M = c.N * ph.Hp * pw.Hp;
     int m0, n0;
-    if (!tile_of_block(M, c.Cg, m0, n0)) return;
+    if (!tile_of_block(M, c.Cg, m0, n0, BM, BN)) return;
     const float* dyg = dy + grp * c.Ng;
     const float* wg = w + grp * c.Ng;
     const bool vec = c.Ng % 4 == 0 && c.Cout % 4 == 0 && aligned16(dyg) && aligned16(wg);
     PixelA la;
-    {
-        const int hw = max(ph.Hp * pw.Hp, 1);
-#pragma unroll
-        for (int i = 0; i < PixelA::R; ++i) {
-            const int m = m0 + PixelA::row(i);
-            const int n = m / hw;
-            const int rem = m - n * hw;
-            const int ii = rem / max(pw.Hp, 1);
-            la.hb[i] = m < M ? ph.hbase + ii : NO_PIXEL;
-            la.wb[i] = pw.hbase + rem - ii * pw.Hp;
-            la.base[i] = m < M ? ((n * c.Ho + la.hb[i]) * c.Wo + la.wb[i]) * c.Cout : 0;
-        }
-        la.start(dyg, c.Ho, c.Wo,
-                 TapGeom{c.Ng, pw.KU, ph.KU, -pw.dhu, -pw.dhu * c.Cout, -ph.dhu,
-                         -ph.dhu * c.Wo * c.Cout},
-                 vec);
-    }
+    la.init_phase(dyg, c, ph, pw, M, m0, vec);
     WtB lb;
     lb.init(wg, c, ph, pw, n0);
     const int Kg = ph.KU * pw.KU * c.Ng;
@@ -712,8 +552,7 @@ __device__ __forceinline__ void bwd_data(const float* dy, const float* w, float*
     mainloop<SPLIT3, LayAK, LayBK, A_SIZE>(acc, la, lb, (Kg + BK - 1) / BK, stages,
                                    m0 + (int)(threadIdx.x / 32) * WM < M);
     // the phase again (nothing of it stays live across the mainloop)
-    ph.init(blockIdx.z / c.sw, c.sh, c.pt, c.dh, c.KH, c.H);
-    pw.init(blockIdx.z % c.sw, c.sw, c.pl, c.dw, c.KW, c.W);
+    block_phases(c, ph, pw);
     float* dxg = dx + grp * c.Cg;
     const PhaseRows rows{c.H, c.W, c.Cin, c.sh, c.sw, ph.hi0, pw.hi0, ph.Hp, pw.Hp};
     epilogue(acc, dxg, rows, c.Cin % 2 == 0 && aligned8(dxg), M, c.Cg, m0, n0, dxg, 0, 0);
@@ -726,7 +565,7 @@ __device__ __forceinline__ void bwd_filter(const float* dy, const float* x, floa
     const int Mrows = c.KH * c.KW * c.Cg;
     const int P = c.N * c.Ho * c.Wo;
     int m0, n0;  // 96 or 128 threads: 192 or 256 rows of m per block
-    if (!tile_of_block(Mrows, c.Ng, m0, n0, 2 * (int)blockDim.x)) return;
+    if (!tile_of_block(Mrows, c.Ng, m0, n0, 2 * (int)blockDim.x, BN)) return;
     const int kbeg = blockIdx.z * k_chunk;
     const int kend = min(P, kbeg + k_chunk);
     const float* xg = x + grp * c.Cg;
@@ -748,68 +587,32 @@ __device__ __forceinline__ void bwd_filter(const float* dy, const float* x, floa
 
 // Entry points: 128 threads (4 warps of 64x64), a `stages`-deep ring of 20 KiB stages in
 // dynamic shared memory; conv2d.cu's parameters plus `stages` last. Backward filter:
-// 96 or 128 threads (192 or 256 rows of m), stages of 22016 bytes.
+// 96 or 128 threads (192 or 256 rows of m), stages of 22016 bytes. NVRTC and the
+// emulator launch them by name (extern "C"), the names gpugrad/backend/kernels.py asks
+// for; GG_CONV_TF32(MODE, SPLIT3) defines the three of one precision,
+// conv2d_{fwd,bwd_data,bwd_filter}_MODE_f32 (the emulator finds macro-made kernels by
+// preprocessing the source, as for matmul_tf32.cu).
+#define GG_CONV_GEOMETRY                                                                   \
+    int N, int H, int W, int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sh, int sw, \
+        int pt, int pl, int dh, int dw, int groups
+#define GG_CONV_MAKE                                                                        \
+    gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt, pl, dh, dw, groups)
+#define GG_CONV_TF32(MODE, SPLIT3)                                                           \
+    extern "C" __global__ void __launch_bounds__(128, 2)                                     \
+        conv2d_fwd_##MODE##_f32(const float* x, const float* w, float* y, const float* bias,  \
+                                int has_bias, int relu, GG_CONV_GEOMETRY, int stages) {       \
+        gg_ctf32::fwd<SPLIT3>(x, w, y, bias, has_bias, relu, GG_CONV_MAKE, stages);          \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(128, 2)                                     \
+        conv2d_bwd_data_##MODE##_f32(const float* dy, const float* w, float* dx,              \
+                                     GG_CONV_GEOMETRY, int stages) {                          \
+        gg_ctf32::bwd_data<SPLIT3>(dy, w, dx, GG_CONV_MAKE, stages);                         \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(128, 2)                                     \
+        conv2d_bwd_filter_##MODE##_f32(const float* dy, const float* x, float* dw_parts,      \
+                                       int k_chunk, GG_CONV_GEOMETRY, int stages) {           \
+        gg_ctf32::bwd_filter<SPLIT3>(dy, x, dw_parts, k_chunk, GG_CONV_MAKE, stages);        \
+    }
 
-extern "C" __global__ void __launch_bounds__(128, 2)
-    conv2d_fwd_tf32_f32(const float* x, const float* w, float* y, const float* bias,
-                   int has_bias, int relu, int N, int H, int W, int Cin, int Ho, int Wo,
-                   int Cout, int KH, int KW, int sh, int sw, int pt, int pl, int dh, int dw,
-                   int groups, int stages) {
-    gg_ctf32::fwd<false>(x, w, y, bias, has_bias, relu,
-                          gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt,
-                                              pl, dh, dw, groups),
-                          stages);
-}
-
-extern "C" __global__ void __launch_bounds__(128, 2)
-    conv2d_bwd_data_tf32_f32(const float* dy, const float* w, float* dx, int N, int H,
-                   int W, int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sh, int sw,
-                   int pt, int pl, int dh, int dw, int groups, int stages) {
-    gg_ctf32::bwd_data<false>(dy, w, dx,
-                               gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw,
-                                                   pt, pl, dh, dw, groups),
-                               stages);
-}
-
-extern "C" __global__ void __launch_bounds__(128, 2)
-    conv2d_bwd_filter_tf32_f32(const float* dy, const float* x, float* dw_parts,
-                   int k_chunk, int N, int H, int W, int Cin, int Ho, int Wo, int Cout,
-                   int KH, int KW, int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                   int stages) {
-    gg_ctf32::bwd_filter<false>(dy, x, dw_parts, k_chunk,
-                                 gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh,
-                                                     sw, pt, pl, dh, dw, groups),
-                                 stages);
-}
-
-extern "C" __global__ void __launch_bounds__(128, 2)
-    conv2d_fwd_3xtf32_f32(const float* x, const float* w, float* y, const float* bias,
-                   int has_bias, int relu, int N, int H, int W, int Cin, int Ho, int Wo,
-                   int Cout, int KH, int KW, int sh, int sw, int pt, int pl, int dh, int dw,
-                   int groups, int stages) {
-    gg_ctf32::fwd<true>(x, w, y, bias, has_bias, relu,
-                          gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw, pt,
-                                              pl, dh, dw, groups),
-                          stages);
-}
-
-extern "C" __global__ void __launch_bounds__(128, 2)
-    conv2d_bwd_data_3xtf32_f32(const float* dy, const float* w, float* dx, int N, int H,
-                   int W, int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sh, int sw,
-                   int pt, int pl, int dh, int dw, int groups, int stages) {
-    gg_ctf32::bwd_data<true>(dy, w, dx,
-                               gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh, sw,
-                                                   pt, pl, dh, dw, groups),
-                               stages);
-}
-
-extern "C" __global__ void __launch_bounds__(128, 2)
-    conv2d_bwd_filter_3xtf32_f32(const float* dy, const float* x, float* dw_parts,
-                   int k_chunk, int N, int H, int W, int Cin, int Ho, int Wo, int Cout,
-                   int KH, int KW, int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                   int stages) {
-    gg_ctf32::bwd_filter<true>(dy, x, dw_parts, k_chunk,
-                                 gg_ctf32::make_conv(N, H, W, Cin, Ho, Wo, Cout, KH, KW, sh,
-                                                     sw, pt, pl, dh, dw, groups),
-                                 stages);
-}
+GG_CONV_TF32(tf32, false)
+GG_CONV_TF32(3xtf32, true)

@@ -32,15 +32,14 @@
 //    gridDim.z as in matmul.cu (partial products to C + z*M*ldc, epilogue in
 //    matmul_splitk_reduce_f32). No relu-mask prologue: the host takes the FP32 kernel
 //    for masked products.
+#include "common.cuh"
 #include "mma.cuh"
 
 namespace gg_tf32 {
 
-constexpr int BK = 32;  // k per tile (4 mma k steps)
+using gg_common::aligned16;
 
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0ull;
-}
+constexpr int BK = 32;  // k per tile (4 mma k steps)
 
 // A BMN x BK tile of op(X) in shared memory, rows of 16-byte chunks (no padding),
 // the chunks of each row XOR-swizzled so that the fragment loads and the fills are
@@ -135,32 +134,6 @@ struct Tile {
     }
 };
 
-// raw FP32 bits -> TF32 (cvt.rna) in place, or hi (in place) + lo for 3xTF32
-template <int N, bool SPLIT3>
-__device__ __forceinline__ void round_frag(unsigned* x, unsigned* lo) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-        if (SPLIT3) {
-            unsigned h, l;
-            gg_mma::split_tf32(__uint_as_float(x[i]), h, l);
-            x[i] = h;
-            lo[i] = l;
-        } else {
-            x[i] = gg_mma::to_tf32(__uint_as_float(x[i]));
-        }
-    }
-}
-
-__device__ __forceinline__ void wait_stage(int stages) {
-    // cp.async.wait_group takes an immediate: stages - 2 groups may stay in flight
-    if (stages >= 4)
-        gg_mma::cp_async_wait<2>();
-    else if (stages == 3)
-        gg_mma::cp_async_wait<1>();
-    else
-        gg_mma::cp_async_wait<0>();
-}
-
 template <int BM, int BN, int WARPS_M, int WARPS_N, int KSLICES, bool TA, bool TB, bool SPLIT3>
 __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* __restrict__ B,
                                      float* __restrict__ C, const float* __restrict__ bias,
@@ -228,18 +201,13 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
     }
 
     float acc[MT][NL][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NL; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+    gg_mma::zero_acc(acc);
 
-    int read = 0;              // stage of tile kt
-    int write = stages - 1;    // stage of tile kt + stages - 1
+    int read = 0;            // stage of tile kt
+    int write = stages - 1;  // stage of tile kt + stages - 1
     for (int kt = 0; kt < ktiles; ++kt) {
-        wait_stage(stages);      // this thread's copies of tile kt landed
-        __syncthreads();        // everyone's; and stage `write` (tile kt-1) is no longer read
+        gg_mma::cp_async_wait_ring(stages);  // this thread's copies of tile kt landed
+        __syncthreads();  // everyone's; and stage `write` (tile kt-1) is no longer read
         const int next = kt + stages - 1;
         if (next < ktiles) {
             float* sn = smem + write * STAGE;
@@ -271,8 +239,8 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
                 bh[j][0] = TileB::get(sb, c, ks + t, key_b);
                 bh[j][1] = TileB::get(sb, c, ks + t + 4, key_b);
             }
-            round_frag<MT * 4, SPLIT3>(&ah[0][0], &al[0][0]);
-            round_frag<NL * 2, SPLIT3>(&bh[0][0], &bl[0][0]);
+            gg_mma::round_tf32<MT * 4, SPLIT3>(&ah[0][0], &al[0][0]);
+            gg_mma::round_tf32<NL * 2, SPLIT3>(&bh[0][0], &bl[0][0]);
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll

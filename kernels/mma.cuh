@@ -117,3 +117,51 @@ inline void cp_async16_zfill(void* smem, const void* gmem, bool ok) {
 }  // namespace gg_mma
 #endif
 #endif  // GPUGRAD_MMA_CUH_ZFILL
+
+// Built on the primitives above, so the same for the GPU and the emulator:
+//   round_tf32<N, SPLIT3>(x, lo)  N raw FP32 bits (a fragment loaded with LDS.32) to
+//                                 TF32 in place, or (SPLIT3) hi in place + lo (3xTF32)
+//   cp_async_wait_ring(stages)    wait for the oldest stage of a `stages`-deep cp.async
+//                                 ring: stages - 2 groups may stay in flight
+//                                 (cp.async.wait_group takes an immediate: 2, 1 or 0)
+//   zero_acc(acc)                 a warp tile's MT x NL mma accumulators (4 each) = 0
+#ifndef GPUGRAD_MMA_CUH_RING
+#define GPUGRAD_MMA_CUH_RING
+namespace gg_mma {
+
+template <int N, bool SPLIT3>
+__device__ __forceinline__ void round_tf32(unsigned* x, unsigned* lo) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        if (SPLIT3) {
+            unsigned h, l;
+            split_tf32(__uint_as_float(x[i]), h, l);
+            x[i] = h;
+            lo[i] = l;
+        } else {
+            x[i] = to_tf32(__uint_as_float(x[i]));
+        }
+    }
+}
+
+__device__ __forceinline__ void cp_async_wait_ring(int stages) {
+    if (stages >= 4)
+        cp_async_wait<2>();
+    else if (stages == 3)
+        cp_async_wait<1>();
+    else
+        cp_async_wait<0>();
+}
+
+template <int MT, int NL>
+__device__ __forceinline__ void zero_acc(float (&acc)[MT][NL][4]) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NL; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+}
+
+}  // namespace gg_mma
+#endif  // GPUGRAD_MMA_CUH_RING

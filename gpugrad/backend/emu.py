@@ -914,14 +914,13 @@ def _runtime_object(sanitize: bool, inc: list[str], source: str = "runtime.cpp")
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(source).stem
     target = out_dir / f"{stem}-{h.hexdigest()[:24]}{'-asan' if sanitize else ''}.o"
-    if not target.exists():
-        _atomic_build(
-            target,
-            lambda tmp: _run_compiler(
-                [_cxx(), *flags, "-c", str(emu_dir / source), "-o", tmp],
-                f"compiling the emulator runtime (kernels/emu/{source})",
-            ),
-        )
+    _atomic_build(  # builds only when target is absent (build_once checks, under its lock)
+        target,
+        lambda tmp: _run_compiler(
+            [_cxx(), *flags, "-c", str(emu_dir / source), "-o", tmp],
+            f"compiling the emulator runtime (kernels/emu/{source})",
+        ),
+    )
     return target
 
 

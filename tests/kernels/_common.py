@@ -41,7 +41,43 @@ def assert_close(got, ref, scale, dtype):
     )
 
 
+def macro_entry_points(file):
+    """(source, {name: declaration}, table names) of a kernel file whose extern "C" entry
+    points a macro defines: the emulator's scan (which expands the file's own macros)
+    and the names gpugrad/backend/kernels.py launches from ``file``."""
+    from gpugrad.backend import emu, kernels
+
+    source = kernels.expand_includes(backend.kernel_dir() / file)
+    assert emu._defines_kernels(source)
+    decls, _ = emu._find_kernels(emu._mask(emu._kernel_scan_source(source)))
+    table = {n for n, info in kernels._TABLE.items() if info.file == file}
+    return source, {d.name: d for d in decls}, table
+
+
 # --------------------------------------------------------------------------- conv2d
+
+
+# Geometries that test_conv_kernels.py (conv2d.cu) and test_conv_tf32.py (conv2d_tf32.cu)
+# both run: each stresses index math the two kernel files share (conv_common.cuh); every
+# module adds the cases that target its own tiles.
+CONV_GEOMETRIES = {
+    # N, H, W, Cin, KH, KW, Cout, stride, padding, dilation, groups
+    # Cg = 4: the k walk wraps into the next tap several times per k tile
+    "cg4-k-walk-wraps-per-tile": (1, 6, 5, 4, 3, 3, 8, 1, 1, 1, 1),
+    "cg12-s2-asym-pad": (2, 9, 8, 12, 3, 3, 8, 2, ((0, 1), (2, 0)), 1, 1),
+    "s3-k5-phases-with-uneven-taps": (1, 13, 11, 8, 5, 5, 4, 3, 2, 1, 1),
+    "s2-d2-phases-without-taps": (1, 10, 9, 4, 3, 3, 4, 2, 2, 2, 1),
+    "s2x3-d3x1-groups": (2, 12, 13, 8, 2, 3, 8, (2, 3), ((1, 0), (0, 2)), (3, 1), 2),
+    "cin3-scalar-first-layer": (1, 15, 14, 3, 7, 7, 8, 2, 3, 1, 1),
+    "depthwise-cg1": (2, 7, 6, 4, 3, 3, 4, 2, 1, 1, 4),
+    "cout65-and-1x1": (1, 6, 7, 8, 1, 1, 65, 1, 0, 1, 1),
+}
+
+
+def offset_view(a):
+    """A copy of ``a`` one element past an aligned allocation (4 or 8 bytes off): every
+    16-byte vector path of the kernels must fall back to its scalar one."""
+    return np.concatenate([[0], a.ravel()]).astype(a.dtype)[1:].reshape(a.shape)
 
 
 def conv_inputs(rng, case, dtype):

@@ -22,9 +22,11 @@ emu = pytest.importorskip("gpugrad.backend.emu", reason="the CUDA emulator is no
 kernels = pytest.importorskip("gpugrad.backend.kernels")
 
 from _common import (  # noqa: E402 - tests/kernels/_common.py
+    CONV_GEOMETRIES,
     assert_close,
     conv_inputs,
     conv_refs,
+    offset_view,
     on_emu,  # noqa: F401 - module-scoped autouse fixture: this module runs on emu
 )
 
@@ -32,8 +34,7 @@ from _common import (  # noqa: E402 - tests/kernels/_common.py
 def run_case(rng, case, dtype, schedule="forward", view=False):
     x, w, bias, dy, geo, hyper = conv_inputs(rng, case, dtype)
     if view:  # 4-byte (8-byte) offset views: every vector path must fall back
-        x = np.concatenate([[0], x.ravel()]).astype(dtype)[1:].reshape(x.shape)
-        dy = np.concatenate([[0], dy.ravel()]).astype(dtype)[1:].reshape(dy.shape)
+        x, dy = offset_view(x), offset_view(dy)
     (y_ref, y_scale), (dx_ref, dx_scale), (dw_ref, dw_scale) = conv_refs(x, w, dy, geo)
     with emu.schedule(schedule, seed=5):
         y = kernels.conv2d_fwd(x, w, bias, relu=True, **hyper)
@@ -45,17 +46,10 @@ def run_case(rng, case, dtype, schedule="forward", view=False):
 
 
 CASES = {
+    **CONV_GEOMETRIES,  # cg4-k-walk-wraps-per-tile: twice per 8-deep k tile here
     # N, H, W, Cin, KH, KW, Cout, stride, padding, dilation, groups
-    "cg4-wraps-twice-per-tile": (1, 6, 5, 4, 3, 3, 8, 1, 1, 1, 1),
-    "cg12-s2-asym-pad": (2, 9, 8, 12, 3, 3, 8, 2, ((0, 1), (2, 0)), 1, 1),
     "cg64-many-k-tiles-and-m-tiles": (2, 11, 7, 64, 3, 3, 16, 1, 1, 1, 1),
-    "s3-k5-phases-with-uneven-taps": (1, 13, 11, 8, 5, 5, 4, 3, 2, 1, 1),
-    "s2-d2-phases-without-taps": (1, 10, 9, 4, 3, 3, 4, 2, 2, 2, 1),
-    "s2x3-d3x1-groups": (2, 12, 13, 8, 2, 3, 8, (2, 3), ((1, 0), (0, 2)), (3, 1), 2),
     "wo-below-k-tile": (3, 5, 3, 4, 3, 3, 4, 1, 1, 1, 1),
-    "cin3-scalar-first-layer": (1, 15, 14, 3, 7, 7, 8, 2, 3, 1, 1),
-    "depthwise-cg1": (2, 7, 6, 4, 3, 3, 4, 2, 1, 1, 4),
-    "cout65-and-1x1": (1, 6, 7, 8, 1, 1, 65, 1, 0, 1, 1),
 }
 
 

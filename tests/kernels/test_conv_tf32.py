@@ -21,9 +21,12 @@ emu = pytest.importorskip("gpugrad.backend.emu", reason="the CUDA emulator is no
 kernels = pytest.importorskip("gpugrad.backend.kernels")
 
 from _common import (  # noqa: E402 - tests/kernels/_common.py
+    CONV_GEOMETRIES,
     assert_close,
     conv_inputs,
     conv_refs,
+    macro_entry_points,
+    offset_view,
     on_emu,  # noqa: F401 - module-scoped autouse fixture: this module runs on emu
 )
 
@@ -46,8 +49,7 @@ def tf32_round(x):
 def run_case(rng, case, precision, schedule="forward", view=False):
     x, w, bias, dy, geo, hyper = conv_inputs(rng, case, np.float32)
     if view:  # 4-byte offset views: every 16-byte cp.async path must fall back
-        x = np.concatenate([[0], x.ravel()]).astype(np.float32)[1:].reshape(x.shape)
-        dy = np.concatenate([[0], dy.ravel()]).astype(np.float32)[1:].reshape(dy.shape)
+        x, dy = offset_view(x), offset_view(dy)
     ops = (x, w, dy)
     if precision == "tf32":  # the exact result of the rounded operands
         ops = tuple(tf32_round(a) for a in ops)
@@ -67,18 +69,11 @@ def run_case(rng, case, precision, schedule="forward", view=False):
 
 
 CASES = {
+    **CONV_GEOMETRIES,
     # N, H, W, Cin, KH, KW, Cout, stride, padding, dilation, groups
-    "cg4-k-walk-wraps-per-tile": (1, 6, 5, 4, 3, 3, 8, 1, 1, 1, 1),
-    "cg12-s2-asym-pad": (2, 9, 8, 12, 3, 3, 8, 2, ((0, 1), (2, 0)), 1, 1),
     # 272 rows (2 m tiles), 72 filters (2 n tiles, the second partial), 5+ k tiles
     # (the 4-stage ring wraps), 17 pixel k tiles split over blocks in backward filter
     "m-n-tiles-ring-wraps": (1, 17, 16, 8, 3, 3, 72, 1, 1, 1, 1),
-    "s3-k5-phases-with-uneven-taps": (1, 13, 11, 8, 5, 5, 4, 3, 2, 1, 1),
-    "s2-d2-phases-without-taps": (1, 10, 9, 4, 3, 3, 4, 2, 2, 2, 1),
-    "s2x3-d3x1-groups": (2, 12, 13, 8, 2, 3, 8, (2, 3), ((1, 0), (0, 2)), (3, 1), 2),
-    "cin3-scalar-first-layer": (1, 15, 14, 3, 7, 7, 8, 2, 3, 1, 1),
-    "depthwise-cg1": (2, 7, 6, 4, 3, 3, 4, 2, 1, 1, 4),
-    "cout65-and-1x1": (1, 6, 7, 8, 1, 1, 65, 1, 0, 1, 1),
     # backward filter: 216 rows = one 256-row tile or two 192-row ones (the second with
     # 24 rows: its warps 1-2 skip the mma), 72 pixels = 5 k tiles
     "cg24-filter-rows-216": (1, 9, 8, 24, 3, 3, 8, 1, 1, 1, 1),
@@ -161,6 +156,20 @@ def test_conv_tf32_plans():
         "conv2d_bwd_filter_3xtf32_f32", 576, 64, 200704, 1, 64, 132, 227 * 1024
     )[0]
     assert plan.block == (128, 1, 1) and plan.grid == (3, 1, 88)
+
+
+def test_macro_made_entry_points_match_the_kernel_table():
+    """conv2d_tf32.cu defines its six extern "C" entry points with one macro per
+    precision: the emulator's scan (which expands the file's own macros) finds exactly
+    the names kernels.py launches, with conv2d.cu's parameters plus ``stages`` and the
+    128-thread launch bound."""
+    source, found, table = macro_entry_points("conv2d_tf32.cu")
+    assert set(found) == table and len(table) == 6
+    params = {"fwd": 23, "bwd_data": 20, "bwd_filter": 21}  # 16 geometry + stages + ...
+    for name, d in found.items():
+        op = name.removeprefix("conv2d_").rsplit("_", 2)[0]
+        assert len(d.params) == params[op], (name, d.params)
+        assert emu._int_value(d.launch_bounds, source, ()) == 128
 
 
 def test_conv_tf32_stages_fit_the_shared_memory(monkeypatch, rng):

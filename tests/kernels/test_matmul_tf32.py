@@ -22,6 +22,7 @@ kernels = pytest.importorskip("gpugrad.backend.kernels")
 
 from _common import (  # noqa: E402 - tests/kernels/_common.py
     SCHEDULES,
+    macro_entry_points,
     on_emu,  # noqa: F401 - module-scoped autouse fixture: this module runs on emu
 )
 
@@ -354,11 +355,7 @@ def test_macro_made_entry_points_match_the_kernel_table():
     """matmul_tf32.cu defines its extern "C" entry points with a macro: the emulator's
     scan (which expands the file's own macros) finds exactly the names kernels.py
     launches, with the 15 parameters and the 256-thread launch bound."""
-    source = kernels.expand_includes(backend.kernel_dir() / "matmul_tf32.cu")
-    assert emu._defines_kernels(source)
-    decls, _ = emu._find_kernels(emu._mask(emu._kernel_scan_source(source)))
-    found = {d.name: d for d in decls}
-    table = {n for n, info in kernels._TABLE.items() if info.file == "matmul_tf32.cu"}
+    source, found, table = macro_entry_points("matmul_tf32.cu")
     assert set(found) == table and len(table) == 10
     assert {"matmul_tf32_m64_f32", "matmul_tf32_m64_nt_f32", "matmul_3xtf32_tt_f32"} <= table
     for d in found.values():
