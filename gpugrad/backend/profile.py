@@ -333,36 +333,22 @@ def _gemm_operands(rng, m, n, kt, dtype, trans_a, trans_b):
     return a, b
 
 
-def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False, precision="fp32"):
-    from gpugrad.backend import kernels
-
-    m, n, k = (int(v) for v in shape)
-    dt = "f32" if dtype == "float32" else "f64"
-    if precision != "fp32":
-        return _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision)
-    # the plan the GPU gets (tile and split-K as dispatch picks them, or the forced tile
-    # with its own split count): a skinny product (an LSTM step, batch 1) splits K over
-    # grid[2], each split writing its partial products to a workspace that the reduction
-    # reads back (counted as DRAM traffic); traced on whole k tiles with one split
-    plan = kernels.plan_matmul(
-        m, n, k, dt, kernels.EMU_NUM_SMS, tile, trans_a=trans_a, trans_b=trans_b
-    )
-    tile = tile or next(
-        t for t, v in kernels.MATMUL_TILES[dt].items() if plan.kernel.startswith(v[0] + "_")
-    )
-    bk = kernels.MATMUL_TILES[dt][tile][3]
-    k_chunk, splits = kernels.matmul_k_chunk(k, plan.grid[2], bk)
-    kt = min(k, 8 * bk)
+def _gemm_case(kernels, plan, shape, dtype, bk, granule, traced_tiles, vendor, **launch):
+    """``(case, k_chunk, splits)``: a matmul Case for ``plan``, the launch dispatch makes
+    (split-K included: each of grid[2] splits runs one k chunk, a multiple of
+    ``granule``, and writes its partial products to a workspace that the reduction reads
+    back, counted as extra DRAM traffic); traced on ``traced_tiles`` whole k tiles with
+    one split. ``launch``: ``kernels.matmul``'s layout and kernel-choice arguments."""
+    m, n, k = shape
+    k_chunk, splits = kernels.matmul_k_chunk(k, plan.grid[2], granule)
+    kt = min(k, traced_tiles * bk)
     rng = np.random.default_rng(0)
 
     def run():
-        a, b = _gemm_operands(rng, m, n, kt, dtype, trans_a, trans_b)
-        kernels.matmul(a, b, trans_a=trans_a, trans_b=trans_b, tile=tile, splits=1)
+        a, b = _gemm_operands(rng, m, n, kt, dtype, launch["trans_a"], launch["trans_b"])
+        kernels.matmul(a, b, splits=1, **launch)
 
     es = _es(dtype)
-    vendor = "dgemm" if dtype == "float64" else "sgemm_skinny" if min(m, n) <= 64 else "sgemm"
-    if vendor == "sgemm" and max(m, n, k) < 2048:
-        vendor = "sgemm_mid"
     case = Case(
         "matmul",
         (m, n, k),
@@ -378,13 +364,35 @@ def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False, precisio
         run,
     )
     case.extra_bytes = 2 * splits * m * n * es if splits > 1 else 0
-    return case
+    return case, k_chunk, splits
+
+
+def _matmul_case(shape, dtype, tile=None, trans_a=False, trans_b=False, precision="fp32"):
+    """The FP32/FP64 GEMM with the plan the GPU gets: the tile and split-K as dispatch
+    picks them (a skinny product, an LSTM step or batch 1, splits K over grid[2]), or
+    the forced tile with its own split count."""
+    from gpugrad.backend import kernels
+
+    m, n, k = (int(v) for v in shape)
+    dt = "f32" if dtype == "float32" else "f64"
+    if precision != "fp32":
+        return _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision)
+    plan = kernels.plan_matmul(
+        m, n, k, dt, kernels.EMU_NUM_SMS, tile, trans_a=trans_a, trans_b=trans_b
+    )
+    tile = tile or next(
+        t for t, v in kernels.MATMUL_TILES[dt].items() if plan.kernel.startswith(v[0] + "_")
+    )
+    bk = kernels.MATMUL_TILES[dt][tile][3]
+    vendor = "dgemm" if dtype == "float64" else "sgemm_skinny" if min(m, n) <= 64 else "sgemm"
+    if vendor == "sgemm" and max(m, n, k) < 2048:
+        vendor = "sgemm_mid"
+    launch = dict(trans_a=trans_a, trans_b=trans_b, tile=tile)
+    return _gemm_case(kernels, plan, (m, n, k), dtype, bk, bk, 8, vendor, **launch)[0]
 
 
 def _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision):
-    """The tensor-core GEMM with the plan the GPU gets (split-K included: its workspace
-    is written and read back, which the DRAM bytes count); traced on whole k tiles with
-    one split."""
+    """The tensor-core GEMM with the plan the GPU gets (split-K included)."""
     from gpugrad.backend import kernels
 
     if dtype != "float32":
@@ -394,31 +402,13 @@ def _matmul_tf32_case(m, n, k, dtype, trans_a, trans_b, precision):
     )
     tile = kernels.tf32_plan_tile(plan)
     bm, bn, bk, _ = kernels.TF32_TILES[tile]
-    k_chunk, splits = kernels.matmul_k_chunk(k, plan.grid[2], kernels.TF32_SPLIT_K_GRANULE)
-    kt = min(k, 4 * bk)
-    rng = np.random.default_rng(0)
-
-    def run():
-        a, b = _gemm_operands(rng, m, n, kt, dtype, trans_a, trans_b)
-        kernels.matmul(a, b, trans_a=trans_a, trans_b=trans_b, precision=precision, splits=1)
-
-    workspace = 2 * splits * m * n * 4 if splits > 1 else 0
-    case = Case(
-        "matmul",
-        (m, n, k),
-        dtype,
-        plan.kernel,
-        plan.grid,
-        plan.block,
-        2.0 * m * n * k,
-        (m * k + k * n + m * n) * 4,
-        -(-k_chunk // bk),
-        -(-kt // bk),
-        "sgemm_tf32" if precision == "tf32" else "sgemm",
-        run,
+    vendor = "sgemm_tf32" if precision == "tf32" else "sgemm"
+    launch = dict(trans_a=trans_a, trans_b=trans_b, precision=precision)
+    granule = kernels.TF32_SPLIT_K_GRANULE
+    case, k_chunk, splits = _gemm_case(
+        kernels, plan, (m, n, k), dtype, bk, granule, 4, vendor, **launch
     )
     case.precision = precision
-    case.extra_bytes = workspace
     # the mma run on whole tiles: an M = 64 problem fills half of each 128-row tile
     last = k - (splits - 1) * k_chunk
     k_run = (splits - 1) * k_chunk + -(-last // bk) * bk
