@@ -144,9 +144,15 @@ def _check_cotangents(name, cotangents, incoming):
             )
 
 
+# why: a NaN or Inf result raises AnomalyError naming the op, so NumPy's own
+# "invalid value" / "divide by zero" / "overflow" warnings for it are only noise
+_QUIET = {"invalid": "ignore", "divide": "ignore", "over": "ignore"}
+
+
 def _checked_fwd(prim, fwd):
     def fwd_checked(*raws, **params):
-        out = fwd(*raws, **params)
+        with np.errstate(**_QUIET):
+            out = fwd(*raws, **params)
         _check_outputs(prim.name, out if prim.multiple_outputs else (out,), raws)
         return out
 
@@ -157,7 +163,8 @@ def _checked_rule(prim, rule):
     def rule_checked(g, ans, *inputs, **params):
         _BACKWARD.append(prim.name)
         try:
-            cotangents = rule(g, ans, *inputs, **params)
+            with np.errstate(**_QUIET):
+                cotangents = rule(g, ans, *inputs, **params)
         finally:
             _BACKWARD.pop()
         _check_cotangents(prim.name, cotangents, g if prim.multiple_outputs else (g,))

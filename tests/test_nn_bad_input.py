@@ -3,6 +3,8 @@ ValueError that names the function, the argument and what was expected (with the
 numbers), never a silently wrong result or an error from deep inside NumPy.
 ``gg.debug.detect_anomaly`` finds the op that produced a NaN/Inf, and only when on."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -519,6 +521,17 @@ def test_detect_anomaly_as_a_context_manager_names_the_op():
         assert np.isnan(float(_negative_probability_loss()))
     # the primitives are restored: no checking wrapper is left behind
     assert all(p.fwd.__name__ != "fwd_checked" for p in REGISTRY.values())
+
+
+def test_detect_anomaly_raises_without_numpy_warnings_first():
+    # the AnomalyError names the op; NumPy's RuntimeWarning for the same NaN is noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        with gg.debug.detect_anomaly():
+            with pytest.raises(gg.debug.AnomalyError, match="'log'"):
+                gg.log(gg.dlarray([1.0, -1.0]))
+            with pytest.raises(gg.debug.AnomalyError, match="'divide'"):
+                gg.dlarray([1.0]) / gg.dlarray([0.0])
 
 
 def test_detect_anomaly_as_a_call_and_nested():
