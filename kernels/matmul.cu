@@ -46,7 +46,7 @@
 
 namespace gg_matmul {
 
-using namespace gg_common;  // aligned16, madd, VW, loadv, storev
+using namespace gg_common;  // aligned16, madd, VW, loadv, storev, grouped_tile
 
 // Row padding of the shared tiles, one 16-byte vector (4 floats, 2 doubles): rows stay
 // 16-byte aligned and the k-major (transposed) stores of a warp spread over the banks:
@@ -185,24 +185,15 @@ __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restric
     constexpr int LN = WN / TN;
     constexpr int SM = LM * W;                  // stride between a lane's row groups
     constexpr int SN = LN * W;                  // stride between a lane's column groups
-    constexpr int GROUP = 8;                    // tile rows per swizzle group
     static_assert(TM % W == 0 && TN % W == 0, "register tile must be made of vectors");
     static_assert(LM * LN == 32 && WM * WARPS_M == BM && WN * WARPS_N == BN, "bad warp tiling");
 
     __shared__ __align__(16) T As[2][BK][BM + PAD<T>];
     __shared__ __align__(16) T Bs[2][BK][BN + PAD<T>];
 
-    // Grouped tile order: GROUP tile rows are swept column by column.
-    const int tiles_m = (M + BM - 1) / BM;
-    const int tiles_n = (N + BN - 1) / BN;
-    const int pid = blockIdx.x;
-    const int per_group = GROUP * tiles_n;
-    const int first_m = (pid / per_group) * GROUP;
-    const int group_rows = min(tiles_m - first_m, GROUP);
-    const int tile_m = first_m + (pid % per_group) % group_rows;
-    const int tile_n = (pid % per_group) / group_rows;
-    const int m0 = tile_m * BM;
-    const int n0 = tile_n * BN;
+    // Grouped tile order: 8 tile rows are swept column by column.
+    int m0, n0;
+    grouped_tile(M, N, BM, BN, m0, n0);
     const int k_begin = blockIdx.z * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
 
