@@ -73,6 +73,32 @@ __device__ __forceinline__ void store4(double* p, const double r[4]) {
     *reinterpret_cast<double2*>(p + 2) = make_double2(r[2], r[3]);
 }
 
+// Block -> tile mapping of the GEMM-shaped kernels (matmul.cu, matmul_tf32.cu, conv):
+// the origin (m0, n0) of block blockIdx.x's BM x BN tile of an M x N output, the tiles
+// taken in groups of GROUP = 8 tile rows swept column by column, so that consecutive
+// blocks reuse the same A rows / B columns from L2. For a grid of exactly
+// tiles_m * tiles_n blocks (the matmuls).
+__device__ __forceinline__ void grouped_tile(int M, int N, int BM, int BN, int& m0, int& n0) {
+    constexpr int GROUP = 8;
+    const int tiles_m = (M + BM - 1) / BM;
+    const int tiles_n = (N + BN - 1) / BN;
+    const int pid = blockIdx.x;
+    const int per_group = GROUP * tiles_n;
+    const int first_m = (pid / per_group) * GROUP;
+    const int group_rows = min(tiles_m - first_m, GROUP);
+    m0 = (first_m + (pid % per_group) % group_rows) * BM;
+    n0 = ((pid % per_group) / group_rows) * BN;
+}
+
+// grouped_tile for a grid that may hold more blocks than tiles (conv's backward-data
+// phases differ in size): false when this block has none.
+__device__ __forceinline__ bool tile_of_block(int M, int N, int& m0, int& n0, int BM, int BN) {
+    const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
+    if ((int)blockIdx.x >= tiles) return false;
+    grouped_tile(M, N, BM, BN, m0, n0);
+    return true;
+}
+
 }  // namespace gg_common
 
 #endif  // GG_COMMON_CUH

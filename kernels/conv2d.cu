@@ -42,8 +42,8 @@
 
 namespace gg_conv {
 
-using namespace gg_common;       // aligned16, madd, VW, loadv, storev
-using namespace gg_conv_common;  // Conv, TapGeom, TapWalk, Phase, tile_of_block, ...
+using namespace gg_common;       // aligned16, madd, VW, loadv, storev, tile_of_block
+using namespace gg_conv_common;  // Conv, TapGeom, TapWalk, Phase, ...
 
 template <typename T>
 struct Cfg;

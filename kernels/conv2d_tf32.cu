@@ -51,7 +51,8 @@
 namespace gg_ctf32 {
 
 using gg_common::aligned16;
-using namespace gg_conv_common;  // Conv, TapGeom, TapWalk, Phase, tile_of_block, ...
+using gg_common::tile_of_block;
+using namespace gg_conv_common;  // Conv, TapGeom, TapWalk, Phase, ...
 
 constexpr int BM = 256, BN = 64, BK = 16, NT = 128;  // block tile, threads
 constexpr int WM = 64, WN = 64, MT = WM / 16, NL = WN / 8;  // warp tile: 4 x 8 mma tiles

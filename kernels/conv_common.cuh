@@ -2,8 +2,8 @@
 // CUDA cores) and conv2d_tf32.cu (TF32 tensor cores) share: the problem (Conv), the
 // reduction-index walk over the taps (TapGeom, TapWalk), the sub-pixel phases of the
 // backward-data pass (Phase), the pixel/tap that a GEMM row stands for, the output
-// pixel walk of backward filter, and the L2-grouped block -> tile mapping. The index
-// algebra is in conv2d.cu's header. All 32-bit (the host checks sizes < 2^31).
+// pixel walk of backward filter (the L2-grouped block -> tile mapping, tile_of_block,
+// is common.cuh's, shared with the matmuls). The index algebra is in conv2d.cu's header. All 32-bit (the host checks sizes < 2^31).
 //
 // Included as `#include "conv_common.cuh"` and made visible in the file's namespace
 // with `using namespace gg_conv_common;`; resolved like common.cuh (see there):
@@ -172,23 +172,6 @@ __device__ __forceinline__ void advance_pixel(int step, int Ho, int Wo, int& n, 
             ++n;
         }
     }
-}
-
-// Tile coordinates (m0, n0) of this block in the tiles_m x tiles_n grid of BM x BN
-// tiles, grouped by 8 along m for L2 reuse; false when the block has none (the
-// backward-data phases differ in size).
-__device__ __forceinline__ bool tile_of_block(int M, int N, int& m0, int& n0, int BM, int BN) {
-    constexpr int GROUP = 8;
-    const int tiles_m = (M + BM - 1) / BM;
-    const int tiles_n = (N + BN - 1) / BN;
-    const int pid = blockIdx.x;
-    if (pid >= tiles_m * tiles_n) return false;
-    const int per_group = GROUP * tiles_n;
-    const int first_m = (pid / per_group) * GROUP;
-    const int group_rows = min(tiles_m - first_m, GROUP);
-    m0 = (first_m + (pid % per_group) % group_rows) * BM;
-    n0 = ((pid % per_group) / group_rows) * BN;
-    return true;
 }
 
 // Output rows of a plain row-major matrix (row r at r*ld).

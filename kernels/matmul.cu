@@ -46,7 +46,7 @@
 
 namespace gg_matmul {
 
-using namespace gg_common;  // aligned16, madd, VW, loadv, storev
+using namespace gg_common;  // aligned16, madd, VW, loadv, storev, grouped_tile
 
 // Row padding of the shared tiles, one 16-byte vector (4 floats, 2 doubles): rows stay
 // 16-byte aligned and the k-major (transposed) stores of a warp spread over the banks:
@@ -185,24 +185,15 @@ __device__ __forceinline__ void gemm(const T* __restrict__ A, const T* __restric
     constexpr int LN = WN / TN;
     constexpr int SM = LM * W;                  // stride between a lane's row groups
     constexpr int SN = LN * W;                  // stride between a lane's column groups
-    constexpr int GROUP = 8;                    // tile rows per swizzle group
     static_assert(TM % W == 0 && TN % W == 0, "register tile must be made of vectors");
     static_assert(LM * LN == 32 && WM * WARPS_M == BM && WN * WARPS_N == BN, "bad warp tiling");
 
     __shared__ __align__(16) T As[2][BK][BM + PAD<T>];
     __shared__ __align__(16) T Bs[2][BK][BN + PAD<T>];
 
-    // Grouped tile order: GROUP tile rows are swept column by column.
-    const int tiles_m = (M + BM - 1) / BM;
-    const int tiles_n = (N + BN - 1) / BN;
-    const int pid = blockIdx.x;
-    const int per_group = GROUP * tiles_n;
-    const int first_m = (pid / per_group) * GROUP;
-    const int group_rows = min(tiles_m - first_m, GROUP);
-    const int tile_m = first_m + (pid % per_group) % group_rows;
-    const int tile_n = (pid % per_group) / group_rows;
-    const int m0 = tile_m * BM;
-    const int n0 = tile_n * BN;
+    // Grouped tile order: 8 tile rows are swept column by column.
+    int m0, n0;
+    grouped_tile(M, N, BM, BN, m0, n0);
     const int k_begin = blockIdx.z * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
 
@@ -321,215 +312,53 @@ __device__ __forceinline__ void splitk_reduce(const T* __restrict__ W, T* __rest
 
 }  // namespace gg_matmul
 
-// matmul_fwd_*_f32: 128x128x8, 8x8 per thread, 2x4 warps (256 threads)
-extern "C" __global__ void __launch_bounds__(256, 2)
-matmul_fwd_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, false, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256, 2)
-matmul_fwd_nt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, false, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256, 2)
-matmul_fwd_tn_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, true, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256, 2)
-matmul_fwd_tt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, true, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256, 2)
-matmul_fwd_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, false, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256, 2)
-matmul_fwd_nt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, false, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256, 2)
-matmul_fwd_tn_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, true, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256, 2)
-matmul_fwd_tt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 128, 128, 8, 8, 8, 2, 4, true, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
+// Entry points: NVRTC and the emulator launch them by name (extern "C"); the names are
+// what gpugrad/backend/kernels.py asks for (MATMUL_LAYOUTS, _matmul_entries), and the
+// emulator finds these macro-made kernels by preprocessing the source
+// (gpugrad.backend.emu). GG_MATMUL_GEMM(name, BOUNDS, T, TA, TB, MASK, BM, BN, BK, TM,
+// TN, WARPS_M, WARPS_N) defines one, BOUNDS its __launch_bounds__(...).
+#define GG_MATMUL_GEMM(NAME, BOUNDS, T, TA, TB, MASK, ...)                                 \
+    extern "C" __global__ void BOUNDS                                                        \
+    NAME(const T* A, const T* B, T* C, const T* bias, const T* mask, int M, int N, int K,   \
+         int lda, int ldb, int ldc, int k_chunk, int has_bias, T alpha, int relu) {          \
+        gg_matmul::gemm<T, __VA_ARGS__, TA, TB, MASK>(                                       \
+            A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);    \
+    }
 
-// matmul_mid_*_f32: 64x64x16, 4x4 per thread, 2x4 warps (256 threads)
-extern "C" __global__ void __launch_bounds__(256)
-matmul_mid_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, false, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_mid_nt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, false, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_mid_tn_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, true, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_mid_tt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, true, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_mid_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, false, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_mid_nt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, false, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_mid_tn_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, true, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_mid_tt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 64, 64, 16, 4, 4, 2, 4, true, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
+// The four layouts of one tile, with (MASK = true, SUFFIX = _mask) or without the
+// relu-mask prologue: <tile>{,_nt,_tn,_tt}<SUFFIX>_<dtype>
+#define GG_MATMUL_LAYOUTS(TILE, SUFFIX, MASK, DT, BOUNDS, T, ...)                             \
+    GG_MATMUL_GEMM(TILE##SUFFIX##_##DT, BOUNDS, T, false, false, MASK, __VA_ARGS__)          \
+    GG_MATMUL_GEMM(TILE##_nt##SUFFIX##_##DT, BOUNDS, T, false, true, MASK, __VA_ARGS__)      \
+    GG_MATMUL_GEMM(TILE##_tn##SUFFIX##_##DT, BOUNDS, T, true, false, MASK, __VA_ARGS__)      \
+    GG_MATMUL_GEMM(TILE##_tt##SUFFIX##_##DT, BOUNDS, T, true, true, MASK, __VA_ARGS__)
 
-// matmul_wide_*_f32: 32x128x16, 4x8 per thread, 1x4 warps (128 threads)
-extern "C" __global__ void __launch_bounds__(128)
-matmul_wide_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, false, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(128)
-matmul_wide_nt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, false, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(128)
-matmul_wide_tn_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, true, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(128)
-matmul_wide_tt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, true, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(128)
-matmul_wide_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, false, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(128)
-matmul_wide_nt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, false, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(128)
-matmul_wide_tn_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, true, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(128)
-matmul_wide_tt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 128, 16, 4, 8, 1, 4, true, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
+// The eight entry points (4 layouts x mask) of one tile configuration and dtype.
+#define GG_MATMUL_TILE(TILE, DT, BOUNDS, T, ...)                                              \
+    GG_MATMUL_LAYOUTS(TILE, , false, DT, BOUNDS, T, __VA_ARGS__)                              \
+    GG_MATMUL_LAYOUTS(TILE, _mask, true, DT, BOUNDS, T, __VA_ARGS__)
 
-// matmul_small_*_f32: 32x32x16, 4x4 per thread, 1x2 warps (64 threads)
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, false, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_nt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, false, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_tn_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, true, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_tt_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, true, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, false, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_nt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, false, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_tn_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, true, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_tt_mask_f32(const float* A, const float* B, float* C, const float* bias, const float* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, float alpha, int relu) {
-    gg_matmul::gemm<float, 32, 32, 16, 4, 4, 1, 2, true, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
+//             tile name     dtype  launch bounds              T       BM   BN   BK TM TN WARPS
+// 128x128x8, 8x8 per thread, 2x4 warps (256 threads, 2 blocks per SM: <= 128 registers)
+GG_MATMUL_TILE(matmul_fwd,   f32,   __launch_bounds__(256, 2), float,  128, 128, 8, 8, 8, 2, 4)
+// 64x64x16, 4x4 per thread, 2x4 warps (256 threads)
+GG_MATMUL_TILE(matmul_mid,   f32,   __launch_bounds__(256),    float,  64,  64,  16, 4, 4, 2, 4)
+// 32x128x16, 4x8 per thread, 1x4 warps (128 threads)
+GG_MATMUL_TILE(matmul_wide,  f32,   __launch_bounds__(128),    float,  32,  128, 16, 4, 8, 1, 4)
+// 32x32x16, 4x4 per thread, 1x2 warps (64 threads)
+GG_MATMUL_TILE(matmul_small, f32,   __launch_bounds__(64),     float,  32,  32,  16, 4, 4, 1, 2)
+// 64x64x16, 4x4 per thread, 2x4 warps (256 threads)
+GG_MATMUL_TILE(matmul_fwd,   f64,   __launch_bounds__(256),    double, 64,  64,  16, 4, 4, 2, 4)
+// 32x32x16, 4x4 per thread, 1x2 warps (64 threads)
+GG_MATMUL_TILE(matmul_small, f64,   __launch_bounds__(64),     double, 32,  32,  16, 4, 4, 1, 2)
 
-// matmul_fwd_*_f64: 64x64x16, 4x4 per thread, 2x4 warps (256 threads)
-extern "C" __global__ void __launch_bounds__(256)
-matmul_fwd_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, false, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_fwd_nt_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, false, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_fwd_tn_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, true, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_fwd_tt_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, true, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_fwd_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, false, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_fwd_nt_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, false, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_fwd_tn_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, true, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_fwd_tt_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 64, 64, 16, 4, 4, 2, 4, true, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
+// matmul_splitk_reduce_<dtype>: the split-K second pass (256 threads)
+#define GG_MATMUL_SPLITK_REDUCE(DT, T)                                                        \
+    extern "C" __global__ void __launch_bounds__(256)                                        \
+    matmul_splitk_reduce_##DT(const T* W, T* C, const T* bias, int M, int N, int splits,     \
+                              int has_bias, T alpha, int relu) {                             \
+        gg_matmul::splitk_reduce<T>(W, C, bias, M, N, splits, has_bias, alpha, relu);        \
+    }
 
-// matmul_small_*_f64: 32x32x16, 4x4 per thread, 1x2 warps (64 threads)
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, false, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_nt_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, false, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_tn_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, true, false, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_tt_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, true, true, false>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, false, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_nt_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, false, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_tn_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, true, false, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(64)
-matmul_small_tt_mask_f64(const double* A, const double* B, double* C, const double* bias, const double* mask, int M, int N, int K, int lda, int ldb, int ldc, int k_chunk, int has_bias, double alpha, int relu) {
-    gg_matmul::gemm<double, 32, 32, 16, 4, 4, 1, 2, true, true, true>(A, B, C, bias, mask, M, N, K, lda, ldb, ldc, k_chunk, has_bias, alpha, relu);
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-matmul_splitk_reduce_f32(const float* W, float* C, const float* bias, int M, int N, int splits, int has_bias, float alpha, int relu) {
-    gg_matmul::splitk_reduce<float>(W, C, bias, M, N, splits, has_bias, alpha, relu);
-}
-extern "C" __global__ void __launch_bounds__(256)
-matmul_splitk_reduce_f64(const double* W, double* C, const double* bias, int M, int N, int splits, int has_bias, double alpha, int relu) {
-    gg_matmul::splitk_reduce<double>(W, C, bias, M, N, splits, has_bias, alpha, relu);
-}
+GG_MATMUL_SPLITK_REDUCE(f32, float)
+GG_MATMUL_SPLITK_REDUCE(f64, double)

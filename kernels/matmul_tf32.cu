@@ -148,21 +148,14 @@ __device__ __forceinline__ void gemm(const float* __restrict__ A, const float* _
     constexpr int WN = BN / WARPS_N;
     constexpr int MT = WM / 16;  // mma tiles per warp along m
     constexpr int NL = WN / 8;   // along n
-    constexpr int GROUP = 8;
     static_assert(WM == 64 && WN == 64, "the fragment relabelling assumes 64x64 warp tiles");
     using TileA = Tile<BM, NT, !TA>;
     using TileB = Tile<BN, NT, TB>;
     constexpr int STAGE = TileA::SIZE + TileB::SIZE;  // floats
     extern __shared__ __align__(16) float smem[];
 
-    const int tiles_m = (M + BM - 1) / BM;
-    const int tiles_n = (N + BN - 1) / BN;
-    const int pid = blockIdx.x;
-    const int per_group = GROUP * tiles_n;
-    const int first_m = (pid / per_group) * GROUP;
-    const int group_rows = min(tiles_m - first_m, GROUP);
-    const int m0 = (first_m + (pid % per_group) % group_rows) * BM;
-    const int n0 = ((pid % per_group) / group_rows) * BN;
+    int m0, n0;
+    gg_common::grouped_tile(M, N, BM, BN, m0, n0);
     const int k_begin = blockIdx.z * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
     const int ktiles = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;

@@ -13,6 +13,7 @@ kernels = pytest.importorskip("gpugrad.backend.kernels")
 from _common import (  # noqa: E402 - tests/kernels/_common.py
     SCHEDULES,
     assert_close,
+    macro_entry_points,
     on_emu,  # noqa: F401 - module-scoped autouse fixture: this module runs on emu
 )
 
@@ -100,3 +101,36 @@ def test_every_layout_and_mask_variant_is_registered():
         assert f"{tile}_tt_mask_f64" in names
     assert {"matmul_splitk_reduce_f32", "matmul_splitk_reduce_f64"} <= names
     assert {"matmul_tf32_f32", "matmul_3xtf32_tn_f32"} <= names
+
+
+def test_macro_made_entry_points_match_the_kernel_table():
+    """matmul.cu defines its 50 extern "C" entry points with macros (one line per tile
+    and dtype): the emulator's scan (which expands the file's own macros) finds exactly
+    the names kernels.py launches, with the 15 GEMM / 9 split-K-reduce parameters of
+    the element type and each tile's launch bounds (128x128 FP32: two blocks per SM)."""
+    source, found, table = macro_entry_points("matmul.cu")
+    assert set(found) == table and len(table) == 50
+    bounds = {
+        "matmul_fwd_f32": "256,2",
+        "matmul_mid_f32": "256",
+        "matmul_wide_f32": "128",
+        "matmul_small_f32": "64",
+        "matmul_fwd_f64": "256",
+        "matmul_small_f64": "64",
+    }
+    for name, d in found.items():
+        ctype = "double" if name.endswith("_f64") else "float"
+        if name.startswith("matmul_splitk_reduce_"):
+            assert len(d.params) == 9 and d.launch_bounds.strip() == "256", name
+            assert d.params[0][0].replace(" ", "") == f"const{ctype}*", (name, d.params)
+            continue
+        assert len(d.params) == 15, (name, d.params)
+        assert [p[1] for p in d.params[:5]] == ["A", "B", "C", "bias", "mask"], name
+        assert d.params[4][0].replace(" ", "") == f"const{ctype}*", (name, d.params)
+        assert tuple(d.params[13]) == (ctype, "alpha"), (name, d.params)
+        base = name.rsplit("_", 1)[0].replace("_mask", "")
+        for lay in ("_nt", "_tn", "_tt"):
+            base = base.removesuffix(lay)
+        tile = f"{base}_{name.rsplit('_', 1)[1]}"
+        assert d.launch_bounds.replace(" ", "") == bounds[tile], (name, d.launch_bounds)
+        assert emu._int_value(d.launch_bounds, source, ()) == int(bounds[tile].split(",")[0])
