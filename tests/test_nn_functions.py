@@ -445,6 +445,13 @@ def test_maxpool_tiled_path_matches_general(shape, pool):
     fmt = "SSCB" if len(shape) == 4 else "SSC"
     y = gg.maxpool(gg.dlarray(x, fmt), pool, stride=pool)
     np.testing.assert_array_equal(y.numpy(), x.reshape(-1)[slow])
+    # the window bases are cached per shape: each call still returns its own int64 array
+    fast[...] = -1
+    again = gg.to_host(F._maxpool_index_tiled(raw, pool, ho, wo))
+    assert again.dtype == np.int64
+    np.testing.assert_array_equal(again, slow)
+    lead = F._maxpool_index_tiled(raw[None], pool, ho, wo, lead=1)  # a leading axis
+    np.testing.assert_array_equal(gg.to_host(lead)[0], slow)
 
 
 @pytest.mark.parametrize("order", [1, 2])

@@ -528,7 +528,6 @@ def _maxpool_index_tiled(raw, pool, ho, wo, lead=0):
     h, wd = raw.shape[lead : lead + 2]
     rest = raw.shape[lead + 2 :]
     inner = int(np.prod(rest, dtype=np.int64))
-    ones = (1,) * len(rest)
     crop = (slice(None),) * lead + (slice(0, ho * ph), slice(0, wo * pw))
     win = raw[crop].reshape(heads + (ho, ph, wo, pw) + rest)  # a view: axes only split
     # one copy with the window offset first: every later pass runs on contiguous arrays
@@ -541,10 +540,14 @@ def _maxpool_index_tiled(raw, pool, ho, wo, lead=0):
     # why: on a device, .any() is a host sync in every step; the NaN pass runs instead
     if nan_top is not None and xp is np and not nan_top.any():
         nan_top = None
-    # flat offset (into raw) of the first window element that holds the maximum, by a
-    # backward scan without branches: off -= hit * (off - offset of k)
+    # offset (into the window's top-left element) of the first window element that
+    # holds the maximum, by a backward scan without branches: off -= hit * (off - k's)
     k_off = [(k // pw * wd + k % pw) * inner for k in range(nk)]
-    off = xp.full(top.shape, k_off[-1], dtype=np.int64)
+    # why: on NumPy the scan runs on 4-byte integers (half the memory traffic of the
+    # int64 result; the offsets within one window are small), and the window bases
+    # are the same for every call of a shape: cached, added in the one widening pass
+    small = xp is np and k_off[-1] < 2**31
+    off = xp.full(top.shape, k_off[-1], dtype=np.int32 if small else np.int64)
     tmp = xp.empty_like(off)
     for k in range(nk - 2, -1, -1):
         hit = parts[k] == top
@@ -553,15 +556,38 @@ def _maxpool_index_tiled(raw, pool, ho, wo, lead=0):
         xp.subtract(off, k_off[k], out=tmp)
         tmp *= hit
         off -= tmp
+    key = (heads, h, wd, rest, ph, pw, ho, wo)
+    base = _TILED_BASES.get(key) if xp is np else None
+    if base is None:
+        base = _tiled_window_bases(xp, *key)
+        if xp is np and base.size <= _TILED_BASE_MAX:
+            base.flags.writeable = False
+            if len(_TILED_BASES) >= 32:
+                _TILED_BASES.pop(next(iter(_TILED_BASES)))
+            _TILED_BASES[key] = base
+    return off + base  # int64 (an int32 scan widens here)
+
+
+# (shape, pool, output size) -> window base offsets, on NumPy, for outputs up to
+# _TILED_BASE_MAX elements (8 MB of int64; larger ones are rebuilt per call)
+_TILED_BASES: dict = {}
+_TILED_BASE_MAX = 1 << 20
+
+
+def _tiled_window_bases(xp, heads, h, wd, rest, ph, pw, ho, wo):
+    """Flat offset (into raw) of each non-overlapping window's top-left element, in
+    the shape ``heads + (ho, wo) + rest`` of a pooled output (int64)."""
+    ones = (1,) * len(rest)
+    inner = int(np.prod(rest, dtype=np.int64))
     rows = xp.arange(ho).reshape((ho, 1) + ones) * (ph * wd)
     cols = xp.arange(wo).reshape((1, wo) + ones) * pw
-    off += (rows + cols) * inner + xp.arange(inner).reshape(rest)
-    if lead:  # each leading index starts a new (H, W, ...) block
+    base = (rows + cols) * inner + xp.arange(inner).reshape(rest)
+    if heads:  # each leading index starts a new (H, W, ...) block
         step = h * wd * inner
-        off += (xp.arange(int(np.prod(heads, dtype=np.int64))) * step).reshape(
+        base = base + (xp.arange(int(np.prod(heads, dtype=np.int64))) * step).reshape(
             heads + (1, 1) + ones
         )
-    return off
+    return xp.ascontiguousarray(xp.broadcast_to(base, heads + (ho, wo) + rest)).astype(np.int64)
 
 
 def _pad_spatial(x, pad):
