@@ -587,7 +587,7 @@ def _tiled_window_bases(xp, heads, h, wd, rest, ph, pw, ho, wo):
         base = base + (xp.arange(int(np.prod(heads, dtype=np.int64))) * step).reshape(
             heads + (1, 1) + ones
         )
-    return xp.ascontiguousarray(xp.broadcast_to(base, heads + (ho, wo) + rest)).astype(np.int64)
+    return base.astype(np.int64, copy=False)  # already the full output shape
 
 
 def _pad_spatial(x, pad):
