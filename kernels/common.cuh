@@ -92,7 +92,7 @@ __device__ __forceinline__ void grouped_tile(int M, int N, int BM, int BN, int& 
 
 // grouped_tile for a grid that may hold more blocks than tiles (conv's backward-data
 // phases differ in size): false when this block has none.
-__device__ __forceinline__ bool tile_of_block(int M, int N, int& m0, int& n0, int BM, int BN) {
+__device__ __forceinline__ bool tile_of_block(int M, int N, int BM, int BN, int& m0, int& n0) {
     const int tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
     if ((int)blockIdx.x >= tiles) return false;
     grouped_tile(M, N, BM, BN, m0, n0);

@@ -461,7 +461,7 @@ __device__ __forceinline__ void fwd(const T* x, const T* w, T* y, const T* bias,
     const int g = blockIdx.y;
     const int M = c.N * c.Ho * c.Wo;
     int m0, n0;
-    if (!tile_of_block(M, c.Ng, m0, n0, Tile<T>::BM, Tile<T>::BN)) return;
+    if (!tile_of_block(M, c.Ng, Tile<T>::BM, Tile<T>::BN, m0, n0)) return;
     const T* xg = x + g * c.Cg;
     const T* wg = w + g * c.Ng;
     constexpr int E = VW<T>;
@@ -497,7 +497,7 @@ __device__ __forceinline__ void bwd_data(const T* dy, const T* w, T* dx, const C
     block_phases(c, ph, pw);
     const int M = c.N * ph.Hp * pw.Hp;
     int m0, n0;
-    if (!tile_of_block(M, c.Cg, m0, n0, Tile<T>::BM, Tile<T>::BN)) return;
+    if (!tile_of_block(M, c.Cg, Tile<T>::BM, Tile<T>::BN, m0, n0)) return;
     const T* dyg = dy + g * c.Ng;
     const T* wg = w + g * c.Ng;
     constexpr int E = VW<T>;
@@ -531,7 +531,7 @@ __device__ __forceinline__ void bwd_filter(const T* dy, const T* x, T* dw_parts,
     const int Mrows = c.KH * c.KW * c.Cg;
     const int P = c.N * c.Ho * c.Wo;
     int m0, n0;
-    if (!tile_of_block(Mrows, c.Ng, m0, n0, Tile<T>::BM, Tile<T>::BN)) return;
+    if (!tile_of_block(Mrows, c.Ng, Tile<T>::BM, Tile<T>::BN, m0, n0)) return;
     const int kbeg = split * k_chunk;
     const int kend = min(P, kbeg + k_chunk);
     const T* xg = x + g * c.Cg;

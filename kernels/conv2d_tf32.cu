@@ -516,7 +516,7 @@ __device__ __forceinline__ void fwd(const float* x, const float* w, float* y, co
     const int grp = blockIdx.y;
     const int M = c.N * c.Ho * c.Wo;
     int m0, n0;
-    if (!tile_of_block(M, c.Ng, m0, n0, BM, BN)) return;
+    if (!tile_of_block(M, c.Ng, BM, BN, m0, n0)) return;
     const float* xg = x + grp * c.Cg;
     const float* wg = w + grp * c.Ng;
     const int Kg = c.KH * c.KW * c.Cg;
@@ -540,7 +540,7 @@ __device__ __forceinline__ void bwd_data(const float* dy, const float* w, float*
     block_phases(c, ph, pw);
     const int M = c.N * ph.Hp * pw.Hp;
     int m0, n0;
-    if (!tile_of_block(M, c.Cg, m0, n0, BM, BN)) return;
+    if (!tile_of_block(M, c.Cg, BM, BN, m0, n0)) return;
     const float* dyg = dy + grp * c.Ng;
     const float* wg = w + grp * c.Ng;
     const bool vec = c.Ng % 4 == 0 && c.Cout % 4 == 0 && aligned16(dyg) && aligned16(wg);
@@ -566,7 +566,7 @@ __device__ __forceinline__ void bwd_filter(const float* dy, const float* x, floa
     const int Mrows = c.KH * c.KW * c.Cg;
     const int P = c.N * c.Ho * c.Wo;
     int m0, n0;  // 96 or 128 threads: 192 or 256 rows of m per block
-    if (!tile_of_block(Mrows, c.Ng, m0, n0, 2 * (int)blockDim.x, BN)) return;
+    if (!tile_of_block(Mrows, c.Ng, 2 * (int)blockDim.x, BN, m0, n0)) return;
     const int kbeg = blockIdx.z * k_chunk;
     const int kend = min(P, kbeg + k_chunk);
     const float* xg = x + grp * c.Cg;
